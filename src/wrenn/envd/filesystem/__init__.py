@@ -1,0 +1,6 @@
+"""envd's filesystem service: stat, list, create, move, remove and watch paths in the guest."""
+
+from ._entry import entry_info
+from ._service import FilesystemService, make_dirs
+
+__all__ = ["FilesystemService", "entry_info", "make_dirs"]

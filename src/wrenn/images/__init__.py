@@ -1,0 +1,1 @@
+"""Guest images: the kernel and root filesystem builder (`wrenn image build`)."""

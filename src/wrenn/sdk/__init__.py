@@ -1,0 +1,1 @@
+"""The Python SDK (`from wrenn import Capsule`). Imports nothing of the server side."""

@@ -1,0 +1,158 @@
+"""Shared fixtures. envd runs as a real process (python -m wrenn.envd --dev) on loopback."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+TEST_USER = "wrenn-envd-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Envd:
+    """A running envd process and what a client needs to talk to it."""
+
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    access_token: str | None = None
+    user: str = "root"
+    workdir: Path = field(default_factory=lambda: Path("/"))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-Access-Token": self.access_token} if self.access_token else {}
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+    def init(self, **body: object) -> httpx.Response:
+        """POST /init with the current token; remembers a new token, user and workdir."""
+        r = httpx.post(f"{self.url}/init", json=body, headers=self.headers, timeout=10)
+        if r.status_code == 204:
+            if "accessToken" in body:
+                self.access_token = body["accessToken"] or None  # type: ignore[assignment]
+            if "defaultUser" in body:
+                self.user = str(body["defaultUser"])
+            if "defaultWorkdir" in body:
+                self.workdir = Path(str(body["defaultWorkdir"]))
+        return r
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_envd(tmp: Path, *extra: str) -> Envd:
+    port = free_port()
+    log_path = tmp / f"envd-{port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wrenn.envd", "--dev", "--host", "127.0.0.1", "--port", str(port), *extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    envd = Envd(url=f"http://127.0.0.1:{port}", port=port, proc=proc, log_path=log_path)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"envd exited with {proc.returncode}:\n{envd.log()}")
+        try:
+            if httpx.get(f"{envd.url}/health", timeout=1).status_code == 204:
+                return envd
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    envd.stop()
+    raise RuntimeError(f"envd did not answer /health within 20 s:\n{envd.log()}")
+
+
+@pytest.fixture(scope="session")
+def test_user() -> Iterator[pwd.struct_passwd]:
+    """A non-root user for processes and file ownership; created for the session when missing."""
+    if os.geteuid() != 0:
+        pytest.skip("switching users needs root")
+    created = False
+    try:
+        entry = pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", TEST_USER], check=True)
+        created = True
+        entry = pwd.getpwnam(TEST_USER)
+    yield entry
+    if created:
+        subprocess.run(["userdel", "--remove", TEST_USER], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def envd_tmp() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="wrenn-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def envd(envd_tmp: Path, test_user: pwd.struct_passwd) -> Iterator[Envd]:
+    """One envd for the session, initialised as the platform would: token, default user, workdir.
+
+    Tests that change its global state (token, default user) use `fresh_envd` instead.
+    """
+    server = start_envd(envd_tmp)
+    workdir = envd_tmp / "work"
+    workdir.mkdir()
+    os.chown(workdir, test_user.pw_uid, test_user.pw_gid)
+    r = server.init(
+        accessToken=secrets.token_urlsafe(24),
+        defaultUser=test_user.pw_name,
+        defaultWorkdir=str(workdir),
+        envVars={"WRENN_TEST": "1"},
+    )
+    assert r.status_code == 204, r.text
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_envd(envd_tmp: Path) -> Iterator[Envd]:
+    """A new, uninitialised envd (no token, default user = the invoking user)."""
+    server = start_envd(envd_tmp)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def workdir(envd: Envd, test_user: pwd.struct_passwd) -> Iterator[Path]:
+    """A fresh directory owned by the test user, removed afterwards."""
+    path = Path(tempfile.mkdtemp(dir=envd.workdir))
+    os.chown(path, test_user.pw_uid, test_user.pw_gid)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
