@@ -15,6 +15,7 @@ from wrenn.proto.envd.filesystem.filesystem_connect import FilesystemASGIApplica
 from wrenn.proto.envd.process.process_connect import ProcessASGIApplication
 
 from . import _users
+from ._codecs import codecs
 from ._config import EnvdConfig
 from ._files import FileRoutes
 from ._quiesce import Quiescer
@@ -53,8 +54,10 @@ class Envd:
             ],
             lifespan=self._lifespan,
         )
-        self._process_app = ProcessASGIApplication(ProcessService(self.state, self.processes))
-        self._filesystem_app = FilesystemASGIApplication(self.filesystem)
+        self._process_app = ProcessASGIApplication(
+            ProcessService(self.state, self.processes), codecs=codecs()
+        )
+        self._filesystem_app = FilesystemASGIApplication(self.filesystem, codecs=codecs())
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
