@@ -43,8 +43,8 @@ class Envd:
     def headers(self) -> dict[str, str]:
         return {"X-Access-Token": self.access_token} if self.access_token else {}
 
-    def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers=self.headers, timeout=30, **kwargs)  # type: ignore[arg-type]
+    def client(self, timeout: float = 30) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout)
 
     def init(self, **body: object) -> httpx.Response:
         """POST /init with the current token; remembers a new token, user and workdir."""
