@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOTS = (HERE / "envd", HERE / "hostagent")
+#: (protoc include root, files below it). envd's files must be named as E2B names them; ours carry the
+#: package path (hostagent/v1/hostagent.proto).
+ROOTS = ((HERE / "envd", "process/*.proto filesystem/*.proto"), (HERE, "hostagent/v1/*.proto"))
 
 
 def _plugin(name: str) -> str:
@@ -30,9 +32,13 @@ def generate() -> list[Path]:
     import grpc_tools  # dev-only dependency, imported here so the package never needs it
 
     wkt = Path(grpc_tools.__file__).parent / "_proto"
+    # The plugins write package __init__.py files of their own; ours carry docstrings, so keep them.
+    kept = {init: init.read_bytes() for init in HERE.rglob("__init__.py")}
     written: list[Path] = []
-    for root in ROOTS:
-        protos = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.proto"))
+    for root, patterns in ROOTS:
+        protos = sorted(
+            p.relative_to(root).as_posix() for pattern in patterns.split() for p in root.glob(pattern)
+        )
         if not protos:
             continue
         cmd = [
@@ -51,10 +57,15 @@ def generate() -> list[Path]:
         for proto in protos:
             stem = root / proto[: -len(".proto")]
             written += [stem.with_name(stem.name + "_pb.py"), stem.with_name(stem.name + "_connect.py")]
-        for d in {p.parent for p in root.rglob("*.proto")} | {root}:
-            init = d / "__init__.py"
-            if not init.exists():
-                init.write_text("")
+        for proto in protos:
+            for d in (root / proto).parents:
+                if d == HERE.parent:
+                    break
+                init = d / "__init__.py"
+                if not init.exists():
+                    init.write_text("")
+    for init, content in kept.items():
+        init.write_bytes(content)
     return written
 
 
