@@ -2,3 +2,8 @@
 networks and snapshots. Its in-memory table of VMs is the truth for its host. It serves the Connect API
 in `wrenn.proto.hostagent` and never imports the control plane.
 """
+
+from ._agent import Agent, AgentError
+from ._config import AgentConfig
+
+__all__ = ["Agent", "AgentConfig", "AgentError"]

@@ -1,0 +1,53 @@
+"""`python -m wrenn.agent`: run the host agent."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from wrenn import _logging
+
+from ._agent import run
+from ._config import AgentConfig
+from .vmm import Accelerator
+
+
+def parse_args(argv: list[str] | None = None) -> AgentConfig:
+    d = AgentConfig()
+    p = argparse.ArgumentParser(
+        prog="wrenn agent", description="Wrenn's host agent: runs the sandboxes of this host."
+    )
+    p.add_argument(
+        "--data-dir", type=Path, default=d.data_dir, help=f"images and sandbox files (default {d.data_dir})"
+    )
+    p.add_argument("--host", default=d.host, help=f"address of the Connect API (default {d.host})")
+    p.add_argument("--port", type=int, default=d.port, help=f"port of the Connect API (default {d.port})")
+    p.add_argument("--vmm", choices=["qemu", "firecracker"], default=d.vmm)
+    p.add_argument("--firecracker-binary", type=Path, default=None)
+    p.add_argument(
+        "--accelerator", choices=["kvm", "tcg"], default=None, help="skip the probe and use this one"
+    )
+    p.add_argument(
+        "--reprobe", action="store_true", help="probe the accelerator again, ignoring the cached verdict"
+    )
+    p.add_argument("--slots", type=int, default=d.slots, help="most sandboxes at once")
+    p.add_argument(
+        "--name-prefix", default=d.name_prefix, help="prefix of the agent's netns, links and cgroups"
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"])
+    a = p.parse_args(argv)
+    _logging.configure(a.log_level, a.log_format)
+    return AgentConfig(
+        data_dir=a.data_dir, host=a.host, port=a.port, vmm=a.vmm, firecracker_binary=a.firecracker_binary,
+        accelerator=Accelerator(a.accelerator) if a.accelerator else None, reprobe=a.reprobe,
+        slots=a.slots, name_prefix=a.name_prefix,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Putting the host agent together: pick the driver and accelerator, then serve the Connect API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+import uvicorn
+
+from wrenn import images
+from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceASGIApplication
+
+from ._cgroup import Cgroups
+from ._config import AgentConfig
+from ._manager import SandboxManager
+from ._service import AgentService
+from .network import NetworkConfig, NetworkManager
+from .vmm import Accelerator, Driver
+from .vmm._probe import AcceleratorChoice, choose
+from .vmm.qemu import QemuDriver
+
+log = logging.getLogger("wrenn.agent")
+
+
+class AgentError(RuntimeError):
+    pass
+
+
+def make_driver(config: AgentConfig) -> Driver:
+    if config.vmm == "qemu":
+        return QemuDriver(config.qemu_binary, run_as=config.vmm_user)
+    if config.vmm == "firecracker":
+        from .vmm.firecracker import FirecrackerDriver
+
+        if config.firecracker_binary is None or not config.firecracker_binary.exists():
+            raise AgentError(
+                "--vmm firecracker needs --firecracker-binary pointing at a firecracker executable"
+            )
+        return FirecrackerDriver(config.firecracker_binary)
+    raise AgentError(f"unknown vmm {config.vmm!r} (qemu or firecracker)")
+
+
+async def choose_accelerator(config: AgentConfig) -> AcceleratorChoice:
+    image = images.find(config.default_template, config.data_dir)
+    if image is None:
+        if config.accelerator is not None:
+            return AcceleratorChoice(config.accelerator, "forced by configuration")
+        raise AgentError(
+            f"no {config.default_template!r} image in {config.data_dir}: build it first (wrenn image build)"
+        )
+    if config.vmm == "firecracker":  # Firecracker is KVM only
+        return AcceleratorChoice(Accelerator.KVM, "firecracker runs only on KVM")
+    return await choose(
+        image.vmlinuz,
+        config.data_dir / "accelerator.json",
+        qemu_binary=config.qemu_binary,
+        force=config.accelerator,
+        reprobe=config.reprobe,
+    )
+
+
+class Agent:
+    """The host agent: a sandbox manager behind the HostAgentService Connect API."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.manager: SandboxManager | None = None
+        self._server: uvicorn.Server | None = None
+
+    async def start(self) -> SandboxManager:
+        if os.geteuid() != 0:
+            raise AgentError("the host agent needs root (network namespaces, TAP devices, cgroups)")
+        driver = make_driver(self.config)
+        accelerator = await choose_accelerator(self.config)
+        log.info(
+            "accelerator chosen",
+            extra={
+                "accelerator": accelerator.accelerator.value,
+                "reason": accelerator.reason,
+                "vmm": driver.name,
+            },
+        )
+        network = NetworkManager(NetworkConfig(slots=self.config.slots, prefix=self.config.name_prefix))
+        self.manager = SandboxManager(self.config, driver, accelerator, network, Cgroups(parent="wrenn"))
+        await self.manager.start()
+        return self.manager
+
+    async def serve(self) -> None:
+        manager = await self.start()
+        app = HostAgentServiceASGIApplication(AgentService(manager, on_terminate=self.shutdown))
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                app, host=self.config.host, port=self.config.port, log_config=None, access_log=False
+            )
+        )
+        log.info("agent listening", extra={"host": self.config.host, "port": self.config.port})
+        try:
+            await self._server.serve()
+        finally:
+            await manager.close()
+
+    def shutdown(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run(config: AgentConfig) -> None:
+    try:
+        asyncio.run(Agent(config).serve())
+    except AgentError as exc:
+        raise SystemExit(f"wrenn agent: {exc}") from None

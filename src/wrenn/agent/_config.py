@@ -1,0 +1,44 @@
+"""The host agent's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .vmm import Accelerator
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    #: Where images, sandboxes' disks and runtime files live.
+    data_dir: Path = Path("/var/lib/wrenn")
+    host: str = "127.0.0.1"
+    port: int = 50051
+    #: "qemu" or "firecracker".
+    vmm: str = "qemu"
+    qemu_binary: str = "qemu-system-x86_64"
+    firecracker_binary: Path | None = None
+    #: None: probe (KVM where a test guest boots under it, else TCG).
+    accelerator: Accelerator | None = None
+    #: Probe again even if a cached verdict exists.
+    reprobe: bool = False
+    #: Unprivileged user the VMM drops to after opening its devices (skipped when the user is missing).
+    vmm_user: str | None = "wrenn-vmm"
+    #: Prefix of every network namespace, link, nftables table and cgroup this agent creates.
+    name_prefix: str = "wrn"
+    slots: int = 256
+    #: Seconds a new VM may take until envd answers (TCG on a busy host is slow).
+    boot_timeout_s: float = 180.0
+    #: Memory kept for the host itself when admitting sandboxes, in MiB.
+    reserved_memory_mb: int = 1024
+    #: VMM overhead allowed above guest RAM in the VMM's cgroup, in MiB (TCG's translation cache).
+    vmm_overhead_mb: int = 384
+    default_template: str = "minimal"
+    default_user: str = "user"
+    dns: tuple[str, ...] = field(default=("1.1.1.1", "8.8.8.8"))
+    metrics_interval_s: float = 2.0
+    reaper_interval_s: float = 2.0
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        return self.data_dir / "sandboxes"

@@ -1,0 +1,427 @@
+"""The sandbox table and everything that changes it: create, destroy, the idle reaper, VM deaths, and
+recovery after an agent restart.
+
+Every resource a sandbox holds (network slot, netns, disk overlay, cgroup, VMM process, envd client) is
+released in one place, `_release`, whatever path the sandbox leaves by: destroy, a failed boot, a VM
+that died, the idle timeout, or a restart that found it unrecoverable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from wrenn import images
+
+from . import _disk
+from ._cgroup import Cgroups, Limits, kill_all
+from ._config import AgentConfig
+from ._envd import EnvdClient, EnvdUnavailable
+from ._metrics import MetricsStore
+from ._sandbox import Sandbox, SandboxParams, Status, load_state
+from .network import NetworkExhausted, NetworkManager
+from .vmm import Driver, DriverError, VMSpec, console_tail
+from .vmm._probe import AcceleratorChoice
+
+log = logging.getLogger("wrenn.agent")
+
+SANDBOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+
+class SandboxError(Exception):
+    """A failure with the Connect code the API should answer with."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class SandboxManager:
+    def __init__(
+        self,
+        config: AgentConfig,
+        driver: Driver,
+        accelerator: AcceleratorChoice,
+        network: NetworkManager,
+        cgroups: Cgroups,
+    ) -> None:
+        self.config = config
+        self.driver = driver
+        self.accelerator = accelerator
+        self.network = network
+        self.cgroups = cgroups
+        self.metrics = MetricsStore()
+        self.sandboxes: dict[str, Sandbox] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._creating: dict[str, asyncio.Task[Sandbox]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+
+    # --- lifecycle of the manager --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.config.sandboxes_dir.mkdir(parents=True, exist_ok=True)
+        await self.network.start()
+        await self.recover()
+        self._loops = [asyncio.create_task(self._reaper()), asyncio.create_task(self._sampler())]
+
+    async def close(self, *, destroy: bool = False) -> None:
+        """Stop the background loops. VMs keep running (a restarted agent adopts them) unless `destroy`."""
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if destroy:
+            await asyncio.gather(*(self.destroy(sid) for sid in list(self.sandboxes)), return_exceptions=True)
+        for sandbox in self.sandboxes.values():
+            if sandbox.envd is not None:
+                await sandbox.envd.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- queries -------------------------------------------------------------------------------------
+
+    def get(self, sandbox_id: str) -> Sandbox:
+        sandbox = self.sandboxes.get(sandbox_id)
+        if sandbox is None:
+            raise SandboxError("not_found", f"sandbox {sandbox_id!r} not found on this host")
+        return sandbox
+
+    def running(self, sandbox_id: str) -> Sandbox:
+        sandbox = self.get(sandbox_id)
+        if sandbox.status is not Status.RUNNING or sandbox.envd is None:
+            detail = f": {sandbox.error}" if sandbox.error else ""
+            raise SandboxError(
+                "failed_precondition", f"sandbox {sandbox_id} is {sandbox.status.value}{detail}"
+            )
+        sandbox.touch()
+        return sandbox
+
+    def slots_used(self) -> int:
+        return sum(1 for s in self.sandboxes.values() if s.slot is not None)
+
+    # --- create --------------------------------------------------------------------------------------
+
+    def _validate(self, params: SandboxParams) -> images.Image:
+        if not SANDBOX_ID.match(params.sandbox_id):
+            raise SandboxError("invalid_argument", "sandbox_id must be 1-64 characters of [a-z0-9-]")
+        if params.sandbox_id in self.sandboxes:
+            raise SandboxError("already_exists", f"sandbox {params.sandbox_id} already exists on this host")
+        if not 1 <= params.vcpus <= (os.cpu_count() or 1) * 4:
+            raise SandboxError("invalid_argument", f"vcpus must be between 1 and {(os.cpu_count() or 1) * 4}")
+        if not 128 <= params.memory_mb <= 65536:
+            raise SandboxError("invalid_argument", "memory_mb must be between 128 and 65536")
+        image = images.find(params.template, self.config.data_dir)
+        if image is None:
+            raise SandboxError(
+                "not_found",
+                f"template {params.template!r} is not built on this host (run: wrenn image build)",
+            )
+        available_mb = psutil.virtual_memory().available >> 20
+        if params.memory_mb + self.config.reserved_memory_mb > available_mb:
+            raise SandboxError(
+                "resource_exhausted",
+                f"not enough memory: {params.memory_mb} MiB asked, {available_mb} MiB available "
+                f"({self.config.reserved_memory_mb} MiB kept for the host)",
+            )
+        return image
+
+    async def create(self, params: SandboxParams) -> Sandbox:
+        image = self._validate(params)
+        workdir = self.config.sandboxes_dir / params.sandbox_id
+        sandbox = Sandbox(
+            params=params, workdir=workdir, image_version=image.version, kernel_version=image.kernel_version
+        )
+        self.sandboxes[sandbox.id] = sandbox
+        task = asyncio.create_task(self._boot(sandbox, image))
+        self._creating[sandbox.id] = task
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled() or sandbox.id not in self.sandboxes:
+                raise SandboxError("aborted", f"sandbox {sandbox.id} was destroyed while it booted") from None
+            raise
+        finally:
+            self._creating.pop(sandbox.id, None)
+
+    async def _boot(self, sandbox: Sandbox, image: images.Image) -> Sandbox:
+        params = sandbox.params
+        started = time.monotonic()
+        try:
+            sandbox.workdir.mkdir(parents=True, exist_ok=True)
+            try:
+                sandbox.slot = self.network.allocator.acquire()
+            except NetworkExhausted as exc:
+                raise SandboxError("resource_exhausted", str(exc)) from None
+            sandbox.network = await self.network.setup(sandbox.slot, allow_internet=params.allow_internet)
+            raw = self.driver.name == "firecracker"
+            disk = sandbox.workdir / ("rootfs.raw" if raw else "rootfs.qcow2")
+            create_disk = _disk.create_copy if raw else _disk.create_overlay
+            sandbox.disk = await create_disk(image.rootfs, disk, params.disk_size_mb)
+            spec = self._spec(sandbox, image)
+            sandbox.vm = await self.driver.start(spec)
+            self.cgroups.place(
+                self._cgroup_name(sandbox),
+                sandbox.vm.pid,
+                Limits(
+                    memory_bytes=(params.memory_mb + self.config.vmm_overhead_mb) << 20, cpus=params.vcpus
+                ),
+            )
+            self._spawn(self._watch(sandbox))
+            sandbox.envd = EnvdClient(sandbox.host_ip, access_token=None)
+            vm = sandbox.vm
+            await sandbox.envd.wait_healthy(self.config.boot_timeout_s, alive=lambda: vm.returncode is None)
+            await sandbox.envd.init(
+                access_token=params.envd_access_token or None,
+                default_user=params.default_user or self.config.default_user,
+                env=params.default_env,
+            )
+        except BaseException as exc:
+            reason = _describe_failure(exc, sandbox)
+            log.warning(
+                "sandbox failed to boot", extra={"sandbox": sandbox.id, "error": reason.splitlines()[0]}
+            )
+            await self._release(sandbox)
+            if isinstance(exc, asyncio.CancelledError):
+                self.sandboxes.pop(sandbox.id, None)
+                raise
+            sandbox.status, sandbox.error = Status.ERROR, reason
+            if isinstance(exc, SandboxError):
+                self.sandboxes.pop(sandbox.id, None)  # refused before anything ran: nothing to report
+                raise
+            raise SandboxError("internal", f"sandbox {sandbox.id} failed to boot: {reason}") from None
+        sandbox.boot_seconds = time.monotonic() - started
+        sandbox.status = Status.RUNNING
+        sandbox.touch()
+        sandbox.save()
+        log.info(
+            "sandbox running",
+            extra={
+                "sandbox": sandbox.id,
+                "boot_s": round(sandbox.boot_seconds, 2),
+                "host_ip": sandbox.host_ip,
+            },
+        )
+        return sandbox
+
+    def _cgroup_name(self, sandbox: Sandbox) -> str:
+        return f"{self.config.name_prefix}-{sandbox.id}"
+
+    def _spec(self, sandbox: Sandbox, image: images.Image) -> VMSpec:
+        assert sandbox.network is not None and sandbox.disk is not None
+        firecracker = self.driver.name == "firecracker"
+        cmdline = " ".join(
+            [
+                "root=/dev/vda rw quiet",
+                sandbox.network.kernel_cmdline(),
+                f"wrenn.hostname={sandbox.id}",
+                f"wrenn.time={int(time.time())}",
+            ]
+        )
+        return VMSpec(
+            vm_id=sandbox.id,
+            vcpus=sandbox.params.vcpus,
+            memory_mib=sandbox.params.memory_mb,
+            kernel=image.vmlinux if firecracker else image.vmlinuz,
+            initrd=image.initrd,
+            cmdline=cmdline,
+            rootfs=sandbox.disk,
+            rootfs_format="raw" if firecracker else "qcow2",
+            workdir=sandbox.workdir,
+            accelerator=self.accelerator.accelerator,
+            tap=sandbox.network.tap,
+            mac=sandbox.network.mac,
+            netns=sandbox.network.netns,
+        )
+
+    async def _watch(self, sandbox: Sandbox) -> None:
+        """Notice a VMM that exits on its own: the sandbox becomes `error`, its resources are freed."""
+        vm = sandbox.vm
+        if vm is None:
+            return
+        code = await vm.wait()
+        if sandbox.vm is not vm or sandbox.status not in (Status.RUNNING, Status.PENDING):
+            return
+        if sandbox.status is Status.PENDING:
+            return  # the boot path reports it, with the console tail
+        sandbox.status = Status.ERROR
+        tail = console_tail(sandbox.workdir / "console.log", 2000)
+        sandbox.error = f"the VM exited unexpectedly (status {code})\n{tail}"
+        log.warning("sandbox vm died", extra={"sandbox": sandbox.id, "status": code})
+        await self._release(sandbox)
+
+    # --- destroy -------------------------------------------------------------------------------------
+
+    async def destroy(self, sandbox_id: str) -> None:
+        sandbox = self.get(sandbox_id)
+        booting = self._creating.get(sandbox_id)
+        self.sandboxes.pop(sandbox_id, None)
+        if booting is not None and not booting.done():
+            booting.cancel()
+            with contextlib.suppress(BaseException):
+                await booting
+        await self._release(sandbox)
+        shutil.rmtree(sandbox.workdir, ignore_errors=True)
+        self.metrics.drop(sandbox_id)
+        log.info("sandbox destroyed", extra={"sandbox": sandbox_id})
+
+    async def _release(self, sandbox: Sandbox) -> None:
+        """Free everything the sandbox holds. Safe to call at any stage and more than once."""
+        vm, sandbox.vm = sandbox.vm, None
+        if vm is not None:
+            with contextlib.suppress(Exception):
+                await vm.kill()
+        kill_all(self.cgroups, self._cgroup_name(sandbox))
+        self.cgroups.remove(self._cgroup_name(sandbox))
+        envd, sandbox.envd = sandbox.envd, None
+        if envd is not None:
+            with contextlib.suppress(Exception):
+                await envd.close()
+        network, sandbox.network = sandbox.network, None
+        if network is not None:
+            with contextlib.suppress(Exception):
+                await self.network.teardown(network)
+        if sandbox.slot is not None:
+            self.network.allocator.release(sandbox.slot)
+            sandbox.slot = None
+        disk, sandbox.disk = sandbox.disk, None
+        if disk is not None:
+            _disk.remove(disk)
+        with contextlib.suppress(FileNotFoundError):
+            sandbox.state_file.unlink()
+
+    # --- background loops ----------------------------------------------------------------------------
+
+    async def _reaper(self) -> None:
+        """Stop running sandboxes that have been idle longer than their timeout."""
+        while True:
+            await asyncio.sleep(self.config.reaper_interval_s)
+            now = time.time()
+            for sandbox in list(self.sandboxes.values()):
+                timeout = sandbox.params.timeout_sec
+                if (
+                    sandbox.status is Status.RUNNING
+                    and timeout > 0
+                    and now - sandbox.last_active_at > timeout
+                ):
+                    log.info("sandbox idle timeout", extra={"sandbox": sandbox.id, "timeout_s": timeout})
+                    sandbox.status, sandbox.error = Status.STOPPED, "idle timeout"
+                    await self._release(sandbox)
+
+    async def _sampler(self) -> None:
+        while True:
+            for sandbox in list(self.sandboxes.values()):
+                vm = sandbox.vm
+                if sandbox.status is Status.RUNNING and vm is not None:
+                    disk = _disk.allocated_bytes(sandbox.disk) if sandbox.disk else 0
+                    self.metrics.sample(sandbox.id, vm.pid, sandbox.params.vcpus, disk)
+            await asyncio.sleep(self.config.metrics_interval_s)
+
+    # --- recovery after a restart --------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Adopt the sandboxes a previous run left running; clean up everything else it left."""
+        keep: set[int] = set()
+        for state_file in sorted(self.config.sandboxes_dir.glob("*/state.json")):
+            sandbox = await self._adopt(state_file)
+            if sandbox is not None and sandbox.slot is not None:
+                keep.add(sandbox.slot)
+        removed = await self.network.cleanup_stale(keep=keep)
+        adopted = {self._cgroup_name(s) for s in self.sandboxes.values()}
+        stale_groups = [
+            g
+            for g in self.cgroups.stale()
+            if g.startswith(f"{self.config.name_prefix}-") and g not in adopted
+        ]
+        for group in stale_groups:
+            kill_all(self.cgroups, group)
+            self.cgroups.remove(group)
+        for directory in self.config.sandboxes_dir.iterdir():
+            if directory.is_dir() and directory.name not in self.sandboxes:
+                shutil.rmtree(directory, ignore_errors=True)
+        if removed or stale_groups or self.sandboxes:
+            log.info(
+                "recovered after restart",
+                extra={
+                    "adopted": len(self.sandboxes),
+                    "stale_network": len(removed),
+                    "stale_cgroups": len(stale_groups),
+                },
+            )
+
+    async def _adopt(self, state_file: Path) -> Sandbox | None:
+        workdir = state_file.parent
+        try:
+            state = load_state(state_file)
+            params = SandboxParams(**state["params"])
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.warning("unreadable sandbox state", extra={"path": str(state_file), "error": str(exc)})
+            return None
+        pid = state.get("vmm_pid")
+        slot = state.get("slot")
+        alive = isinstance(pid, int) and _is_vmm_of(pid, params.sandbox_id)
+        image = images.find(params.template, self.config.data_dir)
+        if not alive or slot is None or image is None or slot not in self.network.list_existing():
+            if isinstance(pid, int) and alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+            log.info("stale sandbox cleaned", extra={"sandbox": params.sandbox_id, "vmm_alive": alive})
+            return None
+        sandbox = Sandbox(params=params, workdir=workdir, status=Status.RUNNING)
+        sandbox.created_at = float(state.get("created_at", time.time()))
+        sandbox.last_active_at = float(state.get("last_active_at", time.time()))
+        sandbox.image_version = str(state.get("image_version", ""))
+        sandbox.kernel_version = str(state.get("kernel_version", ""))
+        sandbox.slot = slot
+        self.network.allocator.claim(slot)
+        sandbox.network = self.network.describe(slot)
+        sandbox.disk = Path(state["disk"]) if state.get("disk") else None
+        try:
+            sandbox.vm = await self.driver.attach(self._spec(sandbox, image), pid)
+            sandbox.envd = EnvdClient(sandbox.host_ip, access_token=params.envd_access_token or None)
+        except DriverError as exc:
+            log.warning("cannot adopt sandbox", extra={"sandbox": params.sandbox_id, "error": str(exc)})
+            await self._release(sandbox)
+            return None
+        self.sandboxes[sandbox.id] = sandbox
+        self._spawn(self._watch(sandbox))
+        log.info("sandbox adopted", extra={"sandbox": sandbox.id, "pid": pid})
+        return sandbox
+
+
+def _is_vmm_of(pid: int, sandbox_id: str) -> bool:
+    """True when `pid` is a live VMM process started for `sandbox_id` (not a recycled pid)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return sandbox_id.encode() in args and any(b"qemu" in a or b"firecracker" in a for a in args[:1])
+
+
+def _describe_failure(exc: BaseException, sandbox: Sandbox) -> str:
+    if isinstance(exc, DriverError):
+        tail = exc.console_tail or console_tail(sandbox.workdir / "console.log", 2000)
+        return f"{exc}\n--- console ---\n{tail}" if tail else str(exc)
+    if isinstance(exc, EnvdUnavailable):
+        tail = console_tail(sandbox.workdir / "console.log", 2000)
+        return f"{exc}\n--- console ---\n{tail}"
+    if isinstance(exc, SandboxError):
+        return exc.message
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return f"{type(exc).__name__}: {exc}"

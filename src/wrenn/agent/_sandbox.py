@@ -1,0 +1,93 @@
+"""A sandbox as the host agent holds it: its parameters, resources and status."""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._envd import EnvdClient
+from .network import SandboxNetwork
+from .vmm import VM
+
+
+class Status(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxParams:
+    sandbox_id: str
+    template: str
+    vcpus: int
+    memory_mb: int
+    disk_size_mb: int
+    timeout_sec: int
+    team_id: str = ""
+    default_user: str = "user"
+    default_env: dict[str, str] = field(default_factory=dict)
+    allow_internet: bool = False
+    envd_access_token: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Sandbox:
+    params: SandboxParams
+    workdir: Path
+    status: Status = Status.PENDING
+    created_at: float = field(default_factory=time.time)
+    last_active_at: float = field(default_factory=time.time)
+    error: str = ""
+    image_version: str = ""
+    kernel_version: str = ""
+    slot: int | None = None
+    network: SandboxNetwork | None = None
+    disk: Path | None = None
+    vm: VM | None = None
+    envd: EnvdClient | None = None
+    boot_seconds: float | None = None
+
+    @property
+    def id(self) -> str:
+        return self.params.sandbox_id
+
+    @property
+    def host_ip(self) -> str:
+        return self.network.host_ip if self.network else ""
+
+    def touch(self) -> None:
+        self.last_active_at = time.time()
+
+    # --- persistence, for adoption after an agent restart --------------------------------------------
+
+    @property
+    def state_file(self) -> Path:
+        return self.workdir / "state.json"
+
+    def save(self) -> None:
+        state: dict[str, Any] = {
+            "params": asdict(self.params),
+            "status": self.status.value,
+            "created_at": self.created_at,
+            "last_active_at": self.last_active_at,
+            "image_version": self.image_version,
+            "kernel_version": self.kernel_version,
+            "slot": self.slot,
+            "disk": str(self.disk) if self.disk else None,
+            "vmm_pid": self.vm.pid if self.vm else None,
+        }
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(self.state_file)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text()))

@@ -1,0 +1,109 @@
+"""The contract every VM driver fulfils: start a VM from a spec, then stop, kill, pause and resume it.
+
+A driver knows one VMM (QEMU, Firecracker). It does not create disks, networks or cgroups: the host
+agent prepares those and names them in the `VMSpec`. The VMM process runs inside the sandbox's network
+namespace (`spec.netns`) so it can open the sandbox's TAP device.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+class Accelerator(enum.StrEnum):
+    KVM = "kvm"
+    TCG = "tcg"  # QEMU's software emulation: slow, but boots anywhere
+
+
+class DriverError(RuntimeError):
+    """The VMM refused or failed an operation. `console_tail` holds the end of the guest's console."""
+
+    def __init__(self, message: str, console_tail: str = "") -> None:
+        super().__init__(message)
+        self.console_tail = console_tail
+
+
+@dataclass(frozen=True, slots=True)
+class VMSpec:
+    vm_id: str
+    vcpus: int
+    memory_mib: int
+    #: Guest kernel: a bzImage for QEMU, an uncompressed ELF vmlinux for Firecracker.
+    kernel: Path
+    initrd: Path | None
+    #: The guest's own kernel command line (root device, network, init). The driver adds what its VMM
+    #: needs (console device, timer calibration under TCG).
+    cmdline: str
+    #: The sandbox's writable root disk; `rootfs_format` is "qcow2" (QEMU) or "raw".
+    rootfs: Path
+    rootfs_format: str
+    #: Per-VM runtime directory: API/QMP sockets, console log, pid file. Created by the caller.
+    workdir: Path
+    accelerator: Accelerator
+    #: TAP device (inside `netns`) for the guest's only NIC, and the NIC's MAC address.
+    tap: str | None = None
+    mac: str = "02:fc:00:00:00:05"
+    netns: str | None = None
+    #: Extra arguments for the VMM, for tests and experiments.
+    extra_args: tuple[str, ...] = field(default=())
+
+    @property
+    def console_log(self) -> Path:
+        return self.workdir / "console.log"
+
+
+class VM(Protocol):
+    """A running VMM process."""
+
+    spec: VMSpec
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int:
+        """Wait for the VMM process to exit; its return code."""
+        ...
+
+    async def stop(self, grace_s: float = 3.0) -> None:
+        """Ask the VMM to quit, then kill it after `grace_s`. Harmless when already gone."""
+        ...
+
+    async def kill(self) -> None:
+        """SIGKILL the VMM process and reap it. Harmless when already gone."""
+        ...
+
+    async def pause(self) -> None: ...
+
+    async def resume(self) -> None: ...
+
+
+class Driver(Protocol):
+    name: str
+
+    async def start(self, spec: VMSpec) -> VM:
+        """Start the VMM and boot the guest. Raises DriverError (with the console tail) on failure;
+        nothing is left running when it raises."""
+        ...
+
+    def version(self) -> str:
+        """The VMM's version string (for the host's info)."""
+        ...
+
+    async def attach(self, spec: VMSpec, pid: int) -> VM:
+        """Take over a VMM process started by an earlier run of the agent (adoption after a restart)."""
+        ...
+
+
+def console_tail(path: Path, limit: int = 4000) -> str:
+    """The last `limit` characters of a console log, for error reports."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return ""
+    return data[-limit:].decode(errors="replace")

@@ -1,0 +1,40 @@
+"""A handle on a VMM process this agent did not start (adopted after a restart): wait via a pidfd."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+
+
+class PidProcess:
+    """Quacks like asyncio.subprocess.Process for what the drivers use: pid, returncode, wait(),
+    send_signal(), kill(). The exit status of a process that is not our child is unknowable, so it
+    reads as -1."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._fd = os.pidfd_open(pid)
+        self._done = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().add_reader(self._fd, self._exited)
+
+    def _exited(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._fd)
+        os.close(self._fd)
+        self.returncode = -1
+        if not self._done.done():
+            self._done.set_result(-1)
+
+    async def wait(self) -> int:
+        return int(await asyncio.shield(self._done))
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)

@@ -1,0 +1,235 @@
+"""The QEMU driver: `qemu-system-x86_64 -M microvm`, virtio-mmio disk and NIC, controlled over QMP.
+
+Under TCG (software emulation) the guest kernel gets `tsc_early_khz=`: microvm has no HPET or PM timer,
+and without a known TSC frequency a third of TCG boots hang in timer calibration (feasibility.md §3).
+QEMU runs with its seccomp sandbox on and, where the host has the user, drops to an unprivileged one
+after opening its devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pwd
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import QMPClient
+from qemu.qmp.error import QMPError
+
+from ._driver import Accelerator, DriverError, VMSpec, console_tail
+from ._pidproc import PidProcess
+
+log = logging.getLogger("wrenn.agent.qemu")
+
+#: The microvm machine as feasibility.md measured it: no option ROMs, a serial port, an RTC, one IOAPIC.
+MACHINE = "microvm,x-option-roms=off,isa-serial=on,rtc=on,ioapic2=off"
+SECCOMP = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+QMP_DEADLINE_S = 10.0
+
+
+def host_tsc_khz() -> int:
+    """The host's TSC frequency in kHz, as the guest should assume it (from /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return 2_300_000
+    match = re.search(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)
+    return int(float(match.group(1)) * 1000) if match else 2_300_000
+
+
+def qemu_version(binary: str) -> str:
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    match = re.search(r"version ([\w.+~:-]+)", out)
+    return match.group(1) if match else out.strip().splitlines()[0]
+
+
+class QemuVM:
+    def __init__(self, spec: VMSpec, proc: asyncio.subprocess.Process | PidProcess, qmp: QMPClient) -> None:
+        self.spec = spec
+        self._proc = proc
+        self._qmp = qmp
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    async def wait(self) -> int:
+        return await self._proc.wait()
+
+    async def qmp(self, command: str, **arguments: Any) -> Any:
+        """Run one QMP command; DriverError when QEMU refuses or is gone."""
+        try:
+            return await self._qmp.execute(command, arguments or None)
+        except (QMPError, OSError, EOFError) as exc:
+            raise DriverError(f"QMP {command} failed: {exc}", console_tail(self.spec.console_log)) from exc
+
+    async def pause(self) -> None:
+        await self.qmp("stop")
+
+    async def resume(self) -> None:
+        await self.qmp("cont")
+
+    async def status(self) -> str:
+        return str((await self.qmp("query-status"))["status"])
+
+    async def stop(self, grace_s: float = 3.0) -> None:
+        if self._proc.returncode is None:
+            with contextlib.suppress(DriverError):
+                await self.qmp("quit")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._proc.wait(), grace_s)
+        await self.kill()
+
+    async def kill(self) -> None:
+        if self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signal.SIGKILL)
+            await self._proc.wait()
+        with contextlib.suppress(Exception):
+            await self._qmp.disconnect()
+
+
+class QemuDriver:
+    name = "qemu"
+
+    def __init__(
+        self,
+        binary: str = "qemu-system-x86_64",
+        *,
+        tsc_khz: int | None = None,
+        run_as: str | None = None,
+        seccomp: bool = True,
+    ) -> None:
+        self.binary = binary
+        self.tsc_khz = tsc_khz or host_tsc_khz()
+        #: An unprivileged user QEMU switches to once its devices are open (None: stay as is).
+        self.run_as = run_as
+        self.seccomp = seccomp
+
+    def version(self) -> str:
+        return qemu_version(self.binary)
+
+    def command(self, spec: VMSpec) -> list[str]:
+        """The full command line for `spec` (run inside its netns when it has one)."""
+        cmdline = f"{spec.cmdline} console=ttyS0 reboot=t panic=-1"
+        if spec.accelerator is Accelerator.TCG:
+            cmdline += f" tsc_early_khz={self.tsc_khz}"
+        args = [
+            self.binary,
+            "-name", spec.vm_id,
+            "-M", MACHINE,
+            "-accel", spec.accelerator.value,
+            "-cpu", "max" if spec.accelerator is Accelerator.TCG else "host",
+            "-smp", str(spec.vcpus),
+            "-m", f"{spec.memory_mib}M",
+            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+            "-serial", f"file:{spec.console_log}",
+            "-qmp", f"unix:{self.qmp_path(spec)},server=on,wait=off",
+            "-kernel", str(spec.kernel),
+            "-append", cmdline,
+            "-drive", f"id=root,file={spec.rootfs},if=none,format={spec.rootfs_format},discard=unmap",
+            "-device", "virtio-blk-device,drive=root",
+            "-device", "virtio-rng-device",
+        ]  # fmt: skip
+        if spec.initrd is not None:
+            args += ["-initrd", str(spec.initrd)]
+        if spec.tap:
+            args += [
+                "-netdev", f"tap,id=net0,ifname={spec.tap},script=no,downscript=no",
+                "-device", f"virtio-net-device,netdev=net0,mac={spec.mac}",
+            ]  # fmt: skip
+        if self.seccomp:
+            args += ["-sandbox", SECCOMP]
+        if self.run_as and _user_exists(self.run_as) and os.geteuid() == 0:
+            args += ["-runas", self.run_as]
+        args += list(spec.extra_args)
+        if spec.netns:
+            args = ["ip", "netns", "exec", spec.netns, *args]
+        return args
+
+    async def attach(self, spec: VMSpec, pid: int) -> QemuVM:
+        """Take over a QEMU this agent started before a restart: its pid and its QMP socket."""
+        proc = PidProcess(pid)
+        client = QMPClient(spec.vm_id)
+        try:
+            await client.connect(str(self.qmp_path(spec)))
+        except (QMPError, OSError) as exc:
+            raise DriverError(f"cannot reconnect to QMP of pid {pid}: {exc}") from exc
+        return QemuVM(spec, proc, client)
+
+    @staticmethod
+    def qmp_path(spec: VMSpec) -> Path:
+        return spec.workdir / "qmp.sock"
+
+    async def start(self, spec: VMSpec) -> QemuVM:
+        qmp_path = self.qmp_path(spec)
+        qmp_path.unlink(missing_ok=True)
+        stderr_path = spec.workdir / "qemu.log"
+        with stderr_path.open("wb") as stderr:
+            proc = await asyncio.create_subprocess_exec(
+                *self.command(spec), stdin=asyncio.subprocess.DEVNULL, stdout=stderr, stderr=stderr
+            )
+        log.info(
+            "qemu started",
+            extra={"vm": spec.vm_id, "pid": proc.pid, "accel": spec.accelerator.value, "netns": spec.netns},
+        )
+        try:
+            qmp = await self._connect_qmp(proc, qmp_path, stderr_path, spec)
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        return QemuVM(spec, proc, qmp)
+
+    async def _connect_qmp(
+        self, proc: asyncio.subprocess.Process, path: Path, stderr_path: Path, spec: VMSpec
+    ) -> QMPClient:
+        deadline = time.monotonic() + QMP_DEADLINE_S
+        while True:
+            if proc.returncode is not None or (await _exited(proc)):
+                said = stderr_path.read_text(errors="replace").strip()[-2000:]
+                raise DriverError(
+                    f"qemu exited with {proc.returncode}: {said}", console_tail(spec.console_log)
+                )
+            if path.exists():
+                client = QMPClient(spec.vm_id)
+                try:
+                    await client.connect(str(path))
+                    return client
+                except (QMPError, OSError):
+                    with contextlib.suppress(Exception):
+                        await client.disconnect()
+            if time.monotonic() > deadline:
+                raise DriverError(f"qemu's QMP socket did not answer within {QMP_DEADLINE_S:.0f} s")
+            await asyncio.sleep(0.02)
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> bool:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(proc.wait()), 0.001)
+    return proc.returncode is not None
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
