@@ -254,3 +254,16 @@ def test_one_gigabyte_round_trip_never_sits_in_memory(envd: Envd, workdir: Path)
         target.unlink(missing_ok=True)
     assert received.hexdigest() == sent.hexdigest()
     assert peak[0] < 200 * (1 << 20), f"envd peaked at {peak[0] >> 20} MiB for a 1 GiB transfer"
+
+
+def test_gzip_only_when_asked_for_alone_or_identity_is_refused() -> None:
+    from wrenn.envd._files import wants_gzip
+
+    assert wants_gzip("gzip")  # what E2B's SDK sends with gzip=True
+    assert wants_gzip("gzip;q=1, identity;q=0")
+    assert wants_gzip("gzip, *;q=0")
+    assert not wants_gzip("gzip, deflate")  # a generic client's default: no preference
+    assert not wants_gzip("gzip, deflate, br, zstd")
+    assert not wants_gzip("identity")
+    assert not wants_gzip("gzip;q=0")
+    assert not wants_gzip("")
