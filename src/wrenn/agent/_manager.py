@@ -374,10 +374,18 @@ class SandboxManager:
             return None
         pid = state.get("vmm_pid")
         slot = state.get("slot")
-        alive = isinstance(pid, int) and _is_vmm_of(pid, params.sandbox_id)
+        if not isinstance(pid, int):
+            pid = None
+        alive = pid is not None and _is_vmm_of(pid, params.sandbox_id)
         image = images.find(params.template, self.config.data_dir)
-        if not alive or slot is None or image is None or slot not in self.network.list_existing():
-            if isinstance(pid, int) and alive:
+        if (
+            pid is None
+            or not alive
+            or slot is None
+            or image is None
+            or slot not in self.network.list_existing()
+        ):
+            if pid is not None and alive:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, 9)
             log.info("stale sandbox cleaned", extra={"sandbox": params.sandbox_id, "vmm_alive": alive})

@@ -120,21 +120,21 @@ def _event(event: proc.ProcessEvent | None) -> pb.ProcessEvent | None:
         return None
     match which.field:
         case "start":
-            return pb.ProcessEvent(event=Oneof("start", pb.ProcessEvent.StartEvent(pid=which.value.pid)))
+            return pb.ProcessEvent(event=Oneof("start", pb.ProcessEvent.StartEvent(pid=which.value.pid)))  # type: ignore[arg-type]
         case "data":
             out = which.value.output
             if out is None or out.field == "pty":
                 return None
-            data = pb.ProcessEvent.DataEvent(output=Oneof(out.field, out.value))
-            return pb.ProcessEvent(event=Oneof("data", data))
+            data = pb.ProcessEvent.DataEvent(output=Oneof(out.field, out.value))  # type: ignore[arg-type]
+            return pb.ProcessEvent(event=Oneof("data", data))  # type: ignore[arg-type]
         case "end":
             end = which.value
             mapped = pb.ProcessEvent.EndEvent(exit_code=end.exit_code, exited=end.exited, status=end.status)
             if end.has_field("error"):
                 mapped.error = end.error
-            return pb.ProcessEvent(event=Oneof("end", mapped))
+            return pb.ProcessEvent(event=Oneof("end", mapped))  # type: ignore[arg-type]
         case _:
-            return pb.ProcessEvent(event=Oneof("keepalive", pb.KeepAlive()))
+            return pb.ProcessEvent(event=Oneof("keepalive", pb.KeepAlive()))  # type: ignore[arg-type]
 
 
 def _start_request(
@@ -161,9 +161,9 @@ def _start_request(
 
 def _selector(pid: int = 0, tag: str = "") -> proc.ProcessSelector:
     if pid:
-        return proc.ProcessSelector(selector=Oneof("pid", pid))
+        return proc.ProcessSelector(selector=Oneof("pid", pid))  # type: ignore[arg-type]
     if tag:
-        return proc.ProcessSelector(selector=Oneof("tag", tag))
+        return proc.ProcessSelector(selector=Oneof("tag", tag))  # type: ignore[arg-type]
     raise ConnectError(Code.INVALID_ARGUMENT, "a process pid or tag is required")
 
 
@@ -272,10 +272,8 @@ class AgentService(HostAgentService):
                 which = event.event if event is not None else None
                 if which is None:
                     continue
-                if which.field == "data":
-                    (stdout if which.value.output.field == "stdout" else stderr).extend(
-                        which.value.output.value
-                    )
+                if which.field == "data" and (output := which.value.output) is not None:
+                    (stdout if output.field == "stdout" else stderr).extend(output.value)
                 elif which.field == "end":
                     out.exit_code, out.exited, out.status = (
                         which.value.exit_code,
@@ -501,12 +499,12 @@ class AgentService(HostAgentService):
                 if which is None:
                     continue
                 if which.field == "start":
-                    yield pb.WatchDirResponse(event=Oneof("start", pb.WatchDirResponse.WatchStarted()))
+                    yield pb.WatchDirResponse(event=Oneof("start", pb.WatchDirResponse.WatchStarted()))  # type: ignore[arg-type]
                 elif which.field == "filesystem":
                     event = pb.FileEvent(name=which.value.name, type=pb.FileEventType(int(which.value.type)))
-                    yield pb.WatchDirResponse(event=Oneof("file", event))
+                    yield pb.WatchDirResponse(event=Oneof("file", event))  # type: ignore[arg-type]
                 else:
-                    yield pb.WatchDirResponse(event=Oneof("keepalive", pb.KeepAlive()))
+                    yield pb.WatchDirResponse(event=Oneof("keepalive", pb.KeepAlive()))  # type: ignore[arg-type]
         except (ConnectError, httpx.TransportError, OSError) as exc:
             raise _connect_error(exc) from None
 
@@ -544,17 +542,17 @@ class AgentService(HostAgentService):
                 match which.field:
                     case "start":
                         started = pb.PtyAttachResponse.Started(pid=which.value.pid, tag=tag)
-                        yield pb.PtyAttachResponse(event=Oneof("started", started))
+                        yield pb.PtyAttachResponse(event=Oneof("started", started))  # type: ignore[arg-type]
                     case "data":
                         output = pb.PtyAttachResponse.Output(data=which.value.output.value)
-                        yield pb.PtyAttachResponse(event=Oneof("output", output))
+                        yield pb.PtyAttachResponse(event=Oneof("output", output))  # type: ignore[arg-type]
                     case "end":
                         exited = pb.PtyAttachResponse.Exited(exit_code=which.value.exit_code)
                         if which.value.has_field("error"):
                             exited.error = which.value.error
-                        yield pb.PtyAttachResponse(event=Oneof("exited", exited))
+                        yield pb.PtyAttachResponse(event=Oneof("exited", exited))  # type: ignore[arg-type]
                     case _:
-                        yield pb.PtyAttachResponse(event=Oneof("keepalive", pb.KeepAlive()))
+                        yield pb.PtyAttachResponse(event=Oneof("keepalive", pb.KeepAlive()))  # type: ignore[arg-type]
         except (ConnectError, SandboxError, httpx.TransportError, OSError) as exc:
             raise _connect_error(exc) from None
 
@@ -562,7 +560,7 @@ class AgentService(HostAgentService):
         self, request: pb.PtySendInputRequest, ctx: RequestContext[Any, Any]
     ) -> pb.PtySendInputResponse:
         envd, headers = self._envd(request.sandbox_id)
-        data = proc.ProcessInput(input=Oneof("pty", bytes(request.data)))
+        data = proc.ProcessInput(input=Oneof("pty", bytes(request.data)))  # type: ignore[arg-type]
         await _call(
             envd.process.send_input(
                 proc.SendInputRequest(process=_selector(tag=request.tag), input=data), headers=headers
