@@ -156,3 +156,27 @@ def workdir(envd: Envd, test_user: pwd.struct_passwd) -> Iterator[Path]:
     os.chown(path, test_user.pw_uid, test_user.pw_gid)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+# --- guest images (tests/images) -----------------------------------------------------------------
+
+from wrenn.images import Image  # noqa: E402  (kept with the image fixtures)
+
+#: Where the session's guest image is built. CI keeps it between its image-build and test stages, and a
+#: developer's later runs reuse it: a build whose inputs did not change is a no-op.
+IMAGE_DATA_DIR = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
+
+
+@pytest.fixture(scope="session")
+def image_data_dir() -> Path:
+    return IMAGE_DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def image(image_data_dir: Path) -> Image:
+    """The `minimal` guest image, built (or found up to date) once per session."""
+    if os.geteuid() != 0:
+        pytest.skip("building a guest image needs root (debootstrap, chroot)")
+    from wrenn.images import build
+
+    return build("minimal", image_data_dir)

@@ -1,1 +1,31 @@
-"""Guest images: the kernel and root filesystem builder (`wrenn image build`)."""
+"""Guest images: the kernel and root filesystem builder (`wrenn image build`).
+
+An image is Debian's cloud kernel (`vmlinuz` for QEMU, `vmlinux` for Firecracker), a busybox initramfs
+with the virtio drivers, and an ext4 root disk (debootstrap bookworm minbase + envd), built on the host
+and stored read-only under `{data_dir}/images/{template}/{version}/`:
+
+    image = wrenn.images.build("minimal", data_dir=Path("/var/lib/wrenn"), progress=True)
+    image = wrenn.images.find("minimal", data_dir)       # the current build, or None
+
+The version is a hash of the inputs (template recipe, kernel package, envd sources and packages), so
+building again is a no-op until one of them changes. The guest's PID 1 is `/sbin/wrenn-init`, which reads
+`wrenn.hostname= wrenn.ip=ADDR/PREFIX wrenn.gw= wrenn.dns=A,B wrenn.time=SECONDS` from the kernel
+command line and runs envd on TCP 49983.
+"""
+
+from ._build import DEFAULT_DISK_SIZE, build
+from ._image import DEFAULT_DATA_DIR, Image, find
+from ._steps import STEPS, BuildError
+from ._templates import TEMPLATES, Template
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "DEFAULT_DISK_SIZE",
+    "STEPS",
+    "TEMPLATES",
+    "BuildError",
+    "Image",
+    "Template",
+    "build",
+    "find",
+]

@@ -1,0 +1,88 @@
+"""A built image on disk: `{data}/images/{template}/{version}/` plus a `current` symlink per template."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA_DIR = Path(os.environ.get("WRENN_DATA_DIR", "/var/lib/wrenn"))
+MANIFEST = "manifest.json"
+#: The files of a complete image, by manifest key.
+FILES: dict[str, str] = {
+    "vmlinuz": "vmlinuz",
+    "vmlinux": "vmlinux",
+    "initrd": "initrd.img",
+    "rootfs": "rootfs.ext4",
+}
+
+
+def images_dir(data_dir: Path) -> Path:
+    return data_dir / "images"
+
+
+def template_dir(data_dir: Path, template: str) -> Path:
+    return images_dir(data_dir) / template
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """A complete, read-only guest image. Boot `vmlinuz` (QEMU) or `vmlinux` (Firecracker) with `initrd`
+    and `rootfs` as /dev/vda (through a copy-on-write overlay: never write to `rootfs`)."""
+
+    template: str
+    version: str
+    kernel_version: str
+    envd_version: str
+    directory: Path
+    vmlinuz: Path
+    vmlinux: Path
+    initrd: Path
+    rootfs: Path
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / MANIFEST
+
+    def manifest(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.manifest_path.read_text())
+        return data
+
+    @classmethod
+    def load(cls, directory: Path) -> Image | None:
+        """The image in `directory`, or None when it is missing or incomplete."""
+        try:
+            manifest = json.loads((directory / MANIFEST).read_text())
+            files = manifest["files"]
+            for key, name in FILES.items():
+                if (directory / name).stat().st_size != files[key]["size"]:
+                    return None
+            return cls(
+                template=manifest["template"],
+                version=manifest["version"],
+                kernel_version=manifest["kernel"]["release"],
+                envd_version=manifest["envd_version"],
+                directory=directory,
+                **{key: directory / name for key, name in FILES.items()},
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def find(template: str = "minimal", data_dir: Path | None = None) -> Image | None:
+    """The current (newest complete) image of `template`, or None when there is none."""
+    current = template_dir(data_dir or DEFAULT_DATA_DIR, template) / "current"
+    if not current.is_symlink():
+        return None
+    return Image.load(current.resolve())
+
+
+def point_current(template_path: Path, version: str) -> None:
+    """Atomically repoint `current` at `version` (a relative symlink)."""
+    link = template_path / "current"
+    tmp = template_path / f".current.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(version)
+    tmp.replace(link)

@@ -1,0 +1,383 @@
+"""The runtime end to end: a real host agent process boots real VMs from our image (TCG here), and its
+Connect API runs commands and moves files through envd over the TAP. Also isolation between guests and
+the host, and that nothing is left behind: after destroy, after `kill -9` of QEMU, after an agent restart.
+
+Few VMs are booted (TCG boots take seconds each), and they are shared by the tests of this module in
+order: the module reads as one story.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from connectrpc.errors import ConnectError
+from protobuf import Oneof
+
+from wrenn.proto.hostagent.v1 import hostagent_pb as pb
+from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient
+
+pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
+
+PREFIX = f"wa{os.getpid() % 1000:03d}r"  # starts and ends with a letter, as the network layer requires
+
+
+@dataclass
+class AgentProcess:
+    url: str
+    port: int
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_agent(data_dir: Path, port: int | None = None) -> AgentProcess:
+    port = port or _free_port()
+    log = data_dir / f"agent-{PREFIX}-{port}.log"
+    with log.open("ab") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wrenn.agent", "--data-dir", str(data_dir), "--host", "0.0.0.0",
+             "--port", str(port), "--name-prefix", PREFIX, "--slots", "8"],
+            stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    agent = AgentProcess(f"http://127.0.0.1:{port}", port, data_dir, proc, log)
+    deadline = time.monotonic() + 120  # the first start probes the accelerator
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"agent exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return agent
+        except OSError:
+            time.sleep(0.2)
+    agent.stop()
+    raise RuntimeError(f"agent did not listen within 120 s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def agent(image: object) -> Iterator[AgentProcess]:
+    data_dir = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
+    process = start_agent(data_dir)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+async def client(agent: AgentProcess) -> AsyncIterator[HostAgentServiceClient]:
+    async with HostAgentServiceClient(agent.url) as c:
+        yield c
+
+
+def create_request(sandbox_id: str, **kw: object) -> pb.CreateSandboxRequest:
+    defaults: dict[str, object] = {"template": "minimal", "vcpus": 1, "memory_mb": 256, "disk_size_mb": 2048}
+    return pb.CreateSandboxRequest(sandbox_id=sandbox_id, **{**defaults, **kw})  # type: ignore[arg-type]
+
+
+async def run(client: HostAgentServiceClient, sandbox_id: str, script: str, **kw: object) -> pb.ExecResponse:
+    request = pb.ExecRequest(sandbox_id=sandbox_id, cmd="/bin/sh", args=["-c", script], **kw)  # type: ignore[arg-type]
+    return await client.exec(request, timeout_ms=120_000)
+
+
+# --- what is left on the host ----------------------------------------------------------------------
+
+
+def netns_names() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {
+        line.split()[0] for line in out.splitlines() if line.strip() and line.split()[0].startswith(PREFIX)
+    }
+
+
+def links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return {m.group(1) for m in re.finditer(r"^\d+: ([^:@]+)", out, re.M) if m.group(1).startswith(PREFIX)}
+
+
+def vmm_pids(sandbox_id: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"-name {sandbox_id} "], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def cgroups(sandbox_id: str) -> list[Path]:
+    name = f"{PREFIX}-{sandbox_id}"
+    return [p for p in Path("/sys/fs/cgroup").glob(f"*/wrenn/{name}")] + list(
+        Path("/sys/fs/cgroup").glob(f"wrenn/{name}")
+    )
+
+
+def leftovers(agent: AgentProcess, sandbox_id: str) -> list[str]:
+    found = [f"vmm pid {p}" for p in vmm_pids(sandbox_id)]
+    found += [f"cgroup {p}" for p in cgroups(sandbox_id)]
+    workdir = agent.data_dir / "sandboxes" / sandbox_id
+    if workdir.exists():
+        found.append(f"workdir {workdir}: {sorted(x.name for x in workdir.iterdir())}")
+    return found
+
+
+async def until(check: object, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check() if asyncio.iscoroutinefunction(check) else check():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+# --- the story -----------------------------------------------------------------------------------
+
+
+async def test_host_info_names_the_accelerator_and_why(client: HostAgentServiceClient) -> None:
+    info = await client.get_host_info(pb.GetHostInfoRequest())
+    assert info.accelerator in (pb.Accelerator.KVM, pb.Accelerator.TCG)
+    assert info.accelerator_reason
+    assert info.vmm == pb.Vmm.QEMU and info.vmm_version
+    assert info.slot_capacity == 8 and info.cpu_count >= 1
+    if Path("/sys/module/kvm_pvm").exists():  # this workplace: PVM cannot boot a stock kernel
+        assert info.accelerator == pb.Accelerator.TCG and "PVM" in info.accelerator_reason
+
+
+async def test_two_sandboxes_boot_and_run_code(client: HostAgentServiceClient, agent: AgentProcess) -> None:
+    created = await asyncio.gather(
+        client.create_sandbox(create_request("sb-a", envd_access_token="tok-a", default_env={"GREETING": "hi"}),
+                              timeout_ms=300_000),
+        client.create_sandbox(create_request("sb-b", allow_internet=True), timeout_ms=300_000),
+    )  # fmt: skip
+    for response in created:
+        assert response.sandbox.status == pb.SandboxStatus.RUNNING, response.sandbox.error
+        assert response.sandbox.host_ip
+    out = await run(client, "sb-a", 'python3 -c "print(6*7)"; whoami; echo $GREETING; pwd')
+    assert out.exit_code == 0, out.stderr
+    assert out.stdout.decode().split() == ["42", "user", "hi", "/home/user"]
+    root = await run(client, "sb-a", "id -u; cd /tmp && pwd", user="root", envs={"X": "1"})
+    assert root.stdout.decode().split() == ["0", "/tmp"]
+    cwd = await run(client, "sb-a", 'pwd; echo "$X"', cwd="/etc", envs={"X": "y"})
+    assert cwd.stdout.decode().split() == ["/etc", "y"]
+    failing = await run(client, "sb-a", "echo oops >&2; exit 3")
+    assert (failing.exit_code, failing.stderr) == (3, b"oops\n")
+    timed = await run(client, "sb-a", "sleep 30", timeout_sec=2)
+    assert timed.timed_out
+    listed = await client.list_sandboxes(pb.ListSandboxesRequest())
+    assert {s.sandbox_id for s in listed.sandboxes} >= {"sb-a", "sb-b"}
+
+
+async def test_files_through_the_agent(client: HostAgentServiceClient) -> None:
+    sid = "sb-a"
+    written = await client.write_file(
+        pb.WriteFileRequest(sandbox_id=sid, path="/home/user/x/hello.txt", content=b"hello")
+    )
+    assert written.entry.size == 5 and written.entry.owner == "user"
+    read = await client.read_file(pb.ReadFileRequest(sandbox_id=sid, path="/home/user/x/hello.txt"))
+    assert read.content == b"hello"
+    big = os.urandom(3 << 20)
+
+    async def chunks() -> AsyncIterator[pb.WriteFileStreamRequest]:
+        yield pb.WriteFileStreamRequest(
+            content=Oneof("meta", pb.WriteFileMeta(sandbox_id=sid, path="/tmp/big.bin"))
+        )
+        for i in range(0, len(big), 1 << 18):
+            yield pb.WriteFileStreamRequest(content=Oneof("chunk", big[i : i + (1 << 18)]))
+
+    streamed = await client.write_file_stream(chunks())
+    assert streamed.entry.size == len(big)
+    back = b"".join(
+        [
+            r.chunk
+            async for r in client.read_file_stream(
+                pb.ReadFileStreamRequest(sandbox_id=sid, path="/tmp/big.bin")
+            )
+        ]
+    )
+    assert back == big
+    made = await client.make_dir(pb.MakeDirRequest(sandbox_id=sid, path="/home/user/d/e"))
+    assert made.entry.type == pb.FileType.DIRECTORY
+    entries = await client.list_dir(pb.ListDirRequest(sandbox_id=sid, path="/home/user", depth=2))
+    assert {"x", "x/hello.txt", "d", "d/e"} <= {
+        os.path.relpath(e.path, "/home/user") for e in entries.entries
+    }
+    await client.remove_path(pb.RemovePathRequest(sandbox_id=sid, path="/home/user/d"))
+    with pytest.raises(ConnectError) as err:
+        await client.stat(pb.StatRequest(sandbox_id=sid, path="/home/user/d"))
+    assert err.value.code.name == "NOT_FOUND"
+
+
+async def test_processes_and_terminals(client: HostAgentServiceClient) -> None:
+    sid = "sb-a"
+    started = await client.start_background(
+        pb.StartBackgroundRequest(sandbox_id=sid, cmd="sleep", args=["600"], tag="napper")
+    )
+    listed = await client.list_processes(pb.ListProcessesRequest(sandbox_id=sid))
+    assert any(p.pid == started.pid and p.tag == "napper" and p.cmd == "sleep" for p in listed.processes)
+    await client.kill_process(pb.KillProcessRequest(sandbox_id=sid, selector=Oneof("tag", "napper")))
+
+    async def gone() -> bool:
+        procs = await client.list_processes(pb.ListProcessesRequest(sandbox_id=sid))
+        return all(p.tag != "napper" for p in procs.processes)
+
+    assert await until(gone, 10)
+
+    kinds: list[str] = []
+    stdout = b""
+    async for response in client.exec_stream(
+        pb.ExecStreamRequest(sandbox_id=sid, cmd="/bin/sh", args=["-c", "echo a; echo b"])
+    ):
+        which = response.event.event  # type: ignore[union-attr]
+        kinds.append(which.field)
+        if which.field == "data":
+            stdout += which.value.output.value
+    assert kinds[0] == "start" and kinds[-1] == "end" and stdout == b"a\nb\n"
+
+    attach = aiter(
+        client.pty_attach(pb.PtyAttachRequest(sandbox_id=sid, cmd="/bin/bash", args=["-i"], cols=80, rows=24))
+    )
+    first = await anext(attach)
+    assert first.event.field == "started"  # type: ignore[union-attr]
+    tag = first.event.value.tag  # type: ignore[union-attr]
+    await client.pty_resize(pb.PtyResizeRequest(sandbox_id=sid, tag=tag, cols=100, rows=30))
+    await client.pty_send_input(pb.PtySendInputRequest(sandbox_id=sid, tag=tag, data=b"stty size; exit\n"))
+    seen, exited = b"", None
+    async for response in attach:
+        which = response.event
+        if which.field == "output":  # type: ignore[union-attr]
+            seen += which.value.data  # type: ignore[union-attr]
+        elif which.field == "exited":  # type: ignore[union-attr]
+            exited = which.value  # type: ignore[union-attr]
+            break
+    assert b"30 100" in seen and exited is not None and exited.exit_code == 0
+
+
+async def test_metrics_are_sampled(client: HostAgentServiceClient) -> None:
+    async def sampled() -> bool:
+        points = await client.get_sandbox_metrics(pb.GetSandboxMetricsRequest(sandbox_id="sb-a"))
+        return len(points.points) >= 2 and points.points[-1].mem_bytes > 0
+
+    assert await until(sampled, 20)
+
+
+def _guest_connects(script_target: str) -> str:
+    host, port = script_target.rsplit(":", 1)
+    return (
+        'python3 -c "import socket,sys\n'
+        f"try:\n socket.create_connection(('{host}', {port}), timeout=3); print('open')\n"
+        "except OSError as e: print('blocked', type(e).__name__)\""
+    )
+
+
+async def test_isolation(client: HostAgentServiceClient, agent: AgentProcess) -> None:
+    b = (await client.get_sandbox(pb.GetSandboxRequest(sandbox_id="sb-b"))).sandbox
+    # the host side of sb-a's veth is a host address: the agent listens on 0.0.0.0, so it is the target
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
+    host_veth_ips = re.findall(rf"\d+: {PREFIX}\S*\s+inet (\d+\.\d+\.\d+\.\d+)", out)
+    assert host_veth_ips, out
+    # the host reaches envd in sb-b directly...
+    with socket.create_connection((b.host_ip, 49983), timeout=5):
+        pass
+    targets = [f"{ip}:{agent.port}" for ip in host_veth_ips] + [
+        f"{b.host_ip}:49983",
+        f"127.0.0.1:{agent.port}",
+    ]
+    for target in targets:
+        result = await run(client, "sb-a", _guest_connects(target))
+        assert result.stdout.decode().startswith("blocked"), (target, result.stdout, result.stderr)
+    # ...and the guest can still reach itself
+    self_check = await run(client, "sb-a", _guest_connects("127.0.0.1:49983"))
+    assert self_check.stdout.decode().startswith("open")
+
+
+async def test_destroy_leaves_nothing(client: HostAgentServiceClient, agent: AgentProcess) -> None:
+    before = netns_names()
+    await client.destroy_sandbox(pb.DestroySandboxRequest(sandbox_id="sb-b"))
+    assert leftovers(agent, "sb-b") == []
+    assert len(netns_names()) == len(before) - 1
+    with pytest.raises(ConnectError) as err:
+        await client.destroy_sandbox(pb.DestroySandboxRequest(sandbox_id="sb-b"))
+    assert err.value.code.name == "NOT_FOUND"  # destroying twice is harmless
+
+
+async def test_a_killed_vm_is_reported_and_cleaned(
+    client: HostAgentServiceClient, agent: AgentProcess
+) -> None:
+    (pid,) = vmm_pids("sb-a")
+    os.kill(pid, signal.SIGKILL)
+
+    async def errored() -> bool:
+        sandbox = (await client.get_sandbox(pb.GetSandboxRequest(sandbox_id="sb-a"))).sandbox
+        return sandbox.status == pb.SandboxStatus.ERROR
+
+    assert await until(errored, 20)
+    sandbox = (await client.get_sandbox(pb.GetSandboxRequest(sandbox_id="sb-a"))).sandbox
+    assert "exited unexpectedly" in sandbox.error
+    with pytest.raises(ConnectError) as err:
+        await run(client, "sb-a", "true")
+    assert err.value.code.name == "FAILED_PRECONDITION"
+    await client.destroy_sandbox(pb.DestroySandboxRequest(sandbox_id="sb-a"))
+    assert leftovers(agent, "sb-a") == []
+
+
+async def test_a_vm_that_does_not_boot_is_reported_with_its_console(
+    client: HostAgentServiceClient, agent: AgentProcess
+) -> None:
+    broken = agent.data_dir / "images" / "broken"
+    shutil.rmtree(broken, ignore_errors=True)
+    source = (agent.data_dir / "images" / "minimal" / "current").resolve()
+    target = broken / source.name
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("rootfs.ext4"))
+    (target / "rootfs.ext4").symlink_to(source / "rootfs.ext4")
+    (target / "vmlinuz").write_bytes(b"this is not a kernel")
+    (broken / "current").symlink_to(target.name)
+    try:
+        with pytest.raises(ConnectError) as err:
+            await client.create_sandbox(create_request("sb-broken", template="broken"), timeout_ms=120_000)
+        assert err.value.code.name == "INTERNAL"
+        assert "qemu" in err.value.message.lower()
+        sandbox = (await client.get_sandbox(pb.GetSandboxRequest(sandbox_id="sb-broken"))).sandbox
+        assert sandbox.status == pb.SandboxStatus.ERROR and sandbox.error
+        await client.destroy_sandbox(pb.DestroySandboxRequest(sandbox_id="sb-broken"))
+        assert leftovers(agent, "sb-broken") == []
+    finally:
+        shutil.rmtree(broken, ignore_errors=True)
+
+
+async def test_agent_restart_adopts_running_vms_and_cleans_the_rest(agent: AgentProcess) -> None:
+    async with HostAgentServiceClient(agent.url) as client:
+        await client.create_sandbox(create_request("sb-c", envd_access_token="tok-c"), timeout_ms=300_000)
+    stale_ns = f"{PREFIX}-ns-7"
+    subprocess.run(["ip", "netns", "add", stale_ns], check=True)  # as a crashed run would leave it
+    agent.stop(signal.SIGKILL)
+    restarted = start_agent(agent.data_dir, port=agent.port)
+    agent.proc = restarted.proc
+    async with HostAgentServiceClient(agent.url) as client:
+        listed = await client.list_sandboxes(pb.ListSandboxesRequest())
+        assert [s.sandbox_id for s in listed.sandboxes] == ["sb-c"]
+        out = await run(client, "sb-c", "echo still here")
+        assert out.stdout == b"still here\n"
+        assert stale_ns not in netns_names()
+        await client.terminate(pb.TerminateRequest())
+    agent.proc.wait(30)
+    assert leftovers(agent, "sb-c") == []
+    assert netns_names() == set() and links() == set()
