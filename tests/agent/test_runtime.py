@@ -9,6 +9,7 @@ order: the module reads as one story.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -26,7 +27,7 @@ from connectrpc.errors import ConnectError
 from protobuf import Oneof
 
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
-from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient
+from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient, HostAgentServiceClientSync
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
 
@@ -85,7 +86,13 @@ def agent(image: object) -> Iterator[AgentProcess]:
     data_dir = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
     process = start_agent(data_dir)
     yield process
-    process.stop()
+    # Whatever happened above, leave nothing: a running agent (or a new one, which adopts what the last
+    # one left) destroys every sandbox and removes its rules on Terminate.
+    if process.proc.poll() is not None:
+        process.proc = start_agent(data_dir, port=process.port).proc
+    with HostAgentServiceClientSync(process.url) as sync:
+        sync.terminate(pb.TerminateRequest())
+    process.proc.wait(60)
 
 
 @pytest.fixture
@@ -120,7 +127,7 @@ def links() -> set[str]:
 
 
 def vmm_pids(sandbox_id: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"-name {sandbox_id} "], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-f", "--", f"-name {sandbox_id} "], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
 
 
@@ -348,7 +355,11 @@ async def test_a_vm_that_does_not_boot_is_reported_with_its_console(
     target = broken / source.name
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("rootfs.ext4"))
     (target / "rootfs.ext4").symlink_to(source / "rootfs.ext4")
-    (target / "vmlinuz").write_bytes(b"this is not a kernel")
+    garbage = b"this is not a kernel"
+    (target / "vmlinuz").write_bytes(garbage)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["template"], manifest["files"]["vmlinuz"]["size"] = "broken", len(garbage)
+    (target / "manifest.json").write_text(json.dumps(manifest))
     (broken / "current").symlink_to(target.name)
     try:
         with pytest.raises(ConnectError) as err:

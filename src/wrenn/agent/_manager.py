@@ -88,6 +88,12 @@ class SandboxManager:
         for task in list(self._tasks):
             task.cancel()
 
+    async def terminate(self) -> None:
+        """Destroy every sandbox and remove the host-wide network rules: the host is being retired."""
+        await asyncio.gather(*(self.destroy(sid) for sid in list(self.sandboxes)), return_exceptions=True)
+        await self.network.uninstall()
+        log.info("terminated: every sandbox destroyed, host rules removed")
+
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)

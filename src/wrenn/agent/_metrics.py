@@ -35,11 +35,10 @@ class _Series:
                 ring.append(point)
 
     def since(self, start: float) -> list[Point]:
-        for ring in self.rings:  # the finest ring that reaches back far enough
-            if ring and ring[0].timestamp <= start:
-                return [p for p in ring if p.timestamp >= start]
-        coarsest = next((r for r in reversed(self.rings) if r), None)
-        return [p for p in coarsest if p.timestamp >= start] if coarsest else []
+        """Points from `start` on, from the finest ring that reaches back that far. When none does
+        (the sandbox is younger than the range), the finest ring holds all there is."""
+        ring = next((r for r in self.rings if r and r[0].timestamp <= start), self.rings[0])
+        return [p for p in ring if p.timestamp >= start]
 
 
 class MetricsStore:

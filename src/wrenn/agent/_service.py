@@ -636,7 +636,7 @@ class AgentService(HostAgentService):
     async def terminate(
         self, request: pb.TerminateRequest, ctx: RequestContext[Any, Any]
     ) -> pb.TerminateResponse:
-        await asyncio.gather(*(self.m.destroy(sid) for sid in list(self.m.sandboxes)), return_exceptions=True)
+        await self.m.terminate()
         if self._on_terminate is not None:
             asyncio.get_running_loop().call_later(0.2, self._on_terminate)
         else:
