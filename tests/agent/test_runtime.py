@@ -193,6 +193,23 @@ async def test_two_sandboxes_boot_and_run_code(client: HostAgentServiceClient, a
     assert {s.sandbox_id for s in listed.sandboxes} >= {"sb-a", "sb-b"}
 
 
+def test_the_vmm_is_confined(agent: AgentProcess) -> None:
+    (pid,) = vmm_pids("sb-a")
+    status = Path(f"/proc/{pid}/status").read_text()
+    uid = int(re.search(r"^Uid:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
+    assert uid != 0, "QEMU should have dropped root (-runas)"
+    assert re.search(r"^Seccomp:\s+2", status, re.M), "QEMU's seccomp sandbox should be on"
+    groups = cgroups("sb-a")
+    assert groups, "the VMM should sit in a cgroup of its own"
+    cgroup_procs = {int(p) for g in groups for p in (g / "cgroup.procs").read_text().split()}
+    assert pid in cgroup_procs
+    for group in groups:
+        for limit_file, expected in (("memory.limit_in_bytes", (256 + 384) << 20), ("memory.max", (256 + 384) << 20),
+                                     ("cpu.cfs_quota_us", 100_000)):  # fmt: skip
+            if (group / limit_file).exists():
+                assert int((group / limit_file).read_text()) == expected, limit_file
+
+
 async def test_files_through_the_agent(client: HostAgentServiceClient) -> None:
     sid = "sb-a"
     written = await client.write_file(

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import signal
+import subprocess
 
 import uvicorn
 
@@ -62,6 +64,29 @@ async def choose_accelerator(config: AgentConfig) -> AcceleratorChoice:
     )
 
 
+def ensure_vmm_user(name: str | None) -> str | None:
+    """Create the unprivileged system user QEMU drops to (`-runas`), if missing. None when impossible."""
+    if not name:
+        return None
+    try:
+        pwd.getpwnam(name)
+        return name
+    except KeyError:
+        pass
+    result = subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        log.warning(
+            "cannot create the VMM user: QEMU keeps root",
+            extra={"user": name, "error": result.stderr.strip()},
+        )
+        return None
+    log.info("created the unprivileged VMM user", extra={"user": name})
+    return name
+
+
 class Agent:
     """The host agent: a sandbox manager behind the HostAgentService Connect API."""
 
@@ -73,6 +98,7 @@ class Agent:
     async def start(self) -> SandboxManager:
         if os.geteuid() != 0:
             raise AgentError("the host agent needs root (network namespaces, TAP devices, cgroups)")
+        ensure_vmm_user(self.config.vmm_user)
         driver = make_driver(self.config)
         accelerator = await choose_accelerator(self.config)
         log.info(

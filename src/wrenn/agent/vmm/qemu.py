@@ -30,7 +30,10 @@ log = logging.getLogger("wrenn.agent.qemu")
 
 #: The microvm machine as feasibility.md measured it: no option ROMs, a serial port, an RTC, one IOAPIC.
 MACHINE = "microvm,x-option-roms=off,isa-serial=on,rtc=on,ioapic2=off"
-SECCOMP = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+#: QEMU's seccomp sandbox. `-runas` itself calls setuid (QEMU 7.2 kills itself with SIGSYS under
+#: elevateprivileges=deny or =children), so with it set*uid stays allowed: `-runas` sets the real,
+#: effective and saved ids alike, so there is no way back to root anyway.
+SECCOMP = "on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"
 QMP_DEADLINE_S = 10.0
 
 
@@ -154,10 +157,11 @@ class QemuDriver:
                 "-netdev", f"tap,id=net0,ifname={spec.tap},script=no,downscript=no",
                 "-device", f"virtio-net-device,netdev=net0,mac={spec.mac}",
             ]  # fmt: skip
+        drop = bool(self.run_as and _user_exists(self.run_as) and os.geteuid() == 0)
         if self.seccomp:
-            args += ["-sandbox", SECCOMP]
-        if self.run_as and _user_exists(self.run_as) and os.geteuid() == 0:
-            args += ["-runas", self.run_as]
+            args += ["-sandbox", SECCOMP.format(elevate="allow" if drop else "deny")]
+        if drop:
+            args += ["-runas", str(self.run_as)]
         args += list(spec.extra_args)
         if spec.netns:
             args = ["ip", "netns", "exec", spec.netns, *args]
