@@ -391,6 +391,23 @@ async def test_a_vm_that_does_not_boot_is_reported_with_its_console(
         shutil.rmtree(broken, ignore_errors=True)
 
 
+async def test_an_idle_sandbox_is_stopped_after_its_timeout(
+    client: HostAgentServiceClient, agent: AgentProcess
+) -> None:
+    await client.create_sandbox(create_request("sb-idle", timeout_sec=3), timeout_ms=300_000)
+
+    async def stopped() -> bool:
+        sandbox = (await client.get_sandbox(pb.GetSandboxRequest(sandbox_id="sb-idle"))).sandbox
+        return sandbox.status == pb.SandboxStatus.STOPPED
+
+    assert await until(stopped, 30)
+    sandbox = (await client.get_sandbox(pb.GetSandboxRequest(sandbox_id="sb-idle"))).sandbox
+    assert sandbox.error == "idle timeout"
+    assert vmm_pids("sb-idle") == [] and cgroups("sb-idle") == []
+    await client.destroy_sandbox(pb.DestroySandboxRequest(sandbox_id="sb-idle"))
+    assert leftovers(agent, "sb-idle") == []
+
+
 async def test_agent_restart_adopts_running_vms_and_cleans_the_rest(agent: AgentProcess) -> None:
     async with HostAgentServiceClient(agent.url) as client:
         await client.create_sandbox(create_request("sb-c", envd_access_token="tok-c"), timeout_ms=300_000)

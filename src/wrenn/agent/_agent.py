@@ -73,10 +73,10 @@ def ensure_vmm_user(name: str | None) -> str | None:
         return name
     except KeyError:
         pass
+    useradd = ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent"]
     result = subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [*useradd, "--shell", "/usr/sbin/nologin", name], capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
         log.warning(
             "cannot create the VMM user: QEMU keeps root",

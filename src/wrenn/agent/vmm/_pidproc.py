@@ -1,4 +1,5 @@
-"""A handle on a VMM process this agent did not start (adopted after a restart): wait via a pidfd."""
+"""The VMM process behind a VM: one this agent started, or one adopted after a restart (waited for
+through a pidfd)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import asyncio
 import contextlib
 import os
 import signal
+
+from ._driver import VMSpec
 
 
 class PidProcess:
@@ -38,3 +41,29 @@ class PidProcess:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+
+class ProcessVM:
+    """What every driver's VM shares: its spec and the VMM process behind it."""
+
+    def __init__(self, spec: VMSpec, proc: asyncio.subprocess.Process | PidProcess) -> None:
+        self.spec = spec
+        self._proc = proc
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    async def wait(self) -> int:
+        return await self._proc.wait()
+
+    async def _kill_process(self) -> int:
+        """SIGKILL the VMM (if it still runs) and reap it; its return code."""
+        if self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signal.SIGKILL)
+        return await self._proc.wait()

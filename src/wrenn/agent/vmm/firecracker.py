@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._driver import VM, Accelerator, Driver, DriverError, VMSpec, console_tail
 from ._fc_api import FirecrackerAPI, FirecrackerAPIError, RequestHook
-from ._pidproc import PidProcess
+from ._pidproc import PidProcess, ProcessVM
 
 log = logging.getLogger(__name__)
 
@@ -58,24 +58,15 @@ def _socket_in_use(path: Path) -> bool:
         return True
 
 
-class FirecrackerVM:
+class FirecrackerVM(ProcessVM):
     """A running Firecracker process and the client for its API socket."""
 
     def __init__(
         self, spec: VMSpec, proc: asyncio.subprocess.Process | PidProcess, api: FirecrackerAPI
     ) -> None:
-        self.spec = spec
-        self._proc = proc
+        super().__init__(spec, proc)
         self._api = api
         self._cleaned = False
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode
 
     @property
     def api_socket(self) -> Path:
@@ -182,10 +173,7 @@ class FirecrackerVM:
         await self.kill()
 
     async def kill(self) -> None:
-        if self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-        code = await self._proc.wait()
+        code = await self._kill_process()
         if not self._cleaned:
             log.info("firecracker exited", extra={"vm_id": self.spec.vm_id, "pid": self.pid, "code": code})
         await self._cleanup()

@@ -14,7 +14,6 @@ import logging
 import os
 import pwd
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
 from ._driver import Accelerator, DriverError, VMSpec, console_tail
-from ._pidproc import PidProcess
+from ._pidproc import PidProcess, ProcessVM
 
 log = logging.getLogger("wrenn.agent.qemu")
 
@@ -58,22 +57,10 @@ def qemu_version(binary: str) -> str:
     return match.group(1) if match else out.strip().splitlines()[0]
 
 
-class QemuVM:
+class QemuVM(ProcessVM):
     def __init__(self, spec: VMSpec, proc: asyncio.subprocess.Process | PidProcess, qmp: QMPClient) -> None:
-        self.spec = spec
-        self._proc = proc
+        super().__init__(spec, proc)
         self._qmp = qmp
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode
-
-    async def wait(self) -> int:
-        return await self._proc.wait()
 
     async def qmp(self, command: str, **arguments: Any) -> Any:
         """Run one QMP command; DriverError when QEMU refuses or is gone."""
@@ -100,10 +87,7 @@ class QemuVM:
         await self.kill()
 
     async def kill(self) -> None:
-        if self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(signal.SIGKILL)
-            await self._proc.wait()
+        await self._kill_process()
         with contextlib.suppress(Exception):
             await self._qmp.disconnect()
 
