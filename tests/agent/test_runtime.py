@@ -16,10 +16,8 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,67 +27,22 @@ from protobuf import Oneof
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient, HostAgentServiceClientSync
 
+from ._agent import AgentProcess, start_agent
+
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
 
 PREFIX = f"wa{os.getpid() % 1000:03d}r"  # starts and ends with a letter, as the network layer requires
 
 
-@dataclass
-class AgentProcess:
-    url: str
-    port: int
-    data_dir: Path
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_agent(data_dir: Path, port: int | None = None) -> AgentProcess:
-    port = port or _free_port()
-    log = data_dir / f"agent-{PREFIX}-{port}.log"
-    with log.open("ab") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "wrenn.agent", "--data-dir", str(data_dir), "--host", "0.0.0.0",
-             "--port", str(port), "--name-prefix", PREFIX, "--slots", "8"],
-            stdout=sink, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    agent = AgentProcess(f"http://127.0.0.1:{port}", port, data_dir, proc, log)
-    deadline = time.monotonic() + 120  # the first start probes the accelerator
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"agent exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return agent
-        except OSError:
-            time.sleep(0.2)
-    agent.stop()
-    raise RuntimeError(f"agent did not listen within 120 s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def agent(image: object) -> Iterator[AgentProcess]:
     data_dir = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
-    process = start_agent(data_dir)
+    process = start_agent(data_dir, PREFIX)
     yield process
     # Whatever happened above, leave nothing: a running agent (or a new one, which adopts what the last
     # one left) destroys every sandbox and removes its rules on Terminate.
     if process.proc.poll() is not None:
-        process.proc = start_agent(data_dir, port=process.port).proc
+        process.proc = start_agent(data_dir, PREFIX, port=process.port).proc
     with HostAgentServiceClientSync(process.url) as sync:
         sync.terminate(pb.TerminateRequest())
     process.proc.wait(60)
@@ -173,11 +126,15 @@ async def test_two_sandboxes_boot_and_run_code(client: HostAgentServiceClient, a
     created = await asyncio.gather(
         client.create_sandbox(create_request("sb-a", envd_access_token="tok-a", default_env={"GREETING": "hi"}),
                               timeout_ms=300_000),
-        client.create_sandbox(create_request("sb-b", allow_internet=True), timeout_ms=300_000),
+        client.create_sandbox(create_request("sb-b", allow_internet=True, vcpus=2, memory_mb=384), timeout_ms=300_000),
     )  # fmt: skip
     for response in created:
         assert response.sandbox.status == pb.SandboxStatus.RUNNING, response.sandbox.error
         assert response.sandbox.host_ip
+    for sid, cpus, mem_mb in (("sb-a", 1, 256), ("sb-b", 2, 384)):  # the VM has what was asked for
+        shape = await run(client, sid, "nproc; awk '/MemTotal/ {print $2}' /proc/meminfo")
+        nproc, mem_kb = map(int, shape.stdout.split())
+        assert nproc == cpus and mem_mb * 0.8 < mem_kb / 1024 <= mem_mb, (sid, nproc, mem_kb)
     out = await run(client, "sb-a", 'python3 -c "print(6*7)"; whoami; echo $GREETING; pwd')
     assert out.exit_code == 0, out.stderr
     assert out.stdout.decode().split() == ["42", "user", "hi", "/home/user"]
@@ -414,7 +371,7 @@ async def test_agent_restart_adopts_running_vms_and_cleans_the_rest(agent: Agent
     stale_ns = f"{PREFIX}-ns-7"
     subprocess.run(["ip", "netns", "add", stale_ns], check=True)  # as a crashed run would leave it
     agent.stop(signal.SIGKILL)
-    restarted = start_agent(agent.data_dir, port=agent.port)
+    restarted = start_agent(agent.data_dir, PREFIX, port=agent.port)
     agent.proc = restarted.proc
     async with HostAgentServiceClient(agent.url) as client:
         listed = await client.list_sandboxes(pb.ListSandboxesRequest())

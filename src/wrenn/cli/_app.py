@@ -53,6 +53,14 @@ def agent(ctx: typer.Context) -> None:
 
 
 @app.command(context_settings=_PASSTHROUGH)
+def server(ctx: typer.Context) -> None:
+    """Run the control plane (REST API). `wrenn server --help` lists its options."""
+    from wrenn.controlplane.__main__ import main as server_main
+
+    server_main(list(ctx.args))
+
+
+@app.command(context_settings=_PASSTHROUGH)
 def image(ctx: typer.Context) -> None:
     """Build or show guest images: `wrenn image build [--template minimal|python]`, `wrenn image show`."""
     from wrenn.images.__main__ import main as images_main

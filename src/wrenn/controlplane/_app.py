@@ -1,0 +1,90 @@
+"""The control plane's ASGI app: the REST API under /v1, OpenAPI at /openapi.json, docs at /docs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from wrenn import __version__
+
+from ._agents import AgentPool
+from ._errors import ApiError
+from ._hosts import register_local
+from ._security import Tokens, load_or_create_secret
+from ._settings import Settings
+from .db import make_engine, migrate, sessions
+from .routes import auth, capsules, keys
+
+log = logging.getLogger("wrenn.controlplane")
+
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    401: "unauthorized",
+    403: "forbidden",
+    413: "too_large",
+}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.resolved_database_url)
+        await migrate(engine)
+        app.state.settings = settings
+        app.state.sessions = sessions(engine)
+        app.state.tokens = Tokens(
+            load_or_create_secret(settings.jwt_secret, settings.data_dir), settings.jwt_ttl_s
+        )
+        app.state.agents = AgentPool()
+        async with app.state.sessions() as session:
+            for address in settings.local_agents:
+                await register_local(session, app.state.agents, address)
+        log.info("control plane ready", extra={"database": engine.url.render_as_string(hide_password=True)})
+        try:
+            yield
+        finally:
+            await app.state.agents.close()
+            await engine.dispose()
+
+    app = FastAPI(title="Wrenn", version=__version__, lifespan=lifespan)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+            for e in exc.errors()
+        )
+        return JSONResponse({"error": {"code": "invalid_request", "message": problems}}, status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        return JSONResponse(
+            {"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code
+        )
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", extra={"path": request.url.path})
+        return JSONResponse(
+            {"error": {"code": "internal_error", "message": "internal error"}}, status_code=500
+        )
+
+    @app.get("/health", tags=["health"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    for module in (auth, keys, capsules):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,91 @@
+"""Request dependencies: the database session and who is asking (an API key or a user JWT)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from . import _errors
+from ._security import Tokens, hash_api_key
+from .db import ApiKey, Membership, User, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    kind: str  # "api_key" | "user"
+    team_id: str
+    actor_id: str
+    actor_name: str
+    user_id: str | None = None
+    role: str = "member"
+
+
+async def db(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.sessions() as session:
+        yield session
+
+
+Db = Annotated[AsyncSession, Depends(db)]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token else None
+
+
+async def _from_jwt(token: str, session: AsyncSession, tokens: Tokens) -> Principal:
+    claims = tokens.verify(token)
+    if claims is None:
+        raise _errors.unauthorized("invalid or expired token")
+    user = await session.get(User, claims.user_id)
+    if user is None or user.status != "active":
+        raise _errors.ApiError(403, "account_deactivated", "this account is not active")
+    member = await session.get(Membership, (claims.team_id, user.id))
+    if member is None:
+        raise _errors.forbidden("you are no longer a member of this team")
+    return Principal("user", claims.team_id, user.id, user.email, user_id=user.id, role=member.role)
+
+
+async def principal(request: Request, session: Db) -> Principal:
+    """An `X-API-Key` or an `Authorization: Bearer <JWT>`."""
+    key = request.headers.get("x-api-key")
+    if key:
+        found = (
+            await session.execute(select(ApiKey).where(ApiKey.key_hash == hash_api_key(key)))
+        ).scalar_one_or_none()
+        if found is None:
+            raise _errors.unauthorized("invalid API key")
+        found.last_used = utcnow()
+        await session.commit()
+        return Principal("api_key", found.team_id, found.id, found.name)
+    token = _bearer(request)
+    if token:
+        return await _from_jwt(token, session, request.app.state.tokens)
+    raise _errors.unauthorized("send X-API-Key or Authorization: Bearer <token>")
+
+
+async def user_principal(request: Request, session: Db) -> Principal:
+    """A user JWT only (account and team management is not for API keys)."""
+    token = _bearer(request)
+    if not token:
+        raise _errors.unauthorized("this route needs a user token (Authorization: Bearer <token>)")
+    return await _from_jwt(token, session, request.app.state.tokens)
+
+
+Caller = Annotated[Principal, Depends(principal)]
+UserCaller = Annotated[Principal, Depends(user_principal)]
+
+
+def audit_fields(caller: Principal) -> dict[str, Any]:
+    return {
+        "team_id": caller.team_id,
+        "actor_type": caller.kind,
+        "actor_id": caller.actor_id,
+        "actor_name": caller.actor_name,
+    }

@@ -1,0 +1,45 @@
+"""Hosts known at start: agents registered from the command line (`--local-agent URL`)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from connectrpc.errors import ConnectError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from wrenn.proto.hostagent.v1 import hostagent_pb as pb
+
+from ._agents import AgentPool
+from .db import Host, utcnow
+
+log = logging.getLogger("wrenn.controlplane.hosts")
+
+
+def local_host_id(address: str) -> str:
+    return "host-local-" + hashlib.sha256(address.encode()).hexdigest()[:12]
+
+
+async def register_local(session: AsyncSession, agents: AgentPool, address: str) -> Host:
+    """Upsert the host behind `address` with what its agent reports; `unreachable` if it does not answer."""
+    host = await session.get(Host, local_host_id(address))
+    if host is None:
+        host = Host(id=local_host_id(address), address=address, type="regular")
+        session.add(host)
+    try:
+        info = await agents.client(address).get_host_info(pb.GetHostInfoRequest(), timeout_ms=10_000)
+    except (ConnectError, OSError) as exc:
+        host.status = "unreachable"
+        log.warning("local agent unreachable", extra={"address": address, "error": str(exc)})
+    else:
+        host.status, host.last_heartbeat_at = "online", utcnow()
+        host.arch, host.cpu_cores = info.arch, info.cpu_count
+        host.memory_mb, host.disk_gb = info.memory_total_mb, info.disk_total_mb // 1024
+        host.slot_capacity = info.slot_capacity
+        host.accelerator = "kvm" if info.accelerator == pb.Accelerator.KVM else "tcg"
+        log.info(
+            "local agent registered",
+            extra={"host": host.id, "address": address, "accelerator": host.accelerator},
+        )
+    await session.commit()
+    return host

@@ -1,0 +1,43 @@
+"""Placing a capsule: the least-loaded online host that has room for it (admission control)."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ._errors import ApiError
+from .db import Capsule, Host
+
+#: Memory each host keeps for itself, as the agent does.
+RESERVED_MB = 1024
+LOADED = ("pending", "starting", "running")
+
+
+async def pick_host(session: AsyncSession, memory_mb: int) -> Host:
+    """The online host with the most free memory after placing `memory_mb`; 503 when none has room."""
+    used = (
+        select(
+            Capsule.host_id,
+            func.coalesce(func.sum(Capsule.memory_mb), 0).label("mem"),
+            func.count().label("n"),
+        )
+        .where(Capsule.status.in_(LOADED))
+        .group_by(Capsule.host_id)
+        .subquery()
+    )
+    rows = await session.execute(
+        select(Host, func.coalesce(used.c.mem, 0), func.coalesce(used.c.n, 0))
+        .outerjoin(used, used.c.host_id == Host.id)
+        .where(Host.status == "online")
+    )
+    best: tuple[float, Host] | None = None
+    for host, used_mb, count in rows.all():
+        free = host.memory_mb - RESERVED_MB - used_mb - memory_mb
+        if free < 0 or (host.slot_capacity and count >= host.slot_capacity):
+            continue
+        score = free / max(host.memory_mb, 1)
+        if best is None or score > best[0]:
+            best = (score, host)
+    if best is None:
+        raise ApiError(503, "no_hosts_available", f"no online host has room for a {memory_mb} MiB capsule")
+    return best[1]

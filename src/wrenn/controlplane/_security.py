@@ -1,0 +1,107 @@
+"""Passwords (argon2), API keys (random, stored as SHA-256) and user JWTs (HS256)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+log = logging.getLogger("wrenn.controlplane")
+
+API_KEY_PREFIX = "wrn_"
+_hasher = PasswordHasher()
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+#: A valid hash to verify against when the user does not exist, so that a login's timing does not
+#: reveal whether an email is registered.
+DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+def new_api_key() -> tuple[str, str, str]:
+    """(the key to show once, its hash to store, its displayable prefix)."""
+    key = API_KEY_PREFIX + secrets.token_hex(16)
+    return key, hash_api_key(key), key[: len(API_KEY_PREFIX) + 6]
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def load_or_create_secret(configured: str, data_dir: Path) -> str:
+    """The JWT secret: the configured one, else the one stored under data_dir, else a new one stored
+    there (mode 0600). Its value is never logged."""
+    if configured:
+        if len(configured) < 32:
+            raise ValueError("JWT_SECRET must be at least 32 characters")
+        return configured
+    path = data_dir / "jwt-secret"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret)
+    log.info("generated a JWT secret", extra={"path": str(path)})
+    return secret
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    user_id: str
+    team_id: str
+    role: str
+    email: str
+
+
+class Tokens:
+    def __init__(self, secret: str, ttl_s: int) -> None:
+        self._secret = secret
+        self._ttl_s = ttl_s
+
+    def issue(self, claims: Claims) -> str:
+        now = int(time.time())
+        payload = {
+            "sub": claims.user_id,
+            "team_id": claims.team_id,
+            "role": claims.role,
+            "email": claims.email,
+            "typ": "user",
+            "iat": now,
+            "exp": now + self._ttl_s,
+        }
+        return jwt.encode(payload, self._secret, algorithm="HS256")
+
+    def verify(self, token: str) -> Claims | None:
+        try:
+            payload = jwt.decode(
+                token, self._secret, algorithms=["HS256"], options={"require": ["exp", "sub"]}
+            )
+        except jwt.PyJWTError:
+            return None
+        if payload.get("typ") != "user":
+            return None
+        return Claims(
+            payload["sub"], payload.get("team_id", ""), payload.get("role", ""), payload.get("email", "")
+        )

@@ -1,0 +1,39 @@
+"""The control plane's settings, from the command line or the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    #: SQLAlchemy URL: an SQLite file by default, PostgreSQL (postgresql+asyncpg://...) for several hosts.
+    database_url: str = ""
+    #: Where the control plane keeps what it generates on first start (the JWT secret) when not given.
+    data_dir: Path = Path("/var/lib/wrenn")
+    #: HS256 secret for user JWTs; generated and stored under data_dir when empty. Never logged.
+    jwt_secret: str = ""
+    jwt_ttl_s: int = 6 * 3600
+    #: Host agents to register at start without a registration token (the single-machine setup).
+    local_agents: tuple[str, ...] = field(default=())
+    #: Failed logins allowed per email within `login_window_s` before 429.
+    login_attempts: int = 5
+    login_window_s: int = 300
+    max_upload_bytes: int = 100 << 20
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        data_dir = Path(os.environ.get("WRENN_DIR", "/var/lib/wrenn"))
+        values: dict[str, object] = {
+            "database_url": os.environ.get("DATABASE_URL", ""),
+            "data_dir": data_dir,
+            "jwt_secret": os.environ.get("JWT_SECRET", ""),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'wrenn.db'}"

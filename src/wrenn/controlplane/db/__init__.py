@@ -1,0 +1,20 @@
+"""The control plane's database: models, engine and migrations."""
+
+from ._engine import make_engine, migrate, sessions
+from ._models import ApiKey, AuditLog, Base, Capsule, Host, LoginFailure, Membership, Team, User, utcnow
+
+__all__ = [
+    "ApiKey",
+    "AuditLog",
+    "Base",
+    "Capsule",
+    "Host",
+    "LoginFailure",
+    "Membership",
+    "Team",
+    "User",
+    "make_engine",
+    "migrate",
+    "sessions",
+    "utcnow",
+]

@@ -1,0 +1,122 @@
+"""The control plane's tables (SQLAlchemy 2, typed mappings). Schema changes go through Alembic
+(db/migrations); a test checks the migrations and these models agree."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Team(Base):
+    __tablename__ = "teams"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    password_hash: Mapped[str] = mapped_column(String(200))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Membership(Base):
+    __tablename__ = "users_teams"
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), default="member")
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ApiKey(Base):
+    __tablename__ = "team_api_keys"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    #: SHA-256 of the key: keys are 128 random bits, so a fast hash is safe and lookups stay O(1).
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class LoginFailure(Base):
+    """Failed logins, for rate limiting without state outside the database."""
+
+    __tablename__ = "login_failures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    type: Mapped[str] = mapped_column(String(16), default="regular")
+    team_id: Mapped[str | None] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), default=None)
+    #: Where the host agent's API answers: http(s)://address:port
+    address: Mapped[str] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    arch: Mapped[str] = mapped_column(String(32), default="")
+    cpu_cores: Mapped[int] = mapped_column(Integer, default=0)
+    memory_mb: Mapped[int] = mapped_column(Integer, default=0)
+    disk_gb: Mapped[int] = mapped_column(Integer, default=0)
+    slot_capacity: Mapped[int] = mapped_column(Integer, default=0)
+    accelerator: Mapped[str] = mapped_column(String(16), default="")
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Capsule(Base):
+    __tablename__ = "sandboxes"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"), default=None)
+    template: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    disk_size_mb: Mapped[int] = mapped_column(Integer, default=5120)
+    timeout_sec: Mapped[int] = mapped_column(Integer, default=0)
+    host_ip: Mapped[str] = mapped_column(String(64), default="")
+    envd_token: Mapped[str] = mapped_column(String(128), default="")
+    error: Mapped[str] = mapped_column(String(4000), default="")
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_active_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_updated: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class AuditLog(Base):
+    __tablename__ = "audit_logs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    team_id: Mapped[str | None] = mapped_column(String(40), index=True, default=None)
+    actor_type: Mapped[str] = mapped_column(String(16))
+    actor_id: Mapped[str] = mapped_column(String(40), default="")
+    actor_name: Mapped[str] = mapped_column(String(320), default="")
+    resource_type: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str] = mapped_column(String(64), default="")
+    action: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="success")
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

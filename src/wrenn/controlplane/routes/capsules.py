@@ -1,0 +1,476 @@
+"""Capsules: create, list, get, destroy, exec, files, processes, metrics; each through its host agent."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from protobuf import Oneof
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import UploadFile
+
+from wrenn.proto.hostagent.v1 import hostagent_pb as pb
+
+from .. import _audit, _errors
+from .._agents import AgentPool
+from .._deps import Caller, Db, Principal, audit_fields
+from .._ids import new_id
+from .._scheduler import pick_host
+from ..db import Capsule, Host, utcnow
+
+router = APIRouter(tags=["capsules"])
+ACTIVE = ("pending", "starting", "running", "paused")
+_FILE_TYPES = {pb.FileType.FILE: "file", pb.FileType.DIRECTORY: "directory", pb.FileType.SYMLINK: "symlink"}
+_RANGES = {
+    "5m": pb.MetricsRange.LAST_5M,
+    "10m": pb.MetricsRange.LAST_10M,
+    "1h": pb.MetricsRange.LAST_1H,
+    "2h": pb.MetricsRange.LAST_2H,
+    "6h": pb.MetricsRange.LAST_6H,
+    "12h": pb.MetricsRange.LAST_12H,
+    "24h": pb.MetricsRange.LAST_24H,
+}
+
+
+class CapsuleCreate(BaseModel):
+    template: str = Field(default="minimal", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
+    vcpus: int = Field(default=1, ge=1, le=16)
+    memory_mb: int = Field(default=512, ge=128, le=65536)
+    timeout_sec: int = Field(default=0, ge=0, le=30 * 24 * 3600)
+    disk_size_mb: int = Field(default=5120, ge=1024, le=512 * 1024)
+
+
+class CapsuleOut(BaseModel):
+    id: str
+    status: str
+    template: str
+    vcpus: int
+    memory_mb: int
+    timeout_sec: int
+    guest_ip: str
+    host_ip: str
+    created_at: datetime
+    started_at: datetime | None
+    last_active_at: datetime | None
+    last_updated: datetime
+    metadata: dict[str, Any]
+
+
+class ExecBody(BaseModel):
+    cmd: str = Field(min_length=1)
+    args: list[str] = Field(default_factory=list)
+    timeout_sec: int = Field(default=30, ge=1, le=24 * 3600)
+    background: bool = False
+    tag: str | None = Field(default=None, max_length=64)
+    envs: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+
+
+class PathBody(BaseModel):
+    path: str = Field(min_length=1)
+    depth: int = Field(default=1, ge=1, le=32)
+
+
+def _out(c: Capsule) -> CapsuleOut:
+    return CapsuleOut(
+        id=c.id,
+        status=c.status,
+        template=c.template,
+        vcpus=c.vcpus,
+        memory_mb=c.memory_mb,
+        timeout_sec=c.timeout_sec,
+        guest_ip="169.254.0.21" if c.host_ip else "",
+        host_ip=c.host_ip,
+        created_at=c.created_at,
+        started_at=c.started_at,
+        last_active_at=c.last_active_at,
+        last_updated=c.last_updated,
+        metadata=c.metadata_,
+    )
+
+
+def _agents(request: Request) -> AgentPool:
+    pool: AgentPool = request.app.state.agents
+    return pool
+
+
+async def _capsule(session: AsyncSession, caller: Principal, capsule_id: str) -> Capsule:
+    capsule = await session.get(Capsule, capsule_id)
+    if capsule is None or capsule.team_id != caller.team_id:
+        raise _errors.not_found(f"capsule {capsule_id}")
+    return capsule
+
+
+async def _running(session: AsyncSession, caller: Principal, capsule_id: str) -> tuple[Capsule, Host]:
+    capsule = await _capsule(session, caller, capsule_id)
+    if capsule.status != "running":
+        raise _errors.invalid_state(f"capsule {capsule_id} is {capsule.status}")
+    host = await session.get(Host, capsule.host_id) if capsule.host_id else None
+    if host is None or host.status != "online":
+        raise _errors.ApiError(503, "host_unavailable", f"the host of capsule {capsule_id} is unavailable")
+    capsule.last_active_at = utcnow()
+    await session.commit()
+    return capsule, host
+
+
+@router.post("/v1/capsules", status_code=201, response_model=CapsuleOut)
+async def create_capsule(body: CapsuleCreate, request: Request, caller: Caller, session: Db) -> CapsuleOut:
+    host = await pick_host(session, body.memory_mb)
+    capsule = Capsule(
+        id=new_id("cl"),
+        team_id=caller.team_id,
+        host_id=host.id,
+        template=body.template,
+        vcpus=body.vcpus,
+        memory_mb=body.memory_mb,
+        timeout_sec=body.timeout_sec,
+        disk_size_mb=body.disk_size_mb,
+        envd_token=secrets.token_urlsafe(32),
+        status="pending",
+    )
+    session.add(capsule)
+    await session.commit()
+    request_pb = pb.CreateSandboxRequest(
+        sandbox_id=capsule.id,
+        template=body.template,
+        vcpus=body.vcpus,
+        memory_mb=body.memory_mb,
+        disk_size_mb=body.disk_size_mb,
+        timeout_sec=body.timeout_sec,
+        team_id=caller.team_id,
+        envd_access_token=capsule.envd_token,
+        allow_internet=True,
+    )
+    agents = _agents(request)
+    # The boot goes on even if the client goes away, so the row always ends running or error.
+    boot = asyncio.ensure_future(
+        agents.call(host.id, agents.client(host.address).create_sandbox(request_pb, timeout_ms=600_000))
+    )
+    try:
+        created = await asyncio.shield(boot)
+    except _errors.ApiError as exc:
+        capsule.status, capsule.error = "error", exc.message[:4000]
+        await session.commit()
+        raise
+    capsule.status, capsule.started_at, capsule.last_active_at = "running", utcnow(), utcnow()
+    capsule.host_ip = created.sandbox.host_ip if created.sandbox else ""
+    capsule.metadata_ = {
+        "kernel_version": created.sandbox.kernel_version if created.sandbox else "",
+        "envd_version": created.sandbox.envd_version if created.sandbox else "",
+    }
+    _audit.record(
+        session, **audit_fields(caller), resource_type="capsule", resource_id=capsule.id, action="create"
+    )
+    await session.commit()
+    return _out(capsule)
+
+
+@router.get("/v1/capsules", response_model=list[CapsuleOut])
+async def list_capsules(caller: Caller, session: Db) -> list[CapsuleOut]:
+    rows = await session.execute(
+        select(Capsule)
+        .where(Capsule.team_id == caller.team_id, Capsule.status.in_(ACTIVE))
+        .order_by(Capsule.created_at)
+    )
+    return [_out(c) for c in rows.scalars()]
+
+
+@router.get("/v1/capsules/{capsule_id}", response_model=CapsuleOut)
+async def get_capsule(capsule_id: str, caller: Caller, session: Db) -> CapsuleOut:
+    return _out(await _capsule(session, caller, capsule_id))
+
+
+@router.delete("/v1/capsules/{capsule_id}", status_code=204)
+async def destroy_capsule(capsule_id: str, request: Request, caller: Caller, session: Db) -> Response:
+    capsule = await _capsule(session, caller, capsule_id)
+    host = await session.get(Host, capsule.host_id) if capsule.host_id else None
+    if capsule.status != "stopped" and host is not None:
+        agents = _agents(request)
+        try:
+            await agents.call(
+                host.id,
+                agents.client(host.address).destroy_sandbox(pb.DestroySandboxRequest(sandbox_id=capsule.id)),
+            )
+        except _errors.ApiError as exc:
+            if exc.code != "not_found":  # already gone on the host: destroyed is destroyed
+                raise
+    capsule.status = "stopped"
+    _audit.record(
+        session, **audit_fields(caller), resource_type="capsule", resource_id=capsule.id, action="destroy"
+    )
+    await session.commit()
+    return Response(status_code=204)
+
+
+@router.post("/v1/capsules/{capsule_id}/ping", status_code=204)
+async def ping(capsule_id: str, request: Request, caller: Caller, session: Db) -> Response:
+    capsule, host = await _running(session, caller, capsule_id)
+    agents = _agents(request)
+    await agents.call(
+        host.id, agents.client(host.address).ping_sandbox(pb.PingSandboxRequest(sandbox_id=capsule.id))
+    )
+    return Response(status_code=204)
+
+
+def _text(data: bytes) -> tuple[str, bool]:
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode(), True
+
+
+@router.post("/v1/capsules/{capsule_id}/exec")
+async def exec_command(capsule_id: str, body: ExecBody, request: Request, caller: Caller, session: Db) -> Any:
+    """Foreground: the command's output and exit code (`envs` and `cwd` honoured). Background: 202."""
+    capsule, host = await _running(session, caller, capsule_id)
+    agents = _agents(request)
+    client = agents.client(host.address)
+    if body.background:
+        started = await agents.call(
+            host.id,
+            client.start_background(
+                pb.StartBackgroundRequest(
+                    sandbox_id=capsule.id,
+                    cmd=body.cmd,
+                    args=body.args,
+                    envs=body.envs,
+                    cwd=body.cwd or "",
+                    tag=body.tag or "",
+                )
+            ),
+        )
+        return Response(
+            status_code=202,
+            media_type="application/json",
+            content=_json(
+                {"sandbox_id": capsule.id, "cmd": body.cmd, "pid": started.pid, "tag": started.tag}
+            ),
+        )
+    began = time.monotonic()
+    result = await agents.call(
+        host.id,
+        client.exec(
+            pb.ExecRequest(
+                sandbox_id=capsule.id,
+                cmd=body.cmd,
+                args=body.args,
+                envs=body.envs,
+                cwd=body.cwd or "",
+                timeout_sec=body.timeout_sec,
+            ),
+            timeout_ms=(body.timeout_sec + 30) * 1000,
+        ),
+    )
+    stdout, b1 = _text(result.stdout)
+    stderr, b2 = _text(result.stderr)
+    if b1 != b2:  # one encoding for both
+        stdout, stderr = base64.b64encode(result.stdout).decode(), base64.b64encode(result.stderr).decode()
+    return {
+        "sandbox_id": capsule.id,
+        "cmd": body.cmd,
+        "stdout": stdout,
+        "stderr": stderr,
+        "exit_code": result.exit_code,
+        "duration_ms": result.duration_ms or int((time.monotonic() - began) * 1000),
+        "encoding": "base64" if (b1 or b2) else "utf-8",
+        "timed_out": result.timed_out,
+    }
+
+
+def _json(value: Any) -> bytes:
+    import json
+
+    return json.dumps(value).encode()
+
+
+def _entry(e: pb.FileEntry | None) -> dict[str, Any]:
+    if e is None:
+        return {}
+    entry: dict[str, Any] = {
+        "name": e.name,
+        "path": e.path,
+        "type": _FILE_TYPES.get(e.type, "file"),
+        "size": e.size,
+        "mode": e.mode,
+        "permissions": e.permissions,
+        "owner": e.owner,
+        "group": e.group,
+        "modified_at": e.modified_at.seconds if e.modified_at else 0,
+    }
+    if e.has_field("symlink_target"):
+        entry["symlink_target"] = e.symlink_target
+    return entry
+
+
+@router.post("/v1/capsules/{capsule_id}/files/write", status_code=204)
+async def write_file(capsule_id: str, request: Request, caller: Caller, session: Db) -> Response:
+    capsule, host = await _running(session, caller, capsule_id)
+    limit = request.app.state.settings.max_upload_bytes
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit + 64 * 1024:
+        raise _errors.ApiError(
+            413, "too_large", f"uploads are limited to {limit >> 20} MB; use files/stream/write"
+        )
+    form = await request.form(max_part_size=limit)
+    path, upload = form.get("path"), form.get("file")
+    if not isinstance(path, str) or not path or not isinstance(upload, UploadFile):
+        raise _errors.bad_request("multipart fields 'path' and 'file' are required")
+    content = await upload.read(limit + 1)
+    if len(content) > limit:
+        raise _errors.ApiError(
+            413, "too_large", f"uploads are limited to {limit >> 20} MB; use files/stream/write"
+        )
+    agents = _agents(request)
+    await agents.call(
+        host.id,
+        agents.client(host.address).write_file(
+            pb.WriteFileRequest(sandbox_id=capsule.id, path=path, content=content)
+        ),
+    )
+    return Response(status_code=204)
+
+
+@router.post("/v1/capsules/{capsule_id}/files/read")
+async def read_file(
+    capsule_id: str, body: PathBody, request: Request, caller: Caller, session: Db
+) -> Response:
+    capsule, host = await _running(session, caller, capsule_id)
+    agents = _agents(request)
+    read = await agents.call(
+        host.id,
+        agents.client(host.address).read_file(pb.ReadFileRequest(sandbox_id=capsule.id, path=body.path)),
+    )
+    return Response(content=read.content, media_type="application/octet-stream")
+
+
+@router.post("/v1/capsules/{capsule_id}/files/stream/read")
+async def stream_read(
+    capsule_id: str, body: PathBody, request: Request, caller: Caller, session: Db
+) -> StreamingResponse:
+    capsule, host = await _running(session, caller, capsule_id)
+    agents = _agents(request)
+    stream = aiter(
+        agents.client(host.address).read_file_stream(
+            pb.ReadFileStreamRequest(sandbox_id=capsule.id, path=body.path)
+        )
+    )
+    first = await agents.call(host.id, anext(stream, None))  # errors (missing file) before the 200
+
+    async def chunks() -> AsyncIterator[bytes]:
+        if first is not None:
+            yield first.chunk
+        async for piece in stream:
+            yield piece.chunk
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+
+@router.post("/v1/capsules/{capsule_id}/files/list")
+async def list_files(
+    capsule_id: str, body: PathBody, request: Request, caller: Caller, session: Db
+) -> dict[str, Any]:
+    capsule, host = await _running(session, caller, capsule_id)
+    agents = _agents(request)
+    listed = await agents.call(
+        host.id,
+        agents.client(host.address).list_dir(
+            pb.ListDirRequest(sandbox_id=capsule.id, path=body.path, depth=body.depth)
+        ),
+    )
+    return {"entries": [_entry(e) for e in listed.entries]}
+
+
+@router.post("/v1/capsules/{capsule_id}/files/mkdir")
+async def make_dir(
+    capsule_id: str, body: PathBody, request: Request, caller: Caller, session: Db
+) -> dict[str, Any]:
+    capsule, host = await _running(session, caller, capsule_id)
+    agents = _agents(request)
+    made = await agents.call(
+        host.id,
+        agents.client(host.address).make_dir(pb.MakeDirRequest(sandbox_id=capsule.id, path=body.path)),
+    )
+    return {"entry": _entry(made.entry)}
+
+
+@router.post("/v1/capsules/{capsule_id}/files/remove", status_code=204)
+async def remove(capsule_id: str, body: PathBody, request: Request, caller: Caller, session: Db) -> Response:
+    capsule, host = await _running(session, caller, capsule_id)
+    agents = _agents(request)
+    await agents.call(
+        host.id,
+        agents.client(host.address).remove_path(pb.RemovePathRequest(sandbox_id=capsule.id, path=body.path)),
+    )
+    return Response(status_code=204)
+
+
+@router.get("/v1/capsules/{capsule_id}/processes")
+async def list_processes(capsule_id: str, request: Request, caller: Caller, session: Db) -> dict[str, Any]:
+    capsule, host = await _running(session, caller, capsule_id)
+    agents = _agents(request)
+    listed = await agents.call(
+        host.id, agents.client(host.address).list_processes(pb.ListProcessesRequest(sandbox_id=capsule.id))
+    )
+    return {
+        "processes": [
+            {"pid": p.pid, "tag": p.tag, "cmd": p.cmd, "args": list(p.args)} for p in listed.processes
+        ]
+    }
+
+
+@router.delete("/v1/capsules/{capsule_id}/processes/{selector}", status_code=204)
+async def kill_process(
+    capsule_id: str,
+    selector: str,
+    request: Request,
+    caller: Caller,
+    session: Db,
+    signal: Literal["SIGKILL", "SIGTERM"] = "SIGKILL",
+) -> Response:
+    capsule, host = await _running(session, caller, capsule_id)
+    which = Oneof("pid", int(selector)) if selector.isdigit() else Oneof("tag", selector)
+    kill = pb.KillProcessRequest(
+        sandbox_id=capsule.id,
+        selector=which,  # type: ignore[arg-type]
+        signal=pb.Signal.SIGTERM if signal == "SIGTERM" else pb.Signal.SIGKILL,
+    )
+    agents = _agents(request)
+    await agents.call(host.id, agents.client(host.address).kill_process(kill))
+    return Response(status_code=204)
+
+
+@router.get("/v1/capsules/{capsule_id}/metrics")
+async def metrics(
+    capsule_id: str,
+    request: Request,
+    caller: Caller,
+    session: Db,
+    range: Literal["5m", "10m", "1h", "2h", "6h", "12h", "24h"] = Query("10m"),
+) -> dict[str, Any]:
+    capsule, host = await _running(session, caller, capsule_id)
+    agents = _agents(request)
+    got = await agents.call(
+        host.id,
+        agents.client(host.address).get_sandbox_metrics(
+            pb.GetSandboxMetricsRequest(sandbox_id=capsule.id, range=_RANGES[range])
+        ),
+    )
+    points = [
+        {
+            "timestamp_unix": p.timestamp.seconds if p.timestamp else 0,
+            "cpu_pct": p.cpu_pct,
+            "mem_bytes": p.mem_bytes,
+            "disk_bytes": p.disk_bytes,
+        }
+        for p in got.points
+    ]
+    return {"sandbox_id": capsule.id, "range": range, "points": points}

@@ -1,0 +1,58 @@
+"""Starting a real host agent process for tests."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class AgentProcess:
+    url: str
+    port: int
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_agent(data_dir: Path, prefix: str, port: int | None = None) -> AgentProcess:
+    port = port or _free_port()
+    log = data_dir / f"agent-{prefix}-{port}.log"
+    with log.open("ab") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wrenn.agent", "--data-dir", str(data_dir), "--host", "0.0.0.0",
+             "--port", str(port), "--name-prefix", prefix, "--slots", "8"],
+            stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    agent = AgentProcess(f"http://127.0.0.1:{port}", port, data_dir, proc, log)
+    deadline = time.monotonic() + 120  # the first start probes the accelerator
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"agent exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return agent
+        except OSError:
+            time.sleep(0.2)
+    agent.stop()
+    raise RuntimeError(f"agent did not listen within 120 s:\n{log.read_text()[-3000:]}")

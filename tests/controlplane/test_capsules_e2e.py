@@ -1,0 +1,139 @@
+"""A capsule end to end: REST API -> control plane -> a real host agent -> a real VM (TCG here)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.agent._agent import AgentProcess, start_agent
+from wrenn.controlplane import Settings, create_app
+from wrenn.proto.hostagent.v1 import hostagent_pb as pb
+from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClientSync
+
+pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
+PREFIX = f"wc{os.getpid() % 1000:03d}p"
+
+
+@pytest.fixture(scope="module")
+def agent(image: object) -> Iterator[AgentProcess]:
+    data_dir = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
+    process = start_agent(data_dir, PREFIX)
+    yield process
+    if process.proc.poll() is not None:
+        process.proc = start_agent(data_dir, PREFIX, port=process.port).proc
+    with HostAgentServiceClientSync(process.url) as sync:
+        sync.terminate(pb.TerminateRequest())
+    process.proc.wait(60)
+
+
+@pytest.fixture(scope="module")
+def api(agent: AgentProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    root = tmp_path_factory.mktemp("cp")
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{root / 'wrenn.db'}", data_dir=root, local_agents=(agent.url,)
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def teams(api: TestClient) -> dict[str, dict[str, str]]:
+    out = {}
+    for name in ("ada", "bob"):
+        account = api.post(
+            "/v1/auth/signup", json={"email": f"{name}@example.com", "password": "correct horse"}
+        ).json()
+        key = api.post(
+            "/v1/api-keys", json={"name": "k"}, headers={"Authorization": f"Bearer {account['token']}"}
+        )
+        out[name] = {"X-API-Key": key.json()["key"]}
+    return out
+
+
+def test_a_capsule_end_to_end(api: TestClient, teams: dict[str, dict[str, str]], agent: AgentProcess) -> None:
+    ada, bob = teams["ada"], teams["bob"]
+    created = api.post("/v1/capsules", json={"template": "minimal", "memory_mb": 256}, headers=ada)
+    assert created.status_code == 201, created.text
+    capsule = created.json()
+    cid = capsule["id"]
+    assert cid.startswith("cl-") and capsule["status"] == "running" and capsule["host_ip"]
+    assert [c["id"] for c in api.get("/v1/capsules", headers=ada).json()] == [cid]
+    assert api.get("/v1/capsules", headers=bob).json() == []
+
+    run = api.post(f"/v1/capsules/{cid}/exec", headers=ada, json={
+        "cmd": "/bin/sh", "args": ["-c", 'python3 -c "print(6*7)"; pwd; echo "$X"; echo err >&2; exit 3'],
+        "envs": {"X": "from-envs"}, "cwd": "/tmp",
+    })  # fmt: skip
+    assert run.status_code == 200, run.text
+    body = run.json()
+    assert (body["stdout"], body["stderr"], body["exit_code"], body["encoding"]) == (
+        "42\n/tmp\nfrom-envs\n", "err\n", 3, "utf-8")  # fmt: skip
+    binary = api.post(
+        f"/v1/capsules/{cid}/exec", headers=ada, json={"cmd": "/bin/sh", "args": ["-c", "printf '\\377'"]}
+    )
+    assert binary.json()["encoding"] == "base64" and binary.json()["stdout"] == "/w=="
+
+    for other in (f"/v1/capsules/{cid}", f"/v1/capsules/{cid}/processes"):  # bob cannot see or touch it
+        assert api.get(other, headers=bob).status_code == 404
+    assert api.post(f"/v1/capsules/{cid}/exec", headers=bob, json={"cmd": "true"}).status_code == 404
+    assert api.delete(f"/v1/capsules/{cid}", headers=bob).status_code == 404
+
+    wrote = api.post(f"/v1/capsules/{cid}/files/write", headers=ada, data={"path": "/home/user/a/b.txt"},
+                     files={"file": ("b.txt", b"hello")})  # fmt: skip
+    assert wrote.status_code == 204, wrote.text
+    assert (
+        api.post(f"/v1/capsules/{cid}/files/read", headers=ada, json={"path": "/home/user/a/b.txt"}).content
+        == b"hello"
+    )
+    streamed = api.post(
+        f"/v1/capsules/{cid}/files/stream/read", headers=ada, json={"path": "/home/user/a/b.txt"}
+    )
+    assert streamed.content == b"hello"
+    listed = api.post(
+        f"/v1/capsules/{cid}/files/list", headers=ada, json={"path": "/home/user", "depth": 2}
+    ).json()
+    assert {e["path"] for e in listed["entries"]} >= {"/home/user/a", "/home/user/a/b.txt"}
+    entry = next(e for e in listed["entries"] if e["path"] == "/home/user/a/b.txt")
+    assert entry["type"] == "file" and entry["size"] == 5 and entry["owner"] == "user"
+    made = api.post(f"/v1/capsules/{cid}/files/mkdir", headers=ada, json={"path": "/home/user/new"})
+    assert made.json()["entry"]["type"] == "directory"
+    assert (
+        api.post(f"/v1/capsules/{cid}/files/remove", headers=ada, json={"path": "/home/user/a"}).status_code
+        == 204
+    )
+    missing = api.post(f"/v1/capsules/{cid}/files/read", headers=ada, json={"path": "/home/user/a/b.txt"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+    bg = api.post(
+        f"/v1/capsules/{cid}/exec",
+        headers=ada,
+        json={"cmd": "sleep", "args": ["600"], "background": True, "tag": "nap"},
+    )
+    assert bg.status_code == 202 and bg.json()["tag"] == "nap"
+    procs = api.get(f"/v1/capsules/{cid}/processes", headers=ada).json()["processes"]
+    assert any(p["tag"] == "nap" and p["cmd"] == "sleep" for p in procs)
+    assert api.delete(f"/v1/capsules/{cid}/processes/nap", headers=ada).status_code == 204
+    assert api.post(f"/v1/capsules/{cid}/ping", headers=ada).status_code == 204
+    assert api.get(f"/v1/capsules/{cid}/metrics?range=5m", headers=ada).json()["sandbox_id"] == cid
+
+    assert api.delete(f"/v1/capsules/{cid}", headers=ada).status_code == 204
+    assert api.get(f"/v1/capsules/{cid}", headers=ada).json()["status"] == "stopped"
+    assert api.get("/v1/capsules", headers=ada).json() == []
+    assert api.delete(f"/v1/capsules/{cid}", headers=ada).status_code == 204  # twice is harmless
+    again = api.post(f"/v1/capsules/{cid}/exec", headers=ada, json={"cmd": "true"})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_state"
+
+
+def test_a_capsule_whose_agent_is_gone_says_so(
+    api: TestClient, teams: dict[str, dict[str, str]], agent: AgentProcess
+) -> None:
+    ada = teams["ada"]
+    cid = api.post("/v1/capsules", json={"memory_mb": 256}, headers=ada).json()["id"]
+    agent.stop(signal.SIGKILL)  # the VM keeps running; its agent does not answer
+    r = api.post(f"/v1/capsules/{cid}/exec", headers=ada, json={"cmd": "true"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "host_unavailable", r.text
