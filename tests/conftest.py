@@ -180,3 +180,51 @@ def image(image_data_dir: Path) -> Image:
     from wrenn.images import build
 
     return build("minimal", image_data_dir)
+
+
+@pytest.fixture(scope="module")
+def wrenn_server(image: Image) -> Iterator[tuple[str, str]]:
+    """The platform as a user meets it: a control plane process (SQLite) over a real host agent that boots
+    real VMs. Yields (base URL, API key). Module-scoped: two agents on one host would collide."""
+    from tests.agent._agent import start_agent
+    from wrenn.proto.hostagent.v1 import hostagent_pb
+    from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClientSync
+
+    if os.geteuid() != 0:
+        pytest.skip("the host agent needs root")
+    agent = start_agent(IMAGE_DATA_DIR, f"ws{os.getpid() % 1000:03d}k")
+    root = Path(tempfile.mkdtemp(prefix="wrenn-cp-"))
+    port = free_port()
+    log_path = root / "server.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "wrenn.controlplane", "--port", str(port), "--data-dir", str(root),
+             "--local-agent", agent.url],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the control plane did not start:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        account = httpx.post(
+            f"{base}/v1/auth/signup", json={"email": "sdk@example.com", "password": "correct horse"}
+        )
+        token = account.json()["token"]
+        key = httpx.post(
+            f"{base}/v1/api-keys", json={"name": "sdk"}, headers={"Authorization": f"Bearer {token}"}
+        )
+        yield base, key.json()["key"]
+    finally:
+        server.terminate()
+        server.wait(30)
+        with HostAgentServiceClientSync(agent.url) as client:
+            client.terminate(hostagent_pb.TerminateRequest())
+        agent.proc.wait(60)
+        shutil.rmtree(root, ignore_errors=True)
