@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import socket
 import subprocess
@@ -35,13 +36,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _address_ranges(prefix: str) -> list[str]:
+    """Disjoint address ranges per test agent, so that tests can run beside another agent (a developer's,
+    a benchmark's, another checkout's tests): 10.<n>.0.0/16 for host addresses, 10.<n+1>.0.0/16 for veths."""
+    n = 20 + 2 * (int(hashlib.sha256(prefix.encode()).hexdigest(), 16) % 100)
+    return ["--host-net", f"10.{n}.0.0/16", "--veth-net", f"10.{n + 1}.0.0/16"]
+
+
 def start_agent(data_dir: Path, prefix: str, port: int | None = None) -> AgentProcess:
     port = port or _free_port()
     log = data_dir / f"agent-{prefix}-{port}.log"
     with log.open("ab") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "wrenn.agent", "--data-dir", str(data_dir), "--host", "0.0.0.0",
-             "--port", str(port), "--name-prefix", prefix, "--slots", "8"],
+             "--port", str(port), "--name-prefix", prefix, "--slots", "8", *_address_ranges(prefix)],
             stdout=sink, stderr=subprocess.STDOUT,
         )  # fmt: skip
     agent = AgentProcess(f"http://127.0.0.1:{port}", port, data_dir, proc, log)

@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     return AgentConfig(
         data_dir=a.data_dir, host=a.host, port=a.port, vmm=a.vmm, firecracker_binary=a.firecracker_binary,
         accelerator=Accelerator(a.accelerator) if a.accelerator else None, reprobe=a.reprobe,
-        slots=a.slots, name_prefix=a.name_prefix,
+        slots=a.slots, name_prefix=a.name_prefix, host_net=a.host_net, veth_net=a.veth_net,
     )  # fmt: skip
 
 

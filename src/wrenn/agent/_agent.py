@@ -109,7 +109,14 @@ class Agent:
                 "vmm": driver.name,
             },
         )
-        network = NetworkManager(NetworkConfig(slots=self.config.slots, prefix=self.config.name_prefix))
+        network = NetworkManager(
+            NetworkConfig(
+                slots=self.config.slots,
+                prefix=self.config.name_prefix,
+                host_net=self.config.host_net,
+                veth_net=self.config.veth_net,
+            )
+        )
         self.manager = SandboxManager(self.config, driver, accelerator, network, Cgroups(parent="wrenn"))
         await self.manager.start()
         return self.manager

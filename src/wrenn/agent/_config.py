@@ -27,6 +27,10 @@ class AgentConfig:
     #: Prefix of every network namespace, link, nftables table and cgroup this agent creates.
     name_prefix: str = "wrn"
     slots: int = 256
+    #: Address ranges of the sandboxes' host-reachable addresses and veth pairs. Two agents in one
+    #: network namespace (a development machine running tests beside an agent) need disjoint ones.
+    host_net: str = "10.11.0.0/16"
+    veth_net: str = "10.12.0.0/16"
     #: Seconds a new VM may take until envd answers (TCG on a busy host is slow).
     boot_timeout_s: float = 180.0
     #: Memory kept for the host itself when admitting sandboxes, in MiB.
