@@ -34,6 +34,10 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     p.add_argument(
         "--name-prefix", default=d.name_prefix, help="prefix of the agent's netns, links and cgroups"
     )
+    p.add_argument(
+        "--host-net", default=d.host_net, help=f"sandboxes' host-reachable addresses ({d.host_net})"
+    )
+    p.add_argument("--veth-net", default=d.veth_net, help=f"sandboxes' veth pairs ({d.veth_net})")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=["text", "json"])
     a = p.parse_args(argv)
