@@ -351,7 +351,11 @@ async def test_a_vm_that_does_not_boot_is_reported_with_its_console(
 async def test_an_idle_sandbox_is_stopped_after_its_timeout(
     client: HostAgentServiceClient, agent: AgentProcess
 ) -> None:
-    await client.create_sandbox(create_request("sb-idle", timeout_sec=3), timeout_ms=300_000)
+    created = await client.create_sandbox(create_request("sb-idle", timeout_sec=3), timeout_ms=300_000)
+    # It takes the slot (and so the address) of a sandbox destroyed earlier by this same agent: no stale
+    # pooled connection to the old VM may answer for it.
+    assert created.sandbox is not None and created.sandbox.host_ip.endswith(".0.1")  # slot 1, sb-a's
+    assert (await run(client, "sb-idle", "echo fresh")).stdout == b"fresh\n"
 
     async def stopped() -> bool:
         sandbox = (await client.get_sandbox(pb.GetSandboxRequest(sandbox_id="sb-idle"))).sandbox

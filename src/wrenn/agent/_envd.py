@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+import pyqwest
 from connectrpc.codec import proto_json_codec
 
 from wrenn.proto.envd.filesystem.filesystem_connect import FilesystemClient
@@ -29,8 +30,12 @@ class EnvdClient:
         self.http = httpx.AsyncClient(
             base_url=self.url, headers=self.headers(), timeout=httpx.Timeout(30, read=None)
         )
-        self.process = ProcessClient(self.url, codec=proto_json_codec())
-        self.filesystem = FilesystemClient(self.url, codec=proto_json_codec())
+        # A pool of its own: connectrpc's default transport is shared process-wide, and a later sandbox
+        # that gets this one's address would be handed its dead keep-alive connections.
+        self._transport = pyqwest.HTTPTransport(enable_gzip=False, enable_brotli=False, enable_zstd=False)
+        rpc_http = pyqwest.Client(self._transport)
+        self.process = ProcessClient(self.url, codec=proto_json_codec(), http_client=rpc_http)
+        self.filesystem = FilesystemClient(self.url, codec=proto_json_codec(), http_client=rpc_http)
 
     def headers(self, user: str | None = None) -> dict[str, str]:
         headers = {"X-Access-Token": self.access_token} if self.access_token else {}
@@ -108,6 +113,7 @@ class EnvdClient:
         await self.http.aclose()
         await self.process.close()
         await self.filesystem.close()
+        await self._transport.aclose()
 
     async def __aenter__(self) -> EnvdClient:
         return self
