@@ -32,7 +32,7 @@ class EnvdClient:
         )
         # A pool of its own: connectrpc's default transport is shared process-wide, and a later sandbox
         # that gets this one's address would be handed its dead keep-alive connections.
-        self._transport = pyqwest.HTTPTransport(enable_gzip=False, enable_brotli=False, enable_zstd=False)
+        self._transport = pyqwest.HTTPTransport()
         rpc_http = pyqwest.Client(self._transport)
         self.process = ProcessClient(self.url, codec=proto_json_codec(), http_client=rpc_http)
         self.filesystem = FilesystemClient(self.url, codec=proto_json_codec(), http_client=rpc_http)

@@ -7,11 +7,11 @@ import sys
 
 def main() -> None:
     try:
-        from ._app import app
+        from ._app import run
     except ImportError as exc:  # the base install is the SDK alone
         sys.stderr.write(
             f"wrenn: the command line needs the server extra ({exc.name} is missing): "
             "pip install 'wrenn[server]'\n"
         )
         raise SystemExit(2) from None
-    app()
+    run()

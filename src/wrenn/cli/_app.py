@@ -1,17 +1,21 @@
-"""The `wrenn` command's sub-commands."""
+"""The `wrenn` command."""
 
 from __future__ import annotations
 
-import asyncio
+import signal
+import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 from rich.console import Console
 
 from wrenn import __version__
 
-from . import _up
+from . import _capsule, _host, _platform
+from ._auth import DEFAULT_DATA_DIR, NoCredentials
 
 app = typer.Typer(
     name="wrenn",
@@ -20,13 +24,41 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err = Console(stderr=True)
+app.add_typer(_capsule.app, name="capsule")
+app.add_typer(_host.app, name="host")
+err = Console(stderr=True, soft_wrap=True)
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+DataDir = Annotated[Path, typer.Option(help="images, database, sandboxes and logs")]
 
 
 @app.command()
 def version() -> None:
     """Print Wrenn's version."""
     print(__version__)
+
+
+@app.command(context_settings=_PASSTHROUGH)
+def server(ctx: typer.Context) -> None:
+    """Run the control plane (REST API). `wrenn server --help` lists its options."""
+    from wrenn.controlplane.__main__ import main as server_main
+
+    server_main(list(ctx.args))
+
+
+@app.command(context_settings=_PASSTHROUGH)
+def agent(ctx: typer.Context) -> None:
+    """Run the host agent (needs root). `wrenn agent --help` lists its options."""
+    from wrenn.agent.__main__ import main as agent_main
+
+    agent_main(list(ctx.args))
+
+
+@app.command(context_settings=_PASSTHROUGH)
+def image(ctx: typer.Context) -> None:
+    """Build or show guest images: `wrenn image build [--template minimal|python]`, `wrenn image show`."""
+    from wrenn.images.__main__ import main as images_main
+
+    raise typer.Exit(images_main(list(ctx.args)) or 0)
 
 
 @app.command()
@@ -41,49 +73,74 @@ def envd(
     envd_main(["--host", host, "--port", str(port), *(["--dev"] if dev else [])])
 
 
-_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+@app.command()
+def up(
+    detach: Annotated[bool, typer.Option(help="leave it running in the background and return")] = False,
+    command: Annotated[str, typer.Option(help="run this in a first capsule")] = 'python3 -c "print(6*7)"',
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    port: Annotated[int, typer.Option(help="the control plane's port")] = 8080,
+    agent_port: Annotated[int, typer.Option(help="the host agent's port")] = 50051,
+) -> None:
+    """The whole platform on this machine: control plane, host agent and SQLite; then a first capsule."""
+    from wrenn.sdk import Capsule
 
-
-@app.command(context_settings=_PASSTHROUGH)
-def agent(ctx: typer.Context) -> None:
-    """Run the host agent (needs root). `wrenn agent --help` lists its options."""
-    from wrenn.agent.__main__ import main as agent_main
-
-    agent_main(list(ctx.args))
-
-
-@app.command(context_settings=_PASSTHROUGH)
-def server(ctx: typer.Context) -> None:
-    """Run the control plane (REST API). `wrenn server --help` lists its options."""
-    from wrenn.controlplane.__main__ import main as server_main
-
-    server_main(list(ctx.args))
-
-
-@app.command(context_settings=_PASSTHROUGH)
-def image(ctx: typer.Context) -> None:
-    """Build or show guest images: `wrenn image build [--template minimal|python]`, `wrenn image show`."""
-    from wrenn.images.__main__ import main as images_main
-
-    raise typer.Exit(images_main(list(ctx.args)) or 0)
+    platform = _platform.start(data_dir, port, agent_port, err)
+    err.print(f"Wrenn is up at {platform.base_url}. A first capsule:")
+    started = time.monotonic()
+    with (
+        err.status("booting a capsule"),
+        Capsule(api_key=platform.api_key, base_url=platform.base_url) as capsule,
+    ):
+        booted = time.monotonic() - started
+        result = capsule.commands.run(command, timeout=120)
+    err.print(f"$ {command}   (capsule {capsule.capsule_id}, booted in {booted:.1f} s)")
+    sys.stdout.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.write(result.stderr)
+    err.print(
+        "\nWhat next:\n"
+        f"  eval $(wrenn env{'' if data_dir == DEFAULT_DATA_DIR else f' --data-dir {data_dir}'})"
+        "      # WRENN_BASE_URL and WRENN_API_KEY for the SDK and the CLI\n"
+        "  python3 -c 'from wrenn import Capsule; print(Capsule().commands.run(\"uname -a\").stdout)'\n"
+        "  wrenn capsule create | list | exec ID -- CMD | shell ID | cp SRC DST | kill ID\n"
+        f"  API docs: {platform.base_url}/docs      stop everything: wrenn down"
+    )
+    if detach:
+        return
+    err.print("Running in the foreground; Ctrl-C stops Wrenn.")
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    signal.sigwait(stop_signals)
+    _platform.stop(data_dir, err)
 
 
 @app.command()
-def up(
-    command: Annotated[
-        str, typer.Option(help="shell command to run once it is up")
-    ] = 'python3 -c "print(6*7)"',
-    keep: Annotated[bool, typer.Option(help="keep running after the command, until Ctrl-C")] = False,
-    data_dir: Annotated[Path, typer.Option(help="images and sandbox files")] = Path("/var/lib/wrenn"),
-) -> None:
-    """Bring Wrenn up on this machine and run a command in a microVM sandbox.
+def down(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+    """Stop what `wrenn up` started (every capsule is destroyed)."""
+    _platform.stop(data_dir, err)
 
-    Builds the base image on first use, starts a host agent (KVM where a guest boots under it, else
-    TCG), boots a sandbox and runs the command in it. The control plane joins as it lands.
-    """
+
+@app.command()
+def env(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+    """Print `export WRENN_BASE_URL=... WRENN_API_KEY=...` for the platform `wrenn up` started."""
+    platform = _platform.Platform.load(data_dir)
+    if platform is None:
+        raise _platform.PlatformError(f"Wrenn was not started from {data_dir}: run `wrenn up`")
+    print(_platform.env_lines(platform))
+
+
+def run() -> None:
+    """Entry point: one clear line for every expected failure, never a traceback."""
+    from wrenn.sdk import WrennError
+
     try:
-        code = asyncio.run(_up.run(command, keep=keep, console=err, data_dir=data_dir))
-    except _up.UpError as exc:
-        err.print(f"[red]wrenn up: {exc}[/red]")
-        raise typer.Exit(1) from None
-    raise typer.Exit(code)
+        app()
+    except (_platform.PlatformError, NoCredentials, _host.HostError) as exc:
+        err.print(f"[red]wrenn: {exc}[/red]")
+        raise SystemExit(1) from None
+    except WrennError as exc:
+        err.print(f"[red]wrenn: {exc.code}: {exc.message}[/red]")
+        raise SystemExit(1) from None
+    except httpx.TransportError as exc:
+        err.print(f"[red]wrenn: cannot reach the server: {exc}[/red]")
+        raise SystemExit(1) from None

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from protobuf import Oneof
 from pydantic import BaseModel, Field
+from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import UploadFile
@@ -112,6 +113,8 @@ async def _capsule(session: AsyncSession, caller: Principal, capsule_id: str) ->
 
 async def _running(session: AsyncSession, caller: Principal, capsule_id: str) -> tuple[Capsule, Host]:
     capsule = await _capsule(session, caller, capsule_id)
+    if capsule.status == "missing":  # its host went silent: the VM may come back with it
+        raise _errors.ApiError(503, "host_unavailable", f"the host of capsule {capsule_id} is unreachable")
     if capsule.status != "running":
         raise _errors.invalid_state(f"capsule {capsule_id} is {capsule.status}")
     host = await session.get(Host, capsule.host_id) if capsule.host_id else None
@@ -189,12 +192,12 @@ async def get_capsule(capsule_id: str, caller: Caller, session: Db) -> CapsuleOu
     return _out(await _capsule(session, caller, capsule_id))
 
 
-@router.delete("/v1/capsules/{capsule_id}", status_code=204)
-async def destroy_capsule(capsule_id: str, request: Request, caller: Caller, session: Db) -> Response:
-    capsule = await _capsule(session, caller, capsule_id)
+async def destroy(session: AsyncSession, agents: AgentPool, capsule: Capsule) -> None:
+    """Destroy a capsule's VM on its host and mark the row `stopped` (not committed). A VM the host no
+    longer knows counts as destroyed; any other agent error is raised and the row is left as it was.
+    Shared by `DELETE /v1/capsules/{id}` and team deletion."""
     host = await session.get(Host, capsule.host_id) if capsule.host_id else None
     if capsule.status != "stopped" and host is not None:
-        agents = _agents(request)
         try:
             await agents.call(
                 host.id,
@@ -204,6 +207,12 @@ async def destroy_capsule(capsule_id: str, request: Request, caller: Caller, ses
             if exc.code != "not_found":  # already gone on the host: destroyed is destroyed
                 raise
     capsule.status = "stopped"
+
+
+@router.delete("/v1/capsules/{capsule_id}", status_code=204)
+async def destroy_capsule(capsule_id: str, request: Request, caller: Caller, session: Db) -> Response:
+    capsule = await _capsule(session, caller, capsule_id)
+    await destroy(session, _agents(request), capsule)
     _audit.record(
         session, **audit_fields(caller), resource_type="capsule", resource_id=capsule.id, action="destroy"
     )
@@ -337,6 +346,94 @@ async def write_file(capsule_id: str, request: Request, caller: Caller, session:
         ),
     )
     return Response(status_code=204)
+
+
+@router.post("/v1/capsules/{capsule_id}/files/stream/write", status_code=204)
+async def stream_write(capsule_id: str, request: Request, caller: Caller, session: Db) -> Response:
+    """Multipart `path` then `file`, passed on to the agent in chunks as it arrives: no size limit, and
+    nothing held in memory. The `path` part must come before `file` (as in the seed)."""
+    capsule, host = await _running(session, caller, capsule_id)
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or not options.get(b"boundary"):
+        raise _errors.bad_request("send multipart/form-data with a 'path' part, then a 'file' part")
+    parts = _StreamedParts(options[b"boundary"])
+    feeder = asyncio.ensure_future(parts.feed(request.stream()))
+
+    async def messages() -> AsyncIterator[pb.WriteFileStreamRequest]:
+        path = await parts.path()
+        meta = pb.WriteFileMeta(sandbox_id=capsule.id, path=path)
+        yield pb.WriteFileStreamRequest(content=Oneof("meta", meta))  # type: ignore[arg-type]
+        while (chunk := await parts.chunks.get()) is not None:
+            yield pb.WriteFileStreamRequest(content=Oneof("chunk", chunk))  # type: ignore[arg-type]
+
+    agents = _agents(request)
+    try:
+        await agents.call(host.id, agents.client(host.address).write_file_stream(messages()))
+        await feeder
+    finally:
+        feeder.cancel()
+    return Response(status_code=204)
+
+
+class _StreamedParts:
+    """python-multipart's push parser, turned into `path()` and a queue of file chunks."""
+
+    def __init__(self, boundary: bytes) -> None:
+        self.chunks: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=16)
+        self._path: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._field, self._value, self._name, self._buffer = b"", b"", b"", bytearray()
+        self._pending: list[bytes] = []
+        self._parser = MultipartParser(boundary, {  # type: ignore[arg-type]
+            "on_part_begin": self._begin, "on_header_field": self._hfield, "on_header_value": self._hvalue,
+            "on_header_end": self._hend, "on_part_data": self._data, "on_part_end": self._end,
+        })  # fmt: skip
+
+    def _begin(self) -> None:
+        self._name, self._buffer = b"", bytearray()
+
+    def _hfield(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _hvalue(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _hend(self) -> None:
+        if self._field.lower() == b"content-disposition":
+            self._name = parse_options_header(self._value)[1].get(b"name", b"")
+        self._field = self._value = b""
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if self._name == b"file":
+            self._fail("the 'path' part must come before 'file'")
+            self._pending.append(bytes(data[start:end]))
+        elif self._name == b"path":
+            self._buffer.extend(data[start:end])
+
+    def _end(self) -> None:
+        if self._name == b"path" and not self._path.done():
+            self._path.set_result(self._buffer.decode())
+
+    async def path(self) -> str:
+        return await self._path
+
+    async def feed(self, body: AsyncIterator[bytes]) -> None:
+        try:
+            async for data in body:
+                self._parser.write(data)
+                for piece in self._pending:
+                    await self.chunks.put(piece)
+                self._pending.clear()
+            self._parser.finalize()
+        except ValueError as exc:  # python-multipart's parse errors
+            self._fail(f"malformed multipart body: {exc}")
+            raise _errors.bad_request(f"malformed multipart body: {exc}") from None
+        finally:
+            self._fail("the multipart body has no 'path' part")
+            await self.chunks.put(None)
+
+    def _fail(self, message: str) -> None:
+        if not self._path.done():
+            self._path.set_exception(_errors.bad_request(message))
 
 
 @router.post("/v1/capsules/{capsule_id}/files/read")
