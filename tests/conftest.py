@@ -186,13 +186,14 @@ def image(image_data_dir: Path) -> Image:
 def wrenn_server(image: Image) -> Iterator[tuple[str, str]]:
     """The platform as a user meets it: a control plane process (SQLite) over a real host agent that boots
     real VMs. Yields (base URL, API key). Module-scoped: two agents on one host would collide."""
-    from tests.agent._agent import start_agent
+    from tests.agent._agent import private_data_dir, start_agent
     from wrenn.proto.hostagent.v1 import hostagent_pb
     from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClientSync
 
     if os.geteuid() != 0:
         pytest.skip("the host agent needs root")
-    agent = start_agent(IMAGE_DATA_DIR, f"ws{os.getpid() % 1000:03d}k")
+    prefix = f"ws{os.getpid() % 1000:03d}k"
+    agent = start_agent(private_data_dir(IMAGE_DATA_DIR, prefix), prefix)
     root = Path(tempfile.mkdtemp(prefix="wrenn-cp-"))
     port = free_port()
     log_path = root / "server.log"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,16 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def private_data_dir(shared: Path, prefix: str) -> Path:
+    """A data dir of the agent's own whose `images` is the shared one: an agent removes every sandbox
+    directory it does not own, so two agents must never share a data dir."""
+    directory = Path(tempfile.gettempdir()) / f"wrenn-agent-{prefix}"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    (directory / "images").symlink_to(shared / "images")
+    return directory
 
 
 def _address_ranges(prefix: str) -> list[str]:

@@ -27,7 +27,7 @@ from protobuf import Oneof
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient, HostAgentServiceClientSync
 
-from ._agent import AgentProcess, start_agent
+from ._agent import AgentProcess, private_data_dir, start_agent
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
 
@@ -37,6 +37,7 @@ PREFIX = f"wa{os.getpid() % 1000:03d}r"  # starts and ends with a letter, as the
 @pytest.fixture(scope="module")
 def agent(image: object) -> Iterator[AgentProcess]:
     data_dir = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
+    data_dir = private_data_dir(data_dir, PREFIX)
     process = start_agent(data_dir, PREFIX)
     yield process
     # Whatever happened above, leave nothing: a running agent (or a new one, which adopts what the last

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.agent._agent import AgentProcess, start_agent
+from tests.agent._agent import AgentProcess, private_data_dir, start_agent
 from wrenn.controlplane import Settings, create_app
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClientSync
@@ -22,6 +22,7 @@ PREFIX = f"wc{os.getpid() % 1000:03d}p"
 @pytest.fixture(scope="module")
 def agent(image: object) -> Iterator[AgentProcess]:
     data_dir = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
+    data_dir = private_data_dir(data_dir, PREFIX)
     process = start_agent(data_dir, PREFIX)
     yield process
     if process.proc.poll() is not None:
