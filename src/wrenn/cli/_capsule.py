@@ -51,11 +51,23 @@ def create(
 def list_() -> None:
     """The team's capsules."""
     key, base = credentials()
-    table = Table("id", "status", "template", "vcpus", "memory", "host ip", "created")
-    for c in Capsule.list(api_key=key, base_url=base):
-        table.add_row(
-            c.id, str(c.status), c.template, str(c.vcpus), f"{c.memory_mb} MiB", c.host_ip, str(c.created_at)
-        )
+    rows = [
+        [c.id, str(c.status), c.template, str(c.vcpus), f"{c.memory_mb} MiB", c.host_ip, str(c.created_at)]
+        for c in Capsule.list(api_key=key, base_url=base)
+    ]
+    print_rows(["id", "status", "template", "vcpus", "memory", "host ip", "created"], rows)
+
+
+def print_rows(header: list[str], rows: list[list[str]]) -> None:
+    """A table on a terminal; tab-separated lines (no header) when piped, so scripts get whole values."""
+    if not out.is_terminal:
+        for row in rows:
+            print("\t".join(row))
+        return
+    table = Table(*header)
+    table.columns[0].no_wrap = True
+    for row in rows:
+        table.add_row(*row)
     out.print(table)
 
 

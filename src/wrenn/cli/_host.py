@@ -7,9 +7,9 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from ._auth import admin
+from ._capsule import print_rows
 
 app = typer.Typer(help="Register and list hosts (admin).", no_args_is_help=True)
 out = Console(soft_wrap=True)
@@ -51,8 +51,15 @@ def create(kind: Annotated[str, typer.Option("--type", help="regular or byoc")] 
 def list_() -> None:
     """Hosts and their state."""
     base, headers = _session()
-    table = Table("id", "status", "address", "cpus", "memory", "last heartbeat")
-    for h in _check(httpx.get(f"{base}/v1/hosts", headers=headers, timeout=30)):
-        table.add_row(h["id"], h["status"], h.get("address", ""), str(h.get("cpu_cores", "")),
-                      f"{h.get('memory_mb', '')} MiB", str(h.get("last_heartbeat_at") or "-"))  # fmt: skip
-    out.print(table)
+    rows = [
+        [
+            h["id"],
+            h["status"],
+            h.get("address", ""),
+            str(h.get("cpu_cores", "")),
+            f"{h.get('memory_mb', '')} MiB",
+            str(h.get("last_heartbeat_at") or "-"),
+        ]
+        for h in _check(httpx.get(f"{base}/v1/hosts", headers=headers, timeout=30))
+    ]
+    print_rows(["id", "status", "address", "cpus", "memory", "last heartbeat"], rows)

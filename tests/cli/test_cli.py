@@ -1,0 +1,76 @@
+"""The `wrenn` command as a user meets it: up, env, capsule commands, errors as one line, down."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.agent._agent import _free_port, private_data_dir
+
+pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
+WRENN = [sys.executable, "-c", "from wrenn.cli import main; main()"]
+
+
+def wrenn(
+    *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*WRENN, *args], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, **(env or {})})  # fmt: skip
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"wrenn {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+@pytest.fixture(scope="module")
+def platform(image: object) -> Iterator[tuple[Path, dict[str, str]]]:
+    shared = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
+    data_dir = private_data_dir(shared, "cli")
+    ports = ["--port", str(_free_port()), "--agent-port", str(_free_port())]
+    up = wrenn("up", "--detach", "--data-dir", str(data_dir), *ports)
+    assert up.stdout == "42\n", up.stderr  # the Quickstart's promise
+    assert "What next" in up.stderr and "wrenn env" in up.stderr
+    exports = wrenn("env", "--data-dir", str(data_dir)).stdout
+    env = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
+    assert set(env) == {"WRENN_BASE_URL", "WRENN_API_KEY"}
+    again = wrenn("up", "--detach", "--data-dir", str(data_dir), *ports)  # already running: reused
+    assert "already running" in again.stderr and again.stdout == "42\n"
+    yield data_dir, env
+    wrenn("down", "--data-dir", str(data_dir))
+    assert subprocess.run(["pgrep", "-f", f"--data-dir {data_dir}"], capture_output=True).stdout == b""
+
+
+def test_capsule_commands(platform: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    _, env = platform
+    capsule_id = wrenn("capsule", "create", "--memory", "256", env=env).stdout.strip()
+    assert capsule_id.startswith("cl-")
+    assert capsule_id in wrenn("capsule", "list", env=env).stdout
+    ran = wrenn("capsule", "exec", capsule_id, "--", "echo out; echo err >&2; exit 5", env=env, check=False)
+    assert (ran.returncode, ran.stdout, ran.stderr) == (5, "out\n", "err\n")
+    local = tmp_path / "data.bin"
+    local.write_bytes(os.urandom(3 << 20))
+    wrenn("capsule", "cp", str(local), f"{capsule_id}:/home/user/data.bin", env=env)
+    wrenn("capsule", "cp", f"{capsule_id}:/home/user/data.bin", str(tmp_path / "back.bin"), env=env)
+    assert (tmp_path / "back.bin").read_bytes() == local.read_bytes()
+    wrenn("capsule", "kill", capsule_id, env=env)
+    assert capsule_id not in wrenn("capsule", "list", env=env).stdout
+
+
+def test_errors_are_one_clear_line(platform: tuple[Path, dict[str, str]]) -> None:
+    _, env = platform
+    cases = [
+        (("capsule", "list"), {**env, "WRENN_API_KEY": "wrn_wrong"}, "unauthorized"),
+        (("capsule", "exec", "cl-nope", "--", "true"), env, "not_found"),
+        (("capsule", "list"), {**env, "WRENN_BASE_URL": "http://127.0.0.1:9"}, "cannot reach"),
+    ]
+    for args, environment, words in cases:
+        result = wrenn(*args, env=environment, check=False)
+        assert result.returncode == 1, result
+        assert words in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
