@@ -229,13 +229,17 @@ class Servers:
             proc.wait()
 
 
+#: Address ranges of their own, so these tests can run beside any agent on this machine.
+TEST_CONFIG = NetworkConfig(slots=32, prefix=PREFIX, host_net="10.236.0.0/16", veth_net="10.237.0.0/16")
+
+
 # --- fixtures -------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 async def manager() -> AsyncIterator[NetworkManager]:
     forward_before = IP_FORWARD.read_text()
-    mgr = NetworkManager(NetworkConfig(slots=32, prefix=PREFIX))
+    mgr = NetworkManager(TEST_CONFIG)
     try:
         await mgr.cleanup_stale()
         await mgr.start()
@@ -386,7 +390,7 @@ async def test_cleanup_stale_honours_keep(manager: NetworkManager) -> None:
 @needs_root
 async def test_setup_needs_start() -> None:
     with pytest.raises(NetworkError, match="start"):
-        await NetworkManager(NetworkConfig(slots=32, prefix=PREFIX)).setup(10, allow_internet=False)
+        await NetworkManager(TEST_CONFIG).setup(10, allow_internet=False)
     assert f"{PREFIX}-ns-10" not in netns_names()
 
 
