@@ -186,21 +186,22 @@ def image(image_data_dir: Path) -> Image:
 def wrenn_server(image: Image) -> Iterator[tuple[str, str]]:
     """The platform as a user meets it: a control plane process (SQLite) over a real host agent that boots
     real VMs. Yields (base URL, API key). Module-scoped: two agents on one host would collide."""
-    from tests.agent._agent import private_data_dir, start_agent
-    from wrenn.proto.hostagent.v1 import hostagent_pb
-    from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClientSync
+    from tests.agent._agent import running_agent
 
     if os.geteuid() != 0:
         pytest.skip("the host agent needs root")
-    prefix = f"ws{os.getpid() % 1000:03d}k"
-    agent = start_agent(private_data_dir(IMAGE_DATA_DIR, prefix), prefix)
+    with running_agent(f"ws{os.getpid() % 1000:03d}k") as agent:
+        yield from _control_plane(agent.url)
+
+
+def _control_plane(agent_url: str) -> Iterator[tuple[str, str]]:
     root = Path(tempfile.mkdtemp(prefix="wrenn-cp-"))
     port = free_port()
     log_path = root / "server.log"
     with log_path.open("wb") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "wrenn.controlplane", "--port", str(port), "--data-dir", str(root),
-             "--local-agent", agent.url],
+             "--local-agent", agent_url],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -225,7 +226,4 @@ def wrenn_server(image: Image) -> Iterator[tuple[str, str]]:
     finally:
         server.terminate()
         server.wait(30)
-        with HostAgentServiceClientSync(agent.url) as client:
-            client.terminate(hostagent_pb.TerminateRequest())
-        agent.proc.wait(60)
         shutil.rmtree(root, ignore_errors=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import shutil
 import signal
 import socket
@@ -10,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,3 +79,25 @@ def start_agent(data_dir: Path, prefix: str, port: int | None = None) -> AgentPr
             time.sleep(0.2)
     agent.stop()
     raise RuntimeError(f"agent did not listen within 120 s:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def running_agent(prefix: str) -> Iterator[AgentProcess]:
+    """A host agent on a private data dir over the shared test images; at the end, whatever happened,
+    nothing is left: a live agent (or a new one, which adopts what a killed one left) is told to
+    Terminate, which destroys every sandbox and removes its network rules."""
+    from wrenn.proto.hostagent.v1 import hostagent_pb as pb
+    from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClientSync
+
+    shared = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
+    data_dir = private_data_dir(shared, prefix)
+    process = start_agent(data_dir, prefix)
+    try:
+        yield process
+    finally:
+        if process.proc.poll() is not None:
+            process.proc = start_agent(data_dir, prefix, port=process.port).proc
+        with HostAgentServiceClientSync(process.url) as client:
+            client.terminate(pb.TerminateRequest())
+        process.proc.wait(60)
+        shutil.rmtree(data_dir, ignore_errors=True)

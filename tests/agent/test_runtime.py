@@ -25,9 +25,9 @@ from connectrpc.errors import ConnectError
 from protobuf import Oneof
 
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
-from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient, HostAgentServiceClientSync
+from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient
 
-from ._agent import AgentProcess, private_data_dir, start_agent
+from ._agent import AgentProcess, running_agent, start_agent
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
 
@@ -36,17 +36,8 @@ PREFIX = f"wa{os.getpid() % 1000:03d}r"  # starts and ends with a letter, as the
 
 @pytest.fixture(scope="module")
 def agent(image: object) -> Iterator[AgentProcess]:
-    data_dir = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
-    data_dir = private_data_dir(data_dir, PREFIX)
-    process = start_agent(data_dir, PREFIX)
-    yield process
-    # Whatever happened above, leave nothing: a running agent (or a new one, which adopts what the last
-    # one left) destroys every sandbox and removes its rules on Terminate.
-    if process.proc.poll() is not None:
-        process.proc = start_agent(data_dir, PREFIX, port=process.port).proc
-    with HostAgentServiceClientSync(process.url) as sync:
-        sync.terminate(pb.TerminateRequest())
-    process.proc.wait(60)
+    with running_agent(PREFIX) as process:
+        yield process
 
 
 @pytest.fixture

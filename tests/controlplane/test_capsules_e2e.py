@@ -5,15 +5,12 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.agent._agent import AgentProcess, private_data_dir, start_agent
+from tests.agent._agent import AgentProcess, running_agent
 from wrenn.controlplane import Settings, create_app
-from wrenn.proto.hostagent.v1 import hostagent_pb as pb
-from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClientSync
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
 PREFIX = f"wc{os.getpid() % 1000:03d}p"
@@ -21,15 +18,8 @@ PREFIX = f"wc{os.getpid() % 1000:03d}p"
 
 @pytest.fixture(scope="module")
 def agent(image: object) -> Iterator[AgentProcess]:
-    data_dir = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
-    data_dir = private_data_dir(data_dir, PREFIX)
-    process = start_agent(data_dir, PREFIX)
-    yield process
-    if process.proc.poll() is not None:
-        process.proc = start_agent(data_dir, PREFIX, port=process.port).proc
-    with HostAgentServiceClientSync(process.url) as sync:
-        sync.terminate(pb.TerminateRequest())
-    process.proc.wait(60)
+    with running_agent(PREFIX) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
