@@ -153,7 +153,6 @@ def test_background_list_kill(capsule: Capsule) -> None:
         capsule.commands.kill(handle.pid)
 
 
-@NOT_BUILT
 def test_stream(capsule: Capsule) -> None:
     events = list(capsule.commands.stream("for i in 1 2 3; do echo $i; sleep 0.1; done; exit 4"))
     assert isinstance(events[0], StreamStartEvent) and events[0].pid > 0
@@ -163,7 +162,6 @@ def test_stream(capsule: Capsule) -> None:
     assert "".join(e.data for e in direct if isinstance(e, StreamStdoutEvent)) == "a b\n"
 
 
-@NOT_BUILT
 def test_connect_to_background(capsule: Capsule) -> None:
     handle = capsule.commands.run("sleep 1; echo late", background=True)
     events = list(capsule.commands.connect(handle.pid))
@@ -208,7 +206,6 @@ def test_download_stream(capsule: Capsule) -> None:
         list(capsule.files.download_stream("/tmp/missing.bin"))
 
 
-@NOT_BUILT
 def test_upload_stream(capsule: Capsule) -> None:
     chunks = [bytes([i]) * 65536 for i in range(40)]
     capsule.files.upload_stream("/tmp/up.bin", iter(chunks))
@@ -216,7 +213,6 @@ def test_upload_stream(capsule: Capsule) -> None:
     assert b"".join(capsule.files.download_stream("/tmp/up.bin")) == b"".join(chunks)
 
 
-@NOT_BUILT
 def test_watch(capsule: Capsule) -> None:
     capsule.files.make_dir("/tmp/watched/sub")
     with capsule.files.watch("/tmp/watched", recursive=True) as events:
@@ -245,7 +241,6 @@ def _read_until(term: object, needle: bytes, limit: float = 30) -> bytes:
     return out
 
 
-@NOT_BUILT
 def test_pty_session_and_reconnect(capsule: Capsule) -> None:
     with capsule.pty(cmd="/bin/sh", cols=100, rows=30, envs={"MARK": "pty-ok"}, cwd="/tmp") as term:
         term.write(b"echo $MARK; pwd; stty size\n")
@@ -325,7 +320,6 @@ def test_async_capsule(server: tuple[str, str]) -> None:
     asyncio.run(scenario())
 
 
-@NOT_BUILT
 def test_async_websockets(server: tuple[str, str]) -> None:
     base_url, api_key = server
 

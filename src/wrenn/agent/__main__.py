@@ -38,14 +38,24 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         "--host-net", default=d.host_net, help=f"sandboxes' host-reachable addresses ({d.host_net})"
     )
     p.add_argument("--veth-net", default=d.veth_net, help=f"sandboxes' veth pairs ({d.veth_net})")
+    p.add_argument("--register", metavar="TOKEN", default=None, help="join a control plane with this token")
+    p.add_argument("--control-plane", metavar="URL", default=None, help="the control plane (with --register)")
+    p.add_argument(
+        "--address", metavar="HOST:PORT", default=None, help="where the control plane reaches this agent"
+    )
+    p.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval_s, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=["text", "json"])
     a = p.parse_args(argv)
+    if a.register and not (a.control_plane and a.address):
+        p.error("--register needs --control-plane URL and --address HOST:PORT")
     _logging.configure(a.log_level, a.log_format)
     return AgentConfig(
         data_dir=a.data_dir, host=a.host, port=a.port, vmm=a.vmm, firecracker_binary=a.firecracker_binary,
         accelerator=Accelerator(a.accelerator) if a.accelerator else None, reprobe=a.reprobe,
         slots=a.slots, name_prefix=a.name_prefix, host_net=a.host_net, veth_net=a.veth_net,
+        register_token=a.register, control_plane=a.control_plane, address=a.address,
+        heartbeat_interval_s=a.heartbeat_interval,
     )  # fmt: skip
 
 

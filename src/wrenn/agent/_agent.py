@@ -8,6 +8,7 @@ import logging
 import os
 import pwd
 import signal
+import ssl
 import subprocess
 
 import uvicorn
@@ -18,6 +19,7 @@ from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceASGIAppli
 from ._cgroup import Cgroups
 from ._config import AgentConfig
 from ._manager import SandboxManager
+from ._registration import Credentials, CredentialStore, HostLink, RegistrationError, host_facts, register
 from ._service import AgentService
 from .network import NetworkConfig, NetworkManager
 from .vmm import Accelerator, Driver
@@ -121,18 +123,75 @@ class Agent:
         await self.manager.start()
         return self.manager
 
+    async def credentials(self, manager: SandboxManager) -> Credentials | None:
+        """The saved credentials; registering first when given a token and none are saved."""
+        store = CredentialStore(self.config.data_dir)
+        try:
+            creds = store.load()
+            if creds is None and self.config.register_token:
+                assert self.config.control_plane and self.config.address
+                facts = host_facts(
+                    self.config.data_dir, self.config.slots, manager.accelerator.accelerator.value
+                )
+                creds = await register(
+                    self.config.control_plane, self.config.register_token, self.config.address, facts
+                )
+                store.save(creds)
+                log.info("registered with the control plane", extra={"host": creds.host_id})
+            elif creds is not None and self.config.register_token:
+                log.info("already registered: ignoring --register", extra={"host": creds.host_id})
+        except RegistrationError as exc:
+            raise AgentError(str(exc)) from None
+        if creds is not None and self.config.control_plane:
+            creds.control_plane = self.config.control_plane.rstrip("/")
+        return creds
+
     async def serve(self) -> None:
         manager = await self.start()
+        try:
+            creds = await self.credentials(manager)
+        except BaseException:
+            await manager.close()
+            raise
+        store = CredentialStore(self.config.data_dir)
         app = HostAgentServiceASGIApplication(AgentService(manager, on_terminate=self.shutdown))
-        self._server = uvicorn.Server(
-            uvicorn.Config(
-                app, host=self.config.host, port=self.config.port, log_config=None, access_log=False
-            )
+        tls: dict[str, object] = {}
+        if creds is not None:
+            tls = {
+                "ssl_certfile": str(store.cert_file),
+                "ssl_keyfile": str(store.key_file),
+                "ssl_ca_certs": str(store.ca_file),
+                "ssl_cert_reqs": ssl.CERT_REQUIRED,
+            }
+        config = uvicorn.Config(
+            app, host=self.config.host, port=self.config.port, log_config=None, access_log=False,
+            **tls,  # type: ignore[arg-type]
+        )  # fmt: skip
+        config.load()
+        if config.ssl is not None:
+            config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
+        self._server = uvicorn.Server(config)
+        link: HostLink | None = None
+        if creds is not None:
+
+            async def deleted() -> None:
+                await manager.terminate()
+                self.shutdown()
+
+            link = HostLink(
+                store, creds, self.config.heartbeat_interval_s, ssl_context=lambda: config.ssl,
+                on_deleted=deleted,
+            )  # fmt: skip
+            link.start()
+        log.info(
+            "agent listening",
+            extra={"host": self.config.host, "port": self.config.port, "tls": creds is not None},
         )
-        log.info("agent listening", extra={"host": self.config.host, "port": self.config.port})
         try:
             await self._server.serve()
         finally:
+            if link is not None:
+                await link.stop()
             await manager.close()
 
     def shutdown(self) -> None:

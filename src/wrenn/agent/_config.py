@@ -42,6 +42,13 @@ class AgentConfig:
     dns: tuple[str, ...] = field(default=("1.1.1.1", "8.8.8.8"))
     metrics_interval_s: float = 2.0
     reaper_interval_s: float = 2.0
+    #: Joining a control plane: a one-time registration token, the control plane's URL and the
+    #: `ip:port` the control plane dials (named in this host's certificate). Once registered, the saved
+    #: credentials are used and the token is ignored.
+    register_token: str | None = None
+    control_plane: str | None = None
+    address: str | None = None
+    heartbeat_interval_s: float = 30.0
 
     @property
     def sandboxes_dir(self) -> Path:

@@ -1,18 +1,27 @@
-"""Talking to host agents: one Connect client per host, agent errors mapped to API errors."""
+"""Talking to host agents: one Connect client per host, agent errors mapped to API errors.
+
+Registered hosts answer over https with mutual TLS: the pool dials them with the control plane's client
+certificate from the internal CA and trusts only that CA. Local agents (`--local-agent http://...`) are
+plain HTTP."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Awaitable
-from typing import TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
+import pyqwest
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient
 
+from ._ca import CLIENT_CERT_TTL, CertificateAuthority, Issued
 from ._errors import ApiError
 
+log = logging.getLogger("wrenn.controlplane.agents")
 _T = TypeVar("_T")
 
 #: Agent codes as the API answers them (the seed's mapping, with unreachable hosts made explicit).
@@ -37,14 +46,51 @@ def agent_error(exc: ConnectError, host_id: str) -> ApiError:
 
 
 class AgentPool:
-    def __init__(self) -> None:
+    def __init__(self, ca: CertificateAuthority | None = None) -> None:
+        self._ca = ca
         self._clients: dict[str, HostAgentServiceClient] = {}
+        self._transport: pyqwest.HTTPTransport | None = None
+        self._client_cert: Issued | None = None
+        self._retired: list[Any] = []
+
+    def _tls_client(self) -> pyqwest.Client:
+        """An HTTP client presenting the control plane's certificate, renewed at half its lifetime."""
+        assert self._ca is not None
+        now = datetime.now(UTC)
+        cert = self._client_cert
+        if cert is None or self._transport is None or (cert.not_after - now) < CLIENT_CERT_TTL / 2:
+            if self._transport is not None:  # renew: new connections use the new certificate
+                self._retired.append(self._transport)
+                self._clients = {a: c for a, c in self._clients.items() if not a.startswith("https:")}
+            cert = self._client_cert = self._ca.issue_client()
+            self._transport = pyqwest.HTTPTransport(
+                tls_ca_cert=self._ca.cert_pem.encode(),
+                tls_cert=cert.cert_pem.encode(),
+                tls_key=cert.key_pem.encode(),
+                http_version=pyqwest.HTTPVersion.HTTP1,
+            )
+            log.info(
+                "issued the control plane's client certificate", extra={"not_after": str(cert.not_after)}
+            )
+        return pyqwest.Client(self._transport)
 
     def client(self, address: str) -> HostAgentServiceClient:
+        if address.startswith("https:") and self._ca is not None:
+            self._tls_client()  # may renew the certificate (and drop the clients using the old one)
         found = self._clients.get(address)
         if found is None:
-            found = self._clients[address] = HostAgentServiceClient(address)
+            if address.startswith("https:"):
+                if self._ca is None:
+                    raise ApiError(503, "host_unavailable", "no CA configured to reach a TLS host")
+                found = HostAgentServiceClient(address, http_client=self._tls_client())
+            else:
+                found = HostAgentServiceClient(address)
+            self._clients[address] = found
         return found
+
+    def forget(self, address: str) -> None:
+        """Drop the client of a host (deleted, or re-registered at another address)."""
+        self._clients.pop(address, None)
 
     async def call(self, host_id: str, awaitable: Awaitable[_T]) -> _T:
         try:
@@ -59,3 +105,9 @@ class AgentPool:
             with contextlib.suppress(Exception):
                 await client.close()
         self._clients.clear()
+        for transport in [*self._retired, self._transport]:
+            if transport is not None:
+                with contextlib.suppress(Exception):
+                    await transport.aclose()
+        self._retired.clear()
+        self._transport = None

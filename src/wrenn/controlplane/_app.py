@@ -9,17 +9,21 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException
 
 from wrenn import __version__
 
 from ._agents import AgentPool
+from ._ca import CertificateAuthority
 from ._errors import ApiError
 from ._hosts import register_local
+from ._monitor import HostMonitor
 from ._security import Tokens, load_or_create_secret
 from ._settings import Settings
 from .db import make_engine, migrate, sessions
-from .routes import auth, capsules, keys
+from .routes import auth, capsules, keys, streams, teams
+from .routes import hosts as hosts_routes
 
 log = logging.getLogger("wrenn.controlplane")
 
@@ -42,14 +46,22 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.tokens = Tokens(
             load_or_create_secret(settings.jwt_secret, settings.data_dir), settings.jwt_ttl_s
         )
-        app.state.agents = AgentPool()
+        app.state.ca = CertificateAuthority.load_or_create(
+            settings.data_dir, settings.ca_cert_file, settings.ca_key_file
+        )
+        app.state.agents = AgentPool(app.state.ca)
         async with app.state.sessions() as session:
             for address in settings.local_agents:
                 await register_local(session, app.state.agents, address)
+        monitor = app.state.monitor = HostMonitor(
+            app.state.sessions, app.state.agents, settings, engine.dialect.name
+        )
+        monitor.start()
         log.info("control plane ready", extra={"database": engine.url.render_as_string(hide_password=True)})
         try:
             yield
         finally:
+            await monitor.stop()
             await app.state.agents.close()
             await engine.dispose()
 
@@ -81,10 +93,32 @@ def create_app(settings: Settings) -> FastAPI:
             {"error": {"code": "internal_error", "message": "internal error"}}, status_code=500
         )
 
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if isinstance(exc, IntegrityError):
+            # A unique or foreign key the route did not check first, or lost a race on (two sign-ups with
+            # one email): the request conflicts with the stored data; it is not a server fault.
+            log.warning("integrity error", extra={"path": request.url.path, "error": str(exc.orig)[:300]})
+            return JSONResponse(
+                {"error": {"code": "conflict", "message": "the request conflicts with existing data"}},
+                status_code=409,
+            )
+        if str(getattr(exc.orig, "sqlstate", "") or "").startswith("22"):
+            # PostgreSQL's "data exception" class: a value the column cannot hold (a NUL character in a
+            # string, mostly; SQLite stores those). Bad input, said as such.
+            return JSONResponse(
+                {"error": {"code": "invalid_request", "message": "a value contains characters or a size "
+                           "the database cannot store (e.g. a NUL character)"}},
+                status_code=400,
+            )  # fmt: skip
+        return await internal(request, exc)
+
     @app.get("/health", tags=["health"])
     async def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    for module in (auth, keys, capsules):
+    for module in (auth, keys, capsules, streams):
         app.include_router(module.router)
+    app.include_router(hosts_routes.router)
+    app.include_router(teams.router)
     return app

@@ -9,6 +9,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ._ids import new_id
 from .db import AuditLog
 
+#: Resource types whose events only a team's admins and owner may read (the seed's `admin` scope: member
+#: changes). Everything else is `team` scope, readable by every member. Derived from the resource type
+#: rather than stored, so the audit_logs table needs no `scope` column.
+ADMIN_SCOPED = frozenset({"member"})
+
+
+def scope_of(resource_type: str) -> str:
+    return "admin" if resource_type in ADMIN_SCOPED else "team"
+
 
 def record(
     session: AsyncSession,

@@ -9,9 +9,10 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import HTTPConnection
 
 from . import _errors
-from ._security import Tokens, hash_api_key
+from ._security import API_KEY_PREFIX, Tokens, hash_api_key
 from .db import ApiKey, Membership, User, utcnow
 
 
@@ -33,8 +34,8 @@ async def db(request: Request) -> AsyncIterator[AsyncSession]:
 Db = Annotated[AsyncSession, Depends(db)]
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
+def _bearer(conn: HTTPConnection) -> str | None:
+    header = conn.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token else None
 
@@ -52,22 +53,43 @@ async def _from_jwt(token: str, session: AsyncSession, tokens: Tokens) -> Princi
     return Principal("user", claims.team_id, user.id, user.email, user_id=user.id, role=member.role)
 
 
+async def _from_api_key(key: str, session: AsyncSession) -> Principal:
+    found = (
+        await session.execute(select(ApiKey).where(ApiKey.key_hash == hash_api_key(key)))
+    ).scalar_one_or_none()
+    if found is None:
+        raise _errors.unauthorized("invalid API key")
+    found.last_used = utcnow()
+    await session.commit()
+    return Principal("api_key", found.team_id, found.id, found.name)
+
+
+def has_credentials(conn: HTTPConnection) -> bool:
+    """Whether the request (or WebSocket upgrade) carries an `X-API-Key` or a bearer token."""
+    return bool(conn.headers.get("x-api-key") or _bearer(conn))
+
+
+async def authenticate(conn: HTTPConnection, session: AsyncSession) -> Principal:
+    """The caller named by the request's (or WebSocket upgrade's) `X-API-Key` or `Authorization: Bearer`."""
+    key = conn.headers.get("x-api-key")
+    if key:
+        return await _from_api_key(key, session)
+    token = _bearer(conn)
+    if token:
+        return await _from_jwt(token, session, conn.app.state.tokens)
+    raise _errors.unauthorized("send X-API-Key or Authorization: Bearer <token>")
+
+
+async def token_principal(token: str, session: AsyncSession, tokens: Tokens) -> Principal:
+    """The caller named by a bare credential (a WebSocket's first `auth` message): an API key or a JWT."""
+    if token.startswith(API_KEY_PREFIX):
+        return await _from_api_key(token, session)
+    return await _from_jwt(token, session, tokens)
+
+
 async def principal(request: Request, session: Db) -> Principal:
     """An `X-API-Key` or an `Authorization: Bearer <JWT>`."""
-    key = request.headers.get("x-api-key")
-    if key:
-        found = (
-            await session.execute(select(ApiKey).where(ApiKey.key_hash == hash_api_key(key)))
-        ).scalar_one_or_none()
-        if found is None:
-            raise _errors.unauthorized("invalid API key")
-        found.last_used = utcnow()
-        await session.commit()
-        return Principal("api_key", found.team_id, found.id, found.name)
-    token = _bearer(request)
-    if token:
-        return await _from_jwt(token, session, request.app.state.tokens)
-    raise _errors.unauthorized("send X-API-Key or Authorization: Bearer <token>")
+    return await authenticate(request, session)
 
 
 async def user_principal(request: Request, session: Db) -> Principal:

@@ -24,8 +24,9 @@ async def register_local(session: AsyncSession, agents: AgentPool, address: str)
     """Upsert the host behind `address` with what its agent reports; `unreachable` if it does not answer."""
     host = await session.get(Host, local_host_id(address))
     if host is None:
-        host = Host(id=local_host_id(address), address=address, type="regular")
+        host = Host(id=local_host_id(address), address=address, type="regular", local=True)
         session.add(host)
+    host.local = True
     try:
         info = await agents.client(address).get_host_info(pb.GetHostInfoRequest(), timeout_ms=10_000)
     except (ConnectError, OSError) as exc:

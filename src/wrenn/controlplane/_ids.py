@@ -19,3 +19,8 @@ def new_id(prefix: str) -> str:
 
 def new_token(nbytes: int = 32) -> str:
     return secrets.token_hex(nbytes)
+
+
+def new_slug() -> str:
+    """A team slug as the seed makes them: `xxxxxx-yyyyyy` (hex)."""
+    return f"{new_token(3)}-{new_token(3)}"

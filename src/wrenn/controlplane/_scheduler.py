@@ -1,8 +1,14 @@
-"""Placing a capsule: the least-loaded online host that has room for it (admission control)."""
+"""Placing a capsule: the least-loaded online host that has room for it (admission control).
+
+Load counts every capsule that holds (or may still hold) memory on its host: `pending` (booting),
+`starting`, `running` and `missing` (its host went silent; its VM may well be alive). A host with a slot
+capacity takes no more capsules than that. On PostgreSQL the candidate hosts are locked until the caller
+commits the new capsule, so two control planes (or two requests) cannot both admit into the last room.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ._errors import ApiError
@@ -10,11 +16,14 @@ from .db import Capsule, Host
 
 #: Memory each host keeps for itself, as the agent does.
 RESERVED_MB = 1024
-LOADED = ("pending", "starting", "running")
+LOADED = ("pending", "starting", "running", "missing")
 
 
-async def pick_host(session: AsyncSession, memory_mb: int) -> Host:
-    """The online host with the most free memory after placing `memory_mb`; 503 when none has room."""
+async def pick_host(session: AsyncSession, memory_mb: int, team_id: str | None = None) -> Host:
+    """The online host with the most free memory after placing `memory_mb`; 503 when none has room.
+
+    Candidates: the platform's (`regular`) hosts and, when `team_id` is given, that team's BYOC hosts.
+    The caller commits (or rolls back) soon after: the hosts stay locked until then on PostgreSQL."""
     used = (
         select(
             Capsule.host_id,
@@ -25,10 +34,13 @@ async def pick_host(session: AsyncSession, memory_mb: int) -> Host:
         .group_by(Capsule.host_id)
         .subquery()
     )
+    eligible = Host.type != "byoc" if team_id is None else or_(Host.type != "byoc", Host.team_id == team_id)
     rows = await session.execute(
         select(Host, func.coalesce(used.c.mem, 0), func.coalesce(used.c.n, 0))
         .outerjoin(used, used.c.host_id == Host.id)
-        .where(Host.status == "online")
+        .where(Host.status == "online", eligible)
+        .order_by(Host.id)  # one lock order for everyone
+        .with_for_update(of=Host)
     )
     best: tuple[float, Host] | None = None
     for host, used_mb, count in rows.all():

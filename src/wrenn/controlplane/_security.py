@@ -93,6 +93,24 @@ class Tokens:
         }
         return jwt.encode(payload, self._secret, algorithm="HS256")
 
+    def issue_host(self, host_id: str, ttl_s: int) -> str:
+        """A host JWT (`typ: host`): only the host routes accept it, and user routes refuse it."""
+        now = int(time.time())
+        payload = {"sub": host_id, "host_id": host_id, "typ": "host", "iat": now, "exp": now + ttl_s}
+        return jwt.encode(payload, self._secret, algorithm="HS256")
+
+    def verify_host(self, token: str) -> str | None:
+        """The host id of a valid host JWT, else None."""
+        try:
+            payload = jwt.decode(
+                token, self._secret, algorithms=["HS256"], options={"require": ["exp", "host_id"]}
+            )
+        except jwt.PyJWTError:
+            return None
+        if payload.get("typ") != "host":
+            return None
+        return str(payload["host_id"])
+
     def verify(self, token: str) -> Claims | None:
         try:
             payload = jwt.decode(

@@ -22,6 +22,19 @@ class Settings:
     login_attempts: int = 5
     login_window_s: int = 300
     max_upload_bytes: int = 100 << 20
+    #: The internal CA of control plane <-> agent mutual TLS: generated under data_dir when not given.
+    #: Several control planes on one database need the same CA (and the same JWT secret).
+    ca_cert_file: Path | None = None
+    ca_key_file: Path | None = None
+    #: The host monitor: how often it runs, and how long a registered host may stay silent before it is
+    #: `unreachable` (its capsules `missing`).
+    monitor_interval_s: float = 15.0
+    host_timeout_s: float = 90.0
+    #: Seconds the monitor waits for an agent's answer (GetHostInfo, ListSandboxes).
+    agent_probe_timeout_s: float = 10.0
+    registration_token_ttl_s: int = 3600
+    host_jwt_ttl_s: int = 7 * 24 * 3600
+    host_refresh_ttl_s: int = 60 * 24 * 3600
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -31,6 +44,15 @@ class Settings:
             "data_dir": data_dir,
             "jwt_secret": os.environ.get("JWT_SECRET", ""),
         }
+        for key, env in (("ca_cert_file", "WRENN_CA_CERT"), ("ca_key_file", "WRENN_CA_KEY")):
+            if os.environ.get(env):
+                values[key] = Path(os.environ[env])
+        for key, env in (
+            ("monitor_interval_s", "WRENN_MONITOR_INTERVAL_S"),
+            ("host_timeout_s", "WRENN_HOST_TIMEOUT_S"),
+        ):
+            if os.environ.get(env):
+                values[key] = float(os.environ[env])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 

@@ -1,7 +1,20 @@
 """The control plane's database: models, engine and migrations."""
 
 from ._engine import make_engine, migrate, sessions
-from ._models import ApiKey, AuditLog, Base, Capsule, Host, LoginFailure, Membership, Team, User, utcnow
+from ._models import (
+    ApiKey,
+    AuditLog,
+    Base,
+    Capsule,
+    Host,
+    HostRefreshToken,
+    HostToken,
+    LoginFailure,
+    Membership,
+    Team,
+    User,
+    utcnow,
+)
 
 __all__ = [
     "ApiKey",
@@ -9,6 +22,8 @@ __all__ = [
     "Base",
     "Capsule",
     "Host",
+    "HostRefreshToken",
+    "HostToken",
     "LoginFailure",
     "Membership",
     "Team",

@@ -84,6 +84,34 @@ class Host(Base):
     accelerator: Mapped[str] = mapped_column(String(16), default="")
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Given with `--local-agent URL` (plain HTTP, no heartbeat: the monitor pings it instead).
+    local: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The user who created the host (not a foreign key: the host outlives its creator's account).
+    created_by: Mapped[str | None] = mapped_column(String(40), default=None)
+    registered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class HostToken(Base):
+    """A one-time registration token (64 hex, shown once; stored as SHA-256)."""
+
+    __tablename__ = "host_tokens"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+class HostRefreshToken(Base):
+    """A host's refresh token (64 hex, stored as SHA-256); consumed and replaced on every use."""
+
+    __tablename__ = "host_refresh_tokens"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
 
 
 class Capsule(Base):

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import _audit, _errors
 from .._deps import Db, UserCaller
-from .._ids import new_id, new_token
+from .._ids import new_id, new_slug
 from .._security import DUMMY_HASH, Claims, hash_password, verify_password
 from ..db import LoginFailure, Membership, Team, User, utcnow
 
@@ -59,7 +59,9 @@ async def create_user_with_team(
     user = User(
         id=new_id("usr"), email=email, name=name or email.split("@")[0], password_hash=hash_password(password)
     )
-    team = Team(id=new_id("team"), name=f"{user.name}'s team", slug=f"{new_token(3)}-{new_token(3)}")
+    # The platform's first account administers it (regular hosts, ...).
+    user.is_admin = not await session.scalar(select(func.count()).select_from(User))
+    team = Team(id=new_id("team"), name=f"{user.name}'s team", slug=new_slug())
     session.add_all([user, team])
     await session.flush()
     session.add(Membership(team_id=team.id, user_id=user.id, role="owner", is_default=True))

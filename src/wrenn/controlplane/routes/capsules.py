@@ -127,7 +127,7 @@ async def _running(session: AsyncSession, caller: Principal, capsule_id: str) ->
 
 @router.post("/v1/capsules", status_code=201, response_model=CapsuleOut)
 async def create_capsule(body: CapsuleCreate, request: Request, caller: Caller, session: Db) -> CapsuleOut:
-    host = await pick_host(session, body.memory_mb)
+    host = await pick_host(session, body.memory_mb, caller.team_id)
     capsule = Capsule(
         id=new_id("cl"),
         team_id=caller.team_id,
@@ -534,7 +534,11 @@ async def kill_process(
     signal: Literal["SIGKILL", "SIGTERM"] = "SIGKILL",
 ) -> Response:
     capsule, host = await _running(session, caller, capsule_id)
-    which = Oneof("pid", int(selector)) if selector.isdigit() else Oneof("tag", selector)
+    # ASCII digits only: "²".isdigit() is true but int() refuses it (was a 500).
+    is_pid = selector.isascii() and selector.isdigit()
+    if is_pid and int(selector) > 0xFFFFFFFF:  # was a 503 "host unreachable: out of range for uint32"
+        raise _errors.bad_request(f"selector: pid {selector} is out of range")
+    which = Oneof("pid", int(selector)) if is_pid else Oneof("tag", selector)
     kill = pb.KillProcessRequest(
         sandbox_id=capsule.id,
         selector=which,  # type: ignore[arg-type]

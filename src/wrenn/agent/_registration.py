@@ -1,0 +1,242 @@
+"""Joining a control plane: registration with a one-time token, the saved credentials, heartbeats.
+
+`wrenn agent --register TOKEN --control-plane URL --address IP:PORT` trades the token for credentials
+(`POST /v1/hosts/register`): a host JWT, a refresh token and a certificate from the control plane's
+internal CA, saved to `{data_dir}/host-credentials.json` (mode 0600). From then on the agent serves its API
+over TLS and accepts only clients with a certificate from that CA (the control plane), and heartbeats every
+30 s with `X-Host-Token`. A 401/403 refreshes the credentials (and the served certificate, without a
+restart); a 404 means the host was deleted: the agent destroys its sandboxes, deletes the credentials and
+exits. Without credentials the agent serves plain HTTP (the `--local-agent` setup).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import platform
+import shutil
+import ssl
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from cryptography import x509
+
+log = logging.getLogger("wrenn.agent.registration")
+CREDENTIALS_FILE = "host-credentials.json"
+TLS_DIR = "host-tls"
+#: Refresh the credentials when the certificate has less than this left.
+REFRESH_MARGIN = timedelta(days=2)
+
+
+class RegistrationError(RuntimeError):
+    pass
+
+
+@dataclass
+class Credentials:
+    host_id: str
+    control_plane: str
+    address: str
+    token: str
+    refresh_token: str
+    cert_pem: str
+    key_pem: str
+    ca_cert_pem: str
+
+    @classmethod
+    def from_response(cls, body: dict[str, Any], control_plane: str, address: str) -> Credentials:
+        try:
+            return cls(
+                host_id=body["host"]["id"],
+                control_plane=control_plane,
+                address=address,
+                token=body["token"],
+                refresh_token=body["refresh_token"],
+                cert_pem=body["cert_pem"],
+                key_pem=body["key_pem"],
+                ca_cert_pem=body["ca_cert_pem"],
+            )
+        except (KeyError, TypeError) as exc:
+            raise RegistrationError(f"unexpected answer from the control plane: missing {exc}") from None
+
+    def cert_not_after(self) -> datetime:
+        return x509.load_pem_x509_certificate(self.cert_pem.encode()).not_valid_after_utc
+
+
+def _write_private(path: Path, data: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+class CredentialStore:
+    """The credentials file and the PEM files the TLS server loads, under the agent's data dir."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / CREDENTIALS_FILE
+        self.tls_dir = data_dir / TLS_DIR
+
+    def load(self) -> Credentials | None:
+        try:
+            return Credentials(**json.loads(self.path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as exc:
+            raise RegistrationError(f"{self.path} is damaged ({exc}); remove it and register again") from None
+
+    def save(self, creds: Credentials) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _write_private(self.path, json.dumps(asdict(creds), indent=2))
+        self.tls_dir.mkdir(mode=0o700, exist_ok=True)
+        _write_private(self.cert_file, creds.cert_pem)
+        _write_private(self.key_file, creds.key_pem)
+        _write_private(self.ca_file, creds.ca_cert_pem)
+
+    def delete(self) -> None:
+        self.path.unlink(missing_ok=True)
+        shutil.rmtree(self.tls_dir, ignore_errors=True)
+
+    @property
+    def cert_file(self) -> Path:
+        return self.tls_dir / "cert.pem"
+
+    @property
+    def key_file(self) -> Path:
+        return self.tls_dir / "key.pem"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.tls_dir / "ca.pem"
+
+
+def host_facts(data_dir: Path, slots: int, accelerator: str) -> dict[str, Any]:
+    return {
+        "arch": platform.machine(),
+        "cpu_cores": os.cpu_count() or 1,
+        "memory_mb": psutil.virtual_memory().total >> 20,
+        "disk_gb": shutil.disk_usage(data_dir).total >> 30,
+        "slot_capacity": slots,
+        "accelerator": accelerator,
+    }
+
+
+def _error_of(r: httpx.Response) -> str:
+    try:
+        error = r.json()["error"]
+        return f"{error['code']}: {error['message']}"
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {r.status_code}: {r.text[:200]}"
+
+
+async def register(control_plane: str, token: str, address: str, facts: dict[str, Any]) -> Credentials:
+    url = control_plane.rstrip("/") + "/v1/hosts/register"
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            r = await client.post(url, json={"token": token, "address": address, **facts})
+    except httpx.HTTPError as exc:
+        raise RegistrationError(f"cannot reach the control plane at {control_plane}: {exc}") from None
+    if r.status_code != 201:
+        raise RegistrationError(f"registration refused: {_error_of(r)}")
+    return Credentials.from_response(r.json(), control_plane.rstrip("/"), address)
+
+
+class HostLink:
+    """Heartbeats and credential refreshes of a registered agent."""
+
+    def __init__(
+        self,
+        store: CredentialStore,
+        creds: Credentials,
+        interval_s: float,
+        *,
+        ssl_context: Callable[[], ssl.SSLContext | None],
+        on_deleted: Callable[[], Any],
+    ) -> None:
+        self.store = store
+        self.creds = creds
+        self.interval_s = interval_s
+        self._ssl_context = ssl_context
+        self._on_deleted = on_deleted
+        self._client = httpx.AsyncClient(timeout=30)
+        self._task: asyncio.Task[None] | None = None
+        self.failures = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="wrenn-heartbeat")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._client.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if await self.beat() == "deleted":
+                    return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the heartbeat must survive anything and retry
+                log.exception("heartbeat failed")
+            await asyncio.sleep(self.interval_s)
+
+    async def beat(self) -> str:
+        """One heartbeat: "ok", "refreshed", "deleted" or "failed"."""
+        if self.creds.cert_not_after() - datetime.now(UTC) < REFRESH_MARGIN:
+            await self.refresh()
+        url = f"{self.creds.control_plane}/v1/hosts/{self.creds.host_id}/heartbeat"
+        try:
+            r = await self._client.post(url, headers={"X-Host-Token": self.creds.token})
+        except httpx.HTTPError as exc:
+            self.failures += 1
+            log.warning(
+                "heartbeat: control plane unreachable", extra={"error": str(exc), "failures": self.failures}
+            )
+            return "failed"
+        if r.status_code == 204:
+            self.failures = 0
+            return "ok"
+        if r.status_code == 404:
+            log.warning("this host was deleted from the control plane: dropping credentials and exiting")
+            self.store.delete()
+            result = self._on_deleted()
+            if asyncio.iscoroutine(result):
+                await result
+            return "deleted"
+        if r.status_code in (401, 403):
+            if await self.refresh():
+                return "refreshed"
+            return "failed"
+        log.warning("heartbeat refused", extra={"error": _error_of(r)})
+        return "failed"
+
+    async def refresh(self) -> bool:
+        url = f"{self.creds.control_plane}/v1/hosts/auth/refresh"
+        try:
+            r = await self._client.post(url, json={"refresh_token": self.creds.refresh_token})
+        except httpx.HTTPError as exc:
+            log.warning("credential refresh: control plane unreachable", extra={"error": str(exc)})
+            return False
+        if r.status_code != 200:
+            log.error("credential refresh refused: register this host again", extra={"error": _error_of(r)})
+            return False
+        self.creds = Credentials.from_response(r.json(), self.creds.control_plane, self.creds.address)
+        self.store.save(self.creds)
+        context = self._ssl_context()
+        if context is not None:  # new handshakes present the new certificate
+            context.load_cert_chain(self.store.cert_file, self.store.key_file)
+        log.info("credentials refreshed", extra={"host": self.creds.host_id})
+        return True

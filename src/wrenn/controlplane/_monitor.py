@@ -1,0 +1,268 @@
+"""The host monitor: liveness of hosts and reconciliation of the database with what each agent runs.
+
+Every `monitor_interval_s` (and once at start):
+
+1. **Silent hosts.** A registered host without a heartbeat for `host_timeout_s` becomes `unreachable`;
+   the `running`/`starting` capsules of unreachable hosts become `missing`.
+2. **Local agents** (`--local-agent URL`) send no heartbeats: the monitor calls `GetHostInfo` instead and
+   marks them `online` or `unreachable` (capsules `missing`) by the answer.
+3. **Reconciliation** of every online host against its agent's `ListSandboxes`:
+   `missing` and alive -> `running`; `running`/`missing` and absent -> `stopped`; the agent says `ERROR` or
+   `STOPPED` -> `error`/`stopped` with its reason. Capsules changed after the list was taken are left for
+   the next round (a capsule that just finished booting is not mistaken for a vanished one).
+
+No state is kept in memory between rounds. Several control planes on one PostgreSQL database share the
+work without fighting: step 1 locks the rows it changes (`FOR UPDATE SKIP LOCKED`), and each host of
+steps 2 and 3 is handled under a transaction-scoped advisory lock taken with `pg_try_advisory_xact_lock`,
+so a host another control plane is checking is skipped. SQLite (one control plane) takes no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from connectrpc.errors import ConnectError
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from wrenn.proto.hostagent.v1 import hostagent_pb as pb
+
+from . import _audit
+from ._agents import AgentPool
+from ._settings import Settings
+from .db import Capsule, Host, utcnow
+
+log = logging.getLogger("wrenn.controlplane.monitor")
+#: Capsule statuses that mean "a VM should be alive on its host".
+LIVE = ("running", "starting")
+_CONCURRENCY = 8
+
+
+def _lock_key(host_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"wrenn-host:{host_id}".encode()).digest()[:8], "big", signed=True)
+
+
+class HostMonitor:
+    def __init__(
+        self, sessions: Callable[[], Any], agents: AgentPool, settings: Settings, dialect: str
+    ) -> None:
+        self._sessions = sessions
+        self._agents = agents
+        self._settings = settings
+        self._postgres = dialect == "postgresql"
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="wrenn-host-monitor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the monitor must outlive a bad round (a database hiccup)
+                log.exception("host monitor round failed")
+            await asyncio.sleep(self._settings.monitor_interval_s)
+
+    async def tick(self) -> None:
+        """One round: silent hosts, local agents, then reconciliation of every online host."""
+        await self.mark_silent()
+        async with self._sessions() as session:
+            hosts = (
+                await session.execute(
+                    select(Host.id, Host.address, Host.local).where(
+                        Host.address != "", (Host.local.is_(True)) | (Host.status == "online")
+                    )
+                )
+            ).all()
+        limit = asyncio.Semaphore(_CONCURRENCY)
+
+        async def one(host_id: str, address: str, local: bool) -> None:
+            async with limit:
+                try:
+                    await self._check(host_id, address, local)
+                except Exception:  # one host's trouble does not stop the others
+                    log.exception("host check failed", extra={"host": host_id})
+
+        await asyncio.gather(*(one(h, a, loc) for h, a, loc in hosts))
+
+    async def mark_silent(self) -> None:
+        cutoff = utcnow() - timedelta(seconds=self._settings.host_timeout_s)
+        async with self._sessions() as session:
+            silent = (
+                (
+                    await session.execute(
+                        select(Host)
+                        .where(
+                            Host.local.is_(False),
+                            Host.status == "online",
+                            Host.last_heartbeat_at.is_not(None),
+                            Host.last_heartbeat_at < cutoff,
+                        )
+                        .with_for_update(skip_locked=True)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            for host in silent:
+                host.status = "unreachable"
+                log.warning("host unreachable: no heartbeat", extra={"host": host.id})
+                _system_audit(session, host, "host", host.id, "unreachable")
+            await _mark_missing(session)
+            await session.commit()
+
+    async def _check(self, host_id: str, address: str, local: bool) -> None:
+        async with self._sessions() as lock:
+            if self._postgres and not await lock.scalar(
+                select(func.pg_try_advisory_xact_lock(_lock_key(host_id)))
+            ):
+                return  # another control plane is on it
+            try:
+                if local and not await self._ping_local(host_id, address):
+                    return
+                await self._reconcile(host_id, address)
+            finally:
+                await lock.rollback()  # releases the advisory lock
+
+    async def _ping_local(self, host_id: str, address: str) -> bool:
+        timeout_ms = int(self._settings.agent_probe_timeout_s * 1000)
+        try:
+            info = await self._agents.client(address).get_host_info(
+                pb.GetHostInfoRequest(), timeout_ms=timeout_ms
+            )
+        except (ConnectError, OSError) as exc:
+            error: str | None = str(exc)
+        else:
+            error = None
+        async with self._sessions() as session:
+            host = await session.get(Host, host_id)
+            if host is None:
+                return False
+            if error is not None:
+                if host.status != "unreachable":
+                    log.warning("local agent unreachable", extra={"host": host_id, "error": error})
+                    host.status = "unreachable"
+                    _system_audit(session, host, "host", host.id, "unreachable")
+                await _mark_missing(session, host_id)
+                await session.commit()
+                return False
+            if host.status != "online":
+                log.info("local agent back online", extra={"host": host_id, "was": host.status})
+            host.status, host.last_heartbeat_at = "online", utcnow()
+            host.slot_capacity = info.slot_capacity
+            await session.commit()
+            return True
+
+    async def _reconcile(self, host_id: str, address: str) -> None:
+        listed_at = utcnow()
+        timeout_ms = int(self._settings.agent_probe_timeout_s * 1000)
+        try:
+            listed = await self._agents.client(address).list_sandboxes(
+                pb.ListSandboxesRequest(), timeout_ms=timeout_ms
+            )
+        except (ConnectError, OSError) as exc:
+            # Liveness is the heartbeat's business: a failing call only postpones reconciliation.
+            log.warning("cannot list the host's sandboxes", extra={"host": host_id, "error": str(exc)})
+            return
+        await reconcile(self._sessions, host_id, listed.sandboxes, listed_at)
+
+
+async def reconcile(
+    sessions: Callable[[], Any], host_id: str, sandboxes: Any, listed_at: datetime
+) -> dict[str, int]:
+    """Apply one agent's list to the database; returns how many capsules moved to each status."""
+    on_agent: dict[str, pb.SandboxInfo] = {s.sandbox_id: s for s in sandboxes}
+    moved: dict[str, int] = {}
+    async with sessions() as session:
+        host = await session.get(Host, host_id)
+        if host is None or host.status != "online":
+            return moved
+        capsules = (
+            (
+                await session.execute(
+                    select(Capsule)
+                    .where(
+                        Capsule.host_id == host_id,
+                        Capsule.status.in_(("running", "missing")),
+                        Capsule.last_updated < listed_at,
+                    )
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        for capsule in capsules:
+            info = on_agent.get(capsule.id)
+            was = capsule.status
+            if info is None:
+                capsule.status = "stopped"
+                capsule.error = capsule.error or "gone from its host"
+            elif info.status == pb.SandboxStatus.RUNNING:
+                capsule.status = "running"
+            elif info.status == pb.SandboxStatus.ERROR:
+                capsule.status, capsule.error = "error", (info.error or "failed on its host")[:4000]
+            elif info.status == pb.SandboxStatus.STOPPED:
+                capsule.status, capsule.error = "stopped", info.error[:4000]
+            if capsule.status != was:
+                moved[capsule.status] = moved.get(capsule.status, 0) + 1
+                log.info(
+                    "capsule reconciled",
+                    extra={"capsule": capsule.id, "host": host_id, "was": was, "now": capsule.status},
+                )
+                _system_audit(
+                    session, host, "capsule", capsule.id, "reconcile", was=was, now=capsule.status,
+                    team_id=capsule.team_id,
+                )  # fmt: skip
+        await session.commit()
+    return moved
+
+
+async def _mark_missing(session: AsyncSession, host_id: str | None = None) -> None:
+    """Live capsules of unreachable hosts (or of `host_id`) become `missing`."""
+    unreachable = select(Host.id).where(Host.status == "unreachable")
+    if host_id is not None:
+        unreachable = unreachable.where(Host.id == host_id)
+    await session.execute(
+        update(Capsule)
+        .where(Capsule.status.in_(LIVE), Capsule.host_id.in_(unreachable))
+        .values(status="missing", last_updated=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _system_audit(
+    session: AsyncSession,
+    host: Host,
+    resource_type: str,
+    resource_id: str,
+    action: str,
+    team_id: str | None = None,
+    **metadata: Any,
+) -> None:
+    _audit.record(
+        session,
+        team_id=team_id if team_id is not None else host.team_id,
+        actor_type="system",
+        actor_id="host-monitor",
+        actor_name="host monitor",
+        resource_type=resource_type,
+        resource_id=resource_id,
+        action=action,
+        **metadata,
+    )

@@ -1,0 +1,118 @@
+"""Direct database access for control plane tests, through the app's own sessions on its event loop
+(`TestClient.portal`): rows a test needs without a VM, and snapshots of what a request changed."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from wrenn.controlplane._ids import new_id
+from wrenn.controlplane.db import Base, Capsule, Host, User
+
+_T = TypeVar("_T")
+
+#: Nothing listens on the discard port: an agent call there fails at once (503 host_unavailable).
+DEAD_AGENT = "http://127.0.0.1:9"
+
+
+def run(api: TestClient, work: Callable[[AsyncSession], Awaitable[_T]]) -> _T:
+    async def call() -> _T:
+        async with api.app.state.sessions() as session:  # type: ignore[attr-defined]
+            result = await work(session)
+            await session.commit()
+            return result
+
+    return api.portal.call(call)  # type: ignore[union-attr]
+
+
+def insert_host(api: TestClient, team_id: str | None = None, status: str = "online") -> str:
+    host_id = new_id("host")
+
+    async def add(session: AsyncSession) -> None:
+        session.add(
+            Host(
+                id=host_id, team_id=team_id, address=DEAD_AGENT, status=status, memory_mb=1 << 20, cpu_cores=8
+            )
+        )
+
+    run(api, add)
+    return host_id
+
+
+def insert_users(api: TestClient, emails: list[str]) -> None:
+    """Accounts without the cost of hashing a password (they cannot log in); `gone@...` is disabled."""
+
+    async def add(session: AsyncSession) -> None:
+        for email in emails:
+            status = "disabled" if email.startswith("gone@") else "active"
+            session.add(User(id=new_id("usr"), email=email, name=email, password_hash="-", status=status))
+
+    run(api, add)
+
+
+def insert_capsule(api: TestClient, team_id: str, status: str = "running", host: str | None = None) -> str:
+    """A capsule row; `host="unreachable"` puts it on a new online host whose agent does not answer,
+    any other string is an existing host id."""
+    host_id = insert_host(api) if host == "unreachable" else host
+    capsule_id = new_id("cl")
+
+    async def add(session: AsyncSession) -> None:
+        session.add(
+            Capsule(
+                id=capsule_id,
+                team_id=team_id,
+                host_id=host_id,
+                template="minimal",
+                status=status,
+                vcpus=1,
+                memory_mb=512,
+                host_ip="10.11.0.2" if host_id else "",
+            )
+        )
+
+    run(api, add)
+    return capsule_id
+
+
+def capsule_status(api: TestClient, capsule_id: str) -> str:
+    async def get(session: AsyncSession) -> str:
+        capsule = await session.get(Capsule, capsule_id)
+        assert capsule is not None
+        return capsule.status
+
+    return run(api, get)
+
+
+def _update(api: TestClient, capsule_id: str, **values: Any) -> None:
+    async def set_(session: AsyncSession) -> None:
+        capsule = await session.get(Capsule, capsule_id)
+        assert capsule is not None
+        for name, value in values.items():
+            setattr(capsule, name, value)
+
+    run(api, set_)
+
+
+def set_capsule_status(api: TestClient, capsule_id: str, status: str) -> None:
+    _update(api, capsule_id, status=status)
+
+
+def set_host(api: TestClient, capsule_id: str, host_id: str | None) -> None:
+    _update(api, capsule_id, host_id=host_id)
+
+
+def snapshot(api: TestClient) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, to compare before and after a request."""
+
+    async def dump(session: AsyncSession) -> dict[str, list[tuple[Any, ...]]]:
+        tables: dict[str, list[tuple[Any, ...]]] = {}
+        for table in Base.metadata.sorted_tables:
+            rows = (await session.execute(select(table))).all()
+            tables[table.name] = sorted((tuple(r) for r in rows), key=repr)
+        return tables
+
+    return run(api, dump)

@@ -1,0 +1,234 @@
+"""Team isolation over every route: a team sees and touches only its own capsules, keys, hosts, members
+and logs. The routes come from the app's OpenAPI spec, so a new route is covered (or fails here, asking
+for a sample id) without editing this file.
+
+Two plain users (not the platform admin: that is the first account) each own a team with a capsule on a
+host, an API key and a second member. For every route with a path parameter naming a resource, team B
+calls it with team A's ids (and every mix of A's and B's own ids), with its JWT and with its API key; the
+answer must be a refusal (404, or 403; 401 where the credential cannot reach the route at all) and the
+database must not change. Every parameterless GET, as B, must not mention any of A's ids.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from wrenn.controlplane import Settings
+
+from ._db import insert_capsule, insert_host, snapshot
+from .test_accounts import auth, signup
+
+#: Path parameters that do not name a team's resource, with the value to send.
+NOT_IDS: dict[str, str] = {"selector": "1", "tag": "gpu", "provider": "github"}
+#: Routes with path parameters that take no foreign ids (none yet). "METHOD /path" -> why.
+ALLOWED: dict[str, str] = {}
+#: Routes authenticated by a host token: any user credential is 401 there.
+HOST_AUTH = re.compile(r"^POST /v1/hosts/\{[a-z_]+\}/heartbeat$")
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    """The suite's settings, without host monitor rounds during the test: its hosts are fakes whose
+    agents never answer, and a round would change their rows under the test."""
+    return Settings(database_url=database_url, data_dir=tmp_path / "cp", monitor_interval_s=3600)
+
+
+class Team:
+    def __init__(self, api: TestClient, email: str) -> None:
+        account = signup(api, email)
+        self.email = email
+        self.user_id, self.team_id = account["user_id"], account["team_id"]
+        self.jwt = auth(account["token"])
+        created = api.post("/v1/api-keys", json={"name": "ci"}, headers=self.jwt)
+        assert created.status_code == 201, created.text
+        self.key_id, self.key = created.json()["id"], {"X-API-Key": created.json()["key"]}
+        self.host_id = insert_host(api, team_id=self.team_id)  # a BYOC host of the team
+        self.capsule_id = insert_capsule(api, self.team_id, status="running", host=self.host_id)
+        mate = signup(api, f"mate.{email}")
+        added = api.post(f"/v1/teams/{self.team_id}/members", json={"email": mate["email"]}, headers=self.jwt)
+        assert added.status_code == 201, added.text
+        self.mate_id = mate["user_id"]
+
+    def ids(self) -> dict[str, list[str]]:
+        """Each path parameter name -> this team's ids for it."""
+        return {
+            "capsule_id": [self.capsule_id],
+            "key_id": [self.key_id],
+            "team_id": [self.team_id],
+            "user_id": [self.user_id, self.mate_id],
+            "uid": [self.user_id, self.mate_id],
+            "host_id": [self.host_id],
+        }
+
+    def secrets(self) -> list[str]:
+        return [self.team_id, self.user_id, self.mate_id, self.key_id, self.host_id, self.capsule_id]
+
+
+@pytest.fixture
+def teams(api: TestClient) -> tuple[Team, Team]:
+    signup(api, "root@example.com")  # the first account administers the platform; A and B are plain users
+    return Team(api, "ada@example.com"), Team(api, "bob@example.com")
+
+
+def _operations(api: TestClient) -> list[tuple[str, str, dict[str, Any]]]:
+    spec = api.app.openapi()  # type: ignore[attr-defined]
+    ops = []
+    for path, methods in spec["paths"].items():
+        for method, op in methods.items():
+            if method in ("get", "post", "put", "patch", "delete"):
+                ops.append((method.upper(), path, op))
+    assert len(ops) > 10, "the spec lists hardly any routes"
+    return ops
+
+
+def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        schema = spec["components"]["schemas"][name]
+    return schema
+
+
+#: Values for fields that have to be meaningful for the request to reach the authorization check.
+FIELD_SAMPLES: dict[str, Any] = {
+    "email": "bob@example.com",
+    "template": "minimal",
+    "path": "/tmp",
+    "cmd": "true",
+    "name": "sample",
+    "role": "member",
+    "team_id": "team-nothing",
+}
+
+
+def _sample(spec: dict[str, Any], schema: dict[str, Any], field: str = "") -> Any:
+    """A small value valid for `schema` (enough to pass validation, so authorization is what answers)."""
+    schema = _resolve(spec, schema)
+    if field in FIELD_SAMPLES:
+        return FIELD_SAMPLES[field]
+    if "default" in schema:
+        return schema["default"]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in schema:
+            options = [s for s in schema[key] if _resolve(spec, s).get("type") != "null"]
+            return _sample(spec, options[0], field)
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    kind = schema.get("type", "object")
+    if kind == "object":
+        required = schema.get("required", [])
+        return {k: _sample(spec, v, k) for k, v in schema.get("properties", {}).items() if k in required}
+    if kind == "array":
+        return []
+    if kind == "integer" or kind == "number":
+        return schema.get("minimum", 1)
+    if kind == "boolean":
+        return False
+    return "x" * max(1, schema.get("minLength", 1))
+
+
+def _request(spec: dict[str, Any], op: dict[str, Any]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    query = {
+        p["name"]: _sample(spec, p.get("schema", {}), p["name"])
+        for p in op.get("parameters", [])
+        if p["in"] == "query" and p.get("required")
+    }
+    if query:
+        kwargs["params"] = query
+    body = op.get("requestBody", {}).get("content", {}).get("application/json")
+    if body is not None:
+        kwargs["json"] = _sample(spec, body["schema"])
+    return kwargs
+
+
+def _path_params(path: str) -> list[str]:
+    return re.findall(r"\{([^}]+)\}", path)
+
+
+def test_every_route_with_an_id_refuses_another_teams(api: TestClient, teams: tuple[Team, Team]) -> None:
+    a, b = teams
+    spec = api.app.openapi()  # type: ignore[attr-defined]
+    foreign, own = a.ids(), b.ids()
+    checked = 0
+    for method, path, op in _operations(api):
+        names = _path_params(path)
+        route = f"{method} {path}"
+        if not names or route in ALLOWED:
+            continue
+        unknown = [n for n in names if n not in NOT_IDS and n not in foreign]
+        assert not unknown, f"{route}: add sample ids for {unknown} to Team.ids() (or NOT_IDS / ALLOWED)"
+        id_names = [n for n in names if n not in NOT_IDS]
+        assert id_names, f"{route}: no id parameter; list it in ALLOWED with the reason"
+        choices = [[("own", v) for v in own[n]] + [("foreign", v) for v in foreign[n]] for n in id_names]
+        kwargs = _request(spec, op)
+        for combo in itertools.product(*choices):
+            if all(side == "own" for side, _ in combo):
+                continue  # B's own resources: not an isolation question
+            values = dict(zip(id_names, (v for _, v in combo), strict=True)) | {
+                n: NOT_IDS[n] for n in names if n in NOT_IDS
+            }
+            url = path.format(**values)
+            for credential, headers in (("jwt", b.jwt), ("key", b.key)):
+                before = snapshot(api)
+                r = api.request(method, url, headers=headers, **kwargs)
+                allowed = (
+                    {403, 404} if credential == "jwt" and not HOST_AUTH.match(route) else {401, 403, 404}
+                )
+                assert r.status_code in allowed, (
+                    f"{route} as B ({credential}) with {url}: {r.status_code} {r.text}"
+                )
+                assert set(r.json()["error"]) >= {"code", "message"}
+                after = snapshot(api)
+                assert _drop_last_used(after) == _drop_last_used(before), (
+                    f"{route} ({credential}) changed data"
+                )
+                checked += 1
+    assert checked >= 20
+
+
+def _drop_last_used(tables: dict[str, list[tuple[Any, ...]]]) -> dict[str, Any]:
+    """B's own API key records its last use; nothing else may move."""
+    from wrenn.controlplane.db import ApiKey
+
+    col = [c.name for c in ApiKey.__table__.columns].index("last_used")
+    keys = [r[:col] + r[col + 1 :] for r in tables.get(ApiKey.__tablename__, [])]
+    return tables | {ApiKey.__tablename__: keys}
+
+
+def test_lists_show_nothing_of_another_team(api: TestClient, teams: tuple[Team, Team]) -> None:
+    a, b = teams
+    spec = api.app.openapi()  # type: ignore[attr-defined]
+    looked = 0
+    for method, path, op in _operations(api):
+        if method != "GET" or _path_params(path):
+            continue
+        kwargs = _request(spec, op)
+        if path == "/v1/users/search":
+            kwargs["params"] = {"email": "bob@"}  # finds B; finding A by exact local part is by design
+        for headers in (b.jwt, b.key):
+            r = api.get(path, headers=headers, **kwargs)
+            assert r.status_code < 500, f"GET {path}: {r.status_code} {r.text}"
+            leaked = [s for s in [*a.secrets(), a.email] if s in r.text]
+            assert not leaked, f"GET {path} as B shows A's {leaked}"
+            looked += 1
+    assert looked >= 6
+
+
+def test_ids_in_bodies_are_checked_too(api: TestClient, teams: tuple[Team, Team]) -> None:
+    a, b = teams
+    r = api.post("/v1/auth/switch-team", json={"team_id": a.team_id}, headers=b.jwt)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    # B cannot pull A's member into B's team's management either: adding by email only adds, never moves
+    assert (
+        api.post(f"/v1/teams/{b.team_id}/members", json={"email": a.email}, headers=b.jwt).status_code == 201
+    )
+    assert {t["id"] for t in api.get("/v1/teams", headers=a.jwt).json()} == {a.team_id, b.team_id}
+    assert api.get(f"/v1/teams/{a.team_id}", headers=b.jwt).status_code == 404

@@ -1,0 +1,264 @@
+"""Two hosts behind one control plane, for real: two host agents on this machine, each in its own network
+namespace, registered through the token flow and reached over mutual TLS, with a control plane process on
+PostgreSQL. Capsules spread 2/2; a host killed with -9 has its capsules `missing`; started again, it adopts
+its VMs, heartbeats, and the reconciler brings them back to `running`.
+
+The agents run under `nsenter --net` (not `ip netns exec`): they keep the machine's mount namespace, so
+the sandbox namespaces they create under /run/netns and the cgroup tree stay visible to a restarted agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.controlplane.conftest import _free_port, _reset_postgres
+
+pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, VMs)")]
+TAG = f"wh{os.getpid() % 100000}"
+SHARED = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
+AGENT_PORT = 50051
+
+
+@dataclass
+class Node:
+    name: str  # "a" | "b"
+    netns: str
+    outside_ip: str  # the root namespace's end of the veth: how the agent reaches the control plane
+    inside_ip: str  # the agent's address
+    data_dir: Path
+    prefix: str
+    nets: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path = field(default_factory=Path)
+
+
+def _sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+def _make_node(name: str, index: int, root: Path) -> Node:
+    netns = f"{TAG}-{name}"
+    outside, inside = f"10.250.0.{4 * index + 1}", f"10.250.0.{4 * index + 2}"
+    # Not named after the agent's prefix: the agent drops input from links carrying its prefix.
+    host_if, ns_if = f"v{TAG}{name}0", f"v{TAG}{name}1"
+    _sh("ip", "netns", "add", netns)
+    _sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", netns)
+    _sh("ip", "addr", "add", f"{outside}/30", "dev", host_if)
+    _sh("ip", "link", "set", host_if, "up")
+    _sh("ip", "-n", netns, "addr", "add", f"{inside}/30", "dev", ns_if)
+    _sh("ip", "-n", netns, "link", "set", ns_if, "up")
+    _sh("ip", "-n", netns, "link", "set", "lo", "up")
+    data_dir = root / name
+    data_dir.mkdir()
+    (data_dir / "images").symlink_to(SHARED / "images")
+    if (SHARED / "accelerator.json").exists():  # skip the probe: same machine, same verdict
+        shutil.copy(SHARED / "accelerator.json", data_dir / "accelerator.json")
+    n = 60 + 2 * index
+    return Node(
+        name, netns, outside, inside, data_dir, f"{TAG}{name}", [f"10.{n}.0.0/16", f"10.{n + 1}.0.0/16"]
+    )
+
+
+def _start_agent(node: Node, cp_port: int, token: str) -> None:
+    node.log = node.data_dir.parent / f"agent-{node.name}.log"
+    with node.log.open("ab") as sink:
+        node.proc = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{node.netns}", "--", sys.executable, "-m", "wrenn.agent",
+             "--data-dir", str(node.data_dir), "--host", "0.0.0.0", "--port", str(AGENT_PORT),
+             "--name-prefix", node.prefix, "--slots", "4", "--host-net", node.nets[0], "--veth-net", node.nets[1],
+             "--register", token, "--control-plane", f"http://{node.outside_ip}:{cp_port}",
+             "--address", f"{node.inside_ip}:{AGENT_PORT}", "--heartbeat-interval", "1"],
+            stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def _wait(what: str, check: Callable[[], Any], timeout: float, logs: list[Path] = ()) -> Any:  # type: ignore[assignment]
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            last = check()
+            if last:
+                return last
+        time.sleep(0.5)
+    tails = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})\n{tails}")
+
+
+def _host_of(database_url: str) -> dict[str, str]:
+    """capsule id -> host id, straight from the database."""
+    from sqlalchemy import select
+
+    from wrenn.controlplane.db import Capsule, make_engine
+
+    async def read() -> dict[str, str]:
+        engine = make_engine(database_url)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(Capsule.id, Capsule.host_id))).all()
+        await engine.dispose()
+        return {cid: host for cid, host in rows}
+
+    return asyncio.run(read())
+
+
+@pytest.fixture
+def platform(image: object, postgres_url: str, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    _reset_postgres(postgres_url)
+    root = Path(tempfile.mkdtemp(prefix=f"wrenn-{TAG}-"))
+    nodes: list[Node] = []
+    cp: subprocess.Popen[bytes] | None = None
+    cp_log = root / "cp.log"
+    try:
+        for i, name in enumerate(("a", "b")):
+            nodes.append(_make_node(name, i, root))
+        cp_port = _free_port()
+        env = {**os.environ, "WRENN_MONITOR_INTERVAL_S": "1", "WRENN_HOST_TIMEOUT_S": "5"}
+        with cp_log.open("ab") as sink:
+            cp = subprocess.Popen(
+                [sys.executable, "-m", "wrenn.controlplane", "--host", "0.0.0.0", "--port", str(cp_port),
+                 "--database-url", postgres_url, "--data-dir", str(root / "cp")],
+                stdout=sink, stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
+        base = f"http://127.0.0.1:{cp_port}"
+        _wait(
+            "the control plane",
+            lambda: httpx.get(f"{base}/health", timeout=2).status_code == 200,
+            60,
+            [cp_log],
+        )
+        yield {
+            "base": base,
+            "cp_port": cp_port,
+            "nodes": nodes,
+            "database_url": postgres_url,
+            "cp_log": cp_log,
+        }
+    finally:
+        for node in nodes:  # normally already gone (Terminate); never leave an agent or its VMs behind
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    node.proc.wait(30)
+            for pid in _vmm_pids(node.data_dir):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if cp is not None:
+            cp.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                cp.wait(30)
+        for node in nodes:
+            subprocess.run(["ip", "netns", "del", node.netns], capture_output=True)
+            subprocess.run(["ip", "link", "del", f"v{TAG}{node.name}0"], capture_output=True)
+        if request.session.testsfailed:  # keep the logs for a post-mortem
+            keep = Path(tempfile.gettempdir()) / f"wrenn-{TAG}-logs"
+            keep.mkdir(exist_ok=True)
+            for log in root.glob("*.log"):
+                shutil.copy(log, keep / log.name)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _vmm_pids(data_dir: Path) -> list[int]:
+    """VMM processes whose command line names this data dir (leftovers after a failure)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmdline = (entry / "cmdline").read_bytes()
+                if str(data_dir).encode() in cmdline and b"qemu" in cmdline:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def test_two_hosts_spread_fail_and_come_back(platform: dict[str, Any]) -> None:
+    base, nodes = platform["base"], platform["nodes"]
+    a = nodes[0]
+    logs = [platform["cp_log"], a.data_dir.parent / "agent-a.log", a.data_dir.parent / "agent-b.log"]
+    admin = httpx.post(
+        f"{base}/v1/auth/signup", json={"email": "root@example.com", "password": "correct horse"}
+    )
+    assert admin.status_code == 201, admin.text
+    user = {"Authorization": f"Bearer {admin.json()['token']}"}
+    key = {"X-API-Key": httpx.post(f"{base}/v1/api-keys", json={"name": "k"}, headers=user).json()["key"]}
+
+    host_ids: dict[str, str] = {}
+    for node in nodes:
+        created = httpx.post(f"{base}/v1/hosts", json={"type": "regular"}, headers=user).json()
+        host_ids[node.name] = created["host"]["id"]
+        _start_agent(node, platform["cp_port"], created["registration_token"])
+
+    def hosts() -> dict[str, dict[str, Any]]:
+        return {h["id"]: h for h in httpx.get(f"{base}/v1/hosts", headers=user, timeout=10).json()}
+
+    def all_online() -> bool:
+        listed = hosts()
+        return all(
+            listed[h]["status"] == "online" and listed[h]["address"].startswith("https://")
+            for h in host_ids.values()
+        )
+
+    _wait("both hosts registered and online", all_online, 180, logs)
+    assert (a.data_dir / "host-credentials.json").stat().st_mode & 0o777 == 0o600
+
+    # Four capsules: the least-loaded scheduler spreads them 2/2.
+    def create(_: int) -> dict[str, Any]:
+        r = httpx.post(f"{base}/v1/capsules", json={"memory_mb": 256}, headers=key, timeout=600)
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    with ThreadPoolExecutor(2) as pool:
+        capsules = [c["id"] for c in pool.map(create, range(4))]
+    placed = _host_of(platform["database_url"])
+    on_a = sorted(c for c in capsules if placed[c] == host_ids["a"])
+    on_b = sorted(c for c in capsules if placed[c] == host_ids["b"])
+    assert len(on_a) == 2 and len(on_b) == 2, placed
+    for cid in capsules:  # each one answers through its own host, over mutual TLS
+        r = httpx.post(f"{base}/v1/capsules/{cid}/exec", headers=key, timeout=120,
+                       json={"cmd": "/bin/sh", "args": ["-c", "echo $((6*7))"]})  # fmt: skip
+        assert r.status_code == 200 and r.json()["stdout"] == "42\n", r.text
+
+    def status(cid: str) -> str:
+        return str(httpx.get(f"{base}/v1/capsules/{cid}", headers=key, timeout=10).json()["status"])
+
+    # Host a dies (kill -9: its VMs keep running): after the host timeout, its capsules are missing.
+    assert a.proc is not None
+    a.proc.kill()
+    a.proc.wait(10)
+    _wait("host a's capsules missing", lambda: all(status(c) == "missing" for c in on_a), 60, logs)
+    assert hosts()[host_ids["a"]]["status"] == "unreachable"
+    assert all(status(c) == "running" for c in on_b)
+    r = httpx.post(f"{base}/v1/capsules/{on_a[0]}/exec", headers=key, json={"cmd": "true"}, timeout=30)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "host_unavailable", r.text
+
+    # It comes back with its saved credentials (the token is spent), adopts its VMs and heartbeats.
+    _start_agent(a, platform["cp_port"], "spent-token")
+    _wait("host a's capsules running again", lambda: all(status(c) == "running" for c in on_a), 180, logs)
+    assert hosts()[host_ids["a"]]["status"] == "online"
+    r = httpx.post(f"{base}/v1/capsules/{on_a[0]}/exec", headers=key, timeout=120,
+                   json={"cmd": "/bin/sh", "args": ["-c", "echo back"]})  # fmt: skip
+    assert r.status_code == 200 and r.json()["stdout"] == "back\n", r.text
+
+    # Deleting the hosts (force) stops their capsules and terminates both agents.
+    for name, host_id in host_ids.items():
+        r = httpx.delete(f"{base}/v1/hosts/{host_id}?force=true", headers=user, timeout=120)
+        assert r.status_code == 204, (name, r.text)
+    for node in nodes:
+        assert node.proc is not None
+        node.proc.wait(60)
+        assert not _vmm_pids(node.data_dir)
+    assert all(status(c) == "stopped" for c in capsules)
