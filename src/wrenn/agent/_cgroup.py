@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,11 +111,23 @@ class Cgroups:
             "pids": [("pids.max", str(limits.pids))],
         }.get(controller, [])
 
-    def remove(self, name: str) -> None:
-        """Remove the group (its processes must have exited). Harmless when it does not exist."""
+    def remove(self, name: str, wait_s: float = 3.0) -> bool:
+        """Remove the group. Harmless when it does not exist. Processes just killed take a moment to
+        leave it, so a busy group is retried for up to `wait_s`; False (and a warning) if it stays busy."""
+        deadline = time.monotonic() + wait_s
         for directory in self._dirs(name):
-            with contextlib.suppress(FileNotFoundError):
-                directory.rmdir()
+            while True:
+                try:
+                    directory.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                        log.warning("cgroup not removed", extra={"path": str(directory), "error": str(exc)})
+                        return False
+                    time.sleep(0.05)
+        return True
 
     def stale(self) -> list[str]:
         """Groups under our parent, for cleanup at start."""

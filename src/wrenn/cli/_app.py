@@ -15,7 +15,8 @@ from rich.console import Console
 from wrenn import __version__
 
 from . import _capsule, _host, _platform
-from ._auth import DEFAULT_DATA_DIR, NoCredentials
+from ._auth import NoCredentials
+from ._platform import DEFAULT_DATA_DIR
 
 app = typer.Typer(
     name="wrenn",

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from ._platform import Platform
-
-DEFAULT_DATA_DIR = Path(os.environ.get("WRENN_DIR", "/var/lib/wrenn"))
+from ._platform import DEFAULT_DATA_DIR, Platform
 
 
 class NoCredentials(Exception):

@@ -9,6 +9,7 @@ so `down` and `env` find it again.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -26,6 +27,7 @@ from rich.console import Console
 from wrenn import images
 
 ADMIN_EMAIL = "admin@wrenn.local"
+DEFAULT_DATA_DIR = Path(os.environ.get("WRENN_DIR", "/var/lib/wrenn"))
 
 
 class PlatformError(Exception):
@@ -103,6 +105,18 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, what: str, wi
     raise PlatformError(f"the {what} did not answer within {within_s:.0f} s; its log: {log}")
 
 
+def agent_identity(data_dir: Path) -> list[str]:
+    """The agent's name prefix and address ranges. The default data dir keeps the defaults; any other
+    gets its own, derived from the path, so two platforms on one machine never touch each other's
+    namespaces, links, cgroups or addresses (an agent cleans up everything under its prefix at start)."""
+    if data_dir.resolve() == DEFAULT_DATA_DIR.resolve():
+        return []
+    digest = int(hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest(), 16)
+    n = 140 + 2 * (digest % 40)
+    prefix = "u" + "".join(chr(ord("a") + (digest >> (5 * i)) % 26) for i in range(3)) + "p"
+    return ["--name-prefix", prefix, "--host-net", f"10.{n}.0.0/16", "--veth-net", f"10.{n + 1}.0.0/16"]
+
+
 def _credentials(base_url: str, platform: Platform | None) -> tuple[str, str, str]:
     """(email, password, api key): the saved ones, or a new admin account and key on first start."""
     if platform is not None:
@@ -151,7 +165,16 @@ def start(data_dir: Path, port: int, agent_port: int, console: Console) -> Platf
     logs.mkdir(exist_ok=True)
     agent_url = f"http://127.0.0.1:{agent_port}"
     agent = _spawn(
-        ["-m", "wrenn.agent", "--data-dir", str(data_dir), "--port", str(agent_port)], logs / "agent.log"
+        [
+            "-m",
+            "wrenn.agent",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(agent_port),
+            *agent_identity(data_dir),
+        ],
+        logs / "agent.log",
     )
     with console.status("starting the host agent (its first start probes for KVM)"):
         _wait_http(agent_url, agent, logs / "agent.log", "host agent", 120)
