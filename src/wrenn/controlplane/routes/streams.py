@@ -402,20 +402,24 @@ async def _pty_output(
         raise _errors.ApiError(502, "agent_error", "the terminal ended before it started")
 
 
+#: Marks the end of a PTY socket's input: what is queued before it is still applied.
+_END: dict[str, Any] = {"type": "end-of-input"}
+#: How long queued input may take to reach the agent after the client left.
+PTY_DRAIN_S = 10.0
+
+
 async def _pty_input(sock: _Socket, tag: str) -> None:
     """Client messages, applied in order. The queue is bounded and filled with `put`: when the agent is
     slower than the client, the socket is not read and TCP pushes back; nothing is dropped."""
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(PTY_QUEUE)
-
-    async def read() -> None:
-        while True:
-            await queue.put(await sock.receive())
 
     async def apply() -> None:
         pending: dict[str, Any] | None = None
         while True:
             message = pending if pending is not None else await queue.get()
             pending = None
+            if message is _END:
+                return
             try:
                 if message.get("type") == "input":
                     data, pending = _coalesce(queue, _input_bytes(message))
@@ -423,9 +427,29 @@ async def _pty_input(sock: _Socket, tag: str) -> None:
                 else:
                     await _pty_control(sock, tag, message)
             except _errors.ApiError as exc:
-                await sock.send(_error_message(exc, fatal=False))
+                with contextlib.suppress(Exception):  # the client may be gone already
+                    await sock.send(_error_message(exc, fatal=False))
 
-    await _race(read(), apply())
+    applier = asyncio.ensure_future(apply())
+    draining = False
+    try:
+        while True:
+            message = await sock.receive()
+            if applier.done():
+                applier.result()
+                return
+            await queue.put(message)
+    except WebSocketDisconnect:
+        # What the client sent before it left still applies (a resize, then a disconnect): drain it,
+        # shielded, so that the other side of the session ending does not cut the drain short.
+        draining = True
+        await queue.put(_END)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(applier), PTY_DRAIN_S)
+        raise
+    finally:
+        if not draining:
+            applier.cancel()
 
 
 def _send_input(capsule_id: str, tag: str, data: bytes) -> pb.PtySendInputRequest:
