@@ -356,17 +356,29 @@ async def lifecycle(driver: FirecrackerDriver, vms: VMFactory, net: Net | None =
     assert_gone(vm)
 
     restored_spec = vms.spec("restored", net=net)
-    restored = vms.track(await driver.restore(restored_spec, vmstate, mem, resume=False))
+    restored = vms.track(await driver.restore_files(restored_spec, vmstate, mem, resume=False))
     assert restored.returncode is None
     info = await restored.info()
     assert info["state"] == "Paused", info
     assert info["id"] == restored_spec.vm_id
     await restored.resume()
     assert (await restored.info())["state"] == "Running"
-    await restored.pause()
+    # the driver contract the host agent pauses and resumes through: one directory per snapshot
+    contract_dir = vms.root / "contract"
+    contract_dir.mkdir()
+    await restored.snapshot(contract_dir)
+    assert (await restored.info())["state"] == "Paused"
+    assert (contract_dir / "vmstate").stat().st_size > 0
+    assert (contract_dir / "memory").stat().st_size == MEMORY_MIB * MIB
     await restored.kill()
     assert_gone(restored)
     assert restored.returncode == -9
+    again = vms.track(await driver.restore(vms.spec("again", net=net), contract_dir))
+    assert (await again.info())["state"] == "Running"
+    await again.kill()
+    (contract_dir / "memory").unlink()
+    with pytest.raises(DriverError, match="incomplete"):
+        await driver.restore(vms.spec("incomplete", net=net), contract_dir)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -343,7 +343,9 @@ async def test_a_vm_that_does_not_boot_is_reported_with_its_console(
 async def test_an_idle_sandbox_is_stopped_after_its_timeout(
     client: HostAgentServiceClient, agent: AgentProcess
 ) -> None:
-    created = await client.create_sandbox(create_request("sb-idle", timeout_sec=3), timeout_ms=300_000)
+    created = await client.create_sandbox(
+        create_request("sb-idle", timeout_sec=3, discard_on_timeout=True), timeout_ms=300_000
+    )
     # It takes the slot (and so the address) of a sandbox destroyed earlier by this same agent: no stale
     # pooled connection to the old VM may answer for it.
     assert created.sandbox is not None and created.sandbox.host_ip.endswith(".0.1")  # slot 1, sb-a's
@@ -361,6 +363,79 @@ async def test_an_idle_sandbox_is_stopped_after_its_timeout(
     assert leftovers(agent, "sb-idle") == []
 
 
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"
+
+
+def memory_files() -> list[Path]:
+    return list(Path("/dev/shm").glob(f"{PREFIX}-*.mem"))
+
+
+def memory_file(sandbox_id: str) -> Path:
+    """Where a running QEMU guest's RAM lives (the agent's default memory_dir)."""
+    return Path("/dev/shm") / f"{PREFIX}-{sandbox_id}.mem"
+
+
+async def status_of(client: HostAgentServiceClient, sandbox_id: str) -> pb.SandboxInfo:
+    sandbox = (await client.get_sandbox(pb.GetSandboxRequest(sandbox_id=sandbox_id))).sandbox
+    assert sandbox is not None
+    return sandbox
+
+
+async def test_pause_and_resume_keep_memory_files_and_processes(
+    client: HostAgentServiceClient, agent: AgentProcess
+) -> None:
+    """Ten cycles with writes in between: the files, a counting process and its memory survive all."""
+    await client.create_sandbox(create_request("sb-p", envd_access_token="tok-p"), timeout_ms=300_000)
+    started = await client.start_background(
+        pb.StartBackgroundRequest(sandbox_id="sb-p", cmd="/bin/sh", args=["-c", COUNTER], tag="counter")
+    )
+    assert memory_file("sb-p").exists()  # guest RAM is a shared file while the VM runs
+    slots_before = netns_names()
+    last = 0
+    for cycle in range(10):
+        wrote = await run(client, "sb-p", f"echo {cycle} > ~/cycle-{cycle} && sync")
+        assert wrote.exit_code == 0, wrote.stderr
+        count = int((await run(client, "sb-p", "cat /tmp/count")).stdout)
+        assert count > last, f"cycle {cycle}: the counter stood still ({last} -> {count})"
+        paused = (await client.pause_sandbox(pb.PauseSandboxRequest(sandbox_id="sb-p"))).sandbox
+        assert paused is not None and paused.status == pb.SandboxStatus.PAUSED and paused.host_ip == ""
+        # nothing runs for a paused sandbox: no VMM, no RAM file, no cgroup, no network slot
+        assert vmm_pids("sb-p") == [] and cgroups("sb-p") == [] and not memory_file("sb-p").exists()
+        assert len(netns_names()) == len(slots_before) - 1
+        with pytest.raises(ConnectError) as err:
+            await run(client, "sb-p", "true")
+        assert err.value.code.name == "FAILED_PRECONDITION" and "paused" in err.value.message
+        resumed = (await client.resume_sandbox(pb.ResumeSandboxRequest(sandbox_id="sb-p"))).sandbox
+        assert resumed is not None and resumed.status == pb.SandboxStatus.RUNNING
+        out = await run(client, "sb-p", "cat ~/cycle-*; cat /tmp/count")
+        lines = out.stdout.decode().split()
+        assert lines[:-1] == [str(c) for c in range(cycle + 1)]
+        assert int(lines[-1]) >= count  # the counter goes on from where it stood
+        last = int(lines[-1])
+    listed = await client.list_processes(pb.ListProcessesRequest(sandbox_id="sb-p"))
+    assert started.pid in [p.pid for p in listed.processes]
+    await asyncio.sleep(0.5)
+    assert int((await run(client, "sb-p", "cat /tmp/count")).stdout) > last  # and it still counts
+    # the guest's clock was set again on every resume: it agrees with the host's
+    guest_now = float((await run(client, "sb-p", "date +%s.%N")).stdout)
+    assert abs(guest_now - time.time()) < 5
+    await client.pause_sandbox(pb.PauseSandboxRequest(sandbox_id="sb-p"))  # left paused for the restart
+
+
+async def test_an_idle_sandbox_is_paused_and_resumes(client: HostAgentServiceClient) -> None:
+    await client.create_sandbox(create_request("sb-auto", timeout_sec=3), timeout_ms=300_000)
+    await run(client, "sb-auto", "echo before > ~/mark")
+
+    async def paused() -> bool:
+        return (await status_of(client, "sb-auto")).status == pb.SandboxStatus.PAUSED
+
+    assert await until(paused, 30)
+    assert vmm_pids("sb-auto") == []
+    await client.resume_sandbox(pb.ResumeSandboxRequest(sandbox_id="sb-auto"))
+    assert (await run(client, "sb-auto", "cat ~/mark")).stdout == b"before\n"
+    await client.destroy_sandbox(pb.DestroySandboxRequest(sandbox_id="sb-auto"))
+
+
 async def test_agent_restart_adopts_running_vms_and_cleans_the_rest(agent: AgentProcess) -> None:
     async with HostAgentServiceClient(agent.url) as client:
         await client.create_sandbox(create_request("sb-c", envd_access_token="tok-c"), timeout_ms=300_000)
@@ -371,11 +446,32 @@ async def test_agent_restart_adopts_running_vms_and_cleans_the_rest(agent: Agent
     agent.proc = restarted.proc
     async with HostAgentServiceClient(agent.url) as client:
         listed = await client.list_sandboxes(pb.ListSandboxesRequest())
-        assert [s.sandbox_id for s in listed.sandboxes] == ["sb-c"]
+        assert {s.sandbox_id: s.status for s in listed.sandboxes} == {
+            "sb-c": pb.SandboxStatus.RUNNING,
+            "sb-p": pb.SandboxStatus.PAUSED,
+        }
         out = await run(client, "sb-c", "echo still here")
         assert out.stdout == b"still here\n"
         assert stale_ns not in netns_names()
+        # the snapshot taken before the restart resumes, its process still counting
+        await client.resume_sandbox(pb.ResumeSandboxRequest(sandbox_id="sb-p"), timeout_ms=120_000)
+        out = await run(
+            client, "sb-p", "cat ~/cycle-9; a=$(cat /tmp/count); sleep 0.5; cat /tmp/count; echo $a"
+        )
+        nine, later, earlier = out.stdout.decode().split()
+        assert nine == "9" and int(later) > int(earlier)
+        # a snapshot that is damaged: a clear error, that sandbox in `error`, nothing else touched
+        await client.pause_sandbox(pb.PauseSandboxRequest(sandbox_id="sb-p"))
+        vmstate = agent.data_dir / "sandboxes" / "sb-p" / "snapshot" / "vmstate"
+        vmstate.write_bytes(vmstate.read_bytes()[:1000])
+        with pytest.raises(ConnectError) as err:
+            await client.resume_sandbox(pb.ResumeSandboxRequest(sandbox_id="sb-p"), timeout_ms=120_000)
+        assert err.value.code.name == "DATA_LOSS" and "sb-p" in err.value.message
+        broken = await status_of(client, "sb-p")
+        assert broken.status == pb.SandboxStatus.ERROR and "resume failed" in broken.error
+        assert vmm_pids("sb-p") == [] and not memory_file("sb-p").exists()
+        assert (await run(client, "sb-c", "echo unharmed")).stdout == b"unharmed\n"
         await client.terminate(pb.TerminateRequest())
     agent.proc.wait(30)
-    assert leftovers(agent, "sb-c") == []
-    assert netns_names() == set() and links() == set()
+    assert leftovers(agent, "sb-c") == [] and leftovers(agent, "sb-p") == []
+    assert netns_names() == set() and links() == set() and memory_files() == []

@@ -90,18 +90,23 @@ def test_bad_api_key(server: tuple[str, str]) -> None:
         Capsule.list(api_key="wrn_" + "0" * 32, base_url=server[0])
 
 
-@NOT_BUILT
 def test_pause_resume_and_connect_resumes(capsule: Capsule, server: tuple[str, str]) -> None:
     capsule.files.write("/root/kept.txt", "still here")
+    sleeper = capsule.commands.run("sleep 600", background=True, tag="sdk-paused-sleeper")
     assert capsule.pause().status == "paused"
     assert not capsule.is_running()
     with pytest.raises(WrennConflictError):
         capsule.commands.run("true")
     assert capsule.resume().status == "running"
     assert capsule.files.read("/root/kept.txt") == "still here"
+    assert sleeper.pid in [p.pid for p in capsule.commands.list()]  # processes survive the pause
+    assert capsule.commands.run("echo back").stdout == "back\n"
     Capsule.pause(capsule.capsule_id, api_key=server[1], base_url=server[0])
+    assert capsule.get_info().status == "paused"
     again = Capsule.connect(capsule.capsule_id, api_key=server[1], base_url=server[0])  # resumes
     assert again.info.status == "running"
+    assert again.files.read("/root/kept.txt") == "still here"
+    capsule.commands.kill(sleeper.pid)
     again.close()
 
 

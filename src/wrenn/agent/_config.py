@@ -49,6 +49,9 @@ class AgentConfig:
     control_plane: str | None = None
     address: str | None = None
     heartbeat_interval_s: float = 30.0
+    #: Where running guests' RAM lives (QEMU maps one file per sandbox, shared, so a pause copies it out
+    #: instead of streaming it). A tmpfs: its free space caps the guest RAM this host can run.
+    memory_dir: Path = Path("/dev/shm")  # noqa: S108 (files are named by prefix and sandbox id)
 
     @property
     def sandboxes_dir(self) -> Path:

@@ -45,11 +45,16 @@ async def create_copy(base: Path, target: Path, size_mb: int) -> Path:
     try:
         await _run("cp", "--reflink=always", str(base), str(target))
     except DiskError:
-        await _run("cp", "--sparse=always", str(base), str(target))
+        await copy_sparse(base, target)
     size = max(size_mb << 20, base.stat().st_size)
     with target.open("r+b") as f:
         f.truncate(size)
     return target
+
+
+async def copy_sparse(source: Path, target: Path) -> None:
+    """Copy keeping holes: only the blocks holding data take space in the copy."""
+    await _run("cp", "--sparse=always", "--", str(source), str(target))
 
 
 def allocated_bytes(path: Path) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -118,6 +119,141 @@ class SandboxManager:
         sandbox.touch()
         return sandbox
 
+    # --- pause and resume ------------------------------------------------------------------------------
+
+    async def pause(self, sandbox_id: str, *, idle_only: bool = False) -> Sandbox:
+        """Snapshot the VM into `snapshot_dir`, then free its VMM, RAM, cgroup and network slot. The
+        sandbox runs on, untouched, when the snapshot fails. `idle_only` (the reaper) gives up with
+        `aborted` when the sandbox was used while the lock was awaited."""
+        sandbox = self.get(sandbox_id)
+        async with sandbox.lock:
+            if sandbox.status is Status.PAUSED:
+                return sandbox
+            if idle_only and time.time() - sandbox.last_active_at <= sandbox.params.timeout_sec:
+                raise SandboxError("aborted", f"sandbox {sandbox_id} was used meanwhile")
+            if sandbox.status is not Status.RUNNING or sandbox.vm is None or sandbox.envd is None:
+                raise SandboxError(
+                    "failed_precondition", f"sandbox {sandbox_id} is {sandbox.status.value}: cannot pause"
+                )
+            started = time.monotonic()
+            vm = sandbox.vm
+            await sandbox.envd.prepare_snapshot()
+            partial = sandbox.workdir / "snapshot.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            try:
+                await vm.snapshot(partial)
+            except BaseException as exc:
+                shutil.rmtree(partial, ignore_errors=True)
+                with contextlib.suppress(Exception):
+                    await vm.resume()
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise SandboxError(
+                    "internal", f"pausing sandbox {sandbox_id} failed, it keeps running: {exc}"
+                ) from None
+            meta = {
+                "vmm": self.driver.name,
+                "vcpus": sandbox.params.vcpus,
+                "memory_mb": sandbox.params.memory_mb,
+                "template": sandbox.params.template,
+                "image_version": sandbox.image_version,
+                "accelerator": self.accelerator.accelerator.value,
+                "created_at": time.time(),
+            }
+            (partial / "meta.json").write_text(json.dumps(meta, indent=1))
+            shutil.rmtree(sandbox.snapshot_dir, ignore_errors=True)
+            partial.rename(sandbox.snapshot_dir)
+            sandbox.status, sandbox.paused_at = Status.PAUSED, time.time()
+            await self._release_runtime(sandbox)
+            sandbox.save()
+        log.info(
+            "sandbox paused",
+            extra={
+                "sandbox": sandbox_id,
+                "pause_ms": round((time.monotonic() - started) * 1000, 1),
+                "snapshot_bytes": _tree_bytes(sandbox.snapshot_dir),
+            },
+        )
+        return sandbox
+
+    async def resume(self, sandbox_id: str) -> Sandbox:
+        """Restore a paused sandbox into a new VMM in a fresh network slot and re-initialise envd
+        (clock, token, env). A snapshot that cannot be restored turns the sandbox to `error`."""
+        sandbox = self.get(sandbox_id)
+        async with sandbox.lock:
+            if sandbox.status is Status.RUNNING:
+                sandbox.touch()
+                return sandbox
+            if sandbox.status is not Status.PAUSED:
+                detail = f": {sandbox.error}" if sandbox.error else ""
+                raise SandboxError(
+                    "failed_precondition", f"sandbox {sandbox_id} is {sandbox.status.value}{detail}"
+                )
+            image = images.find(sandbox.params.template, self.config.data_dir)
+            if image is None:
+                raise SandboxError(
+                    "failed_precondition", f"template {sandbox.params.template!r} is gone from this host"
+                )
+            self._admit_memory(sandbox.params.memory_mb)
+            started = time.monotonic()
+            try:
+                await self._restore(sandbox, image)
+            except BaseException as exc:
+                await self._release_runtime(sandbox)
+                if isinstance(exc, asyncio.CancelledError) or (
+                    isinstance(exc, SandboxError) and exc.code == "resource_exhausted"
+                ):
+                    raise  # the snapshot is fine: the sandbox stays paused
+                reason = _describe_failure(exc, sandbox)
+                sandbox.status, sandbox.error = Status.ERROR, f"resume failed: {reason}"
+                sandbox.save()
+                log.warning("sandbox resume failed", extra={"sandbox": sandbox_id, "error": reason[:300]})
+                raise SandboxError(
+                    "data_loss", f"sandbox {sandbox_id} cannot be resumed: {reason.splitlines()[0]}"
+                ) from None
+            sandbox.status, sandbox.error, sandbox.paused_at = Status.RUNNING, "", None
+            sandbox.touch()
+            sandbox.save()
+        log.info(
+            "sandbox resumed",
+            extra={
+                "sandbox": sandbox_id,
+                "resume_ms": round((time.monotonic() - started) * 1000, 1),
+                "host_ip": sandbox.host_ip,
+            },
+        )
+        return sandbox
+
+    async def _restore(self, sandbox: Sandbox, image: images.Image) -> None:
+        params = sandbox.params
+        try:
+            sandbox.slot = self.network.allocator.acquire()
+        except NetworkExhausted as exc:
+            raise SandboxError("resource_exhausted", str(exc)) from None
+        sandbox.network = await self.network.setup(sandbox.slot, allow_internet=params.allow_internet)
+        sandbox.vm = vm = await self.driver.restore(self._spec(sandbox, image), sandbox.snapshot_dir)
+        self.cgroups.place(
+            self._cgroup_name(sandbox),
+            vm.pid,
+            Limits(memory_bytes=(params.memory_mb + self.config.vmm_overhead_mb) << 20, cpus=params.vcpus),
+        )
+        self._spawn(self._watch(sandbox))
+        sandbox.envd = EnvdClient(sandbox.host_ip, access_token=params.envd_access_token or None)
+        await sandbox.envd.wait_healthy(self.config.boot_timeout_s, alive=lambda: vm.returncode is None)
+        await sandbox.envd.init(
+            access_token=params.envd_access_token or None,
+            default_user=params.default_user or self.config.default_user,
+            env=params.default_env,
+        )
+
+    async def ensure_running(self, sandbox_id: str) -> Sandbox:
+        """The sandbox, running: a paused one is resumed first (traffic and `connect` wake it)."""
+        sandbox = self.get(sandbox_id)
+        if sandbox.status is Status.PAUSED:
+            return await self.resume(sandbox_id)
+        return self.running(sandbox_id)
+
     def slots_used(self) -> int:
         return sum(1 for s in self.sandboxes.values() if s.slot is not None)
 
@@ -138,14 +274,31 @@ class SandboxManager:
                 "not_found",
                 f"template {params.template!r} is not built on this host (run: wrenn image build)",
             )
+        self._admit_memory(params.memory_mb)
+        return image
+
+    def _admit_memory(self, memory_mb: int) -> None:
         available_mb = psutil.virtual_memory().available >> 20
-        if params.memory_mb + self.config.reserved_memory_mb > available_mb:
+        if memory_mb + self.config.reserved_memory_mb > available_mb:
             raise SandboxError(
                 "resource_exhausted",
-                f"not enough memory: {params.memory_mb} MiB asked, {available_mb} MiB available "
+                f"not enough memory: {memory_mb} MiB asked, {available_mb} MiB available "
                 f"({self.config.reserved_memory_mb} MiB kept for the host)",
             )
-        return image
+        if self.driver.name == "qemu":
+            free_mb = _disk.free_bytes(self.config.memory_dir) >> 20
+            if memory_mb > free_mb:
+                raise SandboxError(
+                    "resource_exhausted",
+                    f"not enough room for guest RAM in {self.config.memory_dir}: {memory_mb} MiB asked, "
+                    f"{free_mb} MiB free",
+                )
+
+    def _memory_file(self, sandbox: Sandbox) -> Path | None:
+        """The file backing a QEMU guest's RAM while it runs (Firecracker keeps RAM to itself)."""
+        if self.driver.name != "qemu":
+            return None
+        return self.config.memory_dir / f"{self.config.name_prefix}-{sandbox.id}.mem"
 
     async def create(self, params: SandboxParams) -> Sandbox:
         image = self._validate(params)
@@ -253,6 +406,7 @@ class SandboxManager:
             tap=sandbox.network.tap,
             mac=sandbox.network.mac,
             netns=sandbox.network.netns,
+            memory_file=self._memory_file(sandbox),
         )
 
     async def _watch(self, sandbox: Sandbox) -> None:
@@ -281,13 +435,25 @@ class SandboxManager:
             booting.cancel()
             with contextlib.suppress(BaseException):
                 await booting
-        await self._release(sandbox)
+        async with sandbox.lock:  # a pause or resume under way finishes first
+            await self._release(sandbox)
         shutil.rmtree(sandbox.workdir, ignore_errors=True)
         self.metrics.drop(sandbox_id)
         log.info("sandbox destroyed", extra={"sandbox": sandbox_id})
 
     async def _release(self, sandbox: Sandbox) -> None:
         """Free everything the sandbox holds. Safe to call at any stage and more than once."""
+        await self._release_runtime(sandbox)
+        disk, sandbox.disk = sandbox.disk, None
+        if disk is not None:
+            _disk.remove(disk)
+        shutil.rmtree(sandbox.snapshot_dir, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            sandbox.state_file.unlink()
+
+    async def _release_runtime(self, sandbox: Sandbox) -> None:
+        """Free what only a running sandbox holds (VMM, RAM, cgroup, envd client, network slot); a paused
+        one keeps its disk and snapshot."""
         vm, sandbox.vm = sandbox.vm, None
         if vm is not None:
             with contextlib.suppress(Exception):
@@ -305,11 +471,9 @@ class SandboxManager:
         if sandbox.slot is not None:
             self.network.allocator.release(sandbox.slot)
             sandbox.slot = None
-        disk, sandbox.disk = sandbox.disk, None
-        if disk is not None:
-            _disk.remove(disk)
-        with contextlib.suppress(FileNotFoundError):
-            sandbox.state_file.unlink()
+        memory = self._memory_file(sandbox)
+        if memory is not None:
+            memory.unlink(missing_ok=True)
 
     # --- background loops ----------------------------------------------------------------------------
 
@@ -326,8 +490,22 @@ class SandboxManager:
                     and now - sandbox.last_active_at > timeout
                 ):
                     log.info("sandbox idle timeout", extra={"sandbox": sandbox.id, "timeout_s": timeout})
-                    sandbox.status, sandbox.error = Status.STOPPED, "idle timeout"
-                    await self._release(sandbox)
+                    self._spawn(self._expire(sandbox))
+
+    async def _expire(self, sandbox: Sandbox) -> None:
+        """The idle timeout: pause (when asked for) or stop. A pause that fails stops the sandbox."""
+        if sandbox.params.auto_pause:
+            try:
+                await self.pause(sandbox.id, idle_only=True)
+                return
+            except SandboxError as exc:
+                if exc.code == "aborted":  # used again meanwhile: not idle any more
+                    return
+                log.warning("auto-pause failed", extra={"sandbox": sandbox.id, "error": exc.message})
+        async with sandbox.lock:
+            if sandbox.status is Status.RUNNING:
+                sandbox.status, sandbox.error = Status.STOPPED, "idle timeout"
+                await self._release(sandbox)
 
     async def _sampler(self) -> None:
         while True:
@@ -360,6 +538,10 @@ class SandboxManager:
         for directory in self.config.sandboxes_dir.iterdir():
             if directory.is_dir() and directory.name not in self.sandboxes:
                 shutil.rmtree(directory, ignore_errors=True)
+        live = {self._memory_file(s) for s in self.sandboxes.values() if s.vm is not None}
+        for memory in self.config.memory_dir.glob(f"{self.config.name_prefix}-*.mem"):
+            if memory not in live:
+                memory.unlink(missing_ok=True)
         if removed or stale_groups or self.sandboxes:
             log.info(
                 "recovered after restart",
@@ -378,6 +560,8 @@ class SandboxManager:
         except (OSError, ValueError, TypeError, KeyError) as exc:
             log.warning("unreadable sandbox state", extra={"path": str(state_file), "error": str(exc)})
             return None
+        if state.get("status") in (Status.PAUSED.value, Status.ERROR.value) and state.get("disk"):
+            return self._adopt_stopped(workdir, params, state)
         pid = state.get("vmm_pid")
         slot = state.get("slot")
         if not isinstance(pid, int):
@@ -417,6 +601,25 @@ class SandboxManager:
         log.info("sandbox adopted", extra={"sandbox": sandbox.id, "pid": pid})
         return sandbox
 
+    def _adopt_stopped(self, workdir: Path, params: SandboxParams, state: dict[str, Any]) -> Sandbox:
+        """A sandbox a previous run paused (or failed to resume): its disk and snapshot are all it has.
+        One whose snapshot has gone missing is kept as `error`, so the control plane learns why."""
+        sandbox = Sandbox(params=params, workdir=workdir, status=Status(state["status"]))
+        sandbox.created_at = float(state.get("created_at", time.time()))
+        sandbox.last_active_at = float(state.get("last_active_at", time.time()))
+        sandbox.image_version = str(state.get("image_version", ""))
+        sandbox.kernel_version = str(state.get("kernel_version", ""))
+        sandbox.disk = Path(state["disk"])
+        sandbox.error = str(state.get("error") or "")
+        paused_at = state.get("paused_at")
+        sandbox.paused_at = float(paused_at) if isinstance(paused_at, (int, float)) else None
+        if sandbox.status is Status.PAUSED and not (sandbox.snapshot_dir / "vmstate").is_file():
+            sandbox.status, sandbox.error = Status.ERROR, "the pause snapshot is missing from this host"
+            sandbox.save()
+        self.sandboxes[sandbox.id] = sandbox
+        log.info("sandbox adopted", extra={"sandbox": sandbox.id, "status": sandbox.status.value})
+        return sandbox
+
 
 def _is_vmm_of(pid: int, sandbox_id: str) -> bool:
     """True when `pid` is a live VMM process started for `sandbox_id` (not a recycled pid)."""
@@ -425,6 +628,11 @@ def _is_vmm_of(pid: int, sandbox_id: str) -> bool:
     except OSError:
         return False
     return sandbox_id.encode() in args and any(b"qemu" in a or b"firecracker" in a for a in args[:1])
+
+
+def _tree_bytes(path: Path) -> int:
+    """Bytes a directory's files really take on disk."""
+    return sum(_disk.allocated_bytes(f) for f in path.rglob("*") if f.is_file())
 
 
 def _describe_failure(exc: BaseException, sandbox: Sandbox) -> str:

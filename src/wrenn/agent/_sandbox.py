@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import time
@@ -36,6 +37,8 @@ class SandboxParams:
     allow_internet: bool = False
     envd_access_token: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    #: At the idle timeout: pause (True) or stop and discard.
+    auto_pause: bool = True
 
 
 @dataclass
@@ -54,6 +57,9 @@ class Sandbox:
     vm: VM | None = None
     envd: EnvdClient | None = None
     boot_seconds: float | None = None
+    paused_at: float | None = None
+    #: Serialises pause, resume and destroy of this sandbox.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @property
     def id(self) -> str:
@@ -62,6 +68,11 @@ class Sandbox:
     @property
     def host_ip(self) -> str:
         return self.network.host_ip if self.network else ""
+
+    @property
+    def snapshot_dir(self) -> Path:
+        """The last pause's snapshot: `vmstate`, `memory` and `meta.json`; the disk stays in `workdir`."""
+        return self.workdir / "snapshot"
 
     def touch(self) -> None:
         self.last_active_at = time.time()
@@ -83,6 +94,8 @@ class Sandbox:
             "slot": self.slot,
             "disk": str(self.disk) if self.disk else None,
             "vmm_pid": self.vm.pid if self.vm else None,
+            "paused_at": self.paused_at,
+            "error": self.error,
         }
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))

@@ -204,6 +204,7 @@ class AgentService(HostAgentService):
             error=s.error,
             team_id=s.params.team_id,
             metadata=dict(s.params.metadata),
+            paused_at=_ts(s.paused_at) if s.paused_at is not None else None,
         )
 
     # --- sandboxes -----------------------------------------------------------------------------------
@@ -225,6 +226,7 @@ class AgentService(HostAgentService):
             allow_internet=request.allow_internet,
             envd_access_token=request.envd_access_token,
             metadata=dict(request.metadata),
+            auto_pause=not request.discard_on_timeout,
         )
         sandbox = await _call(self.m.create(params))
         return pb.CreateSandboxResponse(sandbox=self._info(sandbox))
@@ -234,6 +236,16 @@ class AgentService(HostAgentService):
     ) -> pb.DestroySandboxResponse:
         await _call(self.m.destroy(request.sandbox_id))
         return pb.DestroySandboxResponse()
+
+    async def pause_sandbox(
+        self, request: pb.PauseSandboxRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.PauseSandboxResponse:
+        return pb.PauseSandboxResponse(sandbox=self._info(await _call(self.m.pause(request.sandbox_id))))
+
+    async def resume_sandbox(
+        self, request: pb.ResumeSandboxRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.ResumeSandboxResponse:
+        return pb.ResumeSandboxResponse(sandbox=self._info(await _call(self.m.resume(request.sandbox_id))))
 
     async def list_sandboxes(
         self, request: pb.ListSandboxesRequest, ctx: RequestContext[Any, Any]

@@ -35,6 +35,7 @@ _STATUS = {
     Code.UNAVAILABLE: (503, "host_unavailable"),
     Code.UNIMPLEMENTED: (501, "not_implemented"),
     Code.DEADLINE_EXCEEDED: (504, "timeout"),
+    Code.DATA_LOSS: (500, "snapshot_unusable"),
 }
 
 

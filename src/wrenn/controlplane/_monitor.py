@@ -198,7 +198,7 @@ async def reconcile(
                     select(Capsule)
                     .where(
                         Capsule.host_id == host_id,
-                        Capsule.status.in_(("running", "missing")),
+                        Capsule.status.in_(("running", "missing", "paused")),
                         Capsule.last_updated < listed_at,
                     )
                     .with_for_update(skip_locked=True)
@@ -214,7 +214,9 @@ async def reconcile(
                 capsule.status = "stopped"
                 capsule.error = capsule.error or "gone from its host"
             elif info.status == pb.SandboxStatus.RUNNING:
-                capsule.status = "running"
+                capsule.status, capsule.host_ip = "running", info.host_ip
+            elif info.status == pb.SandboxStatus.PAUSED:  # the host's idle timeout paused it
+                capsule.status, capsule.host_ip = "paused", ""
             elif info.status == pb.SandboxStatus.ERROR:
                 capsule.status, capsule.error = "error", (info.error or "failed on its host")[:4000]
             elif info.status == pb.SandboxStatus.STOPPED:

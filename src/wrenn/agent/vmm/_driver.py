@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+#: A snapshot directory holds these two files: CPU and device state, and guest RAM.
+VMSTATE, MEMORY = "vmstate", "memory"
+
 
 class Accelerator(enum.StrEnum):
     KVM = "kvm"
@@ -47,6 +50,9 @@ class VMSpec:
     tap: str | None = None
     mac: str = "02:fc:00:00:00:05"
     netns: str | None = None
+    #: A file to back guest RAM with, mapped shared (QEMU: `memory-backend-file,share=on`). A snapshot then
+    #: copies this file instead of streaming RAM through the VMM. Created by the VMM; the caller removes it.
+    memory_file: Path | None = None
     #: Extra arguments for the VMM, for tests and experiments.
     extra_args: tuple[str, ...] = field(default=())
 
@@ -82,6 +88,11 @@ class VM(Protocol):
 
     async def resume(self) -> None: ...
 
+    async def snapshot(self, directory: Path) -> None:
+        """Pause the guest and write a complete snapshot into `directory`: `vmstate` (CPU and device
+        state) and `memory` (guest RAM, sparse). The VM stays paused; `resume()` continues it."""
+        ...
+
 
 class Driver(Protocol):
     name: str
@@ -97,6 +108,12 @@ class Driver(Protocol):
 
     async def attach(self, spec: VMSpec, pid: int) -> VM:
         """Take over a VMM process started by an earlier run of the agent (adoption after a restart)."""
+        ...
+
+    async def restore(self, spec: VMSpec, directory: Path) -> VM:
+        """Start a new VMM from the snapshot `VM.snapshot` wrote into `directory`; the guest runs when it
+        returns. `spec` must describe the same machine (vcpus, memory, devices); disk and TAP may be new
+        paths. Raises DriverError, leaving nothing running, when the snapshot is unusable."""
         ...
 
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._driver import VM, Accelerator, Driver, DriverError, VMSpec, console_tail
+from ._driver import MEMORY, VM, VMSTATE, Accelerator, Driver, DriverError, VMSpec, console_tail
 from ._fc_api import FirecrackerAPI, FirecrackerAPIError, RequestHook
 from ._pidproc import PidProcess, ProcessVM
 
@@ -208,6 +208,10 @@ class FirecrackerVM(ProcessVM):
             },
         )
 
+    async def snapshot(self, directory: Path) -> None:
+        await self.pause()
+        await self.snapshot_create(directory / VMSTATE, directory / MEMORY)
+
     async def _configure_and_boot(self, track_dirty_pages: bool) -> None:
         spec = self.spec
         await self._api.put_machine_config(
@@ -295,7 +299,14 @@ class FirecrackerDriver:
         log.info("firecracker adopted", extra={"vm_id": spec.vm_id, "pid": pid, "state": info.get("state")})
         return vm
 
-    async def restore(
+    async def restore(self, spec: VMSpec, directory: Path) -> FirecrackerVM:
+        """A running VM from the snapshot `FirecrackerVM.snapshot` wrote into `directory`."""
+        state, memory = directory / VMSTATE, directory / MEMORY
+        if not state.is_file() or not memory.is_file():
+            raise DriverError(f"snapshot in {directory} is incomplete: {VMSTATE} or {MEMORY} is missing")
+        return await self.restore_files(spec, state, memory)
+
+    async def restore_files(
         self, spec: VMSpec, snapshot_path: Path, mem_path: Path, resume: bool = True
     ) -> FirecrackerVM:
         """A fresh Firecracker process loaded from a snapshot; paused unless `resume`. The VM's shape

@@ -22,7 +22,8 @@ from typing import Any
 from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
-from ._driver import Accelerator, DriverError, VMSpec, console_tail
+from .. import _disk
+from ._driver import MEMORY, VMSTATE, Accelerator, DriverError, VMSpec, console_tail
 from ._pidproc import PidProcess, ProcessVM
 
 log = logging.getLogger("wrenn.agent.qemu")
@@ -34,6 +35,8 @@ MACHINE = "microvm,x-option-roms=off,isa-serial=on,rtc=on,ioapic2=off"
 #: effective and saved ids alike, so there is no way back to root anyway.
 SECCOMP = "on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"
 QMP_DEADLINE_S = 10.0
+#: How long saving or loading a snapshot's device state may take.
+MIGRATION_DEADLINE_S = 120.0
 
 
 def host_tsc_khz() -> int:
@@ -78,6 +81,58 @@ class QemuVM(ProcessVM):
     async def status(self) -> str:
         return str((await self.qmp("query-status"))["status"])
 
+    async def send_file(self, path: Path, flags: int, name: str) -> None:
+        """Open `path` here and hand the descriptor to QEMU as `name` (QMP `getfd`): QEMU needs no
+        access to the snapshot directory, and its seccomp filter forbids `exec:` migration anyway."""
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+        try:
+            self._qmp.send_fd_scm(fd)
+            await self.qmp("getfd", fdname=name)
+        except (QMPError, OSError) as exc:
+            raise DriverError(f"cannot pass {path.name} to QEMU: {exc}") from exc
+        finally:
+            os.close(fd)
+
+    async def set_migration(self) -> None:
+        """Shared RAM (the memory file) stays out of the stream; the rest goes at full speed."""
+        shared = self.spec.memory_file is not None
+        await self.qmp(
+            "migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": shared}]
+        )
+        await self.qmp("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+
+    async def wait_migration(self) -> None:
+        deadline = time.monotonic() + MIGRATION_DEADLINE_S
+        while True:
+            info = await self.qmp("query-migrate")
+            status = info.get("status", "none")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise DriverError(f"migration {status}: {info.get('error-desc', 'no reason given')}")
+            if time.monotonic() > deadline:
+                raise DriverError(f"migration still {status} after {MIGRATION_DEADLINE_S:.0f} s")
+            await asyncio.sleep(0.005)
+
+    async def snapshot(self, directory: Path) -> None:
+        started = time.monotonic()
+        await self.qmp("stop")
+        await self.set_migration()
+        await self.send_file(directory / VMSTATE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "snapshot")
+        await self.qmp("migrate", uri="fd:snapshot")
+        await self.wait_migration()
+        saved = time.monotonic()
+        if self.spec.memory_file is not None:  # the VM is stopped: its RAM no longer changes
+            await sparse_copy(self.spec.memory_file, directory / MEMORY)
+        log.info(
+            "snapshot written",
+            extra={
+                "vm": self.spec.vm_id,
+                "state_ms": round((saved - started) * 1000, 1),
+                "memory_ms": round((time.monotonic() - saved) * 1000, 1),
+            },
+        )
+
     async def stop(self, grace_s: float = 3.0) -> None:
         if self._proc.returncode is None:
             with contextlib.suppress(DriverError):
@@ -120,7 +175,7 @@ class QemuDriver:
         args = [
             self.binary,
             "-name", spec.vm_id,
-            "-M", MACHINE,
+            "-M", MACHINE + (",memory-backend=mem" if spec.memory_file else ""),
             "-accel", spec.accelerator.value,
             "-cpu", "max" if spec.accelerator is Accelerator.TCG else "host",
             "-smp", str(spec.vcpus),
@@ -130,12 +185,21 @@ class QemuDriver:
             "-qmp", f"unix:{self.qmp_path(spec)},server=on,wait=off",
             "-kernel", str(spec.kernel),
             "-append", cmdline,
-            "-drive", f"id=root,file={spec.rootfs},if=none,format={spec.rootfs_format},discard=unmap",
+            # auto-read-only=off: the disk is opened read-write at start, while QEMU still runs as root.
+            # Else a restore (`-incoming`) opens it read-only and reopens it for writing only at `cont`,
+            # after `-runas` dropped the rights to do so.
+            "-drive", f"id=root,file={spec.rootfs},if=none,format={spec.rootfs_format},discard=unmap,"
+                      "auto-read-only=off",
             "-device", "virtio-blk-device,drive=root",
             "-device", "virtio-rng-device",
         ]  # fmt: skip
         if spec.initrd is not None:
             args += ["-initrd", str(spec.initrd)]
+        if spec.memory_file is not None:
+            args += [
+                "-object",
+                f"memory-backend-file,id=mem,size={spec.memory_mib}M,mem-path={spec.memory_file},share=on",
+            ]
         if spec.tap:
             args += [
                 "-netdev", f"tap,id=net0,ifname={spec.tap},script=no,downscript=no",
@@ -166,12 +230,49 @@ class QemuDriver:
         return spec.workdir / "qmp.sock"
 
     async def start(self, spec: VMSpec) -> QemuVM:
+        return await self._launch(spec)
+
+    async def restore(self, spec: VMSpec, directory: Path) -> QemuVM:
+        """A new QEMU with `-incoming defer` loads the device state through a passed descriptor; with a
+        memory file, RAM comes from a copy of the snapshot's `memory` (not through the stream)."""
+        started = time.monotonic()
+        state = directory / VMSTATE
+        if not state.is_file() or (spec.memory_file is not None and not (directory / MEMORY).is_file()):
+            raise DriverError(f"snapshot in {directory} is incomplete: {VMSTATE} or {MEMORY} is missing")
+        if spec.memory_file is not None:
+            await sparse_copy(directory / MEMORY, spec.memory_file)
+        copied = time.monotonic()
+        vm = await self._launch(spec, "-incoming", "defer")
+        try:
+            await vm.set_migration()
+            await vm.send_file(state, os.O_RDONLY, "snapshot")
+            await vm.qmp("migrate-incoming", uri="fd:snapshot")
+            await vm.wait_migration()
+            if await vm.status() != "running":
+                await vm.qmp("cont")
+        except BaseException as exc:
+            await vm.kill()
+            if isinstance(exc, DriverError):
+                raise DriverError(f"restore from {directory} failed: {exc}", exc.console_tail) from None
+            raise
+        log.info(
+            "qemu restored",
+            extra={
+                "vm": spec.vm_id,
+                "pid": vm.pid,
+                "memory_ms": round((copied - started) * 1000, 1),
+                "load_ms": round((time.monotonic() - copied) * 1000, 1),
+            },
+        )
+        return vm
+
+    async def _launch(self, spec: VMSpec, *extra: str) -> QemuVM:
         qmp_path = self.qmp_path(spec)
         qmp_path.unlink(missing_ok=True)
         stderr_path = spec.workdir / "qemu.log"
         with stderr_path.open("wb") as stderr:
             proc = await asyncio.create_subprocess_exec(
-                *self.command(spec), stdin=asyncio.subprocess.DEVNULL, stdout=stderr, stderr=stderr
+                *self.command(spec), *extra, stdin=asyncio.subprocess.DEVNULL, stdout=stderr, stderr=stderr
             )
         log.info(
             "qemu started",
@@ -213,6 +314,14 @@ async def _exited(proc: asyncio.subprocess.Process) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(proc.wait()), 0.001)
     return proc.returncode is not None
+
+
+async def sparse_copy(source: Path, target: Path) -> None:
+    """Copy a memory file keeping its holes (only the guest's touched pages take space)."""
+    try:
+        await _disk.copy_sparse(source, target)
+    except _disk.DiskError as exc:
+        raise DriverError(str(exc)) from None
 
 
 def _user_exists(name: str) -> bool:

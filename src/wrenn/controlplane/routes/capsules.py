@@ -220,6 +220,69 @@ async def destroy_capsule(capsule_id: str, request: Request, caller: Caller, ses
     return Response(status_code=204)
 
 
+@router.post("/v1/capsules/{capsule_id}/pause", response_model=CapsuleOut)
+async def pause_capsule(capsule_id: str, request: Request, caller: Caller, session: Db) -> CapsuleOut:
+    """Snapshot the capsule (memory, processes, disk) and free its CPU, RAM and network slot."""
+    capsule = await _capsule(session, caller, capsule_id)
+    if capsule.status == "paused":
+        return _out(capsule)
+    capsule, host = await _running(session, caller, capsule_id)
+    agents = _agents(request)
+    await agents.call(
+        host.id,
+        agents.client(host.address).pause_sandbox(
+            pb.PauseSandboxRequest(sandbox_id=capsule.id), timeout_ms=300_000
+        ),
+    )
+    capsule.status, capsule.host_ip = "paused", ""
+    _audit.record(
+        session, **audit_fields(caller), resource_type="capsule", resource_id=capsule.id, action="pause"
+    )
+    await session.commit()
+    return _out(capsule)
+
+
+async def resume(session: AsyncSession, agents: AgentPool, capsule: Capsule) -> None:
+    """Bring a paused capsule back on its host and mark it `running` (committed). Shared by
+    `POST /v1/capsules/{id}/resume` and the traffic proxy (traffic to a paused capsule resumes it). A
+    snapshot its host cannot restore turns the capsule to `error`."""
+    if capsule.status == "running":
+        return
+    if capsule.status != "paused":
+        raise _errors.invalid_state(f"capsule {capsule.id} is {capsule.status}: only a paused one resumes")
+    host = await session.get(Host, capsule.host_id) if capsule.host_id else None
+    if host is None or host.status != "online":
+        raise _errors.ApiError(503, "host_unavailable", f"the host of capsule {capsule.id} is unavailable")
+    try:
+        resumed = await agents.call(
+            host.id,
+            agents.client(host.address).resume_sandbox(
+                pb.ResumeSandboxRequest(sandbox_id=capsule.id), timeout_ms=300_000
+            ),
+        )
+    except _errors.ApiError as exc:
+        if exc.code == "snapshot_unusable":
+            capsule.status, capsule.error = "error", exc.message[:4000]
+            await session.commit()
+        raise
+    capsule.status, capsule.last_active_at = "running", utcnow()
+    capsule.host_ip = resumed.sandbox.host_ip if resumed.sandbox else ""
+    await session.commit()
+
+
+@router.post("/v1/capsules/{capsule_id}/resume", response_model=CapsuleOut)
+async def resume_capsule(capsule_id: str, request: Request, caller: Caller, session: Db) -> CapsuleOut:
+    """Restore a paused capsule as it was paused: memory, running processes and files."""
+    capsule = await _capsule(session, caller, capsule_id)
+    if capsule.status != "running":
+        await resume(session, _agents(request), capsule)
+        _audit.record(
+            session, **audit_fields(caller), resource_type="capsule", resource_id=capsule.id, action="resume"
+        )
+        await session.commit()
+    return _out(capsule)
+
+
 @router.post("/v1/capsules/{capsule_id}/ping", status_code=204)
 async def ping(capsule_id: str, request: Request, caller: Caller, session: Db) -> Response:
     capsule, host = await _running(session, caller, capsule_id)

@@ -16,7 +16,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from protobuf import DescService
 
 from . import hostagent_pb
-from .hostagent_pb import ConnectProcessRequest, ConnectProcessResponse, CreateSandboxRequest, CreateSandboxResponse, DestroySandboxRequest, DestroySandboxResponse, ExecRequest, ExecResponse, ExecStreamRequest, ExecStreamResponse, GetHostInfoRequest, GetHostInfoResponse, GetSandboxMetricsRequest, GetSandboxMetricsResponse, GetSandboxRequest, GetSandboxResponse, KillProcessRequest, KillProcessResponse, ListDirRequest, ListDirResponse, ListProcessesRequest, ListProcessesResponse, ListSandboxesRequest, ListSandboxesResponse, MakeDirRequest, MakeDirResponse, PingSandboxRequest, PingSandboxResponse, PtyAttachRequest, PtyAttachResponse, PtyKillRequest, PtyKillResponse, PtyResizeRequest, PtyResizeResponse, PtySendInputRequest, PtySendInputResponse, ReadFileRequest, ReadFileResponse, ReadFileStreamRequest, ReadFileStreamResponse, RemovePathRequest, RemovePathResponse, StartBackgroundRequest, StartBackgroundResponse, StatRequest, StatResponse, TerminateRequest, TerminateResponse, WatchDirRequest, WatchDirResponse, WriteFileRequest, WriteFileResponse, WriteFileStreamRequest, WriteFileStreamResponse
+from .hostagent_pb import ConnectProcessRequest, ConnectProcessResponse, CreateSandboxRequest, CreateSandboxResponse, DestroySandboxRequest, DestroySandboxResponse, ExecRequest, ExecResponse, ExecStreamRequest, ExecStreamResponse, GetHostInfoRequest, GetHostInfoResponse, GetSandboxMetricsRequest, GetSandboxMetricsResponse, GetSandboxRequest, GetSandboxResponse, KillProcessRequest, KillProcessResponse, ListDirRequest, ListDirResponse, ListProcessesRequest, ListProcessesResponse, ListSandboxesRequest, ListSandboxesResponse, MakeDirRequest, MakeDirResponse, PauseSandboxRequest, PauseSandboxResponse, PingSandboxRequest, PingSandboxResponse, PtyAttachRequest, PtyAttachResponse, PtyKillRequest, PtyKillResponse, PtyResizeRequest, PtyResizeResponse, PtySendInputRequest, PtySendInputResponse, ReadFileRequest, ReadFileResponse, ReadFileStreamRequest, ReadFileStreamResponse, RemovePathRequest, RemovePathResponse, ResumeSandboxRequest, ResumeSandboxResponse, StartBackgroundRequest, StartBackgroundResponse, StatRequest, StatResponse, TerminateRequest, TerminateResponse, WatchDirRequest, WatchDirResponse, WriteFileRequest, WriteFileResponse, WriteFileStreamRequest, WriteFileStreamResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -41,6 +41,18 @@ class HostAgentService(Protocol):
     async def destroy_sandbox(self, request: DestroySandboxRequest, ctx: RequestContext[DestroySandboxRequest, DestroySandboxResponse], /) -> DestroySandboxResponse:
         """
         Stop the VM, free its resources and forget the sandbox.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def pause_sandbox(self, request: PauseSandboxRequest, ctx: RequestContext[PauseSandboxRequest, PauseSandboxResponse], /) -> PauseSandboxResponse:
+        """
+        Snapshot the VM (memory, devices; the disk stays) and free its CPU, RAM and network slot.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def resume_sandbox(self, request: ResumeSandboxRequest, ctx: RequestContext[ResumeSandboxRequest, ResumeSandboxResponse], /) -> ResumeSandboxResponse:
+        """
+        Restore a paused sandbox into a new VMM and re-initialise envd (clock, token, env).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -231,6 +243,26 @@ class HostAgentServiceASGIApplication(ConnectASGIApplication[HostAgentService]):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=svc.destroy_sandbox,
+                ),
+                "/hostagent.v1.HostAgentService/PauseSandbox": Endpoint.unary(
+                    method=MethodInfo(
+                        name="PauseSandbox",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=PauseSandboxRequest,
+                        output=PauseSandboxResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.pause_sandbox,
+                ),
+                "/hostagent.v1.HostAgentService/ResumeSandbox": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ResumeSandbox",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=ResumeSandboxRequest,
+                        output=ResumeSandboxResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.resume_sandbox,
                 ),
                 "/hostagent.v1.HostAgentService/ListSandboxes": Endpoint.unary(
                     method=MethodInfo(
@@ -540,6 +572,52 @@ class HostAgentServiceClient(ConnectClient):
                 service_name="hostagent.v1.HostAgentService",
                 input=DestroySandboxRequest,
                 output=DestroySandboxResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    async def pause_sandbox(
+        self,
+        request: PauseSandboxRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> PauseSandboxResponse:
+        """
+        Snapshot the VM (memory, devices; the disk stays) and free its CPU, RAM and network slot.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="PauseSandbox",
+                service_name="hostagent.v1.HostAgentService",
+                input=PauseSandboxRequest,
+                output=PauseSandboxResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    async def resume_sandbox(
+        self,
+        request: ResumeSandboxRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ResumeSandboxResponse:
+        """
+        Restore a paused sandbox into a new VMM and re-initialise envd (clock, token, env).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ResumeSandbox",
+                service_name="hostagent.v1.HostAgentService",
+                input=ResumeSandboxRequest,
+                output=ResumeSandboxResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,
@@ -1138,6 +1216,18 @@ class HostAgentServiceSync(Protocol):
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
+    def pause_sandbox(self, request: PauseSandboxRequest, ctx: RequestContext[PauseSandboxRequest, PauseSandboxResponse], /) -> PauseSandboxResponse:
+        """
+        Snapshot the VM (memory, devices; the disk stays) and free its CPU, RAM and network slot.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def resume_sandbox(self, request: ResumeSandboxRequest, ctx: RequestContext[ResumeSandboxRequest, ResumeSandboxResponse], /) -> ResumeSandboxResponse:
+        """
+        Restore a paused sandbox into a new VMM and re-initialise envd (clock, token, env).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
     def list_sandboxes(self, request: ListSandboxesRequest, ctx: RequestContext[ListSandboxesRequest, ListSandboxesResponse], /) -> ListSandboxesResponse:
         """
         Every sandbox this agent holds, in any status.
@@ -1323,6 +1413,26 @@ class HostAgentServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=service.destroy_sandbox,
+                ),
+                "/hostagent.v1.HostAgentService/PauseSandbox": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="PauseSandbox",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=PauseSandboxRequest,
+                        output=PauseSandboxResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.pause_sandbox,
+                ),
+                "/hostagent.v1.HostAgentService/ResumeSandbox": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ResumeSandbox",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=ResumeSandboxRequest,
+                        output=ResumeSandboxResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.resume_sandbox,
                 ),
                 "/hostagent.v1.HostAgentService/ListSandboxes": EndpointSync.unary(
                     method=MethodInfo(
@@ -1631,6 +1741,50 @@ class HostAgentServiceClientSync(ConnectClientSync):
                 service_name="hostagent.v1.HostAgentService",
                 input=DestroySandboxRequest,
                 output=DestroySandboxResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def pause_sandbox(
+        self,
+        request: PauseSandboxRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> PauseSandboxResponse:
+        """
+        Snapshot the VM (memory, devices; the disk stays) and free its CPU, RAM and network slot.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="PauseSandbox",
+                service_name="hostagent.v1.HostAgentService",
+                input=PauseSandboxRequest,
+                output=PauseSandboxResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def resume_sandbox(
+        self,
+        request: ResumeSandboxRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ResumeSandboxResponse:
+        """
+        Restore a paused sandbox into a new VMM and re-initialise envd (clock, token, env).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ResumeSandbox",
+                service_name="hostagent.v1.HostAgentService",
+                input=ResumeSandboxRequest,
+                output=ResumeSandboxResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,
