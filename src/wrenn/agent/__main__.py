@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         "--host-net", default=d.host_net, help=f"sandboxes' host-reachable addresses ({d.host_net})"
     )
     p.add_argument("--veth-net", default=d.veth_net, help=f"sandboxes' veth pairs ({d.veth_net})")
+    p.add_argument(
+        "--memory-dir", type=Path, default=d.memory_dir, help=f"tmpfs for guest RAM ({d.memory_dir})"
+    )
     p.add_argument("--register", metavar="TOKEN", default=None, help="join a control plane with this token")
     p.add_argument("--control-plane", metavar="URL", default=None, help="the control plane (with --register)")
     p.add_argument(
@@ -55,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         accelerator=Accelerator(a.accelerator) if a.accelerator else None, reprobe=a.reprobe,
         slots=a.slots, name_prefix=a.name_prefix, host_net=a.host_net, veth_net=a.veth_net,
         register_token=a.register, control_plane=a.control_plane, address=a.address,
-        heartbeat_interval_s=a.heartbeat_interval,
+        heartbeat_interval_s=a.heartbeat_interval, memory_dir=a.memory_dir,
     )  # fmt: skip
 
 
