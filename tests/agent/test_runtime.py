@@ -140,6 +140,33 @@ async def test_two_sandboxes_boot_and_run_code(client: HostAgentServiceClient, a
     assert timed.timed_out
     listed = await client.list_sandboxes(pb.ListSandboxesRequest())
     assert {s.sandbox_id for s in listed.sandboxes} >= {"sb-a", "sb-b"}
+    assert not any(r.sandbox.from_snapshot for r in created)  # the first of their shapes: booted
+
+
+async def test_sandboxes_restored_from_one_snapshot_are_each_their_own(
+    client: HostAgentServiceClient, agent: AgentProcess
+) -> None:
+    """sb-a's first boot left a ready snapshot of its shape; these two start from it, sharing its memory
+    copy-on-write, and must still be independent, random and named each after itself."""
+    assert list((agent.data_dir / "ready").glob("*/*/1cpu-256m-2048d/vmstate"))
+    created = await asyncio.gather(
+        *(client.create_sandbox(create_request(sid, envd_access_token=f"tok-{sid}"), timeout_ms=300_000)
+          for sid in ("sb-x", "sb-y"))
+    )  # fmt: skip
+    assert all(r.sandbox.from_snapshot and r.sandbox.status == pb.SandboxStatus.RUNNING for r in created)
+    assert not memory_file("sb-x").exists()  # its RAM is the snapshot's memory, mapped privately
+    await run(client, "sb-x", "echo mine > ~/only-in-x")
+    script = 'cat ~/only-in-x 2>/dev/null || echo absent; hostname; python3 -c "import os; print(os.urandom(16).hex())"'
+    outs = {sid: (await run(client, sid, script)).stdout.decode().split() for sid in ("sb-x", "sb-y")}
+    assert outs["sb-x"][:2] == ["mine", "sb-x"] and outs["sb-y"][:2] == ["absent", "sb-y"]
+    assert outs["sb-x"][2] != outs["sb-y"][2]  # the kernel's random pool was reseeded in each
+    for sid in ("sb-x", "sb-y"):
+        guest_now = float((await run(client, sid, "date +%s.%N")).stdout)
+        assert abs(guest_now - time.time()) < 5  # the clock was set, not left at the snapshot's time
+    await asyncio.gather(
+        *(client.destroy_sandbox(pb.DestroySandboxRequest(sandbox_id=s)) for s in ("sb-x", "sb-y"))
+    )
+    assert leftovers(agent, "sb-x") == [] and leftovers(agent, "sb-y") == []
 
 
 def test_the_vmm_is_confined(agent: AgentProcess) -> None:
@@ -389,7 +416,9 @@ async def test_pause_and_resume_keep_memory_files_and_processes(
     started = await client.start_background(
         pb.StartBackgroundRequest(sandbox_id="sb-p", cmd="/bin/sh", args=["-c", COUNTER], tag="counter")
     )
-    assert memory_file("sb-p").exists()  # guest RAM is a shared file while the VM runs
+    # a clone of the ready snapshot: its RAM is that snapshot's memory, mapped copy-on-write, so its first
+    # pause streams RAM into vmstate; from its first resume on, RAM is a shared file of its own
+    assert not memory_file("sb-p").exists()
     slots_before = netns_names()
     last = 0
     for cycle in range(10):
@@ -407,6 +436,7 @@ async def test_pause_and_resume_keep_memory_files_and_processes(
         assert err.value.code.name == "FAILED_PRECONDITION" and "paused" in err.value.message
         resumed = (await client.resume_sandbox(pb.ResumeSandboxRequest(sandbox_id="sb-p"))).sandbox
         assert resumed is not None and resumed.status == pb.SandboxStatus.RUNNING
+        assert memory_file("sb-p").exists()
         out = await run(client, "sb-p", "cat ~/cycle-*; cat /tmp/count")
         lines = out.stdout.decode().split()
         assert lines[:-1] == [str(c) for c in range(cycle + 1)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 import time
 
@@ -50,6 +51,9 @@ def test_init_validates_its_body(fresh_envd: Envd) -> None:
         b'{"timestamp": "yesterday"}': "RFC 3339",
         b'{"defaultWorkdir": "relative"}': "absolute",
         b'{"accessToken": 5}': "accessToken",
+        b'{"hostname": "not a hostname"}': "hostname",
+        b'{"entropy": "%%%"}': "base64",
+        b'{"entropy": "' + base64.b64encode(bytes(513)) + b'"}': "at most 512",
     }
     for body, words in cases.items():
         r = post(body)

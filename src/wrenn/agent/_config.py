@@ -52,6 +52,9 @@ class AgentConfig:
     #: Where running guests' RAM lives (QEMU maps one file per sandbox, shared, so a pause copies it out
     #: instead of streaming it). A tmpfs: its free space caps the guest RAM this host can run.
     memory_dir: Path = Path("/dev/shm")  # noqa: S108 (files are named by prefix and sandbox id)
+    #: Keep a snapshot of each sandbox shape (template, vcpus, memory, disk) taken right after its first
+    #: boot, and start later sandboxes of that shape by restoring it instead of booting.
+    ready_snapshots: bool = True
 
     @property
     def sandboxes_dir(self) -> Path:

@@ -29,13 +29,14 @@ async def _run(*args: str) -> str:
     return out.decode()
 
 
-async def create_overlay(base: Path, overlay: Path, size_mb: int) -> Path:
-    """A qcow2 overlay of `base` (raw) presenting a disk of `size_mb` (at least the base's size)."""
-    base_size = base.stat().st_size
+async def create_overlay(base: Path, overlay: Path, size_mb: int, base_format: str = "raw") -> Path:
+    """A qcow2 overlay of `base` (raw, or qcow2: a ready snapshot's disk) presenting a disk of `size_mb`
+    (at least the base's size)."""
+    base_size = base.stat().st_size if base_format == "raw" else 0
     size = max(size_mb << 20, base_size)
     await _run(
         "qemu-img", "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on",
-        "-b", str(base), "-F", "raw", str(overlay), str(size),
+        "-b", str(base), "-F", base_format, str(overlay), str(size),
     )  # fmt: skip
     return overlay
 

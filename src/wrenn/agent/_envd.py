@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -41,8 +42,6 @@ class EnvdClient:
     def headers(self, user: str | None = None) -> dict[str, str]:
         headers = {"X-Access-Token": self.access_token} if self.access_token else {}
         if user:
-            import base64
-
             headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:".encode()).decode()
         return headers
 
@@ -62,13 +61,24 @@ class EnvdClient:
         raise EnvdUnavailable(f"envd did not answer within {deadline_s:.0f} s")
 
     async def init(
-        self, *, access_token: str | None, default_user: str, env: dict[str, str], workdir: str | None = None
+        self,
+        *,
+        access_token: str | None,
+        default_user: str,
+        env: dict[str, str],
+        workdir: str | None = None,
+        hostname: str | None = None,
+        entropy: bytes | None = None,
     ) -> None:
         body: dict[str, Any] = {
             "envVars": env,
             "defaultUser": default_user,
             "timestamp": datetime.now(UTC).isoformat(),
         }
+        if hostname:
+            body["hostname"] = hostname
+        if entropy:
+            body["entropy"] = base64.b64encode(entropy).decode()
         if access_token:
             body["accessToken"] = access_token
         if workdir:

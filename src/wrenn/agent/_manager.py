@@ -152,16 +152,9 @@ class SandboxManager:
                 raise SandboxError(
                     "internal", f"pausing sandbox {sandbox_id} failed, it keeps running: {exc}"
                 ) from None
-            meta = {
-                "vmm": self.driver.name,
-                "vcpus": sandbox.params.vcpus,
-                "memory_mb": sandbox.params.memory_mb,
-                "template": sandbox.params.template,
-                "image_version": sandbox.image_version,
-                "accelerator": self.accelerator.accelerator.value,
-                "created_at": time.time(),
-            }
+            meta = {**self._snapshot_meta(sandbox), "kind": "pause"}
             (partial / "meta.json").write_text(json.dumps(meta, indent=1))
+            sandbox.memory_source = None  # a clone's RAM went into vmstate: it resumes as its own
             shutil.rmtree(sandbox.snapshot_dir, ignore_errors=True)
             partial.rename(sandbox.snapshot_dir)
             sandbox.status, sandbox.paused_at = Status.PAUSED, time.time()
@@ -232,20 +225,9 @@ class SandboxManager:
         except NetworkExhausted as exc:
             raise SandboxError("resource_exhausted", str(exc)) from None
         sandbox.network = await self.network.setup(sandbox.slot, allow_internet=params.allow_internet)
-        sandbox.vm = vm = await self.driver.restore(self._spec(sandbox, image), sandbox.snapshot_dir)
-        self.cgroups.place(
-            self._cgroup_name(sandbox),
-            vm.pid,
-            Limits(memory_bytes=(params.memory_mb + self.config.vmm_overhead_mb) << 20, cpus=params.vcpus),
-        )
-        self._spawn(self._watch(sandbox))
-        sandbox.envd = EnvdClient(sandbox.host_ip, access_token=params.envd_access_token or None)
-        await sandbox.envd.wait_healthy(self.config.boot_timeout_s, alive=lambda: vm.returncode is None)
-        await sandbox.envd.init(
-            access_token=params.envd_access_token or None,
-            default_user=params.default_user or self.config.default_user,
-            env=params.default_env,
-        )
+        sandbox.vm = await self.driver.restore(self._spec(sandbox, image), sandbox.snapshot_dir)
+        await self._attach(sandbox, access_token=params.envd_access_token or None)
+        await self._init_envd(sandbox)
 
     async def ensure_running(self, sandbox_id: str) -> Sandbox:
         """The sandbox, running: a paused one is resumed first (traffic and `connect` wake it)."""
@@ -328,28 +310,12 @@ class SandboxManager:
             except NetworkExhausted as exc:
                 raise SandboxError("resource_exhausted", str(exc)) from None
             sandbox.network = await self.network.setup(sandbox.slot, allow_internet=params.allow_internet)
-            raw = self.driver.name == "firecracker"
-            disk = sandbox.workdir / ("rootfs.raw" if raw else "rootfs.qcow2")
-            create_disk = _disk.create_copy if raw else _disk.create_overlay
-            sandbox.disk = await create_disk(image.rootfs, disk, params.disk_size_mb)
-            spec = self._spec(sandbox, image)
-            sandbox.vm = await self.driver.start(spec)
-            self.cgroups.place(
-                self._cgroup_name(sandbox),
-                sandbox.vm.pid,
-                Limits(
-                    memory_bytes=(params.memory_mb + self.config.vmm_overhead_mb) << 20, cpus=params.vcpus
-                ),
-            )
-            self._spawn(self._watch(sandbox))
-            sandbox.envd = EnvdClient(sandbox.host_ip, access_token=None)
-            vm = sandbox.vm
-            await sandbox.envd.wait_healthy(self.config.boot_timeout_s, alive=lambda: vm.returncode is None)
-            await sandbox.envd.init(
-                access_token=params.envd_access_token or None,
-                default_user=params.default_user or self.config.default_user,
-                env=params.default_env,
-            )
+            ready = self._ready_dir(params, image)
+            if ready is not None and (ready / "vmstate").is_file():
+                await self._start_from_ready(sandbox, image, ready)
+            else:
+                await self._start_cold(sandbox, image, ready)
+            await self._init_envd(sandbox)
         except BaseException as exc:
             reason = _describe_failure(exc, sandbox)
             log.warning(
@@ -377,6 +343,103 @@ class SandboxManager:
             },
         )
         return sandbox
+
+    async def _start_cold(self, sandbox: Sandbox, image: images.Image, ready: Path | None) -> None:
+        """Boot from the image's kernel and disk. With `ready`, the fresh guest is checkpointed there once
+        envd answers, before anything of the user's touches it: later sandboxes of its shape start from it."""
+        raw = self.driver.name == "firecracker"
+        disk = sandbox.workdir / ("rootfs.raw" if raw else "rootfs.qcow2")
+        create_disk = _disk.create_copy if raw else _disk.create_overlay
+        sandbox.disk = await create_disk(image.rootfs, disk, sandbox.params.disk_size_mb)
+        sandbox.vm = await self.driver.start(self._spec(sandbox, image))
+        await self._attach(sandbox, access_token=None)
+        if ready is not None:
+            await self._checkpoint_ready(sandbox, ready)
+
+    async def _start_from_ready(self, sandbox: Sandbox, image: images.Image, ready: Path) -> None:
+        """Restore the shape's ready snapshot: its disk under a new overlay, its memory mapped
+        copy-on-write (shared with every sibling until written), its device state loaded."""
+        sandbox.disk = await _disk.create_overlay(
+            ready / "rootfs.qcow2", sandbox.workdir / "rootfs.qcow2", sandbox.params.disk_size_mb, "qcow2"
+        )
+        sandbox.memory_source = ready / "memory"
+        sandbox.vm = await self.driver.restore(self._spec(sandbox, image), ready)
+        sandbox.from_snapshot = True
+        await self._attach(sandbox, access_token=None)
+
+    async def _attach(self, sandbox: Sandbox, access_token: str | None) -> None:
+        """Put a started VMM in its cgroup, watch it, and wait until its envd answers."""
+        vm, params = sandbox.vm, sandbox.params
+        assert vm is not None
+        self.cgroups.place(
+            self._cgroup_name(sandbox),
+            vm.pid,
+            Limits(memory_bytes=(params.memory_mb + self.config.vmm_overhead_mb) << 20, cpus=params.vcpus),
+        )
+        self._spawn(self._watch(sandbox))
+        sandbox.envd = EnvdClient(sandbox.host_ip, access_token=access_token)
+        await sandbox.envd.wait_healthy(self.config.boot_timeout_s, alive=lambda: vm.returncode is None)
+
+    async def _init_envd(self, sandbox: Sandbox) -> None:
+        """envd's /init after a boot or a restore: token, user, env and clock, plus what makes this guest
+        itself when it was restored from a shared snapshot (hostname, a reseeded random pool)."""
+        params = sandbox.params
+        assert sandbox.envd is not None
+        await sandbox.envd.init(
+            access_token=params.envd_access_token or None,
+            default_user=params.default_user or self.config.default_user,
+            env=params.default_env,
+            hostname=sandbox.id,
+            entropy=os.urandom(64),
+        )
+
+    def _ready_dir(self, params: SandboxParams, image: images.Image) -> Path | None:
+        """Where the ready snapshot of this shape lives; None when sandboxes of it always boot."""
+        if params.cold_boot or not self.config.ready_snapshots or self.driver.name != "qemu":
+            return None
+        machine = f"{self.driver.name}-{self.accelerator.accelerator.value}"
+        shape = f"{params.vcpus}cpu-{params.memory_mb}m-{params.disk_size_mb}d"
+        return self.config.data_dir / "ready" / machine / f"{image.template}-{image.version}" / shape
+
+    async def _checkpoint_ready(self, sandbox: Sandbox, ready: Path) -> None:
+        """Snapshot a just-booted guest (before /init) into `ready`, then let it run on. Best effort: a
+        failure costs later sandboxes only their fast start."""
+        vm, envd = sandbox.vm, sandbox.envd
+        assert vm is not None and envd is not None and sandbox.disk is not None
+        partial = ready.with_name(f"{ready.name}.partial-{sandbox.id}")
+        started = time.monotonic()
+        try:
+            partial.mkdir(parents=True)
+            await envd.prepare_snapshot()
+            await vm.snapshot(partial)
+            await _disk.copy_sparse(sandbox.disk, partial / "rootfs.qcow2")
+            meta = {**self._snapshot_meta(sandbox), "kind": "ready"}
+            (partial / "meta.json").write_text(json.dumps(meta, indent=1))
+            if ready.exists():  # another sandbox of this shape made it meanwhile
+                shutil.rmtree(partial)
+            else:
+                partial.rename(ready)
+            log.info(
+                "ready snapshot made",
+                extra={"path": str(ready), "ms": round((time.monotonic() - started) * 1000, 1)},
+            )
+        except (DriverError, _disk.DiskError, OSError) as exc:
+            log.warning("cannot make a ready snapshot", extra={"path": str(ready), "error": str(exc)})
+            shutil.rmtree(partial, ignore_errors=True)
+        finally:
+            await vm.resume()
+
+    def _snapshot_meta(self, sandbox: Sandbox) -> dict[str, Any]:
+        return {
+            "vmm": self.driver.name,
+            "vcpus": sandbox.params.vcpus,
+            "memory_mb": sandbox.params.memory_mb,
+            "disk_size_mb": sandbox.params.disk_size_mb,
+            "template": sandbox.params.template,
+            "image_version": sandbox.image_version,
+            "accelerator": self.accelerator.accelerator.value,
+            "created_at": time.time(),
+        }
 
     def _cgroup_name(self, sandbox: Sandbox) -> str:
         return f"{self.config.name_prefix}-{sandbox.id}"
@@ -406,7 +469,8 @@ class SandboxManager:
             tap=sandbox.network.tap,
             mac=sandbox.network.mac,
             netns=sandbox.network.netns,
-            memory_file=self._memory_file(sandbox),
+            memory_file=sandbox.memory_source or self._memory_file(sandbox),
+            memory_shared=sandbox.memory_source is None,
         )
 
     async def _watch(self, sandbox: Sandbox) -> None:
@@ -589,6 +653,8 @@ class SandboxManager:
         self.network.allocator.claim(slot)
         sandbox.network = self.network.describe(slot)
         sandbox.disk = Path(state["disk"]) if state.get("disk") else None
+        sandbox.from_snapshot = bool(state.get("from_snapshot"))
+        sandbox.memory_source = Path(state["memory_source"]) if state.get("memory_source") else None
         try:
             sandbox.vm = await self.driver.attach(self._spec(sandbox, image), pid)
             sandbox.envd = EnvdClient(sandbox.host_ip, access_token=params.envd_access_token or None)
@@ -611,6 +677,7 @@ class SandboxManager:
         sandbox.kernel_version = str(state.get("kernel_version", ""))
         sandbox.disk = Path(state["disk"])
         sandbox.error = str(state.get("error") or "")
+        sandbox.from_snapshot = bool(state.get("from_snapshot"))
         paused_at = state.get("paused_at")
         sandbox.paused_at = float(paused_at) if isinstance(paused_at, (int, float)) else None
         if sandbox.status is Status.PAUSED and not (sandbox.snapshot_dir / "vmstate").is_file():

@@ -39,6 +39,8 @@ class SandboxParams:
     metadata: dict[str, str] = field(default_factory=dict)
     #: At the idle timeout: pause (True) or stop and discard.
     auto_pause: bool = True
+    #: Boot from the image even where a ready snapshot of this shape exists (benchmarks, debugging).
+    cold_boot: bool = False
 
 
 @dataclass
@@ -58,6 +60,10 @@ class Sandbox:
     envd: EnvdClient | None = None
     boot_seconds: float | None = None
     paused_at: float | None = None
+    #: Started from a snapshot rather than booted.
+    from_snapshot: bool = False
+    #: A clone's RAM: the snapshot memory file it maps copy-on-write (until its first pause).
+    memory_source: Path | None = None
     #: Serialises pause, resume and destroy of this sandbox.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
@@ -95,6 +101,8 @@ class Sandbox:
             "disk": str(self.disk) if self.disk else None,
             "vmm_pid": self.vm.pid if self.vm else None,
             "paused_at": self.paused_at,
+            "from_snapshot": self.from_snapshot,
+            "memory_source": str(self.memory_source) if self.memory_source else None,
             "error": self.error,
         }
         tmp = self.state_file.with_suffix(".tmp")

@@ -205,6 +205,7 @@ class AgentService(HostAgentService):
             team_id=s.params.team_id,
             metadata=dict(s.params.metadata),
             paused_at=_ts(s.paused_at) if s.paused_at is not None else None,
+            from_snapshot=s.from_snapshot,
         )
 
     # --- sandboxes -----------------------------------------------------------------------------------
@@ -227,6 +228,7 @@ class AgentService(HostAgentService):
             envd_access_token=request.envd_access_token,
             metadata=dict(request.metadata),
             auto_pause=not request.discard_on_timeout,
+            cold_boot=request.cold_boot,
         )
         sandbox = await _call(self.m.create(params))
         return pb.CreateSandboxResponse(sandbox=self._info(sandbox))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import os
+import re
 import time
 from datetime import datetime
 from http import HTTPStatus
@@ -14,7 +17,7 @@ import psutil
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import _users
+from . import _identity, _users
 from ._config import EnvdConfig
 from ._files import error
 from ._quiesce import Quiescer
@@ -22,6 +25,7 @@ from ._state import EnvdState
 
 log = logging.getLogger("wrenn.envd")
 
+_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 #: Below this drift the guest clock is left alone.
 CLOCK_TOLERANCE_S = 0.05
 
@@ -81,6 +85,11 @@ class SystemRoutes:
             self._state.access_token = body["accessToken"] or None
         if (stamp := body.get("timestamp")) is not None:
             self._set_clock(stamp)
+        # Wrenn's own fields, for guests restored from a shared snapshot (dev mode leaves the host alone).
+        if (hostname := body.get("hostname")) and not self._config.dev:
+            _identity.set_hostname(hostname)
+        if (entropy := body.get("entropy")) and not self._config.dev:
+            _identity.reseed(base64.b64decode(entropy))
         self._quiescer.after_restore(request.scope.get("client"))
         log.info(
             "initialised",
@@ -112,12 +121,23 @@ def _validate_init(body: dict[str, Any]) -> str | None:
         or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
     ):
         return "envVars must be an object of strings"
-    for key in ("accessToken", "defaultUser", "defaultWorkdir", "timestamp"):
+    for key in ("accessToken", "defaultUser", "defaultWorkdir", "timestamp", "hostname", "entropy"):
         if body.get(key) is not None and not isinstance(body[key], str):
             return f"{key} must be a string"
     workdir = body.get("defaultWorkdir")
     if workdir and not workdir.startswith("/"):
         return "defaultWorkdir must be an absolute path"
+    hostname = body.get("hostname")
+    if hostname and not _HOSTNAME.match(hostname):
+        return "hostname must be 1-63 letters, digits and hyphens"
+    entropy = body.get("entropy")
+    if entropy:
+        try:
+            raw = base64.b64decode(entropy, validate=True)
+        except (binascii.Error, ValueError):
+            return "entropy must be base64"
+        if len(raw) > _identity.MAX_ENTROPY_BYTES:
+            return f"entropy must be at most {_identity.MAX_ENTROPY_BYTES} bytes"
     stamp = body.get("timestamp")
     if stamp:
         try:

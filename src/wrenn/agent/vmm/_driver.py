@@ -50,9 +50,12 @@ class VMSpec:
     tap: str | None = None
     mac: str = "02:fc:00:00:00:05"
     netns: str | None = None
-    #: A file to back guest RAM with, mapped shared (QEMU: `memory-backend-file,share=on`). A snapshot then
-    #: copies this file instead of streaming RAM through the VMM. Created by the VMM; the caller removes it.
+    #: A file to back guest RAM with (QEMU: `memory-backend-file`). Shared (the default), guest writes go
+    #: to the file, and a snapshot copies it instead of streaming RAM through the VMM; created by the VMM,
+    #: removed by the caller. Not shared, the file is a template's memory mapped copy-on-write: the guest
+    #: starts from its contents, its writes stay private, and many VMs share the unwritten pages.
     memory_file: Path | None = None
+    memory_shared: bool = True
     #: Extra arguments for the VMM, for tests and experiments.
     extra_args: tuple[str, ...] = field(default=())
 
@@ -90,7 +93,8 @@ class VM(Protocol):
 
     async def snapshot(self, directory: Path) -> None:
         """Pause the guest and write a complete snapshot into `directory`: `vmstate` (CPU and device
-        state) and `memory` (guest RAM, sparse). The VM stays paused; `resume()` continues it."""
+        state) and `memory` (guest RAM, sparse), or only `vmstate` with RAM inside it when the RAM is
+        a private copy-on-write mapping. The VM stays paused; `resume()` continues it."""
         ...
 
 
@@ -113,7 +117,9 @@ class Driver(Protocol):
     async def restore(self, spec: VMSpec, directory: Path) -> VM:
         """Start a new VMM from the snapshot `VM.snapshot` wrote into `directory`; the guest runs when it
         returns. `spec` must describe the same machine (vcpus, memory, devices); disk and TAP may be new
-        paths. Raises DriverError, leaving nothing running, when the snapshot is unusable."""
+        paths. With `spec.memory_shared` the snapshot's memory is copied into `spec.memory_file`; without,
+        `spec.memory_file` is the snapshot's `memory` itself, mapped copy-on-write (a clone of a template).
+        Raises DriverError, leaving nothing running, when the snapshot is unusable."""
         ...
 
 

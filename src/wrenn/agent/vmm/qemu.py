@@ -93,11 +93,17 @@ class QemuVM(ProcessVM):
         finally:
             os.close(fd)
 
-    async def set_migration(self) -> None:
-        """Shared RAM (the memory file) stays out of the stream; the rest goes at full speed."""
-        shared = self.spec.memory_file is not None
+    @property
+    def ram_in_file(self) -> bool:
+        """Guest RAM is a shared file: a snapshot copies it and leaves it out of the state stream."""
+        return self.spec.memory_file is not None and self.spec.memory_shared
+
+    async def set_migration(self, ignore_shared: bool) -> None:
+        """Shared RAM stays out of the stream when `ignore_shared` (both sides must agree); the rest goes
+        at full speed."""
         await self.qmp(
-            "migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": shared}]
+            "migrate-set-capabilities",
+            capabilities=[{"capability": "x-ignore-shared", "state": ignore_shared}],
         )
         await self.qmp("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
 
@@ -117,12 +123,13 @@ class QemuVM(ProcessVM):
     async def snapshot(self, directory: Path) -> None:
         started = time.monotonic()
         await self.qmp("stop")
-        await self.set_migration()
+        await self.set_migration(self.ram_in_file)
         await self.send_file(directory / VMSTATE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "snapshot")
         await self.qmp("migrate", uri="fd:snapshot")
         await self.wait_migration()
         saved = time.monotonic()
-        if self.spec.memory_file is not None:  # the VM is stopped: its RAM no longer changes
+        if self.ram_in_file:  # the VM is stopped: its RAM no longer changes
+            assert self.spec.memory_file is not None
             await sparse_copy(self.spec.memory_file, directory / MEMORY)
         log.info(
             "snapshot written",
@@ -196,9 +203,10 @@ class QemuDriver:
         if spec.initrd is not None:
             args += ["-initrd", str(spec.initrd)]
         if spec.memory_file is not None:
+            share = "on" if spec.memory_shared else "off"
             args += [
                 "-object",
-                f"memory-backend-file,id=mem,size={spec.memory_mib}M,mem-path={spec.memory_file},share=on",
+                f"memory-backend-file,id=mem,size={spec.memory_mib}M,mem-path={spec.memory_file},share={share}",
             ]
         if spec.tap:
             args += [
@@ -236,15 +244,21 @@ class QemuDriver:
         """A new QEMU with `-incoming defer` loads the device state through a passed descriptor; with a
         memory file, RAM comes from a copy of the snapshot's `memory` (not through the stream)."""
         started = time.monotonic()
-        state = directory / VMSTATE
-        if not state.is_file() or (spec.memory_file is not None and not (directory / MEMORY).is_file()):
-            raise DriverError(f"snapshot in {directory} is incomplete: {VMSTATE} or {MEMORY} is missing")
-        if spec.memory_file is not None:
-            await sparse_copy(directory / MEMORY, spec.memory_file)
+        state, memory = directory / VMSTATE, directory / MEMORY
+        ram_in_file = memory.is_file()  # else RAM is inside the state stream
+        if not state.is_file():
+            raise DriverError(f"snapshot in {directory} is incomplete: {VMSTATE} is missing")
+        if ram_in_file and spec.memory_file is None:
+            raise DriverError("this snapshot keeps RAM in a file: the VM needs a memory_file")
+        if ram_in_file and spec.memory_shared:
+            assert spec.memory_file is not None
+            await sparse_copy(memory, spec.memory_file)
+        elif ram_in_file and spec.memory_file != memory:
+            raise DriverError("a copy-on-write restore maps the snapshot's own memory file")
         copied = time.monotonic()
         vm = await self._launch(spec, "-incoming", "defer")
         try:
-            await vm.set_migration()
+            await vm.set_migration(ram_in_file)
             await vm.send_file(state, os.O_RDONLY, "snapshot")
             await vm.qmp("migrate-incoming", uri="fd:snapshot")
             await vm.wait_migration()
