@@ -203,6 +203,7 @@ def _control_plane(agent_url: str) -> Iterator[tuple[str, str]]:
             [sys.executable, "-m", "wrenn.controlplane", "--port", str(port), "--data-dir", str(root),
              "--local-agent", agent_url],
             stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "WRENN_MONITOR_INTERVAL_S": "2"},  # reconcile fast: tests wait on it
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:

@@ -13,12 +13,13 @@ import subprocess
 
 import uvicorn
 
-from wrenn import images
+from wrenn import _asgiproxy, images
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceASGIApplication
 
 from ._cgroup import Cgroups
 from ._config import AgentConfig
 from ._manager import SandboxManager
+from ._proxy import ProxyApp, with_proxy
 from ._registration import Credentials, CredentialStore, HostLink, RegistrationError, host_facts, register
 from ._service import AgentService
 from .network import NetworkConfig, NetworkManager
@@ -154,7 +155,9 @@ class Agent:
             await manager.close()
             raise
         store = CredentialStore(self.config.data_dir)
-        app = HostAgentServiceASGIApplication(AgentService(manager, on_terminate=self.shutdown))
+        api = HostAgentServiceASGIApplication(AgentService(manager, on_terminate=self.shutdown))
+        upstream = _asgiproxy.new_client()  # one client for all proxied traffic, for the agent's life
+        app = with_proxy(api, ProxyApp(manager, upstream))
         tls: dict[str, object] = {}
         if creds is not None:
             tls = {
@@ -192,6 +195,7 @@ class Agent:
         finally:
             if link is not None:
                 await link.stop()
+            await upstream.aclose()
             await manager.close()
 
     def shutdown(self) -> None:

@@ -2,20 +2,26 @@
 
 Registered hosts answer over https with mutual TLS: the pool dials them with the control plane's client
 certificate from the internal CA and trusts only that CA. Local agents (`--local-agent http://...`) are
-plain HTTP."""
+plain HTTP. The traffic proxy gets an httpx client per kind of host, with the same credentials."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import ssl
+import tempfile
 from collections.abc import Awaitable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pyqwest
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
+from wrenn._asgiproxy import new_client
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient
 
 from ._ca import CLIENT_CERT_TTL, CertificateAuthority, Issued
@@ -53,6 +59,9 @@ class AgentPool:
         self._transport: pyqwest.HTTPTransport | None = None
         self._client_cert: Issued | None = None
         self._retired: list[Any] = []
+        self._plain_http: httpx.AsyncClient | None = None
+        self._tls_http: httpx.AsyncClient | None = None
+        self._tls_http_cert: Issued | None = None
 
     def _tls_client(self) -> pyqwest.Client:
         """An HTTP client presenting the control plane's certificate, renewed at half its lifetime."""
@@ -89,6 +98,27 @@ class AgentPool:
             self._clients[address] = found
         return found
 
+    def http_client(self, address: str) -> httpx.AsyncClient:
+        """The client that forwards proxied traffic to the agent at `address`: mutual TLS for https hosts
+        (its certificate renewed at half its lifetime, like the Connect clients'), plain HTTP otherwise."""
+        if not address.startswith("https:"):
+            if self._plain_http is None:
+                self._plain_http = new_client()
+            return self._plain_http
+        if self._ca is None:
+            raise ApiError(503, "host_unavailable", "no CA configured to reach a TLS host")
+        cert = self._tls_http_cert
+        if (
+            self._tls_http is None
+            or cert is None
+            or (cert.not_after - datetime.now(UTC)) < CLIENT_CERT_TTL / 2
+        ):
+            if self._tls_http is not None:  # in-flight streams finish on the old one; it closes with the pool
+                self._retired.append(self._tls_http)
+            cert = self._tls_http_cert = self._ca.issue_client()
+            self._tls_http = new_client(verify=_mtls_context(self._ca.cert_pem, cert))
+        return self._tls_http
+
     def forget(self, address: str) -> None:
         """Drop the client of a host (deleted, or re-registered at another address)."""
         self._clients.pop(address, None)
@@ -110,5 +140,23 @@ class AgentPool:
             if transport is not None:
                 with contextlib.suppress(Exception):
                     await transport.aclose()
+        for http in (self._plain_http, self._tls_http):
+            if http is not None:
+                await http.aclose()
         self._retired.clear()
         self._transport = None
+        self._plain_http = self._tls_http = None
+
+
+def _mtls_context(ca_pem: str, cert: Issued) -> ssl.SSLContext:
+    """Trusts only the internal CA and presents `cert`. `load_cert_chain` reads only files: the PEM lives
+    in a private directory (0700, the file 0600) for the duration of the call."""
+    context = ssl.create_default_context(cadata=ca_pem)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    with tempfile.TemporaryDirectory(prefix="wrenn-mtls-") as tmp:
+        path = Path(tmp) / "client.pem"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(cert.cert_pem + cert.key_pem)
+        context.load_cert_chain(path)
+    return context

@@ -19,6 +19,7 @@ from ._ca import CertificateAuthority
 from ._errors import ApiError
 from ._hosts import register_local
 from ._monitor import HostMonitor
+from ._proxy import TrafficProxy
 from ._security import Tokens, load_or_create_secret
 from ._settings import Settings
 from .db import make_engine, migrate, sessions
@@ -121,4 +122,5 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     app.include_router(hosts_routes.router)
     app.include_router(teams.router)
+    app.add_middleware(TrafficProxy, state=app.state)  # `{port}-{capsule_id}.{domain}` traffic
     return app

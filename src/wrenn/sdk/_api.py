@@ -137,7 +137,11 @@ def capsule_path(capsule_id: str, rest: str = "") -> str:
 
 
 def create_capsule(
-    template: str | None, vcpus: int | None, memory_mb: int | None, timeout: int | None
+    template: str | None,
+    vcpus: int | None,
+    memory_mb: int | None,
+    timeout: int | None,
+    allow_public_traffic: bool | None = None,
 ) -> Call[CapsuleInfo]:
     body: dict[str, Any] = {}
     for key, value in (("template", template), ("vcpus", vcpus), ("memory_mb", memory_mb)):
@@ -145,6 +149,8 @@ def create_capsule(
             body[key] = value
     if timeout is not None:
         body["timeout_sec"] = timeout
+    if allow_public_traffic is not None:
+        body["allow_public_traffic"] = allow_public_traffic
     return Call("POST", "/v1/capsules", _capsule, json=body, timeout=_config.CREATE_TIMEOUT)
 
 

@@ -76,6 +76,7 @@ class Capsule:
         timeout: int | None = None,
         *,
         wait: bool = False,
+        allow_public_traffic: bool | None = None,
         api_key: str | None = None,
         base_url: str | None = None,
         _info: CapsuleInfo | None = None,
@@ -83,12 +84,14 @@ class Capsule:
     ) -> None:
         """Create and boot a capsule from `template` with `vcpus` and `memory_mb`. `timeout` is the
         inactivity TTL in seconds after which the server pauses it (None: the server's default, 0:
-        never). With `wait=True`, return only once it is `running`."""
+        never). With `wait=True`, return only once it is `running`. `allow_public_traffic=False`: its
+        ports (`get_url`) answer only requests carrying `info.traffic_access_token`."""
         self._config = _config or Config.resolve(api_key, base_url)
         self._http = httpx.Client(**self._config.client_kwargs())
         if _info is None:
             try:
-                _info = run_sync(self._http, _api.create_capsule(template, vcpus, memory_mb, timeout))
+                call = _api.create_capsule(template, vcpus, memory_mb, timeout, allow_public_traffic)
+                _info = run_sync(self._http, call)
             except BaseException:
                 self._http.close()
                 raise
@@ -118,11 +121,15 @@ class Capsule:
         timeout: int | None = None,
         *,
         wait: bool = False,
+        allow_public_traffic: bool | None = None,
         api_key: str | None = None,
         base_url: str | None = None,
     ) -> Capsule:
         """Same as `Capsule(...)`."""
-        return cls(template, vcpus, memory_mb, timeout, wait=wait, api_key=api_key, base_url=base_url)
+        return cls(
+            template, vcpus, memory_mb, timeout, wait=wait, allow_public_traffic=allow_public_traffic,
+            api_key=api_key, base_url=base_url,
+        )  # fmt: skip
 
     @classmethod
     def connect(cls, capsule_id: str, *, api_key: str | None = None, base_url: str | None = None) -> Capsule:
@@ -298,13 +305,15 @@ class AsyncCapsule:
         timeout: int | None = None,
         *,
         wait: bool = False,
+        allow_public_traffic: bool | None = None,
         api_key: str | None = None,
         base_url: str | None = None,
     ) -> AsyncCapsule:
         """See `Capsule.__init__`."""
         config = Config.resolve(api_key, base_url)
+        call = _api.create_capsule(template, vcpus, memory_mb, timeout, allow_public_traffic)
         async with httpx.AsyncClient(**config.client_kwargs()) as client:
-            info = await run_async(client, _api.create_capsule(template, vcpus, memory_mb, timeout))
+            info = await run_async(client, call)
         capsule = cls(_info=info, _config=config)
         if wait:
             await capsule.wait_ready()

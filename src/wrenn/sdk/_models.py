@@ -81,6 +81,9 @@ class CapsuleInfo:
     last_active_at: datetime | None = None
     last_updated: datetime | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Set when created with `allow_public_traffic=False`: send it as `X-Traffic-Access-Token` to reach
+    #: the capsule's ports through the proxy.
+    traffic_access_token: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CapsuleInfo:
@@ -98,6 +101,7 @@ class CapsuleInfo:
             last_active_at=_dt(data.get("last_active_at")),
             last_updated=_dt(data.get("last_updated")),
             metadata=dict(data.get("metadata") or {}),
+            traffic_access_token=data.get("traffic_access_token") or None,
         )
 
 

@@ -127,6 +127,8 @@ class Capsule(Base):
     timeout_sec: Mapped[int] = mapped_column(Integer, default=0)
     host_ip: Mapped[str] = mapped_column(String(64), default="")
     envd_token: Mapped[str] = mapped_column(String(128), default="")
+    #: Set when created with `allow_public_traffic=false`: the traffic proxy then requires it.
+    traffic_access_token: Mapped[str | None] = mapped_column(String(64), default=None)
     error: Mapped[str] = mapped_column(String(4000), default="")
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

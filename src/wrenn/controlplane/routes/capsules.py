@@ -48,6 +48,8 @@ class CapsuleCreate(BaseModel):
     memory_mb: int = Field(default=512, ge=128, le=65536)
     timeout_sec: int = Field(default=0, ge=0, le=30 * 24 * 3600)
     disk_size_mb: int = Field(default=5120, ge=1024, le=512 * 1024)
+    #: False: the traffic proxy requires the capsule's `traffic_access_token` on every request.
+    allow_public_traffic: bool = True
 
 
 class CapsuleOut(BaseModel):
@@ -64,6 +66,7 @@ class CapsuleOut(BaseModel):
     last_active_at: datetime | None
     last_updated: datetime
     metadata: dict[str, Any]
+    traffic_access_token: str | None = None
 
 
 class ExecBody(BaseModel):
@@ -96,6 +99,7 @@ def _out(c: Capsule) -> CapsuleOut:
         last_active_at=c.last_active_at,
         last_updated=c.last_updated,
         metadata=c.metadata_,
+        traffic_access_token=c.traffic_access_token,
     )
 
 
@@ -138,6 +142,7 @@ async def create_capsule(body: CapsuleCreate, request: Request, caller: Caller, 
         timeout_sec=body.timeout_sec,
         disk_size_mb=body.disk_size_mb,
         envd_token=secrets.token_urlsafe(32),
+        traffic_access_token=None if body.allow_public_traffic else secrets.token_hex(32),
         status="pending",
     )
     session.add(capsule)

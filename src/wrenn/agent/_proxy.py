@@ -1,0 +1,108 @@
+"""`/proxy/{sandbox_id}/{port}/{path}`: HTTP and WebSocket traffic to a port inside a sandbox, reached at
+its host IP. The control plane forwards `{port}-{id}.{domain}` here. Proxied traffic is activity: it
+resumes a paused sandbox and keeps the idle timer from firing while a request or socket is open."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import posixpath
+from collections.abc import AsyncIterator
+
+import httpx
+
+from wrenn._asgiproxy import ASGIApp, Receive, Scope, Send, Unreachable, forward, send_error
+
+from ._manager import SANDBOX_ID, SandboxError, SandboxManager
+from ._sandbox import Sandbox
+
+log = logging.getLogger("wrenn.agent.proxy")
+
+PREFIX = "/proxy/"
+ENVD_PORT = 49983
+#: envd routes that belong to the host agent alone (they set the access token, or freeze connections).
+HOST_ONLY_ENVD_PATHS = frozenset({"/init", "/snapshot/prepare"})
+#: While a proxied request or socket is open, the sandbox is marked active this often.
+TOUCH_INTERVAL_S = 5.0
+_STATUS = {
+    "not_found": (404, "not_found"),
+    "failed_precondition": (409, "invalid_state"),
+    "invalid_argument": (400, "invalid_request"),
+    "unavailable": (503, "unavailable"),
+    "resource_exhausted": (503, "resource_exhausted"),
+    "data_loss": (500, "snapshot_unusable"),
+}
+
+
+@contextlib.asynccontextmanager
+async def _active(sandbox: Sandbox) -> AsyncIterator[None]:
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(TOUCH_INTERVAL_S)
+            sandbox.touch()
+
+    task = asyncio.create_task(tick())
+    try:
+        yield
+    finally:
+        task.cancel()
+        sandbox.touch()
+
+
+class ProxyApp:
+    """The ASGI app behind `/proxy/`; `client` is the agent's one upstream client."""
+
+    def __init__(self, manager: SandboxManager, client: httpx.AsyncClient) -> None:
+        self.manager = manager
+        self.client = client
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        parts = raw[len(PREFIX) :].split("/", 2)
+        if len(parts) < 2 or not SANDBOX_ID.match(parts[0]):
+            await send_error(scope, send, 404, "not_found", "expected /proxy/{sandbox_id}/{port}/{path}")
+            return
+        sandbox_id, port_text = parts[0], parts[1]
+        port = int(port_text) if port_text.isdigit() and len(port_text) <= 5 else 0
+        if not 0 < port < 65536:
+            await send_error(scope, send, 400, "invalid_request", f"port must be 1-65535, not {port_text!r}")
+            return
+        if port == ENVD_PORT and _envd_path(scope["path"]) in HOST_ONLY_ENVD_PATHS:
+            await send_error(scope, send, 403, "forbidden", "this envd route is reserved for the host agent")
+            return
+        try:
+            sandbox = await self.manager.ensure_running(sandbox_id)
+        except SandboxError as exc:
+            status, code = _STATUS.get(exc.code, (500, "internal"))
+            await send_error(scope, send, status, code, exc.message)
+            return
+        sandbox.touch()
+        query = scope.get("query_string", b"").decode("latin-1")
+        url = f"http://{sandbox.host_ip}:{port}/{parts[2] if len(parts) > 2 else ''}"
+        url += f"?{query}" if query else ""
+        async with _active(sandbox):
+            try:
+                await forward(scope, receive, send, self.client, url)
+            except Unreachable as exc:
+                log.info("port unreachable", extra={"sandbox": sandbox_id, "port": port, "error": str(exc)})
+                message = f"nothing listens on port {port} in capsule {sandbox_id}"
+                await send_error(scope, send, 502, "port_unreachable", message)
+
+
+def _envd_path(path: str) -> str:
+    """The decoded path after `/proxy/{id}/{port}`, as envd's router would see it (`/init/` -> `/init`)."""
+    rest = path[len(PREFIX) :].split("/", 2)
+    return posixpath.normpath("/" + (rest[2].lstrip("/") if len(rest) > 2 else "")).rstrip("/")
+
+
+def with_proxy(api: ASGIApp, proxy: ProxyApp) -> ASGIApp:
+    """`/proxy/...` HTTP and WebSocket requests to `proxy`; everything else (lifespan included) to `api`."""
+
+    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and scope["path"].startswith(PREFIX):
+            await proxy(scope, receive, send)
+        else:
+            await api(scope, receive, send)
+
+    return dispatch

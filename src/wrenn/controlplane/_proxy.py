@@ -1,0 +1,122 @@
+"""The traffic proxy: a request for `{port}-{capsule_id}.{domain}`, or one carrying the E2B SDK's
+`E2b-Sandbox-Id` and `E2b-Sandbox-Port` headers, reaches that port inside the capsule through its host
+agent (`/proxy/{capsule_id}/{port}/{path}`). Every other request goes to the REST app untouched.
+
+It is an ASGI middleware of the FastAPI app, so whoever serves the app serves the proxy too."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.datastructures import State
+
+from wrenn._asgiproxy import ASGIApp, Receive, Scope, Send, Unreachable, forward, send_error
+
+from . import _errors
+from ._agents import AgentPool
+from .db import Capsule, Host, utcnow
+from .routes import capsules
+
+log = logging.getLogger("wrenn.controlplane.proxy")
+
+#: `{port}-{capsule_id}.{anything}`, the port optional after the host.
+_HOST = re.compile(r"^(\d{1,5})-(cl-[0-9a-z]{1,60})\.[^:]+(:\d+)?$")
+_SANDBOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+TOKEN_HEADERS = (b"x-traffic-access-token", b"e2b-traffic-access-token")
+#: A capsule's `last_active_at` is bumped by proxied requests at most this often.
+TOUCH_INTERVAL = timedelta(seconds=5)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    capsule_id: str
+    port: int
+
+
+def target(headers: list[tuple[bytes, bytes]]) -> Target | None:
+    """The capsule port a request is for, from its Host or its E2B headers; None: not proxy traffic."""
+    found = {k.lower(): v.decode("latin-1") for k, v in headers}
+    if m := _HOST.match(found.get(b"host", "").lower()):
+        return Target(m.group(2), int(m.group(1)))
+    capsule_id, port = found.get(b"e2b-sandbox-id", ""), found.get(b"e2b-sandbox-port", "")
+    if _SANDBOX_ID.match(capsule_id) and port.isdigit() and len(port) <= 5:
+        return Target(capsule_id, int(port))
+    return None
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value  # SQLite forgets the zone
+
+
+class TrafficProxy:
+    """The middleware: `state` is the app's, holding `sessions` and `agents` once it has started."""
+
+    def __init__(self, app: ASGIApp, state: State) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = target(scope["headers"]) if scope["type"] in ("http", "websocket") else None
+        if found is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            address = await self._resolve(found, scope["headers"])
+        except _errors.ApiError as exc:
+            await send_error(scope, send, exc.status, exc.code, exc.message)
+            return
+        path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        query = scope.get("query_string", b"").decode("latin-1")
+        url = f"{address}/proxy/{found.capsule_id}/{found.port}{path}" + (f"?{query}" if query else "")
+        agents: AgentPool = self.state.agents
+        try:
+            await forward(scope, receive, send, agents.http_client(address), url)
+        except Unreachable as exc:
+            log.warning("host agent unreachable", extra={"capsule": found.capsule_id, "error": str(exc)})
+            message = f"the host of capsule {found.capsule_id} is unreachable"
+            await send_error(scope, send, 503, "host_unavailable", message)
+
+    async def _resolve(self, found: Target, headers: list[tuple[bytes, bytes]]) -> str:
+        """The address of the capsule's host agent, once the request may go there."""
+        if not 0 < found.port < 65536:
+            raise _errors.bad_request(f"port must be 1-65535, not {found.port}")
+        sessions: async_sessionmaker[AsyncSession] = self.state.sessions
+        async with sessions() as session:
+            capsule = await session.get(Capsule, found.capsule_id)
+            if capsule is None or capsule.status in ("stopped", "error"):
+                raise _errors.not_found(f"capsule {found.capsule_id}")
+            if capsule.traffic_access_token is not None:
+                given = next((v for k, v in headers if k.lower() in TOKEN_HEADERS), b"")
+                if not hmac.compare_digest(given, capsule.traffic_access_token.encode()):
+                    raise _errors.forbidden(f"capsule {capsule.id} needs its X-Traffic-Access-Token")
+            await self._ensure_running(session, capsule)
+            host = await session.get(Host, capsule.host_id) if capsule.host_id else None
+            if host is None or host.status != "online":
+                raise _errors.ApiError(
+                    503, "host_unavailable", f"the host of capsule {capsule.id} is unavailable"
+                )
+            now = utcnow()
+            if capsule.last_active_at is None or now - _as_utc(capsule.last_active_at) > TOUCH_INTERVAL:
+                capsule.last_active_at = now
+                await session.commit()
+            return host.address
+
+    async def _ensure_running(self, session: AsyncSession, capsule: Capsule) -> None:
+        """Raise unless the capsule runs; traffic to a paused capsule resumes it first. (One its host
+        paused at the idle timeout, which the database learns only at the next reconcile, is resumed by
+        the agent's own proxy.)"""
+        if capsule.status == "paused":
+            log.info("traffic resumes a paused capsule", extra={"capsule": capsule.id})
+            await capsules.resume(session, self.state.agents, capsule)
+            return
+        if capsule.status == "missing":
+            raise _errors.ApiError(
+                503, "host_unavailable", f"the host of capsule {capsule.id} is unreachable"
+            )
+        if capsule.status != "running":
+            raise _errors.invalid_state(f"capsule {capsule.id} is {capsule.status}")
