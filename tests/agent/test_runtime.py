@@ -452,6 +452,41 @@ async def test_pause_and_resume_keep_memory_files_and_processes(
     await client.pause_sandbox(pb.PauseSandboxRequest(sandbox_id="sb-p"))  # left paused for the restart
 
 
+async def test_a_template_from_a_paused_sandbox_starts_sandboxes_in_its_state(
+    client: HostAgentServiceClient, agent: AgentProcess
+) -> None:
+    made = await client.create_template(pb.CreateTemplateRequest(sandbox_id="sb-p", name="tpl-counter"))
+    assert made.template is not None and made.template.memory_mb == 256 and made.template.size_bytes > 0
+    assert (await status_of(client, "sb-p")).status == pb.SandboxStatus.PAUSED  # the source stays paused
+    with pytest.raises(ConnectError) as err:
+        await client.create_template(pb.CreateTemplateRequest(sandbox_id="sb-p", name="tpl-counter"))
+    assert err.value.code.name == "ALREADY_EXISTS"
+    # shape comes from the template, whatever the request says
+    created = await asyncio.gather(
+        *(client.create_sandbox(create_request(sid, template="tpl-counter", memory_mb=512), timeout_ms=300_000)
+          for sid in ("sb-t1", "sb-t2"))
+    )  # fmt: skip
+    assert all(r.sandbox.from_snapshot and r.sandbox.memory_mb == 256 for r in created)
+    for sid in ("sb-t1", "sb-t2"):
+        # the template's files and its still-counting process came along
+        out = await run(client, sid, "cat ~/cycle-9; a=$(cat /tmp/count); sleep 0.5; echo $a; cat /tmp/count")
+        nine, earlier, later = out.stdout.decode().split()
+        assert nine == "9" and int(later) > int(earlier) > 0
+    await run(client, "sb-t1", "echo t1 > ~/cycle-9")
+    assert (await run(client, "sb-t2", "cat ~/cycle-9")).stdout == b"9\n"  # each has its own disk
+    with pytest.raises(ConnectError) as err:
+        await client.delete_template(pb.DeleteTemplateRequest(name="tpl-counter"))
+    assert err.value.code.name == "FAILED_PRECONDITION" and "sb-t1" in err.value.message
+    await asyncio.gather(
+        *(client.destroy_sandbox(pb.DestroySandboxRequest(sandbox_id=s)) for s in ("sb-t1", "sb-t2"))
+    )
+    await client.delete_template(pb.DeleteTemplateRequest(name="tpl-counter"))
+    assert not (agent.data_dir / "templates" / "tpl-counter").exists()
+    with pytest.raises(ConnectError) as err:
+        await client.create_sandbox(create_request("sb-t3", template="tpl-counter"))
+    assert err.value.code.name == "NOT_FOUND"
+
+
 async def test_an_idle_sandbox_is_paused_and_resumes(client: HostAgentServiceClient) -> None:
     await client.create_sandbox(create_request("sb-auto", timeout_sec=3), timeout_ms=300_000)
     await run(client, "sb-auto", "echo before > ~/mark")

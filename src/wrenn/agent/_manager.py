@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from ._config import AgentConfig
 from ._envd import EnvdClient, EnvdUnavailable
 from ._metrics import MetricsStore
 from ._sandbox import Sandbox, SandboxParams, Status, load_state
+from ._templates import Template, TemplateError, TemplateStore
 from .network import NetworkExhausted, NetworkManager
 from .vmm import Driver, DriverError, VMSpec, console_tail
 from .vmm._probe import AcceleratorChoice
@@ -63,6 +65,7 @@ class SandboxManager:
         self.network = network
         self.cgroups = cgroups
         self.metrics = MetricsStore()
+        self.templates = TemplateStore(config.data_dir / "templates")
         self.sandboxes: dict[str, Sandbox] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._creating: dict[str, asyncio.Task[Sandbox]] = {}
@@ -72,6 +75,7 @@ class SandboxManager:
 
     async def start(self) -> None:
         self.config.sandboxes_dir.mkdir(parents=True, exist_ok=True)
+        self.templates.cleanup_partial()
         await self.network.start()
         await self.recover()
         self._loops = [asyncio.create_task(self._reaper()), asyncio.create_task(self._sampler())]
@@ -183,10 +187,10 @@ class SandboxManager:
                 raise SandboxError(
                     "failed_precondition", f"sandbox {sandbox_id} is {sandbox.status.value}{detail}"
                 )
-            image = images.find(sandbox.params.template, self.config.data_dir)
+            image = self._image(sandbox.image_name or sandbox.params.template, sandbox.image_version)
             if image is None:
                 raise SandboxError(
-                    "failed_precondition", f"template {sandbox.params.template!r} is gone from this host"
+                    "failed_precondition", f"the image of sandbox {sandbox_id} is gone from this host"
                 )
             self._admit_memory(sandbox.params.memory_mb)
             started = time.monotonic()
@@ -229,6 +233,41 @@ class SandboxManager:
         await self._attach(sandbox, access_token=params.envd_access_token or None)
         await self._init_envd(sandbox)
 
+    # --- templates -----------------------------------------------------------------------------------
+
+    async def create_template(self, sandbox_id: str, name: str) -> Template:
+        """A template from a paused sandbox's snapshot and disk; the sandbox stays paused."""
+        sandbox = self.get(sandbox_id)
+        async with sandbox.lock:
+            if sandbox.status is not Status.PAUSED or sandbox.disk is None:
+                raise SandboxError(
+                    "failed_precondition",
+                    f"sandbox {sandbox_id} is {sandbox.status.value}: a template is made from a paused one",
+                )
+            meta = {
+                **self._snapshot_meta(sandbox),
+                "source": sandbox_id,
+                "envd_access_token": sandbox.params.envd_access_token,  # what its guest's envd expects
+            }
+            try:
+                return await self.templates.create(name, sandbox.snapshot_dir, sandbox.disk, meta)
+            except TemplateError as exc:
+                raise SandboxError(exc.code, exc.message) from None
+            except (OSError, _disk.DiskError) as exc:
+                raise SandboxError("internal", f"cannot make template {name!r}: {exc}") from None
+
+    async def delete_template(self, name: str) -> None:
+        """Delete a template no sandbox depends on (their disks are overlays on its disk)."""
+        users = sorted(s.id for s in self.sandboxes.values() if s.params.template == name)
+        if users:
+            raise SandboxError(
+                "failed_precondition", f"template {name!r} is in use by sandboxes {', '.join(users)}"
+            )
+        try:
+            await asyncio.to_thread(self.templates.delete, name)
+        except TemplateError as exc:
+            raise SandboxError(exc.code, exc.message) from None
+
     async def ensure_running(self, sandbox_id: str) -> Sandbox:
         """The sandbox, running: a paused one is resumed first (traffic and `connect` wake it)."""
         sandbox = self.get(sandbox_id)
@@ -250,7 +289,7 @@ class SandboxManager:
             raise SandboxError("invalid_argument", f"vcpus must be between 1 and {(os.cpu_count() or 1) * 4}")
         if not 128 <= params.memory_mb <= 65536:
             raise SandboxError("invalid_argument", "memory_mb must be between 128 and 65536")
-        image = images.find(params.template, self.config.data_dir)
+        image = self._image(params.template)
         if image is None:
             raise SandboxError(
                 "not_found",
@@ -258,6 +297,18 @@ class SandboxManager:
             )
         self._admit_memory(params.memory_mb)
         return image
+
+    def _image(self, template: str, version: str = "") -> images.Image | None:
+        """The base image behind `template` (for a snapshot template: the one its guest booted from),
+        in `version` when that is still on disk, else the current one."""
+        snapshot = self.templates.get(template)
+        if snapshot is not None:
+            template, version = snapshot.image, snapshot.image_version
+        if version:
+            exact = images.Image.load(self.config.data_dir / "images" / template / version)
+            if exact is not None:
+                return exact
+        return images.find(template, self.config.data_dir)
 
     def _admit_memory(self, memory_mb: int) -> None:
         available_mb = psutil.virtual_memory().available >> 20
@@ -283,10 +334,19 @@ class SandboxManager:
         return self.config.memory_dir / f"{self.config.name_prefix}-{sandbox.id}.mem"
 
     async def create(self, params: SandboxParams) -> Sandbox:
+        template = self.templates.get(params.template)
+        if template is not None:  # its shape is its snapshot's
+            params = dataclasses.replace(
+                params, vcpus=template.vcpus, memory_mb=template.memory_mb, disk_size_mb=template.disk_size_mb
+            )
         image = self._validate(params)
         workdir = self.config.sandboxes_dir / params.sandbox_id
         sandbox = Sandbox(
-            params=params, workdir=workdir, image_version=image.version, kernel_version=image.kernel_version
+            params=params,
+            workdir=workdir,
+            image_name=image.template,
+            image_version=image.version,
+            kernel_version=image.kernel_version,
         )
         self.sandboxes[sandbox.id] = sandbox
         task = asyncio.create_task(self._boot(sandbox, image))
@@ -310,9 +370,13 @@ class SandboxManager:
             except NetworkExhausted as exc:
                 raise SandboxError("resource_exhausted", str(exc)) from None
             sandbox.network = await self.network.setup(sandbox.slot, allow_internet=params.allow_internet)
+            template = self.templates.get(params.template)
             ready = self._ready_dir(params, image)
-            if ready is not None and (ready / "vmstate").is_file():
-                await self._start_from_ready(sandbox, image, ready)
+            if template is not None:  # its guest's envd still holds the source sandbox's token
+                token = str(template.meta.get("envd_access_token") or "") or None
+                await self._start_from_snapshot(sandbox, image, template.directory, token)
+            elif ready is not None and (ready / "vmstate").is_file():
+                await self._start_from_snapshot(sandbox, image, ready)
             else:
                 await self._start_cold(sandbox, image, ready)
             await self._init_envd(sandbox)
@@ -356,16 +420,19 @@ class SandboxManager:
         if ready is not None:
             await self._checkpoint_ready(sandbox, ready)
 
-    async def _start_from_ready(self, sandbox: Sandbox, image: images.Image, ready: Path) -> None:
-        """Restore the shape's ready snapshot: its disk under a new overlay, its memory mapped
+    async def _start_from_snapshot(
+        self, sandbox: Sandbox, image: images.Image, snapshot: Path, access_token: str | None = None
+    ) -> None:
+        """Restore a ready snapshot or a template: its disk under a new overlay, its memory mapped
         copy-on-write (shared with every sibling until written), its device state loaded."""
         sandbox.disk = await _disk.create_overlay(
-            ready / "rootfs.qcow2", sandbox.workdir / "rootfs.qcow2", sandbox.params.disk_size_mb, "qcow2"
+            snapshot / "rootfs.qcow2", sandbox.workdir / "rootfs.qcow2", sandbox.params.disk_size_mb, "qcow2"
         )
-        sandbox.memory_source = ready / "memory"
-        sandbox.vm = await self.driver.restore(self._spec(sandbox, image), ready)
+        memory = snapshot / "memory"  # absent when the RAM travels inside vmstate (a clone's pause)
+        sandbox.memory_source = memory if memory.is_file() else None
+        sandbox.vm = await self.driver.restore(self._spec(sandbox, image), snapshot)
         sandbox.from_snapshot = True
-        await self._attach(sandbox, access_token=None)
+        await self._attach(sandbox, access_token=access_token)
 
     async def _attach(self, sandbox: Sandbox, access_token: str | None) -> None:
         """Put a started VMM in its cgroup, watch it, and wait until its envd answers."""
@@ -436,6 +503,7 @@ class SandboxManager:
             "memory_mb": sandbox.params.memory_mb,
             "disk_size_mb": sandbox.params.disk_size_mb,
             "template": sandbox.params.template,
+            "image": sandbox.image_name,
             "image_version": sandbox.image_version,
             "accelerator": self.accelerator.accelerator.value,
             "created_at": time.time(),
@@ -631,7 +699,9 @@ class SandboxManager:
         if not isinstance(pid, int):
             pid = None
         alive = pid is not None and _is_vmm_of(pid, params.sandbox_id)
-        image = images.find(params.template, self.config.data_dir)
+        image = self._image(
+            str(state.get("image_name") or params.template), str(state.get("image_version", ""))
+        )
         if (
             pid is None
             or not alive
@@ -647,6 +717,7 @@ class SandboxManager:
         sandbox = Sandbox(params=params, workdir=workdir, status=Status.RUNNING)
         sandbox.created_at = float(state.get("created_at", time.time()))
         sandbox.last_active_at = float(state.get("last_active_at", time.time()))
+        sandbox.image_name = str(state.get("image_name") or params.template)
         sandbox.image_version = str(state.get("image_version", ""))
         sandbox.kernel_version = str(state.get("kernel_version", ""))
         sandbox.slot = slot
@@ -673,6 +744,7 @@ class SandboxManager:
         sandbox = Sandbox(params=params, workdir=workdir, status=Status(state["status"]))
         sandbox.created_at = float(state.get("created_at", time.time()))
         sandbox.last_active_at = float(state.get("last_active_at", time.time()))
+        sandbox.image_name = str(state.get("image_name") or params.template)
         sandbox.image_version = str(state.get("image_version", ""))
         sandbox.kernel_version = str(state.get("kernel_version", ""))
         sandbox.disk = Path(state["disk"])

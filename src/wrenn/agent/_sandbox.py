@@ -51,6 +51,8 @@ class Sandbox:
     created_at: float = field(default_factory=time.time)
     last_active_at: float = field(default_factory=time.time)
     error: str = ""
+    #: The base image (template name and version) the guest was booted from, maybe long ago.
+    image_name: str = ""
     image_version: str = ""
     kernel_version: str = ""
     slot: int | None = None
@@ -95,6 +97,7 @@ class Sandbox:
             "status": self.status.value,
             "created_at": self.created_at,
             "last_active_at": self.last_active_at,
+            "image_name": self.image_name,
             "image_version": self.image_version,
             "kernel_version": self.kernel_version,
             "slot": self.slot,
@@ -107,6 +110,7 @@ class Sandbox:
         }
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
+        tmp.chmod(0o600)  # it holds the envd access token
         tmp.replace(self.state_file)
 
 

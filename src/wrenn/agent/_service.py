@@ -249,6 +249,28 @@ class AgentService(HostAgentService):
     ) -> pb.ResumeSandboxResponse:
         return pb.ResumeSandboxResponse(sandbox=self._info(await _call(self.m.resume(request.sandbox_id))))
 
+    async def create_template(
+        self, request: pb.CreateTemplateRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.CreateTemplateResponse:
+        t = await _call(self.m.create_template(request.sandbox_id, request.name))
+        return pb.CreateTemplateResponse(
+            template=pb.TemplateInfo(
+                name=t.name,
+                vcpus=t.vcpus,
+                memory_mb=t.memory_mb,
+                disk_size_mb=t.disk_size_mb,
+                size_bytes=t.size_bytes(),
+                image=t.image,
+                created_at=_ts(t.created_at),
+            )
+        )
+
+    async def delete_template(
+        self, request: pb.DeleteTemplateRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.DeleteTemplateResponse:
+        await _call(self.m.delete_template(request.name))
+        return pb.DeleteTemplateResponse()
+
     async def list_sandboxes(
         self, request: pb.ListSandboxesRequest, ctx: RequestContext[Any, Any]
     ) -> pb.ListSandboxesResponse:

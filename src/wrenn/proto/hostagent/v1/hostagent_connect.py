@@ -16,7 +16,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from protobuf import DescService
 
 from . import hostagent_pb
-from .hostagent_pb import ConnectProcessRequest, ConnectProcessResponse, CreateSandboxRequest, CreateSandboxResponse, DestroySandboxRequest, DestroySandboxResponse, ExecRequest, ExecResponse, ExecStreamRequest, ExecStreamResponse, GetHostInfoRequest, GetHostInfoResponse, GetSandboxMetricsRequest, GetSandboxMetricsResponse, GetSandboxRequest, GetSandboxResponse, KillProcessRequest, KillProcessResponse, ListDirRequest, ListDirResponse, ListProcessesRequest, ListProcessesResponse, ListSandboxesRequest, ListSandboxesResponse, MakeDirRequest, MakeDirResponse, PauseSandboxRequest, PauseSandboxResponse, PingSandboxRequest, PingSandboxResponse, PtyAttachRequest, PtyAttachResponse, PtyKillRequest, PtyKillResponse, PtyResizeRequest, PtyResizeResponse, PtySendInputRequest, PtySendInputResponse, ReadFileRequest, ReadFileResponse, ReadFileStreamRequest, ReadFileStreamResponse, RemovePathRequest, RemovePathResponse, ResumeSandboxRequest, ResumeSandboxResponse, StartBackgroundRequest, StartBackgroundResponse, StatRequest, StatResponse, TerminateRequest, TerminateResponse, WatchDirRequest, WatchDirResponse, WriteFileRequest, WriteFileResponse, WriteFileStreamRequest, WriteFileStreamResponse
+from .hostagent_pb import ConnectProcessRequest, ConnectProcessResponse, CreateSandboxRequest, CreateSandboxResponse, CreateTemplateRequest, CreateTemplateResponse, DeleteTemplateRequest, DeleteTemplateResponse, DestroySandboxRequest, DestroySandboxResponse, ExecRequest, ExecResponse, ExecStreamRequest, ExecStreamResponse, GetHostInfoRequest, GetHostInfoResponse, GetSandboxMetricsRequest, GetSandboxMetricsResponse, GetSandboxRequest, GetSandboxResponse, KillProcessRequest, KillProcessResponse, ListDirRequest, ListDirResponse, ListProcessesRequest, ListProcessesResponse, ListSandboxesRequest, ListSandboxesResponse, MakeDirRequest, MakeDirResponse, PauseSandboxRequest, PauseSandboxResponse, PingSandboxRequest, PingSandboxResponse, PtyAttachRequest, PtyAttachResponse, PtyKillRequest, PtyKillResponse, PtyResizeRequest, PtyResizeResponse, PtySendInputRequest, PtySendInputResponse, ReadFileRequest, ReadFileResponse, ReadFileStreamRequest, ReadFileStreamResponse, RemovePathRequest, RemovePathResponse, ResumeSandboxRequest, ResumeSandboxResponse, StartBackgroundRequest, StartBackgroundResponse, StatRequest, StatResponse, TerminateRequest, TerminateResponse, WatchDirRequest, WatchDirResponse, WriteFileRequest, WriteFileResponse, WriteFileStreamRequest, WriteFileStreamResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -53,6 +53,19 @@ class HostAgentService(Protocol):
     async def resume_sandbox(self, request: ResumeSandboxRequest, ctx: RequestContext[ResumeSandboxRequest, ResumeSandboxResponse], /) -> ResumeSandboxResponse:
         """
         Restore a paused sandbox into a new VMM and re-initialise envd (clock, token, env).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def create_template(self, request: CreateTemplateRequest, ctx: RequestContext[CreateTemplateRequest, CreateTemplateResponse], /) -> CreateTemplateResponse:
+        """
+        A template from a paused sandbox (its memory, devices and disk); sandboxes created with the
+        template's name start from that state. The sandbox stays paused.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def delete_template(self, request: DeleteTemplateRequest, ctx: RequestContext[DeleteTemplateRequest, DeleteTemplateResponse], /) -> DeleteTemplateResponse:
+        """
+        Delete a template no sandbox of this host depends on.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -263,6 +276,26 @@ class HostAgentServiceASGIApplication(ConnectASGIApplication[HostAgentService]):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=svc.resume_sandbox,
+                ),
+                "/hostagent.v1.HostAgentService/CreateTemplate": Endpoint.unary(
+                    method=MethodInfo(
+                        name="CreateTemplate",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=CreateTemplateRequest,
+                        output=CreateTemplateResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.create_template,
+                ),
+                "/hostagent.v1.HostAgentService/DeleteTemplate": Endpoint.unary(
+                    method=MethodInfo(
+                        name="DeleteTemplate",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=DeleteTemplateRequest,
+                        output=DeleteTemplateResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.delete_template,
                 ),
                 "/hostagent.v1.HostAgentService/ListSandboxes": Endpoint.unary(
                     method=MethodInfo(
@@ -618,6 +651,53 @@ class HostAgentServiceClient(ConnectClient):
                 service_name="hostagent.v1.HostAgentService",
                 input=ResumeSandboxRequest,
                 output=ResumeSandboxResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    async def create_template(
+        self,
+        request: CreateTemplateRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> CreateTemplateResponse:
+        """
+        A template from a paused sandbox (its memory, devices and disk); sandboxes created with the
+        template's name start from that state. The sandbox stays paused.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CreateTemplate",
+                service_name="hostagent.v1.HostAgentService",
+                input=CreateTemplateRequest,
+                output=CreateTemplateResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    async def delete_template(
+        self,
+        request: DeleteTemplateRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> DeleteTemplateResponse:
+        """
+        Delete a template no sandbox of this host depends on.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="DeleteTemplate",
+                service_name="hostagent.v1.HostAgentService",
+                input=DeleteTemplateRequest,
+                output=DeleteTemplateResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,
@@ -1228,6 +1308,19 @@ class HostAgentServiceSync(Protocol):
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
+    def create_template(self, request: CreateTemplateRequest, ctx: RequestContext[CreateTemplateRequest, CreateTemplateResponse], /) -> CreateTemplateResponse:
+        """
+        A template from a paused sandbox (its memory, devices and disk); sandboxes created with the
+        template's name start from that state. The sandbox stays paused.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def delete_template(self, request: DeleteTemplateRequest, ctx: RequestContext[DeleteTemplateRequest, DeleteTemplateResponse], /) -> DeleteTemplateResponse:
+        """
+        Delete a template no sandbox of this host depends on.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
     def list_sandboxes(self, request: ListSandboxesRequest, ctx: RequestContext[ListSandboxesRequest, ListSandboxesResponse], /) -> ListSandboxesResponse:
         """
         Every sandbox this agent holds, in any status.
@@ -1433,6 +1526,26 @@ class HostAgentServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=service.resume_sandbox,
+                ),
+                "/hostagent.v1.HostAgentService/CreateTemplate": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="CreateTemplate",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=CreateTemplateRequest,
+                        output=CreateTemplateResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.create_template,
+                ),
+                "/hostagent.v1.HostAgentService/DeleteTemplate": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="DeleteTemplate",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=DeleteTemplateRequest,
+                        output=DeleteTemplateResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.delete_template,
                 ),
                 "/hostagent.v1.HostAgentService/ListSandboxes": EndpointSync.unary(
                     method=MethodInfo(
@@ -1785,6 +1898,51 @@ class HostAgentServiceClientSync(ConnectClientSync):
                 service_name="hostagent.v1.HostAgentService",
                 input=ResumeSandboxRequest,
                 output=ResumeSandboxResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def create_template(
+        self,
+        request: CreateTemplateRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> CreateTemplateResponse:
+        """
+        A template from a paused sandbox (its memory, devices and disk); sandboxes created with the
+        template's name start from that state. The sandbox stays paused.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CreateTemplate",
+                service_name="hostagent.v1.HostAgentService",
+                input=CreateTemplateRequest,
+                output=CreateTemplateResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def delete_template(
+        self,
+        request: DeleteTemplateRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> DeleteTemplateResponse:
+        """
+        Delete a template no sandbox of this host depends on.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="DeleteTemplate",
+                service_name="hostagent.v1.HostAgentService",
+                input=DeleteTemplateRequest,
+                output=DeleteTemplateResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,

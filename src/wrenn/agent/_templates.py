@@ -1,0 +1,129 @@
+"""Templates made from snapshots: a paused sandbox's memory, devices and disk, kept to start new sandboxes
+from. `templates/<name>/` holds `vmstate`, `memory` (when the RAM was a file), `rootfs.qcow2` (a copy of
+the sandbox's overlay, still backed by its base image) and `meta.json`.
+
+`vmstate` and `memory` are hard links to the paused sandbox's snapshot files: a snapshot's files are never
+written again once complete (the next pause writes a new directory), so sharing them costs nothing. The
+disk is copied, since the sandbox writes on to its own once resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import _disk
+
+log = logging.getLogger("wrenn.agent.templates")
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+class TemplateError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    name: str
+    directory: Path
+    meta: dict[str, Any]
+
+    @property
+    def vcpus(self) -> int:
+        return int(self.meta["vcpus"])
+
+    @property
+    def memory_mb(self) -> int:
+        return int(self.meta["memory_mb"])
+
+    @property
+    def disk_size_mb(self) -> int:
+        return int(self.meta["disk_size_mb"])
+
+    @property
+    def image(self) -> str:
+        """The base image the snapshot's guest was booted from, and its version."""
+        return str(self.meta["image"])
+
+    @property
+    def image_version(self) -> str:
+        return str(self.meta["image_version"])
+
+    @property
+    def created_at(self) -> float:
+        return float(self.meta.get("created_at", 0))
+
+    def size_bytes(self) -> int:
+        return sum(_disk.allocated_bytes(f) for f in self.directory.iterdir() if f.is_file())
+
+
+class TemplateStore:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def get(self, name: str) -> Template | None:
+        if not NAME.match(name):
+            return None
+        path = self.directory / name
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return Template(name, path, meta) if isinstance(meta, dict) else None
+
+    async def create(self, name: str, snapshot: Path, disk: Path, meta: dict[str, Any]) -> Template:
+        """A template from a complete pause snapshot and the sandbox's disk (not written meanwhile)."""
+        if not NAME.match(name):
+            raise TemplateError("invalid_argument", "a template name is 1-64 characters of [a-z0-9._-]")
+        final = self.directory / name
+        if final.exists():
+            raise TemplateError("already_exists", f"template {name!r} already exists on this host")
+        partial = self.directory / f".{name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        started = time.monotonic()
+        try:
+            for item in ("vmstate", "memory"):
+                if (snapshot / item).is_file():
+                    os.link(snapshot / item, partial / item)
+            await _disk.copy_sparse(disk, partial / "rootfs.qcow2")
+            (partial / "meta.json").write_text(json.dumps({**meta, "kind": "template"}, indent=1))
+            (partial / "meta.json").chmod(0o600)  # it holds the guest's envd token
+            partial.rename(final)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        template = Template(name, final, {**meta, "kind": "template"})
+        log.info(
+            "template created",
+            extra={
+                "template": name,
+                "bytes": template.size_bytes(),
+                "ms": round((time.monotonic() - started) * 1000, 1),
+            },
+        )
+        return template
+
+    def delete(self, name: str) -> None:
+        template = self.get(name)
+        if template is None:
+            raise TemplateError("not_found", f"template {name!r} not found on this host")
+        shutil.rmtree(template.directory)
+        log.info("template deleted", extra={"template": name})
+
+    def cleanup_partial(self) -> None:
+        """Remove what a crash during a create left."""
+        if self.directory.is_dir():
+            for path in self.directory.glob(".*.partial"):
+                shutil.rmtree(path, ignore_errors=True)
