@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wrenn.controlplane._ids import new_id
-from wrenn.controlplane.db import Base, Capsule, Host, User
+from wrenn.controlplane.db import Base, Capsule, Host, Template, User
 
 _T = TypeVar("_T")
 
@@ -76,6 +76,28 @@ def insert_capsule(api: TestClient, team_id: str, status: str = "running", host:
 
     run(api, add)
     return capsule_id
+
+
+def insert_template(api: TestClient, team_id: str, name: str, host: str | None = None) -> str:
+    """A template row of the team (its files would be on `host`)."""
+    template_id = new_id("tpl")
+
+    async def add(session: AsyncSession) -> None:
+        session.add(
+            Template(
+                id=template_id,
+                team_id=team_id,
+                name=name,
+                host_id=host,
+                vcpus=1,
+                memory_mb=512,
+                disk_size_mb=5120,
+                source_capsule_id="",
+            )
+        )
+
+    run(api, add)
+    return name
 
 
 def capsule_status(api: TestClient, capsule_id: str) -> str:

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from wrenn.controlplane import Settings
 
-from ._db import insert_capsule, insert_host, snapshot
+from ._db import insert_capsule, insert_host, insert_template, snapshot
 from .test_accounts import auth, signup
 
 #: Path parameters that do not name a team's resource, with the value to send.
@@ -50,6 +50,7 @@ class Team:
         self.key_id, self.key = created.json()["id"], {"X-API-Key": created.json()["key"]}
         self.host_id = insert_host(api, team_id=self.team_id)  # a BYOC host of the team
         self.capsule_id = insert_capsule(api, self.team_id, status="running", host=self.host_id)
+        self.template = insert_template(api, self.team_id, f"tpl-{email.split('@')[0]}", host=self.host_id)
         mate = signup(api, f"mate.{email}")
         added = api.post(f"/v1/teams/{self.team_id}/members", json={"email": mate["email"]}, headers=self.jwt)
         assert added.status_code == 201, added.text
@@ -64,6 +65,7 @@ class Team:
             "user_id": [self.user_id, self.mate_id],
             "uid": [self.user_id, self.mate_id],
             "host_id": [self.host_id],
+            "name": [self.template],  # a template's name (team-scoped)
         }
 
     def secrets(self) -> list[str]:

@@ -1,8 +1,7 @@
 """The SDK against the real control plane, host agent and VMs: every public method once.
 
 `wrenn_server` (tests/conftest.py, provided with the control plane) yields `(base_url, api_key)` of a
-running control plane with a host agent. Tests whose route the control plane does not serve yet are
-skipped by name; until the fixture exists the whole module is skipped.
+running control plane with a host agent.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the 
 if not hasattr(_root_conftest, "wrenn_server"):
     pytestmark.append(pytest.mark.skip(reason="the wrenn_server fixture comes with the control plane"))
 
-NOT_BUILT = pytest.mark.skip(reason="control plane route not built yet")
 MEMORY = 256
 
 
@@ -110,19 +108,56 @@ def test_pause_resume_and_connect_resumes(capsule: Capsule, server: tuple[str, s
     again.close()
 
 
-@NOT_BUILT
 def test_create_snapshot_and_boot_from_it(server: tuple[str, str]) -> None:
     base_url, api_key = server
+    auth = {"api_key": api_key, "base_url": base_url}
     name = f"sdk-snap-{os.getpid()}"
-    with Capsule(memory_mb=MEMORY, api_key=api_key, base_url=base_url) as c:
+    with Capsule(memory_mb=MEMORY, wait=True, **auth) as c:
         c.files.write("/root/snap.txt", "from the snapshot")
+        c.commands.run("sleep 900", background=True, tag="snap-sleeper")
         template = c.create_snapshot(name)
-        assert template.name == name
+        assert template.name == name and template.memory_mb == MEMORY
         assert c.get_info().status == "paused"  # left paused
         with pytest.raises(WrennConflictError):
             c.create_snapshot(name)
-    with Capsule(template=name, memory_mb=MEMORY, api_key=api_key, base_url=base_url) as child:
-        assert child.files.read("/root/snap.txt") == "from the snapshot"
+        assert name in [t.name for t in Capsule.list_snapshots(**auth)]
+        with Capsule(template=name, memory_mb=MEMORY, wait=True, **auth) as child:
+            assert child.files.read("/root/snap.txt") == "from the snapshot"
+            # the template's memory came along: its process runs in the child
+            assert "snap-sleeper" in [p.tag for p in child.commands.list()]
+            with pytest.raises(WrennConflictError):  # the child stands on it
+                Capsule.delete_snapshot(name, **auth)
+    Capsule.delete_snapshot(name, **auth)
+    assert name not in [t.name for t in Capsule.list_snapshots(**auth)]
+    with pytest.raises(WrennNotFoundError):
+        Capsule.delete_snapshot(name, **auth)
+
+
+def test_fork_a_live_capsule(server: tuple[str, str]) -> None:
+    base_url, api_key = server
+    with Capsule(memory_mb=MEMORY, wait=True, api_key=api_key, base_url=base_url) as parent:
+        parent.files.write("/root/fork.txt", "parent")
+        parent.commands.run("sleep 900", background=True, tag="fork-sleeper")
+        forks = parent.fork(count=2)
+        try:
+            assert len(forks) == 2 and parent.get_info().status == "running"  # the parent runs on
+            for fork in forks:
+                assert fork.info.status == "running" and fork.capsule_id != parent.capsule_id
+                assert fork.files.read("/root/fork.txt") == "parent"
+                assert "fork-sleeper" in [p.tag for p in fork.commands.list()]
+            forks[0].files.write("/root/fork.txt", "first fork")
+            assert forks[1].files.read("/root/fork.txt") == "parent"  # each has its own disk
+            assert parent.files.read("/root/fork.txt") == "parent"
+            numbers = {f.commands.run("head -c 16 /dev/urandom | od -An -tx1").stdout for f in forks}
+            assert len(numbers) == 2
+        finally:
+            for fork in forks:
+                fork.destroy()
+                fork.close()
+    fork_templates = [t.name for t in Capsule.list_snapshots(api_key=api_key, base_url=base_url)]
+    for name in fork_templates:
+        if name.startswith(f"fork-{parent.capsule_id}-"):
+            Capsule.delete_snapshot(name, api_key=api_key, base_url=base_url)
 
 
 # --- commands -------------------------------------------------------------------------------------

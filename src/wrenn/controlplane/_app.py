@@ -23,7 +23,7 @@ from ._proxy import TrafficProxy
 from ._security import Tokens, load_or_create_secret
 from ._settings import Settings
 from .db import make_engine, migrate, sessions
-from .routes import auth, capsules, keys, streams, teams
+from .routes import auth, capsules, keys, snapshots, streams, teams
 from .routes import hosts as hosts_routes
 
 log = logging.getLogger("wrenn.controlplane")
@@ -118,7 +118,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    for module in (auth, keys, capsules, streams):
+    for module in (auth, keys, capsules, snapshots, streams):
         app.include_router(module.router)
     app.include_router(hosts_routes.router)
     app.include_router(teams.router)

@@ -192,6 +192,24 @@ def create_snapshot(capsule_id: str, name: str | None, overwrite: bool) -> Call[
     )
 
 
+def fork_capsule(capsule_id: str, count: int) -> Call[list[CapsuleInfo]]:
+    return Call(
+        "POST",
+        capsule_path(capsule_id, "/fork"),
+        lambda r: [CapsuleInfo.from_json(c) for c in _json_list(r)],
+        json={"count": count},
+        timeout=_config.CREATE_TIMEOUT,
+    )
+
+
+def list_snapshots() -> Call[list[Template]]:
+    return Call("GET", "/v1/snapshots", lambda r: [Template.from_json(t) for t in _json_list(r)])
+
+
+def delete_snapshot(name: str) -> Call[None]:
+    return Call("DELETE", f"/v1/snapshots/{quote(name, safe='')}", _empty)
+
+
 def connect_op(capsule_id: str) -> Op[CapsuleInfo]:
     """Fetch a capsule and resume it if it is paused."""
     info = yield from get_capsule(capsule_id)

@@ -215,6 +215,25 @@ class Capsule:
         capsule is left paused. `overwrite=True` replaces a snapshot of the same name."""
         return run_sync(self._http, _api.create_snapshot(self._id, name, overwrite))
 
+    def fork(self, count: int = 1) -> builtins.list[Capsule]:
+        """`count` new capsules (1-10) in this one's state: memory, running processes and files as they
+        are now. This capsule runs on (it is paused for the copy). The forks start from a template named
+        `fork-<id>-...`, which `Capsule.delete_snapshot` removes once they are gone."""
+        infos = run_sync(self._http, _api.fork_capsule(self._id, count))
+        return [Capsule(_info=info, _config=self._config) for info in infos]
+
+    @staticmethod
+    def list_snapshots(*, api_key: str | None = None, base_url: str | None = None) -> builtins.list[Template]:
+        """The base images and the team's templates."""
+        with _client(api_key, base_url) as client:
+            return run_sync(client, _api.list_snapshots())
+
+    @staticmethod
+    def delete_snapshot(name: str, *, api_key: str | None = None, base_url: str | None = None) -> None:
+        """Delete a template of the team (refused while capsules started from it exist)."""
+        with _client(api_key, base_url) as client:
+            run_sync(client, _api.delete_snapshot(name))
+
     def get_url(self, port: int) -> str:
         """The URL of `port` inside the capsule through the control plane's proxy
         (`ws[s]://{port}-{capsule_id}.{host}`)."""
@@ -397,6 +416,11 @@ class AsyncCapsule:
 
     async def create_snapshot(self, name: str | None = None, overwrite: bool = False) -> Template:
         return await run_async(self._http, _api.create_snapshot(self._id, name, overwrite))
+
+    async def fork(self, count: int = 1) -> builtins.list[AsyncCapsule]:
+        """See `Capsule.fork`."""
+        infos = await run_async(self._http, _api.fork_capsule(self._id, count))
+        return [AsyncCapsule(_info=info, _config=self._config) for info in infos]
 
     def get_url(self, port: int) -> str:
         return proxy_url(self._config.base_url, self._id, port)

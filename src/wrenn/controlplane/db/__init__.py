@@ -12,6 +12,7 @@ from ._models import (
     LoginFailure,
     Membership,
     Team,
+    Template,
     User,
     utcnow,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "LoginFailure",
     "Membership",
     "Team",
+    "Template",
     "User",
     "make_engine",
     "migrate",

@@ -26,7 +26,7 @@ from .._agents import AgentPool
 from .._deps import Caller, Db, Principal, audit_fields
 from .._ids import new_id
 from .._scheduler import pick_host
-from ..db import Capsule, Host, utcnow
+from ..db import Capsule, Host, Template, utcnow
 
 router = APIRouter(tags=["capsules"])
 ACTIVE = ("pending", "starting", "running", "paused")
@@ -129,56 +129,106 @@ async def _running(session: AsyncSession, caller: Principal, capsule_id: str) ->
     return capsule, host
 
 
+async def _template(session: AsyncSession, team_id: str, name: str) -> Template | None:
+    found = await session.execute(select(Template).where(Template.team_id == team_id, Template.name == name))
+    return found.scalar_one_or_none()
+
+
+async def _placement(
+    session: AsyncSession, body: CapsuleCreate, team_id: str
+) -> tuple[Host, Template | None]:
+    """Where a capsule goes: a template's capsules go to the host holding its files (and take its
+    shape); others to the least loaded host with room."""
+    template = await _template(session, team_id, body.template)
+    if template is None:
+        return await pick_host(session, body.memory_mb, team_id), None
+    host = await session.get(Host, template.host_id) if template.host_id else None
+    if host is None or host.status != "online":
+        raise _errors.ApiError(
+            503, "host_unavailable", f"the host holding template {template.name!r} is unavailable"
+        )
+    body.vcpus, body.memory_mb, body.disk_size_mb = template.vcpus, template.memory_mb, template.disk_size_mb
+    return host, template
+
+
+async def launch(
+    session: AsyncSession,
+    agents: AgentPool,
+    caller: Principal,
+    body: CapsuleCreate,
+    count: int = 1,
+    template_name: str | None = None,
+) -> list[Capsule]:
+    """Create `count` capsules of `body` and boot them at once; each row ends `running` or `error`
+    (committed), and the first failure is raised once all have ended. Shared by create and fork."""
+    host, template = await _placement(session, body, caller.team_id)
+    capsules = [
+        Capsule(
+            id=new_id("cl"),
+            team_id=caller.team_id,
+            host_id=host.id,
+            template=template_name or body.template,
+            vcpus=body.vcpus,
+            memory_mb=body.memory_mb,
+            timeout_sec=body.timeout_sec,
+            disk_size_mb=body.disk_size_mb,
+            envd_token=secrets.token_urlsafe(32),
+            traffic_access_token=None if body.allow_public_traffic else secrets.token_hex(32),
+            status="pending",
+        )
+        for _ in range(count)
+    ]
+    session.add_all(capsules)
+    await session.commit()
+    client = agents.client(host.address)
+
+    def boot(capsule: Capsule) -> Any:
+        request_pb = pb.CreateSandboxRequest(
+            sandbox_id=capsule.id,
+            template=template.id if template else body.template,
+            vcpus=body.vcpus,
+            memory_mb=body.memory_mb,
+            disk_size_mb=body.disk_size_mb,
+            timeout_sec=body.timeout_sec,
+            team_id=caller.team_id,
+            envd_access_token=capsule.envd_token,
+            allow_internet=True,
+        )
+        return agents.call(host.id, client.create_sandbox(request_pb, timeout_ms=600_000))
+
+    # The boots go on even if the client goes away, so every row ends running or error.
+    boots = asyncio.ensure_future(asyncio.gather(*(boot(c) for c in capsules), return_exceptions=True))
+    results = await asyncio.shield(boots)
+    failure: BaseException | None = None
+    for capsule, created in zip(capsules, results, strict=True):
+        if isinstance(created, BaseException):
+            capsule.status = "error"
+            capsule.error = (created.message if isinstance(created, _errors.ApiError) else str(created))[
+                :4000
+            ]
+            failure = failure or created
+            continue
+        capsule.status, capsule.started_at, capsule.last_active_at = "running", utcnow(), utcnow()
+        capsule.host_ip = created.sandbox.host_ip if created.sandbox else ""
+        capsule.metadata_ = {
+            "kernel_version": created.sandbox.kernel_version if created.sandbox else "",
+            "envd_version": created.sandbox.envd_version if created.sandbox else "",
+            "from_snapshot": bool(created.sandbox and created.sandbox.from_snapshot),
+        }
+        _audit.record(
+            session, **audit_fields(caller), resource_type="capsule", resource_id=capsule.id, action="create"
+        )
+    await session.commit()
+    if failure is not None:
+        raise failure
+    return capsules
+
+
 @router.post("/v1/capsules", status_code=201, response_model=CapsuleOut)
 async def create_capsule(body: CapsuleCreate, request: Request, caller: Caller, session: Db) -> CapsuleOut:
-    host = await pick_host(session, body.memory_mb, caller.team_id)
-    capsule = Capsule(
-        id=new_id("cl"),
-        team_id=caller.team_id,
-        host_id=host.id,
-        template=body.template,
-        vcpus=body.vcpus,
-        memory_mb=body.memory_mb,
-        timeout_sec=body.timeout_sec,
-        disk_size_mb=body.disk_size_mb,
-        envd_token=secrets.token_urlsafe(32),
-        traffic_access_token=None if body.allow_public_traffic else secrets.token_hex(32),
-        status="pending",
-    )
-    session.add(capsule)
-    await session.commit()
-    request_pb = pb.CreateSandboxRequest(
-        sandbox_id=capsule.id,
-        template=body.template,
-        vcpus=body.vcpus,
-        memory_mb=body.memory_mb,
-        disk_size_mb=body.disk_size_mb,
-        timeout_sec=body.timeout_sec,
-        team_id=caller.team_id,
-        envd_access_token=capsule.envd_token,
-        allow_internet=True,
-    )
-    agents = _agents(request)
-    # The boot goes on even if the client goes away, so the row always ends running or error.
-    boot = asyncio.ensure_future(
-        agents.call(host.id, agents.client(host.address).create_sandbox(request_pb, timeout_ms=600_000))
-    )
-    try:
-        created = await asyncio.shield(boot)
-    except _errors.ApiError as exc:
-        capsule.status, capsule.error = "error", exc.message[:4000]
-        await session.commit()
-        raise
-    capsule.status, capsule.started_at, capsule.last_active_at = "running", utcnow(), utcnow()
-    capsule.host_ip = created.sandbox.host_ip if created.sandbox else ""
-    capsule.metadata_ = {
-        "kernel_version": created.sandbox.kernel_version if created.sandbox else "",
-        "envd_version": created.sandbox.envd_version if created.sandbox else "",
-    }
-    _audit.record(
-        session, **audit_fields(caller), resource_type="capsule", resource_id=capsule.id, action="create"
-    )
-    await session.commit()
+    """Boot a capsule from a base image or a template of the team (a template's capsules start in its
+    state, with its vcpus and memory)."""
+    (capsule,) = await launch(session, _agents(request), caller, body)
     return _out(capsule)
 
 
@@ -225,14 +275,10 @@ async def destroy_capsule(capsule_id: str, request: Request, caller: Caller, ses
     return Response(status_code=204)
 
 
-@router.post("/v1/capsules/{capsule_id}/pause", response_model=CapsuleOut)
-async def pause_capsule(capsule_id: str, request: Request, caller: Caller, session: Db) -> CapsuleOut:
-    """Snapshot the capsule (memory, processes, disk) and free its CPU, RAM and network slot."""
-    capsule = await _capsule(session, caller, capsule_id)
-    if capsule.status == "paused":
-        return _out(capsule)
-    capsule, host = await _running(session, caller, capsule_id)
-    agents = _agents(request)
+async def pause(session: AsyncSession, agents: AgentPool, caller: Principal, capsule: Capsule) -> Host:
+    """Pause a running capsule on its host and mark it `paused` (committed); its host. Shared by
+    `POST /v1/capsules/{id}/pause`, snapshots and fork."""
+    capsule, host = await _running(session, caller, capsule.id)
     await agents.call(
         host.id,
         agents.client(host.address).pause_sandbox(
@@ -244,6 +290,15 @@ async def pause_capsule(capsule_id: str, request: Request, caller: Caller, sessi
         session, **audit_fields(caller), resource_type="capsule", resource_id=capsule.id, action="pause"
     )
     await session.commit()
+    return host
+
+
+@router.post("/v1/capsules/{capsule_id}/pause", response_model=CapsuleOut)
+async def pause_capsule(capsule_id: str, request: Request, caller: Caller, session: Db) -> CapsuleOut:
+    """Snapshot the capsule (memory, processes, disk) and free its CPU, RAM and network slot."""
+    capsule = await _capsule(session, caller, capsule_id)
+    if capsule.status != "paused":
+        await pause(session, _agents(request), caller, capsule)
     return _out(capsule)
 
 
