@@ -1,7 +1,8 @@
 """Two hosts behind one control plane, for real: two host agents on this machine, each in its own network
 namespace, registered through the token flow and reached over mutual TLS, with a control plane process on
 PostgreSQL. Capsules spread 2/2; a host killed with -9 has its capsules `missing`; started again, it adopts
-its VMs, heartbeats, and the reconciler brings them back to `running`.
+its VMs, heartbeats, and the reconciler brings them back to `running`. A capsule paused long enough
+hibernates into the hosts' shared cold storage and, its host gone, wakes on the other one.
 
 The agents run under `nsenter --net` (not `ip netns exec`): they keep the machine's mount namespace, so
 the sandbox namespaces they create under /run/netns and the cgroup tree stay visible to a restarted agent.
@@ -82,6 +83,7 @@ def _start_agent(node: Node, cp_port: int, token: str) -> None:
             ["nsenter", f"--net=/run/netns/{node.netns}", "--", sys.executable, "-m", "wrenn.agent",
              "--data-dir", str(node.data_dir), "--host", "0.0.0.0", "--port", str(AGENT_PORT),
              "--name-prefix", node.prefix, "--slots", "4", "--host-net", node.nets[0], "--veth-net", node.nets[1],
+             "--cold-storage", str(node.data_dir.parent / "cold"),
              "--register", token, "--control-plane", f"http://{node.outside_ip}:{cp_port}",
              "--address", f"{node.inside_ip}:{AGENT_PORT}", "--heartbeat-interval", "1"],
             stdout=sink, stderr=subprocess.STDOUT,
@@ -128,7 +130,10 @@ def platform(image: object, postgres_url: str, request: pytest.FixtureRequest) -
         for i, name in enumerate(("a", "b")):
             nodes.append(_make_node(name, i, root))
         cp_port = _free_port()
-        env = {**os.environ, "WRENN_MONITOR_INTERVAL_S": "1", "WRENN_HOST_TIMEOUT_S": "5"}
+        env = {
+            **os.environ, "WRENN_MONITOR_INTERVAL_S": "1", "WRENN_HOST_TIMEOUT_S": "5",
+            "WRENN_HIBERNATE_AFTER_S": "3",
+        }  # fmt: skip
         with cp_log.open("ab") as sink:
             cp = subprocess.Popen(
                 [sys.executable, "-m", "wrenn.controlplane", "--host", "0.0.0.0", "--port", str(cp_port),
@@ -252,6 +257,36 @@ def test_two_hosts_spread_fail_and_come_back(platform: dict[str, Any]) -> None:
     r = httpx.post(f"{base}/v1/capsules/{on_a[0]}/exec", headers=key, timeout=120,
                    json={"cmd": "/bin/sh", "args": ["-c", "echo back"]})  # fmt: skip
     assert r.status_code == 200 and r.json()["stdout"] == "back\n", r.text
+
+    # A capsule paused for longer than hibernate_after_s goes to the cold storage both hosts share. With its
+    # host gone, resuming it wakes it on the other host: memory (a counting process), files and all.
+    sleeper = on_a[1]
+    counter = "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.2; done"
+    r = httpx.post(f"{base}/v1/capsules/{sleeper}/exec", headers=key, timeout=120,
+                   json={"cmd": "/bin/sh", "args": ["-c", counter], "background": True})  # fmt: skip
+    assert r.status_code == 202, r.text
+    r = httpx.post(f"{base}/v1/capsules/{sleeper}/exec", headers=key, timeout=120,
+                   json={"cmd": "/bin/sh", "args": ["-c", "echo kept > ~/hib.txt; sleep 1; cat /tmp/n"]})  # fmt: skip
+    before = int(r.json()["stdout"])
+    r = httpx.post(f"{base}/v1/capsules/{sleeper}/pause", headers=key, timeout=300)
+    assert r.status_code == 200 and r.json()["status"] == "paused", r.text
+    _wait("the paused capsule hibernated", lambda: status(sleeper) == "hibernated", 180, logs)
+    cold = a.data_dir.parent / "cold"
+    assert (cold / f"{sleeper}.tar.zst").is_file()
+    assert not (a.data_dir / "sandboxes" / sleeper).exists()  # nothing of it is left on its host
+    a.proc.kill()
+    a.proc.wait(10)
+    _wait("host a unreachable", lambda: hosts()[host_ids["a"]]["status"] == "unreachable", 60, logs)
+    r = httpx.post(f"{base}/v1/capsules/{sleeper}/resume", headers=key, timeout=600)
+    assert r.status_code == 200 and r.json()["status"] == "running", r.text
+    assert _host_of(platform["database_url"])[sleeper] == host_ids["b"]
+    r = httpx.post(f"{base}/v1/capsules/{sleeper}/exec", headers=key, timeout=120,
+                   json={"cmd": "/bin/sh", "args": ["-c", "cat ~/hib.txt; sleep 1; cat /tmp/n"]})  # fmt: skip
+    kept, after = r.json()["stdout"].split()
+    assert kept == "kept" and int(after) > before, r.text  # the process counted on, on another host
+    assert not (cold / f"{sleeper}.tar.zst").exists()
+    _start_agent(a, platform["cp_port"], "spent-token")
+    _wait("host a online again", lambda: hosts()[host_ids["a"]]["status"] == "online", 120, logs)
 
     # Deleting the hosts (force) stops their capsules and terminates both agents.
     for name, host_id in host_ids.items():

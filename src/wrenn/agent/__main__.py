@@ -41,6 +41,10 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     p.add_argument(
         "--memory-dir", type=Path, default=d.memory_dir, help=f"tmpfs for guest RAM ({d.memory_dir})"
     )
+    p.add_argument(
+        "--cold-storage", type=Path, default=None, metavar="DIR", help="archives of hibernated sandboxes"
+    )
+    p.add_argument("--no-ready-snapshots", action="store_true", help="always boot; never restore")
     p.add_argument("--register", metavar="TOKEN", default=None, help="join a control plane with this token")
     p.add_argument("--control-plane", metavar="URL", default=None, help="the control plane (with --register)")
     p.add_argument(
@@ -58,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         accelerator=Accelerator(a.accelerator) if a.accelerator else None, reprobe=a.reprobe,
         slots=a.slots, name_prefix=a.name_prefix, host_net=a.host_net, veth_net=a.veth_net,
         register_token=a.register, control_plane=a.control_plane, address=a.address,
-        heartbeat_interval_s=a.heartbeat_interval, memory_dir=a.memory_dir,
+        heartbeat_interval_s=a.heartbeat_interval, memory_dir=a.memory_dir, cold_storage=a.cold_storage,
+        ready_snapshots=not a.no_ready_snapshots,
     )  # fmt: skip
 
 

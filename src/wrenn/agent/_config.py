@@ -55,6 +55,9 @@ class AgentConfig:
     #: Keep a snapshot of each sandbox shape (template, vcpus, memory, disk) taken right after its first
     #: boot, and start later sandboxes of that shape by restoring it instead of booting.
     ready_snapshots: bool = True
+    #: Where hibernated sandboxes' archives go: a directory all hosts of the control plane can reach
+    #: (a network file system) for a sandbox to wake on another host. None: no hibernation here.
+    cold_storage: Path | None = None
 
     @property
     def sandboxes_dir(self) -> Path:

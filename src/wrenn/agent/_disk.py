@@ -58,6 +58,11 @@ async def copy_sparse(source: Path, target: Path) -> None:
     await _run("cp", "--sparse=always", "--", str(source), str(target))
 
 
+async def flatten(source: Path, target: Path) -> None:
+    """A qcow2 copy of `source` with its whole backing chain folded in: a disk that stands alone."""
+    await _run("qemu-img", "convert", "-q", "-O", "qcow2", str(source), str(target))
+
+
 def allocated_bytes(path: Path) -> int:
     """Bytes the disk file really uses on the host (its blocks, not its apparent size)."""
     try:

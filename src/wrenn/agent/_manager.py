@@ -27,6 +27,7 @@ from wrenn import images
 
 from . import _disk
 from ._cgroup import Cgroups, Limits, kill_all
+from ._cold import ColdStorageError, ColdStore
 from ._config import AgentConfig
 from ._envd import EnvdClient, EnvdUnavailable
 from ._metrics import MetricsStore
@@ -66,6 +67,7 @@ class SandboxManager:
         self.cgroups = cgroups
         self.metrics = MetricsStore()
         self.templates = TemplateStore(config.data_dir / "templates")
+        self.cold = ColdStore(config.cold_storage) if config.cold_storage else None
         self.sandboxes: dict[str, Sandbox] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._creating: dict[str, asyncio.Task[Sandbox]] = {}
@@ -232,6 +234,76 @@ class SandboxManager:
         sandbox.vm = await self.driver.restore(self._spec(sandbox, image), sandbox.snapshot_dir)
         await self._attach(sandbox, access_token=params.envd_access_token or None)
         await self._init_envd(sandbox)
+
+    # --- hibernation -----------------------------------------------------------------------------------
+
+    def _cold(self) -> ColdStore:
+        if self.cold is None:
+            raise SandboxError("failed_precondition", "this host has no cold storage (--cold-storage)")
+        return self.cold
+
+    async def hibernate(self, sandbox_id: str) -> int:
+        """Move a paused sandbox to cold storage (its snapshot, state and flattened disk, compressed) and
+        forget it here; the archive's size. `thaw` on any host reaching the storage brings it back."""
+        cold = self._cold()
+        sandbox = self.get(sandbox_id)
+        async with sandbox.lock:
+            if sandbox.status is not Status.PAUSED or sandbox.disk is None:
+                raise SandboxError(
+                    "failed_precondition",
+                    f"sandbox {sandbox_id} is {sandbox.status.value}: only a paused one",
+                )
+            stage = sandbox.workdir / "hibernate"
+            shutil.rmtree(stage, ignore_errors=True)
+            stage.mkdir()
+            try:
+                await _disk.flatten(sandbox.disk, stage / "rootfs.qcow2")
+                for item in sandbox.snapshot_dir.iterdir():
+                    os.link(item, stage / item.name)
+                sandbox.save()
+                shutil.copy(sandbox.state_file, stage / "state.json")
+                size = await cold.put(sandbox_id, stage)
+            except (OSError, _disk.DiskError, ColdStorageError) as exc:
+                raise SandboxError("internal", f"cannot hibernate sandbox {sandbox_id}: {exc}") from None
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+            self.sandboxes.pop(sandbox_id, None)
+            await self._release(sandbox)
+        shutil.rmtree(sandbox.workdir, ignore_errors=True)
+        self.metrics.drop(sandbox_id)
+        log.info("sandbox hibernated", extra={"sandbox": sandbox_id, "archive_bytes": size})
+        return size
+
+    async def thaw(self, sandbox_id: str) -> Sandbox:
+        """Bring a hibernated sandbox back from cold storage onto this host and resume it."""
+        if sandbox_id in self.sandboxes:
+            return await self.resume(sandbox_id)
+        cold = self._cold()
+        if not SANDBOX_ID.match(sandbox_id) or not cold.exists(sandbox_id):
+            raise SandboxError("not_found", f"no hibernated sandbox {sandbox_id!r} in cold storage")
+        workdir = self.config.sandboxes_dir / sandbox_id
+        shutil.rmtree(workdir, ignore_errors=True)
+        (workdir / "snapshot").mkdir(parents=True)
+        try:
+            await cold.get(sandbox_id, workdir)
+            for item in ("vmstate", "memory", "meta.json"):
+                if (workdir / item).exists():
+                    (workdir / item).rename(workdir / "snapshot" / item)
+            state = load_state(workdir / "state.json")
+            state["disk"] = str(workdir / "rootfs.qcow2")
+            state["memory_source"] = None
+            params = SandboxParams(**state["params"])
+        except (OSError, ValueError, TypeError, KeyError, ColdStorageError) as exc:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise SandboxError(
+                "data_loss", f"the archive of sandbox {sandbox_id} is unusable: {exc}"
+            ) from None
+        sandbox = self._adopt_stopped(workdir, params, state)
+        sandbox.save()
+        resumed = await self.resume(sandbox_id)
+        cold.delete(sandbox_id)
+        log.info("sandbox thawed", extra={"sandbox": sandbox_id})
+        return resumed
 
     # --- templates -----------------------------------------------------------------------------------
 
@@ -560,6 +632,16 @@ class SandboxManager:
     # --- destroy -------------------------------------------------------------------------------------
 
     async def destroy(self, sandbox_id: str) -> None:
+        cold = self.cold
+        if (
+            sandbox_id not in self.sandboxes
+            and cold
+            and SANDBOX_ID.match(sandbox_id)
+            and cold.exists(sandbox_id)
+        ):
+            cold.delete(sandbox_id)  # hibernated: its archive is all there is
+            log.info("hibernated sandbox destroyed", extra={"sandbox": sandbox_id})
+            return
         sandbox = self.get(sandbox_id)
         booting = self._creating.get(sandbox_id)
         self.sandboxes.pop(sandbox_id, None)

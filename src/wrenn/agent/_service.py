@@ -249,6 +249,17 @@ class AgentService(HostAgentService):
     ) -> pb.ResumeSandboxResponse:
         return pb.ResumeSandboxResponse(sandbox=self._info(await _call(self.m.resume(request.sandbox_id))))
 
+    async def hibernate_sandbox(
+        self, request: pb.HibernateSandboxRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.HibernateSandboxResponse:
+        size = await _call(self.m.hibernate(request.sandbox_id))
+        return pb.HibernateSandboxResponse(archive_bytes=size)
+
+    async def thaw_sandbox(
+        self, request: pb.ThawSandboxRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.ThawSandboxResponse:
+        return pb.ThawSandboxResponse(sandbox=self._info(await _call(self.m.thaw(request.sandbox_id))))
+
     async def create_template(
         self, request: pb.CreateTemplateRequest, ctx: RequestContext[Any, Any]
     ) -> pb.CreateTemplateResponse:

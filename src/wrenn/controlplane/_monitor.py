@@ -136,6 +136,7 @@ class HostMonitor:
                 if local and not await self._ping_local(host_id, address):
                     return
                 await self._reconcile(host_id, address)
+                await self._hibernate(host_id, address)
             finally:
                 await lock.rollback()  # releases the advisory lock
 
@@ -168,6 +169,47 @@ class HostMonitor:
             await session.commit()
             return True
 
+    async def _hibernate(self, host_id: str, address: str) -> None:
+        """Move the host's capsules paused for longer than `hibernate_after_s` to cold storage."""
+        after = self._settings.hibernate_after_s
+        if after <= 0:
+            return
+        cutoff = utcnow() - timedelta(seconds=after)
+        async with self._sessions() as session:
+            due = (
+                (
+                    await session.execute(
+                        select(Capsule)
+                        .where(
+                            Capsule.host_id == host_id,
+                            Capsule.status == "paused",
+                            Capsule.paused_at.is_not(None),
+                            Capsule.paused_at < cutoff,
+                        )
+                        .with_for_update(skip_locked=True)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            ids = [c.id for c in due]
+            for capsule in due:
+                capsule.status = "hibernating"  # the reconciler leaves it alone meanwhile
+            await session.commit()
+        for capsule_id in ids:
+            try:
+                done = await self._agents.client(address).hibernate_sandbox(
+                    pb.HibernateSandboxRequest(sandbox_id=capsule_id), timeout_ms=900_000
+                )
+            except (ConnectError, OSError) as exc:
+                log.warning("cannot hibernate", extra={"capsule": capsule_id, "error": str(exc)})
+                await _set_status(self._sessions, capsule_id, "hibernating", "paused")
+                continue
+            if await _set_status(self._sessions, capsule_id, "hibernating", "hibernated"):
+                log.info(
+                    "capsule hibernated", extra={"capsule": capsule_id, "archive_bytes": done.archive_bytes}
+                )
+
     async def _reconcile(self, host_id: str, address: str) -> None:
         listed_at = utcnow()
         timeout_ms = int(self._settings.agent_probe_timeout_s * 1000)
@@ -180,6 +222,18 @@ class HostMonitor:
             log.warning("cannot list the host's sandboxes", extra={"host": host_id, "error": str(exc)})
             return
         await reconcile(self._sessions, host_id, listed.sandboxes, listed_at)
+
+
+async def _set_status(sessions: Callable[[], Any], capsule_id: str, expected: str, status: str) -> bool:
+    async with sessions() as session:
+        capsule = await session.get(Capsule, capsule_id)
+        if capsule is None or capsule.status != expected:
+            return False
+        capsule.status = status
+        if status == "paused":
+            capsule.paused_at = utcnow()  # try again after another full period
+        await session.commit()
+        return True
 
 
 async def reconcile(
@@ -217,6 +271,8 @@ async def reconcile(
                 capsule.status, capsule.host_ip = "running", info.host_ip
             elif info.status == pb.SandboxStatus.PAUSED:  # the host's idle timeout paused it
                 capsule.status, capsule.host_ip = "paused", ""
+                if capsule.paused_at is None or was != "paused":
+                    capsule.paused_at = utcnow()
             elif info.status == pb.SandboxStatus.ERROR:
                 capsule.status, capsule.error = "error", (info.error or "failed on its host")[:4000]
             elif info.status == pb.SandboxStatus.STOPPED:

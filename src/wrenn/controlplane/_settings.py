@@ -32,6 +32,9 @@ class Settings:
     host_timeout_s: float = 90.0
     #: Seconds the monitor waits for an agent's answer (GetHostInfo, ListSandboxes).
     agent_probe_timeout_s: float = 10.0
+    #: Capsules paused longer than this go to their host's cold storage (0: never). Hosts share that
+    #: storage, so a hibernated capsule resumes on whichever host has room.
+    hibernate_after_s: float = 0.0
     registration_token_ttl_s: int = 3600
     host_jwt_ttl_s: int = 7 * 24 * 3600
     host_refresh_ttl_s: int = 60 * 24 * 3600
@@ -50,6 +53,7 @@ class Settings:
         for key, env in (
             ("monitor_interval_s", "WRENN_MONITOR_INTERVAL_S"),
             ("host_timeout_s", "WRENN_HOST_TIMEOUT_S"),
+            ("hibernate_after_s", "WRENN_HIBERNATE_AFTER_S"),
         ):
             if os.environ.get(env):
                 values[key] = float(os.environ[env])

@@ -211,9 +211,9 @@ def delete_snapshot(name: str) -> Call[None]:
 
 
 def connect_op(capsule_id: str) -> Op[CapsuleInfo]:
-    """Fetch a capsule and resume it if it is paused."""
+    """Fetch a capsule and resume it if it is paused (or hibernated)."""
     info = yield from get_capsule(capsule_id)
-    if info.status == Status.paused:
+    if info.status in (Status.paused, Status.hibernated):
         info = yield from resume_capsule(capsule_id)
     return info
 
@@ -231,7 +231,7 @@ def wait_ready_op(
             raise RuntimeError(f"capsule {capsule_id} is {info.status}, not starting")
         if clock() >= deadline:
             raise TimeoutError(f"capsule {capsule_id} did not become ready within {timeout}s")
-        if info.status == Status.paused:
+        if info.status in (Status.paused, Status.hibernated):
             yield from resume_capsule(capsule_id)
         else:
             yield from Sleep(interval)

@@ -39,6 +39,7 @@ class Status(StrEnum):
     starting = "starting"
     running = "running"
     paused = "paused"
+    hibernating = "hibernating"
     hibernated = "hibernated"
     stopped = "stopped"
     error = "error"

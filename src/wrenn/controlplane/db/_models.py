@@ -135,6 +135,8 @@ class Capsule(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     last_active_at: Mapped[datetime | None] = mapped_column(default=None)
     last_updated: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    #: Since when it is paused: the monitor hibernates capsules paused longer than configured.
+    paused_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Template(Base):

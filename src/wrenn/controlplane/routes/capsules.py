@@ -29,7 +29,7 @@ from .._scheduler import pick_host
 from ..db import Capsule, Host, Template, utcnow
 
 router = APIRouter(tags=["capsules"])
-ACTIVE = ("pending", "starting", "running", "paused")
+ACTIVE = ("pending", "starting", "running", "paused", "hibernating", "hibernated")
 _FILE_TYPES = {pb.FileType.FILE: "file", pb.FileType.DIRECTORY: "directory", pb.FileType.SYMLINK: "symlink"}
 _RANGES = {
     "5m": pb.MetricsRange.LAST_5M,
@@ -252,6 +252,9 @@ async def destroy(session: AsyncSession, agents: AgentPool, capsule: Capsule) ->
     longer knows counts as destroyed; any other agent error is raised and the row is left as it was.
     Shared by `DELETE /v1/capsules/{id}` and team deletion."""
     host = await session.get(Host, capsule.host_id) if capsule.host_id else None
+    if capsule.status == "hibernated" and (host is None or host.status != "online"):
+        # its archive is in the shared cold storage: any online host can delete it
+        host = (await session.execute(select(Host).where(Host.status == "online").limit(1))).scalar()
     if capsule.status != "stopped" and host is not None:
         try:
             await agents.call(
@@ -285,7 +288,7 @@ async def pause(session: AsyncSession, agents: AgentPool, caller: Principal, cap
             pb.PauseSandboxRequest(sandbox_id=capsule.id), timeout_ms=300_000
         ),
     )
-    capsule.status, capsule.host_ip = "paused", ""
+    capsule.status, capsule.host_ip, capsule.paused_at = "paused", "", utcnow()
     _audit.record(
         session, **audit_fields(caller), resource_type="capsule", resource_id=capsule.id, action="pause"
     )
@@ -308,6 +311,9 @@ async def resume(session: AsyncSession, agents: AgentPool, capsule: Capsule) -> 
     snapshot its host cannot restore turns the capsule to `error`."""
     if capsule.status == "running":
         return
+    if capsule.status == "hibernated":
+        await _thaw(session, agents, capsule)
+        return
     if capsule.status != "paused":
         raise _errors.invalid_state(f"capsule {capsule.id} is {capsule.status}: only a paused one resumes")
     host = await session.get(Host, capsule.host_id) if capsule.host_id else None
@@ -325,8 +331,31 @@ async def resume(session: AsyncSession, agents: AgentPool, capsule: Capsule) -> 
             capsule.status, capsule.error = "error", exc.message[:4000]
             await session.commit()
         raise
-    capsule.status, capsule.last_active_at = "running", utcnow()
+    capsule.status, capsule.last_active_at, capsule.paused_at = "running", utcnow(), None
     capsule.host_ip = resumed.sandbox.host_ip if resumed.sandbox else ""
+    await session.commit()
+
+
+async def _thaw(session: AsyncSession, agents: AgentPool, capsule: Capsule) -> None:
+    """A hibernated capsule wakes on whichever host has room (hosts share the cold storage)."""
+    host = await pick_host(session, capsule.memory_mb, capsule.team_id)
+    capsule.status, capsule.host_id = "starting", host.id  # counted on that host from now on
+    await session.commit()
+    try:
+        thawed = await agents.call(
+            host.id,
+            agents.client(host.address).thaw_sandbox(
+                pb.ThawSandboxRequest(sandbox_id=capsule.id), timeout_ms=900_000
+            ),
+        )
+    except _errors.ApiError as exc:
+        lost = exc.code == "snapshot_unusable"
+        capsule.status = "error" if lost else "hibernated"
+        capsule.error = exc.message[:4000] if lost else capsule.error
+        await session.commit()
+        raise
+    capsule.status, capsule.last_active_at, capsule.paused_at = "running", utcnow(), None
+    capsule.host_ip = thawed.sandbox.host_ip if thawed.sandbox else ""
     await session.commit()
 
 

@@ -16,7 +16,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from protobuf import DescService
 
 from . import hostagent_pb
-from .hostagent_pb import ConnectProcessRequest, ConnectProcessResponse, CreateSandboxRequest, CreateSandboxResponse, CreateTemplateRequest, CreateTemplateResponse, DeleteTemplateRequest, DeleteTemplateResponse, DestroySandboxRequest, DestroySandboxResponse, ExecRequest, ExecResponse, ExecStreamRequest, ExecStreamResponse, GetHostInfoRequest, GetHostInfoResponse, GetSandboxMetricsRequest, GetSandboxMetricsResponse, GetSandboxRequest, GetSandboxResponse, KillProcessRequest, KillProcessResponse, ListDirRequest, ListDirResponse, ListProcessesRequest, ListProcessesResponse, ListSandboxesRequest, ListSandboxesResponse, MakeDirRequest, MakeDirResponse, PauseSandboxRequest, PauseSandboxResponse, PingSandboxRequest, PingSandboxResponse, PtyAttachRequest, PtyAttachResponse, PtyKillRequest, PtyKillResponse, PtyResizeRequest, PtyResizeResponse, PtySendInputRequest, PtySendInputResponse, ReadFileRequest, ReadFileResponse, ReadFileStreamRequest, ReadFileStreamResponse, RemovePathRequest, RemovePathResponse, ResumeSandboxRequest, ResumeSandboxResponse, StartBackgroundRequest, StartBackgroundResponse, StatRequest, StatResponse, TerminateRequest, TerminateResponse, WatchDirRequest, WatchDirResponse, WriteFileRequest, WriteFileResponse, WriteFileStreamRequest, WriteFileStreamResponse
+from .hostagent_pb import ConnectProcessRequest, ConnectProcessResponse, CreateSandboxRequest, CreateSandboxResponse, CreateTemplateRequest, CreateTemplateResponse, DeleteTemplateRequest, DeleteTemplateResponse, DestroySandboxRequest, DestroySandboxResponse, ExecRequest, ExecResponse, ExecStreamRequest, ExecStreamResponse, GetHostInfoRequest, GetHostInfoResponse, GetSandboxMetricsRequest, GetSandboxMetricsResponse, GetSandboxRequest, GetSandboxResponse, HibernateSandboxRequest, HibernateSandboxResponse, KillProcessRequest, KillProcessResponse, ListDirRequest, ListDirResponse, ListProcessesRequest, ListProcessesResponse, ListSandboxesRequest, ListSandboxesResponse, MakeDirRequest, MakeDirResponse, PauseSandboxRequest, PauseSandboxResponse, PingSandboxRequest, PingSandboxResponse, PtyAttachRequest, PtyAttachResponse, PtyKillRequest, PtyKillResponse, PtyResizeRequest, PtyResizeResponse, PtySendInputRequest, PtySendInputResponse, ReadFileRequest, ReadFileResponse, ReadFileStreamRequest, ReadFileStreamResponse, RemovePathRequest, RemovePathResponse, ResumeSandboxRequest, ResumeSandboxResponse, StartBackgroundRequest, StartBackgroundResponse, StatRequest, StatResponse, TerminateRequest, TerminateResponse, ThawSandboxRequest, ThawSandboxResponse, WatchDirRequest, WatchDirResponse, WriteFileRequest, WriteFileResponse, WriteFileStreamRequest, WriteFileStreamResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -53,6 +53,19 @@ class HostAgentService(Protocol):
     async def resume_sandbox(self, request: ResumeSandboxRequest, ctx: RequestContext[ResumeSandboxRequest, ResumeSandboxResponse], /) -> ResumeSandboxResponse:
         """
         Restore a paused sandbox into a new VMM and re-initialise envd (clock, token, env).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def hibernate_sandbox(self, request: HibernateSandboxRequest, ctx: RequestContext[HibernateSandboxRequest, HibernateSandboxResponse], /) -> HibernateSandboxResponse:
+        """
+        Move a paused sandbox to cold storage (compressed) and forget it on this host.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def thaw_sandbox(self, request: ThawSandboxRequest, ctx: RequestContext[ThawSandboxRequest, ThawSandboxResponse], /) -> ThawSandboxResponse:
+        """
+        Bring a hibernated sandbox from cold storage onto this host (any host reaching the storage) and
+        resume it.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -276,6 +289,26 @@ class HostAgentServiceASGIApplication(ConnectASGIApplication[HostAgentService]):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=svc.resume_sandbox,
+                ),
+                "/hostagent.v1.HostAgentService/HibernateSandbox": Endpoint.unary(
+                    method=MethodInfo(
+                        name="HibernateSandbox",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=HibernateSandboxRequest,
+                        output=HibernateSandboxResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.hibernate_sandbox,
+                ),
+                "/hostagent.v1.HostAgentService/ThawSandbox": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ThawSandbox",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=ThawSandboxRequest,
+                        output=ThawSandboxResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.thaw_sandbox,
                 ),
                 "/hostagent.v1.HostAgentService/CreateTemplate": Endpoint.unary(
                     method=MethodInfo(
@@ -651,6 +684,53 @@ class HostAgentServiceClient(ConnectClient):
                 service_name="hostagent.v1.HostAgentService",
                 input=ResumeSandboxRequest,
                 output=ResumeSandboxResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    async def hibernate_sandbox(
+        self,
+        request: HibernateSandboxRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> HibernateSandboxResponse:
+        """
+        Move a paused sandbox to cold storage (compressed) and forget it on this host.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="HibernateSandbox",
+                service_name="hostagent.v1.HostAgentService",
+                input=HibernateSandboxRequest,
+                output=HibernateSandboxResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    async def thaw_sandbox(
+        self,
+        request: ThawSandboxRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ThawSandboxResponse:
+        """
+        Bring a hibernated sandbox from cold storage onto this host (any host reaching the storage) and
+        resume it.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ThawSandbox",
+                service_name="hostagent.v1.HostAgentService",
+                input=ThawSandboxRequest,
+                output=ThawSandboxResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,
@@ -1308,6 +1388,19 @@ class HostAgentServiceSync(Protocol):
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
+    def hibernate_sandbox(self, request: HibernateSandboxRequest, ctx: RequestContext[HibernateSandboxRequest, HibernateSandboxResponse], /) -> HibernateSandboxResponse:
+        """
+        Move a paused sandbox to cold storage (compressed) and forget it on this host.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def thaw_sandbox(self, request: ThawSandboxRequest, ctx: RequestContext[ThawSandboxRequest, ThawSandboxResponse], /) -> ThawSandboxResponse:
+        """
+        Bring a hibernated sandbox from cold storage onto this host (any host reaching the storage) and
+        resume it.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
     def create_template(self, request: CreateTemplateRequest, ctx: RequestContext[CreateTemplateRequest, CreateTemplateResponse], /) -> CreateTemplateResponse:
         """
         A template from a paused sandbox (its memory, devices and disk); sandboxes created with the
@@ -1526,6 +1619,26 @@ class HostAgentServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=service.resume_sandbox,
+                ),
+                "/hostagent.v1.HostAgentService/HibernateSandbox": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="HibernateSandbox",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=HibernateSandboxRequest,
+                        output=HibernateSandboxResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.hibernate_sandbox,
+                ),
+                "/hostagent.v1.HostAgentService/ThawSandbox": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ThawSandbox",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=ThawSandboxRequest,
+                        output=ThawSandboxResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.thaw_sandbox,
                 ),
                 "/hostagent.v1.HostAgentService/CreateTemplate": EndpointSync.unary(
                     method=MethodInfo(
@@ -1898,6 +2011,51 @@ class HostAgentServiceClientSync(ConnectClientSync):
                 service_name="hostagent.v1.HostAgentService",
                 input=ResumeSandboxRequest,
                 output=ResumeSandboxResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def hibernate_sandbox(
+        self,
+        request: HibernateSandboxRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> HibernateSandboxResponse:
+        """
+        Move a paused sandbox to cold storage (compressed) and forget it on this host.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="HibernateSandbox",
+                service_name="hostagent.v1.HostAgentService",
+                input=HibernateSandboxRequest,
+                output=HibernateSandboxResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def thaw_sandbox(
+        self,
+        request: ThawSandboxRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ThawSandboxResponse:
+        """
+        Bring a hibernated sandbox from cold storage onto this host (any host reaching the storage) and
+        resume it.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ThawSandbox",
+                service_name="hostagent.v1.HostAgentService",
+                input=ThawSandboxRequest,
+                output=ThawSandboxResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,

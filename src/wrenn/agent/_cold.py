@@ -1,0 +1,85 @@
+"""Cold storage for hibernated sandboxes: one archive per sandbox in a directory every host of a control
+plane can reach (a network file system, or a bucket mounted as one), so that a hibernated sandbox can wake
+on any of them.
+
+An archive is a sparse-aware tar compressed with zstd: the pause snapshot (`vmstate`, `memory`,
+`meta.json`), the sandbox's `state.json`, and its disk flattened into one qcow2 with no backing file (a
+host-local base image or template cannot follow it elsewhere). Archives are written under a temporary
+name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger("wrenn.agent.cold")
+
+SUFFIX = ".tar.zst"
+
+
+class ColdStorageError(RuntimeError):
+    pass
+
+
+async def _run(*args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise ColdStorageError(f"{args[0]} failed: {err.decode(errors='replace').strip()[-500:]}")
+
+
+class ColdStore:
+    def __init__(self, directory: Path, level: int = 3) -> None:
+        self.directory = directory
+        self.level = level
+
+    def path(self, sandbox_id: str) -> Path:
+        return self.directory / f"{sandbox_id}{SUFFIX}"
+
+    def exists(self, sandbox_id: str) -> bool:
+        return self.path(sandbox_id).is_file()
+
+    async def put(self, sandbox_id: str, stage: Path) -> int:
+        """Archive every file of `stage`; the archive's size."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        final, partial = self.path(sandbox_id), self.directory / f".{sandbox_id}{SUFFIX}.partial"
+        started = time.monotonic()
+        names = sorted(p.name for p in stage.iterdir())
+        try:
+            await _run(
+                "tar", "--sparse", "--use-compress-program", f"zstd -T0 -{self.level} -q",
+                "-C", str(stage), "-cf", str(partial), "--", *names,
+            )  # fmt: skip
+            partial.chmod(0o600)
+            partial.rename(final)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        size = final.stat().st_size
+        log.info(
+            "archived to cold storage",
+            extra={"sandbox": sandbox_id, "bytes": size, "ms": round((time.monotonic() - started) * 1000)},
+        )
+        return size
+
+    async def get(self, sandbox_id: str, target: Path) -> None:
+        """Unpack a sandbox's archive into `target`."""
+        archive = self.path(sandbox_id)
+        if not archive.is_file():
+            raise ColdStorageError(f"no archive of {sandbox_id} in {self.directory}")
+        started = time.monotonic()
+        await _run(
+            "tar", "--sparse", "--use-compress-program", "zstd -T0 -q", "-C", str(target), "-xf", str(archive)
+        )
+        log.info(
+            "unpacked from cold storage",
+            extra={"sandbox": sandbox_id, "ms": round((time.monotonic() - started) * 1000)},
+        )
+
+    def delete(self, sandbox_id: str) -> None:
+        self.path(sandbox_id).unlink(missing_ok=True)
