@@ -49,13 +49,15 @@ class _ClientGone(Exception):
     pass
 
 
-def new_client(verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
+def new_client(verify: ssl.SSLContext | bool = True, keepalive: bool = True) -> httpx.AsyncClient:
     """A client fit for forwarding: only the dial has a timeout (streams and sockets may idle), no pool
-    limit (each WebSocket holds a connection), no redirects followed and no cookies kept."""
+    limit (each WebSocket holds a connection), no redirects followed and no cookies kept. Without
+    `keepalive` every request dials anew: for upstreams whose address may name another machine tomorrow
+    (a guest address freed by a pause and handed to the next sandbox)."""
     return httpx.AsyncClient(
         verify=verify,
         timeout=httpx.Timeout(None, connect=5.0),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64 if keepalive else 0),
         cookies=http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
         follow_redirects=False,
         trust_env=False,

@@ -146,27 +146,28 @@ async def test_two_sandboxes_boot_and_run_code(client: HostAgentServiceClient, a
 async def test_sandboxes_restored_from_one_snapshot_are_each_their_own(
     client: HostAgentServiceClient, agent: AgentProcess
 ) -> None:
-    """sb-a's first boot left a ready snapshot of its shape; these two start from it, sharing its memory
+    """sb-a's first boot left a ready snapshot of its shape; these three start from it, sharing its memory
     copy-on-write, and must still be independent, random and named each after itself."""
     assert list((agent.data_dir / "ready").glob("*/*/1cpu-256m-2048d/vmstate"))
     created = await asyncio.gather(
         *(client.create_sandbox(create_request(sid, envd_access_token=f"tok-{sid}"), timeout_ms=300_000)
-          for sid in ("sb-x", "sb-y"))
+          for sid in ("sb-x", "sb-y", "sb-z"))
     )  # fmt: skip
     assert all(r.sandbox.from_snapshot and r.sandbox.status == pb.SandboxStatus.RUNNING for r in created)
     assert not memory_file("sb-x").exists()  # its RAM is the snapshot's memory, mapped privately
     await run(client, "sb-x", "echo mine > ~/only-in-x")
     script = 'cat ~/only-in-x 2>/dev/null || echo absent; hostname; python3 -c "import os; print(os.urandom(16).hex())"'
-    outs = {sid: (await run(client, sid, script)).stdout.decode().split() for sid in ("sb-x", "sb-y")}
-    assert outs["sb-x"][:2] == ["mine", "sb-x"] and outs["sb-y"][:2] == ["absent", "sb-y"]
-    assert outs["sb-x"][2] != outs["sb-y"][2]  # the kernel's random pool was reseeded in each
-    for sid in ("sb-x", "sb-y"):
+    outs = {sid: (await run(client, sid, script)).stdout.decode().split() for sid in ("sb-x", "sb-y", "sb-z")}
+    assert outs["sb-x"][:2] == ["mine", "sb-x"]
+    assert outs["sb-y"][:2] == ["absent", "sb-y"] and outs["sb-z"][:2] == ["absent", "sb-z"]
+    assert len({out[2] for out in outs.values()}) == 3  # the kernel's random pool was reseeded in each
+    for sid in ("sb-x", "sb-y", "sb-z"):
         guest_now = float((await run(client, sid, "date +%s.%N")).stdout)
         assert abs(guest_now - time.time()) < 5  # the clock was set, not left at the snapshot's time
     await asyncio.gather(
-        *(client.destroy_sandbox(pb.DestroySandboxRequest(sandbox_id=s)) for s in ("sb-x", "sb-y"))
+        *(client.destroy_sandbox(pb.DestroySandboxRequest(sandbox_id=s)) for s in ("sb-x", "sb-y", "sb-z"))
     )
-    assert leftovers(agent, "sb-x") == [] and leftovers(agent, "sb-y") == []
+    assert all(leftovers(agent, s) == [] for s in ("sb-x", "sb-y", "sb-z"))
 
 
 def test_the_vmm_is_confined(agent: AgentProcess) -> None:

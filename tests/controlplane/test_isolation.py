@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from wrenn.controlplane import Settings
+from wrenn.controlplane.routes import e2b
 
 from ._db import insert_capsule, insert_host, insert_template, snapshot
 from .test_accounts import auth, signup
@@ -66,6 +67,8 @@ class Team:
             "uid": [self.user_id, self.mate_id],
             "host_id": [self.host_id],
             "name": [self.template],  # a template's name (team-scoped)
+            "sandbox_id": [self.capsule_id],  # E2B's name for a capsule id
+            "template_id": [self.template],  # E2B's DELETE /templates/{id}: a snapshot's name
         }
 
     def secrets(self) -> list[str]:
@@ -187,7 +190,8 @@ def test_every_route_with_an_id_refuses_another_teams(api: TestClient, teams: tu
                 assert r.status_code in allowed, (
                     f"{route} as B ({credential}) with {url}: {r.status_code} {r.text}"
                 )
-                assert set(r.json()["error"]) >= {"code", "message"}
+                body = r.json() if e2b.is_e2b_path(path) else r.json()["error"]  # E2B's own shape
+                assert set(body) >= {"code", "message"}
                 after = snapshot(api)
                 assert _drop_last_used(after) == _drop_last_used(before), (
                     f"{route} ({credential}) changed data"

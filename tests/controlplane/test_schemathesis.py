@@ -28,6 +28,7 @@ from schemathesis.python import asgi
 from wrenn.controlplane import Settings, create_app
 from wrenn.controlplane._ids import new_id
 from wrenn.controlplane.db import Capsule, Host, make_engine, sessions
+from wrenn.controlplane.routes import e2b
 
 from .conftest import _reset_postgres
 
@@ -101,12 +102,18 @@ def _check(case: schemathesis.Case, response: Any, caller: str, headers: dict[st
         body = json.loads(response.content)
     except ValueError:
         raise AssertionError(f"error body is not JSON {where}") from None
-    error = body.get("error") if isinstance(body, dict) else None
-    assert isinstance(error, dict), f"no error object {where}"
-    assert isinstance(error.get("code"), str) and error["code"], f"no error code {where}"
-    assert isinstance(error.get("message"), str), f"no error message {where}"
+    if e2b.is_e2b_path(case.path):  # E2B's shape: {"code": <status>, "message", "error_code"?}
+        assert isinstance(body, dict) and body.get("code") == status, f"no E2B error object {where}"
+        assert isinstance(body.get("message"), str), f"no error message {where}"
+        code = str(body.get("error_code", ""))
+    else:
+        error = body.get("error") if isinstance(body, dict) else None
+        assert isinstance(error, dict), f"no error object {where}"
+        assert isinstance(error.get("code"), str) and error["code"], f"no error code {where}"
+        assert isinstance(error.get("message"), str), f"no error message {where}"
+        code = error["code"]
     if status >= 500:
-        assert (status, error["code"]) in ACCEPTED_5XX, f"server error {where}"
+        assert (status, code) in ACCEPTED_5XX, f"server error {where}"
 
 
 @schema.parametrize()

@@ -156,7 +156,10 @@ class Agent:
             raise
         store = CredentialStore(self.config.data_dir)
         api = HostAgentServiceASGIApplication(AgentService(manager, on_terminate=self.shutdown))
-        upstream = _asgiproxy.new_client()  # one client for all proxied traffic, for the agent's life
+        # One client for all proxied traffic, for the agent's life. No pooled connections: a guest's
+        # address is reused by the next sandbox in its slot (or by itself after a pause), and a pooled
+        # connection to it would be dead; a dial over the local veth costs next to nothing.
+        upstream = _asgiproxy.new_client(keepalive=False)
         app = with_proxy(api, ProxyApp(manager, upstream))
         tls: dict[str, object] = {}
         if creds is not None:

@@ -23,7 +23,7 @@ from ._proxy import TrafficProxy
 from ._security import Tokens, load_or_create_secret
 from ._settings import Settings
 from .db import make_engine, migrate, sessions
-from .routes import auth, capsules, keys, snapshots, streams, teams
+from .routes import auth, capsules, e2b, keys, snapshots, streams, teams
 from .routes import hosts as hosts_routes
 
 log = logging.getLogger("wrenn.controlplane")
@@ -70,6 +70,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        if e2b.is_e2b_path(request.url.path):  # E2B's SDK parses its own error shape
+            return JSONResponse(e2b.error_body(exc.status, exc.message, exc.code), status_code=exc.status)
         return JSONResponse(exc.body(), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
@@ -78,11 +80,16 @@ def create_app(settings: Settings) -> FastAPI:
             f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
             for e in exc.errors()
         )
+        if e2b.is_e2b_path(request.url.path):
+            return JSONResponse(e2b.error_body(400, problems, "invalid_request"), status_code=400)
         return JSONResponse({"error": {"code": "invalid_request", "message": problems}}, status_code=400)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
+        if e2b.is_e2b_path(request.url.path):
+            body = e2b.error_body(exc.status_code, str(exc.detail), code)
+            return JSONResponse(body, status_code=exc.status_code)
         return JSONResponse(
             {"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code
         )
@@ -122,5 +129,6 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     app.include_router(hosts_routes.router)
     app.include_router(teams.router)
+    app.include_router(e2b.router)  # E2B's REST API: /sandboxes, /v2/sandboxes, ...
     app.add_middleware(TrafficProxy, state=app.state)  # `{port}-{capsule_id}.{domain}` traffic
     return app

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -136,6 +137,7 @@ class HostMonitor:
                 if local and not await self._ping_local(host_id, address):
                     return
                 await self._reconcile(host_id, address)
+                await self._end_lives(host_id, address)
                 await self._hibernate(host_id, address)
             finally:
                 await lock.rollback()  # releases the advisory lock
@@ -168,6 +170,46 @@ class HostMonitor:
             host.slot_capacity = info.slot_capacity
             await session.commit()
             return True
+
+    async def _end_lives(self, host_id: str, address: str) -> None:
+        """Capsules past their lifetime deadline (`end_at`, E2B's timeout) are killed, or paused when their
+        `on_timeout` says so."""
+        async with self._sessions() as session:
+            due = (
+                await session.execute(
+                    select(Capsule.id, Capsule.on_timeout).where(
+                        Capsule.host_id == host_id,
+                        Capsule.status == "running",
+                        Capsule.end_at.is_not(None),
+                        Capsule.end_at < utcnow(),
+                    )
+                )
+            ).all()
+        client = self._agents.client(address)
+        for capsule_id, on_timeout in due:
+            pause = on_timeout == "pause"
+            try:
+                if pause:
+                    await client.pause_sandbox(
+                        pb.PauseSandboxRequest(sandbox_id=capsule_id), timeout_ms=300_000
+                    )
+                else:
+                    await client.destroy_sandbox(pb.DestroySandboxRequest(sandbox_id=capsule_id))
+            except (ConnectError, OSError) as exc:
+                if pause or not (isinstance(exc, ConnectError) and exc.code is Code.NOT_FOUND):
+                    log.warning(
+                        "cannot end a capsule's life", extra={"capsule": capsule_id, "error": str(exc)}
+                    )
+                    continue
+            async with self._sessions() as session:
+                capsule = await session.get(Capsule, capsule_id)
+                if capsule is not None and capsule.status == "running":
+                    if pause:
+                        capsule.status, capsule.host_ip, capsule.paused_at = "paused", "", utcnow()
+                    else:
+                        capsule.status, capsule.error = "stopped", "its timeout ended it"
+                    await session.commit()
+            log.info("capsule timed out", extra={"capsule": capsule_id, "paused": pause})
 
     async def _hibernate(self, host_id: str, address: str) -> None:
         """Move the host's capsules paused for longer than `hibernate_after_s` to cold storage."""

@@ -116,6 +116,7 @@ class HostRefreshToken(Base):
 
 class Capsule(Base):
     __tablename__ = "sandboxes"
+    __table_args__ = (UniqueConstraint("team_id", "idempotency_key"),)
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
     host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"), default=None)
@@ -137,6 +138,16 @@ class Capsule(Base):
     last_updated: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     #: Since when it is paused: the monitor hibernates capsules paused longer than configured.
     paused_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: The caller's own key/value labels (E2B's `metadata`), filterable in lists.
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: A lifetime deadline (E2B's `timeout`): at `end_at` the monitor kills the capsule, or pauses it
+    #: when `on_timeout` is "pause". Null: no deadline (the idle timeout alone applies).
+    end_at: Mapped[datetime | None] = mapped_column(default=None)
+    on_timeout: Mapped[str] = mapped_column(String(8), default="kill")
+    #: A create retried with the same `Idempotency-Key` returns this capsule (per team), if the request
+    #: hashes the same.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    request_hash: Mapped[str] = mapped_column(String(64), default="")
 
 
 class Template(Base):

@@ -7,6 +7,7 @@ import base64
 import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -151,6 +152,19 @@ async def _placement(
     return host, template
 
 
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    """What the E2B-compatible API adds to a create: the guest's environment, the caller's labels, a
+    lifetime deadline and what happens at it, and the create's idempotency key."""
+
+    envs: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    end_at: datetime | None = None
+    on_timeout: str = "kill"
+    idempotency_key: str | None = None
+    request_hash: str = ""
+
+
 async def launch(
     session: AsyncSession,
     agents: AgentPool,
@@ -158,9 +172,11 @@ async def launch(
     body: CapsuleCreate,
     count: int = 1,
     template_name: str | None = None,
+    lifecycle: Lifecycle | None = None,
 ) -> list[Capsule]:
     """Create `count` capsules of `body` and boot them at once; each row ends `running` or `error`
     (committed), and the first failure is raised once all have ended. Shared by create and fork."""
+    life = lifecycle or Lifecycle()
     host, template = await _placement(session, body, caller.team_id)
     capsules = [
         Capsule(
@@ -175,6 +191,11 @@ async def launch(
             envd_token=secrets.token_urlsafe(32),
             traffic_access_token=None if body.allow_public_traffic else secrets.token_hex(32),
             status="pending",
+            labels=dict(life.labels),
+            end_at=life.end_at,
+            on_timeout=life.on_timeout,
+            idempotency_key=life.idempotency_key,
+            request_hash=life.request_hash,
         )
         for _ in range(count)
     ]
@@ -193,6 +214,7 @@ async def launch(
             team_id=caller.team_id,
             envd_access_token=capsule.envd_token,
             allow_internet=True,
+            default_env=life.envs,
         )
         return agents.call(host.id, client.create_sandbox(request_pb, timeout_ms=600_000))
 

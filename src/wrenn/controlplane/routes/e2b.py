@@ -1,0 +1,480 @@
+"""E2B's REST API beside our `/v1`, over the same database, teams, keys and logic, so that a program
+written for the official `e2b` SDK runs against Wrenn with only its key and URLs changed.
+
+Field names, status codes and error bodies (`{"code", "message"}`) are E2B's, as
+../shared/reference/e2b-protocol.md records them. An E2B sandbox is a capsule: its `timeout` is a
+lifetime deadline (`end_at`; the monitor kills it then, or pauses it with `autoPause`), its `metadata`
+are the capsule's labels, `envVars` its default environment.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from wrenn.proto.hostagent.v1 import hostagent_pb as pb
+
+from .. import _audit, _errors
+from .._agents import AgentPool
+from .._deps import Caller, Db, Principal, audit_fields
+from ..db import Capsule, Host, utcnow
+from . import capsules as _capsules
+from . import snapshots as _snapshots
+
+router = APIRouter(tags=["e2b"])
+
+#: E2B returns this constant; the SDK only requires the field.
+CLIENT_ID = "6532622b"
+#: The envd protocol version our envd speaks; 0.6.4 unlocks every feature of the SDK.
+ENVD_VERSION = "0.6.4"
+#: E2B's default template is "base"; ours is "minimal".
+ALIASES = {"base": "minimal"}
+DEFAULT_TIMEOUT_S = 300
+MAX_TIMEOUT_S = 24 * 3600
+#: Paths this module answers: their errors are E2B's `{"code", "message"}`.
+PREFIXES = ("/sandboxes", "/v2/sandboxes", "/snapshots", "/templates")
+_VISIBLE = ("pending", "starting", "running", "paused", "hibernating", "hibernated")
+_PAUSED = ("paused", "hibernating", "hibernated")
+
+
+def is_e2b_path(path: str) -> bool:
+    return path.startswith(PREFIXES)
+
+
+def error_body(status: int, message: str, code: str = "") -> dict[str, Any]:
+    body: dict[str, Any] = {"code": status, "message": message}
+    if code:
+        body["error_code"] = code
+    return body
+
+
+class Network(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    allowPublicTraffic: bool = True
+
+
+class NewSandbox(BaseModel):
+    model_config = ConfigDict(extra="allow")  # mcp, volumeMounts, ...: accepted, not acted on
+    templateID: str = Field(default="base", min_length=1, max_length=128)
+    timeout: int = Field(default=DEFAULT_TIMEOUT_S, ge=0, le=MAX_TIMEOUT_S)
+    autoPause: bool = False
+    secure: bool = True
+    allow_internet_access: bool = True
+    network: Network | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    envVars: dict[str, str] = Field(default_factory=dict)
+
+
+class Timeout(BaseModel):
+    timeout: int = Field(ge=0, le=MAX_TIMEOUT_S)
+
+
+class OptionalTimeout(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    timeout: int | None = Field(default=None, ge=0, le=MAX_TIMEOUT_S)
+    autoPause: bool | None = None
+
+
+class Refresh(BaseModel):
+    duration: int = Field(default=DEFAULT_TIMEOUT_S, ge=0, le=MAX_TIMEOUT_S)
+
+
+class SnapshotBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str | None = Field(default=None, pattern=_snapshots.NAME)
+
+
+class ForkBody(BaseModel):
+    count: int = Field(default=1, ge=1, le=20)
+    timeout: int | None = Field(default=None, ge=0, le=MAX_TIMEOUT_S)
+
+
+# --- what the SDK reads back -----------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str:
+    when = value or utcnow()
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat().replace("+00:00", "Z")
+
+
+def _state(c: Capsule) -> str:
+    return "paused" if c.status in _PAUSED else "running"
+
+
+def _sandbox(c: Capsule, template_id: str) -> dict[str, Any]:
+    """E2B's `Sandbox`: the reply to create, connect, resume and fork."""
+    return {
+        "templateID": template_id,
+        "sandboxID": c.id,
+        "clientID": CLIENT_ID,
+        "alias": c.template,
+        "envdVersion": ENVD_VERSION,
+        "envdAccessToken": c.envd_token,
+        "trafficAccessToken": c.traffic_access_token,
+        "domain": None,
+    }
+
+
+def _listed(c: Capsule) -> dict[str, Any]:
+    """E2B's `ListedSandbox` (no tokens)."""
+    return {
+        "templateID": c.template,
+        "alias": c.template,
+        "sandboxID": c.id,
+        "clientID": CLIENT_ID,
+        "startedAt": _iso(c.started_at or c.created_at),
+        "endAt": _iso(c.end_at or (c.started_at or c.created_at) + timedelta(days=3650)),
+        "cpuCount": c.vcpus,
+        "memoryMB": c.memory_mb,
+        "diskSizeMB": c.disk_size_mb,
+        "metadata": dict(c.labels or {}),
+        "state": _state(c),
+        "envdVersion": ENVD_VERSION,
+    }
+
+
+def _detail(c: Capsule) -> dict[str, Any]:
+    """E2B's `SandboxDetail`."""
+    return {
+        **_listed(c),
+        "envdAccessToken": c.envd_token,
+        "domain": None,
+        "allowInternetAccess": True,
+        "lifecycle": {"autoResume": True, "onTimeout": c.on_timeout},
+    }
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+async def _find(session: AsyncSession, caller: Principal, sandbox_id: str) -> Capsule:
+    """The team's live capsule; 404 (E2B's "sandbox not found") for anything else."""
+    capsule = await session.get(Capsule, sandbox_id)
+    if capsule is None or capsule.team_id != caller.team_id or capsule.status not in (*_VISIBLE, "missing"):
+        raise _errors.ApiError(404, "sandbox_not_found", f"sandbox {sandbox_id} not found")
+    return capsule
+
+
+def _deadline(seconds: int | None) -> datetime | None:
+    return utcnow() + timedelta(seconds=seconds) if seconds else None
+
+
+def _agents(request: Request) -> AgentPool:
+    pool: AgentPool = request.app.state.agents
+    return pool
+
+
+def _hash(body: NewSandbox) -> str:
+    return hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
+# --- sandboxes ------------------------------------------------------------------------------------
+
+
+@router.post("/sandboxes", status_code=201)
+@router.post("/v2/sandboxes", status_code=201)
+async def create_sandbox(
+    body: NewSandbox,
+    request: Request,
+    caller: Caller,
+    session: Db,
+    idempotency_key: str | None = Header(default=None, pattern=r"^[A-Za-z0-9-]{1,255}$"),
+) -> JSONResponse:
+    """`Sandbox.create`: a capsule from `templateID` ("base" is our "minimal", or a team template)."""
+    request_hash = _hash(body)
+    if idempotency_key:
+        found = (
+            await session.execute(
+                select(Capsule).where(
+                    Capsule.team_id == caller.team_id, Capsule.idempotency_key == idempotency_key
+                )
+            )
+        ).scalar_one_or_none()
+        if found is not None:
+            if found.request_hash != request_hash:
+                raise _errors.ApiError(
+                    409, "idempotency_request_mismatch", "this Idempotency-Key was used for another request"
+                )
+            if found.status in ("pending", "starting"):
+                raise _errors.ApiError(409, "idempotency_in_progress", "that create is still under way")
+            if found.status != "error":
+                return JSONResponse(_sandbox(found, body.templateID), status_code=201)
+            found.idempotency_key = None  # that attempt failed: this retry is a new create
+            await session.commit()
+    template = ALIASES.get(body.templateID, body.templateID)
+    spec = _capsules.CapsuleCreate(
+        template=template,
+        timeout_sec=0,  # the lifetime deadline below replaces the idle timeout
+        allow_public_traffic=body.network.allowPublicTraffic if body.network else True,
+    )
+    lifecycle = _capsules.Lifecycle(
+        envs=body.envVars,
+        labels=body.metadata,
+        end_at=_deadline(body.timeout),
+        on_timeout="pause" if body.autoPause else "kill",
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+    try:
+        (capsule,) = await _capsules.launch(session, _agents(request), caller, spec, lifecycle=lifecycle)
+    except _errors.ApiError as exc:
+        if exc.code == "not_found":
+            raise _errors.ApiError(
+                404, "template_not_found", f"template {body.templateID!r} not found"
+            ) from None
+        raise
+    return JSONResponse(_sandbox(capsule, body.templateID), status_code=201)
+
+
+async def _list(
+    session: AsyncSession, caller: Principal, metadata: str | None, state: str | None
+) -> list[Capsule]:
+    wanted = {s.strip() for s in (state or "running,paused").split(",") if s.strip()}
+    statuses = [s for s in _VISIBLE if ("paused" if s in _PAUSED else "running") in wanted]
+    rows = await session.execute(
+        select(Capsule)
+        .where(Capsule.team_id == caller.team_id, Capsule.status.in_(statuses))
+        .order_by(Capsule.created_at, Capsule.id)
+    )
+    labels = {unquote(k): unquote(v) for k, v in parse_qsl(metadata or "", keep_blank_values=True)}
+    return [c for c in rows.scalars() if all((c.labels or {}).get(k) == v for k, v in labels.items())]
+
+
+@router.get("/v2/sandboxes")
+async def list_sandboxes_v2(
+    caller: Caller,
+    session: Db,
+    metadata: str | None = None,
+    state: str | None = None,
+    limit: int = Query(default=100, ge=1, le=1000),
+    nextToken: str | None = None,
+) -> JSONResponse:
+    """`Sandbox.list`: filtered by `metadata` (URL-encoded `k=v` pairs) and `state`, paged by
+    `nextToken` / the `x-next-token` header."""
+    found = await _list(session, caller, metadata, state)
+    start = 0
+    if nextToken:
+        try:
+            after = base64.urlsafe_b64decode(nextToken.encode()).decode()
+        except ValueError:
+            raise _errors.bad_request("nextToken is not one this server handed out") from None
+        ids = [c.id for c in found]
+        start = ids.index(after) + 1 if after in ids else len(ids)
+    page = found[start : start + limit]
+    headers = {}
+    if start + limit < len(found):
+        headers["x-next-token"] = base64.urlsafe_b64encode(page[-1].id.encode()).decode()
+    return JSONResponse([_listed(c) for c in page], headers=headers)
+
+
+@router.get("/sandboxes")
+async def list_sandboxes(caller: Caller, session: Db, metadata: str | None = None) -> list[dict[str, Any]]:
+    """The v1 list: every running sandbox of the team."""
+    return [_listed(c) for c in await _list(session, caller, metadata, "running")]
+
+
+@router.get("/sandboxes/{sandbox_id}")
+async def get_sandbox(sandbox_id: str, caller: Caller, session: Db) -> dict[str, Any]:
+    return _detail(await _find(session, caller, sandbox_id))
+
+
+@router.delete("/sandboxes/{sandbox_id}", status_code=204)
+async def kill_sandbox(sandbox_id: str, request: Request, caller: Caller, session: Db) -> Response:
+    capsule = await _find(session, caller, sandbox_id)
+    await _capsules.destroy(session, _agents(request), capsule)
+    _audit.record(
+        session, **audit_fields(caller), resource_type="capsule", resource_id=capsule.id, action="destroy"
+    )
+    await session.commit()
+    return Response(status_code=204)
+
+
+@router.post("/sandboxes/{sandbox_id}/timeout", status_code=204)
+async def set_timeout(sandbox_id: str, body: Timeout, caller: Caller, session: Db) -> Response:
+    """The sandbox now ends `timeout` seconds from now (which may shorten its life)."""
+    capsule = await _find(session, caller, sandbox_id)
+    capsule.end_at = _deadline(body.timeout) or utcnow()
+    await session.commit()
+    return Response(status_code=204)
+
+
+@router.post("/sandboxes/{sandbox_id}/refreshes", status_code=204)
+async def refresh(sandbox_id: str, body: Refresh, caller: Caller, session: Db) -> Response:
+    """Extend the sandbox's life to at least `duration` seconds from now."""
+    capsule = await _find(session, caller, sandbox_id)
+    wanted = utcnow() + timedelta(seconds=body.duration)
+    if capsule.end_at is not None and _aware(capsule.end_at) < wanted:
+        capsule.end_at = wanted
+    await session.commit()
+    return Response(status_code=204)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@router.post("/sandboxes/{sandbox_id}/pause", status_code=204)
+async def pause_sandbox(sandbox_id: str, request: Request, caller: Caller, session: Db) -> Response:
+    capsule = await _find(session, caller, sandbox_id)
+    if capsule.status in _PAUSED:
+        raise _errors.conflict(f"sandbox {sandbox_id} is already paused")
+    await _capsules.pause(session, _agents(request), caller, capsule)
+    return Response(status_code=204)
+
+
+async def _wake(
+    request: Request, caller: Principal, session: AsyncSession, sandbox_id: str, lifetime_s: int | None
+) -> tuple[Capsule, bool]:
+    """Resume the sandbox if it is paused; extend its life to `lifetime_s` from now. Whether it resumed."""
+    capsule = await _find(session, caller, sandbox_id)
+    resumed = capsule.status in _PAUSED
+    if resumed:
+        await _capsules.resume(session, _agents(request), capsule)
+        _audit.record(
+            session, **audit_fields(caller), resource_type="capsule", resource_id=capsule.id, action="resume"
+        )
+    if lifetime_s:
+        wanted = utcnow() + timedelta(seconds=lifetime_s)
+        if resumed or capsule.end_at is None or _aware(capsule.end_at) < wanted:
+            capsule.end_at = wanted
+    await session.commit()
+    return capsule, resumed
+
+
+@router.post("/sandboxes/{sandbox_id}/connect")
+@router.post("/v2/sandboxes/{sandbox_id}/connect")
+async def connect_sandbox(
+    sandbox_id: str, request: Request, caller: Caller, session: Db, body: OptionalTimeout | None = None
+) -> JSONResponse:
+    """`Sandbox.connect`: 200 when it was running (its life extended), 201 when it was resumed."""
+    capsule, resumed = await _wake(request, caller, session, sandbox_id, body.timeout if body else None)
+    return JSONResponse(_sandbox(capsule, capsule.template), status_code=201 if resumed else 200)
+
+
+@router.post("/sandboxes/{sandbox_id}/resume", status_code=201)
+async def resume_sandbox(
+    sandbox_id: str, request: Request, caller: Caller, session: Db, body: OptionalTimeout | None = None
+) -> JSONResponse:
+    """The 2.0-2.3 SDKs' connect: 409 when it already runs."""
+    capsule = await _find(session, caller, sandbox_id)
+    if capsule.status not in _PAUSED:
+        raise _errors.conflict(f"sandbox {sandbox_id} is already running")
+    if body is not None and body.autoPause is not None:
+        capsule.on_timeout = "pause" if body.autoPause else "kill"
+    capsule, _ = await _wake(request, caller, session, sandbox_id, body.timeout if body else None)
+    return JSONResponse(_sandbox(capsule, capsule.template), status_code=201)
+
+
+@router.get("/sandboxes/{sandbox_id}/metrics")
+async def sandbox_metrics(
+    sandbox_id: str,
+    request: Request,
+    caller: Caller,
+    session: Db,
+    start: int | None = None,
+    end: int | None = None,
+) -> list[dict[str, Any]]:
+    """CPU, memory and disk samples (the host keeps up to 24 h); empty while paused."""
+    capsule = await _find(session, caller, sandbox_id)
+    if capsule.status != "running":
+        return []
+    host = await session.get(Host, capsule.host_id) if capsule.host_id else None
+    if host is None:
+        return []
+    agents = _agents(request)
+    got = await agents.call(
+        host.id,
+        agents.client(host.address).get_sandbox_metrics(
+            pb.GetSandboxMetricsRequest(sandbox_id=capsule.id, range=pb.MetricsRange.LAST_24H)
+        ),
+    )
+    memory_total = capsule.memory_mb << 20
+    disk_total = capsule.disk_size_mb << 20
+    out = []
+    for p in got.points:
+        seconds = p.timestamp.seconds if p.timestamp else 0
+        if (start is not None and seconds < start) or (end is not None and seconds > end):
+            continue
+        out.append(
+            {
+                "timestamp": datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z"),
+                "timestampUnix": seconds,
+                "cpuCount": capsule.vcpus,
+                "cpuUsedPct": p.cpu_pct,
+                "memUsed": p.mem_bytes,
+                "memTotal": memory_total,
+                "memCache": 0,
+                "diskUsed": p.disk_bytes,
+                "diskTotal": disk_total,
+            }
+        )
+    return out
+
+
+@router.get("/sandboxes/{sandbox_id}/logs")
+async def sandbox_logs(sandbox_id: str, caller: Caller, session: Db) -> dict[str, Any]:
+    """E2B's log shape. Wrenn keeps no guest log stream yet: the lists are empty."""
+    await _find(session, caller, sandbox_id)
+    return {"logs": [], "logEntries": []}
+
+
+# --- snapshots and forks --------------------------------------------------------------------------
+
+
+@router.post("/sandboxes/{sandbox_id}/snapshots", status_code=201)
+async def create_snapshot(
+    sandbox_id: str, request: Request, caller: Caller, session: Db, body: SnapshotBody | None = None
+) -> dict[str, Any]:
+    """A template of the sandbox as it is now; the sandbox runs on (E2B's behaviour)."""
+    capsule = await _find(session, caller, sandbox_id)
+    was_running = capsule.status == "running"
+    name = (body.name if body else None) or f"snapshot-{secrets.token_hex(4)}"
+    if await _capsules._template(session, caller.team_id, name) is not None:
+        raise _errors.conflict(f"the team has a template named {name!r}", "template_name_taken")
+    agents = _agents(request)
+    template = await _snapshots.make_template(session, agents, caller, capsule, name)
+    if was_running:
+        await _capsules.resume(session, agents, capsule)
+    return {"snapshotID": template.name, "names": [template.name]}
+
+
+@router.post("/sandboxes/{sandbox_id}/fork", status_code=201)
+async def fork_sandbox(
+    sandbox_id: str, body: ForkBody, request: Request, caller: Caller, session: Db
+) -> list[dict[str, Any]]:
+    capsule = await _find(session, caller, sandbox_id)
+    forks = await _snapshots.fork_capsule(
+        capsule.id, _snapshots.ForkBody(count=min(body.count, 10)), request, caller, session
+    )
+    out = []
+    for fork in forks:
+        row = await session.get(Capsule, fork.id)
+        assert row is not None
+        if body.timeout:
+            row.end_at = _deadline(body.timeout)
+        out.append({"sandbox": _sandbox(row, capsule.template)})
+    await session.commit()
+    return out
+
+
+@router.get("/snapshots")
+async def list_snapshots(caller: Caller, session: Db) -> list[dict[str, Any]]:
+    templates = await _snapshots.list_snapshots(caller, session, type="snapshot")
+    return [{"snapshotID": t.name, "names": [t.name]} for t in templates]
+
+
+@router.delete("/templates/{template_id}", status_code=204)
+async def delete_template(template_id: str, request: Request, caller: Caller, session: Db) -> Response:
+    await _snapshots.delete_snapshot(template_id, request, caller, session)
+    return Response(status_code=204)
