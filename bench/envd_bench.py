@@ -21,15 +21,10 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import datetime
 import hashlib
-import json
 import os
-import platform
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,75 +37,31 @@ import httpx
 import pyqwest
 from connectrpc.codec import proto_json_codec
 
+import _common
+from _common import REPO, Series, envd_start, fmt_time, free_port, now, render_table, timed, write_results
 from wrenn.proto.envd.process.process_connect import ProcessClient
-from wrenn.proto.envd.process.process_pb import ProcessConfig, StartRequest
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-RESULTS_DIR = BENCH_DIR / "results"
 CHUNK = 1 << 20  # client-side read/write size for the transfers
 MB = 1_000_000  # MB/s is reported in decimal megabytes
 
 
-# --- statistics ----------------------------------------------------------------------------------
-
-
-def p90(samples: list[float]) -> float:
-    if len(samples) < 2:
-        return samples[0]
-    return statistics.quantiles(samples, n=10, method="inclusive")[8]
+# --- the table -----------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
-class Series:
-    name: str
-    samples: list[float] = dataclasses.field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples)
-
-    @property
-    def p90(self) -> float:
-        return p90(self.samples)
-
-
-@dataclasses.dataclass
-class Row:
-    op: Series
-    baseline: Series
+class Row(_common.Row):
     nbytes: int | None = None  # set for transfers: MB/s is then reported
-
-    @property
-    def ratio(self) -> float:
-        return self.op.median / self.baseline.median
 
     def mbps(self, seconds: float) -> float | None:
         return None if self.nbytes is None else self.nbytes / MB / seconds
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "operation": self.op.name,
-            "median_s": self.op.median,
-            "p90_s": self.op.p90,
-            "baseline": self.baseline.name,
-            "baseline_median_s": self.baseline.median,
-            "baseline_p90_s": self.baseline.p90,
-            "ratio": self.ratio,
+            **super().to_json(),
             "bytes": self.nbytes,
             "mb_per_s": self.mbps(self.op.median),
             "baseline_mb_per_s": self.mbps(self.baseline.median),
-            "samples_s": self.op.samples,
-            "baseline_samples_s": self.baseline.samples,
         }
-
-
-def fmt_time(seconds: float) -> str:
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.0f} us"
-    if seconds < 1:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.3f} s"
 
 
 def table(rows: list[Row]) -> str:
@@ -130,25 +81,10 @@ def table(rows: list[Row]) -> str:
                 "" if base_mbps is None else f"{base_mbps:.0f}",
             ]
         )
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    right = {1, 2, 4, 5, 6, 7}
-
-    def render(cells: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    return "\n".join([render(header), render(["-" * w for w in widths]), *(render(line) for line in lines)])
+    return render_table(header, lines, {1, 2, 4, 5, 6, 7})
 
 
 # --- envd as a real process ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -196,31 +132,6 @@ def run_envd(log_path: Path, profile: Path | None) -> Iterator[str]:
 
 
 # --- the operations ------------------------------------------------------------------------------
-
-
-async def timed(fn: Callable[[], Awaitable[None]]) -> float:
-    start = time.perf_counter()
-    await fn()
-    return time.perf_counter() - start
-
-
-def exec_true(client: ProcessClient) -> Callable[[], Awaitable[None]]:
-    request = StartRequest(process=ProcessConfig(cmd="true", args=[]))
-
-    async def op() -> None:
-        kinds: list[str] = []
-        exit_code: int | None = None
-        async for response in client.start(request, timeout_ms=30_000):
-            event = response.event.event if response.event is not None else None
-            if event is None:
-                continue
-            kinds.append(event.field)
-            if event.field == "end":
-                exit_code = event.value.exit_code  # type: ignore[union-attr]
-        if "end" not in kinds or exit_code != 0:
-            raise RuntimeError(f"envd Start of `true`: events {kinds}, exit code {exit_code}")
-
-    return op
 
 
 def health(http: pyqwest.Client, url: str) -> Callable[[], Awaitable[None]]:
@@ -311,7 +222,7 @@ async def bench_exec(url: str, runs: int) -> list[Row]:
     async with ProcessClient(
         url, codec=proto_json_codec(), send_compression=None, accept_compression=(), http_client=http
     ) as client:
-        ops = [(exec_s, exec_true(client)), (health_s, health(http, url)), (spawn_s, spawn_true)]
+        ops = [(exec_s, envd_start(client, "true", [])), (health_s, health(http, url)), (spawn_s, spawn_true)]
         for _, fn in ops:  # warm-up: connection, imports, first-call paths on both sides
             await fn()
         for _ in range(runs):  # interleaved, so drift hits op and baselines alike
@@ -384,21 +295,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    started = datetime.datetime.now(datetime.UTC)
+    started = now()
     with tempfile.TemporaryDirectory(prefix="envd-bench-", dir=args.workdir) as tmp:
         workdir = Path(tmp)
         with run_envd(workdir / "envd.log", args.envd_profile) as url:
             rows = asyncio.run(main_async(args, url, workdir))
     print(table(rows))
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_DIR / f"envd-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     report = {
-        "started": started.isoformat(),
-        "host": {
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-        },
         "config": {
             "runs": args.runs,
             "transfer_runs": args.transfer_runs,
@@ -407,8 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "rows": [r.to_json() for r in rows],
     }
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nresults: {out.relative_to(REPO)}")
+    write_results("envd", started, report)
     if args.envd_profile is not None:
         print(f"envd profile: {args.envd_profile} (python -m pstats {args.envd_profile})")
 

@@ -26,150 +26,48 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import datetime
 import json
 import os
-import platform
 import shutil
-import signal
-import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psutil
 from connectrpc.codec import proto_json_codec
 
+from _common import (
+    ENVD_PORT,
+    REPO,
+    Row,
+    Series,
+    envd_start,
+    free_port,
+    guarded,
+    now,
+    refuse_other_agents,
+    row_table,
+    timed,
+    vm_bench_parser,
+    write_results,
+)
 from wrenn import Capsule
 from wrenn.proto.envd.process.process_connect import ProcessClient
-from wrenn.proto.envd.process.process_pb import ProcessConfig, StartRequest
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-RESULTS_DIR = BENCH_DIR / "results"
-DEFAULT_DATA_DIR = Path("/var/tmp/wrenn-test-data")
 WRENN = [sys.executable, "-c", "from wrenn.cli import main; main()"]
 MEMORY_MB = 256
-ENVD_PORT = 49983
 COMMAND_TIMEOUT_S = 30  # the SDK's default for `commands.run`; sent on every path
 SHELL, SHELL_ARGS = "/bin/sh", ["-c", "true"]  # what the SDK's `run("true")` asks the control plane for
 
 
-# --- statistics ----------------------------------------------------------------------------------
-
-
-def p90(samples: list[float]) -> float:
-    if len(samples) < 2:
-        return samples[0]
-    return statistics.quantiles(samples, n=10, method="inclusive")[8]
-
-
-@dataclasses.dataclass
-class Series:
-    name: str
-    samples: list[float] = dataclasses.field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples)
-
-    @property
-    def p90(self) -> float:
-        return p90(self.samples)
-
-
-@dataclasses.dataclass
-class Row:
-    op: Series
-    baseline: Series
-
-    @property
-    def ratio(self) -> float:
-        return self.op.median / self.baseline.median
-
-    @property
-    def added(self) -> float:
-        return self.op.median - self.baseline.median
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "operation": self.op.name,
-            "median_s": self.op.median,
-            "p90_s": self.op.p90,
-            "baseline": self.baseline.name,
-            "baseline_median_s": self.baseline.median,
-            "baseline_p90_s": self.baseline.p90,
-            "ratio": self.ratio,
-            "added_median_s": self.added,
-            "samples_s": self.op.samples,
-            "baseline_samples_s": self.baseline.samples,
-        }
-
-
-def fmt_time(seconds: float) -> str:
-    sign = "-" if seconds < 0 else ""
-    seconds = abs(seconds)
-    if seconds < 1e-3:
-        return f"{sign}{seconds * 1e6:.0f} us"
-    if seconds < 1:
-        return f"{sign}{seconds * 1e3:.2f} ms"
-    return f"{sign}{seconds:.3f} s"
-
-
-def table(rows: list[Row]) -> str:
-    header = ["operation", "median", "p90", "baseline", "base median", "base p90", "ratio", "added"]
-    lines = [
-        [
-            r.op.name,
-            fmt_time(r.op.median),
-            fmt_time(r.op.p90),
-            r.baseline.name,
-            fmt_time(r.baseline.median),
-            fmt_time(r.baseline.p90),
-            f"{r.ratio:.2f}x",
-            ("+" if r.added >= 0 else "") + fmt_time(r.added),
-        ]
-        for r in rows
-    ]
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    right = {1, 2, 4, 5, 6, 7}
-
-    def render(cells: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    return "\n".join([render(header), render(["-" * w for w in widths]), *(render(line) for line in lines)])
-
-
 # --- the platform, and what it holds -------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def other_agents() -> list[str]:
-    """Host agents already running. `wrenn up`'s agent uses the default per-slot addresses, as every agent
-    started without address ranges does: a boot in a shared slot fails, and foreign VMs skew the timings."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if "wrenn.agent" in cmdline and "-m" in cmdline:
-            found.append(f"pid {proc.info['pid']}: {' '.join(cmdline)[:200]}")
-    return found
 
 
 @dataclasses.dataclass
@@ -278,30 +176,6 @@ def cleanup(state: State, *, keep_dir: bool) -> None:
         shutil.rmtree(state.data_dir, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def cleaned_up(state: State) -> Iterator[State]:
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        state.interrupted = True
-        raise KeyboardInterrupt  # the same path as Ctrl-C: unwind, then clean up
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    failed = False
-    try:
-        yield state
-    except BaseException:
-        failed = not (state.interrupted or sys.exc_info()[0] is KeyboardInterrupt)
-        raise
-    finally:
-        # Ctrl-C during the cleanup itself would leave the VM and the platform behind: hold it off until done.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            cleanup(state, keep_dir=failed)
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, previous)
-
-
 # --- the operations ------------------------------------------------------------------------------
 
 
@@ -325,32 +199,6 @@ def agent_exec(client: HostAgentServiceClient, capsule_id: str) -> Callable[[], 
     return op
 
 
-def envd_start(client: ProcessClient, token: str) -> Callable[[], Awaitable[None]]:
-    request = StartRequest(process=ProcessConfig(cmd=SHELL, args=SHELL_ARGS))
-    headers = {"X-Access-Token": token}
-
-    async def op() -> None:
-        kinds: list[str] = []
-        exit_code: int | None = None
-        async for response in client.start(request, headers=headers, timeout_ms=COMMAND_TIMEOUT_S * 1000):
-            event = response.event.event if response.event is not None else None
-            if event is None:
-                continue
-            kinds.append(event.field)
-            if event.field == "end":
-                exit_code = event.value.exit_code  # type: ignore[union-attr]
-        if "end" not in kinds or exit_code != 0:
-            raise RuntimeError(f"envd Start of `true`: events {kinds}, exit code {exit_code}")
-
-    return op
-
-
-async def timed(fn: Callable[[], Awaitable[None]]) -> float:
-    start = time.perf_counter()
-    await fn()
-    return time.perf_counter() - start
-
-
 async def measure(
     capsule: Capsule, agent_url: str, envd_url: str, token: str, runs: int, warmup: int
 ) -> list[Row]:
@@ -362,7 +210,7 @@ async def measure(
         ProcessClient(envd_url, codec=proto_json_codec()) as envd,
     ):
         ops = [(sdk_s, sdk_run(capsule)), (agent_s, agent_exec(agent, capsule.capsule_id)),
-               (envd_s, envd_start(envd, token))]  # fmt: skip
+               (envd_s, envd_start(envd, SHELL, SHELL_ARGS, {"X-Access-Token": token}))]  # fmt: skip
         for _ in range(warmup):  # connections, first-call paths in every process on the way
             for _, fn in ops:
                 await fn()
@@ -376,22 +224,9 @@ async def measure(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = vm_bench_parser(__doc__)
     parser.add_argument("--runs", type=int, default=30, help="measured runs of each path (default 30)")
     parser.add_argument("--warmup", type=int, default=3, help="warm-up runs of each path (default 3)")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=DEFAULT_DATA_DIR,
-        help=f"where the built images are, linked from the private data dir (default {DEFAULT_DATA_DIR})",
-    )
-    parser.add_argument(
-        "--allow-other-agents",
-        action="store_true",
-        help="run even when another host agent is running (its slots collide with ours; timings skewed)",
-    )
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0:
         parser.error("--runs must be at least 1, --warmup at least 0")
@@ -402,48 +237,28 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("the host agent needs root")
-    others = other_agents()
-    if others and not args.allow_other_agents:
-        listing = "\n  ".join(others)
-        sys.exit(
-            f"another host agent is running:\n  {listing}\nits network slots collide with this run's agent "
-            "and its VMs skew the timings; wait for it to finish (or pass --allow-other-agents)"
-        )
+    refuse_other_agents(args.allow_other_agents)
     (args.data_dir / "images").mkdir(parents=True, exist_ok=True)
-    started = datetime.datetime.now(datetime.UTC)
+    started = now()
     state = State(shared_dir=args.data_dir, data_dir=make_data_dir(args.data_dir))
-    try:
-        with cleaned_up(state):
-            saved = platform_up(state)
-            began = time.perf_counter()
-            state.capsule = Capsule(memory_mb=MEMORY_MB, api_key=saved["api_key"], base_url=saved["base_url"])
-            state.capsule_id = state.capsule.capsule_id
-            state.capsule.wait_ready(timeout=300)
-            create_s = time.perf_counter() - began
-            info = state.capsule.get_info()
-            if not info.host_ip:
-                raise RuntimeError(f"capsule {info.id} has no host_ip: {info}")
-            envd_url = f"http://{info.host_ip}:{ENVD_PORT}"
-            token = envd_token(state.data_dir, info.id)
-            print(f"capsule {info.id} running in {create_s:.1f} s; envd at {envd_url}", file=sys.stderr)
-            rows = asyncio.run(
-                measure(state.capsule, saved["agent_url"], envd_url, token, args.runs, args.warmup)
-            )
-    except BaseException as exc:
-        if state.interrupted or isinstance(exc, KeyboardInterrupt):
-            print("interrupted; cleaned up (see any warning above)", file=sys.stderr)
-            sys.exit(130)
-        raise
-    print(table(rows))
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_DIR / f"sdk-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    with guarded(state, lambda failed: cleanup(state, keep_dir=failed)):
+        saved = platform_up(state)
+        began = time.perf_counter()
+        state.capsule = Capsule(memory_mb=MEMORY_MB, api_key=saved["api_key"], base_url=saved["base_url"])
+        state.capsule_id = state.capsule.capsule_id
+        state.capsule.wait_ready(timeout=300)
+        create_s = time.perf_counter() - began
+        info = state.capsule.get_info()
+        if not info.host_ip:
+            raise RuntimeError(f"capsule {info.id} has no host_ip: {info}")
+        envd_url = f"http://{info.host_ip}:{ENVD_PORT}"
+        token = envd_token(state.data_dir, info.id)
+        print(f"capsule {info.id} running in {create_s:.1f} s; envd at {envd_url}", file=sys.stderr)
+        rows = asyncio.run(
+            measure(state.capsule, saved["agent_url"], envd_url, token, args.runs, args.warmup)
+        )
+    print(row_table(rows, added=True))
     report = {
-        "started": started.isoformat(),
-        "host": {
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-        },
         "capsule": {"id": state.capsule_id, "memory_mb": MEMORY_MB, "create_to_running_s": create_s},
         "config": {
             "runs": args.runs,
@@ -454,8 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "rows": [r.to_json() for r in rows],
     }
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nresults: {out.relative_to(REPO)}")
+    write_results("sdk", started, report)
 
 
 if __name__ == "__main__":
