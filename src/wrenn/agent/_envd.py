@@ -57,7 +57,7 @@ class EnvdClient:
                         return time.monotonic() - started
                 except httpx.TransportError:
                     pass
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.02)  # a restored guest answers within ms: poll finely
         raise EnvdUnavailable(f"envd did not answer within {deadline_s:.0f} s")
 
     async def init(
