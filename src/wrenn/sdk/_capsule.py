@@ -216,7 +216,7 @@ class Capsule:
         return run_sync(self._http, _api.create_snapshot(self._id, name, overwrite))
 
     def fork(self, count: int = 1) -> builtins.list[Capsule]:
-        """`count` new capsules (1-10) in this one's state: memory, running processes and files as they
+        """`count` new capsules (1-20) in this one's state: memory, running processes and files as they
         are now. This capsule runs on (it is paused for the copy). The forks start from a template named
         `fork-<id>-...`, which `Capsule.delete_snapshot` removes once they are gone."""
         infos = run_sync(self._http, _api.fork_capsule(self._id, count))

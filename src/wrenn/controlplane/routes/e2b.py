@@ -455,7 +455,7 @@ async def fork_sandbox(
 ) -> list[dict[str, Any]]:
     capsule = await _find(session, caller, sandbox_id)
     forks = await _snapshots.fork_capsule(
-        capsule.id, _snapshots.ForkBody(count=min(body.count, 10)), request, caller, session
+        capsule.id, _snapshots.ForkBody(count=body.count), request, caller, session
     )
     out = []
     for fork in forks:

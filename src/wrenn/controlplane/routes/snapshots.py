@@ -46,7 +46,7 @@ class TemplateOut(BaseModel):
 
 
 class ForkBody(BaseModel):
-    count: int = Field(default=1, ge=1, le=10)
+    count: int = Field(default=1, ge=1, le=20)
 
 
 def _out(t: Template) -> TemplateOut:
