@@ -148,7 +148,7 @@ async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
             return
 
 
-async def _first_done(*coros: Coroutine[Any, Any, None]) -> None:
+async def first_done(*coros: Coroutine[Any, Any, None]) -> None:
     """Run the coroutines until one ends, cancel the others, raise the first one's error (if any)."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
@@ -189,7 +189,7 @@ async def forward_http(
             pass
 
     try:
-        await _first_done(pump(), client_gone())
+        await first_done(pump(), client_gone())
     except httpx.HTTPError as exc:  # the response is under way: all that is left is to cut it short
         log.warning("upstream failed mid-response", extra={"url": url, "error": repr(exc)})
     finally:
@@ -223,7 +223,7 @@ async def forward_websocket(
         ) as upstream:
             try:
                 await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
-                await _first_done(_up(receive, upstream), _down(send, upstream))
+                await first_done(_up(receive, upstream), _down(send, upstream))
             except OSError:  # the client went away
                 pass
     finally:

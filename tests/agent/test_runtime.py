@@ -72,7 +72,9 @@ def links() -> set[str]:
 
 
 def vmm_pids(sandbox_id: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "--", f"-name {sandbox_id} "], capture_output=True, text=True).stdout
+    """This agent's VMM of `sandbox_id` (another test run on the machine may have one of the same name)."""
+    pattern = f"-name {sandbox_id} .*{PREFIX}/sandboxes/{sandbox_id}/"
+    out = subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
 
 

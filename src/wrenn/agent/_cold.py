@@ -10,10 +10,11 @@ name and renamed when complete.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from pathlib import Path
+
+from . import _disk
 
 log = logging.getLogger("wrenn.agent.cold")
 
@@ -25,12 +26,10 @@ class ColdStorageError(RuntimeError):
 
 
 async def _run(*args: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise ColdStorageError(f"{args[0]} failed: {err.decode(errors='replace').strip()[-500:]}")
+    try:
+        await _disk.run(*args)
+    except _disk.DiskError as exc:
+        raise ColdStorageError(str(exc)) from None
 
 
 class ColdStore:

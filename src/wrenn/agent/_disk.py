@@ -19,7 +19,8 @@ class DiskError(RuntimeError):
     pass
 
 
-async def _run(*args: str) -> str:
+async def run(*args: str) -> str:
+    """Run a command; its output. DiskError (with the output) when it fails."""
     proc = await asyncio.create_subprocess_exec(
         *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
@@ -34,7 +35,7 @@ async def create_overlay(base: Path, overlay: Path, size_mb: int, base_format: s
     (at least the base's size)."""
     base_size = base.stat().st_size if base_format == "raw" else 0
     size = max(size_mb << 20, base_size)
-    await _run(
+    await run(
         "qemu-img", "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on",
         "-b", str(base), "-F", base_format, str(overlay), str(size),
     )  # fmt: skip
@@ -44,7 +45,7 @@ async def create_overlay(base: Path, overlay: Path, size_mb: int, base_format: s
 async def create_copy(base: Path, target: Path, size_mb: int) -> Path:
     """A raw copy of `base` (reflink if possible, else sparse), grown to `size_mb`."""
     try:
-        await _run("cp", "--reflink=always", str(base), str(target))
+        await run("cp", "--reflink=always", str(base), str(target))
     except DiskError:
         await copy_sparse(base, target)
     size = max(size_mb << 20, base.stat().st_size)
@@ -55,12 +56,12 @@ async def create_copy(base: Path, target: Path, size_mb: int) -> Path:
 
 async def copy_sparse(source: Path, target: Path) -> None:
     """Copy keeping holes: only the blocks holding data take space in the copy."""
-    await _run("cp", "--sparse=always", "--", str(source), str(target))
+    await run("cp", "--sparse=always", "--", str(source), str(target))
 
 
 async def flatten(source: Path, target: Path) -> None:
     """A qcow2 copy of `source` with its whole backing chain folded in: a disk that stands alone."""
-    await _run("qemu-img", "convert", "-q", "-O", "qcow2", str(source), str(target))
+    await run("qemu-img", "convert", "-q", "-O", "qcow2", str(source), str(target))
 
 
 def allocated_bytes(path: Path) -> int:

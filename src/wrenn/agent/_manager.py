@@ -30,9 +30,10 @@ from ._cgroup import Cgroups, Limits, kill_all
 from ._cold import ColdStorageError, ColdStore
 from ._config import AgentConfig
 from ._envd import EnvdClient, EnvdUnavailable
+from ._errors import SandboxError
 from ._metrics import MetricsStore
 from ._sandbox import Sandbox, SandboxParams, Status, load_state
-from ._templates import Template, TemplateError, TemplateStore
+from ._templates import Template, TemplateStore
 from .network import NetworkExhausted, NetworkManager
 from .vmm import Driver, DriverError, VMSpec, console_tail
 from .vmm._probe import AcceleratorChoice
@@ -40,15 +41,6 @@ from .vmm._probe import AcceleratorChoice
 log = logging.getLogger("wrenn.agent")
 
 SANDBOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-
-
-class SandboxError(Exception):
-    """A failure with the Connect code the API should answer with."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class SandboxManager:
@@ -323,8 +315,6 @@ class SandboxManager:
             }
             try:
                 return await self.templates.create(name, sandbox.snapshot_dir, sandbox.disk, meta)
-            except TemplateError as exc:
-                raise SandboxError(exc.code, exc.message) from None
             except (OSError, _disk.DiskError) as exc:
                 raise SandboxError("internal", f"cannot make template {name!r}: {exc}") from None
 
@@ -335,10 +325,7 @@ class SandboxManager:
             raise SandboxError(
                 "failed_precondition", f"template {name!r} is in use by sandboxes {', '.join(users)}"
             )
-        try:
-            await asyncio.to_thread(self.templates.delete, name)
-        except TemplateError as exc:
-            raise SandboxError(exc.code, exc.message) from None
+        await asyncio.to_thread(self.templates.delete, name)
 
     async def ensure_running(self, sandbox_id: str) -> Sandbox:
         """The sandbox, running: a paused one is resumed first (traffic and `connect` wake it)."""

@@ -14,7 +14,8 @@ import httpx
 
 from wrenn._asgiproxy import ASGIApp, Receive, Scope, Send, Unreachable, forward, send_error
 
-from ._manager import SANDBOX_ID, SandboxError, SandboxManager
+from ._errors import SandboxError
+from ._manager import SANDBOX_ID, SandboxManager
 from ._sandbox import Sandbox
 
 log = logging.getLogger("wrenn.agent.proxy")

@@ -28,7 +28,8 @@ from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentService
 
 from ._envd import EnvdClient, FileTransferError
-from ._manager import SandboxError, SandboxManager
+from ._errors import SandboxError
+from ._manager import SandboxManager
 from ._sandbox import Sandbox, SandboxParams, Status
 from .vmm import Accelerator
 

@@ -20,17 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from . import _disk
+from ._errors import SandboxError
 
 log = logging.getLogger("wrenn.agent.templates")
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-
-
-class TemplateError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +79,10 @@ class TemplateStore:
     async def create(self, name: str, snapshot: Path, disk: Path, meta: dict[str, Any]) -> Template:
         """A template from a complete pause snapshot and the sandbox's disk (not written meanwhile)."""
         if not NAME.match(name):
-            raise TemplateError("invalid_argument", "a template name is 1-64 characters of [a-z0-9._-]")
+            raise SandboxError("invalid_argument", "a template name is 1-64 characters of [a-z0-9._-]")
         final = self.directory / name
         if final.exists():
-            raise TemplateError("already_exists", f"template {name!r} already exists on this host")
+            raise SandboxError("already_exists", f"template {name!r} already exists on this host")
         partial = self.directory / f".{name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -118,7 +112,7 @@ class TemplateStore:
     def delete(self, name: str) -> None:
         template = self.get(name)
         if template is None:
-            raise TemplateError("not_found", f"template {name!r} not found on this host")
+            raise SandboxError("not_found", f"template {name!r} not found on this host")
         shutil.rmtree(template.directory)
         log.info("template deleted", extra={"template": name})
 

@@ -17,7 +17,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from connectrpc.errors import ConnectError
@@ -26,6 +26,7 @@ from protobuf import Oneof
 from sqlalchemy import update
 from starlette.websockets import WebSocketState
 
+from wrenn._asgiproxy import first_done
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient
 
@@ -219,19 +220,6 @@ async def _serve(
     await _close(ws)
 
 
-async def _race(*coroutines: Coroutine[Any, Any, None]) -> None:
-    """Run the coroutines until one ends; cancel the others; raise what the first one raised."""
-    tasks = [asyncio.ensure_future(c) for c in coroutines]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for task in done:
-        task.result()
-
-
 async def _pinger(sock: _Socket) -> None:
     while True:
         await asyncio.sleep(PING_INTERVAL_S)
@@ -323,7 +311,7 @@ async def _relay_process(
         if await _kill(sock, process.pid):
             await asyncio.sleep(STOP_GRACE_S)  # for the `exit` message: the pump ends the race with it
 
-    await _race(pump(), listen())
+    await first_done(pump(), listen())
 
 
 async def _kill(sock: _Socket, pid: int) -> bool:
@@ -353,7 +341,7 @@ async def _run_pty(sock: _Socket) -> None:
     request = _pty_request(sock.capsule_id, await sock.receive())
     async with contextlib.aclosing(sock.events(sock.agent.pty_attach(request))) as events:
         await _pty_output(sock, events, until_started=True)  # input before that would find no terminal
-        await _race(_pty_output(sock, events), _pty_input(sock, request.tag), _pinger(sock))
+        await first_done(_pty_output(sock, events), _pty_input(sock, request.tag), _pinger(sock))
 
 
 def _pty_request(capsule_id: str, first: dict[str, Any]) -> pb.PtyAttachRequest:
@@ -504,7 +492,7 @@ async def watch(ws: WebSocket, capsule_id: str, path: str = "", recursive: str =
         deep = recursive.lower() in ("true", "1", "yes")
         request = pb.WatchDirRequest(sandbox_id=sock.capsule_id, path=path, recursive=deep)
         async with contextlib.aclosing(sock.events(sock.agent.watch_dir(request))) as events:
-            await _race(_watch_events(sock, events), _until_stop(sock), _pinger(sock))
+            await first_done(_watch_events(sock, events), _until_stop(sock), _pinger(sock))
 
     await _serve(ws, capsule_id, run)
 
