@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -212,7 +213,11 @@ async def create_sandbox(
                 return JSONResponse(_sandbox(found, body.templateID), status_code=201)
             found.idempotency_key = None  # that attempt failed: this retry is a new create
             await session.commit()
-    template = ALIASES.get(body.templateID, body.templateID)
+    # E2B names a template `name`, `namespace/name` or `name:tag`; Wrenn's are plain names.
+    name = body.templateID.rsplit("/", 1)[-1].split(":", 1)[0]
+    template = ALIASES.get(name, name)
+    if not re.fullmatch(_snapshots.NAME, template):
+        raise _errors.ApiError(404, "template_not_found", f"template {body.templateID!r} not found")
     spec = _capsules.CapsuleCreate(
         template=template,
         timeout_sec=0,  # the lifetime deadline below replaces the idle timeout
