@@ -467,10 +467,13 @@ async def test_a_template_from_a_paused_sandbox_starts_sandboxes_in_its_state(
     # shape comes from the template, whatever the request says
     created = await asyncio.gather(
         *(client.create_sandbox(create_request(sid, template="tpl-counter", memory_mb=512), timeout_ms=300_000)
-          for sid in ("sb-t1", "sb-t2"))
+          for sid in ("sb-t1", "sb-t2", "sb-t3"))
     )  # fmt: skip
     assert all(r.sandbox.from_snapshot and r.sandbox.memory_mb == 256 for r in created)
-    for sid in ("sb-t1", "sb-t2"):
+    clones = ("sb-t1", "sb-t2", "sb-t3")
+    draws = {(await run(client, sid, "head -c 16 /dev/urandom | od -An -tx1")).stdout for sid in clones}
+    assert len(draws) == 3  # one template, three different random streams
+    for sid in ("sb-t1", "sb-t2", "sb-t3"):
         # the template's files and its still-counting process came along
         out = await run(client, sid, "cat ~/cycle-9; a=$(cat /tmp/count); sleep 0.5; echo $a; cat /tmp/count")
         nine, earlier, later = out.stdout.decode().split()
@@ -481,7 +484,7 @@ async def test_a_template_from_a_paused_sandbox_starts_sandboxes_in_its_state(
         await client.delete_template(pb.DeleteTemplateRequest(name="tpl-counter"))
     assert err.value.code.name == "FAILED_PRECONDITION" and "sb-t1" in err.value.message
     await asyncio.gather(
-        *(client.destroy_sandbox(pb.DestroySandboxRequest(sandbox_id=s)) for s in ("sb-t1", "sb-t2"))
+        *(client.destroy_sandbox(pb.DestroySandboxRequest(sandbox_id=s)) for s in ("sb-t1", "sb-t2", "sb-t3"))
     )
     await client.delete_template(pb.DeleteTemplateRequest(name="tpl-counter"))
     assert not (agent.data_dir / "templates" / "tpl-counter").exists()
