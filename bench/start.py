@@ -369,7 +369,7 @@ def breakdown(log: Path, creates: list[dict[str, Any]]) -> list[Series]:
     timestamps and its requests to envd) and our client-side times."""
     before = Series("  request -> QEMU spawn (RPC, slot, netns/TAP/rules, overlay)")
     restore = Series("  QEMU spawn -> restored (QMP, load state, cont)")
-    health = Series("  cont -> envd /health 204 (cgroup, guest wakes; probed every 0.1 s)")
+    health = Series("  cont -> envd /health 204 (cgroup, guest wakes; probed every 20 ms)")
     init = Series("  /health -> /init answered")
     rest = Series("  /init answered -> CreateSandbox returned")
     first = Series("  first Exec `true` after that")
