@@ -250,7 +250,7 @@ def test_monitor_marks_silent_hosts_and_reconciles_them(quiet: TestClient, tmp_p
     host_id = creds["host"]["id"]
     served = _serve_tls(tmp_path, port, creds)
     try:
-        ids = ["cl-alive", "cl-gone", "cl-broke", "cl-new"]
+        ids = ["cl-alive", "cl-gone", "cl-broke", "cl-new", "cl-archived", "cl-unarchived", "cl-slept"]
 
         async def setup(session: Any) -> None:
             long_ago = utcnow() - timedelta(seconds=600)
@@ -261,6 +261,11 @@ def test_monitor_marks_silent_hosts_and_reconciles_them(quiet: TestClient, tmp_p
                                     memory_mb=256, status="running", last_updated=long_ago))  # fmt: skip
             session.add(Capsule(id="cl-new", team_id=team_id, host_id=host_id, template="minimal", vcpus=1,
                                 memory_mb=256, status="pending"))  # fmt: skip
+            # left mid-hibernation by a control plane that died; and one its host paused at its idle timeout
+            for cid, status in (("cl-archived", "hibernating"), ("cl-unarchived", "hibernating"),
+                                ("cl-slept", "running")):  # fmt: skip
+                session.add(Capsule(id=cid, team_id=team_id, host_id=host_id, template="minimal", vcpus=1,
+                                    memory_mb=256, status=status, last_updated=long_ago))  # fmt: skip
 
         async def state(session: Any) -> tuple[str, dict[str, str]]:
             h = await session.get(Host, host_id)
@@ -277,6 +282,9 @@ def test_monitor_marks_silent_hosts_and_reconciles_them(quiet: TestClient, tmp_p
             "cl-gone": "missing",
             "cl-broke": "missing",
             "cl-new": "pending",
+            "cl-archived": "hibernating",
+            "cl-unarchived": "hibernating",
+            "cl-slept": "missing",
         }
         r = api.post("/v1/capsules/cl-alive/exec", headers=admin, json={"cmd": "true"})
         assert r.status_code == 503 and r.json()["error"]["code"] == "host_unavailable", r.text
@@ -285,6 +293,8 @@ def test_monitor_marks_silent_hosts_and_reconciles_them(quiet: TestClient, tmp_p
         served.agent.sandboxes = [
             pb.SandboxInfo(sandbox_id="cl-alive", status=pb.SandboxStatus.RUNNING),
             pb.SandboxInfo(sandbox_id="cl-broke", status=pb.SandboxStatus.ERROR, error="guest panic"),
+            pb.SandboxInfo(sandbox_id="cl-unarchived", status=pb.SandboxStatus.PAUSED),
+            pb.SandboxInfo(sandbox_id="cl-slept", status=pb.SandboxStatus.PAUSED),
         ]
         beat = api.post(f"/v1/hosts/{host_id}/heartbeat", headers={"X-Host-Token": creds["token"]})
         assert beat.status_code == 204
@@ -297,6 +307,9 @@ def test_monitor_marks_silent_hosts_and_reconciles_them(quiet: TestClient, tmp_p
             "cl-gone": "stopped",
             "cl-broke": "error",
             "cl-new": "pending",
+            "cl-archived": "hibernated",
+            "cl-unarchived": "paused",
+            "cl-slept": "paused",
         }
 
         async def broke(session: Any) -> str:

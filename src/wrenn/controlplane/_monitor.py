@@ -294,7 +294,7 @@ async def reconcile(
                     select(Capsule)
                     .where(
                         Capsule.host_id == host_id,
-                        Capsule.status.in_(("running", "missing", "paused")),
+                        Capsule.status.in_(("running", "missing", "paused", "hibernating")),
                         Capsule.last_updated < listed_at,
                     )
                     .with_for_update(skip_locked=True)
@@ -306,7 +306,11 @@ async def reconcile(
         for capsule in capsules:
             info = on_agent.get(capsule.id)
             was = capsule.status
-            if info is None:
+            if was == "hibernating":
+                # Left so by a control plane that stopped mid-way (a live hibernation holds this host's
+                # turn, which this round has): gone from the host means archived, still there means not.
+                capsule.status = "hibernated" if info is None else "paused"
+            elif info is None:
                 capsule.status = "stopped"
                 capsule.error = capsule.error or "gone from its host"
             elif info.status == pb.SandboxStatus.RUNNING:
