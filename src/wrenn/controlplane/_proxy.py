@@ -110,8 +110,8 @@ class TrafficProxy:
         """Raise unless the capsule runs; traffic to a paused capsule resumes it first. (One its host
         paused at the idle timeout, which the database learns only at the next reconcile, is resumed by
         the agent's own proxy.)"""
-        if capsule.status == "paused":
-            log.info("traffic resumes a paused capsule", extra={"capsule": capsule.id})
+        if capsule.status in ("paused", "hibernated"):
+            log.info("traffic resumes a paused capsule", extra={"capsule": capsule.id, "was": capsule.status})
             await capsules.resume(session, self.state.agents, capsule)
             return
         if capsule.status == "missing":
