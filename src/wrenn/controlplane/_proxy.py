@@ -10,7 +10,7 @@ import hmac
 import logging
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import State
@@ -19,7 +19,7 @@ from wrenn._asgiproxy import ASGIApp, Receive, Scope, Send, Unreachable, forward
 
 from . import _errors
 from ._agents import AgentPool
-from .db import Capsule, Host, utcnow
+from .db import Capsule, Host, as_utc, utcnow
 from .routes import capsules
 
 log = logging.getLogger("wrenn.controlplane.proxy")
@@ -47,10 +47,6 @@ def target(headers: list[tuple[bytes, bytes]]) -> Target | None:
     if _SANDBOX_ID.match(capsule_id) and port.isdigit() and len(port) <= 5:
         return Target(capsule_id, int(port))
     return None
-
-
-def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value  # SQLite forgets the zone
 
 
 class TrafficProxy:
@@ -101,7 +97,7 @@ class TrafficProxy:
                     503, "host_unavailable", f"the host of capsule {capsule.id} is unavailable"
                 )
             now = utcnow()
-            if capsule.last_active_at is None or now - _as_utc(capsule.last_active_at) > TOUCH_INTERVAL:
+            if capsule.last_active_at is None or now - as_utc(capsule.last_active_at) > TOUCH_INTERVAL:
                 capsule.last_active_at = now
                 await session.commit()
             return host.address

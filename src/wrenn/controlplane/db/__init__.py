@@ -14,6 +14,7 @@ from ._models import (
     Team,
     Template,
     User,
+    as_utc,
     utcnow,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "Team",
     "Template",
     "User",
+    "as_utc",
     "make_engine",
     "migrate",
     "sessions",

@@ -29,7 +29,7 @@ from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from .. import _audit, _errors
 from .._agents import AgentPool
 from .._deps import Caller, Db, Principal, audit_fields
-from ..db import Capsule, Host, utcnow
+from ..db import Capsule, Host, as_utc, utcnow
 from . import capsules as _capsules
 from . import snapshots as _snapshots
 
@@ -105,8 +105,7 @@ class ForkBody(BaseModel):
 
 
 def _iso(value: datetime | None) -> str:
-    when = value or utcnow()
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat().replace("+00:00", "Z")
+    return as_utc(value or utcnow()).isoformat().replace("+00:00", "Z")
 
 
 def _state(c: Capsule) -> str:
@@ -319,14 +318,10 @@ async def refresh(sandbox_id: str, body: Refresh, caller: Caller, session: Db) -
     """Extend the sandbox's life to at least `duration` seconds from now."""
     capsule = await _find(session, caller, sandbox_id)
     wanted = utcnow() + timedelta(seconds=body.duration)
-    if capsule.end_at is not None and _aware(capsule.end_at) < wanted:
+    if capsule.end_at is not None and as_utc(capsule.end_at) < wanted:
         capsule.end_at = wanted
     await session.commit()
     return Response(status_code=204)
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @router.post("/sandboxes/{sandbox_id}/pause", status_code=204)
@@ -351,7 +346,7 @@ async def _wake(
         )
     if lifetime_s:
         wanted = utcnow() + timedelta(seconds=lifetime_s)
-        if resumed or capsule.end_at is None or _aware(capsule.end_at) < wanted:
+        if resumed or capsule.end_at is None or as_utc(capsule.end_at) < wanted:
             capsule.end_at = wanted
     await session.commit()
     return capsule, resumed
@@ -413,7 +408,7 @@ async def sandbox_metrics(
             continue
         out.append(
             {
-                "timestamp": datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z"),
+                "timestamp": _iso(datetime.fromtimestamp(seconds, UTC)),
                 "timestampUnix": seconds,
                 "cpuCount": capsule.vcpus,
                 "cpuUsedPct": p.cpu_pct,

@@ -7,7 +7,7 @@ every request (not by the team in the token): a team the caller is not a member 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -19,7 +19,7 @@ from .. import _audit, _errors
 from .._agents import AgentPool
 from .._deps import Db, Principal, UserCaller, audit_fields
 from .._ids import new_id, new_slug
-from ..db import ApiKey, AuditLog, Capsule, Membership, Team, User, utcnow
+from ..db import ApiKey, AuditLog, Capsule, Membership, Team, User, as_utc, utcnow
 from .capsules import destroy
 
 router = APIRouter(tags=["teams"])
@@ -91,13 +91,8 @@ class AuditPage(BaseModel):
     next_before_id: str | None
 
 
-def _utc(value: datetime) -> datetime:
-    """Aware UTC (SQLite hands back naive datetimes; they are stored as UTC)."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _team_out(team: Team, role: str) -> TeamOut:
-    return TeamOut(id=team.id, name=team.name, slug=team.slug, created_at=_utc(team.created_at), role=role)
+    return TeamOut(id=team.id, name=team.name, slug=team.slug, created_at=as_utc(team.created_at), role=role)
 
 
 def _user_id(caller: Principal) -> str:
@@ -354,7 +349,7 @@ async def search_users(
 
 
 def _cursor(value: datetime) -> str:
-    return _utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # no "+": it would need escaping in a URL
+    return as_utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # no "+": it would need escaping in a URL
 
 
 def _multi(values: list[str] | None) -> list[str]:
@@ -389,7 +384,7 @@ async def audit_logs(
     if before_id is not None and before is None:
         raise _errors.bad_request("before_id: only valid together with before")
     if before is not None:
-        at = _utc(before)
+        at = as_utc(before)
         query = query.where(
             or_(AuditLog.created_at < at, and_(AuditLog.created_at == at, AuditLog.id < before_id))
             if before_id
@@ -416,7 +411,7 @@ async def audit_logs(
             scope="admin" if _audit.scope_of(e.resource_type) == "admin" else "team",
             status=e.status,
             metadata=e.metadata_ or {},
-            created_at=_utc(e.created_at),
+            created_at=as_utc(e.created_at),
         )
         for e in page
     ]
