@@ -6,7 +6,7 @@ import asyncio
 import base64
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -341,21 +341,14 @@ async def resume(session: AsyncSession, agents: AgentPool, capsule: Capsule) -> 
     host = await session.get(Host, capsule.host_id) if capsule.host_id else None
     if host is None or host.status != "online":
         raise _errors.ApiError(503, "host_unavailable", f"the host of capsule {capsule.id} is unavailable")
-    try:
-        resumed = await agents.call(
-            host.id,
-            agents.client(host.address).resume_sandbox(
-                pb.ResumeSandboxRequest(sandbox_id=capsule.id), timeout_ms=300_000
-            ),
-        )
-    except _errors.ApiError as exc:
-        if exc.code == "snapshot_unusable":
-            capsule.status, capsule.error = "error", exc.message[:4000]
-            await session.commit()
-        raise
-    capsule.status, capsule.last_active_at, capsule.paused_at = "running", utcnow(), None
-    capsule.host_ip = resumed.sandbox.host_ip if resumed.sandbox else ""
-    await session.commit()
+    request = pb.ResumeSandboxRequest(sandbox_id=capsule.id)
+    await _wake(
+        session,
+        agents,
+        capsule,
+        host,
+        agents.client(host.address).resume_sandbox(request, timeout_ms=300_000),
+    )
 
 
 async def _thaw(session: AsyncSession, agents: AgentPool, capsule: Capsule) -> None:
@@ -363,21 +356,34 @@ async def _thaw(session: AsyncSession, agents: AgentPool, capsule: Capsule) -> N
     host = await pick_host(session, capsule.memory_mb, capsule.team_id)
     capsule.status, capsule.host_id = "starting", host.id  # counted on that host from now on
     await session.commit()
+    request = pb.ThawSandboxRequest(sandbox_id=capsule.id)
+    await _wake(
+        session, agents, capsule, host, agents.client(host.address).thaw_sandbox(request, timeout_ms=900_000),
+        on_failure="hibernated",
+    )  # fmt: skip
+
+
+async def _wake(
+    session: AsyncSession,
+    agents: AgentPool,
+    capsule: Capsule,
+    host: Host,
+    rpc: Awaitable[Any],
+    on_failure: str = "paused",
+) -> None:
+    """Await the agent's resume or thaw and mark the capsule `running` on `host` (committed). A snapshot
+    the host cannot restore turns it to `error`; any other failure leaves it `on_failure`."""
     try:
-        thawed = await agents.call(
-            host.id,
-            agents.client(host.address).thaw_sandbox(
-                pb.ThawSandboxRequest(sandbox_id=capsule.id), timeout_ms=900_000
-            ),
-        )
+        woken = await agents.call(host.id, rpc)
     except _errors.ApiError as exc:
-        lost = exc.code == "snapshot_unusable"
-        capsule.status = "error" if lost else "hibernated"
-        capsule.error = exc.message[:4000] if lost else capsule.error
+        if exc.code == "snapshot_unusable":
+            capsule.status, capsule.error = "error", exc.message[:4000]
+        else:
+            capsule.status = on_failure
         await session.commit()
         raise
     capsule.status, capsule.last_active_at, capsule.paused_at = "running", utcnow(), None
-    capsule.host_ip = thawed.sandbox.host_ip if thawed.sandbox else ""
+    capsule.host_ip = woken.sandbox.host_ip if woken.sandbox else ""
     await session.commit()
 
 
