@@ -170,3 +170,24 @@ def test_the_timeout_ends_a_sandbox_and_retried_creates_are_one(opts: dict[str, 
         time.sleep(1)
     else:
         pytest.fail("the sandbox outlived its timeout")
+
+
+def test_snapshot_and_fork_leave_the_sandbox_running(opts: dict[str, Any]) -> None:
+    sandbox = Sandbox.create(**opts)
+    try:
+        sandbox.files.write("/home/user/origin.txt", "origin")
+        snapshot = sandbox.create_snapshot(name="e2b-suite-snap")
+        assert snapshot.snapshot_id == "e2b-suite-snap"
+        assert sandbox.get_info().state.value == "running"  # E2B's snapshot: the sandbox runs on
+        from_snapshot = Sandbox.create(template="e2b-suite-snap", **opts)
+        assert from_snapshot.files.read("/home/user/origin.txt") == "origin"
+        forks = sandbox.fork(count=2, timeout=120)
+        assert len(forks) == 2 and all(isinstance(f, Sandbox) for f in forks)
+        for forked in forks:
+            assert forked.files.read("/home/user/origin.txt") == "origin"  # type: ignore[union-attr]
+            forked.kill()  # type: ignore[union-attr]
+        assert sandbox.get_info().state.value == "running"
+        from_snapshot.kill()
+        assert Sandbox.delete_snapshot("e2b-suite-snap", **opts)
+    finally:
+        sandbox.kill()

@@ -438,14 +438,10 @@ async def create_snapshot(
 ) -> dict[str, Any]:
     """A template of the sandbox as it is now; the sandbox runs on (E2B's behaviour)."""
     capsule = await _find(session, caller, sandbox_id)
-    was_running = capsule.status == "running"
     name = (body.name if body else None) or f"snapshot-{secrets.token_hex(4)}"
-    if await _capsules._template(session, caller.team_id, name) is not None:
-        raise _errors.conflict(f"the team has a template named {name!r}", "template_name_taken")
     agents = _agents(request)
-    template = await _snapshots.make_template(session, agents, caller, capsule, name)
-    if was_running:
-        await _capsules.resume(session, agents, capsule)
+    await _snapshots.claim_name(session, agents, caller.team_id, name)
+    template = await _snapshots.checkpoint(session, agents, caller, capsule, name)
     return {"snapshotID": template.name, "names": [template.name]}
 
 
@@ -454,18 +450,11 @@ async def fork_sandbox(
     sandbox_id: str, body: ForkBody, request: Request, caller: Caller, session: Db
 ) -> list[dict[str, Any]]:
     capsule = await _find(session, caller, sandbox_id)
-    forks = await _snapshots.fork_capsule(
-        capsule.id, _snapshots.ForkBody(count=body.count), request, caller, session
-    )
-    out = []
-    for fork in forks:
-        row = await session.get(Capsule, fork.id)
-        assert row is not None
-        if body.timeout:
-            row.end_at = _deadline(body.timeout)
-        out.append({"sandbox": _sandbox(row, capsule.template)})
+    forks = await _snapshots.fork(session, _agents(request), caller, capsule, body.count)
+    for forked in forks:
+        forked.end_at = _deadline(body.timeout)
     await session.commit()
-    return out
+    return [{"sandbox": _sandbox(forked, capsule.template)} for forked in forks]
 
 
 @router.get("/snapshots")

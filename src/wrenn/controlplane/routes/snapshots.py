@@ -116,6 +116,44 @@ async def make_template(
     return template
 
 
+async def claim_name(
+    session: AsyncSession, agents: AgentPool, team_id: str, name: str, overwrite: bool = False
+) -> None:
+    """Make `name` free for a new template of the team: a base image's name is refused; the team's
+    template of that name is replaced with `overwrite`, else refused."""
+    if name in TEMPLATES:
+        raise _errors.conflict(f"{name!r} is the name of a base image", "name_reserved")
+    existing = await _capsules._template(session, team_id, name)
+    if existing is None:
+        return
+    if not overwrite:
+        raise _errors.conflict(f"the team has a template named {name!r}", "template_name_taken")
+    await _drop_on_host(agents, session, existing)
+    await session.delete(existing)
+    await session.commit()
+
+
+async def checkpoint(
+    session: AsyncSession, agents: AgentPool, caller: Principal, capsule: Capsule, name: str
+) -> Template:
+    """A template of the capsule as it is now, which it then goes on from: a running one is paused for
+    the copy and resumed (E2B's snapshots and forks; `/v1/snapshots` leaves it paused, as the seed)."""
+    was_running = capsule.status == "running"
+    template = await make_template(session, agents, caller, capsule, name)
+    if was_running:
+        await _capsules.resume(session, agents, capsule)
+    return template
+
+
+async def fork(
+    session: AsyncSession, agents: AgentPool, caller: Principal, capsule: Capsule, count: int
+) -> list[Capsule]:
+    """`count` new capsules in the capsule's state now; they stand on a template `fork-<id>-<hex>`."""
+    template = await checkpoint(session, agents, caller, capsule, f"fork-{capsule.id}-{secrets.token_hex(3)}")
+    spec = _capsules.CapsuleCreate(template=template.name, timeout_sec=capsule.timeout_sec)
+    return await _capsules.launch(session, agents, caller, spec, count=count)
+
+
 @router.post("/v1/snapshots", status_code=201, response_model=TemplateOut)
 async def create_snapshot(
     body: SnapshotCreate,
@@ -127,17 +165,11 @@ async def create_snapshot(
     """A template from a running or paused capsule: its memory (running processes included) and disk.
     The capsule is left paused. Capsules created with the template's name start in that state."""
     name = body.name or f"template-{secrets.token_hex(4)}"
-    if name in TEMPLATES:
+    agents: AgentPool = request.app.state.agents
+    if name in TEMPLATES:  # before the capsule lookup, as before: a reserved name is refused outright
         raise _errors.conflict(f"{name!r} is the name of a base image", "name_reserved")
     capsule = await _capsules._capsule(session, caller, body.sandbox_id)
-    agents: AgentPool = request.app.state.agents
-    existing = await _capsules._template(session, caller.team_id, name)
-    if existing is not None:
-        if not overwrite:
-            raise _errors.conflict(f"the team has a template named {name!r}", "template_name_taken")
-        await _drop_on_host(agents, session, existing)
-        await session.delete(existing)
-        await session.commit()
+    await claim_name(session, agents, caller.team_id, name, overwrite)
     return _out(await make_template(session, agents, caller, capsule, name))
 
 
@@ -197,12 +229,5 @@ async def fork_capsule(
     The capsule is paused for the copy and then runs on (a paused one stays paused). The forks stand
     on a template named `fork-<capsule id>-<hex>`, deletable once they are gone."""
     capsule = await _capsules._capsule(session, caller, capsule_id)
-    was_running = capsule.status == "running"
-    agents: AgentPool = request.app.state.agents
-    name = f"fork-{capsule.id}-{secrets.token_hex(3)}"
-    template = await make_template(session, agents, caller, capsule, name)
-    if was_running:
-        await _capsules.resume(session, agents, capsule)
-    spec = _capsules.CapsuleCreate(template=template.name, timeout_sec=capsule.timeout_sec)
-    forks = await _capsules.launch(session, agents, caller, spec, count=body.count)
+    forks = await fork(session, request.app.state.agents, caller, capsule, body.count)
     return [_capsules._out(c) for c in forks]
