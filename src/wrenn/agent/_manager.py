@@ -284,14 +284,13 @@ class SandboxManager:
             state = load_state(workdir / "state.json")
             state["disk"] = str(workdir / "rootfs.qcow2")
             state["memory_source"] = None
-            params = SandboxParams(**state["params"])
+            thawed = Sandbox.from_state(workdir, state)
         except (OSError, ValueError, TypeError, KeyError, ColdStorageError) as exc:
             shutil.rmtree(workdir, ignore_errors=True)
             raise SandboxError(
                 "data_loss", f"the archive of sandbox {sandbox_id} is unusable: {exc}"
             ) from None
-        sandbox = self._adopt_stopped(workdir, params, state)
-        sandbox.save()
+        self._adopt_stopped(thawed).save()
         resumed = await self.resume(sandbox_id)
         cold.delete(sandbox_id)
         log.info("sandbox thawed", extra={"sandbox": sandbox_id})
@@ -754,23 +753,21 @@ class SandboxManager:
             )
 
     async def _adopt(self, state_file: Path) -> Sandbox | None:
-        workdir = state_file.parent
         try:
             state = load_state(state_file)
-            params = SandboxParams(**state["params"])
+            sandbox = Sandbox.from_state(state_file.parent, state)
         except (OSError, ValueError, TypeError, KeyError) as exc:
             log.warning("unreadable sandbox state", extra={"path": str(state_file), "error": str(exc)})
             return None
-        if state.get("status") in (Status.PAUSED.value, Status.ERROR.value) and state.get("disk"):
-            return self._adopt_stopped(workdir, params, state)
+        params = sandbox.params
+        if sandbox.status in (Status.PAUSED, Status.ERROR) and sandbox.disk is not None:
+            return self._adopt_stopped(sandbox)
         pid = state.get("vmm_pid")
         slot = state.get("slot")
         if not isinstance(pid, int):
             pid = None
         alive = pid is not None and _is_vmm_of(pid, params.sandbox_id)
-        image = self._image(
-            str(state.get("image_name") or params.template), str(state.get("image_version", ""))
-        )
+        image = self._image(sandbox.image_name, sandbox.image_version)
         if (
             pid is None
             or not alive
@@ -783,18 +780,10 @@ class SandboxManager:
                     os.kill(pid, 9)
             log.info("stale sandbox cleaned", extra={"sandbox": params.sandbox_id, "vmm_alive": alive})
             return None
-        sandbox = Sandbox(params=params, workdir=workdir, status=Status.RUNNING)
-        sandbox.created_at = float(state.get("created_at", time.time()))
-        sandbox.last_active_at = float(state.get("last_active_at", time.time()))
-        sandbox.image_name = str(state.get("image_name") or params.template)
-        sandbox.image_version = str(state.get("image_version", ""))
-        sandbox.kernel_version = str(state.get("kernel_version", ""))
+        sandbox.status = Status.RUNNING
         sandbox.slot = slot
         self.network.allocator.claim(slot)
         sandbox.network = self.network.describe(slot)
-        sandbox.disk = Path(state["disk"]) if state.get("disk") else None
-        sandbox.from_snapshot = bool(state.get("from_snapshot"))
-        sandbox.memory_source = Path(state["memory_source"]) if state.get("memory_source") else None
         try:
             sandbox.vm = await self.driver.attach(self._spec(sandbox, image), pid)
             sandbox.envd = EnvdClient(sandbox.host_ip, access_token=params.envd_access_token or None)
@@ -807,20 +796,9 @@ class SandboxManager:
         log.info("sandbox adopted", extra={"sandbox": sandbox.id, "pid": pid})
         return sandbox
 
-    def _adopt_stopped(self, workdir: Path, params: SandboxParams, state: dict[str, Any]) -> Sandbox:
+    def _adopt_stopped(self, sandbox: Sandbox) -> Sandbox:
         """A sandbox a previous run paused (or failed to resume): its disk and snapshot are all it has.
         One whose snapshot has gone missing is kept as `error`, so the control plane learns why."""
-        sandbox = Sandbox(params=params, workdir=workdir, status=Status(state["status"]))
-        sandbox.created_at = float(state.get("created_at", time.time()))
-        sandbox.last_active_at = float(state.get("last_active_at", time.time()))
-        sandbox.image_name = str(state.get("image_name") or params.template)
-        sandbox.image_version = str(state.get("image_version", ""))
-        sandbox.kernel_version = str(state.get("kernel_version", ""))
-        sandbox.disk = Path(state["disk"])
-        sandbox.error = str(state.get("error") or "")
-        sandbox.from_snapshot = bool(state.get("from_snapshot"))
-        paused_at = state.get("paused_at")
-        sandbox.paused_at = float(paused_at) if isinstance(paused_at, (int, float)) else None
         if sandbox.status is Status.PAUSED and not (sandbox.snapshot_dir / "vmstate").is_file():
             sandbox.status, sandbox.error = Status.ERROR, "the pause snapshot is missing from this host"
             sandbox.save()

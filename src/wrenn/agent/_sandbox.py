@@ -113,6 +113,25 @@ class Sandbox:
         tmp.chmod(0o600)  # it holds the envd access token
         tmp.replace(self.state_file)
 
+    @classmethod
+    def from_state(cls, workdir: Path, state: dict[str, Any]) -> Sandbox:
+        """The sandbox `save` wrote (without its runtime: VMM, slot, network, envd client)."""
+        sandbox = cls(
+            params=SandboxParams(**state["params"]), workdir=workdir, status=Status(state["status"])
+        )
+        sandbox.created_at = float(state.get("created_at", time.time()))
+        sandbox.last_active_at = float(state.get("last_active_at", time.time()))
+        sandbox.image_name = str(state.get("image_name") or sandbox.params.template)
+        sandbox.image_version = str(state.get("image_version", ""))
+        sandbox.kernel_version = str(state.get("kernel_version", ""))
+        sandbox.disk = Path(state["disk"]) if state.get("disk") else None
+        sandbox.error = str(state.get("error") or "")
+        sandbox.from_snapshot = bool(state.get("from_snapshot"))
+        sandbox.memory_source = Path(state["memory_source"]) if state.get("memory_source") else None
+        paused_at = state.get("paused_at")
+        sandbox.paused_at = float(paused_at) if isinstance(paused_at, (int, float)) else None
+        return sandbox
+
 
 def load_state(path: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
