@@ -15,21 +15,28 @@ import time
 from pathlib import Path
 
 from . import _disk
+from ._sandbox import SANDBOX_ID
 
 log = logging.getLogger("wrenn.agent.cold")
 
 SUFFIX = ".tar.zst"
+#: What an archive may hold (anything else in it is never unpacked).
+MEMBERS = ("vmstate", "memory", "meta.json", "state.json", "rootfs.qcow2")
 
 
 class ColdStorageError(RuntimeError):
     pass
 
 
-async def _run(*args: str) -> None:
+async def _output(*args: str) -> str:
     try:
-        await _disk.run(*args)
+        return await _disk.run(*args)
     except _disk.DiskError as exc:
         raise ColdStorageError(str(exc)) from None
+
+
+async def _run(*args: str) -> None:
+    await _output(*args)
 
 
 class ColdStore:
@@ -38,6 +45,8 @@ class ColdStore:
         self.level = level
 
     def path(self, sandbox_id: str) -> Path:
+        if not SANDBOX_ID.match(sandbox_id):
+            raise ColdStorageError(f"{sandbox_id[:80]!r} is not a sandbox id")
         return self.directory / f"{sandbox_id}{SUFFIX}"
 
     def exists(self, sandbox_id: str) -> bool:
@@ -67,14 +76,20 @@ class ColdStore:
         return size
 
     async def get(self, sandbox_id: str, target: Path) -> None:
-        """Unpack a sandbox's archive into `target`."""
+        """Unpack a sandbox's archive into `target`: its known members only, as plain files owned by root
+        (never the archive's owners, modes beyond 0600, or paths out of `target`). The caller checks
+        what it unpacked before using it."""
         archive = self.path(sandbox_id)
         if not archive.is_file():
             raise ColdStorageError(f"no archive of {sandbox_id} in {self.directory}")
         started = time.monotonic()
+        listed = await _output("tar", "--use-compress-program", "zstd -T0 -q", "-tf", str(archive))
+        members = [name for name in listed.splitlines() if name in MEMBERS]
         await _run(
-            "tar", "--sparse", "--use-compress-program", "zstd -T0 -q", "-C", str(target), "-xf", str(archive)
-        )
+            "tar", "--sparse", "--use-compress-program", "zstd -T0 -q", "-C", str(target),
+            "-xf", str(archive), "--no-same-owner", "--no-same-permissions", "--no-overwrite-dir",
+            "--", *members,
+        )  # fmt: skip
         log.info(
             "unpacked from cold storage",
             extra={"sandbox": sandbox_id, "ms": round((time.monotonic() - started) * 1000)},

@@ -8,6 +8,7 @@ supports one (XFS, btrfs), else a sparse copy.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -62,6 +63,23 @@ async def copy_sparse(source: Path, target: Path) -> None:
 async def flatten(source: Path, target: Path) -> None:
     """A qcow2 copy of `source` with its whole backing chain folded in: a disk that stands alone."""
     await run("qemu-img", "convert", "-q", "-O", "qcow2", str(source), str(target))
+
+
+async def check_standalone(path: Path) -> None:
+    """DiskError unless `path` is a qcow2 image that opens no other file: no backing file and no external
+    data file (either would make the VMM open a host path that the image names)."""
+    out = await run("qemu-img", "info", "--output=json", "-f", "qcow2", "--", str(path))
+    try:
+        info = json.loads(out)
+    except ValueError:
+        raise DiskError(f"qemu-img info gave no JSON for {path.name}") from None
+    if info.get("format") != "qcow2":
+        raise DiskError(f"{path.name} is not a qcow2 image")
+    if info.get("backing-filename") or info.get("full-backing-filename"):
+        raise DiskError(f"{path.name} names a backing file")
+    specific = (info.get("format-specific") or {}).get("data") or {}
+    if specific.get("data-file"):
+        raise DiskError(f"{path.name} names an external data file")
 
 
 def allocated_bytes(path: Path) -> int:

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Coroutine
@@ -32,15 +31,14 @@ from ._config import AgentConfig
 from ._envd import EnvdClient, EnvdUnavailable
 from ._errors import SandboxError
 from ._metrics import MetricsStore
-from ._sandbox import Sandbox, SandboxParams, Status, load_state
+from ._sandbox import SANDBOX_ID, Sandbox, SandboxParams, Status, load_state
+from ._templates import NAME as TEMPLATE_NAME
 from ._templates import Template, TemplateStore
 from .network import NetworkExhausted, NetworkManager
 from .vmm import Driver, DriverError, VMSpec, console_tail
 from .vmm._probe import AcceleratorChoice
 
 log = logging.getLogger("wrenn.agent")
-
-SANDBOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
 class SandboxManager:
@@ -285,7 +283,8 @@ class SandboxManager:
             state["disk"] = str(workdir / "rootfs.qcow2")
             state["memory_source"] = None
             thawed = Sandbox.from_state(workdir, state)
-        except (OSError, ValueError, TypeError, KeyError, ColdStorageError) as exc:
+            await _check_thawed(thawed, sandbox_id)
+        except (OSError, ValueError, TypeError, KeyError, ColdStorageError, _disk.DiskError) as exc:
             shutil.rmtree(workdir, ignore_errors=True)
             raise SandboxError(
                 "data_loss", f"the archive of sandbox {sandbox_id} is unusable: {exc}"
@@ -347,6 +346,9 @@ class SandboxManager:
             raise SandboxError("invalid_argument", f"vcpus must be between 1 and {(os.cpu_count() or 1) * 4}")
         if not 128 <= params.memory_mb <= 65536:
             raise SandboxError("invalid_argument", "memory_mb must be between 128 and 65536")
+        if not TEMPLATE_NAME.match(params.template):
+            name = params.template[:80]
+            raise SandboxError("invalid_argument", f"a template is 1-64 characters of [a-z0-9._-]: {name!r}")
         image = self._image(params.template)
         if image is None:
             raise SandboxError(
@@ -363,7 +365,7 @@ class SandboxManager:
         if snapshot is not None:
             template, version = snapshot.image, snapshot.image_version
         if version:
-            exact = images.Image.load(self.config.data_dir / "images" / template / version)
+            exact = images.find_version(template, version, self.config.data_dir)
             if exact is not None:
                 return exact
         return images.find(template, self.config.data_dir)
@@ -805,6 +807,24 @@ class SandboxManager:
         self.sandboxes[sandbox.id] = sandbox
         log.info("sandbox adopted", extra={"sandbox": sandbox.id, "status": sandbox.status.value})
         return sandbox
+
+
+async def _check_thawed(sandbox: Sandbox, sandbox_id: str) -> None:
+    """An archive comes from storage that other hosts write: everything in it that becomes a path or a
+    file the VMM opens is checked before it is used. Its state names this sandbox and only names; its
+    files are plain files (no links or device nodes); its disk is a self-contained qcow2 (no backing or
+    external data file that would open a host path)."""
+    if sandbox.id != sandbox_id:
+        raise ValueError(f"the archive is of sandbox {sandbox.id!r}, not {sandbox_id!r}")
+    if not TEMPLATE_NAME.match(sandbox.params.template) or not TEMPLATE_NAME.match(sandbox.image_name):
+        raise ValueError("the archive names a template that is not a name")
+    if sandbox.image_version and not images.VERSION.match(sandbox.image_version):
+        raise ValueError("the archive names an image version that is not one")
+    for path in sandbox.workdir.rglob("*"):
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            raise ValueError(f"the archive holds {path.name!r}, which is not a plain file")
+    assert sandbox.disk is not None
+    await _disk.check_standalone(sandbox.disk)
 
 
 def _is_vmm_of(pid: int, sandbox_id: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,6 +14,9 @@ from typing import Any
 from ._envd import EnvdClient
 from .network import SandboxNetwork
 from .vmm import VM
+
+#: A sandbox id: it names the sandbox's directory, its cold-storage archive and its cgroup.
+SANDBOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
 class Status(enum.StrEnum):

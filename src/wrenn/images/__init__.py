@@ -14,18 +14,22 @@ command line and runs envd on TCP 49983.
 """
 
 from ._build import DEFAULT_DISK_SIZE, build
-from ._image import DEFAULT_DATA_DIR, Image, find
+from ._image import DEFAULT_DATA_DIR, NAME, VERSION, Image, InvalidName, find, find_version
 from ._steps import STEPS, BuildError
 from ._templates import TEMPLATES, Template
 
 __all__ = [
     "DEFAULT_DATA_DIR",
     "DEFAULT_DISK_SIZE",
+    "NAME",
     "STEPS",
     "TEMPLATES",
+    "VERSION",
     "BuildError",
     "Image",
+    "InvalidName",
     "Template",
     "build",
     "find",
+    "find_version",
 ]

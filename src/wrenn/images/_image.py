@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,30 @@ FILES: dict[str, str] = {
 }
 
 
+#: An image (template) name, and a version (12 hex digits of the inputs' hash): each becomes a path
+#: component, so nothing else (no `/`, no `..`) is ever joined onto the images directory.
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+VERSION = re.compile(r"^[0-9a-f]{1,64}$")
+
+
+class InvalidName(ValueError):
+    pass
+
+
 def images_dir(data_dir: Path) -> Path:
     return data_dir / "images"
 
 
 def template_dir(data_dir: Path, template: str) -> Path:
+    if not NAME.match(template):
+        raise InvalidName(f"an image name is 1-64 characters of [a-z0-9_-], not {template[:80]!r}")
     return images_dir(data_dir) / template
+
+
+def version_dir(data_dir: Path, template: str, version: str) -> Path:
+    if not VERSION.match(version):
+        raise InvalidName(f"an image version is hex digits, not {version[:80]!r}")
+    return template_dir(data_dir, template) / version
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +91,22 @@ class Image:
 
 
 def find(template: str = "minimal", data_dir: Path | None = None) -> Image | None:
-    """The current (newest complete) image of `template`, or None when there is none."""
-    current = template_dir(data_dir or DEFAULT_DATA_DIR, template) / "current"
-    if not current.is_symlink():
+    """The current (newest complete) image of `template`, or None when there is none (or the name is
+    not an image name)."""
+    if not NAME.match(template):
         return None
-    return Image.load(current.resolve())
+    tdir = template_dir(data_dir or DEFAULT_DATA_DIR, template)
+    current = tdir / "current"
+    if not current.is_symlink() or not VERSION.match(os.readlink(current)):
+        return None  # `current` names a version beside it, nothing else
+    return Image.load((tdir / os.readlink(current)).resolve())
+
+
+def find_version(template: str, version: str, data_dir: Path) -> Image | None:
+    """That exact build of `template`, if it is still on disk; None for names that are not names."""
+    if not NAME.match(template) or not VERSION.match(version):
+        return None
+    return Image.load(version_dir(data_dir, template, version))
 
 
 def point_current(template_path: Path, version: str) -> None:
