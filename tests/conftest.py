@@ -191,17 +191,17 @@ def wrenn_server(image: Image) -> Iterator[tuple[str, str]]:
     if os.geteuid() != 0:
         pytest.skip("the host agent needs root")
     with running_agent(f"ws{os.getpid() % 1000:03d}k") as agent:
-        yield from _control_plane(agent.url)
+        yield from _control_plane(agent.url, agent.token_file)
 
 
-def _control_plane(agent_url: str) -> Iterator[tuple[str, str]]:
+def _control_plane(agent_url: str, token_file: Path) -> Iterator[tuple[str, str]]:
     root = Path(tempfile.mkdtemp(prefix="wrenn-cp-"))
     port = free_port()
     log_path = root / "server.log"
     with log_path.open("wb") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "wrenn.controlplane", "--port", str(port), "--data-dir", str(root),
-             "--local-agent", agent_url],
+             "--local-agent", agent_url, "--local-agent-token-file", str(token_file)],
             stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "WRENN_MONITOR_INTERVAL_S": "2"},  # reconcile fast: tests wait on it
         )  # fmt: skip

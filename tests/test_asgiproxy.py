@@ -327,3 +327,20 @@ def test_dial_is_retried_until_the_port_listens(setup: Setup) -> None:
     finally:
         thread.join(5)
         sock.close()
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/..", "/a/../b", "/%2e%2e/x", "/%2E%2e/x", "/%252e%252e/x", "/%25252e%25252e/x", "/a%2fb", "/a%2Fb",
+     "/a%5cb", "/a\\b", "//x", "/a//b", "/./x", "/.%2e/x", "/%00", "/a\x00", "relative", "/%2525252e%2525252e"],
+)  # fmt: skip
+def test_paths_that_climb_are_refused(path: str) -> None:
+    assert _asgiproxy.path_problem(path) is not None
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/a/b/", "/a.b/..c/c..", "/%20x", "/%e2%82%ac", "/%ff", "/a%3Fb", "/.well-known/x", "/a/b.."],
+)
+def test_plain_paths_pass(path: str) -> None:
+    assert _asgiproxy.path_problem(path) is None

@@ -14,8 +14,9 @@ import json
 import logging
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, MutableMapping
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import wsproto.events
@@ -39,6 +40,35 @@ HOP_BY_HOP = frozenset(
 _WS_HANDSHAKE = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
 )
+
+
+#: How many layers of percent-encoding a path may carry before it is refused as an evasion attempt.
+_MAX_DECODES = 3
+
+
+def path_problem(raw_path: str) -> str | None:
+    """Why a request path must not be forwarded, or None. Refused: dot segments (`.`, `..`), empty
+    segments (`//`), backslashes and NUL, also when percent-encoded (once or several times over), and
+    encoded slashes (`%2f`), which a server behind the proxy could decode into a segment of its own.
+    A forwarded path is thus the path the caller meant, never a way out of `/proxy/{id}/{port}/`."""
+    if not raw_path.startswith("/"):
+        return "the path must start with /"
+    current = raw_path
+    for _ in range(_MAX_DECODES + 1):
+        if "\\" in current or "\0" in current:
+            return "the path holds a backslash or a NUL character"
+        segments = current.split("/")[1:]
+        if any(s in (".", "..") for s in segments):
+            return "the path holds a . or .. segment"
+        if any(s == "" for s in segments[:-1]):
+            return "the path holds an empty segment (//)"
+        decoded = unquote(current, errors="surrogateescape") if "%" in current else current
+        if decoded == current:
+            return None
+        if decoded.count("/") != current.count("/"):
+            return "the path holds an encoded slash"
+        current = decoded
+    return "the path is percent-encoded too many times over"
 
 
 class Unreachable(Exception):
@@ -79,12 +109,26 @@ async def send_error(scope: Scope, send: Send, status: int, code: str, message: 
     await send({"type": "http.response.body", "body": body})
 
 
-async def forward(scope: Scope, receive: Receive, send: Send, client: httpx.AsyncClient, url: str) -> None:
-    """Forward an `http` or `websocket` scope to `url` (http or https, query included)."""
+Headers = list[tuple[bytes, bytes]]
+
+
+async def forward(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    extra_headers: Iterable[tuple[bytes, bytes]] = (),
+    drop_headers: frozenset[str] = frozenset(),
+) -> None:
+    """Forward an `http` or `websocket` scope to `url` (http or https, query included). `drop_headers`
+    (lower case) never leave; `extra_headers` are added (the hop's own credentials)."""
+    headers = [*_upstream_headers(scope, drop_headers), *extra_headers]
     if scope["type"] == "websocket":
-        await forward_websocket(scope, receive, send, client, url)
+        await forward_websocket(scope, receive, send, client, url, headers)
     else:
-        await forward_http(scope, receive, send, client, url)
+        await forward_http(scope, receive, send, client, url, headers)
 
 
 def _drop_set(headers: list[tuple[bytes, bytes]]) -> frozenset[str]:
@@ -97,10 +141,11 @@ def _drop_set(headers: list[tuple[bytes, bytes]]) -> frozenset[str]:
     return HOP_BY_HOP | named
 
 
-def _upstream_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
-    """The client's headers without hop-by-hop ones, plus X-Forwarded-For/Host/Proto (kept if set)."""
+def _upstream_headers(scope: Scope, also_drop: frozenset[str] = frozenset()) -> Headers:
+    """The client's headers without hop-by-hop ones (nor `also_drop`), plus X-Forwarded-For/Host/Proto
+    (kept if set)."""
     raw: list[tuple[bytes, bytes]] = list(scope["headers"])
-    drop = _drop_set(raw) | (_WS_HANDSHAKE if scope["type"] == "websocket" else frozenset())
+    drop = _drop_set(raw) | also_drop | (_WS_HANDSHAKE if scope["type"] == "websocket" else frozenset())
     out = [
         (k, v) for k, v in raw if k.decode("latin-1").lower() not in drop and k.lower() != b"x-forwarded-for"
     ]
@@ -161,10 +206,9 @@ async def first_done(*coros: Coroutine[Any, Any, None]) -> None:
 
 
 async def forward_http(
-    scope: Scope, receive: Receive, send: Send, client: httpx.AsyncClient, url: str
+    scope: Scope, receive: Receive, send: Send, client: httpx.AsyncClient, url: str, headers: Headers
 ) -> None:
     """One HTTP request: the body streams up, the response (status, headers, body) streams down."""
-    headers = _upstream_headers(scope)
     has_body = any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
     content: bytes | AsyncIterator[bytes] = _request_body(receive) if has_body else b""
     try:
@@ -197,14 +241,14 @@ async def forward_http(
 
 
 async def forward_websocket(
-    scope: Scope, receive: Receive, send: Send, client: httpx.AsyncClient, url: str
+    scope: Scope, receive: Receive, send: Send, client: httpx.AsyncClient, url: str, headers: Headers
 ) -> None:
     """One WebSocket: the upstream handshake first (its refusal is passed on as the HTTP answer), then
     text and binary messages both ways until either side closes; the close code is passed on."""
     if (await receive())["type"] != "websocket.connect":
         return
     headers = [
-        *_upstream_headers(scope), (b"connection", b"upgrade"), (b"upgrade", b"websocket"),
+        *headers, (b"connection", b"upgrade"), (b"upgrade", b"websocket"),
         (b"sec-websocket-version", b"13"), (b"sec-websocket-key", base64.b64encode(secrets.token_bytes(16))),
     ]  # fmt: skip
     if scope.get("subprotocols"):

@@ -16,6 +16,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from wrenn.proto.hostagent.v1.auth import (
+    HEADER,
+    TOKEN_FILE,
+    TokenInterceptor,
+    TokenInterceptorSync,
+    read_token,
+)
+from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient, HostAgentServiceClientSync
+
 
 @dataclass
 class AgentProcess:
@@ -24,6 +33,32 @@ class AgentProcess:
     data_dir: Path
     proc: subprocess.Popen[bytes]
     log: Path
+    proxy_port: int = 0
+
+    @property
+    def proxy_url(self) -> str:
+        """The traffic listener (`/proxy/...` only)."""
+        return f"http://127.0.0.1:{self.proxy_port}"
+
+    @property
+    def token(self) -> str:
+        """The secret the agent requires (it created the file at start)."""
+        return read_token(self.token_file)
+
+    @property
+    def token_file(self) -> Path:
+        return self.data_dir / TOKEN_FILE
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {HEADER: self.token}
+
+    def client(self) -> HostAgentServiceClient:
+        """An async Connect client that sends the agent's secret."""
+        return HostAgentServiceClient(self.url, interceptors=[TokenInterceptor(self.token)])
+
+    def sync_client(self) -> HostAgentServiceClientSync:
+        return HostAgentServiceClientSync(self.url, interceptors=[TokenInterceptorSync(self.token)])
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc.poll() is None:
@@ -58,16 +93,19 @@ def _address_ranges(prefix: str) -> list[str]:
     return ["--host-net", f"10.{n}.0.0/16", "--veth-net", f"10.{n + 1}.0.0/16"]
 
 
-def start_agent(data_dir: Path, prefix: str, port: int | None = None) -> AgentProcess:
+def start_agent(
+    data_dir: Path, prefix: str, port: int | None = None, proxy_port: int | None = None
+) -> AgentProcess:
     port = port or _free_port()
+    proxy_port = proxy_port or _free_port()
     log = data_dir / f"agent-{prefix}-{port}.log"
     with log.open("ab") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "wrenn.agent", "--data-dir", str(data_dir), "--host", "0.0.0.0",
-             "--port", str(port), "--name-prefix", prefix, "--slots", "8", *_address_ranges(prefix)],
+             "--port", str(port), "--proxy-port", str(proxy_port), "--name-prefix", prefix, "--slots", "8", *_address_ranges(prefix)],
             stdout=sink, stderr=subprocess.STDOUT,
         )  # fmt: skip
-    agent = AgentProcess(f"http://127.0.0.1:{port}", port, data_dir, proc, log)
+    agent = AgentProcess(f"http://127.0.0.1:{port}", port, data_dir, proc, log, proxy_port)
     deadline = time.monotonic() + 120  # the first start probes the accelerator
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -87,7 +125,6 @@ def running_agent(prefix: str) -> Iterator[AgentProcess]:
     nothing is left: a live agent (or a new one, which adopts what a killed one left) is told to
     Terminate, which destroys every sandbox and removes its network rules."""
     from wrenn.proto.hostagent.v1 import hostagent_pb as pb
-    from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClientSync
 
     shared = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
     data_dir = private_data_dir(shared, prefix)
@@ -96,8 +133,10 @@ def running_agent(prefix: str) -> Iterator[AgentProcess]:
         yield process
     finally:
         if process.proc.poll() is not None:
-            process.proc = start_agent(data_dir, prefix, port=process.port).proc
-        with HostAgentServiceClientSync(process.url) as client:
+            process.proc = start_agent(
+                data_dir, prefix, port=process.port, proxy_port=process.proxy_port
+            ).proc
+        with process.sync_client() as client:
             client.terminate(pb.TerminateRequest())
         process.proc.wait(60)
         shutil.rmtree(data_dir, ignore_errors=True)

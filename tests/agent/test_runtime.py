@@ -42,7 +42,7 @@ def agent(image: object) -> Iterator[AgentProcess]:
 
 @pytest.fixture
 async def client(agent: AgentProcess) -> AsyncIterator[HostAgentServiceClient]:
-    async with HostAgentServiceClient(agent.url) as c:
+    async with agent.client() as c:
         yield c
 
 
@@ -508,14 +508,14 @@ async def test_an_idle_sandbox_is_paused_and_resumes(client: HostAgentServiceCli
 
 
 async def test_agent_restart_adopts_running_vms_and_cleans_the_rest(agent: AgentProcess) -> None:
-    async with HostAgentServiceClient(agent.url) as client:
+    async with agent.client() as client:
         await client.create_sandbox(create_request("sb-c", envd_access_token="tok-c"), timeout_ms=300_000)
     stale_ns = f"{PREFIX}-ns-7"
     subprocess.run(["ip", "netns", "add", stale_ns], check=True)  # as a crashed run would leave it
     agent.stop(signal.SIGKILL)
-    restarted = start_agent(agent.data_dir, PREFIX, port=agent.port)
+    restarted = start_agent(agent.data_dir, PREFIX, port=agent.port, proxy_port=agent.proxy_port)
     agent.proc = restarted.proc
-    async with HostAgentServiceClient(agent.url) as client:
+    async with agent.client() as client:
         listed = await client.list_sandboxes(pb.ListSandboxesRequest())
         assert {s.sandbox_id: s.status for s in listed.sandboxes} == {
             "sb-c": pb.SandboxStatus.RUNNING,

@@ -26,7 +26,10 @@ def agent(image: object) -> Iterator[AgentProcess]:
 def api(agent: AgentProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     root = tmp_path_factory.mktemp("cp")
     settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{root / 'wrenn.db'}", data_dir=root, local_agents=(agent.url,)
+        database_url=f"sqlite+aiosqlite:///{root / 'wrenn.db'}",
+        data_dir=root,
+        local_agents=(agent.url,),
+        local_agent_token_file=agent.token_file,
     )
     with TestClient(create_app(settings)) as client:
         yield client

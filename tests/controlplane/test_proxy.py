@@ -210,8 +210,10 @@ def test_errors(capsule: Capsule, client: httpx.Client) -> None:
     assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
     r = client.post("/init", json={}, headers=_host(capsule.capsule_id, 49983))
     assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden")
-    r = client.post("/snapshot//prepare/", headers=_host(capsule.capsule_id, 49983))
+    r = client.post("/snapshot/prepare/", headers=_host(capsule.capsule_id, 49983))
     assert r.status_code == 403
+    r = client.post("/snapshot//prepare/", headers=_host(capsule.capsule_id, 49983))
+    assert r.status_code == 400  # an empty segment: refused before it is looked at
     assert client.get("/health", headers=_host(capsule.capsule_id, 49983)).status_code in (200, 204)  # envd
     r = client.get("/", headers=_host(capsule.capsule_id, 70000))
     assert r.status_code == 400

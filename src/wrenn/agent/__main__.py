@@ -22,6 +22,19 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     )
     p.add_argument("--host", default=d.host, help=f"address of the Connect API (default {d.host})")
     p.add_argument("--port", type=int, default=d.port, help=f"port of the Connect API (default {d.port})")
+    p.add_argument(
+        "--proxy-port",
+        type=int,
+        default=d.proxy_port,
+        help=f"port of the traffic listener, /proxy/... only (default {d.proxy_port})",
+    )
+    p.add_argument(
+        "--api-token-file",
+        type=Path,
+        default=None,
+        help="secret an unregistered agent requires of its callers (default DATA_DIR/agent-api-token, "
+        "created 0600 when missing)",
+    )
     p.add_argument("--vmm", choices=["qemu", "firecracker"], default=d.vmm)
     p.add_argument("--firecracker-binary", type=Path, default=None)
     p.add_argument(
@@ -56,9 +69,12 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     a = p.parse_args(argv)
     if a.register and not (a.control_plane and a.address):
         p.error("--register needs --control-plane URL and --address HOST:PORT")
+    if a.proxy_port == a.port:
+        p.error("--proxy-port must differ from --port: the traffic listener is kept apart from the API")
     _logging.configure(a.log_level, a.log_format)
     return AgentConfig(
-        data_dir=a.data_dir, host=a.host, port=a.port, vmm=a.vmm, firecracker_binary=a.firecracker_binary,
+        data_dir=a.data_dir, host=a.host, port=a.port, proxy_port=a.proxy_port,
+        api_token_file=a.api_token_file, vmm=a.vmm, firecracker_binary=a.firecracker_binary,
         accelerator=Accelerator(a.accelerator) if a.accelerator else None, reprobe=a.reprobe,
         slots=a.slots, name_prefix=a.name_prefix, host_net=a.host_net, veth_net=a.veth_net,
         register_token=a.register, control_plane=a.control_plane, address=a.address,

@@ -10,16 +10,18 @@ import pwd
 import signal
 import ssl
 import subprocess
+from collections.abc import Iterator
 
 import uvicorn
 
 from wrenn import _asgiproxy, images
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceASGIApplication
 
+from ._access import RequireToken, load_or_create_token
 from ._cgroup import Cgroups
 from ._config import AgentConfig
 from ._manager import SandboxManager
-from ._proxy import ProxyApp, with_proxy
+from ._proxy import ProxyApp
 from ._registration import Credentials, CredentialStore, HostLink, RegistrationError, host_facts, register
 from ._service import AgentService
 from .network import NetworkConfig, NetworkManager
@@ -90,6 +92,14 @@ def ensure_vmm_user(name: str | None) -> str | None:
     return name
 
 
+class _SignalFreeServer(uvicorn.Server):
+    """The traffic listener's server: the API server owns the process's signals and stops this one."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 class Agent:
     """The host agent: a sandbox manager behind the HostAgentService Connect API."""
 
@@ -97,6 +107,7 @@ class Agent:
         self.config = config
         self.manager: SandboxManager | None = None
         self._server: uvicorn.Server | None = None
+        self._proxy_server: uvicorn.Server | None = None
 
     async def start(self) -> SandboxManager:
         if os.geteuid() != 0:
@@ -132,7 +143,10 @@ class Agent:
             if creds is None and self.config.register_token:
                 assert self.config.control_plane and self.config.address
                 facts = host_facts(
-                    self.config.data_dir, self.config.slots, manager.accelerator.accelerator.value
+                    self.config.data_dir,
+                    self.config.slots,
+                    manager.accelerator.accelerator.value,
+                    self.config.proxy_port,
                 )
                 creds = await register(
                     self.config.control_plane, self.config.register_token, self.config.address, facts
@@ -155,28 +169,33 @@ class Agent:
             await manager.close()
             raise
         store = CredentialStore(self.config.data_dir)
-        api = HostAgentServiceASGIApplication(AgentService(manager, on_terminate=self.shutdown))
+        api: _asgiproxy.ASGIApp = HostAgentServiceASGIApplication(
+            AgentService(manager, on_terminate=self.shutdown, proxy_port=self.config.proxy_port)
+        )
         # One client for all proxied traffic, for the agent's life. No pooled connections: a guest's
         # address is reused by the next sandbox in its slot (or by itself after a pause), and a pooled
         # connection to it would be dead; a dial over the local veth costs next to nothing.
         upstream = _asgiproxy.new_client(keepalive=False)
-        app = with_proxy(api, ProxyApp(manager, upstream))
+        proxy: _asgiproxy.ASGIApp = ProxyApp(manager, upstream)
         tls: dict[str, object] = {}
-        if creds is not None:
+        if creds is not None:  # registered: mutual TLS on both listeners, the control plane's cert only
             tls = {
                 "ssl_certfile": str(store.cert_file),
                 "ssl_keyfile": str(store.key_file),
                 "ssl_ca_certs": str(store.ca_file),
                 "ssl_cert_reqs": ssl.CERT_REQUIRED,
             }
-        config = uvicorn.Config(
-            app, host=self.config.host, port=self.config.port, log_config=None, access_log=False,
-            **tls,  # type: ignore[arg-type]
-        )  # fmt: skip
-        config.load()
-        if config.ssl is not None:
-            config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
+        else:  # local: plain HTTP, so a secret only root can read
+            try:
+                token = load_or_create_token(self.config.resolved_api_token_file)
+            except (OSError, ValueError) as exc:
+                await manager.close()
+                raise AgentError(f"the API token: {exc}") from None
+            api, proxy = RequireToken(api, token), RequireToken(proxy, token)
+        config = self._uvicorn_config(api, self.config.port, tls)
+        proxy_config = self._uvicorn_config(proxy, self.config.proxy_port, tls)
         self._server = uvicorn.Server(config)
+        self._proxy_server = _SignalFreeServer(proxy_config)
         link: HostLink | None = None
         if creds is not None:
 
@@ -184,24 +203,47 @@ class Agent:
                 await manager.terminate()
                 self.shutdown()
 
+            def contexts() -> list[ssl.SSLContext | None]:
+                return [config.ssl, proxy_config.ssl]
+
             link = HostLink(
-                store, creds, self.config.heartbeat_interval_s, ssl_context=lambda: config.ssl,
-                on_deleted=deleted,
+                store, creds, self.config.heartbeat_interval_s, ssl_contexts=contexts, on_deleted=deleted,
+                proxy_port=self.config.proxy_port,
             )  # fmt: skip
             link.start()
         log.info(
             "agent listening",
-            extra={"host": self.config.host, "port": self.config.port, "tls": creds is not None},
+            extra={
+                "host": self.config.host,
+                "port": self.config.port,
+                "proxy_port": self.config.proxy_port,
+                "tls": creds is not None,
+            },
         )
+        proxy_task = asyncio.create_task(self._proxy_server.serve())
         try:
             await self._server.serve()
         finally:
+            self._proxy_server.should_exit = True
+            await asyncio.gather(proxy_task, return_exceptions=True)
             if link is not None:
                 await link.stop()
             await upstream.aclose()
             await manager.close()
 
+    def _uvicorn_config(self, app: _asgiproxy.ASGIApp, port: int, tls: dict[str, object]) -> uvicorn.Config:
+        config = uvicorn.Config(
+            app, host=self.config.host, port=port, log_config=None, access_log=False, lifespan="off",
+            **tls,  # type: ignore[arg-type]
+        )  # fmt: skip
+        config.load()
+        if config.ssl is not None:
+            config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
+        return config
+
     def shutdown(self) -> None:
+        if self._proxy_server is not None:
+            self._proxy_server.should_exit = True
         if self._server is not None:
             self._server.should_exit = True
         else:

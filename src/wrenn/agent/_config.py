@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wrenn.proto.hostagent.v1.auth import TOKEN_FILE
+
 from .vmm import Accelerator
 
 
@@ -13,7 +15,12 @@ class AgentConfig:
     #: Where images, sandboxes' disks and runtime files live.
     data_dir: Path = Path("/var/lib/wrenn")
     host: str = "127.0.0.1"
+    #: The control API (Connect RPC) and, on the same address, the traffic listener (`/proxy/...` only).
     port: int = 50051
+    proxy_port: int = 50052
+    #: The secret an unregistered (local, plain HTTP) agent requires on both listeners; created when
+    #: missing. None: `{data_dir}/agent-api-token`.
+    api_token_file: Path | None = None
     #: "qemu" or "firecracker".
     vmm: str = "qemu"
     qemu_binary: str = "qemu-system-x86_64"
@@ -58,6 +65,10 @@ class AgentConfig:
     #: Where hibernated sandboxes' archives go: a directory all hosts of the control plane can reach
     #: (a network file system) for a sandbox to wake on another host. None: no hibernation here.
     cold_storage: Path | None = None
+
+    @property
+    def resolved_api_token_file(self) -> Path:
+        return self.api_token_file or self.data_dir / TOKEN_FILE
 
     @property
     def sandboxes_dir(self) -> Path:

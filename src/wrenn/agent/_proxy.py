@@ -1,6 +1,12 @@
-"""`/proxy/{sandbox_id}/{port}/{path}`: HTTP and WebSocket traffic to a port inside a sandbox, reached at
-its host IP. The control plane forwards `{port}-{id}.{domain}` here. Proxied traffic is activity: it
-resumes a paused sandbox and keeps the idle timer from firing while a request or socket is open."""
+"""The agent's traffic listener: `/proxy/{sandbox_id}/{port}/{path}`, HTTP and WebSocket traffic to a
+port inside a sandbox, reached at its host IP. The control plane forwards `{port}-{id}.{domain}` here.
+Proxied traffic is activity: it resumes a paused sandbox and keeps the idle timer from firing while a
+request or socket is open.
+
+This app is served on a listener of its own, apart from the control API: it answers nothing but
+`/proxy/...` (404 otherwise), so no path a user sends through the traffic proxy can reach an RPC, however
+it is spelled. Paths with dot segments, empty segments, backslashes or encoded slashes are refused before
+anything is looked up."""
 
 from __future__ import annotations
 
@@ -12,11 +18,11 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from wrenn._asgiproxy import ASGIApp, Receive, Scope, Send, Unreachable, forward, send_error
+from wrenn._asgiproxy import Receive, Scope, Send, Unreachable, forward, path_problem, send_error
 
 from ._errors import SandboxError
-from ._manager import SANDBOX_ID, SandboxManager
-from ._sandbox import Sandbox
+from ._manager import SandboxManager
+from ._sandbox import SANDBOX_ID, Sandbox
 
 log = logging.getLogger("wrenn.agent.proxy")
 
@@ -59,7 +65,15 @@ class ProxyApp:
         self.client = client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return  # lifespan: nothing to set up
         raw = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        if not raw.startswith(PREFIX):
+            await send_error(scope, send, 404, "not_found", "this listener serves /proxy/{id}/{port}/ only")
+            return
+        if problem := path_problem(raw):
+            await send_error(scope, send, 400, "invalid_request", problem)
+            return
         parts = raw[len(PREFIX) :].split("/", 2)
         if len(parts) < 2 or not SANDBOX_ID.match(parts[0]):
             await send_error(scope, send, 404, "not_found", "expected /proxy/{sandbox_id}/{port}/{path}")
@@ -95,15 +109,3 @@ def _envd_path(path: str) -> str:
     """The decoded path after `/proxy/{id}/{port}`, as envd's router would see it (`/init/` -> `/init`)."""
     rest = path[len(PREFIX) :].split("/", 2)
     return posixpath.normpath("/" + (rest[2].lstrip("/") if len(rest) > 2 else "")).rstrip("/")
-
-
-def with_proxy(api: ASGIApp, proxy: ProxyApp) -> ASGIApp:
-    """`/proxy/...` HTTP and WebSocket requests to `proxy`; everything else (lifespan included) to `api`."""
-
-    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket") and scope["path"].startswith(PREFIX):
-            await proxy(scope, receive, send)
-        else:
-            await api(scope, receive, send)
-
-    return dispatch

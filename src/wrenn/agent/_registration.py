@@ -120,8 +120,9 @@ class CredentialStore:
         return self.tls_dir / "ca.pem"
 
 
-def host_facts(data_dir: Path, slots: int, accelerator: str) -> dict[str, Any]:
+def host_facts(data_dir: Path, slots: int, accelerator: str, proxy_port: int) -> dict[str, Any]:
     return {
+        "proxy_port": proxy_port,
         "arch": platform.machine(),
         "cpu_cores": os.cpu_count() or 1,
         "memory_mb": psutil.virtual_memory().total >> 20,
@@ -160,13 +161,15 @@ class HostLink:
         creds: Credentials,
         interval_s: float,
         *,
-        ssl_context: Callable[[], ssl.SSLContext | None],
+        ssl_contexts: Callable[[], list[ssl.SSLContext | None]],
         on_deleted: Callable[[], Any],
+        proxy_port: int = 0,
     ) -> None:
         self.store = store
         self.creds = creds
         self.interval_s = interval_s
-        self._ssl_context = ssl_context
+        self._ssl_contexts = ssl_contexts
+        self._proxy_port = proxy_port
         self._on_deleted = on_deleted
         self._client = httpx.AsyncClient(timeout=30)
         self._task: asyncio.Task[None] | None = None
@@ -199,7 +202,9 @@ class HostLink:
             await self.refresh()
         url = f"{self.creds.control_plane}/v1/hosts/{self.creds.host_id}/heartbeat"
         try:
-            r = await self._client.post(url, headers={"X-Host-Token": self.creds.token})
+            r = await self._client.post(
+                url, headers={"X-Host-Token": self.creds.token}, json={"proxy_port": self._proxy_port}
+            )
         except httpx.HTTPError as exc:
             self.failures += 1
             log.warning(
@@ -235,8 +240,8 @@ class HostLink:
             return False
         self.creds = Credentials.from_response(r.json(), self.creds.control_plane, self.creds.address)
         self.store.save(self.creds)
-        context = self._ssl_context()
-        if context is not None:  # new handshakes present the new certificate
-            context.load_cert_chain(self.store.cert_file, self.store.key_file)
+        for context in self._ssl_contexts():
+            if context is not None:  # new handshakes present the new certificate
+                context.load_cert_chain(self.store.cert_file, self.store.key_file)
         log.info("credentials refreshed", extra={"host": self.creds.host_id})
         return True

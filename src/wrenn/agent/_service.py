@@ -169,9 +169,15 @@ def _selector(pid: int = 0, tag: str = "") -> proc.ProcessSelector:
 
 
 class AgentService(HostAgentService):
-    def __init__(self, manager: SandboxManager, on_terminate: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        manager: SandboxManager,
+        on_terminate: Callable[[], None] | None = None,
+        proxy_port: int = 0,
+    ) -> None:
         self.m = manager
         self._on_terminate = on_terminate
+        self._proxy_port = proxy_port
 
     def _envd(self, sandbox_id: str, user: str = "") -> tuple[EnvdClient, dict[str, str]]:
         try:
@@ -679,6 +685,7 @@ class AgentService(HostAgentService):
             kernel_version=image.kernel_version if image else "",
             slot_capacity=self.m.config.slots,
             slots_used=self.m.slots_used(),
+            proxy_port=self._proxy_port,
         )
 
     async def terminate(

@@ -139,7 +139,9 @@ def _credentials(base_url: str, platform: Platform | None) -> tuple[str, str, st
     return ADMIN_EMAIL, password, str(key.json()["key"])
 
 
-def start(data_dir: Path, port: int, agent_port: int, console: Console) -> Platform:
+def start(
+    data_dir: Path, port: int, agent_port: int, console: Console, proxy_port: int | None = None
+) -> Platform:
     """Bring the platform up (or find it running) and return how to reach it."""
     if os.geteuid() != 0:
         raise PlatformError(
@@ -152,7 +154,8 @@ def start(data_dir: Path, port: int, agent_port: int, console: Console) -> Platf
         return saved
     if saved is not None:
         stop(data_dir, console, quiet=True)  # a half-running platform from before: start clean
-    for p, what in ((port, "control plane"), (agent_port, "host agent")):
+    proxy_port = proxy_port or agent_port + 1
+    for p, what in ((port, "control plane"), (agent_port, "host agent"), (proxy_port, "agent's traffic")):
         if not _port_free(p):
             raise PlatformError(f"port {p} for the {what} is taken (choose another with --port/--agent-port)")
     if images.find("minimal", data_dir) is None:
@@ -172,6 +175,8 @@ def start(data_dir: Path, port: int, agent_port: int, console: Console) -> Platf
             str(data_dir),
             "--port",
             str(agent_port),
+            "--proxy-port",
+            str(proxy_port),
             *agent_identity(data_dir),
         ],
         logs / "agent.log",
@@ -211,10 +216,14 @@ def stop(data_dir: Path, console: Console, *, quiet: bool = False) -> bool:
         os.kill(platform.server_pid, signal.SIGTERM)
     if _alive(platform.agent_pid):
         from wrenn.proto.hostagent.v1 import hostagent_pb
+        from wrenn.proto.hostagent.v1.auth import TOKEN_FILE, TokenInterceptorSync, read_token
         from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClientSync
 
         try:
-            with HostAgentServiceClientSync(platform.agent_url) as client:
+            token = read_token(data_dir / TOKEN_FILE)
+            with HostAgentServiceClientSync(
+                platform.agent_url, interceptors=[TokenInterceptorSync(token)]
+            ) as client:
                 client.terminate(hostagent_pb.TerminateRequest(), timeout_ms=120_000)
         except Exception:  # noqa: BLE001 - whatever happened, fall back to signals
             os.kill(platform.agent_pid, signal.SIGTERM)

@@ -2,7 +2,9 @@
 
 Registered hosts answer over https with mutual TLS: the pool dials them with the control plane's client
 certificate from the internal CA and trusts only that CA. Local agents (`--local-agent http://...`) are
-plain HTTP. The traffic proxy gets an httpx client per kind of host, with the same credentials."""
+plain HTTP and require their secret (`X-Wrenn-Agent-Token`, from a root-only file). The traffic proxy
+gets an httpx client per kind of host, with the same credentials, and dials each agent's traffic listener
+(`proxy_url`), never its API."""
 
 from __future__ import annotations
 
@@ -22,10 +24,13 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
 from wrenn._asgiproxy import new_client
+from wrenn.proto.hostagent.v1.auth import HEADER as TOKEN_HEADER
+from wrenn.proto.hostagent.v1.auth import TokenInterceptor
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient
 
 from ._ca import CLIENT_CERT_TTL, CertificateAuthority, Issued
 from ._errors import ApiError
+from .db import Host
 
 log = logging.getLogger("wrenn.controlplane.agents")
 _T = TypeVar("_T")
@@ -52,9 +57,21 @@ def agent_error(exc: ConnectError, host_id: str) -> ApiError:
     return ApiError(status, code, exc.message)
 
 
+def proxy_url(host: Host) -> str | None:
+    """The base URL of the host's traffic listener (same scheme and address as its API, its own port);
+    None while the port is not known."""
+    if not host.proxy_port or "://" not in host.address:
+        return None
+    scheme, rest = host.address.split("://", 1)
+    name = rest.split("/", 1)[0].rsplit(":", 1)[0]
+    return f"{scheme}://{name}:{host.proxy_port}"
+
+
 class AgentPool:
-    def __init__(self, ca: CertificateAuthority | None = None) -> None:
+    def __init__(self, ca: CertificateAuthority | None = None, local_token: str | None = None) -> None:
         self._ca = ca
+        #: The secret of local (plain HTTP) agents.
+        self._local_token = local_token
         self._clients: dict[str, HostAgentServiceClient] = {}
         self._transport: pyqwest.HTTPTransport | None = None
         self._client_cert: Issued | None = None
@@ -94,7 +111,8 @@ class AgentPool:
                     raise ApiError(503, "host_unavailable", "no CA configured to reach a TLS host")
                 found = HostAgentServiceClient(address, http_client=self._tls_client())
             else:
-                found = HostAgentServiceClient(address)
+                interceptors = [TokenInterceptor(self._local_token)] if self._local_token else []
+                found = HostAgentServiceClient(address, interceptors=interceptors)
             self._clients[address] = found
         return found
 
@@ -118,6 +136,13 @@ class AgentPool:
             cert = self._tls_http_cert = self._ca.issue_client()
             self._tls_http = new_client(verify=_mtls_context(self._ca.cert_pem, cert))
         return self._tls_http
+
+    def proxy_headers(self, address: str) -> list[tuple[bytes, bytes]]:
+        """What a forwarded request carries to prove itself to the agent at `address` (its secret, for
+        a plain HTTP one; mutual TLS speaks for the others)."""
+        if address.startswith("https:") or not self._local_token:
+            return []
+        return [(TOKEN_HEADER.encode(), self._local_token.encode())]
 
     def forget(self, address: str) -> None:
         """Drop the client of a host (deleted, or re-registered at another address)."""

@@ -50,7 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.ca = CertificateAuthority.load_or_create(
             settings.data_dir, settings.ca_cert_file, settings.ca_key_file
         )
-        app.state.agents = AgentPool(app.state.ca)
+        app.state.agents = AgentPool(app.state.ca, settings.local_agent_token())
         async with app.state.sessions() as session:
             for address in settings.local_agents:
                 await register_local(session, app.state.agents, address)

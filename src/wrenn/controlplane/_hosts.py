@@ -36,7 +36,7 @@ async def register_local(session: AsyncSession, agents: AgentPool, address: str)
         host.status, host.last_heartbeat_at = "online", utcnow()
         host.arch, host.cpu_cores = info.arch, info.cpu_count
         host.memory_mb, host.disk_gb = info.memory_total_mb, info.disk_total_mb // 1024
-        host.slot_capacity = info.slot_capacity
+        host.slot_capacity, host.proxy_port = info.slot_capacity, info.proxy_port
         host.accelerator = "kvm" if info.accelerator == pb.Accelerator.KVM else "tcg"
         log.info(
             "local agent registered",

@@ -167,7 +167,7 @@ class HostMonitor:
             if host.status != "online":
                 log.info("local agent back online", extra={"host": host_id, "was": host.status})
             host.status, host.last_heartbeat_at = "online", utcnow()
-            host.slot_capacity = info.slot_capacity
+            host.slot_capacity, host.proxy_port = info.slot_capacity, info.proxy_port
             await session.commit()
             return True
 

@@ -15,10 +15,10 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import State
 
-from wrenn._asgiproxy import ASGIApp, Receive, Scope, Send, Unreachable, forward, send_error
+from wrenn._asgiproxy import ASGIApp, Receive, Scope, Send, Unreachable, forward, path_problem, send_error
 
 from . import _errors
-from ._agents import AgentPool
+from ._agents import AgentPool, proxy_url
 from .db import Capsule, Host, as_utc, utcnow
 from .routes import capsules
 
@@ -61,24 +61,31 @@ class TrafficProxy:
         if found is None:
             await self.app(scope, receive, send)
             return
+        path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        if problem := path_problem(path):  # before any lookup: nothing but a plain path is forwarded
+            await send_error(scope, send, 400, "invalid_request", problem)
+            return
         try:
-            address = await self._resolve(found, scope["headers"])
+            address, base = await self._resolve(found, scope["headers"])
         except _errors.ApiError as exc:
             await send_error(scope, send, exc.status, exc.code, exc.message)
             return
-        path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         query = scope.get("query_string", b"").decode("latin-1")
-        url = f"{address}/proxy/{found.capsule_id}/{found.port}{path}" + (f"?{query}" if query else "")
+        url = f"{base}/proxy/{found.capsule_id}/{found.port}{path}" + (f"?{query}" if query else "")
         agents: AgentPool = self.state.agents
         try:
-            await forward(scope, receive, send, agents.http_client(address), url)
+            await forward(
+                scope, receive, send, agents.http_client(address), url,
+                extra_headers=agents.proxy_headers(address),
+            )  # fmt: skip
         except Unreachable as exc:
             log.warning("host agent unreachable", extra={"capsule": found.capsule_id, "error": str(exc)})
             message = f"the host of capsule {found.capsule_id} is unreachable"
             await send_error(scope, send, 503, "host_unavailable", message)
 
-    async def _resolve(self, found: Target, headers: list[tuple[bytes, bytes]]) -> str:
-        """The address of the capsule's host agent, once the request may go there."""
+    async def _resolve(self, found: Target, headers: list[tuple[bytes, bytes]]) -> tuple[str, str]:
+        """The address of the capsule's host agent and the base URL of its traffic listener, once the
+        request may go there."""
         if not 0 < found.port < 65536:
             raise _errors.bad_request(f"port must be 1-65535, not {found.port}")
         sessions: async_sessionmaker[AsyncSession] = self.state.sessions
@@ -92,7 +99,8 @@ class TrafficProxy:
                     raise _errors.forbidden(f"capsule {capsule.id} needs its X-Traffic-Access-Token")
             await self._ensure_running(session, capsule)
             host = await session.get(Host, capsule.host_id) if capsule.host_id else None
-            if host is None or host.status != "online":
+            base = proxy_url(host) if host is not None else None
+            if host is None or host.status != "online" or base is None:
                 raise _errors.ApiError(
                     503, "host_unavailable", f"the host of capsule {capsule.id} is unavailable"
                 )
@@ -100,7 +108,7 @@ class TrafficProxy:
             if capsule.last_active_at is None or now - as_utc(capsule.last_active_at) > TOUCH_INTERVAL:
                 capsule.last_active_at = now
                 await session.commit()
-            return host.address
+            return host.address, base
 
     async def _ensure_running(self, session: AsyncSession, capsule: Capsule) -> None:
         """Raise unless the capsule runs; traffic to a paused capsule resumes it first. (One its host

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wrenn.proto.hostagent.v1.auth import TOKEN_FILE, read_token
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -18,6 +20,9 @@ class Settings:
     jwt_ttl_s: int = 6 * 3600
     #: Host agents to register at start without a registration token (the single-machine setup).
     local_agents: tuple[str, ...] = field(default=())
+    #: The secret local agents require (the file the agent created, mode 0600). None:
+    #: `{data_dir}/agent-api-token`, where `wrenn up`'s agent keeps it.
+    local_agent_token_file: Path | None = None
     #: Failed logins allowed per email within `login_window_s` before 429.
     login_attempts: int = 5
     login_window_s: int = 300
@@ -47,7 +52,11 @@ class Settings:
             "data_dir": data_dir,
             "jwt_secret": os.environ.get("JWT_SECRET", ""),
         }
-        for key, env in (("ca_cert_file", "WRENN_CA_CERT"), ("ca_key_file", "WRENN_CA_KEY")):
+        for key, env in (
+            ("ca_cert_file", "WRENN_CA_CERT"),
+            ("ca_key_file", "WRENN_CA_KEY"),
+            ("local_agent_token_file", "WRENN_LOCAL_AGENT_TOKEN_FILE"),
+        ):
             if os.environ.get(env):
                 values[key] = Path(os.environ[env])
         for key, env in (
@@ -59,6 +68,16 @@ class Settings:
                 values[key] = float(os.environ[env])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    def local_agent_token(self) -> str | None:
+        """The local agents' secret, or None when there is no file to read it from."""
+        path = self.local_agent_token_file or self.data_dir / TOKEN_FILE
+        try:
+            return read_token(path) or None
+        except FileNotFoundError:
+            if self.local_agent_token_file is not None:
+                raise
+            return None
 
     @property
     def resolved_database_url(self) -> str:

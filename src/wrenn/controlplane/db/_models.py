@@ -80,6 +80,8 @@ class Host(Base):
     team_id: Mapped[str | None] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), default=None)
     #: Where the host agent's API answers: http(s)://address:port
     address: Mapped[str] = mapped_column(String(300))
+    #: The port of its traffic listener (`/proxy/...` only) on the same address; 0: not known yet.
+    proxy_port: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     arch: Mapped[str] = mapped_column(String(32), default="")
     cpu_cores: Mapped[int] = mapped_column(Integer, default=0)

@@ -51,6 +51,12 @@ class RegisterBody(BaseModel):
     address: str = Field(min_length=3, max_length=300)
     slot_capacity: int = Field(default=0, ge=0)
     accelerator: str = Field(default="", max_length=16)
+    #: The port of the agent's traffic listener, on the same address.
+    proxy_port: int = Field(default=0, ge=0, le=65535)
+
+
+class HeartbeatBody(BaseModel):
+    proxy_port: int | None = Field(default=None, ge=0, le=65535)
 
 
 class RefreshBody(BaseModel):
@@ -259,6 +265,7 @@ async def register(body: RegisterBody, request: Request, session: Db) -> Credent
         body.arch, body.cpu_cores, body.memory_mb, body.disk_gb
     )  # fmt: skip
     host.slot_capacity, host.accelerator = body.slot_capacity, body.accelerator
+    host.proxy_port = body.proxy_port
     host.status, host.last_heartbeat_at, host.registered_at = "online", utcnow(), utcnow()
     # Registering again (a new token for a reinstalled host) revokes the old refresh tokens.
     await session.execute(
@@ -310,13 +317,17 @@ HostCaller = Annotated[str, Depends(host_caller)]
 
 
 @router.post("/v1/hosts/{host_id}/heartbeat", status_code=204)
-async def heartbeat(host_id: str, caller: HostCaller, session: Db) -> Response:
+async def heartbeat(
+    host_id: str, caller: HostCaller, session: Db, body: HeartbeatBody | None = None
+) -> Response:
     if caller != host_id:
         raise _errors.forbidden("a host token only heartbeats for its own host")
     host = await session.get(Host, host_id)
     if host is None:
         raise _errors.not_found(f"host {host_id}")  # deleted: the agent drops its credentials
     host.last_heartbeat_at = utcnow()
+    if body is not None and body.proxy_port is not None:
+        host.proxy_port = body.proxy_port
     if host.status != "online":
         log.info("host back online", extra={"host": host.id, "was": host.status})
         host.status = "online"
