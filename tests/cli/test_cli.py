@@ -33,6 +33,7 @@ def platform(image: object) -> Iterator[tuple[Path, dict[str, str]]]:
     shared = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
     data_dir = private_data_dir(shared, "cli")
     ports = ["--port", str(_free_port()), "--agent-port", str(_free_port())]
+    ports += ["--agent-proxy-port", str(_free_port())]
     up = wrenn("up", "--detach", "--data-dir", str(data_dir), *ports)
     assert up.stdout == "42\n", up.stderr  # the Quickstart's promise
     assert "What next" in up.stderr and "wrenn env" in up.stderr

@@ -81,11 +81,14 @@ def up(
     data_dir: DataDir = DEFAULT_DATA_DIR,
     port: Annotated[int, typer.Option(help="the control plane's port")] = 8080,
     agent_port: Annotated[int, typer.Option(help="the host agent's port")] = 50051,
+    agent_proxy_port: Annotated[
+        int, typer.Option(help="the host agent's sandbox-traffic port (default: --agent-port + 1)")
+    ] = 0,
 ) -> None:
     """The whole platform on this machine: control plane, host agent and SQLite; then a first capsule."""
     from wrenn.sdk import Capsule
 
-    platform = _platform.start(data_dir, port, agent_port, err)
+    platform = _platform.start(data_dir, port, agent_port, err, proxy_port=agent_proxy_port or None)
     err.print(f"Wrenn is up at {platform.base_url}. A first capsule:")
     started = time.monotonic()
     with (
