@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from wrenn import _asgiproxy, images
+from wrenn import images
+from wrenn._shared import asgiproxy
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceASGIApplication
 
 from ._access import RequireToken, load_or_create_token
@@ -169,14 +170,14 @@ class Agent:
             await manager.close()
             raise
         store = CredentialStore(self.config.data_dir)
-        api: _asgiproxy.ASGIApp = HostAgentServiceASGIApplication(
+        api: asgiproxy.ASGIApp = HostAgentServiceASGIApplication(
             AgentService(manager, on_terminate=self.shutdown, proxy_port=self.config.proxy_port)
         )
         # One client for all proxied traffic, for the agent's life. No pooled connections: a guest's
         # address is reused by the next sandbox in its slot (or by itself after a pause), and a pooled
         # connection to it would be dead; a dial over the local veth costs next to nothing.
-        upstream = _asgiproxy.new_client(keepalive=False)
-        proxy: _asgiproxy.ASGIApp = ProxyApp(manager, upstream)
+        upstream = asgiproxy.new_client(keepalive=False)
+        proxy: asgiproxy.ASGIApp = ProxyApp(manager, upstream)
         tls: dict[str, object] = {}
         if creds is not None:  # registered: mutual TLS on both listeners, the control plane's cert only
             tls = {
@@ -231,7 +232,7 @@ class Agent:
             await upstream.aclose()
             await manager.close()
 
-    def _uvicorn_config(self, app: _asgiproxy.ASGIApp, port: int, tls: dict[str, object]) -> uvicorn.Config:
+    def _uvicorn_config(self, app: asgiproxy.ASGIApp, port: int, tls: dict[str, object]) -> uvicorn.Config:
         config = uvicorn.Config(
             app, host=self.config.host, port=port, log_config=None, access_log=False, lifespan="off",
             **tls,  # type: ignore[arg-type]

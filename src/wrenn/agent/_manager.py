@@ -407,6 +407,7 @@ class SandboxManager:
             image_name=image.template,
             image_version=image.version,
             kernel_version=image.kernel_version,
+            envd_version=image.envd_version,
         )
         self.sandboxes[sandbox.id] = sandbox
         task = asyncio.create_task(self._boot(sandbox, image))

@@ -30,6 +30,7 @@ from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentService
 from ._envd import EnvdClient, FileTransferError
 from ._errors import SandboxError
 from ._manager import SandboxManager
+from ._registration import host_images
 from ._sandbox import Sandbox, SandboxParams, Status
 from .vmm import Accelerator
 
@@ -202,7 +203,7 @@ class AgentService(HostAgentService):
             host_ip=s.host_ip,
             created_at=_ts(s.created_at),
             last_active_at=_ts(s.last_active_at),
-            envd_version="0.6.4",
+            envd_version=s.envd_version,
             kernel_version=s.kernel_version,
             vmm=pb.Vmm.FIRECRACKER if self.m.driver.name == "firecracker" else pb.Vmm.QEMU,
             accelerator=pb.Accelerator.KVM
@@ -686,6 +687,7 @@ class AgentService(HostAgentService):
             slot_capacity=self.m.config.slots,
             slots_used=self.m.slots_used(),
             proxy_port=self._proxy_port,
+            images=[pb.ImageInfo(**i) for i in host_images(self.m.config.data_dir)],
         )
 
     async def terminate(

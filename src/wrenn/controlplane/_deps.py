@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import select
@@ -12,18 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
 from . import _errors
+from ._principal import Principal, audit_fields
 from ._security import API_KEY_PREFIX, Tokens, hash_api_key
 from .db import ApiKey, Membership, User, utcnow
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    kind: str  # "api_key" | "user"
-    team_id: str
-    actor_id: str
-    actor_name: str
-    user_id: str | None = None
-    role: str = "member"
+from .service import CapsuleService, TemplateService
 
 
 async def db(request: Request) -> AsyncIterator[AsyncSession]:
@@ -104,10 +95,27 @@ Caller = Annotated[Principal, Depends(principal)]
 UserCaller = Annotated[Principal, Depends(user_principal)]
 
 
-def audit_fields(caller: Principal) -> dict[str, Any]:
-    return {
-        "team_id": caller.team_id,
-        "actor_type": caller.kind,
-        "actor_id": caller.actor_id,
-        "actor_name": caller.actor_name,
-    }
+def _capsule_service(request: Request, session: Db) -> CapsuleService:
+    return CapsuleService(session, request.app.state.agents)
+
+
+def _template_service(capsules: Capsules) -> TemplateService:
+    return TemplateService(capsules)
+
+
+#: The services of a request, over its session.
+Capsules = Annotated[CapsuleService, Depends(_capsule_service)]
+Templates = Annotated[TemplateService, Depends(_template_service)]
+
+__all__ = [
+    "Caller",
+    "Capsules",
+    "Db",
+    "Principal",
+    "Templates",
+    "UserCaller",
+    "audit_fields",
+    "authenticate",
+    "has_credentials",
+    "token_principal",
+]
