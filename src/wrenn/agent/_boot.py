@@ -5,13 +5,16 @@ in its state), the ready snapshot of the sandbox's shape (a guest checkpointed r
 before anything of a user's touched it), or a cold boot from the image's kernel and disk, which makes the
 ready snapshot for the next sandbox of its shape. Snapshots are used only where the driver can restore one
 snapshot into many VMs (`Capabilities.shared_snapshots`).
+
+The agent takes the shape (vCPUs, memory, disk) it is sent. A snapshot fixes the shape of the machine
+restored from it, so a request from a snapshot template must ask for the template's shape (the control
+plane sends it): anything else is refused, never silently replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -27,7 +30,7 @@ from ._launch import Launcher, describe_failure
 from ._sandbox import SANDBOX_ID, Sandbox, SandboxParams, Status
 from ._table import SandboxTable
 from ._templates import NAME as TEMPLATE_NAME
-from ._templates import TemplateStore
+from ._templates import Template, TemplateStore
 from .vmm import DriverError
 
 log = logging.getLogger("wrenn.agent")
@@ -42,11 +45,6 @@ class Booter:
 
     async def create(self, params: SandboxParams) -> Sandbox:
         """A new sandbox, running; listed as `pending` while it boots. `aborted` when destroyed meanwhile."""
-        template = self.templates.get(params.template)
-        if template is not None:  # its shape is its snapshot's
-            params = dataclasses.replace(
-                params, vcpus=template.vcpus, memory_mb=template.memory_mb, disk_size_mb=template.disk_size_mb
-            )
         image = self._validate(params)
         sandbox = Sandbox(
             params=params,
@@ -88,12 +86,14 @@ class Booter:
             name = params.template[:80]
             raise SandboxError("invalid_argument", f"a template is 1-64 characters of [a-z0-9._-]: {name!r}")
         template = self.templates.get(params.template)
-        if template is not None and not self.table.capabilities.shared_snapshots:
-            raise SandboxError(
-                "failed_precondition",
-                f"template {params.template!r} is a snapshot, and {self.table.driver.name} on this host "
-                "cannot start sandboxes from shared snapshots",
-            )
+        if template is not None:
+            if not self.table.capabilities.shared_snapshots:
+                raise SandboxError(
+                    "failed_precondition",
+                    f"template {params.template!r} is a snapshot, and {self.table.driver.name} on this host "
+                    "cannot start sandboxes from shared snapshots",
+                )
+            _check_shape(params, template)
         image = self.launcher.image(params.template)
         if image is None:
             raise SandboxError(
@@ -211,3 +211,20 @@ class Booter:
             shutil.rmtree(partial, ignore_errors=True)
         finally:
             await vm.resume()
+
+
+def _check_shape(params: SandboxParams, template: Template) -> None:
+    """A snapshot restores the machine it was taken of: same vCPUs, same memory (the RAM file is mapped
+    as it is), same disk (the guest's file system was sized to it)."""
+    asked = (params.vcpus, params.memory_mb, params.disk_size_mb)
+    shape = (template.vcpus, template.memory_mb, template.disk_size_mb)
+    if asked != shape:
+        raise SandboxError(
+            "invalid_argument",
+            f"template {template.name!r} is a snapshot of a machine with {_shape(*shape)}, and a sandbox "
+            f"restored from it has that shape: ask for it (asked for {_shape(*asked)})",
+        )
+
+
+def _shape(vcpus: int, memory_mb: int, disk_size_mb: int) -> str:
+    return f"{vcpus} vCPU, {memory_mb} MiB of memory and a {disk_size_mb} MiB disk"
