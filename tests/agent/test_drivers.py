@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,9 @@ def test_a_pid_is_the_vmm_only_of_its_own_driver_and_vm() -> None:
     # a stand-in whose command line reads like QEMU's for VM "sb-x"
     argv = ["qemu-system-x86_64", "-c", "import time; time.sleep(60)", "-name", "sb-x"]
     proc = subprocess.Popen(argv, executable=sys.executable)
+    deadline = time.monotonic() + 10
+    while not Path(f"/proc/{proc.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)  # Popen returns mid-exec, before the kernel shows the new command line
     qemu: Driver = QemuDriver()
     firecracker: Driver = FirecrackerDriver(Path("/nonexistent/firecracker"))
     try:
