@@ -51,7 +51,7 @@ def make_driver(config: AgentConfig) -> Driver:
     raise AgentError(f"unknown vmm {config.vmm!r} (qemu or firecracker)")
 
 
-async def choose_accelerator(config: AgentConfig) -> AcceleratorChoice:
+async def choose_accelerator(config: AgentConfig, driver: Driver) -> AcceleratorChoice:
     image = images.find(config.default_template, config.data_dir)
     if image is None:
         if config.accelerator is not None:
@@ -59,8 +59,8 @@ async def choose_accelerator(config: AgentConfig) -> AcceleratorChoice:
         raise AgentError(
             f"no {config.default_template!r} image in {config.data_dir}: build it first (wrenn image build)"
         )
-    if config.vmm == "firecracker":  # Firecracker is KVM only
-        return AcceleratorChoice(Accelerator.KVM, "firecracker runs only on KVM")
+    if driver.capabilities.kvm_only:
+        return AcceleratorChoice(Accelerator.KVM, f"{driver.name} runs only on KVM")
     return await choose(
         image.vmlinuz,
         config.data_dir / "accelerator.json",
@@ -115,7 +115,7 @@ class Agent:
             raise AgentError("the host agent needs root (network namespaces, TAP devices, cgroups)")
         ensure_vmm_user(self.config.vmm_user)
         driver = make_driver(self.config)
-        accelerator = await choose_accelerator(self.config)
+        accelerator = await choose_accelerator(self.config, driver)
         log.info(
             "accelerator chosen",
             extra={
