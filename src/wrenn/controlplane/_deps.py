@@ -13,6 +13,7 @@ from starlette.requests import HTTPConnection
 
 from . import _errors
 from ._security import API_KEY_PREFIX, Tokens, hash_api_key
+from ._session import session_token
 from .db import ApiKey, Membership, User, utcnow
 
 
@@ -35,9 +36,10 @@ Db = Annotated[AsyncSession, Depends(db)]
 
 
 def _bearer(conn: HTTPConnection) -> str | None:
+    """`Authorization: Bearer <JWT>`, else the dashboard's session cookie where it may count."""
     header = conn.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token else None
+    return token.strip() if scheme.lower() == "bearer" and token else session_token(conn)
 
 
 async def _from_jwt(token: str, session: AsyncSession, tokens: Tokens) -> Principal:

@@ -146,4 +146,5 @@ async def me(caller: UserCaller, session: Db) -> dict[str, object]:
         "providers": [],
         "team_id": caller.team_id,
         "role": caller.role,
+        "is_admin": user.is_admin,
     }
