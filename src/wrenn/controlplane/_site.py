@@ -66,6 +66,6 @@ def mount(app: FastAPI, directory: Path | None = None) -> None:
         return FileResponse(icon, media_type="image/svg+xml", headers=cache)
 
     for path in PAGES:
-        app.add_api_route(path, page, methods=["GET"], include_in_schema=False)
+        app.add_api_route(path, page, methods=["GET", "HEAD"], include_in_schema=False)
     app.add_api_route("/favicon.svg", favicon, methods=["GET"], include_in_schema=False)
     app.mount("/_app", _Assets(directory=root / "_app", check_dir=False), name="dashboard-assets")

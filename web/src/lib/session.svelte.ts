@@ -15,14 +15,12 @@ class SessionState {
 		return this.me?.role === 'owner' || this.me?.role === 'admin';
 	}
 
-	async load(): Promise<Me> {
-		const [me, teams] = await Promise.all([
-			call(api.GET('/v1/me')) as Promise<unknown> as Promise<Me>,
-			call(api.GET('/v1/teams'))
-		]);
-		this.me = me;
-		this.teams = teams;
-		return me;
+	/** The signed-in user and their teams; null without a session (no request fails for that). */
+	async load(): Promise<Me | null> {
+		const found = (await call(api.GET('/v1/dashboard/session'))) as { me: Me | null };
+		this.me = found.me;
+		this.teams = found.me ? await call(api.GET('/v1/teams')) : [];
+		return found.me;
 	}
 
 	async switchTeam(teamId: string): Promise<void> {

@@ -3,6 +3,7 @@ the browser streams to disk. The cookie's rules are in `_session`; every other r
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
@@ -34,6 +35,20 @@ def _started(request: Request, found: auth.AuthResponse) -> JSONResponse:
     response = JSONResponse(body.model_dump())
     _session.set_cookie(response, found.token, request.app.state.settings.jwt_ttl_s)
     return response
+
+
+@router.get("/v1/dashboard/session")
+async def current(request: Request, session: Db) -> dict[str, Any]:
+    """`{"me": <GET /v1/me>}` for a valid session, else `{"me": null}` (200 either way: the dashboard asks
+    this before anything else, and a visitor without a session is no error)."""
+    token = _session.session_token(request)
+    if token is None:
+        return {"me": None}
+    try:
+        caller = await _from_jwt(token, session, request.app.state.tokens)
+    except _errors.ApiError:
+        return {"me": None}
+    return {"me": await auth.me(caller, session)}
 
 
 @router.post("/v1/dashboard/session", response_model=Session)
