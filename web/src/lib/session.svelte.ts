@@ -15,17 +15,28 @@ class SessionState {
 		return this.me?.role === 'owner' || this.me?.role === 'admin';
 	}
 
-	/** The signed-in user and their teams; null without a session (no request fails for that). */
+	/** The signed-in user, null without a session (no request fails for that). Their teams (for the
+	 * switcher) follow in the background: pages need not wait for them. */
 	async load(): Promise<Me | null> {
 		const found = (await call(api.GET('/v1/dashboard/session'))) as { me: Me | null };
 		this.me = found.me;
-		this.teams = found.me ? await call(api.GET('/v1/teams')) : [];
+		if (found.me) this.loadTeams();
+		else this.teams = [];
 		return found.me;
+	}
+
+	async loadTeams(): Promise<void> {
+		try {
+			this.teams = await call(api.GET('/v1/teams'));
+		} catch {
+			this.teams = [];
+		}
 	}
 
 	async switchTeam(teamId: string): Promise<void> {
 		await call(api.POST('/v1/dashboard/switch-team', { body: { team_id: teamId } }));
 		await this.load();
+		await this.loadTeams();
 	}
 
 	async signOut(): Promise<void> {
