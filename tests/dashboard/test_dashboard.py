@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,13 @@ def _open_capsule(user: User, base: str, capsule_id: str, tab: str) -> Any:
 
 def _terminal_lines(page: Any) -> list[str]:
     return [line.strip() for line in page.locator(".xterm-rows").inner_text().splitlines()]
+
+
+def _chart_has_points(page: Any) -> None:
+    """Wait until the CPU chart draws at least one point (the agent samples every few seconds)."""
+    page.wait_for_function(
+        "() => Number(document.querySelector('[data-testid=chart-cpu]')?.dataset.points) > 0", timeout=90_000
+    )
 
 
 def _type_in_terminal(page: Any, text: str) -> None:
@@ -138,9 +146,7 @@ def test_files_upload_list_download(
 
 def test_metrics_chart_has_points(platform: Platform, alice: User, state: dict[str, Any]) -> None:
     page = _open_capsule(alice, platform.base_url, state["capsule"], "metrics")
-    page.wait_for_function(
-        "() => Number(document.querySelector('[data-testid=chart-cpu]')?.dataset.points) > 0", timeout=90_000
-    )
+    _chart_has_points(page)
     assert page.locator("[data-testid=chart-memory] canvas").count() == 1
     assert_clean(alice)
 
@@ -252,6 +258,22 @@ def _pages(state: dict[str, Any]) -> list[tuple[str, str]]:
     return [*pages, *tabs]
 
 
+def _visit(
+    platform: Platform, page: Any, state: dict[str, Any], themes: tuple[str, ...] = ("",)
+) -> Iterator[tuple[str, str]]:
+    """Open each main page (in each theme; "": the system's), loaded, and yield (its name, the theme)."""
+    try:
+        for theme in themes:
+            if theme:
+                page.evaluate(f"localStorage.setItem('wrenn.theme', '{theme}')")
+            for name, path in _pages(state):
+                page.goto(platform.base_url + path)
+                _settle(page)
+                yield name, theme
+    finally:
+        page.evaluate("localStorage.removeItem('wrenn.theme')")
+
+
 def _settle(page: Any) -> None:
     """Wait until the page has loaded its data (nothing says "Loading…" any more)."""
     page.wait_for_timeout(300)
@@ -261,15 +283,9 @@ def _settle(page: Any) -> None:
 def test_accessibility_light_and_dark(platform: Platform, alice: User, state: dict[str, Any]) -> None:
     """axe-core finds nothing serious on the main pages, in either theme (and on the sign-in page)."""
     found: dict[str, Any] = {}
-    page = alice.page
-    for theme in ("light", "dark"):
-        page.evaluate(f"localStorage.setItem('wrenn.theme', '{theme}')")
-        for name, path in _pages(state):
-            page.goto(platform.base_url + path)
-            _settle(page)
-            if violations := axe(page):
-                found[f"{name} ({theme})"] = violations
-    page.evaluate("localStorage.removeItem('wrenn.theme')")
+    for name, theme in _visit(platform, alice.page, state, ("light", "dark")):
+        if violations := axe(alice.page):
+            found[f"{name} ({theme})"] = violations
     assert found == {}
     assert_clean(alice)
 
@@ -291,9 +307,7 @@ def test_usable_at_phone_width(platform: Platform, alice: User, state: dict[str,
     page.set_viewport_size({"width": 390, "height": 844})
     try:
         wide = {}
-        for name, path in _pages(state):
-            page.goto(platform.base_url + path)
-            _settle(page)
+        for name, _ in _visit(platform, page, state):
             width = page.evaluate("() => document.documentElement.scrollWidth")
             if width > 391:
                 wide[name] = width
@@ -341,22 +355,14 @@ def test_screenshots(platform: Platform, alice: User, state: dict[str, Any], tmp
     out = Path(SHOTS) if SHOTS else tmp_path
     out.mkdir(parents=True, exist_ok=True)
     page = alice.page
-    for theme in ("light", "dark"):
-        page.evaluate(f"localStorage.setItem('wrenn.theme', '{theme}')")
-        for name, path in _pages(state):
-            page.goto(platform.base_url + path)
-            _settle(page)
-            if name == "capsule-terminal":
-                page.locator("[data-terminal-state=open]").wait_for(timeout=60_000)
-                _type_in_terminal(page, "clear; uname -sr; python3 -c 'print(6*7)'\n")
-                page.wait_for_timeout(1500)
-            if name == "capsule-metrics":
-                page.wait_for_function(
-                    "() => Number(document.querySelector('[data-testid=chart-cpu]')?.dataset.points) > 0",
-                    timeout=90_000,
-                )
-            page.screenshot(path=str(out / f"{name}-{theme}.png"))
-    page.evaluate("localStorage.removeItem('wrenn.theme')")
+    for name, theme in _visit(platform, page, state, ("light", "dark")):
+        if name == "capsule-terminal":
+            page.locator("[data-terminal-state=open]").wait_for(timeout=60_000)
+            _type_in_terminal(page, "clear; uname -sr; python3 -c 'print(6*7)'\n")
+            page.wait_for_timeout(1500)
+        if name == "capsule-metrics":
+            _chart_has_points(page)
+        page.screenshot(path=str(out / f"{name}-{theme}.png"))
     page.context.clear_cookies()
     page.goto(f"{platform.base_url}/login")
     page.get_by_role("heading", name="Sign in").wait_for()
