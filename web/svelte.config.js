@@ -27,6 +27,8 @@ const config = {
 				'form-action': ['self']
 			}
 		},
+		// One script and one stylesheet: no waterfall of small chunks before the first page shows.
+		output: { bundleStrategy: 'single' },
 		version: { name: 'wrenn' }
 	}
 };
