@@ -1,6 +1,7 @@
 """The dashboard in a real browser: Debian's Chromium, headless, driven by Playwright (which never
 downloads a browser of its own here), against the platform as a user meets it: a control plane process
-over a real host agent that boots real VMs. One platform for every test of this folder."""
+over a real host agent that boots real VMs. One platform for the tests of this folder (package-scoped:
+it is gone before other folders' tests start their own agents)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class Platform:
         return self.root / "wrenn.db"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def platform(image: object) -> Iterator[Platform]:
     if os.geteuid() != 0:
         pytest.skip("the host agent needs root")
@@ -55,7 +56,7 @@ def platform(image: object) -> Iterator[Platform]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
@@ -85,7 +86,7 @@ def _watch(page: Any, errors: list[str]) -> None:
     page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def new_user(browser: Any, platform: Platform) -> Iterator[Callable[..., User]]:
     """`new_user(email, signup=True, **context options)`: a fresh browser context signed in through the
     pages (sign-up, or sign-in of an existing account). Every page's console errors are collected; each
