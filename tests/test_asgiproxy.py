@@ -1,4 +1,4 @@
-"""wrenn._asgiproxy between real servers on loopback: a client, a uvicorn serving a tiny app that forwards
+"""wrenn._shared.asgiproxy between real servers on loopback: a client, a uvicorn serving a tiny app that forwards
 with the module, and an upstream uvicorn (or a bare socket). No part is simulated."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pytest
 import uvicorn
 from httpx_ws import WebSocketDisconnect, WebSocketUpgradeError, connect_ws
 
-from wrenn import _asgiproxy
-from wrenn._asgiproxy import Receive, Scope, Send
+from wrenn._shared import asgiproxy
+from wrenn._shared.asgiproxy import Receive, Scope, Send
 
 MiB = 1 << 20
 
@@ -124,7 +124,7 @@ async def _json(send: Send, status: int, data: object) -> None:
     await send({"type": "http.response.body", "body": json.dumps(data).encode()})
 
 
-def proxy_app(client: httpx.AsyncClient) -> _asgiproxy.ASGIApp:
+def proxy_app(client: httpx.AsyncClient) -> asgiproxy.ASGIApp:
     """Forwards `/to/{port}/{rest}` to `http://127.0.0.1:{port}/{rest}`, as the agent and control plane do."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -138,9 +138,9 @@ def proxy_app(client: httpx.AsyncClient) -> _asgiproxy.ASGIApp:
         query = scope["query_string"].decode()
         url = f"http://127.0.0.1:{port}/{rest}" + (f"?{query}" if query else "")
         try:
-            await _asgiproxy.forward(scope, receive, send, client, url)
-        except _asgiproxy.Unreachable:
-            await _asgiproxy.send_error(
+            await asgiproxy.forward(scope, receive, send, client, url)
+        except asgiproxy.Unreachable:
+            await asgiproxy.send_error(
                 scope, send, 502, "port_unreachable", f"nothing listens on port {port}"
             )
 
@@ -176,7 +176,7 @@ class Setup:
 def setup() -> Iterator[Setup]:
     upstream = Upstream()
     up_server, up_port = _serve(upstream)
-    proxy_server, proxy_port = _serve(proxy_app(_asgiproxy.new_client()), lifespan="on")
+    proxy_server, proxy_port = _serve(proxy_app(asgiproxy.new_client()), lifespan="on")
     yield Setup(upstream, up_port, f"http://127.0.0.1:{proxy_port}")
     for server in (proxy_server, up_server):
         server.should_exit = True
@@ -335,7 +335,7 @@ def test_dial_is_retried_until_the_port_listens(setup: Setup) -> None:
      "/a%5cb", "/a\\b", "//x", "/a//b", "/./x", "/.%2e/x", "/%00", "/a\x00", "relative", "/%2525252e%2525252e"],
 )  # fmt: skip
 def test_paths_that_climb_are_refused(path: str) -> None:
-    assert _asgiproxy.path_problem(path) is not None
+    assert asgiproxy.path_problem(path) is not None
 
 
 @pytest.mark.parametrize(
@@ -343,4 +343,4 @@ def test_paths_that_climb_are_refused(path: str) -> None:
     ["/", "/a/b/", "/a.b/..c/c..", "/%20x", "/%e2%82%ac", "/%ff", "/a%3Fb", "/.well-known/x", "/a/b.."],
 )
 def test_plain_paths_pass(path: str) -> None:
-    assert _asgiproxy.path_problem(path) is None
+    assert asgiproxy.path_problem(path) is None

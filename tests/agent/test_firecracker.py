@@ -423,6 +423,9 @@ async def test_lifecycle_with_tap_in_netns(
 async def test_attach_adopts_a_running_vm(driver: FirecrackerDriver, vms: VMFactory) -> None:
     spec = vms.spec("adopt")
     vm = vms.track(await driver.start(spec))
+    # what the agent asks before adopting a pid: a Firecracker started for this VM, not a recycled pid
+    assert driver.owns_process(vm.pid, spec.vm_id)
+    assert not driver.owns_process(vm.pid, "another-vm") and not driver.owns_process(os.getpid(), spec.vm_id)
     adopted = vms.track(await driver.attach(spec, vm.pid))
     assert adopted.pid == vm.pid
     await adopted.pause()

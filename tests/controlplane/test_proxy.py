@@ -21,7 +21,7 @@ from httpx_ws import WebSocketDisconnect, connect_ws
 
 from tests.conftest import free_port
 from wrenn import Capsule
-from wrenn._asgiproxy import new_client
+from wrenn._shared.asgiproxy import new_client
 from wrenn.controlplane._agents import AgentPool
 from wrenn.controlplane._ca import CertificateAuthority
 

@@ -28,7 +28,7 @@ from wrenn.sdk._exceptions import (
     error_from_body,
     error_from_response,
 )
-from wrenn.sdk._git import (
+from wrenn.sdk._git_ops import (
     GitBranch,
     embed_credentials,
     parse_branches,

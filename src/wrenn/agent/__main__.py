@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wrenn import _logging
+from wrenn._shared import logs
 
 from ._agent import run
 from ._config import AgentConfig
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         p.error("--register needs --control-plane URL and --address HOST:PORT")
     if a.proxy_port == a.port:
         p.error("--proxy-port must differ from --port: the traffic listener is kept apart from the API")
-    _logging.configure(a.log_level, a.log_format)
+    logs.configure(a.log_level, a.log_format)
     return AgentConfig(
         data_dir=a.data_dir, host=a.host, port=a.port, proxy_port=a.proxy_port,
         api_token_file=a.api_token_file, vmm=a.vmm, firecracker_binary=a.firecracker_binary,

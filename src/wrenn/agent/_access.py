@@ -16,7 +16,7 @@ import os
 import secrets
 from pathlib import Path
 
-from wrenn._asgiproxy import ASGIApp, Receive, Scope, Send, send_error
+from wrenn._shared.asgiproxy import ASGIApp, Receive, Scope, Send, send_error
 from wrenn.proto.hostagent.v1.auth import HEADER as _HEADER
 
 log = logging.getLogger("wrenn.agent.access")

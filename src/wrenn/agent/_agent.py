@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from wrenn import _asgiproxy, images
+from wrenn import images
+from wrenn._shared import asgiproxy
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceASGIApplication
 
 from ._access import RequireToken, load_or_create_token
@@ -50,7 +51,7 @@ def make_driver(config: AgentConfig) -> Driver:
     raise AgentError(f"unknown vmm {config.vmm!r} (qemu or firecracker)")
 
 
-async def choose_accelerator(config: AgentConfig) -> AcceleratorChoice:
+async def choose_accelerator(config: AgentConfig, driver: Driver) -> AcceleratorChoice:
     image = images.find(config.default_template, config.data_dir)
     if image is None:
         if config.accelerator is not None:
@@ -58,8 +59,8 @@ async def choose_accelerator(config: AgentConfig) -> AcceleratorChoice:
         raise AgentError(
             f"no {config.default_template!r} image in {config.data_dir}: build it first (wrenn image build)"
         )
-    if config.vmm == "firecracker":  # Firecracker is KVM only
-        return AcceleratorChoice(Accelerator.KVM, "firecracker runs only on KVM")
+    if driver.capabilities.kvm_only:
+        return AcceleratorChoice(Accelerator.KVM, f"{driver.name} runs only on KVM")
     return await choose(
         image.vmlinuz,
         config.data_dir / "accelerator.json",
@@ -114,7 +115,7 @@ class Agent:
             raise AgentError("the host agent needs root (network namespaces, TAP devices, cgroups)")
         ensure_vmm_user(self.config.vmm_user)
         driver = make_driver(self.config)
-        accelerator = await choose_accelerator(self.config)
+        accelerator = await choose_accelerator(self.config, driver)
         log.info(
             "accelerator chosen",
             extra={
@@ -169,14 +170,14 @@ class Agent:
             await manager.close()
             raise
         store = CredentialStore(self.config.data_dir)
-        api: _asgiproxy.ASGIApp = HostAgentServiceASGIApplication(
+        api: asgiproxy.ASGIApp = HostAgentServiceASGIApplication(
             AgentService(manager, on_terminate=self.shutdown, proxy_port=self.config.proxy_port)
         )
         # One client for all proxied traffic, for the agent's life. No pooled connections: a guest's
         # address is reused by the next sandbox in its slot (or by itself after a pause), and a pooled
         # connection to it would be dead; a dial over the local veth costs next to nothing.
-        upstream = _asgiproxy.new_client(keepalive=False)
-        proxy: _asgiproxy.ASGIApp = ProxyApp(manager, upstream)
+        upstream = asgiproxy.new_client(keepalive=False)
+        proxy: asgiproxy.ASGIApp = ProxyApp(manager, upstream)
         tls: dict[str, object] = {}
         if creds is not None:  # registered: mutual TLS on both listeners, the control plane's cert only
             tls = {
@@ -231,7 +232,7 @@ class Agent:
             await upstream.aclose()
             await manager.close()
 
-    def _uvicorn_config(self, app: _asgiproxy.ASGIApp, port: int, tls: dict[str, object]) -> uvicorn.Config:
+    def _uvicorn_config(self, app: asgiproxy.ASGIApp, port: int, tls: dict[str, object]) -> uvicorn.Config:
         config = uvicorn.Config(
             app, host=self.config.host, port=port, log_config=None, access_log=False, lifespan="off",
             **tls,  # type: ignore[arg-type]

@@ -31,6 +31,16 @@ async def run(*args: str) -> str:
     return out.decode()
 
 
+async def create_root(base: Path, directory: Path, size_mb: int, disk_format: str) -> Path:
+    """A sandbox's root disk in `directory` over the image's raw `base`, as its VMM opens it: a qcow2
+    overlay (`disk_format` "qcow2") or a raw copy ("raw"), presenting a disk of `size_mb`."""
+    if disk_format == "qcow2":
+        return await create_overlay(base, directory / "rootfs.qcow2", size_mb)
+    if disk_format == "raw":
+        return await create_copy(base, directory / "rootfs.raw", size_mb)
+    raise DiskError(f"no such disk format: {disk_format!r}")
+
+
 async def create_overlay(base: Path, overlay: Path, size_mb: int, base_format: str = "raw") -> Path:
     """A qcow2 overlay of `base` (raw, or qcow2: a ready snapshot's disk) presenting a disk of `size_mb`
     (at least the base's size)."""

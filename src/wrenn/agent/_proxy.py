@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from wrenn._asgiproxy import Receive, Scope, Send, Unreachable, forward, path_problem, send_error
+from wrenn._shared.asgiproxy import Receive, Scope, Send, Unreachable, forward, path_problem, send_error
 
 from ._errors import SandboxError
 from ._manager import SandboxManager

@@ -29,6 +29,8 @@ import httpx
 import psutil
 from cryptography import x509
 
+from wrenn import images
+
 log = logging.getLogger("wrenn.agent.registration")
 CREDENTIALS_FILE = "host-credentials.json"
 TLS_DIR = "host-tls"
@@ -84,6 +86,7 @@ class CredentialStore:
     """The credentials file and the PEM files the TLS server loads, under the agent's data dir."""
 
     def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
         self.path = data_dir / CREDENTIALS_FILE
         self.tls_dir = data_dir / TLS_DIR
 
@@ -120,9 +123,25 @@ class CredentialStore:
         return self.tls_dir / "ca.pem"
 
 
+def host_images(data_dir: Path) -> list[dict[str, str]]:
+    """The base images built here, as the control plane learns them (registration, heartbeats and
+    `GetHostInfo.images`)."""
+    return [
+        {
+            "name": image.template,
+            "version": image.version,
+            "envd_version": image.envd_version,
+            "kernel_version": image.kernel_version,
+            "description": image.description,
+        }
+        for image in images.available(data_dir)
+    ]
+
+
 def host_facts(data_dir: Path, slots: int, accelerator: str, proxy_port: int) -> dict[str, Any]:
     return {
         "proxy_port": proxy_port,
+        "images": host_images(data_dir),
         "arch": platform.machine(),
         "cpu_cores": os.cpu_count() or 1,
         "memory_mb": psutil.virtual_memory().total >> 20,
@@ -203,7 +222,9 @@ class HostLink:
         url = f"{self.creds.control_plane}/v1/hosts/{self.creds.host_id}/heartbeat"
         try:
             r = await self._client.post(
-                url, headers={"X-Host-Token": self.creds.token}, json={"proxy_port": self._proxy_port}
+                url,
+                headers={"X-Host-Token": self.creds.token},
+                json={"proxy_port": self._proxy_port, "images": host_images(self.store.data_dir)},
             )
         except httpx.HTTPError as exc:
             self.failures += 1

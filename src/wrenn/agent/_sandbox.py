@@ -59,6 +59,8 @@ class Sandbox:
     image_name: str = ""
     image_version: str = ""
     kernel_version: str = ""
+    #: The envd protocol version of its image (from the image's manifest).
+    envd_version: str = ""
     slot: int | None = None
     network: SandboxNetwork | None = None
     disk: Path | None = None
@@ -104,6 +106,7 @@ class Sandbox:
             "image_name": self.image_name,
             "image_version": self.image_version,
             "kernel_version": self.kernel_version,
+            "envd_version": self.envd_version,
             "slot": self.slot,
             "disk": str(self.disk) if self.disk else None,
             "vmm_pid": self.vm.pid if self.vm else None,
@@ -128,6 +131,7 @@ class Sandbox:
         sandbox.image_name = str(state.get("image_name") or sandbox.params.template)
         sandbox.image_version = str(state.get("image_version", ""))
         sandbox.kernel_version = str(state.get("kernel_version", ""))
+        sandbox.envd_version = str(state.get("envd_version", ""))
         sandbox.disk = Path(state["disk"]) if state.get("disk") else None
         sandbox.error = str(state.get("error") or "")
         sandbox.from_snapshot = bool(state.get("from_snapshot"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import uvicorn
 
-from wrenn import _logging
+from wrenn._shared import logs
 
 from ._app import create_app
 from ._settings import Settings
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=["text", "json"])
     a = p.parse_args(argv)
-    _logging.configure(a.log_level, a.log_format)
+    logs.configure(a.log_level, a.log_format)
     settings = Settings.from_env(
         database_url=a.database_url,
         data_dir=a.data_dir,

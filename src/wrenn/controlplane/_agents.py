@@ -23,7 +23,7 @@ import pyqwest
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
-from wrenn._asgiproxy import new_client
+from wrenn._shared.asgiproxy import new_client
 from wrenn.proto.hostagent.v1.auth import HEADER as TOKEN_HEADER
 from wrenn.proto.hostagent.v1.auth import TokenInterceptor
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient

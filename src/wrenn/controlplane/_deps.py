@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import select
@@ -12,19 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
 from . import _errors
+from ._principal import Principal, audit_fields
 from ._security import API_KEY_PREFIX, Tokens, hash_api_key
 from ._session import session_token
 from .db import ApiKey, Membership, User, utcnow
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    kind: str  # "api_key" | "user"
-    team_id: str
-    actor_id: str
-    actor_name: str
-    user_id: str | None = None
-    role: str = "member"
+from .service import AccountService, CapsuleService, TemplateService
 
 
 async def db(request: Request) -> AsyncIterator[AsyncSession]:
@@ -89,6 +80,11 @@ async def token_principal(token: str, session: AsyncSession, tokens: Tokens) -> 
     return await _from_jwt(token, session, tokens)
 
 
+async def jwt_principal(token: str, session: AsyncSession, tokens: Tokens) -> Principal:
+    """The user a JWT names (the dashboard's session cookie): never an API key."""
+    return await _from_jwt(token, session, tokens)
+
+
 async def principal(request: Request, session: Db) -> Principal:
     """An `X-API-Key` or an `Authorization: Bearer <JWT>`."""
     return await authenticate(request, session)
@@ -106,10 +102,34 @@ Caller = Annotated[Principal, Depends(principal)]
 UserCaller = Annotated[Principal, Depends(user_principal)]
 
 
-def audit_fields(caller: Principal) -> dict[str, Any]:
-    return {
-        "team_id": caller.team_id,
-        "actor_type": caller.kind,
-        "actor_id": caller.actor_id,
-        "actor_name": caller.actor_name,
-    }
+def _capsule_service(request: Request, session: Db) -> CapsuleService:
+    return CapsuleService(session, request.app.state.agents)
+
+
+def _template_service(capsules: Capsules) -> TemplateService:
+    return TemplateService(capsules)
+
+
+def _account_service(request: Request, session: Db) -> AccountService:
+    return AccountService(session, request.app.state.tokens, request.app.state.settings)
+
+
+#: The services of a request, over its session.
+Capsules = Annotated[CapsuleService, Depends(_capsule_service)]
+Templates = Annotated[TemplateService, Depends(_template_service)]
+Accounts = Annotated[AccountService, Depends(_account_service)]
+
+__all__ = [
+    "Accounts",
+    "Caller",
+    "Capsules",
+    "Db",
+    "Principal",
+    "Templates",
+    "UserCaller",
+    "audit_fields",
+    "authenticate",
+    "has_credentials",
+    "jwt_principal",
+    "token_principal",
+]

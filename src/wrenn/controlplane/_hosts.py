@@ -11,9 +11,28 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 
 from ._agents import AgentPool
-from .db import Host, utcnow
+from .db import Host, HostStatus, utcnow
 
 log = logging.getLogger("wrenn.controlplane.hosts")
+
+
+def images_of(info: pb.GetHostInfoResponse) -> list[dict[str, str]]:
+    """The base images an agent reports, as `Host.images` keeps them."""
+    return [
+        {
+            "name": i.name,
+            "version": i.version,
+            "envd_version": i.envd_version,
+            "kernel_version": i.kernel_version,
+            "description": i.description,
+        }
+        for i in info.images
+    ]
+
+
+def apply_host_info(host: Host, info: pb.GetHostInfoResponse) -> None:
+    """What `GetHostInfo` says of a host that may change while it runs."""
+    host.slot_capacity, host.proxy_port, host.images = info.slot_capacity, info.proxy_port, images_of(info)
 
 
 def local_host_id(address: str) -> str:
@@ -30,13 +49,13 @@ async def register_local(session: AsyncSession, agents: AgentPool, address: str)
     try:
         info = await agents.client(address).get_host_info(pb.GetHostInfoRequest(), timeout_ms=10_000)
     except (ConnectError, OSError) as exc:
-        host.status = "unreachable"
+        host.status = HostStatus.UNREACHABLE
         log.warning("local agent unreachable", extra={"address": address, "error": str(exc)})
     else:
-        host.status, host.last_heartbeat_at = "online", utcnow()
+        host.status, host.last_heartbeat_at = HostStatus.ONLINE, utcnow()
         host.arch, host.cpu_cores = info.arch, info.cpu_count
         host.memory_mb, host.disk_gb = info.memory_total_mb, info.disk_total_mb // 1024
-        host.slot_capacity, host.proxy_port = info.slot_capacity, info.proxy_port
+        apply_host_info(host, info)
         host.accelerator = "kvm" if info.accelerator == pb.Accelerator.KVM else "tcg"
         log.info(
             "local agent registered",

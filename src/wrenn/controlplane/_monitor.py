@@ -27,7 +27,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,12 +35,16 @@ from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 
 from . import _audit
 from ._agents import AgentPool
+from ._errors import ApiError
+from ._hosts import apply_host_info
 from ._settings import Settings
-from .db import Capsule, Host, utcnow
+from .db import Capsule, Host, states, utcnow
+from .db import CapsuleStatus as S
+from .db import HostStatus as H
+from .service import CapsuleService
 
 log = logging.getLogger("wrenn.controlplane.monitor")
 #: Capsule statuses that mean "a VM should be alive on its host".
-LIVE = ("running", "starting")
 _CONCURRENCY = 8
 
 
@@ -86,7 +89,7 @@ class HostMonitor:
             hosts = (
                 await session.execute(
                     select(Host.id, Host.address, Host.local).where(
-                        Host.address != "", (Host.local.is_(True)) | (Host.status == "online")
+                        Host.address != "", (Host.local.is_(True)) | (Host.status == H.ONLINE)
                     )
                 )
             ).all()
@@ -110,7 +113,7 @@ class HostMonitor:
                         select(Host)
                         .where(
                             Host.local.is_(False),
-                            Host.status == "online",
+                            Host.status == H.ONLINE,
                             Host.last_heartbeat_at.is_not(None),
                             Host.last_heartbeat_at < cutoff,
                         )
@@ -121,7 +124,7 @@ class HostMonitor:
                 .all()
             )
             for host in silent:
-                host.status = "unreachable"
+                host.status = H.UNREACHABLE
                 log.warning("host unreachable: no heartbeat", extra={"host": host.id})
                 _system_audit(session, host, "host", host.id, "unreachable")
             await _mark_missing(session)
@@ -157,17 +160,17 @@ class HostMonitor:
             if host is None:
                 return False
             if error is not None:
-                if host.status != "unreachable":
+                if host.status != H.UNREACHABLE:
                     log.warning("local agent unreachable", extra={"host": host_id, "error": error})
-                    host.status = "unreachable"
+                    host.status = H.UNREACHABLE
                     _system_audit(session, host, "host", host.id, "unreachable")
                 await _mark_missing(session, host_id)
                 await session.commit()
                 return False
-            if host.status != "online":
+            if host.status != H.ONLINE:
                 log.info("local agent back online", extra={"host": host_id, "was": host.status})
-            host.status, host.last_heartbeat_at = "online", utcnow()
-            host.slot_capacity, host.proxy_port = info.slot_capacity, info.proxy_port
+            host.status, host.last_heartbeat_at = H.ONLINE, utcnow()
+            apply_host_info(host, info)
             await session.commit()
             return True
 
@@ -179,36 +182,31 @@ class HostMonitor:
                 await session.execute(
                     select(Capsule.id, Capsule.on_timeout).where(
                         Capsule.host_id == host_id,
-                        Capsule.status == "running",
+                        Capsule.status == S.RUNNING,
                         Capsule.end_at.is_not(None),
                         Capsule.end_at < utcnow(),
                     )
                 )
             ).all()
-        client = self._agents.client(address)
         for capsule_id, on_timeout in due:
             pause = on_timeout == "pause"
-            try:
-                if pause:
-                    await client.pause_sandbox(
-                        pb.PauseSandboxRequest(sandbox_id=capsule_id), timeout_ms=300_000
-                    )
-                else:
-                    await client.destroy_sandbox(pb.DestroySandboxRequest(sandbox_id=capsule_id))
-            except (ConnectError, OSError) as exc:
-                if pause or not (isinstance(exc, ConnectError) and exc.code is Code.NOT_FOUND):
-                    log.warning(
-                        "cannot end a capsule's life", extra={"capsule": capsule_id, "error": str(exc)}
-                    )
-                    continue
             async with self._sessions() as session:
                 capsule = await session.get(Capsule, capsule_id)
-                if capsule is not None and capsule.status == "running":
+                if capsule is None or capsule.status != S.RUNNING:
+                    continue
+                service = CapsuleService(session, self._agents)
+                try:
                     if pause:
-                        capsule.status, capsule.host_ip, capsule.paused_at = "paused", "", utcnow()
+                        await service.pause(capsule, None)
                     else:
-                        capsule.status, capsule.error = "stopped", "its timeout ended it"
-                    await session.commit()
+                        capsule.error = "its timeout ended it"
+                        await service.destroy(capsule, None)
+                except ApiError as exc:
+                    await session.rollback()
+                    log.warning(
+                        "cannot end a capsule's life", extra={"capsule": capsule_id, "error": exc.message}
+                    )
+                    continue
             log.info("capsule timed out", extra={"capsule": capsule_id, "paused": pause})
 
     async def _hibernate(self, host_id: str, address: str) -> None:
@@ -224,7 +222,7 @@ class HostMonitor:
                         select(Capsule)
                         .where(
                             Capsule.host_id == host_id,
-                            Capsule.status == "paused",
+                            Capsule.status == S.PAUSED,
                             Capsule.paused_at.is_not(None),
                             Capsule.paused_at < cutoff,
                         )
@@ -236,7 +234,7 @@ class HostMonitor:
             )
             ids = [c.id for c in due]
             for capsule in due:
-                capsule.status = "hibernating"  # the reconciler leaves it alone meanwhile
+                capsule.status = S.HIBERNATING  # the reconciler leaves it alone meanwhile
             await session.commit()
         for capsule_id in ids:
             try:
@@ -245,9 +243,9 @@ class HostMonitor:
                 )
             except (ConnectError, OSError) as exc:
                 log.warning("cannot hibernate", extra={"capsule": capsule_id, "error": str(exc)})
-                await _set_status(self._sessions, capsule_id, "hibernating", "paused")
+                await _set_status(self._sessions, capsule_id, S.HIBERNATING, S.PAUSED)
                 continue
-            if await _set_status(self._sessions, capsule_id, "hibernating", "hibernated"):
+            if await _set_status(self._sessions, capsule_id, S.HIBERNATING, S.HIBERNATED):
                 log.info(
                     "capsule hibernated", extra={"capsule": capsule_id, "archive_bytes": done.archive_bytes}
                 )
@@ -272,7 +270,7 @@ async def _set_status(sessions: Callable[[], Any], capsule_id: str, expected: st
         if capsule is None or capsule.status != expected:
             return False
         capsule.status = status
-        if status == "paused":
+        if status == S.PAUSED:
             capsule.paused_at = utcnow()  # try again after another full period
         await session.commit()
         return True
@@ -286,7 +284,7 @@ async def reconcile(
     moved: dict[str, int] = {}
     async with sessions() as session:
         host = await session.get(Host, host_id)
-        if host is None or host.status != "online":
+        if host is None or host.status != H.ONLINE:
             return moved
         capsules = (
             (
@@ -294,7 +292,7 @@ async def reconcile(
                     select(Capsule)
                     .where(
                         Capsule.host_id == host_id,
-                        Capsule.status.in_(("running", "missing", "paused", "hibernating")),
+                        Capsule.status.in_((S.RUNNING, S.MISSING, S.PAUSED, S.HIBERNATING)),
                         Capsule.last_updated < listed_at,
                     )
                     .with_for_update(skip_locked=True)
@@ -306,23 +304,23 @@ async def reconcile(
         for capsule in capsules:
             info = on_agent.get(capsule.id)
             was = capsule.status
-            if was == "hibernating":
+            if was == S.HIBERNATING:
                 # Left so by a control plane that stopped mid-way (a live hibernation holds this host's
                 # turn, which this round has): gone from the host means archived, still there means not.
-                capsule.status = "hibernated" if info is None else "paused"
+                capsule.status = S.HIBERNATED if info is None else S.PAUSED
             elif info is None:
-                capsule.status = "stopped"
+                capsule.status = S.STOPPED
                 capsule.error = capsule.error or "gone from its host"
             elif info.status == pb.SandboxStatus.RUNNING:
-                capsule.status, capsule.host_ip = "running", info.host_ip
+                capsule.status, capsule.host_ip = S.RUNNING, info.host_ip
             elif info.status == pb.SandboxStatus.PAUSED:  # the host's idle timeout paused it
-                capsule.status, capsule.host_ip = "paused", ""
-                if capsule.paused_at is None or was != "paused":
+                capsule.status, capsule.host_ip = S.PAUSED, ""
+                if capsule.paused_at is None or was != S.PAUSED:
                     capsule.paused_at = utcnow()
             elif info.status == pb.SandboxStatus.ERROR:
-                capsule.status, capsule.error = "error", (info.error or "failed on its host")[:4000]
+                capsule.status, capsule.error = S.ERROR, (info.error or "failed on its host")[:4000]
             elif info.status == pb.SandboxStatus.STOPPED:
-                capsule.status, capsule.error = "stopped", info.error[:4000]
+                capsule.status, capsule.error = S.STOPPED, info.error[:4000]
             if capsule.status != was:
                 moved[capsule.status] = moved.get(capsule.status, 0) + 1
                 log.info(
@@ -339,13 +337,13 @@ async def reconcile(
 
 async def _mark_missing(session: AsyncSession, host_id: str | None = None) -> None:
     """Live capsules of unreachable hosts (or of `host_id`) become `missing`."""
-    unreachable = select(Host.id).where(Host.status == "unreachable")
+    unreachable = select(Host.id).where(Host.status == H.UNREACHABLE)
     if host_id is not None:
         unreachable = unreachable.where(Host.id == host_id)
     await session.execute(
         update(Capsule)
-        .where(Capsule.status.in_(LIVE), Capsule.host_id.in_(unreachable))
-        .values(status="missing", last_updated=utcnow())
+        .where(Capsule.status.in_(states.LIVE), Capsule.host_id.in_(unreachable))
+        .values(status=S.MISSING, last_updated=utcnow())
         .execution_options(synchronize_session=False)
     )
 

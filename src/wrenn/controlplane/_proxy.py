@@ -15,12 +15,22 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import State
 
-from wrenn._asgiproxy import ASGIApp, Receive, Scope, Send, Unreachable, forward, path_problem, send_error
+from wrenn._shared.asgiproxy import (
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    Unreachable,
+    forward,
+    path_problem,
+    send_error,
+)
 
 from . import _errors
 from ._agents import AgentPool, proxy_url
-from .db import Capsule, Host, as_utc, utcnow
-from .routes import capsules
+from .db import Capsule, Host, HostStatus, as_utc, utcnow
+from .db import CapsuleStatus as S
+from .service import CapsuleService
 
 log = logging.getLogger("wrenn.controlplane.proxy")
 
@@ -91,7 +101,7 @@ class TrafficProxy:
         sessions: async_sessionmaker[AsyncSession] = self.state.sessions
         async with sessions() as session:
             capsule = await session.get(Capsule, found.capsule_id)
-            if capsule is None or capsule.status in ("stopped", "error"):
+            if capsule is None or capsule.status in (S.STOPPED, S.ERROR):
                 raise _errors.not_found(f"capsule {found.capsule_id}")
             if capsule.traffic_access_token is not None:
                 given = next((v for k, v in headers if k.lower() in TOKEN_HEADERS), b"")
@@ -100,7 +110,7 @@ class TrafficProxy:
             await self._ensure_running(session, capsule)
             host = await session.get(Host, capsule.host_id) if capsule.host_id else None
             base = proxy_url(host) if host is not None else None
-            if host is None or host.status != "online" or base is None:
+            if host is None or host.status != HostStatus.ONLINE or base is None:
                 raise _errors.ApiError(
                     503, "host_unavailable", f"the host of capsule {capsule.id} is unavailable"
                 )
@@ -114,13 +124,13 @@ class TrafficProxy:
         """Raise unless the capsule runs; traffic to a paused capsule resumes it first. (One its host
         paused at the idle timeout, which the database learns only at the next reconcile, is resumed by
         the agent's own proxy.)"""
-        if capsule.status in ("paused", "hibernated"):
+        if capsule.status in (S.PAUSED, S.HIBERNATED):
             log.info("traffic resumes a paused capsule", extra={"capsule": capsule.id, "was": capsule.status})
-            await capsules.resume(session, self.state.agents, capsule)
+            await CapsuleService(session, self.state.agents).resume(capsule, None)
             return
-        if capsule.status == "missing":
+        if capsule.status == S.MISSING:
             raise _errors.ApiError(
                 503, "host_unavailable", f"the host of capsule {capsule.id} is unreachable"
             )
-        if capsule.status != "running":
+        if capsule.status != S.RUNNING:
             raise _errors.invalid_state(f"capsule {capsule.id} is {capsule.status}")

@@ -12,11 +12,10 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ._errors import ApiError
-from .db import Capsule, Host
+from .db import Capsule, Host, HostStatus, states
 
 #: Memory each host keeps for itself, as the agent does.
 RESERVED_MB = 1024
-LOADED = ("pending", "starting", "running", "missing")
 
 
 async def pick_host(session: AsyncSession, memory_mb: int, team_id: str | None = None) -> Host:
@@ -30,7 +29,7 @@ async def pick_host(session: AsyncSession, memory_mb: int, team_id: str | None =
             func.coalesce(func.sum(Capsule.memory_mb), 0).label("mem"),
             func.count().label("n"),
         )
-        .where(Capsule.status.in_(LOADED))
+        .where(Capsule.status.in_(states.LOADED))
         .group_by(Capsule.host_id)
         .subquery()
     )
@@ -38,7 +37,7 @@ async def pick_host(session: AsyncSession, memory_mb: int, team_id: str | None =
     rows = await session.execute(
         select(Host, func.coalesce(used.c.mem, 0), func.coalesce(used.c.n, 0))
         .outerjoin(used, used.c.host_id == Host.id)
-        .where(Host.status == "online", eligible)
+        .where(Host.status == HostStatus.ONLINE, eligible)
         .order_by(Host.id)  # one lock order for everyone
         .with_for_update(of=Host)
     )

@@ -8,7 +8,7 @@ import logging
 
 import uvicorn
 
-from wrenn import _logging
+from wrenn._shared import logs
 
 from ._app import Envd
 from ._config import DEFAULT_PORT, ENVD_VERSION, EnvdConfig
@@ -60,7 +60,7 @@ async def serve(config: EnvdConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    _logging.configure(args.log_level, args.log_format)
+    logs.configure(args.log_level, args.log_format)
     config = EnvdConfig(host=args.host, port=args.port, dev=args.dev, max_upload_bytes=args.max_upload_bytes)
     asyncio.run(serve(config))
 

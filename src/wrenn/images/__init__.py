@@ -14,7 +14,7 @@ command line and runs envd on TCP 49983.
 """
 
 from ._build import DEFAULT_DISK_SIZE, build
-from ._image import DEFAULT_DATA_DIR, NAME, VERSION, Image, InvalidName, find, find_version
+from ._image import DEFAULT_DATA_DIR, NAME, VERSION, Image, InvalidName, available, find, find_version
 from ._steps import STEPS, BuildError
 from ._templates import TEMPLATES, Template
 
@@ -29,6 +29,7 @@ __all__ = [
     "Image",
     "InvalidName",
     "Template",
+    "available",
     "build",
     "find",
     "find_version",

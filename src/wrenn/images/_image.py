@@ -60,6 +60,8 @@ class Image:
     vmlinux: Path
     initrd: Path
     rootfs: Path
+    #: What the recipe says the image is for.
+    description: str = ""
 
     @property
     def manifest_path(self) -> Path:
@@ -83,6 +85,7 @@ class Image:
                 version=manifest["version"],
                 kernel_version=manifest["kernel"]["release"],
                 envd_version=manifest["envd_version"],
+                description=str(manifest.get("inputs", {}).get("template", {}).get("description", "")),
                 directory=directory,
                 **{key: directory / name for key, name in FILES.items()},
             )
@@ -100,6 +103,13 @@ def find(template: str = "minimal", data_dir: Path | None = None) -> Image | Non
     if not current.is_symlink() or not VERSION.match(os.readlink(current)):
         return None  # `current` names a version beside it, nothing else
     return Image.load((tdir / os.readlink(current)).resolve())
+
+
+def available(data_dir: Path) -> list[Image]:
+    """The current image of every template built under `data_dir`, by name."""
+    root = images_dir(data_dir)
+    names = sorted(p.name for p in root.iterdir() if NAME.match(p.name)) if root.is_dir() else []
+    return [image for name in names if (image := find(name, data_dir)) is not None]
 
 
 def find_version(template: str, version: str, data_dir: Path) -> Image | None:

@@ -216,7 +216,8 @@ def install_python_deps(root: Path, requirements: list[str], build_log: BuildLog
 def envd_sources() -> list[tuple[str, Path]]:
     """The files of the wrenn package the guest needs, as (path relative to site-packages, source)."""
     package = Path(wrenn.__file__).parent
-    files = [package / "__init__.py", package / "_logging.py", package / "proto" / "__init__.py"]
+    files = [package / "__init__.py", package / "proto" / "__init__.py"]
+    files += [package / "_shared" / "__init__.py", package / "_shared" / "logs.py"]
     for sub in ("envd", "proto/envd"):
         files += sorted(p for p in (package / sub).rglob("*.py") if "__pycache__" not in p.parts)
     return [(f"wrenn/{p.relative_to(package).as_posix()}", p) for p in files]
@@ -230,9 +231,10 @@ def envd_tree_hash() -> str:
 
 
 def envd_version() -> str:
-    source = (Path(wrenn.__file__).parent / "envd" / "_config.py").read_text()
-    match = re.search(r'^ENVD_VERSION\s*=\s*"([^"]+)"', source, re.M)
-    return match.group(1) if match else "unknown"
+    """The envd protocol version the image's guests speak (recorded in its manifest)."""
+    from wrenn.envd import ENVD_VERSION
+
+    return ENVD_VERSION
 
 
 def wrenn_init_script() -> bytes:

@@ -3,7 +3,9 @@ and multi-step operations as generators of calls.
 
 An operation is a generator that yields `Call`s and `Sleep`s and returns its result; `yield from call`
 inside it evaluates to the parsed response. `_transport.run_sync` drives one with an `httpx.Client`,
-`_transport.run_async` with an `httpx.AsyncClient`, so each operation is written once for both.
+`_transport.run_async` with an `httpx.AsyncClient`, so each operation is written once for both. (Why
+over 500 lines: it is the whole REST surface the SDK speaks, one small `Call` per endpoint, kept in one
+place so the sync and async faces cannot drift apart.)
 """
 
 from __future__ import annotations

@@ -3,6 +3,11 @@
 A driver knows one VMM (QEMU, Firecracker). It does not create disks, networks or cgroups: the host
 agent prepares those and names them in the `VMSpec`. The VMM process runs inside the sandbox's network
 namespace (`spec.netns`) so it can open the sandbox's TAP device.
+
+What differs between VMMs and matters to the agent (the disk format, the kernel, where guest RAM lives,
+which snapshots it can restore, whether it needs KVM) is the driver's `Capabilities`, declared once in
+its module. The agent reads those and never asks which VMM it has: a new VMM is a new driver module and
+its line in the driver factory (`wrenn.agent._agent.make_driver`), nothing else.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 #: A snapshot directory holds these two files: CPU and device state, and guest RAM.
 VMSTATE, MEMORY = "vmstate", "memory"
@@ -19,6 +24,38 @@ VMSTATE, MEMORY = "vmstate", "memory"
 class Accelerator(enum.StrEnum):
     KVM = "kvm"
     TCG = "tcg"  # QEMU's software emulation: slow, but boots anywhere
+
+
+class Kernel(enum.StrEnum):
+    """The guest kernel a VMM boots; each image carries both."""
+
+    BZIMAGE = "bzImage"  # the compressed kernel as the distribution ships it (`Image.vmlinuz`)
+    ELF = "vmlinux"  # the uncompressed ELF inside it (`Image.vmlinux`)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What the agent must know of a VMM to prepare its VMs and to use its snapshots."""
+
+    #: The root disk format the VMM opens (`VMSpec.rootfs_format`): "qcow2" (the agent makes a
+    #: copy-on-write overlay over the image's raw root file system) or "raw" (a reflink or sparse copy).
+    disk_format: Literal["qcow2", "raw"]
+    #: The guest kernel the VMM boots.
+    kernel: Kernel
+    #: Guest RAM lives in a host file the agent names (`VMSpec.memory_file`, in `--memory-dir`): the agent
+    #: admits sandboxes against that directory's free space and removes the file when the VM goes.
+    memory_file: bool
+    #: The VMM restores one snapshot into many VMs: RAM mapped copy-on-write from the snapshot's `memory`
+    #: (`VMSpec.memory_shared` false) and the root disk a qcow2 overlay over the snapshot's disk. The
+    #: agent then keeps a ready snapshot per sandbox shape and makes templates; without it, every sandbox
+    #: boots and templates are refused. Needs `disk_format` "qcow2".
+    shared_snapshots: bool
+    #: The VMM runs only under KVM (no software emulation): the agent skips the accelerator probe.
+    kvm_only: bool
+
+    def __post_init__(self) -> None:
+        if self.shared_snapshots and self.disk_format != "qcow2":
+            raise ValueError("shared snapshots restore onto qcow2 overlays: disk_format must be qcow2")
 
 
 class DriverError(RuntimeError):
@@ -34,13 +71,13 @@ class VMSpec:
     vm_id: str
     vcpus: int
     memory_mib: int
-    #: Guest kernel: a bzImage for QEMU, an uncompressed ELF vmlinux for Firecracker.
+    #: Guest kernel, of the driver's `Capabilities.kernel` kind.
     kernel: Path
     initrd: Path | None
     #: The guest's own kernel command line (root device, network, init). The driver adds what its VMM
     #: needs (console device, timer calibration under TCG).
     cmdline: str
-    #: The sandbox's writable root disk; `rootfs_format` is "qcow2" (QEMU) or "raw".
+    #: The sandbox's writable root disk, in the driver's `Capabilities.disk_format`.
     rootfs: Path
     rootfs_format: str
     #: Per-VM runtime directory: API/QMP sockets, console log, pid file. Created by the caller.
@@ -99,7 +136,9 @@ class VM(Protocol):
 
 
 class Driver(Protocol):
+    #: The VMM's name: in logs, snapshot metadata and the ready snapshots' paths.
     name: str
+    capabilities: Capabilities
 
     async def start(self, spec: VMSpec) -> VM:
         """Start the VMM and boot the guest. Raises DriverError (with the console tail) on failure;
@@ -108,6 +147,11 @@ class Driver(Protocol):
 
     def version(self) -> str:
         """The VMM's version string (for the host's info)."""
+        ...
+
+    def owns_process(self, pid: int, vm_id: str) -> bool:
+        """True when `pid` is a live VMM process of this driver started for `vm_id` (before adopting it
+        after a restart: a pid may have been recycled)."""
         ...
 
     async def attach(self, spec: VMSpec, pid: int) -> VM:

@@ -7,8 +7,22 @@ import asyncio
 import contextlib
 import os
 import signal
+from pathlib import Path
 
 from ._driver import VMSpec
+
+
+def runs_vm(pid: int, program: str, flag: str, vm_id: str) -> bool:
+    """True when `pid` is alive running `program` (a substring of its executable's name) with
+    `flag vm_id` on its command line: a VMM a driver started for `vm_id`, not a recycled pid."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if program not in os.path.basename(os.fsdecode(args[0])):
+        return False
+    wanted = [flag.encode(), vm_id.encode()]
+    return any(args[i : i + 2] == wanted for i in range(1, len(args) - 1))
 
 
 class PidProcess:

@@ -25,9 +25,20 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._driver import MEMORY, VM, VMSTATE, Accelerator, Driver, DriverError, VMSpec, console_tail
+from ._driver import (
+    MEMORY,
+    VM,
+    VMSTATE,
+    Accelerator,
+    Capabilities,
+    Driver,
+    DriverError,
+    Kernel,
+    VMSpec,
+    console_tail,
+)
 from ._fc_api import FirecrackerAPI, FirecrackerAPIError, RequestHook
-from ._pidproc import PidProcess, ProcessVM
+from ._pidproc import PidProcess, ProcessVM, runs_vm
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +245,11 @@ class FirecrackerVM(ProcessVM):
 
 class FirecrackerDriver:
     name = "firecracker"
+    #: A raw disk, the ELF vmlinux, RAM inside the process (a snapshot writes it out), a snapshot restored
+    #: into one VM only (its drive and TAP names are recorded in it). KVM only.
+    capabilities = Capabilities(
+        disk_format="raw", kernel=Kernel.ELF, memory_file=False, shared_snapshots=False, kvm_only=True
+    )
 
     def __init__(
         self, binary: Path, *, track_dirty_pages: bool = False, request_hook: RequestHook | None = None
@@ -279,6 +295,9 @@ class FirecrackerDriver:
             },
         )
         return vm
+
+    def owns_process(self, pid: int, vm_id: str) -> bool:
+        return runs_vm(pid, "firecracker", "--id", vm_id)
 
     async def attach(self, spec: VMSpec, pid: int) -> FirecrackerVM:
         """Take over a Firecracker this agent started before a restart: its pid and its API socket."""

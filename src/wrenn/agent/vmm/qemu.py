@@ -23,8 +23,8 @@ from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
 from .. import _disk
-from ._driver import MEMORY, VMSTATE, Accelerator, DriverError, VMSpec, console_tail
-from ._pidproc import PidProcess, ProcessVM
+from ._driver import MEMORY, VMSTATE, Accelerator, Capabilities, DriverError, Kernel, VMSpec, console_tail
+from ._pidproc import PidProcess, ProcessVM, runs_vm
 
 log = logging.getLogger("wrenn.agent.qemu")
 
@@ -156,6 +156,11 @@ class QemuVM(ProcessVM):
 
 class QemuDriver:
     name = "qemu"
+    #: A qcow2 overlay, the bzImage, RAM in a shared file (a pause copies it instead of streaming it),
+    #: and snapshots restored copy-on-write into many VMs (ready snapshots, templates). TCG or KVM.
+    capabilities = Capabilities(
+        disk_format="qcow2", kernel=Kernel.BZIMAGE, memory_file=True, shared_snapshots=True, kvm_only=False
+    )
 
     def __init__(
         self,
@@ -222,6 +227,9 @@ class QemuDriver:
         if spec.netns:
             args = ["ip", "netns", "exec", spec.netns, *args]
         return args
+
+    def owns_process(self, pid: int, vm_id: str) -> bool:
+        return runs_vm(pid, "qemu", "-name", vm_id)
 
     async def attach(self, spec: VMSpec, pid: int) -> QemuVM:
         """Take over a QEMU this agent started before a restart: its pid and its QMP socket."""

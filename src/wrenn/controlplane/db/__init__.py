@@ -1,5 +1,6 @@
 """The control plane's database: models, engine and migrations."""
 
+from . import _states as states
 from ._engine import make_engine, migrate, sessions
 from ._models import (
     ApiKey,
@@ -17,14 +18,17 @@ from ._models import (
     as_utc,
     utcnow,
 )
+from ._states import CapsuleStatus, HostStatus
 
 __all__ = [
     "ApiKey",
     "AuditLog",
     "Base",
     "Capsule",
+    "CapsuleStatus",
     "Host",
     "HostRefreshToken",
+    "HostStatus",
     "HostToken",
     "LoginFailure",
     "Membership",
@@ -35,5 +39,6 @@ __all__ = [
     "make_engine",
     "migrate",
     "sessions",
+    "states",
     "utcnow",
 ]

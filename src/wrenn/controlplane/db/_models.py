@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from ._states import CapsuleStatus, HostStatus
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -82,7 +84,9 @@ class Host(Base):
     address: Mapped[str] = mapped_column(String(300))
     #: The port of its traffic listener (`/proxy/...` only) on the same address; 0: not known yet.
     proxy_port: Mapped[int] = mapped_column(Integer, default=0)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    #: The base images built there: [{name, version, envd_version, kernel_version, description}].
+    images: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16), default=HostStatus.PENDING)
     arch: Mapped[str] = mapped_column(String(32), default="")
     cpu_cores: Mapped[int] = mapped_column(Integer, default=0)
     memory_mb: Mapped[int] = mapped_column(Integer, default=0)
@@ -128,7 +132,7 @@ class Capsule(Base):
     team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
     host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"), default=None)
     template: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=CapsuleStatus.PENDING, index=True)
     vcpus: Mapped[int] = mapped_column(Integer)
     memory_mb: Mapped[int] = mapped_column(Integer)
     disk_size_mb: Mapped[int] = mapped_column(Integer, default=5120)

@@ -18,35 +18,29 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from wrenn.proto.hostagent.v1 import hostagent_pb as pb
-
-from .. import _audit, _errors
-from .._agents import AgentPool
-from .._deps import Caller, Db, Principal, audit_fields
-from ..db import Capsule, Host, as_utc, utcnow
-from . import capsules as _capsules
-from . import snapshots as _snapshots
+from .. import _errors
+from .._deps import Caller, Capsules, Principal, Templates
+from ..db import Capsule, as_utc, states, utcnow
+from ..db import CapsuleStatus as S
+from ..service import TEMPLATE_NAME, CreateSpec, Guest
 
 router = APIRouter(tags=["e2b"])
 
 #: E2B returns this constant; the SDK only requires the field.
 CLIENT_ID = "6532622b"
-#: The envd protocol version our envd speaks; 0.6.4 unlocks every feature of the SDK.
-ENVD_VERSION = "0.6.4"
+#: The envd protocol version of a capsule whose image did not say (created before images said it).
+ENVD_VERSION_UNKNOWN = "0.6.4"
 #: E2B's default template is "base"; ours is "minimal".
 ALIASES = {"base": "minimal"}
 DEFAULT_TIMEOUT_S = 300
 MAX_TIMEOUT_S = 24 * 3600
 #: Paths this module answers: their errors are E2B's `{"code", "message"}`.
 PREFIXES = ("/sandboxes", "/v2/sandboxes", "/snapshots", "/templates")
-_VISIBLE = ("pending", "starting", "running", "paused", "hibernating", "hibernated")
-_PAUSED = ("paused", "hibernating", "hibernated")
 
 
 def is_e2b_path(path: str) -> bool:
@@ -93,7 +87,7 @@ class Refresh(BaseModel):
 
 class SnapshotBody(BaseModel):
     model_config = ConfigDict(extra="allow")
-    name: str | None = Field(default=None, pattern=_snapshots.NAME)
+    name: str | None = Field(default=None, pattern=TEMPLATE_NAME)
 
 
 class ForkBody(BaseModel):
@@ -109,7 +103,11 @@ def _iso(value: datetime | None) -> str:
 
 
 def _state(c: Capsule) -> str:
-    return "paused" if c.status in _PAUSED else "running"
+    return "paused" if c.status in states.ASLEEP else "running"
+
+
+def _envd_version(c: Capsule) -> str:
+    return str((c.metadata_ or {}).get("envd_version") or ENVD_VERSION_UNKNOWN)
 
 
 def _sandbox(c: Capsule, template_id: str) -> dict[str, Any]:
@@ -119,7 +117,7 @@ def _sandbox(c: Capsule, template_id: str) -> dict[str, Any]:
         "sandboxID": c.id,
         "clientID": CLIENT_ID,
         "alias": c.template,
-        "envdVersion": ENVD_VERSION,
+        "envdVersion": _envd_version(c),
         "envdAccessToken": c.envd_token,
         "trafficAccessToken": c.traffic_access_token,
         "domain": None,
@@ -140,7 +138,7 @@ def _listed(c: Capsule) -> dict[str, Any]:
         "diskSizeMB": c.disk_size_mb,
         "metadata": dict(c.labels or {}),
         "state": _state(c),
-        "envdVersion": ENVD_VERSION,
+        "envdVersion": _envd_version(c),
     }
 
 
@@ -158,21 +156,20 @@ def _detail(c: Capsule) -> dict[str, Any]:
 # --- helpers --------------------------------------------------------------------------------------
 
 
-async def _find(session: AsyncSession, caller: Principal, sandbox_id: str) -> Capsule:
+async def _find(capsules: Capsules, caller: Principal, sandbox_id: str) -> Capsule:
     """The team's live capsule; 404 (E2B's "sandbox not found") for anything else."""
-    capsule = await session.get(Capsule, sandbox_id)
-    if capsule is None or capsule.team_id != caller.team_id or capsule.status not in (*_VISIBLE, "missing"):
+    capsule = await capsules.session.get(Capsule, sandbox_id)
+    if (
+        capsule is None
+        or capsule.team_id != caller.team_id
+        or capsule.status not in (*states.VISIBLE, S.MISSING)
+    ):
         raise _errors.ApiError(404, "sandbox_not_found", f"sandbox {sandbox_id} not found")
     return capsule
 
 
 def _deadline(seconds: int | None) -> datetime | None:
     return utcnow() + timedelta(seconds=seconds) if seconds else None
-
-
-def _agents(request: Request) -> AgentPool:
-    pool: AgentPool = request.app.state.agents
-    return pool
 
 
 def _hash(body: NewSandbox) -> str:
@@ -186,16 +183,15 @@ def _hash(body: NewSandbox) -> str:
 @router.post("/v2/sandboxes", status_code=201)
 async def create_sandbox(
     body: NewSandbox,
-    request: Request,
     caller: Caller,
-    session: Db,
+    capsules: Capsules,
     idempotency_key: str | None = Header(default=None, pattern=r"^[A-Za-z0-9-]{1,255}$"),
 ) -> JSONResponse:
     """`Sandbox.create`: a capsule from `templateID` ("base" is our "minimal", or a team template)."""
     request_hash = _hash(body)
     if idempotency_key:
         found = (
-            await session.execute(
+            await capsules.session.execute(
                 select(Capsule).where(
                     Capsule.team_id == caller.team_id, Capsule.idempotency_key == idempotency_key
                 )
@@ -206,23 +202,21 @@ async def create_sandbox(
                 raise _errors.ApiError(
                     409, "idempotency_request_mismatch", "this Idempotency-Key was used for another request"
                 )
-            if found.status in ("pending", "starting"):
+            if found.status in (S.PENDING, S.STARTING):
                 raise _errors.ApiError(409, "idempotency_in_progress", "that create is still under way")
-            if found.status != "error":
+            if found.status != S.ERROR:
                 return JSONResponse(_sandbox(found, body.templateID), status_code=201)
             found.idempotency_key = None  # that attempt failed: this retry is a new create
-            await session.commit()
+            await capsules.session.commit()
     # E2B names a template `name`, `namespace/name` or `name:tag`; Wrenn's are plain names.
     name = body.templateID.rsplit("/", 1)[-1].split(":", 1)[0]
     template = ALIASES.get(name, name)
-    if not re.fullmatch(_snapshots.NAME, template):
+    if not re.fullmatch(TEMPLATE_NAME, template):
         raise _errors.ApiError(404, "template_not_found", f"template {body.templateID!r} not found")
-    spec = _capsules.CapsuleCreate(
+    spec = CreateSpec(
         template=template,
         timeout_sec=0,  # the lifetime deadline below replaces the idle timeout
         allow_public_traffic=body.network.allowPublicTraffic if body.network else True,
-    )
-    lifecycle = _capsules.Lifecycle(
         envs=body.envVars,
         labels=body.metadata,
         end_at=_deadline(body.timeout),
@@ -231,7 +225,7 @@ async def create_sandbox(
         request_hash=request_hash,
     )
     try:
-        (capsule,) = await _capsules.launch(session, _agents(request), caller, spec, lifecycle=lifecycle)
+        (capsule,) = await capsules.create(caller, spec)
     except _errors.ApiError as exc:
         if exc.code == "not_found":
             raise _errors.ApiError(
@@ -242,11 +236,11 @@ async def create_sandbox(
 
 
 async def _list(
-    session: AsyncSession, caller: Principal, metadata: str | None, state: str | None
+    capsules: Capsules, caller: Principal, metadata: str | None, state: str | None
 ) -> list[Capsule]:
     wanted = {s.strip() for s in (state or "running,paused").split(",") if s.strip()}
-    statuses = [s for s in _VISIBLE if ("paused" if s in _PAUSED else "running") in wanted]
-    rows = await session.execute(
+    statuses = [s for s in states.VISIBLE if ("paused" if s in states.ASLEEP else "running") in wanted]
+    rows = await capsules.session.execute(
         select(Capsule)
         .where(Capsule.team_id == caller.team_id, Capsule.status.in_(statuses))
         .order_by(Capsule.created_at, Capsule.id)
@@ -258,7 +252,7 @@ async def _list(
 @router.get("/v2/sandboxes")
 async def list_sandboxes_v2(
     caller: Caller,
-    session: Db,
+    capsules: Capsules,
     metadata: str | None = None,
     state: str | None = None,
     limit: int = Query(default=100, ge=1, le=1000),
@@ -266,7 +260,7 @@ async def list_sandboxes_v2(
 ) -> JSONResponse:
     """`Sandbox.list`: filtered by `metadata` (URL-encoded `k=v` pairs) and `state`, paged by
     `nextToken` / the `x-next-token` header."""
-    found = await _list(session, caller, metadata, state)
+    found = await _list(capsules, caller, metadata, state)
     start = 0
     if nextToken:
         try:
@@ -283,126 +277,108 @@ async def list_sandboxes_v2(
 
 
 @router.get("/sandboxes")
-async def list_sandboxes(caller: Caller, session: Db, metadata: str | None = None) -> list[dict[str, Any]]:
+async def list_sandboxes(
+    caller: Caller, capsules: Capsules, metadata: str | None = None
+) -> list[dict[str, Any]]:
     """The v1 list: every running sandbox of the team."""
-    return [_listed(c) for c in await _list(session, caller, metadata, "running")]
+    return [_listed(c) for c in await _list(capsules, caller, metadata, "running")]
 
 
 @router.get("/sandboxes/{sandbox_id}")
-async def get_sandbox(sandbox_id: str, caller: Caller, session: Db) -> dict[str, Any]:
-    return _detail(await _find(session, caller, sandbox_id))
+async def get_sandbox(sandbox_id: str, caller: Caller, capsules: Capsules) -> dict[str, Any]:
+    return _detail(await _find(capsules, caller, sandbox_id))
 
 
 @router.delete("/sandboxes/{sandbox_id}", status_code=204)
-async def kill_sandbox(sandbox_id: str, request: Request, caller: Caller, session: Db) -> Response:
-    capsule = await _find(session, caller, sandbox_id)
-    await _capsules.destroy(session, _agents(request), capsule)
-    _audit.record(
-        session, **audit_fields(caller), resource_type="capsule", resource_id=capsule.id, action="destroy"
-    )
-    await session.commit()
+async def kill_sandbox(sandbox_id: str, caller: Caller, capsules: Capsules) -> Response:
+    await capsules.destroy(await _find(capsules, caller, sandbox_id), caller)
     return Response(status_code=204)
 
 
 @router.post("/sandboxes/{sandbox_id}/timeout", status_code=204)
-async def set_timeout(sandbox_id: str, body: Timeout, caller: Caller, session: Db) -> Response:
+async def set_timeout(sandbox_id: str, body: Timeout, caller: Caller, capsules: Capsules) -> Response:
     """The sandbox now ends `timeout` seconds from now (which may shorten its life)."""
-    capsule = await _find(session, caller, sandbox_id)
+    capsule = await _find(capsules, caller, sandbox_id)
     capsule.end_at = _deadline(body.timeout) or utcnow()
-    await session.commit()
+    await capsules.session.commit()
     return Response(status_code=204)
 
 
 @router.post("/sandboxes/{sandbox_id}/refreshes", status_code=204)
-async def refresh(sandbox_id: str, body: Refresh, caller: Caller, session: Db) -> Response:
+async def refresh(sandbox_id: str, body: Refresh, caller: Caller, capsules: Capsules) -> Response:
     """Extend the sandbox's life to at least `duration` seconds from now."""
-    capsule = await _find(session, caller, sandbox_id)
+    capsule = await _find(capsules, caller, sandbox_id)
     wanted = utcnow() + timedelta(seconds=body.duration)
     if capsule.end_at is not None and as_utc(capsule.end_at) < wanted:
         capsule.end_at = wanted
-    await session.commit()
+    await capsules.session.commit()
     return Response(status_code=204)
 
 
 @router.post("/sandboxes/{sandbox_id}/pause", status_code=204)
-async def pause_sandbox(sandbox_id: str, request: Request, caller: Caller, session: Db) -> Response:
-    capsule = await _find(session, caller, sandbox_id)
-    if capsule.status in _PAUSED:
+async def pause_sandbox(sandbox_id: str, caller: Caller, capsules: Capsules) -> Response:
+    capsule = await _find(capsules, caller, sandbox_id)
+    if capsule.status in states.ASLEEP:
         raise _errors.conflict(f"sandbox {sandbox_id} is already paused")
-    await _capsules.pause(session, _agents(request), caller, capsule)
+    await capsules.pause(capsule, caller)
     return Response(status_code=204)
 
 
 async def _wake(
-    request: Request, caller: Principal, session: AsyncSession, sandbox_id: str, lifetime_s: int | None
+    capsules: Capsules, caller: Principal, sandbox_id: str, lifetime_s: int | None
 ) -> tuple[Capsule, bool]:
     """Resume the sandbox if it is paused; extend its life to `lifetime_s` from now. Whether it resumed."""
-    capsule = await _find(session, caller, sandbox_id)
-    resumed = capsule.status in _PAUSED
-    if resumed:
-        await _capsules.resume(session, _agents(request), capsule)
-        _audit.record(
-            session, **audit_fields(caller), resource_type="capsule", resource_id=capsule.id, action="resume"
-        )
+    capsule = await _find(capsules, caller, sandbox_id)
+    resumed = capsule.status in states.ASLEEP and await capsules.resume(capsule, caller)
     if lifetime_s:
         wanted = utcnow() + timedelta(seconds=lifetime_s)
         if resumed or capsule.end_at is None or as_utc(capsule.end_at) < wanted:
             capsule.end_at = wanted
-    await session.commit()
+    await capsules.session.commit()
     return capsule, resumed
 
 
 @router.post("/sandboxes/{sandbox_id}/connect")
 @router.post("/v2/sandboxes/{sandbox_id}/connect")
 async def connect_sandbox(
-    sandbox_id: str, request: Request, caller: Caller, session: Db, body: OptionalTimeout | None = None
+    sandbox_id: str, caller: Caller, capsules: Capsules, body: OptionalTimeout | None = None
 ) -> JSONResponse:
     """`Sandbox.connect`: 200 when it was running (its life extended), 201 when it was resumed."""
-    capsule, resumed = await _wake(request, caller, session, sandbox_id, body.timeout if body else None)
+    capsule, resumed = await _wake(capsules, caller, sandbox_id, body.timeout if body else None)
     return JSONResponse(_sandbox(capsule, capsule.template), status_code=201 if resumed else 200)
 
 
 @router.post("/sandboxes/{sandbox_id}/resume", status_code=201)
 async def resume_sandbox(
-    sandbox_id: str, request: Request, caller: Caller, session: Db, body: OptionalTimeout | None = None
+    sandbox_id: str, caller: Caller, capsules: Capsules, body: OptionalTimeout | None = None
 ) -> JSONResponse:
     """The 2.0-2.3 SDKs' connect: 409 when it already runs."""
-    capsule = await _find(session, caller, sandbox_id)
-    if capsule.status not in _PAUSED:
+    capsule = await _find(capsules, caller, sandbox_id)
+    if capsule.status not in states.ASLEEP:
         raise _errors.conflict(f"sandbox {sandbox_id} is already running")
     if body is not None and body.autoPause is not None:
         capsule.on_timeout = "pause" if body.autoPause else "kill"
-    capsule, _ = await _wake(request, caller, session, sandbox_id, body.timeout if body else None)
+    capsule, _ = await _wake(capsules, caller, sandbox_id, body.timeout if body else None)
     return JSONResponse(_sandbox(capsule, capsule.template), status_code=201)
 
 
 @router.get("/sandboxes/{sandbox_id}/metrics")
 async def sandbox_metrics(
     sandbox_id: str,
-    request: Request,
     caller: Caller,
-    session: Db,
+    capsules: Capsules,
     start: int | None = None,
     end: int | None = None,
 ) -> list[dict[str, Any]]:
     """CPU, memory and disk samples (the host keeps up to 24 h); empty while paused."""
-    capsule = await _find(session, caller, sandbox_id)
-    if capsule.status != "running":
+    capsule = await _find(capsules, caller, sandbox_id)
+    if capsule.status != S.RUNNING or capsule.host_id is None:
         return []
-    host = await session.get(Host, capsule.host_id) if capsule.host_id else None
-    if host is None:
-        return []
-    agents = _agents(request)
-    got = await agents.call(
-        host.id,
-        agents.client(host.address).get_sandbox_metrics(
-            pb.GetSandboxMetricsRequest(sandbox_id=capsule.id, range=pb.MetricsRange.LAST_24H)
-        ),
-    )
+    host = await capsules.host_of(capsule)
     memory_total = capsule.memory_mb << 20
     disk_total = capsule.disk_size_mb << 20
     out = []
-    for p in got.points:
+    for p in await Guest(capsules.agents, capsule, host).metrics("24h"):
         seconds = p.timestamp.seconds if p.timestamp else 0
         if (start is not None and seconds < start) or (end is not None and seconds > end):
             continue
@@ -423,9 +399,9 @@ async def sandbox_metrics(
 
 
 @router.get("/sandboxes/{sandbox_id}/logs")
-async def sandbox_logs(sandbox_id: str, caller: Caller, session: Db) -> dict[str, Any]:
+async def sandbox_logs(sandbox_id: str, caller: Caller, capsules: Capsules) -> dict[str, Any]:
     """E2B's log shape. Wrenn keeps no guest log stream yet: the lists are empty."""
-    await _find(session, caller, sandbox_id)
+    await _find(capsules, caller, sandbox_id)
     return {"logs": [], "logEntries": []}
 
 
@@ -434,36 +410,34 @@ async def sandbox_logs(sandbox_id: str, caller: Caller, session: Db) -> dict[str
 
 @router.post("/sandboxes/{sandbox_id}/snapshots", status_code=201)
 async def create_snapshot(
-    sandbox_id: str, request: Request, caller: Caller, session: Db, body: SnapshotBody | None = None
+    sandbox_id: str, caller: Caller, templates: Templates, body: SnapshotBody | None = None
 ) -> dict[str, Any]:
     """A template of the sandbox as it is now; the sandbox runs on (E2B's behaviour)."""
-    capsule = await _find(session, caller, sandbox_id)
+    capsule = await _find(templates.capsules, caller, sandbox_id)
     name = (body.name if body else None) or f"snapshot-{secrets.token_hex(4)}"
-    agents = _agents(request)
-    await _snapshots.claim_name(session, agents, caller.team_id, name)
-    template = await _snapshots.checkpoint(session, agents, caller, capsule, name)
+    await templates.claim_name(caller.team_id, name)
+    template = await templates.checkpoint(caller, capsule, name)
     return {"snapshotID": template.name, "names": [template.name]}
 
 
 @router.post("/sandboxes/{sandbox_id}/fork", status_code=201)
 async def fork_sandbox(
-    sandbox_id: str, body: ForkBody, request: Request, caller: Caller, session: Db
+    sandbox_id: str, body: ForkBody, caller: Caller, templates: Templates
 ) -> list[dict[str, Any]]:
-    capsule = await _find(session, caller, sandbox_id)
-    forks = await _snapshots.fork(session, _agents(request), caller, capsule, body.count)
+    capsule = await _find(templates.capsules, caller, sandbox_id)
+    forks = await templates.fork(caller, capsule, body.count)
     for forked in forks:
         forked.end_at = _deadline(body.timeout)
-    await session.commit()
+    await templates.session.commit()
     return [{"sandbox": _sandbox(forked, capsule.template)} for forked in forks]
 
 
 @router.get("/snapshots")
-async def list_snapshots(caller: Caller, session: Db) -> list[dict[str, Any]]:
-    templates = await _snapshots.list_snapshots(caller, session, type="snapshot")
-    return [{"snapshotID": t.name, "names": [t.name]} for t in templates]
+async def list_snapshots(caller: Caller, templates: Templates) -> list[dict[str, Any]]:
+    return [{"snapshotID": t.name, "names": [t.name]} for t in await templates.of_team(caller.team_id)]
 
 
 @router.delete("/templates/{template_id}", status_code=204)
-async def delete_template(template_id: str, request: Request, caller: Caller, session: Db) -> Response:
-    await _snapshots.delete_snapshot(template_id, request, caller, session)
+async def delete_template(template_id: str, caller: Caller, templates: Templates) -> Response:
+    await templates.delete(caller, template_id)
     return Response(status_code=204)

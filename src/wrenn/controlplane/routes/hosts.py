@@ -24,12 +24,22 @@ from .._ca import CertificateAuthority, split_address
 from .._deps import Db, Principal, UserCaller, audit_fields
 from .._ids import new_id, new_token
 from .._settings import Settings
-from ..db import Capsule, Host, HostRefreshToken, HostToken, Membership, User, utcnow
+from ..db import (
+    Capsule,
+    CapsuleStatus,
+    Host,
+    HostRefreshToken,
+    HostStatus,
+    HostToken,
+    Membership,
+    User,
+    states,
+    utcnow,
+)
 
 router = APIRouter(tags=["hosts"])
 log = logging.getLogger("wrenn.controlplane.hosts")
 #: Capsules that keep a host from being deleted without `force`.
-ACTIVE = ("pending", "starting", "running", "paused", "missing")
 
 
 class HostCreate(BaseModel):
@@ -39,6 +49,16 @@ class HostCreate(BaseModel):
     team_id: str | None = None
     provider: str = Field(default="", max_length=64)
     availability_zone: str = Field(default="", max_length=64)
+
+
+class ImageFact(BaseModel):
+    """A base image the host has built."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    version: str = Field(max_length=64)
+    envd_version: str = Field(default="", max_length=32)
+    kernel_version: str = Field(default="", max_length=128)
+    description: str = Field(default="", max_length=500)
 
 
 class RegisterBody(BaseModel):
@@ -53,10 +73,12 @@ class RegisterBody(BaseModel):
     accelerator: str = Field(default="", max_length=16)
     #: The port of the agent's traffic listener, on the same address.
     proxy_port: int = Field(default=0, ge=0, le=65535)
+    images: list[ImageFact] = Field(default_factory=list, max_length=256)
 
 
 class HeartbeatBody(BaseModel):
     proxy_port: int | None = Field(default=None, ge=0, le=65535)
+    images: list[ImageFact] | None = Field(default=None, max_length=256)
 
 
 class RefreshBody(BaseModel):
@@ -181,7 +203,7 @@ async def create_host(body: HostCreate, request: Request, caller: UserCaller, se
         member = await session.get(Membership, (team_id, caller.user_id))
         if not admin and (member is None or member.role != "owner"):
             raise _errors.forbidden("only the team's owner (or an admin) creates a BYOC host for a team")
-    host = Host(id=new_id("host"), type=kind, team_id=team_id, address="", status="pending")
+    host = Host(id=new_id("host"), type=kind, team_id=team_id, address="", status=HostStatus.PENDING)
     host.created_by = caller.user_id
     session.add(host)
     await session.flush()
@@ -198,7 +220,7 @@ async def new_token_for(host_id: str, request: Request, caller: UserCaller, sess
     """Another registration token for a host that has not registered yet."""
     host, admin = await _visible(session, caller, host_id)
     await _may_manage(session, caller, host, admin)
-    if host.status != "pending":
+    if host.status != HostStatus.PENDING:
         raise _errors.invalid_state(f"host {host_id} is already registered")
     token = await _new_registration_token(session, _settings(request), host, caller.user_id)
     await session.commit()
@@ -265,8 +287,8 @@ async def register(body: RegisterBody, request: Request, session: Db) -> Credent
         body.arch, body.cpu_cores, body.memory_mb, body.disk_gb
     )  # fmt: skip
     host.slot_capacity, host.accelerator = body.slot_capacity, body.accelerator
-    host.proxy_port = body.proxy_port
-    host.status, host.last_heartbeat_at, host.registered_at = "online", utcnow(), utcnow()
+    host.proxy_port, host.images = body.proxy_port, [i.model_dump() for i in body.images]
+    host.status, host.last_heartbeat_at, host.registered_at = HostStatus.ONLINE, utcnow(), utcnow()
     # Registering again (a new token for a reinstalled host) revokes the old refresh tokens.
     await session.execute(
         delete(HostRefreshToken)
@@ -328,9 +350,11 @@ async def heartbeat(
     host.last_heartbeat_at = utcnow()
     if body is not None and body.proxy_port is not None:
         host.proxy_port = body.proxy_port
-    if host.status != "online":
+    if body is not None and body.images is not None:
+        host.images = [i.model_dump() for i in body.images]
+    if host.status != HostStatus.ONLINE:
         log.info("host back online", extra={"host": host.id, "was": host.status})
-        host.status = "online"
+        host.status = HostStatus.ONLINE
     await session.commit()
     return Response(status_code=204)
 
@@ -361,7 +385,7 @@ async def delete_host(
         (
             await session.execute(
                 select(Capsule)
-                .where(Capsule.host_id == host.id, Capsule.status.in_(ACTIVE))
+                .where(Capsule.host_id == host.id, Capsule.status.in_(states.ON_HOST))
                 .order_by(Capsule.id)
             )
         )
@@ -376,13 +400,13 @@ async def delete_host(
             sandbox_ids=[c.id for c in active],
         )
     agents: AgentPool = request.app.state.agents
-    if host.address and host.status != "pending":
+    if host.address and host.status != HostStatus.PENDING:
         try:  # best effort: an unreachable agent learns of it from its next heartbeat (404)
             await agents.client(host.address).terminate(pb.TerminateRequest(), timeout_ms=30_000)
         except Exception as exc:  # noqa: BLE001 - the host goes either way
             log.warning("cannot terminate the host's agent", extra={"host": host.id, "error": str(exc)})
     for capsule in active:
-        capsule.status, capsule.error = "stopped", "host deleted"
+        capsule.status, capsule.error = CapsuleStatus.STOPPED, "host deleted"
     agents.forget(host.address)
     extra: dict[str, Any] = {"force": force, "capsules": len(active)}
     _audit.record(

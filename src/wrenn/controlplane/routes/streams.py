@@ -4,6 +4,7 @@ Every socket is accepted first. Credentials come from the upgrade's headers (`X-
 Bearer`) or, for browsers, from a first `{"type": "auth", "token"}` message within 5 s. Any failure (bad
 credentials, a capsule that is missing, another team's or not running, an agent error) is one in-band
 `{"type": "error", "code", "data"}` message, then a close: `_fail` is the only place that replies so.
+(Why over 500 lines: four socket protocols that share one socket class, one auth and one failure path.)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from protobuf import Oneof
 from sqlalchemy import update
 from starlette.websockets import WebSocketState
 
-from wrenn._asgiproxy import first_done
+from wrenn._shared.asgiproxy import first_done
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient
 
@@ -34,7 +35,7 @@ from .. import _errors
 from .._agents import AgentPool, agent_error
 from .._deps import Principal, authenticate, has_credentials, token_principal
 from ..db import Capsule, utcnow
-from .capsules import _running
+from ..service import CapsuleService
 
 router = APIRouter(tags=["streams"])
 log = logging.getLogger("wrenn.controlplane.streams")
@@ -78,7 +79,7 @@ class _Socket:
         self._agents: AgentPool = ws.app.state.agents
         self.agent: HostAgentServiceClient = self._agents.client(address)
         self._send_lock = asyncio.Lock()
-        self._touched = time.monotonic()  # `_running` has just bumped it
+        self._touched = time.monotonic()  # `running` has just bumped it
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self._send_lock:
@@ -193,7 +194,7 @@ async def _open(ws: WebSocket, capsule_id: str) -> _Socket:
     """Authenticate the caller and find its running capsule and that capsule's host."""
     caller = await _authenticate(ws)
     async with ws.app.state.sessions() as session:
-        capsule, host = await _running(session, caller, capsule_id)
+        capsule, host = await CapsuleService(session, ws.app.state.agents).running(caller.team_id, capsule_id)
     return _Socket(ws, capsule.id, host.id, host.address)
 
 

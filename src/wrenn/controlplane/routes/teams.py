@@ -19,8 +19,8 @@ from .. import _audit, _errors
 from .._agents import AgentPool
 from .._deps import Db, Principal, UserCaller, audit_fields
 from .._ids import new_id, new_slug
-from ..db import ApiKey, AuditLog, Capsule, Membership, Team, User, as_utc, utcnow
-from .capsules import destroy
+from ..db import ApiKey, AuditLog, Capsule, CapsuleStatus, Membership, Team, User, as_utc, utcnow
+from ..service import CapsuleService
 
 router = APIRouter(tags=["teams"])
 MANAGERS = ("owner", "admin")
@@ -219,14 +219,15 @@ async def delete_team(team_id: str, request: Request, caller: UserCaller, sessio
     capsules = (
         await session.execute(
             select(Capsule)
-            .where(Capsule.team_id == team.id, Capsule.status != "stopped")
+            .where(Capsule.team_id == team.id, Capsule.status != CapsuleStatus.STOPPED)
             .order_by(Capsule.created_at)
         )
     ).scalars()
+    service = CapsuleService(session, agents)
     for capsule in list(capsules):
         capsule_id = capsule.id  # read before a rollback expires it
         try:
-            await destroy(session, agents, capsule)
+            await service.destroy(capsule, caller, commit=False, reason="team_deleted")
         except _errors.ApiError as exc:
             await session.rollback()
             raise _errors.ApiError(
@@ -234,10 +235,6 @@ async def delete_team(team_id: str, request: Request, caller: UserCaller, sessio
                 exc.code,
                 f"team not deleted: capsule {capsule_id} could not be destroyed: {exc.message}",
             ) from None
-        _audit.record(
-            session, **fields, resource_type="capsule", resource_id=capsule_id, action="destroy",
-            reason="team_deleted",
-        )  # fmt: skip
         await session.commit()  # one at a time: what is gone on its host is recorded as gone
     team.deleted_at = utcnow()
     await session.execute(delete(Membership).where(Membership.team_id == team.id))

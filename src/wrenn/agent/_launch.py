@@ -1,0 +1,159 @@
+"""Giving a sandbox a running VM: the base image behind it, the memory it may take, its `VMSpec`, a
+network slot, and a started VMM attached (cgroup, death watch, envd answering, envd's /init).
+
+Shared by a create (boot or restore), a resume and an adoption after a restart. What the VMM needs (kernel
+kind, disk format, RAM file) comes from the driver's `Capabilities`, never from its name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import psutil
+
+from wrenn import images
+
+from . import _disk
+from ._cgroup import Limits
+from ._envd import EnvdClient, EnvdUnavailable
+from ._errors import SandboxError
+from ._sandbox import Sandbox
+from ._table import SandboxTable
+from ._templates import TemplateStore
+from .network import NetworkExhausted
+from .vmm import DriverError, Kernel, VMSpec, console_tail
+
+
+class Launcher:
+    def __init__(self, table: SandboxTable, templates: TemplateStore) -> None:
+        self.table = table
+        self.templates = templates
+
+    def image(self, template: str, version: str = "") -> images.Image | None:
+        """The base image behind `template` (for a snapshot template: the one its guest booted from),
+        in `version` when that is still on disk, else the current one."""
+        data_dir = self.table.config.data_dir
+        snapshot = self.templates.get(template)
+        if snapshot is not None:
+            template, version = snapshot.image, snapshot.image_version
+        if version:
+            exact = images.find_version(template, version, data_dir)
+            if exact is not None:
+                return exact
+        return images.find(template, data_dir)
+
+    def admit_memory(self, memory_mb: int) -> None:
+        """`resource_exhausted` unless the host has `memory_mb` to spare for one more guest."""
+        config = self.table.config
+        available_mb = psutil.virtual_memory().available >> 20
+        if memory_mb + config.reserved_memory_mb > available_mb:
+            raise SandboxError(
+                "resource_exhausted",
+                f"not enough memory: {memory_mb} MiB asked, {available_mb} MiB available "
+                f"({config.reserved_memory_mb} MiB kept for the host)",
+            )
+        if self.table.capabilities.memory_file:
+            free_mb = _disk.free_bytes(config.memory_dir) >> 20
+            if memory_mb > free_mb:
+                raise SandboxError(
+                    "resource_exhausted",
+                    f"not enough room for guest RAM in {config.memory_dir}: {memory_mb} MiB asked, "
+                    f"{free_mb} MiB free",
+                )
+
+    def spec(self, sandbox: Sandbox, image: images.Image) -> VMSpec:
+        assert sandbox.network is not None and sandbox.disk is not None
+        capabilities = self.table.capabilities
+        cmdline = " ".join(
+            [
+                "root=/dev/vda rw quiet",
+                sandbox.network.kernel_cmdline(),
+                f"wrenn.hostname={sandbox.id}",
+                f"wrenn.time={int(time.time())}",
+            ]
+        )
+        return VMSpec(
+            vm_id=sandbox.id,
+            vcpus=sandbox.params.vcpus,
+            memory_mib=sandbox.params.memory_mb,
+            kernel=image.vmlinuz if capabilities.kernel is Kernel.BZIMAGE else image.vmlinux,
+            initrd=image.initrd,
+            cmdline=cmdline,
+            rootfs=sandbox.disk,
+            rootfs_format=capabilities.disk_format,
+            workdir=sandbox.workdir,
+            accelerator=self.table.accelerator.accelerator,
+            tap=sandbox.network.tap,
+            mac=sandbox.network.mac,
+            netns=sandbox.network.netns,
+            memory_file=sandbox.memory_source or self.table.memory_file(sandbox),
+            memory_shared=sandbox.memory_source is None,
+        )
+
+    async def plug(self, sandbox: Sandbox) -> None:
+        """A network slot for the sandbox, and its namespace, veth and TAP."""
+        network = self.table.network
+        try:
+            sandbox.slot = network.allocator.acquire()
+        except NetworkExhausted as exc:
+            raise SandboxError("resource_exhausted", str(exc)) from None
+        sandbox.network = await network.setup(sandbox.slot, allow_internet=sandbox.params.allow_internet)
+
+    async def attach(self, sandbox: Sandbox, access_token: str | None) -> None:
+        """Put a started VMM in its cgroup, watch it, and wait until its envd answers."""
+        vm, params, config = sandbox.vm, sandbox.params, self.table.config
+        assert vm is not None
+        self.table.cgroups.place(
+            self.table.cgroup_name(sandbox),
+            vm.pid,
+            Limits(memory_bytes=(params.memory_mb + config.vmm_overhead_mb) << 20, cpus=params.vcpus),
+        )
+        self.table.watch(sandbox)
+        sandbox.envd = EnvdClient(sandbox.host_ip, access_token=access_token)
+        await sandbox.envd.wait_healthy(config.boot_timeout_s, alive=lambda: vm.returncode is None)
+
+    async def init_envd(self, sandbox: Sandbox) -> None:
+        """envd's /init after a boot or a restore: token, user, env and clock, plus what makes this guest
+        itself when it was restored from a shared snapshot (hostname, a reseeded random pool)."""
+        params = sandbox.params
+        assert sandbox.envd is not None
+        await sandbox.envd.init(
+            access_token=params.envd_access_token or None,
+            default_user=params.default_user or self.table.config.default_user,
+            env=params.default_env,
+            hostname=sandbox.id,
+            entropy=os.urandom(64),
+        )
+
+    def snapshot_meta(self, sandbox: Sandbox) -> dict[str, Any]:
+        """What a snapshot's `meta.json` says of the machine it was taken from."""
+        return {
+            "vmm": self.table.driver.name,
+            "vcpus": sandbox.params.vcpus,
+            "memory_mb": sandbox.params.memory_mb,
+            "disk_size_mb": sandbox.params.disk_size_mb,
+            "template": sandbox.params.template,
+            "image": sandbox.image_name,
+            "image_version": sandbox.image_version,
+            "accelerator": self.table.accelerator.accelerator.value,
+            "created_at": time.time(),
+        }
+
+
+def describe_failure(exc: BaseException, sandbox: Sandbox) -> str:
+    """Why a boot or a restore failed, for the sandbox's `error` and the caller: the console's tail where
+    the guest may have said why."""
+    if isinstance(exc, DriverError):
+        tail = exc.console_tail or console_tail(sandbox.workdir / "console.log", 2000)
+        return f"{exc}\n--- console ---\n{tail}" if tail else str(exc)
+    if isinstance(exc, EnvdUnavailable):
+        tail = console_tail(sandbox.workdir / "console.log", 2000)
+        return f"{exc}\n--- console ---\n{tail}"
+    if isinstance(exc, SandboxError):
+        return exc.message
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,96 @@
+"""Recovery after an agent restart: adopt the sandboxes a previous run left (running VMs whose VMM and
+namespace are still there, paused ones with their snapshot) and remove everything else it left: VMMs,
+namespaces, TAPs, cgroups, directories and RAM files.
+
+A stopping agent leaves its VMs running for this; each sandbox's `state.json` says what it held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from ._cgroup import kill_all
+from ._envd import EnvdClient
+from ._launch import Launcher
+from ._sandbox import Sandbox, Status, load_state
+from ._table import SandboxTable
+from .vmm import DriverError
+
+log = logging.getLogger("wrenn.agent")
+
+
+async def recover(table: SandboxTable, launcher: Launcher) -> None:
+    """Adopt the sandboxes a previous run left running; clean up everything else it left."""
+    config = table.config
+    keep: set[int] = set()
+    for state_file in sorted(config.sandboxes_dir.glob("*/state.json")):
+        sandbox = await _adopt(table, launcher, state_file)
+        if sandbox is not None and sandbox.slot is not None:
+            keep.add(sandbox.slot)
+    removed = await table.network.cleanup_stale(keep=keep)
+    adopted = {table.cgroup_name(s) for s in table.sandboxes.values()}
+    stale_groups = [
+        g for g in table.cgroups.stale() if g.startswith(f"{config.name_prefix}-") and g not in adopted
+    ]
+    for group in stale_groups:
+        kill_all(table.cgroups, group)
+        table.cgroups.remove(group)
+    for directory in config.sandboxes_dir.iterdir():
+        if directory.is_dir() and directory.name not in table.sandboxes:
+            shutil.rmtree(directory, ignore_errors=True)
+    live = {table.memory_file(s) for s in table.sandboxes.values() if s.vm is not None}
+    for memory in config.memory_dir.glob(f"{config.name_prefix}-*.mem"):
+        if memory not in live:
+            memory.unlink(missing_ok=True)
+    if removed or stale_groups or table.sandboxes:
+        log.info(
+            "recovered after restart",
+            extra={
+                "adopted": len(table.sandboxes),
+                "stale_network": len(removed),
+                "stale_cgroups": len(stale_groups),
+            },
+        )
+
+
+async def _adopt(table: SandboxTable, launcher: Launcher, state_file: Path) -> Sandbox | None:
+    try:
+        state = load_state(state_file)
+        sandbox = Sandbox.from_state(state_file.parent, state)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        log.warning("unreadable sandbox state", extra={"path": str(state_file), "error": str(exc)})
+        return None
+    params = sandbox.params
+    if sandbox.status in (Status.PAUSED, Status.ERROR) and sandbox.disk is not None:
+        return table.add_stopped(sandbox)
+    pid = state.get("vmm_pid")
+    slot = state.get("slot")
+    if not isinstance(pid, int):
+        pid = None
+    alive = pid is not None and table.driver.owns_process(pid, params.sandbox_id)
+    image = launcher.image(sandbox.image_name, sandbox.image_version)
+    if pid is None or not alive or slot is None or image is None or slot not in table.network.list_existing():
+        if pid is not None and alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        log.info("stale sandbox cleaned", extra={"sandbox": params.sandbox_id, "vmm_alive": alive})
+        return None
+    sandbox.status = Status.RUNNING
+    sandbox.slot = slot
+    table.network.allocator.claim(slot)
+    sandbox.network = table.network.describe(slot)
+    try:
+        sandbox.vm = await table.driver.attach(launcher.spec(sandbox, image), pid)
+        sandbox.envd = EnvdClient(sandbox.host_ip, access_token=params.envd_access_token or None)
+    except DriverError as exc:
+        log.warning("cannot adopt sandbox", extra={"sandbox": params.sandbox_id, "error": str(exc)})
+        await table.release(sandbox)
+        return None
+    table.sandboxes[sandbox.id] = sandbox
+    table.watch(sandbox)
+    log.info("sandbox adopted", extra={"sandbox": sandbox.id, "pid": pid})
+    return sandbox

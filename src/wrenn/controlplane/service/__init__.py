@@ -1,0 +1,26 @@
+"""The service layer: what the control plane does, below every dialect that asks for it.
+
+    routes/ (/v1, E2B's API, WebSockets), the traffic proxy, the host monitor
+        -> service (accounts, capsule lifecycle, templates, work inside a capsule)
+            -> the database (db) and the host agents (AgentPool)
+
+Routes translate HTTP to calls of these and back; they hold no lifecycle logic of their own and never
+import one another.
+"""
+
+from .accounts import AccountService
+from .capsules import DEFAULTS, CapsuleService, CreateSpec
+from .guest import Guest, file_entry
+from .templates import NAME as TEMPLATE_NAME
+from .templates import TemplateService
+
+__all__ = [
+    "DEFAULTS",
+    "TEMPLATE_NAME",
+    "AccountService",
+    "CapsuleService",
+    "CreateSpec",
+    "Guest",
+    "TemplateService",
+    "file_entry",
+]

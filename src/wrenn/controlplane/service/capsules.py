@@ -1,0 +1,307 @@
+"""The capsule lifecycle, in one place: create (and fork's many), destroy, pause, resume, thaw, and what
+an operation on a running capsule needs first. Every route dialect (`/v1`, E2B's API, the traffic proxy,
+the WebSockets) and the host monitor call down into this; none of them changes a capsule's status
+itself.
+
+A `CapsuleService` is cheap: one per request (or per monitor round), over that request's session. Each
+method that changes a row commits it, and records what it did in the audit log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from wrenn.proto.hostagent.v1 import hostagent_pb as pb
+
+from .. import _audit, _errors
+from .._agents import AgentPool
+from .._ids import new_id
+from .._principal import Principal, audit_fields
+from .._scheduler import pick_host
+from ..db import Capsule, Host, HostStatus, Template, states, utcnow
+from ..db import CapsuleStatus as S
+
+#: The name of the platform's default image.
+DEFAULT_TEMPLATE = "minimal"
+
+
+@dataclass(frozen=True, slots=True)
+class CreateSpec:
+    """Everything a create may ask for, with the one set of defaults every dialect uses. A template of
+    the team brings its own shape (vcpus, memory, disk), which replaces these."""
+
+    template: str = DEFAULT_TEMPLATE
+    vcpus: int = 1
+    memory_mb: int = 512
+    disk_size_mb: int = 5120
+    #: Idle seconds before the host pauses it (0: never).
+    timeout_sec: int = 0
+    #: False: the traffic proxy requires the capsule's traffic token on every request.
+    allow_public_traffic: bool = True
+    #: The guest's default environment.
+    envs: dict[str, str] = field(default_factory=dict)
+    #: The caller's labels (E2B's metadata).
+    labels: dict[str, str] = field(default_factory=dict)
+    #: A lifetime deadline (E2B's timeout) and what happens at it: "kill" or "pause".
+    end_at: datetime | None = None
+    on_timeout: str = "kill"
+    idempotency_key: str | None = None
+    request_hash: str = ""
+
+
+DEFAULTS = CreateSpec()
+
+
+def _audit_capsule(
+    session: AsyncSession, capsule: Capsule, action: str, actor: Principal | None, **detail: Any
+) -> None:
+    """An audit entry for `capsule` in its team's log; no actor: the platform itself did it."""
+    if actor is not None:
+        fields = audit_fields(actor)
+    else:
+        fields = {"actor_type": "system", "actor_id": "control-plane", "actor_name": "control plane"}
+    fields["team_id"] = capsule.team_id
+    _audit.record(session, **fields, resource_type="capsule", resource_id=capsule.id, action=action, **detail)
+
+
+class CapsuleService:
+    def __init__(self, session: AsyncSession, agents: AgentPool) -> None:
+        self.session = session
+        self.agents = agents
+
+    # --- finding ------------------------------------------------------------------------------------
+
+    async def get(self, team_id: str, capsule_id: str) -> Capsule:
+        """The team's capsule, in any status; 404 otherwise."""
+        capsule = await self.session.get(Capsule, capsule_id)
+        if capsule is None or capsule.team_id != team_id:
+            raise _errors.not_found(f"capsule {capsule_id}")
+        return capsule
+
+    async def visible(self, team_id: str) -> list[Capsule]:
+        """The team's capsules that have not ended, oldest first."""
+        rows = await self.session.execute(
+            select(Capsule)
+            .where(Capsule.team_id == team_id, Capsule.status.in_(states.VISIBLE))
+            .order_by(Capsule.created_at, Capsule.id)
+        )
+        return list(rows.scalars())
+
+    async def host_of(self, capsule: Capsule) -> Host:
+        """The capsule's host, online; 503 otherwise."""
+        host = await self.session.get(Host, capsule.host_id) if capsule.host_id else None
+        if host is None or host.status != HostStatus.ONLINE:
+            message = f"the host of capsule {capsule.id} is unavailable"
+            raise _errors.ApiError(503, "host_unavailable", message)
+        return host
+
+    async def running(self, team_id: str, capsule_id: str) -> tuple[Capsule, Host]:
+        """The team's running capsule and its host, for an operation inside it; its activity is
+        recorded (committed)."""
+        capsule = await self.get(team_id, capsule_id)
+        if capsule.status == S.MISSING:  # its host went silent: the VM may come back with it
+            message = f"the host of capsule {capsule_id} is unreachable"
+            raise _errors.ApiError(503, "host_unavailable", message)
+        if capsule.status != S.RUNNING:
+            raise _errors.invalid_state(f"capsule {capsule_id} is {capsule.status}")
+        host = await self.host_of(capsule)
+        capsule.last_active_at = utcnow()
+        await self.session.commit()
+        return capsule, host
+
+    async def template(self, team_id: str, name: str) -> Template | None:
+        """The team's template called `name`."""
+        found = await self.session.execute(
+            select(Template).where(Template.team_id == team_id, Template.name == name)
+        )
+        return found.scalar_one_or_none()
+
+    # --- create -------------------------------------------------------------------------------------
+
+    async def _placement(self, spec: CreateSpec, team_id: str) -> tuple[Host, Template | None, CreateSpec]:
+        """Where capsules of `spec` go, and the spec as it will run: a template's capsules go to the
+        host holding its files and take its shape; others to the least loaded host with room."""
+        template = await self.template(team_id, spec.template)
+        if template is None:
+            return await pick_host(self.session, spec.memory_mb, team_id), None, spec
+        host = await self.session.get(Host, template.host_id) if template.host_id else None
+        if host is None or host.status != HostStatus.ONLINE:
+            raise _errors.ApiError(
+                503, "host_unavailable", f"the host holding template {template.name!r} is unavailable"
+            )
+        shaped = dataclasses.replace(
+            spec, vcpus=template.vcpus, memory_mb=template.memory_mb, disk_size_mb=template.disk_size_mb
+        )
+        return host, template, shaped
+
+    async def create(self, caller: Principal, spec: CreateSpec, count: int = 1) -> list[Capsule]:
+        """Create `count` capsules of `spec` and boot them at once; each row ends `running` or `error`
+        (committed), and the first failure is raised once all have ended. Shared by create and fork."""
+        host, template, spec = await self._placement(spec, caller.team_id)
+        capsules = [
+            Capsule(
+                id=new_id("cl"),
+                team_id=caller.team_id,
+                host_id=host.id,
+                template=spec.template,
+                vcpus=spec.vcpus,
+                memory_mb=spec.memory_mb,
+                timeout_sec=spec.timeout_sec,
+                disk_size_mb=spec.disk_size_mb,
+                envd_token=secrets.token_urlsafe(32),
+                traffic_access_token=None if spec.allow_public_traffic else secrets.token_hex(32),
+                status=S.PENDING,
+                labels=dict(spec.labels),
+                end_at=spec.end_at,
+                on_timeout=spec.on_timeout,
+                idempotency_key=spec.idempotency_key,
+                request_hash=spec.request_hash,
+            )
+            for _ in range(count)
+        ]
+        self.session.add_all(capsules)
+        await self.session.commit()
+        client = self.agents.client(host.address)
+
+        def boot(capsule: Capsule) -> Any:
+            request = pb.CreateSandboxRequest(
+                sandbox_id=capsule.id,
+                template=template.id if template else spec.template,
+                vcpus=spec.vcpus,
+                memory_mb=spec.memory_mb,
+                disk_size_mb=spec.disk_size_mb,
+                timeout_sec=spec.timeout_sec,
+                team_id=caller.team_id,
+                envd_access_token=capsule.envd_token,
+                allow_internet=True,
+                default_env=spec.envs,
+            )
+            return self.agents.call(host.id, client.create_sandbox(request, timeout_ms=600_000))
+
+        # The boots go on even if the client goes away, so every row ends running or error.
+        boots = asyncio.ensure_future(asyncio.gather(*(boot(c) for c in capsules), return_exceptions=True))
+        results = await asyncio.shield(boots)
+        failure: BaseException | None = None
+        for capsule, created in zip(capsules, results, strict=True):
+            if isinstance(created, BaseException):
+                capsule.status = S.ERROR
+                message = created.message if isinstance(created, _errors.ApiError) else str(created)
+                capsule.error = message[:4000]
+                failure = failure or created
+                continue
+            sandbox = created.sandbox or pb.SandboxInfo()
+            capsule.status, capsule.started_at, capsule.last_active_at = S.RUNNING, utcnow(), utcnow()
+            capsule.host_ip = sandbox.host_ip
+            capsule.metadata_ = {
+                "kernel_version": sandbox.kernel_version,
+                "envd_version": sandbox.envd_version,
+                "from_snapshot": bool(sandbox.from_snapshot),
+            }
+            _audit_capsule(self.session, capsule, "create", caller)
+        await self.session.commit()
+        if failure is not None:
+            raise failure
+        return capsules
+
+    # --- destroy ------------------------------------------------------------------------------------
+
+    async def destroy(
+        self, capsule: Capsule, actor: Principal | None, *, commit: bool = True, **detail: Any
+    ) -> None:
+        """Destroy the capsule's VM on its host and mark it `stopped`. A VM its host no longer knows
+        counts as destroyed; any other agent error is raised and the row is left as it was. Without
+        `commit` (a team deletion destroying many), the caller commits. `detail` goes to the audit log."""
+        host = await self.session.get(Host, capsule.host_id) if capsule.host_id else None
+        if capsule.status == S.HIBERNATED and (host is None or host.status != HostStatus.ONLINE):
+            # its archive is in the shared cold storage: any online host can delete it
+            host = (
+                await self.session.execute(select(Host).where(Host.status == HostStatus.ONLINE).limit(1))
+            ).scalar()
+        if capsule.status != S.STOPPED and host is not None:
+            try:
+                await self.agents.call(
+                    host.id,
+                    self.agents.client(host.address).destroy_sandbox(
+                        pb.DestroySandboxRequest(sandbox_id=capsule.id)
+                    ),
+                )
+            except _errors.ApiError as exc:
+                if exc.code != "not_found":  # already gone on the host: destroyed is destroyed
+                    raise
+        capsule.status = S.STOPPED
+        _audit_capsule(self.session, capsule, "destroy", actor, **detail)
+        if commit:
+            await self.session.commit()
+
+    # --- pause and resume ---------------------------------------------------------------------------
+
+    async def pause(self, capsule: Capsule, actor: Principal | None) -> Host:
+        """Pause a running capsule on its host and mark it `paused` (committed); its host. Pausing a
+        paused capsule does nothing."""
+        if capsule.status == S.PAUSED:
+            return await self.host_of(capsule)
+        capsule, host = await self.running(capsule.team_id, capsule.id)
+        await self.agents.call(
+            host.id,
+            self.agents.client(host.address).pause_sandbox(
+                pb.PauseSandboxRequest(sandbox_id=capsule.id), timeout_ms=300_000
+            ),
+        )
+        capsule.status, capsule.host_ip, capsule.paused_at = S.PAUSED, "", utcnow()
+        _audit_capsule(self.session, capsule, "pause", actor)
+        await self.session.commit()
+        return host
+
+    async def resume(self, capsule: Capsule, actor: Principal | None) -> bool:
+        """Bring a paused or hibernated capsule back and mark it `running` (committed); whether it had to.
+        A snapshot its host cannot restore turns the capsule to `error`."""
+        if capsule.status == S.RUNNING:
+            return False
+        if capsule.status == S.HIBERNATED:
+            await self._thaw(capsule)
+        elif capsule.status == S.PAUSED:
+            host = await self.host_of(capsule)
+            rpc = self.agents.client(host.address).resume_sandbox(
+                pb.ResumeSandboxRequest(sandbox_id=capsule.id), timeout_ms=300_000
+            )
+            await self._wake(capsule, host, rpc, on_failure=S.PAUSED)
+        else:
+            message = f"capsule {capsule.id} is {capsule.status}: only a paused one resumes"
+            raise _errors.invalid_state(message)
+        _audit_capsule(self.session, capsule, "resume", actor)
+        await self.session.commit()
+        return True
+
+    async def _thaw(self, capsule: Capsule) -> None:
+        """A hibernated capsule wakes on whichever host has room (hosts share the cold storage)."""
+        host = await pick_host(self.session, capsule.memory_mb, capsule.team_id)
+        capsule.status, capsule.host_id = S.STARTING, host.id  # counted on that host from now on
+        await self.session.commit()
+        rpc = self.agents.client(host.address).thaw_sandbox(
+            pb.ThawSandboxRequest(sandbox_id=capsule.id), timeout_ms=900_000
+        )
+        await self._wake(capsule, host, rpc, on_failure=S.HIBERNATED)
+
+    async def _wake(self, capsule: Capsule, host: Host, rpc: Awaitable[Any], on_failure: S) -> None:
+        """Await the agent's resume or thaw and mark the capsule `running` on `host`. A snapshot the host
+        cannot restore turns it to `error`; any other failure leaves it `on_failure` (committed)."""
+        try:
+            woken = await self.agents.call(host.id, rpc)
+        except _errors.ApiError as exc:
+            if exc.code == "snapshot_unusable":
+                capsule.status, capsule.error = S.ERROR, exc.message[:4000]
+            else:
+                capsule.status = on_failure
+            await self.session.commit()
+            raise
+        capsule.status, capsule.last_active_at, capsule.paused_at = S.RUNNING, utcnow(), None
+        capsule.host_ip = woken.sandbox.host_ip if woken.sandbox else ""
