@@ -213,6 +213,23 @@ def test_api_key_created_shown_once_and_revoked(platform: Platform, alice: User)
     assert_clean(alice)
 
 
+def test_byoc_host_registration_token_and_delete(platform: Platform, alice: User) -> None:
+    """The team's owner adds a BYOC host (its one-time token shown once) and deletes it again."""
+    page = alice.page
+    page.goto(f"{platform.base_url}/dashboard/hosts")
+    page.get_by_role("button", name="New BYOC host").click()
+    token = page.locator("[data-testid=registration-token]").inner_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", token)
+    page.get_by_role("button", name="Done").click()
+    row = page.locator("[data-testid=host-list] [data-host]").first
+    row.locator('[data-status="pending"]').wait_for()
+    host_id = row.get_attribute("data-host")
+    row.get_by_role("button", name=f"Delete host {host_id}").click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete host").click()
+    row.wait_for(state="detached")
+    assert_clean(alice)
+
+
 def test_another_team_sees_none_of_these_capsules(
     platform: Platform, new_user: Any, state: dict[str, Any]
 ) -> None:
