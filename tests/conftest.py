@@ -194,8 +194,10 @@ def wrenn_server(image: Image) -> Iterator[tuple[str, str]]:
         yield from _control_plane(agent.url, agent.token_file)
 
 
-def _control_plane(agent_url: str, token_file: Path) -> Iterator[tuple[str, str]]:
-    root = Path(tempfile.mkdtemp(prefix="wrenn-cp-"))
+def _control_plane(agent_url: str, token_file: Path, root: Path | None = None) -> Iterator[tuple[str, str]]:
+    """The control plane on a free port, its data (SQLite) under `root` (default: a new temporary dir,
+    removed afterwards). The first account, `sdk@example.com`, is the platform's admin."""
+    root = root or Path(tempfile.mkdtemp(prefix="wrenn-cp-"))
     port = free_port()
     log_path = root / "server.log"
     with log_path.open("wb") as log:

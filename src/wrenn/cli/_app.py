@@ -107,7 +107,9 @@ def up(
         "      # WRENN_BASE_URL and WRENN_API_KEY for the SDK and the CLI\n"
         "  python3 -c 'from wrenn import Capsule; print(Capsule().commands.run(\"uname -a\").stdout)'\n"
         "  wrenn capsule create | list | exec ID -- CMD | shell ID | cp SRC DST | kill ID\n"
-        f"  API docs: {platform.base_url}/docs      stop everything: wrenn down"
+        f"  API docs: {platform.base_url}/docs      stop everything: wrenn down\n"
+        f"\nDashboard: {platform.base_url}/   sign in as {platform.admin_email}, "
+        f"password {platform.admin_password}  (also in {_platform.Platform.state_file(data_dir)})"
     )
     if detach:
         return
