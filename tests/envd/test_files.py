@@ -39,6 +39,14 @@ def test_multipart_upload_one_file_creates_parents_and_owns_it(envd: Envd, workd
     assert _leftovers(workdir) == []
 
 
+def test_two_parts_for_one_path_are_refused(envd: Envd, workdir: Path) -> None:
+    target = str(workdir / "twice.txt")
+    with envd.client() as c:
+        r = c.post("/files", files=[("file", (target, b"first")), ("file", (target, b"second"))])
+    assert r.status_code == 400 and "same path" in r.json()["message"]
+    assert Path(target).read_bytes() == b"first"  # what was written before the refusal stays, as with E2B
+
+
 def test_multipart_several_files_by_filename_relative_to_home(envd: Envd, workdir: Path) -> None:
     with envd.client() as c:
         r = c.post(

@@ -301,7 +301,13 @@ class _UploadSession:
         raw = self.path if (self.path and not self.written) else name
         if not raw:
             raise UploadError(HTTPStatus.BAD_REQUEST, "no destination: pass ?path= or a filename in the part")
-        self.current = _TargetFile(_paths.resolve(raw, self.user.home), self.user, self.limit, self.length)
+        path = _paths.resolve(raw, self.user.home)
+        if any(entry["path"] == path for entry in self.written):  # refused as E2B's envd refuses it
+            raise UploadError(
+                HTTPStatus.BAD_REQUEST,
+                f"you cannot upload multiple files to the same path '{path}' in one upload request",
+            )
+        self.current = _TargetFile(path, self.user, self.limit, self.length)
 
     def _close(self) -> None:
         assert self.current is not None
