@@ -206,6 +206,7 @@ def test_errors(capsule: Capsule, client: httpx.Client) -> None:
         "code": "port_unreachable",
         "message": f"nothing listens on port 8001 in capsule {capsule.capsule_id}",
     }
+    assert r.json()["message"] == "The sandbox is running but port is not open"  # E2B's proxy's words
     r = client.get("/", headers=_host("cl-doesnotexist0000000000000"))  # E2B's proxy's answer, and ours
     assert (r.status_code, r.json()["error"]["code"], r.json()["message"]) == (
         502,

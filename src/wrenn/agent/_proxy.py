@@ -8,11 +8,11 @@ This app is served on a listener of its own, apart from the control API: it answ
 it is spelled. Paths with dot segments, empty segments, backslashes or encoded slashes are refused before
 anything is looked up.
 
-As E2B's proxy does, a sandbox that is not here is answered 502 "The sandbox was not found", and when a
-sandbox is destroyed (or its VM dies) every request and socket open to it is cut at once rather than left
-hanging on a guest that will never answer: E2B's SDK then asks `/health`, hears "not found" and raises
-its "sandbox was killed" error. Redirects naming the guest's own address are rewritten to the public URL
-(`_redirects`)."""
+As E2B's proxy does, a sandbox that is not here is answered 502 "The sandbox was not found" (a port where
+nothing listens, 502 "The sandbox is running but port is not open"), and when a sandbox is destroyed (or
+its VM dies) every request and socket open to it is cut at once rather than left hanging on a guest that
+will never answer: E2B's SDK then asks `/health`, hears "not found" and raises its "sandbox was killed"
+error. Redirects naming the guest's own address are rewritten to the public URL (`_redirects`)."""
 
 from __future__ import annotations
 
@@ -126,7 +126,9 @@ class ProxyApp:
                     extra = {"sandbox": sandbox_id, "port": port, "error": str(exc)}
                     log.info("port unreachable", extra=extra)
                     message = f"nothing listens on port {port} in capsule {sandbox_id}"
-                    await send_error(scope, send, 502, "port_unreachable", message)
+                    e2b = {"sandboxId": sandbox_id, "port": port, "code": 502,
+                           "message": "The sandbox is running but port is not open"}  # fmt: skip
+                    await send_error(scope, send, 502, "port_unreachable", message, e2b)  # E2B's too
                     return
         if cut.is_set():
             await downstream.cut(sandbox_id)
