@@ -194,6 +194,10 @@ def wrenn_server(image: Image) -> Iterator[tuple[str, str]]:
         yield from _control_plane(agent.url, agent.token_file)
 
 
+#: Each running test control plane's data directory (its SQLite database is `wrenn.db` there), by base URL.
+CONTROL_PLANE_DIRS: dict[str, Path] = {}
+
+
 def _control_plane(agent_url: str, token_file: Path, root: Path | None = None) -> Iterator[tuple[str, str]]:
     """The control plane on a free port, its data (SQLite) under `root` (default: a new temporary dir,
     removed afterwards). The first account, `sdk@example.com`, is the platform's admin."""
@@ -225,8 +229,10 @@ def _control_plane(agent_url: str, token_file: Path, root: Path | None = None) -
         key = httpx.post(
             f"{base}/v1/api-keys", json={"name": "sdk"}, headers={"Authorization": f"Bearer {token}"}
         )
+        CONTROL_PLANE_DIRS[base] = root
         yield base, key.json()["key"]
     finally:
+        CONTROL_PLANE_DIRS.pop(base, None)
         server.terminate()
         server.wait(30)
         shutil.rmtree(root, ignore_errors=True)
