@@ -33,7 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument("--template", default="minimal", choices=sorted(TEMPLATES))
         p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=f"default {DEFAULT_DATA_DIR}")
     b.add_argument("--force", action="store_true", help="rebuild even when up to date, ignoring caches")
-    b.add_argument("--disk-size", type=parse_size, default=DEFAULT_DISK_SIZE, help="root disk size (2G)")
+    b.add_argument(
+        "--disk-size",
+        type=parse_size,
+        default=None,
+        help=f"root disk size (the template's, else {DEFAULT_DISK_SIZE >> 30}G)",
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress display")
     return parser.parse_args(argv)
 
