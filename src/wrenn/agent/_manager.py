@@ -24,7 +24,7 @@ import psutil
 
 from wrenn import images
 
-from . import _disk
+from . import _disk, _readiness
 from ._cgroup import Cgroups, Limits, kill_all
 from ._cold import ColdStorageError, ColdStore
 from ._config import AgentConfig
@@ -475,8 +475,10 @@ class SandboxManager:
         disk = sandbox.workdir / ("rootfs.raw" if raw else "rootfs.qcow2")
         create_disk = _disk.create_copy if raw else _disk.create_overlay
         sandbox.disk = await create_disk(image.rootfs, disk, sandbox.params.disk_size_mb)
-        sandbox.vm = await self.driver.start(self._spec(sandbox, image))
+        vm = sandbox.vm = await self.driver.start(self._spec(sandbox, image))
         await self._attach(sandbox, access_token=None)
+        if not await _readiness.wait_ready(sandbox.host_ip, image, alive=lambda: vm.returncode is None):
+            ready = None  # a guest whose template services did not come up is never a ready snapshot
         if ready is not None:
             await self._checkpoint_ready(sandbox, ready)
 

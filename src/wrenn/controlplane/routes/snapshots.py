@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from wrenn.images import TEMPLATES
+from wrenn.images import ALIASES, TEMPLATES
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 
 from .. import _audit, _errors
@@ -121,7 +121,7 @@ async def claim_name(
 ) -> None:
     """Make `name` free for a new template of the team: a base image's name is refused; the team's
     template of that name is replaced with `overwrite`, else refused."""
-    if name in TEMPLATES:
+    if name in TEMPLATES or name in ALIASES:
         raise _errors.conflict(f"{name!r} is the name of a base image", "name_reserved")
     existing = await _capsules._template(session, team_id, name)
     if existing is None:
@@ -166,7 +166,7 @@ async def create_snapshot(
     The capsule is left paused. Capsules created with the template's name start in that state."""
     name = body.name or f"template-{secrets.token_hex(4)}"
     agents: AgentPool = request.app.state.agents
-    if name in TEMPLATES:  # before the capsule lookup, as before: a reserved name is refused outright
+    if name in TEMPLATES or name in ALIASES:  # before the capsule lookup, as before: a reserved name is refused outright
         raise _errors.conflict(f"{name!r} is the name of a base image", "name_reserved")
     capsule = await _capsules._capsule(session, caller, body.sandbox_id)
     await claim_name(session, agents, caller.team_id, name, overwrite)
