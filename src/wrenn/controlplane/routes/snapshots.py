@@ -166,7 +166,7 @@ async def create_snapshot(
     The capsule is left paused. Capsules created with the template's name start in that state."""
     name = body.name or f"template-{secrets.token_hex(4)}"
     agents: AgentPool = request.app.state.agents
-    if name in TEMPLATES or name in ALIASES:  # before the capsule lookup, as before: a reserved name is refused outright
+    if name in TEMPLATES or name in ALIASES:  # before the capsule lookup: a reserved name is refused outright
         raise _errors.conflict(f"{name!r} is the name of a base image", "name_reserved")
     capsule = await _capsules._capsule(session, caller, body.sandbox_id)
     await claim_name(session, agents, caller.team_id, name, overwrite)
