@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--identity-file", type=Path, default=defaults.identity_file)
     p.add_argument("--preload", default=",".join(defaults.preload), help="languages started at once")
     p.add_argument("--warm-modules", default=",".join(defaults.warm_modules))
+    p.add_argument("--keepalive-s", type=float, default=defaults.keepalive_s, help="keepalive line interval")
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     args = p.parse_args(argv)
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         identity_file=args.identity_file,
         preload=tuple(x for x in args.preload.split(",") if x),
         warm_modules=tuple(x for x in args.warm_modules.split(",") if x),
+        keepalive_s=args.keepalive_s,
     )
     import uvicorn
 
