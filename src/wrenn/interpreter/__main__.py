@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=49999)
     p.add_argument("--jupyter-url", default=defaults.jupyter_url)
     p.add_argument("--envd-url", default=defaults.envd_url)
+    p.add_argument("--python-kernel", default=defaults.python_kernel, help="kernel spec of Python contexts")
     p.add_argument("--cwd", default=defaults.cwd, help="a new context's working directory")
     p.add_argument("--identity-file", type=Path, default=defaults.identity_file)
     p.add_argument("--preload", default=",".join(defaults.preload), help="languages started at once")
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         jupyter_url=args.jupyter_url,
         envd_url=args.envd_url,
         cwd=args.cwd,
+        python_kernel=args.python_kernel,
         identity_file=args.identity_file,
         preload=tuple(x for x in args.preload.split(",") if x),
         warm_modules=tuple(x for x in args.warm_modules.split(",") if x),

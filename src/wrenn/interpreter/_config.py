@@ -12,6 +12,8 @@ class InterpreterConfig:
     jupyter_url: str = "http://127.0.0.1:8888"
     #: envd, for the sandbox's env vars (`GET /envs`).
     envd_url: str = "http://127.0.0.1:49983"
+    #: The kernel spec of Python contexts.
+    python_kernel: str = "python3"
     #: Where a context starts when it names no directory.
     cwd: str = "/home/user"
     #: Written by envd's /init when a guest restored from a snapshot becomes itself: a change means every

@@ -39,8 +39,11 @@ class Contexts:
     def identity(self) -> str:
         return read_identity(self.config.identity_file)
 
+    def kernel_of(self, language: Language) -> str:
+        return self.config.python_kernel if language.name == "python" else language.kernel
+
     def check_available(self, language: Language) -> None:
-        if self.kernels and language.kernel not in self.kernels:
+        if self.kernels and self.kernel_of(language) not in self.kernels:
             kernels = ", ".join(sorted(self.kernels))
             raise UnknownLanguage(
                 f"language {language.name!r} has no kernel in this sandbox (kernels: {kernels})"
@@ -48,7 +51,7 @@ class Contexts:
 
     async def create(self, language: Language, cwd: str | None = None, warm: bool = False) -> Context:
         self.check_available(language)
-        kernel_id = await self.jupyter.start_kernel(language.kernel)
+        kernel_id = await self.jupyter.start_kernel(self.kernel_of(language))
         context = Context(
             self.jupyter,
             kernel_id,
