@@ -7,6 +7,7 @@ the others restore it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -34,15 +35,17 @@ def platform(image: Image, interpreter_image: Image) -> Iterator[tuple[str, str]
     from tests.agent._agent import running_agent
     from tests.conftest import _control_plane
 
-    with running_agent(f"ci{os.getpid() % 1000:03d}k") as agent:
-        for base_url, api_key in _control_plane(agent.url, agent.token_file):
-            started = time.monotonic()
-            with Capsule(api_key=api_key, base_url=base_url) as first:
-                assert first.run_code("1 + 1", timeout=120).text == "2"
-            print(
-                f"\nfirst code-interpreter capsule (cold boot, ready snapshot): {time.monotonic() - started:.1f} s"
-            )
-            yield base_url, api_key
+    with (
+        running_agent(f"ci{os.getpid() % 1000:03d}k") as agent,
+        contextlib.closing(_control_plane(agent.url, agent.token_file)) as control_plane,
+    ):
+        base_url, api_key = next(control_plane)
+        started = time.monotonic()
+        with Capsule(api_key=api_key, base_url=base_url) as first:
+            assert first.run_code("1 + 1", timeout=120).text == "2"
+        took = time.monotonic() - started
+        print(f"\nfirst code-interpreter capsule (cold boot, ready snapshot): {took:.1f} s")
+        yield base_url, api_key
 
 
 @pytest.fixture(scope="module")
