@@ -186,14 +186,15 @@ class Capsule(_Capsule):
     """A capsule of the code interpreter image with `run_code` (and everything a `Capsule` has).
 
     Defaults to the `code-interpreter` template (E2B's `code-interpreter-v1`, the seed's
-    `code-runner-beta`) and 1 GiB of memory.
+    `code-runner-beta`) and the shape E2B's create uses (1 vCPU, 512 MiB), so that every client shares the
+    image's one ready snapshot.
     """
 
     def __init__(
         self,
         template: str = DEFAULT_TEMPLATE,
         vcpus: int = 1,
-        memory_mb: int = 1024,
+        memory_mb: int = 512,
         timeout: int | None = None,
         *,
         wait: bool = False,
@@ -213,7 +214,7 @@ class Capsule(_Capsule):
         cls,
         template: str = DEFAULT_TEMPLATE,
         vcpus: int = 1,
-        memory_mb: int = 1024,
+        memory_mb: int = 512,
         timeout: int | None = None,
         *,
         wait: bool = False,
@@ -294,7 +295,7 @@ class AsyncCapsule(_AsyncCapsule):
         cls,
         template: str = DEFAULT_TEMPLATE,
         vcpus: int = 1,
-        memory_mb: int = 1024,
+        memory_mb: int = 512,
         timeout: int | None = None,
         *,
         wait: bool = False,
