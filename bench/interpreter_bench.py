@@ -49,31 +49,9 @@ from _common import (
     vm_bench_parser,
     write_results,
 )
-from sdk_bench import State, cleanup, make_data_dir, wrenn
+from sdk_bench import State, cleanup, make_data_dir, platform_up
 
 CELL = "1+1"
-
-
-def platform_up(state: State) -> dict[str, Any]:
-    from _common import free_port
-
-    ports = ["--port", str(free_port()), "--agent-port", str(free_port())]
-    state.up_started = True
-    print(f"wrenn up --detach --with code-interpreter --data-dir {state.data_dir}", file=sys.stderr)
-    up = wrenn(
-        "up",
-        "--detach",
-        "--with",
-        "code-interpreter",
-        "--data-dir",
-        str(state.data_dir),
-        *ports,
-        timeout=1800,
-    )
-    if up.returncode != 0:
-        raise RuntimeError(f"wrenn up failed ({up.returncode}):\n{up.stdout}\n{up.stderr[-3000:]}")
-    saved: dict[str, Any] = json.loads((state.data_dir / "platform.json").read_text())
-    return saved
 
 
 def guest_ip(base_url: str, api_key: str, sandbox_id: str) -> str:
@@ -176,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         cleanup(state, keep_dir=failed)
 
     with guarded(state, finish):
-        saved = platform_up(state)
+        saved = platform_up(state, "--with", "code-interpreter")
         opts = {"api_key": saved["api_key"], "api_url": saved["base_url"], "sandbox_url": saved["base_url"],
                 "request_timeout": 600}  # fmt: skip
         cold = create_and_run(opts, sandboxes)  # boots the image and makes its ready snapshot

@@ -94,11 +94,12 @@ def wrenn(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*WRENN, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
-def platform_up(state: State) -> dict[str, Any]:
-    ports = ["--port", str(free_port()), "--agent-port", str(free_port())]
+def platform_up(state: State, *extra: str) -> dict[str, Any]:
+    """`wrenn up --detach` on the state's data dir and free ports (plus `extra` arguments)."""
+    ports = ["--port", str(free_port()), "--agent-port", str(free_port()), *extra]
     state.up_started = True
     print(f"wrenn up --detach --data-dir {state.data_dir} {' '.join(ports)}", file=sys.stderr)
-    up = wrenn("up", "--detach", "--data-dir", str(state.data_dir), *ports, timeout=900)
+    up = wrenn("up", "--detach", "--data-dir", str(state.data_dir), *ports, timeout=1800)
     if up.returncode != 0:
         raise RuntimeError(f"wrenn up failed ({up.returncode}):\n{up.stdout}\n{up.stderr[-3000:]}")
     saved: dict[str, Any] = json.loads((state.data_dir / "platform.json").read_text())

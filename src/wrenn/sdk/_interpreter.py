@@ -21,7 +21,7 @@ import httpx
 
 from ._capsule import AsyncCapsule as _AsyncCapsule
 from ._capsule import Capsule as _Capsule
-from ._config import RUN_GRACE, Config
+from ._config import RUN_GRACE
 from ._exceptions import aerror_from_response, error_from_response
 from ._models import CapsuleInfo
 
@@ -185,47 +185,11 @@ def _context(body: Any) -> Context:
 class Capsule(_Capsule):
     """A capsule of the code interpreter image with `run_code` (and everything a `Capsule` has).
 
-    Defaults to the `code-interpreter` template (E2B's `code-interpreter-v1`, the seed's
-    `code-runner-beta`) and the shape E2B's create uses (1 vCPU, 512 MiB), so that every client shares the
-    image's one ready snapshot.
+    Its template defaults to `code-interpreter` (E2B's `code-interpreter-v1`, the seed's `code-runner-beta`);
+    its shape to E2B's create's (1 vCPU, 512 MiB), so that every client shares the image's ready snapshot.
     """
 
-    def __init__(
-        self,
-        template: str = DEFAULT_TEMPLATE,
-        vcpus: int = 1,
-        memory_mb: int = 512,
-        timeout: int | None = None,
-        *,
-        wait: bool = False,
-        allow_public_traffic: bool | None = None,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        _info: CapsuleInfo | None = None,
-        _config: Config | None = None,
-    ) -> None:
-        super().__init__(
-            template, vcpus, memory_mb, timeout, wait=wait, allow_public_traffic=allow_public_traffic,
-            api_key=api_key, base_url=base_url, _info=_info, _config=_config,
-        )  # fmt: skip
-
-    @classmethod
-    def create(  # type: ignore[override]
-        cls,
-        template: str = DEFAULT_TEMPLATE,
-        vcpus: int = 1,
-        memory_mb: int = 512,
-        timeout: int | None = None,
-        *,
-        wait: bool = False,
-        allow_public_traffic: bool | None = None,
-        api_key: str | None = None,
-        base_url: str | None = None,
-    ) -> Capsule:
-        return cls(
-            template, vcpus, memory_mb, timeout, wait=wait, allow_public_traffic=allow_public_traffic,
-            api_key=api_key, base_url=base_url,
-        )  # fmt: skip
+    default_template = DEFAULT_TEMPLATE
 
     def run_code(
         self,
@@ -290,25 +254,7 @@ class AsyncCapsule(_AsyncCapsule):
     """`Capsule` of the code interpreter on asyncio: `await AsyncCapsule.create()`, then
     `await capsule.run_code(...)`."""
 
-    @classmethod
-    async def create(  # type: ignore[override]
-        cls,
-        template: str = DEFAULT_TEMPLATE,
-        vcpus: int = 1,
-        memory_mb: int = 512,
-        timeout: int | None = None,
-        *,
-        wait: bool = False,
-        allow_public_traffic: bool | None = None,
-        api_key: str | None = None,
-        base_url: str | None = None,
-    ) -> AsyncCapsule:
-        capsule = await super().create(
-            template, vcpus, memory_mb, timeout, wait=wait, allow_public_traffic=allow_public_traffic,
-            api_key=api_key, base_url=base_url,
-        )  # fmt: skip
-        assert isinstance(capsule, AsyncCapsule)
-        return capsule
+    default_template = DEFAULT_TEMPLATE
 
     async def run_code(
         self,
