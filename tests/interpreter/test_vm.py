@@ -143,7 +143,7 @@ def test_our_sdk_sync_and_async(platform: tuple[str, str]) -> None:
     with Capsule(api_key=api_key, base_url=base_url) as capsule:
         chunks: list[str] = []
         execution = capsule.run_code(
-            "print('a')\nimport numpy\nnumpy.arange(3).sum()", on_stdout=chunks.append
+            "print('a')\nimport numpy\nint(numpy.arange(3).sum())", on_stdout=chunks.append
         )
         assert chunks == ["a\n"] and execution.text == "3" and execution.execution_count
         chart = capsule.run_code("import matplotlib.pyplot as plt\nplt.plot([0, 1], [1, 0]); plt.show()")
