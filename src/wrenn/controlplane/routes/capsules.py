@@ -235,7 +235,8 @@ async def launch(
         capsule.metadata_ = {
             "kernel_version": created.sandbox.kernel_version if created.sandbox else "",
             "envd_version": created.sandbox.envd_version if created.sandbox else "",
-            "from_snapshot": bool(created.sandbox and created.sandbox.from_snapshot),
+            # A string, as every metadata value: the seed SDK's model is dict[str, str].
+            "from_snapshot": "true" if created.sandbox and created.sandbox.from_snapshot else "false",
         }
         _audit.record(
             session, **audit_fields(caller), resource_type="capsule", resource_id=capsule.id, action="create"
