@@ -172,7 +172,7 @@ SEED_SCRIPT = textwrap.dedent(
         "127.0.0.1" if isinstance(host, str) and host.endswith(".127.0.0.1") else host, *a, **k
     )
     from wrenn.code_runner import Capsule
-    with Capsule(api_key=sys.argv[2], base_url=sys.argv[1], wait=True) as capsule:
+    with Capsule(api_key=sys.argv[2], base_url=sys.argv[1]) as capsule:  # a create returns once it runs
         first = capsule.run_code("x = 21\\nprint(x * 2)", timeout=120, jupyter_timeout=120)
         value = capsule.run_code("x")
         failed = capsule.run_code("1 / 0")
