@@ -29,7 +29,7 @@ from ._config import InterpreterConfig
 from ._context import Context, ContextError
 from ._contexts import Contexts
 from ._jupyter import Jupyter, JupyterError
-from ._languages import UnknownLanguage, check_env, resolve
+from ._languages import Language, UnknownLanguage, check_env, resolve
 
 log = logging.getLogger("wrenn.interpreter")
 
@@ -163,7 +163,7 @@ class Server:
         except ValueError as exc:
             raise _Refused(400, str(exc)) from None
 
-    def _language(self, name: object) -> Any:
+    def _language(self, name: object) -> Language:
         if name is not None and not isinstance(name, str):
             raise _Refused(400, "language must be a string")
         try:
