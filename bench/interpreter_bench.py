@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
 import uuid
@@ -42,14 +41,13 @@ from _common import (
     Series,
     guarded,
     now,
-    refuse_other_agents,
     row_table,
     series_table,
     timed,
     vm_bench_parser,
     write_results,
 )
-from sdk_bench import State, cleanup, make_data_dir, platform_up
+from sdk_bench import cleanup, platform_up, prepare
 
 CELL = "1+1"
 
@@ -137,12 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="warm-up round trips of each path (default 3)")
     parser.add_argument("--creates", type=int, default=5, help="timed Sandbox.create + first run_code (5)")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        sys.exit("the host agent needs root")
-    refuse_other_agents(args.allow_other_agents)
-    (args.data_dir / "images").mkdir(parents=True, exist_ok=True)
     started = now()
-    state = State(shared_dir=args.data_dir, data_dir=make_data_dir(args.data_dir))
+    state = prepare(args)
     sandboxes: list[Sandbox] = []
 
     def finish(failed: bool) -> None:

@@ -234,14 +234,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def prepare(args: argparse.Namespace) -> State:
+    """Root, no other host agent (unless allowed), and a private data dir over `--data-dir`'s images."""
     if os.geteuid() != 0:
         sys.exit("the host agent needs root")
     refuse_other_agents(args.allow_other_agents)
     (args.data_dir / "images").mkdir(parents=True, exist_ok=True)
+    return State(shared_dir=args.data_dir, data_dir=make_data_dir(args.data_dir))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     started = now()
-    state = State(shared_dir=args.data_dir, data_dir=make_data_dir(args.data_dir))
+    state = prepare(args)
     with guarded(state, lambda failed: cleanup(state, keep_dir=failed)):
         saved = platform_up(state)
         began = time.perf_counter()
