@@ -104,8 +104,11 @@ class Context:
         if identity == self.identity:
             return
         await self._quiet(self.language.reseed(), "reseeding")
-        self.identity = identity
         self.sandbox_env = None  # a restored template's capsule has env vars of its own
+        self._reseeded(identity)
+
+    def _reseeded(self, identity: str) -> None:
+        self.identity = identity
         log.info("kernel reseeded", extra={"context": self.id, "language": self.language.name})
 
     async def execute(
@@ -121,14 +124,22 @@ class Context:
         """Run one cell, yielding E2B's output lines (without the final end_of_execution)."""
         async with self.lock:
             await self._await_settling()
-            await self._refresh_identity(identity)
-            if self.sandbox_env is None:
+            # What the cell needs first goes in one silent request: a round trip to the kernel each would
+            # cost a restored capsule's first cell several (each is tens of ms, more under emulation).
+            setup, reseed = [], identity != self.identity
+            if reseed:
+                setup.append(self.language.reseed())
+            loaded = self.sandbox_env
+            if loaded is None or reseed:  # a restored template's capsule has env vars of its own
                 loaded = await sandbox_env(access_token)
-                if loaded:
-                    await self._quiet(self.language.set_env(loaded), "the sandbox's env vars")
-                self.sandbox_env = loaded
+                setup += [self.language.set_env(loaded)] if loaded else []
             if envs:
-                await self._quiet(self.language.set_env(envs), "the request's env vars")
+                setup.append(self.language.set_env(envs))
+            if setup:
+                await self._quiet("\n".join(setup), "preparing the cell (seeds, env vars)")
+            self.sandbox_env = loaded
+            if reseed:
+                self._reseeded(identity)
             request = await self.channel.execute(code, silent=False)
             finished = False
             try:
