@@ -228,3 +228,18 @@ def test_a_new_guest_identity_reseeds_the_kernels_generators(interpreter: Interp
     (fresh,) = only(interpreter.execute(draw), "result")
     assert fresh["text"] != same["text"]
     assert "kernel reseeded" in interpreter.logs["interpreter"].read_text()
+
+
+def test_env_vars_load_once_a_request_brings_envds_token(interpreter: Interpreter) -> None:
+    """A cell without the envd token (the seed SDK sends none) cannot read the sandbox's env vars; the
+    context asks envd again with the next request's token instead of keeping the refusal."""
+    r = httpx.post(f"{interpreter.url}/contexts", json={}, timeout=60)
+    context_id = r.json()["id"]
+    code = "import os\n'WRENN_SANDBOX_VAR' in os.environ"
+    with httpx.stream(
+        "POST", f"{interpreter.url}/execute", json={"code": code, "context_id": context_id}
+    ) as r:
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert only(lines, "result")[0]["text"] == "False"
+    assert only(interpreter.execute(code, context_id=context_id), "result")[0]["text"] == "True"
+    httpx.delete(f"{interpreter.url}/contexts/{context_id}")

@@ -17,8 +17,9 @@ from ._languages import Language
 
 log = logging.getLogger("wrenn.interpreter")
 
-#: The sandbox's env vars, read with the caller's envd token (None: no token came with the request).
-EnvSource = Callable[[str | None], Awaitable[dict[str, str]]]
+#: The sandbox's env vars, read with the caller's envd token (the argument; None: the request had none).
+#: It gives None when envd did not give them (no or a wrong token, envd unreachable): a later cell asks again.
+EnvSource = Callable[[str | None], Awaitable[dict[str, str] | None]]
 
 
 class ContextError(RuntimeError):
@@ -58,7 +59,8 @@ class Context:
         self.interrupt_grace_s = interrupt_grace_s
         #: The guest identity this kernel's random state belongs to.
         self.identity = identity
-        #: The sandbox's env vars as last loaded into the kernel (None: not loaded since it started).
+        #: The sandbox's env vars as last loaded into the kernel (None: not loaded since it started, or
+        #: envd did not give them yet).
         self.sandbox_env: dict[str, str] | None = None
         #: Work left by a cell whose client went away: interrupting it and restoring the env vars.
         self._settling: asyncio.Task[None] | None = None

@@ -112,8 +112,9 @@ class Contexts:
                 seen = now
                 await self.reseed_all(now)
 
-    async def sandbox_env(self, access_token: str | None) -> dict[str, str]:
-        """The sandbox's env vars from envd (as E2B's server does, with the caller's envd token)."""
+    async def sandbox_env(self, access_token: str | None) -> dict[str, str] | None:
+        """The sandbox's env vars from envd (as E2B's server does, with the caller's envd token); None when
+        envd does not give them (a request without the token once /init set one, envd unreachable)."""
         headers = {"X-Access-Token": access_token} if access_token else {}
         try:
             r = await self.http.get(f"{self.config.envd_url}/envs", headers=headers, timeout=10)
@@ -122,7 +123,7 @@ class Contexts:
             log.info("envd gave no env vars", extra={"status": r.status_code})
         except (httpx.HTTPError, ValueError) as exc:
             log.warning("cannot read the sandbox's env vars", extra={"error": str(exc)})
-        return {}
+        return None
 
     async def close(self) -> None:
         for context in list(self.by_id.values()):
