@@ -12,7 +12,7 @@ import httpx
 import typer
 from rich.console import Console
 
-from wrenn import __version__
+from wrenn import __version__, images
 
 from . import _capsule, _host, _platform
 from ._auth import NoCredentials
@@ -84,11 +84,25 @@ def up(
     agent_proxy_port: Annotated[
         int, typer.Option(help="the host agent's sandbox-traffic port (default: --agent-port + 1)")
     ] = 0,
+    with_: Annotated[
+        list[str] | None,
+        typer.Option("--with", help="also build this base image, e.g. code-interpreter (repeatable)"),
+    ] = None,
 ) -> None:
     """The whole platform on this machine: control plane, host agent and SQLite; then a first capsule."""
     from wrenn.sdk import Capsule
 
-    platform = _platform.start(data_dir, port, agent_port, err, proxy_port=agent_proxy_port or None)
+    for name in with_ or ():
+        if name not in images.TEMPLATES and name not in images.ALIASES:
+            raise typer.BadParameter(f"no base image {name!r} (known: {', '.join(sorted(images.TEMPLATES))})")
+    platform = _platform.start(
+        data_dir,
+        port,
+        agent_port,
+        err,
+        proxy_port=agent_proxy_port or None,
+        templates=tuple(images.ALIASES.get(n, n) for n in with_ or ()),
+    )
     err.print(f"Wrenn is up at {platform.base_url}. A first capsule:")
     started = time.monotonic()
     with (
