@@ -145,7 +145,7 @@ def test_pages_never_shadow_the_api(api: TestClient) -> None:
     assert api.delete("/templates/x").status_code == 401
     # The traffic proxy still comes first: a capsule host's /dashboard is the capsule's.
     r = api.get("/dashboard/capsules", headers={"host": "8000-cl-nothere.testserver"})
-    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert r.status_code == 502 and r.json()["error"]["code"] == "not_found"  # E2B's answer for no sandbox
 
 
 def test_assets_stay_inside_the_build(api: TestClient) -> None:
