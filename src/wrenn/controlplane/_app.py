@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException
 
 from wrenn import __version__
+from wrenn._shared.private import private_dir
 
 from ._agents import AgentPool
 from ._ca import CertificateAuthority
@@ -20,9 +21,10 @@ from ._errors import ApiError
 from ._hosts import register_local
 from ._monitor import HostMonitor
 from ._proxy import TrafficProxy
+from ._secretbox import SecretBox
 from ._security import Tokens, load_or_create_secret
 from ._settings import Settings
-from .db import make_engine, migrate, sessions
+from .db import make_engine, migrate, private_sqlite_file, sessions
 from .routes import auth, capsules, e2b, keys, snapshots, streams, teams
 from .routes import hosts as hosts_routes
 
@@ -40,7 +42,10 @@ _HTTP_CODES = {
 def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.resolved_database_url)
+        private_dir(settings.data_dir)  # 0700 when the control plane creates it
+        private_sqlite_file(settings.resolved_database_url)
+        box = SecretBox.load_or_create(settings.encryption_key, settings.data_dir)
+        engine = make_engine(settings.resolved_database_url, box)
         await migrate(engine)
         app.state.settings = settings
         app.state.sessions = sessions(engine)

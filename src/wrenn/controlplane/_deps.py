@@ -96,7 +96,7 @@ UserCaller = Annotated[Principal, Depends(user_principal)]
 
 
 def _capsule_service(request: Request, session: Db) -> CapsuleService:
-    return CapsuleService(session, request.app.state.agents)
+    return CapsuleService(session, request.app.state.agents, request.app.state.settings)
 
 
 def _template_service(capsules: Capsules) -> TemplateService:

@@ -27,7 +27,7 @@ from wrenn._shared.asgiproxy import (
 )
 
 from . import _errors
-from ._agents import AgentPool, proxy_url
+from ._agents import AgentPool, Traffic
 from .db import Capsule, Host, HostStatus, as_utc, utcnow
 from .db import CapsuleStatus as S
 from .service import CapsuleService
@@ -76,26 +76,23 @@ class TrafficProxy:
             await send_error(scope, send, 400, "invalid_request", problem)
             return
         try:
-            address, base = await self._resolve(found, scope["headers"])
+            traffic = await self._resolve(found, scope["headers"])
         except _errors.ApiError as exc:
             await send_error(scope, send, exc.status, exc.code, exc.message)
             return
         query = scope.get("query_string", b"").decode("latin-1")
-        url = f"{base}/proxy/{found.capsule_id}/{found.port}{path}" + (f"?{query}" if query else "")
-        agents: AgentPool = self.state.agents
+        url = f"{traffic.base_url}/proxy/{found.capsule_id}/{found.port}{path}" + (
+            f"?{query}" if query else ""
+        )
         try:
-            await forward(
-                scope, receive, send, agents.http_client(address), url,
-                extra_headers=agents.proxy_headers(address),
-            )  # fmt: skip
+            await forward(scope, receive, send, traffic.client, url, extra_headers=traffic.headers)
         except Unreachable as exc:
             log.warning("host agent unreachable", extra={"capsule": found.capsule_id, "error": str(exc)})
             message = f"the host of capsule {found.capsule_id} is unreachable"
             await send_error(scope, send, 503, "host_unavailable", message)
 
-    async def _resolve(self, found: Target, headers: list[tuple[bytes, bytes]]) -> tuple[str, str]:
-        """The address of the capsule's host agent and the base URL of its traffic listener, once the
-        request may go there."""
+    async def _resolve(self, found: Target, headers: list[tuple[bytes, bytes]]) -> Traffic:
+        """How to reach the traffic listener of the capsule's host, once the request may go there."""
         if not 0 < found.port < 65536:
             raise _errors.bad_request(f"port must be 1-65535, not {found.port}")
         sessions: async_sessionmaker[AsyncSession] = self.state.sessions
@@ -109,8 +106,7 @@ class TrafficProxy:
                     raise _errors.forbidden(f"capsule {capsule.id} needs its X-Traffic-Access-Token")
             await self._ensure_running(session, capsule)
             host = await session.get(Host, capsule.host_id) if capsule.host_id else None
-            base = proxy_url(host) if host is not None else None
-            if host is None or host.status != HostStatus.ONLINE or base is None:
+            if host is None or host.status != HostStatus.ONLINE or not host.proxy_port:
                 raise _errors.ApiError(
                     503, "host_unavailable", f"the host of capsule {capsule.id} is unavailable"
                 )
@@ -118,7 +114,8 @@ class TrafficProxy:
             if capsule.last_active_at is None or now - as_utc(capsule.last_active_at) > TOUCH_INTERVAL:
                 capsule.last_active_at = now
                 await session.commit()
-            return host.address, base
+            agents: AgentPool = self.state.agents
+            return agents.traffic(host.address, host.proxy_port, host_id=host.id)
 
     async def _ensure_running(self, session: AsyncSession, capsule: Capsule) -> None:
         """Raise unless the capsule runs; traffic to a paused capsule resumes it first. (One its host
@@ -126,7 +123,7 @@ class TrafficProxy:
         the agent's own proxy.)"""
         if capsule.status in (S.PAUSED, S.HIBERNATED):
             log.info("traffic resumes a paused capsule", extra={"capsule": capsule.id, "was": capsule.status})
-            await CapsuleService(session, self.state.agents).resume(capsule, None)
+            await CapsuleService(session, self.state.agents, self.state.settings).resume(capsule, None)
             return
         if capsule.status == S.MISSING:
             raise _errors.ApiError(

@@ -77,7 +77,7 @@ class _Socket:
         self.capsule_id = capsule_id
         self.host_id = host_id
         self._agents: AgentPool = ws.app.state.agents
-        self.agent: HostAgentServiceClient = self._agents.client(address)
+        self.agent: HostAgentServiceClient = self._agents.client(address, host_id=host_id)
         self._send_lock = asyncio.Lock()
         self._touched = time.monotonic()  # `running` has just bumped it
 
@@ -194,7 +194,9 @@ async def _open(ws: WebSocket, capsule_id: str) -> _Socket:
     """Authenticate the caller and find its running capsule and that capsule's host."""
     caller = await _authenticate(ws)
     async with ws.app.state.sessions() as session:
-        capsule, host = await CapsuleService(session, ws.app.state.agents).running(caller.team_id, capsule_id)
+        capsule, host = await CapsuleService(session, ws.app.state.agents, ws.app.state.settings).running(
+            caller.team_id, capsule_id
+        )
     return _Socket(ws, capsule.id, host.id, host.address)
 
 

@@ -223,7 +223,7 @@ async def delete_team(team_id: str, request: Request, caller: UserCaller, sessio
             .order_by(Capsule.created_at)
         )
     ).scalars()
-    service = CapsuleService(session, agents)
+    service = CapsuleService(session, agents, request.app.state.settings)
     for capsule in list(capsules):
         capsule_id = capsule.id  # read before a rollback expires it
         try:
