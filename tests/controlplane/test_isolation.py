@@ -2,7 +2,7 @@
 and logs. The routes come from the app's OpenAPI spec, so a new route is covered (or fails here, asking
 for a sample id) without editing this file.
 
-Two plain users (not the platform admin: that is the first account) each own a team with a capsule on a
+Two plain users (no sign-up makes a platform admin) each own a team with a capsule on a
 host, an API key and a second member. For every route with a path parameter naming a resource, team B
 calls it with team A's ids (and every mix of A's and B's own ids), with its JWT and with its API key; the
 answer must be a refusal (404, or 403; 401 where the credential cannot reach the route at all) and the
@@ -77,7 +77,7 @@ class Team:
 
 @pytest.fixture
 def teams(api: TestClient) -> tuple[Team, Team]:
-    signup(api, "root@example.com")  # the first account administers the platform; A and B are plain users
+    signup(api, "root@example.com")  # no sign-up makes an admin: A and B (and root) are plain users
     return Team(api, "ada@example.com"), Team(api, "bob@example.com")
 
 

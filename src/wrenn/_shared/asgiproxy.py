@@ -104,10 +104,14 @@ def new_client(
     )
 
 
-async def send_error(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
-    """Answer `{"error": {"code", "message"}}` with `status`; a WebSocket is refused with it."""
+async def send_error(
+    scope: Scope, send: Send, status: int, code: str, message: str, extra: dict[str, str] | None = None
+) -> None:
+    """Answer `{"error": {"code", "message"}}` with `status` (and `extra` headers); a WebSocket is refused
+    with it."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (extra or {}).items()]
     if scope["type"] == "websocket":
         if "websocket.http.response" not in scope.get("extensions", {}):
             await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})

@@ -77,6 +77,9 @@ def agent_error(exc: ConnectError, host_id: str) -> ApiError:
     if exc.code is Code.UNAVAILABLE and "does not answer" not in exc.message:
         return unreachable(host_id, exc.message)
     status, code = _STATUS.get(exc.code, (502, "agent_error"))
+    if code == "agent_error":  # the agent's own failure: its words (paths, commands) stay in the log
+        log.warning("host agent failed", extra={"host": host_id, "code": exc.code.name, "error": exc.message})
+        return ApiError(status, code, f"host {host_id} failed to do it ({exc.code.name.lower()})")
     return ApiError(status, code, exc.message)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 
 from fastapi import APIRouter, Request
@@ -12,12 +11,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import _audit, _errors
 from .._deps import Db, UserCaller
-from .._ids import new_id, new_slug
-from .._security import DUMMY_HASH, Claims, hash_password, verify_password
-from ..db import LoginFailure, Membership, Team, User, utcnow
+from .._security import DUMMY_HASH, Claims, verify_password
+from .._settings import Settings
+from ..db import LoginFailure, Membership, User, utcnow
+from ..service.accounts import consume_bootstrap, create_user_with_team
 
 router = APIRouter(tags=["auth"])
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 class SignupBody(BaseModel):
@@ -43,29 +42,9 @@ class AuthResponse(BaseModel):
     name: str
 
 
-def _token(request: Request, user: User, team_id: str, role: str) -> AuthResponse:
+def token_response(request: Request, user: User, team_id: str, role: str) -> AuthResponse:
     token = request.app.state.tokens.issue(Claims(user.id, team_id, role, user.email))
     return AuthResponse(token=token, user_id=user.id, team_id=team_id, email=user.email, name=user.name)
-
-
-async def create_user_with_team(
-    session: AsyncSession, email: str, password: str, name: str
-) -> tuple[User, Team]:
-    email = email.strip().lower()
-    if not EMAIL.match(email):
-        raise _errors.bad_request("email is not a valid address")
-    if (await session.execute(select(User).where(User.email == email))).scalar_one_or_none() is not None:
-        raise _errors.conflict("an account with this email already exists")
-    user = User(
-        id=new_id("usr"), email=email, name=name or email.split("@")[0], password_hash=hash_password(password)
-    )
-    # The platform's first account administers it (regular hosts, ...).
-    user.is_admin = not await session.scalar(select(func.count()).select_from(User))
-    team = Team(id=new_id("team"), name=f"{user.name}'s team", slug=new_slug())
-    session.add_all([user, team])
-    await session.flush()
-    session.add(Membership(team_id=team.id, user_id=user.id, role="owner", is_default=True))
-    return user, team
 
 
 @router.post("/v1/auth/signup", status_code=201, response_model=AuthResponse)
@@ -83,29 +62,49 @@ async def signup(body: SignupBody, request: Request, session: Db) -> AuthRespons
         action="signup",
     )
     await session.commit()
-    return _token(request, user, team.id, "owner")
+    return token_response(request, user, team.id, "owner")
+
+
+def _client(request: Request) -> str:
+    """The client's address (a trusted proxy's `X-Forwarded-For` already applied by the server)."""
+    return (request.client.host if request.client else "")[:64]
+
+
+async def _throttled(session: AsyncSession, settings: Settings, email: str, address: str) -> bool:
+    """Whether failed logins went over a limit: for this email from this address, from this address
+    (any emails: spraying), or for this email from everywhere (a guess spread over addresses)."""
+    since = utcnow() - timedelta(seconds=settings.login_window_s)
+    for where, allowed in (
+        ((LoginFailure.email == email, LoginFailure.address == address), settings.login_attempts),
+        ((LoginFailure.address == address,), settings.login_attempts_per_address),
+        ((LoginFailure.email == email,), settings.login_attempts_per_email),
+    ):
+        failures = await session.scalar(
+            select(func.count()).select_from(LoginFailure).where(LoginFailure.at > since, *where)
+        )
+        if (failures or 0) >= allowed:
+            return True
+    return False
 
 
 @router.post("/v1/auth/login", response_model=AuthResponse)
 async def login(body: LoginBody, request: Request, session: Db) -> AuthResponse:
-    email = body.email.strip().lower()
-    settings = request.app.state.settings
-    since = utcnow() - timedelta(seconds=settings.login_window_s)
-    failures = await session.scalar(
-        select(func.count())
-        .select_from(LoginFailure)
-        .where(LoginFailure.email == email, LoginFailure.at > since)
-    )
-    if (failures or 0) >= settings.login_attempts:
-        raise _errors.ApiError(429, "rate_limited", "too many failed logins: try again in a few minutes")
+    email, address = body.email.strip().lower(), _client(request)
+    settings: Settings = request.app.state.settings
+    if await _throttled(session, settings, email, address):
+        raise _errors.ApiError(
+            429, "rate_limited", "too many failed logins: try again in a few minutes"
+        ).with_headers({"Retry-After": str(settings.login_window_s)})
     user = (await session.execute(select(User).where(User.email == email))).scalar_one_or_none()
     if not verify_password(user.password_hash if user else DUMMY_HASH, body.password) or user is None:
-        session.add(LoginFailure(email=email))
+        session.add(LoginFailure(email=email, address=address))
         await session.commit()
         raise _errors.unauthorized("wrong email or password")
     if user.status != "active":
         raise _errors.ApiError(403, "account_disabled", "this account is disabled")
-    await session.execute(delete(LoginFailure).where(LoginFailure.email == email))
+    await session.execute(
+        delete(LoginFailure).where(LoginFailure.email == email, LoginFailure.address == address)
+    )
     member = (
         (
             await session.execute(
@@ -118,7 +117,7 @@ async def login(body: LoginBody, request: Request, session: Db) -> AuthResponse:
     if member is None:
         raise _errors.ApiError(403, "no_team", "this account belongs to no team")
     await session.commit()
-    return _token(request, user, member.team_id, member.role)
+    return token_response(request, user, member.team_id, member.role)
 
 
 @router.post("/v1/auth/switch-team", response_model=AuthResponse)
@@ -131,7 +130,7 @@ async def switch_team(
         raise _errors.not_found(f"team {body.team_id}")
     user = await session.get(User, caller.user_id)
     assert user is not None
-    return _token(request, user, member.team_id, member.role)
+    return token_response(request, user, member.team_id, member.role)
 
 
 @router.get("/v1/me")
@@ -147,3 +146,28 @@ async def me(caller: UserCaller, session: Db) -> dict[str, object]:
         "team_id": caller.team_id,
         "role": caller.role,
     }
+
+
+class BootstrapBody(SignupBody):
+    #: The one-time token in `<data dir>/bootstrap-token` of the control plane that made it.
+    token: str = Field(min_length=1, max_length=128)
+
+
+@router.post("/v1/admin/bootstrap", status_code=201, response_model=AuthResponse, tags=["admin"])
+async def bootstrap(body: BootstrapBody, request: Request, session: Db) -> AuthResponse:
+    """The platform's first admin: an account (with its default team) made a platform admin by the
+    one-time bootstrap token. Works once; 401 for any other token."""
+    await consume_bootstrap(session, body.token)
+    user, team = await create_user_with_team(session, body.email, body.password, body.name, admin=True)
+    _audit.record(
+        session,
+        team_id=team.id,
+        actor_type="user",
+        actor_id=user.id,
+        actor_name=user.email,
+        resource_type="user",
+        resource_id=user.id,
+        action="bootstrap_admin",
+    )
+    await session.commit()
+    return token_response(request, user, team.id, "owner")

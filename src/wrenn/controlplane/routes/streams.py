@@ -32,7 +32,7 @@ from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient
 
 from .. import _errors
-from .._agents import AgentPool, agent_error
+from .._agents import AgentPool, agent_error, unreachable
 from .._deps import Principal, authenticate, has_credentials, token_principal
 from ..db import Capsule, utcnow
 from ..service import CapsuleService
@@ -106,7 +106,7 @@ class _Socket:
         except ConnectError as exc:
             raise agent_error(exc, self.host_id) from None
         except OSError as exc:
-            raise _errors.ApiError(503, "host_unavailable", f"host {self.host_id}: {exc}") from None
+            raise unreachable(self.host_id, exc) from None
         finally:
             closer = getattr(stream, "aclose", None)
             if closer is not None:

@@ -112,3 +112,23 @@ async def admit(session: AsyncSession, settings: Settings, team_id: str, wanted:
                 "quota_exceeded",
                 f"the team's quota is {allowed} {label}: {used} in use, {more} more asked",
             )
+
+
+async def report(session: AsyncSession, settings: Settings, team_id: str) -> dict[str, object]:
+    """The team's quotas in force, its own settings (null: default), the defaults and its usage."""
+    team = await session.get(Team, team_id)
+    return {
+        "team_id": team_id,
+        "quotas": (await limits(session, settings, team_id)).as_dict(),
+        "own": own(team) if team is not None else dict.fromkeys(FIELDS),
+        "defaults": defaults(settings).as_dict(),
+        "usage": (await usage(session, team_id)).as_dict(),
+    }
+
+
+async def set_own(session: AsyncSession, team: Team, values: dict[str, int | None]) -> None:
+    """Set the team's own quotas (None: back to the default); the caller commits."""
+    for name, value in values.items():
+        if name not in FIELDS:
+            raise ValueError(name)
+        setattr(team, f"quota_{name}", value)
