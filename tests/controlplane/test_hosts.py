@@ -4,7 +4,6 @@ TLS to a (fake) agent, and the host monitor. On SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import socket
 import ssl
 import threading

@@ -330,7 +330,7 @@ def test_registered_hosts_are_reached_over_mutual_tls(tmp_path: Path) -> None:
         assert (r.status_code, r.text) == (200, "/proxy/cl-x/8000/")
         # Another host registered at this address reaches nothing: the agent there is host-tls.
         impostor = pool.traffic(address, port, host_id="host-byoc")
-        with pytest.raises(httpx.ConnectError, match="(?i)certificate"):
+        with pytest.raises(httpx.ConnectError, match=r"(?i)certificate"):
             await impostor.client.get(f"{impostor.base_url}/proxy/cl-x/8000/")
         async with new_client(verify=ssl.create_default_context(cadata=ca.cert_pem)) as bare:
             with pytest.raises(httpx.TransportError):
