@@ -1,6 +1,9 @@
 """The platform the attack suite runs against: a control plane process over a real host agent that boots
 real VMs, shared by every module of `tests/security` (one agent, one first boot). Two teams, each with an
-API key; team A has a capsule serving HTTP on port 8000."""
+API key; team A has a capsule serving HTTP on port 8000.
+
+Attacks that need no VM run against the control plane in-process instead (`cp`, on SQLite and
+PostgreSQL), over a recording stand-in agent (`_fake_agent.py`) that says which calls reached it."""
 
 from __future__ import annotations
 

@@ -5,9 +5,38 @@ guard that refuses private addresses). Whatever the backend dials, TLS still ver
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 import httpcore
 import httpx
+
+
+class Dialer(httpcore.AsyncNetworkBackend):
+    """A network backend that decides where a name's connection goes: `address(host)` returns the address
+    to connect to, or raises `httpcore.ConnectError` to refuse."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.AnyIOBackend()
+
+    async def address(self, host: str, port: int) -> str:
+        raise NotImplementedError
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        target = await self.address(host, port)
+        return await self._inner.connect_tcp(target, port, timeout, local_address, socket_options)
+
+    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("this client opens no unix sockets")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
 
 
 def transport(

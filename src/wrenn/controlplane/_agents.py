@@ -33,6 +33,7 @@ import pyqwest
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
+from wrenn._shared import dial
 from wrenn._shared.asgiproxy import new_client
 from wrenn.proto.hostagent.v1.auth import HEADER as TOKEN_HEADER
 from wrenn.proto.hostagent.v1.auth import TokenInterceptor
@@ -110,29 +111,19 @@ def _target(address: str) -> tuple[str, int]:
     return name, port or 443
 
 
-class _PinnedBackend(httpcore.AsyncNetworkBackend):
+class _PinnedBackend(dial.Dialer):
     """Opens connections for `<host id>.hosts.wrenn.internal` to the address that host registered; any other
     name is refused. TLS then verifies the URL's name, i.e. the host id."""
 
     def __init__(self) -> None:
-        self._inner = httpcore.AnyIOBackend()
+        super().__init__()
         self.routes: dict[str, str] = {}
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.AsyncNetworkStream:
+    async def address(self, host: str, port: int) -> str:
         target = self.routes.get(host)
         if target is None:
             raise httpcore.ConnectError(f"no registered host is called {host}")
-        return await self._inner.connect_tcp(target, port, timeout, local_address, socket_options)
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+        return target
 
 
 class AgentPool:

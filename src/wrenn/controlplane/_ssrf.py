@@ -21,7 +21,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable
-from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -81,21 +80,14 @@ class AddressGuard:
             raise Refused(f"only http and https URLs with a host are fetched, not {url[:100]!r}")
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
+class GuardedBackend(dial.Dialer):
     """Resolves a name, checks every address it has, and connects to an accepted one by its address."""
 
     def __init__(self, guard: AddressGuard) -> None:
+        super().__init__()
         self.guard = guard
-        self._inner = httpcore.AnyIOBackend()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.AsyncNetworkStream:
+    async def address(self, host: str, port: int) -> str:
         try:
             found = await anyio.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
         except OSError as exc:
@@ -105,13 +97,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         if problems or not addresses:
             # One bad address refuses the name: a client must not get to pick among them.
             raise Refused(f"refused to connect to {host}: {'; '.join(problems) or 'no address'}")
-        return await self._inner.connect_tcp(addresses[0], port, timeout, local_address, socket_options)
-
-    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        raise Refused("unix sockets are never fetched for users")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+        return addresses[0]
 
 
 def guarded_client(guard: AddressGuard, timeout_s: float = 10.0) -> httpx.AsyncClient:

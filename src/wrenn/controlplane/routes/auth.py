@@ -50,7 +50,14 @@ def token_response(request: Request, user: User, team_id: str, role: str) -> Aut
 @router.post("/v1/auth/signup", status_code=201, response_model=AuthResponse)
 async def signup(body: SignupBody, request: Request, session: Db) -> AuthResponse:
     """Create an account and its default team. Self-hosted: active at once (no email round trip)."""
-    user, team = await create_user_with_team(session, body.email, body.password, body.name)
+    return await _new_account(request, session, body, admin=False)
+
+
+async def _new_account(
+    request: Request, session: AsyncSession, body: SignupBody, admin: bool
+) -> AuthResponse:
+    """An account and its default team (a platform admin when `admin`), recorded and committed."""
+    user, team = await create_user_with_team(session, body.email, body.password, body.name, admin=admin)
     _audit.record(
         session,
         team_id=team.id,
@@ -59,7 +66,7 @@ async def signup(body: SignupBody, request: Request, session: Db) -> AuthRespons
         actor_name=user.email,
         resource_type="user",
         resource_id=user.id,
-        action="signup",
+        action="bootstrap_admin" if admin else "signup",
     )
     await session.commit()
     return token_response(request, user, team.id, "owner")
@@ -158,16 +165,4 @@ async def bootstrap(body: BootstrapBody, request: Request, session: Db) -> AuthR
     """The platform's first admin: an account (with its default team) made a platform admin by the
     one-time bootstrap token. Works once; 401 for any other token."""
     await consume_bootstrap(session, body.token)
-    user, team = await create_user_with_team(session, body.email, body.password, body.name, admin=True)
-    _audit.record(
-        session,
-        team_id=team.id,
-        actor_type="user",
-        actor_id=user.id,
-        actor_name=user.email,
-        resource_type="user",
-        resource_id=user.id,
-        action="bootstrap_admin",
-    )
-    await session.commit()
-    return token_response(request, user, team.id, "owner")
+    return await _new_account(request, session, body, admin=True)
