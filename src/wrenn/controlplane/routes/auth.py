@@ -14,7 +14,7 @@ from .._deps import Db, UserCaller
 from .._security import DUMMY_HASH, Claims, verify_password
 from .._settings import Settings
 from ..db import LoginFailure, Membership, User, utcnow
-from ..service.accounts import consume_bootstrap, create_user_with_team
+from ..service.accounts import consume_bootstrap, create_user_with_team, spent_token_file
 
 router = APIRouter(tags=["auth"])
 
@@ -165,4 +165,6 @@ async def bootstrap(body: BootstrapBody, request: Request, session: Db) -> AuthR
     """The platform's first admin: an account (with its default team) made a platform admin by the
     one-time bootstrap token. Works once; 401 for any other token."""
     await consume_bootstrap(session, body.token)
-    return await _new_account(request, session, body, admin=True)
+    made = await _new_account(request, session, body, admin=True)
+    spent_token_file(request.app.state.settings.data_dir).unlink(missing_ok=True)  # spent: no use to keep
+    return made

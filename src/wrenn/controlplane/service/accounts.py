@@ -33,6 +33,11 @@ BOOTSTRAP_FILE = "bootstrap-token"
 _BOOTSTRAP_ROW = "platform"
 
 
+def spent_token_file(data_dir: Path) -> Path:
+    """Where this control plane keeps the bootstrap token (removed once it made the admin)."""
+    return data_dir / BOOTSTRAP_FILE
+
+
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -69,7 +74,7 @@ async def prepare_bootstrap(session: AsyncSession, data_dir: Path) -> Path | Non
     """At start: while there is no admin, make sure a bootstrap token exists whose plaintext this control
     plane holds (a new one replaces one this data directory does not hold); the file's path, or None once
     an admin exists (a leftover token is then removed)."""
-    path = data_dir / BOOTSTRAP_FILE
+    path = spent_token_file(data_dir)
     if await has_admin(session):
         await session.execute(delete(BootstrapToken))
         await session.commit()
