@@ -206,8 +206,14 @@ def bootstrap_admin(
     return r
 
 
-def _control_plane(agent_url: str, token_file: Path) -> Iterator[tuple[str, str]]:
-    root = Path(tempfile.mkdtemp(prefix="wrenn-cp-"))
+#: Each running test control plane's data directory (its SQLite database is `wrenn.db` there), by base URL.
+CONTROL_PLANE_DIRS: dict[str, Path] = {}
+
+
+def _control_plane(agent_url: str, token_file: Path, root: Path | None = None) -> Iterator[tuple[str, str]]:
+    """The control plane on a free port, its data (SQLite) under `root` (default: a new temporary dir,
+    removed afterwards). `sdk@example.com`, made with the bootstrap token, is the platform's admin."""
+    root = root or Path(tempfile.mkdtemp(prefix="wrenn-cp-"))
     port = free_port()
     log_path = root / "server.log"
     with log_path.open("wb") as log:
@@ -233,8 +239,10 @@ def _control_plane(agent_url: str, token_file: Path) -> Iterator[tuple[str, str]
         key = httpx.post(
             f"{base}/v1/api-keys", json={"name": "sdk"}, headers={"Authorization": f"Bearer {token}"}
         )
+        CONTROL_PLANE_DIRS[base] = root
         yield base, key.json()["key"]
     finally:
+        CONTROL_PLANE_DIRS.pop(base, None)
         server.terminate()
         server.wait(30)
         shutil.rmtree(root, ignore_errors=True)

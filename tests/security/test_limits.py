@@ -79,8 +79,8 @@ def test_api_keys_are_rate_limited(strict: TestClient) -> None:
 def test_the_traffic_proxy_is_rate_limited_per_address(strict: TestClient) -> None:
     host = {"Host": "8000-cl-nosuchcapsule.wrenn.local"}
     codes = [strict.get("/", headers={**host, "X-Test-Client": "203.0.113.8"}).status_code for _ in range(6)]
-    assert codes[:4] == [404] * 4 and codes[-1] == 429
-    assert strict.get("/", headers={**host, "X-Test-Client": "198.51.100.8"}).status_code == 404
+    assert codes[:4] == [502] * 4 and codes[-1] == 429  # 502: E2B's proxy's "sandbox not found"
+    assert strict.get("/", headers={**host, "X-Test-Client": "198.51.100.8"}).status_code == 502
 
 
 def test_limits_are_settings(cp_settings: Settings) -> None:

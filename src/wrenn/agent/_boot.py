@@ -24,7 +24,7 @@ from pathlib import Path
 
 from wrenn import images
 
-from . import _disk
+from . import _disk, _readiness
 from ._errors import SandboxError
 from ._launch import Launcher, describe_failure
 from ._sandbox import SANDBOX_ID, Sandbox, SandboxParams, Status
@@ -155,8 +155,10 @@ class Booter:
         sandbox.disk = await _disk.create_root(
             image.rootfs, sandbox.workdir, sandbox.params.disk_size_mb, disk_format
         )
-        sandbox.vm = await self.table.driver.start(self.launcher.spec(sandbox, image))
+        vm = sandbox.vm = await self.table.driver.start(self.launcher.spec(sandbox, image))
         await self.launcher.attach(sandbox, access_token=None)
+        if not await _readiness.wait_ready(sandbox.host_ip, image, alive=lambda: vm.returncode is None):
+            ready = None  # a guest whose template services did not come up is never a ready snapshot
         if ready is not None:
             await self._checkpoint_ready(sandbox, ready)
 

@@ -16,6 +16,7 @@ from wrenn import __version__
 from wrenn._shared.asgiproxy import Scope, Send, send_error
 from wrenn._shared.private import private_dir
 
+from . import _site
 from ._agents import AgentPool
 from ._ca import CertificateAuthority
 from ._errors import ApiError
@@ -27,7 +28,7 @@ from ._secretbox import SecretBox
 from ._security import Tokens, load_or_create_secret
 from ._settings import Settings
 from .db import make_engine, migrate, private_sqlite_file, sessions
-from .routes import admin, auth, capsules, e2b, keys, snapshots, streams, teams
+from .routes import admin, auth, capsules, dashboard, e2b, keys, snapshots, streams, teams
 from .routes import hosts as hosts_routes
 from .service.accounts import prepare_bootstrap
 
@@ -140,10 +141,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(hosts_routes.router)
     app.include_router(teams.router)
     app.include_router(e2b.router)  # E2B's REST API: /sandboxes, /v2/sandboxes, ...
+    app.include_router(dashboard.router)  # the dashboard's session cookie and downloads
+    _site.mount(app, settings.dashboard_dir)  # the dashboard's pages, last: they never shadow the API
     app.add_middleware(RequestLimits, settings=settings, respond=_refuse)  # bodies (413), rates (429)
-    app.add_middleware(
-        TrafficProxy, state=app.state, settings=settings
-    )  # `{port}-{capsule_id}.{domain}` traffic (outermost)
+    # `{port}-{capsule_id}.{domain}` traffic, outermost: its bodies and rates are not the API's
+    app.add_middleware(TrafficProxy, state=app.state, settings=settings)
     return app
 
 
@@ -154,7 +156,7 @@ async def _refuse(scope: Scope, send: Send, refusal: Limited) -> None:
     else:
         body = {"error": {"code": refusal.code, "message": refusal.message}}
     if scope["type"] == "websocket":
-        await send_error(scope, send, refusal.status, refusal.code, refusal.message, refusal.headers)
+        await send_error(scope, send, refusal.status, refusal.code, refusal.message, headers=refusal.headers)
         return
     await JSONResponse(body, status_code=refusal.status, headers=refusal.headers)(scope, _no_receive, send)
 

@@ -42,6 +42,8 @@ UNAUTHENTICATED = frozenset(
         "/v1/auth/signup",
         "/v1/auth/login",
         "/v1/admin/bootstrap",
+        "/v1/dashboard/session",
+        "/v1/dashboard/signup",
         "/v1/hosts/register",
         "/v1/hosts/auth/refresh",
     }

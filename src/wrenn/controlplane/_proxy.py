@@ -2,6 +2,10 @@
 `E2b-Sandbox-Id` and `E2b-Sandbox-Port` headers, reaches that port inside the capsule through its host
 agent (`/proxy/{capsule_id}/{port}/{path}`). Every other request goes to the REST app untouched.
 
+As E2B's proxy does: a capsule that is not there (never was, destroyed, failed) is answered 502 "The
+sandbox was not found" (which E2B's SDK reads as "not running"); a private capsule's ports want its
+traffic token, but envd's port does not (envd's own access token guards it).
+
 It is an ASGI middleware of the FastAPI app, so whoever serves the app serves the proxy too."""
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from wrenn._shared.asgiproxy import (
     forward,
     path_problem,
     send_error,
+    send_sandbox_not_found,
 )
 
 from . import _errors
@@ -44,7 +49,8 @@ _SANDBOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 TOKEN_HEADERS = (b"x-traffic-access-token", b"e2b-traffic-access-token")
 #: Wrenn's own credentials: never forwarded into a guest (the application's own headers pass).
 WRENN_HEADERS = frozenset({b"x-api-key", b"x-host-token", b"x-wrenn-agent-token", *TOKEN_HEADERS})
-#: envd's port: its `/files` URLs may be signed (E2B's signed URLs).
+#: envd's port in every capsule: guarded by envd's access token, never by the traffic token. Its
+#: `/files` URLs may be signed (E2B's signed URLs).
 ENVD_PORT = 49983
 #: A capsule's `last_active_at` is bumped by proxied requests at most this often.
 TOUCH_INTERVAL = timedelta(seconds=5)
@@ -65,6 +71,15 @@ def target(headers: list[tuple[bytes, bytes]]) -> Target | None:
     if _SANDBOX_ID.match(capsule_id) and port.isdigit() and len(port) <= 5:
         return Target(capsule_id, int(port))
     return None
+
+
+def _wrenn_cookie(pair: bytes) -> bool:
+    """Whether a `name=value` of a Cookie header is Wrenn's: the dashboard's session (`__Host-wrenn_session`)
+    or any cookie named `wrenn*` (with or without a `__Host-`/`__Secure-` prefix)."""
+    name = pair.split(b"=", 1)[0].strip().lower()
+    for prefix in (b"__host-", b"__secure-"):
+        name = name.removeprefix(prefix)
+    return name.startswith(b"wrenn")
 
 
 class TrafficProxy:
@@ -96,7 +111,10 @@ class TrafficProxy:
         try:
             traffic = await self._resolve(found, scope["headers"])
         except _errors.ApiError as exc:
-            await send_error(scope, send, exc.status, exc.code, exc.message)
+            if exc.code == "not_found":
+                await send_sandbox_not_found(scope, send, found.capsule_id, exc.message)
+            else:
+                await send_error(scope, send, exc.status, exc.code, exc.message)
             return
         url = f"{traffic.base_url}/proxy/{found.capsule_id}/{found.port}{path}" + (
             f"?{query}" if query else ""
@@ -138,7 +156,7 @@ class TrafficProxy:
                 ):
                     continue
             if lowered == b"cookie":
-                kept = [c for c in value.split(b";") if not c.strip().lower().startswith(b"wrenn")]
+                kept = [c for c in value.split(b";") if not _wrenn_cookie(c)]
                 if not kept:
                     continue
                 value = b";".join(kept).strip()
@@ -154,7 +172,7 @@ class TrafficProxy:
             capsule = await session.get(Capsule, found.capsule_id)
             if capsule is None or capsule.status in (S.STOPPED, S.ERROR):
                 raise _errors.not_found(f"capsule {found.capsule_id}")
-            if capsule.traffic_access_token is not None:
+            if capsule.traffic_access_token is not None and found.port != ENVD_PORT:
                 given = next((v for k, v in headers if k.lower() in TOKEN_HEADERS), b"")
                 if not hmac.compare_digest(given, capsule.traffic_access_token.encode()):
                     raise _errors.forbidden(f"capsule {capsule.id} needs its X-Traffic-Access-Token")

@@ -75,13 +75,14 @@ def _audit_capsule(
     _audit.record(session, **fields, resource_type="capsule", resource_id=capsule.id, action=action, **detail)
 
 
-async def base_images(session: AsyncSession) -> dict[str, dict[str, str]]:
-    """The platform's base images by name, as its hosts report them (the first host's facts win):
-    `{name, version, envd_version, kernel_version, description}`."""
-    found: dict[str, dict[str, str]] = {}
+async def base_images(session: AsyncSession) -> dict[str, dict[str, Any]]:
+    """The platform's base images by name and by alias, as its hosts report them (the first host's facts
+    win): `{name, version, envd_version, kernel_version, description, aliases}`."""
+    found: dict[str, dict[str, Any]] = {}
     for images in (await session.execute(select(Host.images).order_by(Host.id))).scalars():
         for image in images or []:
-            found.setdefault(str(image.get("name", "")), image)
+            for name in (image.get("name", ""), *image.get("aliases", ())):
+                found.setdefault(str(name), image)
     found.pop("", None)
     return found
 
@@ -247,7 +248,7 @@ class CapsuleService:
             capsule.metadata_ = {
                 "kernel_version": sandbox.kernel_version,
                 "envd_version": sandbox.envd_version,
-                "from_snapshot": bool(sandbox.from_snapshot),
+                "from_snapshot": "true" if sandbox.from_snapshot else "false",
             }
             _audit_capsule(self.session, capsule, "create", caller)
         await self.session.commit()

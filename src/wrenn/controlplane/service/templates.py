@@ -6,6 +6,7 @@ and E2B's snapshot, fork and template routes."""
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from sqlalchemy import select
 
@@ -29,9 +30,9 @@ class TemplateService:
         self.session = capsules.session
         self.agents = capsules.agents
 
-    async def base_images(self) -> dict[str, dict[str, str]]:
-        """The platform's base images by name, as its hosts report them. No team template may take a
-        name of these."""
+    async def base_images(self) -> dict[str, dict[str, Any]]:
+        """The platform's base images by name and by alias, as its hosts report them. No team template may
+        take a name of these."""
         return await base_images(self.session)
 
     async def of_team(self, team_id: str) -> list[Template]:
