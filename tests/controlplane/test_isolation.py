@@ -31,6 +31,9 @@ NOT_IDS: dict[str, str] = {"selector": "1", "tag": "gpu", "provider": "github"}
 ALLOWED: dict[str, str] = {}
 #: Routes authenticated by a host token: any user credential is 401 there.
 HOST_AUTH = re.compile(r"^POST /v1/hosts/\{[a-z_]+\}/heartbeat$")
+#: Routes authenticated by the dashboard's session cookie on a same-origin navigation alone: a JWT or an
+#: API key is 401 there.
+COOKIE_AUTH = re.compile(r"^GET /v1/dashboard/capsules/\{[a-z_]+\}/files/download$")
 
 
 @pytest.fixture
@@ -185,7 +188,9 @@ def test_every_route_with_an_id_refuses_another_teams(api: TestClient, teams: tu
                 before = snapshot(api)
                 r = api.request(method, url, headers=headers, **kwargs)
                 allowed = (
-                    {403, 404} if credential == "jwt" and not HOST_AUTH.match(route) else {401, 403, 404}
+                    {403, 404}
+                    if credential == "jwt" and not (HOST_AUTH.match(route) or COOKIE_AUTH.match(route))
+                    else {401, 403, 404}
                 )
                 assert r.status_code in allowed, (
                     f"{route} as B ({credential}) with {url}: {r.status_code} {r.text}"
