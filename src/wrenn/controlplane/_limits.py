@@ -6,8 +6,8 @@
 the guest and has no cap. The traffic proxy's bodies are the guest's business and are not capped.
 
 **Rates.** Token buckets (a sustained rate per second, and a burst) per API key or user token, per client
-address on the API, per client address on the routes that need no credential (sign-up, login, the admin
-bootstrap, host registration and refresh), and per client address on the traffic proxy.
+address on the API, per client address on the POSTs that need no credential (sign-up, login, the admin
+bootstrap, host registration and refresh; reading or ending a dashboard session is not one of them), and per client address on the traffic proxy.
 
 The buckets live in each control plane process, by design: they protect the process that holds them from
 floods (a request costs the process that serves it), and a shared counter would cost a database write per
@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException
 
 from wrenn._shared.asgiproxy import ASGIApp, Receive, Scope, Send
 
+from ._session import COOKIE
 from ._settings import Settings
 
 #: Routes anyone may call without a credential: rate-limited per address, tighter.
@@ -48,6 +49,7 @@ UNAUTHENTICATED = frozenset(
         "/v1/hosts/auth/refresh",
     }
 )
+_SESSION_COOKIE = COOKIE.encode() + b"="
 _STREAM_WRITE = re.compile(r"^/v1/capsules/[^/]+/files/stream/write/?$")
 _FILE_WRITE = re.compile(r"^/v1/capsules/[^/]+/files/write/?$")
 #: Room for a multipart body's boundaries and headers around `max_upload_bytes` of file.
@@ -88,13 +90,19 @@ def client_address(scope: Scope) -> str:
 
 
 def _credential(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """A digest of the request's credential (API key, bearer token or host token), if any."""
+    """A digest of the request's credential (API key, bearer token, host token or the dashboard's session
+    cookie), if any."""
     for name, value in headers:
         lowered = name.lower()
         if lowered in (b"x-api-key", b"x-host-token") or (
             lowered == b"authorization" and value[:7].lower() == b"bearer "
         ):
             return hashlib.sha256(value).hexdigest()[:32]
+    for name, value in headers:
+        if name.lower() == b"cookie":
+            for part in value.split(b";"):
+                if part.strip().startswith(_SESSION_COOKIE):
+                    return hashlib.sha256(part.strip()).hexdigest()[:32]
     return None
 
 
@@ -131,7 +139,7 @@ class RequestLimits:
         """0 when the request may go on, else the seconds to wait."""
         address = client_address(scope)
         waits = [self.per_address.take(address)]
-        if scope["path"].rstrip("/") in UNAUTHENTICATED:
+        if scope.get("method") == "POST" and scope["path"].rstrip("/") in UNAUTHENTICATED:
             waits.append(self.unauthenticated.take(address))
         credential = _credential(scope["headers"])
         if credential is not None:
