@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._envd import EnvdClient
+from ._private import write_private
 from .network import SandboxNetwork
 from .vmm import VM
 
@@ -115,10 +116,7 @@ class Sandbox:
             "memory_source": str(self.memory_source) if self.memory_source else None,
             "error": self.error,
         }
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        tmp.chmod(0o600)  # it holds the envd access token
-        tmp.replace(self.state_file)
+        write_private(self.state_file, json.dumps(state, indent=1))  # it holds the envd access token
 
     @classmethod
     def from_state(cls, workdir: Path, state: dict[str, Any]) -> Sandbox:
