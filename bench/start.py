@@ -190,15 +190,10 @@ async def bare_restore(
                 image, accelerator, vm_id, workdir, VCPUS, MEMORY_MB, net.kernel_cmdline(), overlay
             )
             spec = dataclasses.replace(
-                spec,
-                tap=net.tap,
-                mac=net.mac,
-                netns=net.netns,
-                memory_file=ready / "memory",
-                memory_shared=False,
-            )  # as the agent's _spec() for a sandbox from the ready snapshot
+                spec, tap=net.tap, mac=net.mac, netns=net.netns, memory_file=workdir / "memory"
+            )  # as the agent's spec for a sandbox from the ready snapshot: RAM in a file of its own
             start = time.perf_counter()
-            vm = await QemuDriver(run_as=None, seccomp=False).restore(spec, ready)
+            vm = await QemuDriver(seccomp=False).restore(spec, ready)
             restored = time.perf_counter() - start
             run.bare[vm_id] = vm.pid
             try:
@@ -283,13 +278,13 @@ async def one_round(
     return got
 
 
-def guest_ram(ready: Path) -> Callable[[int], dict[str, int]]:
-    """Per VMM: PSS and Private_Dirty of its mapping of the template's RAM (`ready/memory`, copy-on-write):
-    the share of the template's pages it maps, and the pages the guest wrote (its own copies)."""
+def guest_ram(memory_dir: Path) -> Callable[[int], dict[str, int]]:
+    """Per VMM: PSS and Private_Dirty of its mapping of its RAM file (`<memory dir>/*.mem`, its own copy of
+    the template's memory): the pages it holds, and of them those the guest wrote."""
 
     def figures(pid: int) -> dict[str, int]:
         for m in psutil.Process(pid).memory_maps(grouped=True):
-            if m.path == str(ready / "memory"):
+            if m.path.startswith(f"{memory_dir}/") and m.path.endswith(".mem"):
                 return {
                     "guest_ram_pss_bytes": int(m.pss),
                     "guest_ram_private_dirty_bytes": int(m.private_dirty),
@@ -300,13 +295,13 @@ def guest_ram(ready: Path) -> Callable[[int], dict[str, int]]:
 
 
 async def bench_idle(
-    client: HostAgentServiceClient, run: AgentRun, ready: Path, n: int, settle_s: float
+    client: HostAgentServiceClient, run: AgentRun, n: int, settle_s: float
 ) -> tuple[list[MemRow], dict[str, Any]]:
     requests = [create_request(f"{TAG}-idle{i}", cold=False) for i in range(n)]
-    per_vm, raw = await idle_memory(client, run, requests, settle_s, more=guest_ram(ready))
+    per_vm, raw = await idle_memory(client, run, requests, settle_s, more=guest_ram(Path("/dev/shm")))
     names = [
         ("VMM PSS", "pss_bytes"),
-        ("  of which guest RAM (template memory, CoW)", "guest_ram_pss_bytes"),
+        ("  of which guest RAM (its RAM file)", "guest_ram_pss_bytes"),
         ("  of it written by the guest (Private_Dirty)", "guest_ram_private_dirty_bytes"),
         ("VMM RSS", "rss_bytes"),
     ]
@@ -434,7 +429,7 @@ async def main_async(args: argparse.Namespace, run: AgentRun, image: images.Imag
         mem_rows: list[MemRow] = []
         mem_raw: dict[str, Any] = {}
         if args.idle > 0:
-            mem_rows, mem_raw = await bench_idle(client, run, ready, args.idle, args.settle)
+            mem_rows, mem_raw = await bench_idle(client, run, args.idle, args.settle)
         burst = await bench_concurrent(client, run, args.concurrent) if args.concurrent > 0 else None
     return {"host": host, "ready": ready, "ready_made_s": made_s, "timings": timings, "rounds": rounds,
             "parts": parts, "mem_rows": mem_rows, "mem_raw": mem_raw, "burst": burst}  # fmt: skip

@@ -326,6 +326,24 @@ async def test_a_create_that_does_not_fit_the_host_is_refused(platform: Platform
     assert not (platform.agent.data_dir / "sandboxes" / "sb-too-big").exists()
 
 
+async def test_a_disk_header_naming_a_host_file_is_not_followed(platform: Platform, small: str) -> None:
+    """A VMM holds its overlay read-write: a compromised one could write any host path into its qcow2
+    header as the backing file, for the next VMM to be handed it. Done here to the paused sandbox (as its
+    VMM could have before the pause): the resumed VMM gets the chain the agent recorded, not the header's."""
+    overlay = platform.agent.data_dir / "sandboxes" / small / "rootfs.qcow2"
+    async with platform.agent.client() as client:
+        await client.pause_sandbox(pb.PauseSandboxRequest(sandbox_id=small), timeout_ms=120_000)
+        rebase = ["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw", str(overlay)]
+        subprocess.run(rebase, check=True, capture_output=True)
+        await client.resume_sandbox(pb.ResumeSandboxRequest(sandbox_id=small), timeout_ms=120_000)
+        v = vmm(platform.agent, small)
+        held = {os.readlink(f"/proc/{v.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{v.pid}/fd")}
+        assert "/etc/shadow" not in held and any(t.endswith("rootfs.ext4") for t in held), held
+        # the guest reads its own root file system, as it was (over the shadow file, it would be garbage)
+        out = await client.exec(exec_request(small, "grep -c . /etc/os-release"), timeout_ms=60_000)
+        assert out.exit_code == 0 and int(out.stdout) > 3, out
+
+
 # --- 4. envd before /init --------------------------------------------------------------------------
 
 CURL = "curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 http://{}:49983/envs; echo"

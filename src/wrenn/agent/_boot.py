@@ -28,6 +28,7 @@ from . import _disk
 from ._admission import Admission
 from ._errors import SandboxError
 from ._launch import Launcher, describe_failure
+from ._private import write_private
 from ._sandbox import SANDBOX_ID, Sandbox, SandboxParams, Status
 from ._table import SandboxTable
 from ._templates import NAME as TEMPLATE_NAME
@@ -159,6 +160,7 @@ class Booter:
         sandbox.disk = await _disk.create_root(
             image.rootfs, sandbox.workdir, sandbox.params.disk_size_mb, disk_format
         )
+        sandbox.disk_base = image.rootfs if disk_format == "qcow2" else None
         sandbox.vm = await self.table.driver.start(self.launcher.start_spec(sandbox, image))
         await self.launcher.attach(sandbox, access_token=None)
         if ready is not None:
@@ -170,8 +172,9 @@ class Booter:
         """Restore a ready snapshot or a template: its disk under a new overlay, its memory copied into
         the sandbox's own RAM file, its device state loaded. The snapshot's files stay the agent's: the
         VMM reads its disk through a read-only descriptor and never sees its memory file."""
+        sandbox.disk_base = snapshot / "rootfs.qcow2"
         sandbox.disk = await _disk.create_overlay(
-            snapshot / "rootfs.qcow2", sandbox.workdir / "rootfs.qcow2", sandbox.params.disk_size_mb, "qcow2"
+            sandbox.disk_base, sandbox.workdir / "rootfs.qcow2", sandbox.params.disk_size_mb
         )
         sandbox.vm = await self.table.driver.restore(self.launcher.start_spec(sandbox, image), snapshot)
         sandbox.from_snapshot = True
@@ -201,7 +204,7 @@ class Booter:
             await vm.snapshot(partial)
             await _disk.copy_sparse(sandbox.disk, partial / "rootfs.qcow2")
             meta = {**self.launcher.snapshot_meta(sandbox), "kind": "ready"}
-            (partial / "meta.json").write_text(json.dumps(meta, indent=1))
+            write_private(partial / "meta.json", json.dumps(meta, indent=1))
             if ready.exists():  # another sandbox of this shape made it meanwhile
                 shutil.rmtree(partial)
             else:

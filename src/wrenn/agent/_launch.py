@@ -14,6 +14,7 @@ from typing import Any
 
 from wrenn import images
 
+from . import _disk
 from ._admission import disk_file_limit
 from ._cgroup import Limits
 from ._envd import EnvdClient, EnvdUnavailable
@@ -80,6 +81,7 @@ class Launcher:
             cmdline=cmdline,
             rootfs=sandbox.disk,
             rootfs_format=capabilities.disk_format,
+            backing=tuple(_disk.backing_chain(sandbox.disk_base)),
             workdir=sandbox.workdir,
             accelerator=self.table.accelerator.accelerator,
             tap=sandbox.network.tap,
@@ -137,6 +139,8 @@ class Launcher:
             "image_version": sandbox.image_version,
             "accelerator": self.table.accelerator.accelerator.value,
             "created_at": time.time(),
+            # what the disk copied beside it was made over: its backing, as recorded, never as its header says
+            "disk_base": str(sandbox.disk_base) if sandbox.disk_base else None,
         }
 
 

@@ -187,7 +187,9 @@ class Snapshots:
             shutil.rmtree(stage, ignore_errors=True)
             stage.mkdir(mode=0o700)
             try:
-                await _disk.flatten(sandbox.disk, stage / "rootfs.qcow2")
+                await _disk.flatten(
+                    sandbox.disk, _disk.backing_chain(sandbox.disk_base), stage / "rootfs.qcow2"
+                )
                 for item in sandbox.snapshot_dir.iterdir():
                     os.link(item, stage / item.name)
                 sandbox.save()
@@ -224,6 +226,7 @@ class Snapshots:
                     (workdir / item).rename(workdir / "snapshot" / item)
             state = load_state(workdir / "state.json")
             state["disk"] = str(workdir / "rootfs.qcow2")
+            state["disk_base"] = None  # flattened: it stands alone
             state["memory_source"] = None
             thawed = Sandbox.from_state(workdir, state)
             await _check_thawed(thawed, sandbox_id)

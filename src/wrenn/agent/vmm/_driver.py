@@ -109,6 +109,9 @@ class VMSpec:
     memory_shared: bool = True
     #: Its jail (None: a VMM started as the caller, for tests of the driver alone).
     confinement: Confinement | None = None
+    #: The files under a qcow2 `rootfs`, top first, with their formats (the agent's record, given to the
+    #: VMM read-only: never what the overlay's own header names).
+    backing: tuple[tuple[Path, str], ...] = ()
     #: Extra arguments for the VMM, for tests and experiments.
     extra_args: tuple[str, ...] = field(default=())
 

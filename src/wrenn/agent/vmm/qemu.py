@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import re
@@ -185,18 +184,6 @@ class Layer:
 
     path: Path
     format: str
-
-
-async def disk_chain(top: Path, top_format: str) -> list[Layer]:
-    """`top` and the files it is backed by, top first (what `qemu-img info --backing-chain` reads)."""
-    if top_format != "qcow2":
-        return [Layer(top, top_format)]
-    try:
-        out = await _disk.run("qemu-img", "info", "-U", "--backing-chain", "--output=json", "--", str(top))
-        chain = [Layer(Path(i["filename"]), str(i["format"])) for i in json.loads(out)]
-    except (_disk.DiskError, ValueError, KeyError, TypeError) as exc:
-        raise DriverError(f"cannot read the backing chain of {top.name}: {exc}") from None
-    return chain
 
 
 def blockdev_args(chain: list[Layer], fds: list[int]) -> list[str]:
@@ -388,7 +375,7 @@ class QemuDriver:
         return vm
 
     async def _launch(self, spec: VMSpec, *extra: str, memory_from: Path | None = None) -> QemuVM:
-        chain = await disk_chain(spec.rootfs, spec.rootfs_format)
+        chain = [Layer(spec.rootfs, spec.rootfs_format)] + [Layer(p, f) for p, f in spec.backing]
         memory = None
         if spec.memory_file is not None and spec.memory_shared:
             spec.memory_file.unlink(missing_ok=True)
