@@ -197,7 +197,8 @@ def blockdev_args(chain: list[Layer], fds: list[int]) -> list[str]:
         node = "root" if top else f"layer{depth}"
         args += ["-add-fd", f"fd={fds[depth]},set={depth + 1}"]
         args += ["-blockdev", f"driver=file,node-name={node}-file,filename=/dev/fdset/{depth + 1},{mode}"]
-        backing = f",backing={below}" if below else (",backing=null" if layer.format == "qcow2" else "")
+        # `backing=` (empty) is keyval's null: a qcow2 at the bottom opens nothing its header names
+        backing = f",backing={below}" if below else (",backing=" if layer.format == "qcow2" else "")
         args += ["-blockdev", f"driver={layer.format},node-name={node},file={node}-file,{mode}{backing}"]
         below = node
     return args
@@ -440,7 +441,11 @@ class QemuDriver:
             raise DriverError(f"qemu's QMP socket did not answer within {QMP_DEADLINE_S:.0f} s")
         await proc.wait()
         await logs.drained()
-        said = console_tail(spec.workdir / "qemu.log", 2000).strip()
+        said = "\n".join(
+            line
+            for line in console_tail(spec.workdir / "qemu.log", 2000).strip().splitlines()
+            if "QEMU waiting for connection" not in line  # the console's wait=on, not an error
+        )
         raise DriverError(f"qemu exited with {proc.returncode}: {said}", console_tail(spec.console_log))
 
 
