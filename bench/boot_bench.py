@@ -38,6 +38,7 @@ from _common import (
     MemRow,
     Row,
     Series,
+    agent_client,
     agent_create,
     agent_destroy,
     agent_running,
@@ -94,7 +95,7 @@ def bare_spec(image: images.Image, accelerator: Accelerator, vm_id: str, workdir
     """The agent's VM for this sandbox, with user-mode networking instead of its TAP and netns."""
     net = f"wrenn.ip={GUEST_IP}/24 wrenn.gw={GATEWAY} wrenn.dns={SLIRP_DNS}"  # QEMU's user network
     spec = agent_spec(image, accelerator, vm_id, workdir, VCPUS, MEMORY_MB, net, workdir / "rootfs.qcow2")
-    return dataclasses.replace(spec, extra_args=user_net(port, GUEST_IP))
+    return dataclasses.replace(spec, extra_args=user_net(port, GUEST_IP), backing=((image.rootfs, "raw"),))
 
 
 async def bare_boot(image: images.Image, accelerator: Accelerator, run: AgentRun, vm_id: str) -> float:
@@ -153,7 +154,7 @@ async def bench_idle(
 async def main_async(
     args: argparse.Namespace, run: AgentRun, image: images.Image
 ) -> tuple[list[Row], Series | None, list[MemRow], dict[str, Any], dict[str, Any]]:
-    async with sigterm_cancels(run), HostAgentServiceClient(run.url) as client:
+    async with sigterm_cancels(run), agent_client(run) as client:
         accelerator, host = await host_accelerator(client)
         rows: list[Row] = []
         destroy_s: Series | None = None

@@ -12,13 +12,13 @@ interleaved, the order rotated each round, so load on the machine hits every kin
   then `PauseSandbox` (timed on its own: RAM file copied) and `ResumeSandbox` + `Exec true` (timed);
   `DestroySandbox` untimed;
 * template: `CreateSandbox` (restores the ready snapshot; `from_snapshot` must be true) + `Exec true`;
-  then pause (RAM of a copy-on-write clone goes into the device state stream) and resume the same way;
+  then pause (its RAM file copied, as any sandbox's) and resume the same way;
 * bare: `qemu-system-x86_64` started by this script with the agent's own command line and restore
   (`QemuDriver.restore`: `-incoming defer`, `x-ignore-shared`, `getfd`, `migrate-incoming fd:`, `cont`) of
-  the same ready snapshot, RAM mapped copy-on-write from its `memory`, a fresh overlay on its disk, in a
+  the same ready snapshot, its `memory` copied into a RAM file of its own, a fresh overlay on its disk, in a
   netns with a TAP made by the agent's own `NetworkManager` (a prefix and address ranges of ours; user-mode
   networking cannot restore the snapshot: its virtio-net state requires the TAP's `vnet_hdr`), but no
-  cgroup, `-runas` or seccomp; timed from spawn until envd answers `GET /health` 204 (overlay and network
+  cgroup, jail or seccomp; timed from spawn until envd answers `GET /health` 204 (overlay and network
   are made before the timing, and removed after it).
 
 A create from the template is broken down from the agent's own log (`--log-format json`: when QEMU started,
@@ -57,6 +57,7 @@ from _common import (
     AgentRun,
     MemRow,
     Series,
+    agent_client,
     agent_create,
     agent_destroy,
     agent_running,
@@ -181,17 +182,20 @@ async def bare_restore(
     run.vm_ids.add(vm_id)
     with tempfile.TemporaryDirectory(prefix=f"{vm_id}-", dir=run.work_dir) as tmp:
         workdir = Path(tmp)
-        overlay = await _disk.create_overlay(
-            ready / "rootfs.qcow2", workdir / "rootfs.qcow2", DISK_MB, "qcow2"
-        )
+        overlay = await _disk.create_overlay(ready / "rootfs.qcow2", workdir / "rootfs.qcow2", DISK_MB)
         net = await network.setup(1, allow_internet=False)
         try:
             spec = agent_spec(
                 image, accelerator, vm_id, workdir, VCPUS, MEMORY_MB, net.kernel_cmdline(), overlay
             )
             spec = dataclasses.replace(
-                spec, tap=net.tap, mac=net.mac, netns=net.netns, memory_file=workdir / "memory"
-            )  # as the agent's spec for a sandbox from the ready snapshot: RAM in a file of its own
+                spec,
+                tap=net.tap,
+                mac=net.mac,
+                netns=net.netns,
+                memory_file=workdir / "memory",
+                backing=tuple(_disk.backing_chain(ready / "rootfs.qcow2")),
+            )  # fmt: skip  (the agent's spec for a sandbox from the ready snapshot: RAM a file of its own)
             start = time.perf_counter()
             vm = await QemuDriver(seccomp=False).restore(spec, ready)
             restored = time.perf_counter() - start
@@ -397,7 +401,7 @@ def breakdown(log: Path, creates: list[dict[str, Any]]) -> list[Series]:
 
 
 async def main_async(args: argparse.Namespace, run: AgentRun, image: images.Image) -> dict[str, Any]:
-    async with sigterm_cancels(run), HostAgentServiceClient(run.url) as client:
+    async with sigterm_cancels(run), agent_client(run) as client:
         accelerator, host = await host_accelerator(client)
         ready = ready_dir(run, accelerator, image)
         network = bare_network(run)
