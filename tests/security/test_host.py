@@ -35,6 +35,7 @@ from pathlib import Path
 import psutil
 import pytest
 from connectrpc.errors import ConnectError
+from protobuf import Oneof
 
 from tests.agent._agent import AgentProcess, private_data_dir
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
@@ -198,7 +199,7 @@ def test_the_agent_runs_under_a_memory_limit_of_its_own(platform: Platform) -> N
     assert str(vmm_pid) not in (group / "cgroup.procs").read_text().split()  # its VMs are not counted
 
 
-def test_an_agent_that_cannot_jail_its_vmms_refuses_to_start() -> None:
+def test_an_agent_that_cannot_jail_its_vmms_refuses_to_start(image: object) -> None:
     shared = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
     data_dir = private_data_dir(shared, "nojail")
     (data_dir / "jail").write_text("not a directory")  # where each jail's root is mounted
@@ -306,6 +307,27 @@ async def test_a_guest_filling_its_disk_stops_at_its_limit(platform: Platform, s
         assert alive.stdout == b"alive\n"  # the VM lives on; only its writes past the limit failed
 
 
+async def test_an_answer_too_large_from_a_guest_is_refused(platform: Platform, small: str) -> None:
+    """envd is a program of the guest's: the agent reads no answer of its whole without a bound (16 MiB).
+    Ten processes whose command lines take 1.8 MiB each make envd's process list answer 18 MiB."""
+    chunk = "x" * (120 << 10)  # one argument may be 128 KiB at most
+    async with platform.agent.client() as client:
+        for i in range(10):
+            start = pb.StartBackgroundRequest(
+                sandbox_id=small, cmd="/bin/sh", args=["-c", "sleep 600", "sh", *[chunk] * 15], tag=f"big{i}"
+            )
+            await client.start_background(start, timeout_ms=60_000)
+        try:
+            with pytest.raises(ConnectError) as err:
+                await client.list_processes(pb.ListProcessesRequest(sandbox_id=small), timeout_ms=120_000)
+            assert err.value.code.name == "RESOURCE_EXHAUSTED" and "more than" in err.value.message
+        finally:
+            for i in range(10):
+                kill = pb.KillProcessRequest(sandbox_id=small, selector=Oneof("tag", f"big{i}"))  # type: ignore[arg-type]
+                await client.kill_process(kill)
+        assert len((await client.list_processes(pb.ListProcessesRequest(sandbox_id=small))).processes) < 10
+
+
 async def test_a_create_that_does_not_fit_the_host_is_refused(platform: Platform) -> None:
     free_mb = shutil.disk_usage(platform.agent.data_dir).free >> 20
     async with platform.agent.client() as client:
@@ -346,7 +368,7 @@ async def test_a_disk_header_naming_a_host_file_is_not_followed(platform: Platfo
 
 # --- 4. envd before /init --------------------------------------------------------------------------
 
-CURL = "curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 http://{}:49983/envs; echo"
+CURL = "curl -s -o /dev/null -w '%{{http_code}}' --max-time 3 http://{}:49983/envs; echo"
 
 
 async def test_before_a_token_envd_answers_only_the_host(

@@ -3,15 +3,15 @@
 For hosts with hardware KVM (`kvm_intel`/`kvm_amd`). Firecracker has no software emulation, and on a
 PVM host (`kvm_pvm`) stock guest kernels crash early, though the API and snapshots still work there.
 
-Boot: spawn `firecracker --api-sock <workdir>/firecracker/firecracker.sock --id <vm_id>` through the
-jailer (`_jail`: in the sandbox's netns and cgroup, as the VM's own uid, in a root of its own with its
-binary, kernel, disk, the `firecracker/` directory and the /dev/kvm and /dev/net/tun nodes made for it),
+Boot: spawn `firecracker --api-sock <workdir>/fc/api.sock --id <vm_id>` through the jailer (`_jail`: in
+the sandbox's netns and cgroup, as the VM's own uid, in a root of its own with its binary, kernel, disk,
+the `fc/` directory and the /dev/kvm and /dev/net/tun nodes made for it),
 wait for the socket, then PUT /machine-config, /boot-source, /drives/rootfs, /network-interfaces/eth0 and
 /actions InstanceStart. The process's stdout and stderr, which carry both Firecracker's log and the
 guest's serial console, are copied by the agent into the size-capped `spec.console_log`.
 
 Snapshots: `FirecrackerVM.snapshot_create` on a paused VM writes the device state and the guest memory
-(into its `firecracker/` directory, the only one it may write; the driver then moves them where asked and
+(into its `fc/` directory, the only one it may write; the driver then moves them where asked and
 gives them to root); `FirecrackerDriver.restore` loads them into a fresh process, which sees them
 read-only. The snapshot records the drive and TAP names, so the rootfs path and the TAP (in the same
 netns) must exist again under the same names.
@@ -53,10 +53,10 @@ from ._pidproc import PidProcess, ProcessVM, runs_vm
 
 log = logging.getLogger(__name__)
 
-API_SOCKET_NAME = "firecracker.sock"
 #: The one directory of the sandbox's a Firecracker process may write (its uid's): its API socket and
-#: the snapshots it writes.
-RUN_DIR = "firecracker"
+#: the snapshots it writes. Short names: a Unix socket's path has 107 bytes at most.
+RUN_DIR = "fc"
+API_SOCKET_NAME = "api.sock"
 #: Appended to the guest's own command line: serial console, exit on reboot, reboot on panic, no PCI
 #: probing (Firecracker's devices are virtio-mmio).
 FIRECRACKER_BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off"
