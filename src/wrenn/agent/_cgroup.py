@@ -157,6 +157,9 @@ class Cgroups:
             directory, limit = self.root / "memory" / self.parent / name, "memory.limit_in_bytes"
         else:
             return None
+        for stale in directory.parent.glob("*.agent"):  # agents killed before they could leave theirs
+            with contextlib.suppress(OSError):  # a live agent's is not empty: it stays
+                stale.rmdir()
         directory.mkdir(parents=True, exist_ok=True)
         (directory / limit).write_text(str(memory_bytes))
         if self.version is CgroupVersion.V2:
