@@ -94,11 +94,12 @@ def wrenn(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*WRENN, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
-def platform_up(state: State) -> dict[str, Any]:
-    ports = ["--port", str(free_port()), "--agent-port", str(free_port())]
+def platform_up(state: State, *extra: str) -> dict[str, Any]:
+    """`wrenn up --detach` on the state's data dir and free ports (plus `extra` arguments)."""
+    ports = ["--port", str(free_port()), "--agent-port", str(free_port()), *extra]
     state.up_started = True
     print(f"wrenn up --detach --data-dir {state.data_dir} {' '.join(ports)}", file=sys.stderr)
-    up = wrenn("up", "--detach", "--data-dir", str(state.data_dir), *ports, timeout=900)
+    up = wrenn("up", "--detach", "--data-dir", str(state.data_dir), *ports, timeout=1800)
     if up.returncode != 0:
         raise RuntimeError(f"wrenn up failed ({up.returncode}):\n{up.stdout}\n{up.stderr[-3000:]}")
     saved: dict[str, Any] = json.loads((state.data_dir / "platform.json").read_text())
@@ -233,14 +234,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def prepare(args: argparse.Namespace) -> State:
+    """Root, no other host agent (unless allowed), and a private data dir over `--data-dir`'s images."""
     if os.geteuid() != 0:
         sys.exit("the host agent needs root")
     refuse_other_agents(args.allow_other_agents)
     (args.data_dir / "images").mkdir(parents=True, exist_ok=True)
+    return State(shared_dir=args.data_dir, data_dir=make_data_dir(args.data_dir))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     started = now()
-    state = State(shared_dir=args.data_dir, data_dir=make_data_dir(args.data_dir))
+    state = prepare(args)
     with guarded(state, lambda failed: cleanup(state, keep_dir=failed)):
         saved = platform_up(state)
         began = time.perf_counter()

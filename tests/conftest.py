@@ -194,8 +194,14 @@ def wrenn_server(image: Image) -> Iterator[tuple[str, str]]:
         yield from _control_plane(agent.url, agent.token_file)
 
 
-def _control_plane(agent_url: str, token_file: Path) -> Iterator[tuple[str, str]]:
-    root = Path(tempfile.mkdtemp(prefix="wrenn-cp-"))
+#: Each running test control plane's data directory (its SQLite database is `wrenn.db` there), by base URL.
+CONTROL_PLANE_DIRS: dict[str, Path] = {}
+
+
+def _control_plane(agent_url: str, token_file: Path, root: Path | None = None) -> Iterator[tuple[str, str]]:
+    """The control plane on a free port, its data (SQLite) under `root` (default: a new temporary dir,
+    removed afterwards). The first account, `sdk@example.com`, is the platform's admin."""
+    root = root or Path(tempfile.mkdtemp(prefix="wrenn-cp-"))
     port = free_port()
     log_path = root / "server.log"
     with log_path.open("wb") as log:
@@ -223,8 +229,10 @@ def _control_plane(agent_url: str, token_file: Path) -> Iterator[tuple[str, str]
         key = httpx.post(
             f"{base}/v1/api-keys", json={"name": "sdk"}, headers={"Authorization": f"Bearer {token}"}
         )
+        CONTROL_PLANE_DIRS[base] = root
         yield base, key.json()["key"]
     finally:
+        CONTROL_PLANE_DIRS.pop(base, None)
         server.terminate()
         server.wait(30)
         shutil.rmtree(root, ignore_errors=True)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.agent._agent import _free_port, private_data_dir
@@ -40,6 +42,12 @@ def platform(image: object) -> Iterator[tuple[Path, dict[str, str]]]:
     exports = wrenn("env", "--data-dir", str(data_dir)).stdout
     env = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
     assert set(env) == {"WRENN_BASE_URL", "WRENN_API_KEY"}
+    # The dashboard's address and the admin's first login, which works.
+    shown = re.search(r"Dashboard: (\S+)/\s+sign in as (\S+), password (\S+)", up.stderr)
+    assert shown is not None and shown.group(1) == env["WRENN_BASE_URL"], up.stderr
+    login = {"email": shown.group(2), "password": shown.group(3)}
+    assert httpx.post(f"{shown.group(1)}/v1/auth/login", json=login).status_code == 200
+    assert httpx.get(f"{shown.group(1)}/").text.startswith("<!doctype html>")
     again = wrenn("up", "--detach", "--data-dir", str(data_dir), *ports)  # already running: reused
     assert "already running" in again.stderr and again.stdout == "42\n"
     yield data_dir, env

@@ -206,8 +206,13 @@ def test_errors(capsule: Capsule, client: httpx.Client) -> None:
         "code": "port_unreachable",
         "message": f"nothing listens on port 8001 in capsule {capsule.capsule_id}",
     }
-    r = client.get("/", headers=_host("cl-doesnotexist0000000000000"))
-    assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
+    assert r.json()["message"] == "The sandbox is running but port is not open"  # E2B's proxy's words
+    r = client.get("/", headers=_host("cl-doesnotexist0000000000000"))  # E2B's proxy's answer, and ours
+    assert (r.status_code, r.json()["error"]["code"], r.json()["message"]) == (
+        502,
+        "not_found",
+        "The sandbox was not found",
+    )
     r = client.post("/init", json={}, headers=_host(capsule.capsule_id, 49983))
     assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden")
     r = client.post("/snapshot/prepare/", headers=_host(capsule.capsule_id, 49983))
@@ -241,18 +246,23 @@ def test_private_capsule_needs_its_token(wrenn_server: tuple[str, str], capsule:
         assert token
         assert private.get_info().traffic_access_token == token
         with httpx.Client(base_url=base_url, timeout=60) as client:
-            envd = _host(private.capsule_id, 49983)  # envd answers /health in every capsule
-            r = client.get("/health", headers=envd)
+            port = _host(private.capsule_id, 49983 - 1)  # any port but envd's: nothing listens, it is refused
+            r = client.get("/health", headers=port)
             assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden")
             assert (
-                client.get("/health", headers={**envd, "X-Traffic-Access-Token": "wrong"}).status_code == 403
+                client.get("/health", headers={**port, "X-Traffic-Access-Token": "wrong"}).status_code == 403
             )
-            assert client.get("/health", headers={**envd, "X-Traffic-Access-Token": token}).status_code < 300
-            e2b = {"E2b-Sandbox-Id": private.capsule_id, "E2b-Sandbox-Port": "49983"}
-            assert client.get("/health", headers={**e2b, "E2b-Traffic-Access-Token": token}).status_code < 300
+            let_in = client.get("/", headers={**port, "X-Traffic-Access-Token": token})
+            assert let_in.json()["error"]["code"] == "port_unreachable"  # let in: nothing listens there
+            e2b = {"E2b-Sandbox-Id": private.capsule_id, "E2b-Sandbox-Port": str(PORT)}
+            assert client.get("/", headers={**e2b, "E2b-Traffic-Access-Token": "wrong"}).status_code == 403
+            # envd's port wants envd's access token, not the traffic token (as with E2B)
+            envd = _host(private.capsule_id, 49983)
+            assert client.get("/health", headers=envd).status_code < 300
+            assert client.get("/envs", headers=envd).status_code == 401  # envd's own token guards the rest
             private.destroy()
             r = client.get("/health", headers={**envd, "X-Traffic-Access-Token": token})
-            assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")  # stopped
+            assert (r.status_code, r.json()["error"]["code"]) == (502, "not_found")  # stopped
     finally:
         Capsule.destroy(private.capsule_id, api_key=api_key, base_url=base_url)
         private.close()

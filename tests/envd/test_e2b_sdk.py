@@ -667,3 +667,131 @@ def test_gzip_small_round_trip_bytes(sbx: Sandbox, workdir: Path) -> None:
     assert bytes(sbx.files.read(str(target), format="bytes", gzip=True)) == payload
     # Sanity: the payload really is what gzip would shrink, so the encoded path was exercised.
     assert len(gzip.compress(payload)) < len(payload) // 10
+
+
+# ----------------------------------------------------------------------------------------------------
+# 8. E2B's own behaviours, as E2B's SDK test suite checks them against E2B's envd
+# ----------------------------------------------------------------------------------------------------
+
+CHMOD = FilesystemEventType.CHMOD
+
+
+def test_metadata_round_trips_with_the_users_own_keys(sbx: Sandbox, workdir: Path) -> None:
+    path = str(workdir / "meta.txt")
+    meta = {"author": "mish", "purpose": "upload"}
+    assert sbx.files.write(path, "x", metadata=meta).metadata == meta
+    assert sbx.files.get_info(path).metadata == meta
+    # kept as E2B keeps it: `user.e2b.<key>`, so another tool's `user.*` attributes are not metadata
+    assert os.getxattr(path, "user.e2b.author") == b"mish"
+    os.setxattr(path, "user.other-tool", b"not metadata")
+    os.setxattr(path, "user.e2b.set-by-hand", b"yes")  # set inside the sandbox: surfaced too
+    assert sbx.files.get_info(path).metadata == {**meta, "set-by-hand": "yes"}
+    octet = str(workdir / "meta-octet.txt")
+    assert sbx.files.write(octet, "y", metadata=meta, use_octet_stream=True).metadata == meta
+    infos = sbx.files.write_files(
+        [WriteEntry(path=str(workdir / "m1"), data="1"), WriteEntry(path=str(workdir / "m2"), data="2")],
+        metadata={"source": "suite"},
+    )
+    assert [i.metadata for i in infos] == [{"source": "suite"}] * 2
+    listed = {e.name: e.metadata for e in sbx.files.list(str(workdir))}
+    assert listed["meta-octet.txt"] == meta and listed["m1"] == {"source": "suite"}
+    assert sbx.files.rename(octet, str(workdir / "renamed.txt")).metadata == meta
+    # an overwrite replaces the whole set: no stale keys, and none at all without metadata
+    assert sbx.files.write(path, "z", metadata={"author": "other"}).metadata == {"author": "other"}
+    assert sbx.files.write(path, "w").metadata is None
+    assert sbx.files.get_info(path).metadata is None
+    assert os.getxattr(path, "user.other-tool") == b"not metadata"  # not ours to clear
+
+
+def test_invalid_metadata_is_refused_before_anything_is_written(envd: Envd, workdir: Path) -> None:
+    target = workdir / "refused.txt"
+    with envd.client() as c:
+        too_big = c.post(
+            "/files", params={"path": str(target)}, content=b"x", headers={"X-Metadata-big": "v" * 5000}
+        )
+        bad_value = c.post(
+            "/files",
+            params={"path": str(target)},
+            content=b"x",
+            headers={"X-Metadata-k": "caf\xe9".encode("latin-1")},
+        )
+    assert (too_big.status_code, bad_value.status_code) == (400, 400), (too_big.text, bad_value.text)
+    assert too_big.json()["message"].startswith("invalid metadata")
+    assert not target.exists()
+
+
+def _events(handle: Any, want: Callable[[list[FilesystemEvent]], bool]) -> list[FilesystemEvent]:
+    """Poll a sync watch handle until `want(all events so far)` holds."""
+    got: list[FilesystemEvent] = []
+
+    def enough() -> bool:
+        got.extend(handle.get_new_events())
+        return want(got)
+
+    eventually(enough, "watch events")
+    time.sleep(0.3)  # anything after it would be an extra event: collect that too
+    got.extend(handle.get_new_events())
+    return got
+
+
+def test_a_write_shows_watchers_the_targets_events_only(sbx: Sandbox, workdir: Path) -> None:
+    """As E2B's envd writes it, in place: a new file is CREATE, CHMOD (given to the user), WRITE; an
+    overwrite is WRITEs (and CHMOD). No temporary file appears, nor is renamed over the target."""
+    handle = sbx.files.watch_dir(str(workdir))
+    try:
+        sbx.files.write(str(workdir / "new.txt"), "This file will be watched.")
+        first = _events(handle, lambda got: any(e.type == WRITE for e in got))
+        assert [(e.name, e.type) for e in first] == [
+            ("new.txt", CREATE),
+            ("new.txt", CHMOD),
+            ("new.txt", WRITE),
+        ]
+        sbx.files.write(str(workdir / "new.txt"), "This file has been modified.")
+        second = _events(handle, lambda got: any(e.type == WRITE for e in got))
+    finally:
+        handle.stop()
+    assert {e.name for e in second} == {"new.txt"} and WRITE in {e.type for e in second}, second
+    assert [p.name for p in workdir.iterdir()] == ["new.txt"]
+
+
+def test_recursive_watch_as_e2bs_suite_checks_it(sbx: Sandbox, workdir: Path) -> None:
+    (workdir / "nested").mkdir()
+    handle = sbx.files.watch_dir(str(workdir), recursive=True)
+    try:
+        sbx.files.write(str(workdir / "nested" / "test_watch.txt"), "content")
+        events = _events(handle, lambda got: any(e.type == WRITE for e in got))
+        assert len(events) == 3 and (events[0].type, events[0].name) == (CREATE, "nested/test_watch.txt")
+        sbx.files.make_dir(str(workdir / "later"))
+        sbx.files.write(str(workdir / "later" / "f.txt"), "content")
+        later = _events(handle, lambda got: ("later/f.txt", WRITE) in {(e.name, e.type) for e in got})
+    finally:
+        handle.stop()
+    assert ("later", CREATE) in {(e.name, e.type) for e in later}
+
+
+def test_removing_a_missing_file_succeeds(sbx: Sandbox, workdir: Path) -> None:
+    sbx.files.remove(str(workdir / "non_existing_file.txt"))
+    sbx.files.remove(str(workdir / "missing" / "dir"))
+
+
+def test_list_with_depth_is_sorted_by_full_path(sbx: Sandbox, workdir: Path) -> None:
+    for d in ("subdir1/subdir1_1", "subdir1/subdir1_2", "subdir2/subdir2_1", "subdir2/subdir2_2"):
+        sbx.files.make_dir(str(workdir / d))
+    sbx.files.write(str(workdir / "file1.txt"), "Hello, world!")
+    two = [os.path.relpath(e.path, workdir) for e in sbx.files.list(str(workdir), depth=2)]
+    assert two == sorted(two) == [
+        "file1.txt", "subdir1", "subdir1/subdir1_1", "subdir1/subdir1_2",
+        "subdir2", "subdir2/subdir2_1", "subdir2/subdir2_2",
+    ]  # fmt: skip
+    assert [e.name for e in sbx.files.list(str(workdir), depth=3)] == [os.path.basename(p) for p in two]
+
+
+def test_an_expired_signed_url_is_refused_with_e2bs_answer(sbx: Sandbox, workdir: Path) -> None:
+    path = str(workdir / "signed.txt")
+    sbx.files.write(path, "signed")
+    assert httpx.get(sbx.download_url(path, "root", use_signature_expiration=120)).text == "signed"
+    expired = httpx.get(sbx.download_url(path, "root", use_signature_expiration=-120))
+    assert (expired.status_code, expired.json()) == (
+        401,
+        {"code": 401, "message": "signature is already expired"},
+    )

@@ -24,7 +24,8 @@ def _signature(path: str, op: str, user: str, token: str, expires: int | None = 
 
 
 def _leftovers(directory: Path) -> list[str]:
-    return [p.name for p in directory.rglob(".wrenn-upload-*")]
+    """Files an upload left beside its target: none, since uploads are written in place."""
+    return [p.name for p in directory.rglob(".*")]
 
 
 def test_multipart_upload_one_file_creates_parents_and_owns_it(envd: Envd, workdir: Path) -> None:
@@ -36,6 +37,14 @@ def test_multipart_upload_one_file_creates_parents_and_owns_it(envd: Envd, workd
     assert target.read_bytes() == b"abc"
     assert target.owner() == envd.user and (workdir / "new").owner() == envd.user
     assert _leftovers(workdir) == []
+
+
+def test_two_parts_for_one_path_are_refused(envd: Envd, workdir: Path) -> None:
+    target = str(workdir / "twice.txt")
+    with envd.client() as c:
+        r = c.post("/files", files=[("file", (target, b"first")), ("file", (target, b"second"))])
+    assert r.status_code == 400 and "same path" in r.json()["message"]
+    assert Path(target).read_bytes() == b"first"  # what was written before the refusal stays, as with E2B
 
 
 def test_multipart_several_files_by_filename_relative_to_home(envd: Envd, workdir: Path) -> None:
@@ -74,7 +83,10 @@ def test_octet_stream_gzip_overwrite_keeps_mode_and_metadata(envd: Envd, workdir
         assert r.status_code == 200, r.text
         assert target.read_bytes() == b"x" * 100_000
         assert target.stat().st_mode & 0o777 == 0o600
-        assert os.getxattr(target, "user.origin") == b"test"
+        assert os.getxattr(target, "user.e2b.origin") == b"test"  # E2B's namespace for a file's metadata
+        assert r.json() == [
+            {"name": "raw.bin", "type": "file", "path": str(target), "metadata": {"origin": "test"}}
+        ]
         down = c.get("/files", params={"path": str(target)}, headers={"Accept-Encoding": "gzip"})
         assert down.headers["content-encoding"] == "gzip" and down.content == b"x" * 100_000
         plain = c.get("/files", params={"path": str(target)}, headers={"Accept-Encoding": "identity"})
@@ -147,7 +159,7 @@ def test_upload_over_the_limit_is_413_and_leaves_nothing(fresh_envd: Envd, tmp_p
         envd.stop()
 
 
-def test_interrupted_upload_leaves_no_temporary_file(envd: Envd, workdir: Path) -> None:
+def test_an_interrupted_upload_removes_the_file_it_created(envd: Envd, workdir: Path) -> None:
     target = workdir / "interrupted.bin"
     with socket.create_connection(("127.0.0.1", envd.port)) as s:
         s.sendall(
@@ -156,13 +168,13 @@ def test_interrupted_upload_leaves_no_temporary_file(envd: Envd, workdir: Path) 
         )
         s.sendall(b"x" * 200_000)
         deadline = time.monotonic() + 5
-        while not _leftovers(workdir) and time.monotonic() < deadline:
+        while not target.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert _leftovers(workdir), "the upload should be in progress"
+        assert target.exists(), "the upload should be under way, in place"
     deadline = time.monotonic() + 5
-    while _leftovers(workdir) and time.monotonic() < deadline:
+    while target.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _leftovers(workdir) == [] and not target.exists()
+    assert not target.exists() and _leftovers(workdir) == []
 
 
 def test_signed_urls(envd: Envd, workdir: Path) -> None:
@@ -199,7 +211,18 @@ def test_signed_urls(envd: Envd, workdir: Path) -> None:
     )
     bare = httpx.get(f"{envd.url}/files", params={"path": path})
     assert [expired.status_code, wrong_op.status_code, bare.status_code] == [401, 401, 401]
-    assert "expired" in expired.json()["message"]
+    assert expired.json() == {"code": 401, "message": "signature is already expired"}  # E2B's very body
+    forged_expiry = httpx.get(
+        f"{envd.url}/files",
+        params={
+            "path": path,
+            "signature": _signature(path, "read", "", "guess", past),
+            "signature_expiration": past,
+        },
+    )
+    assert (
+        forged_expiry.json()["message"] == "invalid signature"
+    )  # only a genuine signature learns it expired
 
 
 def _stream(total: int, chunk: int = 1 << 20) -> Iterator[bytes]:

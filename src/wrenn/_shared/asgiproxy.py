@@ -94,9 +94,12 @@ def new_client(verify: ssl.SSLContext | bool = True, keepalive: bool = True) -> 
     )
 
 
-async def send_error(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
-    """Answer `{"error": {"code", "message"}}` with `status`; a WebSocket is refused with it."""
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+async def send_error(
+    scope: Scope, send: Send, status: int, code: str, message: str, extra: dict[str, Any] | None = None
+) -> None:
+    """Answer `{"error": {"code", "message"}}` (and `extra`'s keys) with `status`; a WebSocket is refused
+    with it."""
+    body = json.dumps({"error": {"code": code, "message": message}, **(extra or {})}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if scope["type"] == "websocket":
         if "websocket.http.response" not in scope.get("extensions", {}):
@@ -107,6 +110,16 @@ async def send_error(scope: Scope, send: Send, status: int, code: str, message: 
         return
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def send_sandbox_not_found(scope: Scope, send: Send, sandbox_id: str, message: str) -> None:
+    """The answer for traffic to a sandbox that is not there (destroyed, timed out, never was): E2B's
+    proxy's, 502 `{"sandboxId", "message": "The sandbox was not found", "code": 502}`, beside our own
+    `error`. E2B's SDK reads that status and "was not found" as "the sandbox is not running": a request,
+    or the health probe it sends after a stream broke off, then raises its `SandboxNotRunningException`
+    ("the sandbox was killed ...") rather than a timeout or a generic error."""
+    extra = {"sandboxId": sandbox_id, "message": "The sandbox was not found", "code": 502}
+    await send_error(scope, send, 502, "not_found", message, extra)
 
 
 Headers = list[tuple[bytes, bytes]]
@@ -193,7 +206,7 @@ async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
             return
 
 
-async def first_done(*coros: Coroutine[Any, Any, None]) -> None:
+async def first_done(*coros: Coroutine[Any, Any, object]) -> None:
     """Run the coroutines until one ends, cancel the others, raise the first one's error (if any)."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from wrenn import images
 
-from . import _disk
+from . import _disk, _readiness
 from ._admission import Admission
 from ._errors import SandboxError
 from ._launch import Launcher, describe_failure
@@ -161,8 +161,10 @@ class Booter:
             image.rootfs, sandbox.workdir, sandbox.params.disk_size_mb, disk_format
         )
         sandbox.disk_base = image.rootfs if disk_format == "qcow2" else None
-        sandbox.vm = await self.table.driver.start(self.launcher.start_spec(sandbox, image))
+        vm = sandbox.vm = await self.table.driver.start(self.launcher.start_spec(sandbox, image))
         await self.launcher.attach(sandbox, access_token=None)
+        if not await _readiness.wait_ready(sandbox.host_ip, image, alive=lambda: vm.returncode is None):
+            ready = None  # a guest whose template services did not come up is never a ready snapshot
         if ready is not None:
             await self._checkpoint_ready(sandbox, ready)
 

@@ -6,7 +6,13 @@ request or socket is open.
 This app is served on a listener of its own, apart from the control API: it answers nothing but
 `/proxy/...` (404 otherwise), so no path a user sends through the traffic proxy can reach an RPC, however
 it is spelled. Paths with dot segments, empty segments, backslashes or encoded slashes are refused before
-anything is looked up."""
+anything is looked up.
+
+As E2B's proxy does, a sandbox that is not here is answered 502 "The sandbox was not found" (a port where
+nothing listens, 502 "The sandbox is running but port is not open"), and when a sandbox is destroyed (or
+its VM dies) every request and socket open to it is cut at once rather than left hanging on a guest that
+will never answer: E2B's SDK then asks `/health`, hears "not found" and raises its "sandbox was killed"
+error. Redirects naming the guest's own address are rewritten to the public URL (`_redirects`)."""
 
 from __future__ import annotations
 
@@ -18,11 +24,24 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from wrenn._shared.asgiproxy import Receive, Scope, Send, Unreachable, forward, path_problem, send_error
+from wrenn._shared.asgiproxy import (
+    Message,
+    Receive,
+    Scope,
+    Send,
+    Unreachable,
+    first_done,
+    forward,
+    path_problem,
+    send_error,
+    send_sandbox_not_found,
+)
 
 from ._errors import SandboxError
 from ._manager import SandboxManager
+from ._redirects import public_location
 from ._sandbox import SANDBOX_ID, Sandbox
+from .network import GUEST_IP
 
 log = logging.getLogger("wrenn.agent.proxy")
 
@@ -33,7 +52,6 @@ HOST_ONLY_ENVD_PATHS = frozenset({"/init", "/snapshot/prepare"})
 #: While a proxied request or socket is open, the sandbox is marked active this often.
 TOUCH_INTERVAL_S = 5.0
 _STATUS = {
-    "not_found": (404, "not_found"),
     "failed_precondition": (409, "invalid_state"),
     "invalid_argument": (400, "invalid_request"),
     "unavailable": (503, "unavailable"),
@@ -89,6 +107,9 @@ class ProxyApp:
         try:
             sandbox = await self.manager.ensure_running(sandbox_id)
         except SandboxError as exc:
+            if exc.code == "not_found":
+                await send_sandbox_not_found(scope, send, sandbox_id, exc.message)
+                return
             status, code = _STATUS.get(exc.code, (500, "internal"))
             await send_error(scope, send, status, code, exc.message)
             return
@@ -96,13 +117,61 @@ class ProxyApp:
         query = scope.get("query_string", b"").decode("latin-1")
         url = f"http://{sandbox.host_ip}:{port}/{parts[2] if len(parts) > 2 else ''}"
         url += f"?{query}" if query else ""
+        downstream = _Downstream(scope, send, sandbox, port)
         async with _active(sandbox):
-            try:
-                await forward(scope, receive, send, self.client, url)
-            except Unreachable as exc:
-                log.info("port unreachable", extra={"sandbox": sandbox_id, "port": port, "error": str(exc)})
-                message = f"nothing listens on port {port} in capsule {sandbox_id}"
-                await send_error(scope, send, 502, "port_unreachable", message)
+            with sandbox.traffic() as cut:
+                try:
+                    await first_done(forward(scope, receive, downstream.send, self.client, url), cut.wait())
+                except Unreachable as exc:
+                    extra = {"sandbox": sandbox_id, "port": port, "error": str(exc)}
+                    log.info("port unreachable", extra=extra)
+                    message = f"nothing listens on port {port} in capsule {sandbox_id}"
+                    e2b = {"sandboxId": sandbox_id, "port": port, "code": 502,
+                           "message": "The sandbox is running but port is not open"}  # fmt: skip
+                    await send_error(scope, send, 502, "port_unreachable", message, e2b)  # E2B's too
+                    return
+        if cut.is_set():
+            await downstream.cut(sandbox_id)
+
+
+class _Downstream:
+    """The client's side of one proxied exchange: what was sent yet, and redirects made public."""
+
+    def __init__(self, scope: Scope, send: Send, sandbox: Sandbox, port: int) -> None:
+        self.scope = scope
+        self._send = send
+        self.started = False
+        headers = {k.lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        self._own = (GUEST_IP, sandbox.host_ip)
+        self._port, self._sandbox_id = port, sandbox.id
+        self._public_host = headers.get(b"host", "")
+        self._public_scheme = headers.get(b"x-forwarded-proto", "http").split(",")[0].strip().lower()
+
+    async def send(self, message: Message) -> None:
+        if message["type"] in ("http.response.start", "websocket.accept", "websocket.http.response.start"):
+            self.started = True
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [self._header(k, v) for k, v in message["headers"]]}
+        await self._send(message)
+
+    def _header(self, name: bytes, value: bytes) -> tuple[bytes, bytes]:
+        if name.lower() != b"location":
+            return name, value
+        public = public_location(
+            value.decode("latin-1"), own_addresses=self._own, port=self._port, sandbox_id=self._sandbox_id,
+            public_host=self._public_host, public_scheme=self._public_scheme,
+        )  # fmt: skip
+        return (name, public.encode("latin-1")) if public is not None else (name, value)
+
+    async def cut(self, sandbox_id: str) -> None:
+        """The sandbox left while this exchange was open. Not answered yet: E2B's not-found. An HTTP
+        response under way is broken off (returning unfinished makes the server drop the connection,
+        which is how a client learns the stream did not end by itself); a WebSocket is closed."""
+        log.info("traffic cut: the sandbox is gone", extra={"sandbox": sandbox_id})
+        if not self.started:
+            await send_sandbox_not_found(self.scope, self._send, sandbox_id, f"sandbox {sandbox_id} is gone")
+        elif self.scope["type"] == "websocket":
+            await self._send({"type": "websocket.close", "code": 1011, "reason": "the sandbox is gone"})
 
 
 def _envd_path(path: str) -> str:

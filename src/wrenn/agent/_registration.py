@@ -116,7 +116,7 @@ class CredentialStore:
         return self.tls_dir / "ca.pem"
 
 
-def host_images(data_dir: Path) -> list[dict[str, str]]:
+def host_images(data_dir: Path) -> list[dict[str, Any]]:
     """The base images built here, as the control plane learns them (registration, heartbeats and
     `GetHostInfo.images`)."""
     return [
@@ -126,6 +126,7 @@ def host_images(data_dir: Path) -> list[dict[str, str]]:
             "envd_version": image.envd_version,
             "kernel_version": image.kernel_version,
             "description": image.description,
+            "aliases": image.aliases(),
         }
         for image in images.available(data_dir)
     ]

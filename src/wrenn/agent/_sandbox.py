@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,8 @@ class Sandbox:
     memory_source: Path | None = None
     #: Serialises pause, resume and destroy of this sandbox.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    #: One event per proxied request or socket open to the sandbox (`traffic`), set by `cut_traffic`.
+    _traffic: set[asyncio.Event] = field(default_factory=set, repr=False)
 
     @property
     def id(self) -> str:
@@ -94,6 +98,21 @@ class Sandbox:
 
     def touch(self) -> None:
         self.last_active_at = time.time()
+
+    @contextlib.contextmanager
+    def traffic(self) -> Iterator[asyncio.Event]:
+        """Held while a proxied request or socket is open: the event is set when it must be cut."""
+        cut = asyncio.Event()
+        self._traffic.add(cut)
+        try:
+            yield cut
+        finally:
+            self._traffic.discard(cut)
+
+    def cut_traffic(self) -> None:
+        """The sandbox is going away for good: end every proxied exchange with it now."""
+        for cut in self._traffic:
+            cut.set()
 
     # --- persistence, for adoption after an agent restart --------------------------------------------
 

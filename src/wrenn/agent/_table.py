@@ -109,7 +109,9 @@ class SandboxTable:
         self.metrics.drop(sandbox.id)
 
     async def release(self, sandbox: Sandbox) -> None:
-        """Free everything the sandbox holds. Safe to call at any stage and more than once."""
+        """Free everything the sandbox holds. Safe to call at any stage and more than once. Proxied
+        traffic to it is cut first: its guest will never answer again (a pause keeps it, as before)."""
+        sandbox.cut_traffic()
         await self.release_runtime(sandbox)
         disk, sandbox.disk = sandbox.disk, None
         if disk is not None:

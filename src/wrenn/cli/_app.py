@@ -12,7 +12,7 @@ import httpx
 import typer
 from rich.console import Console
 
-from wrenn import __version__
+from wrenn import __version__, images
 
 from . import _capsule, _host, _platform
 from ._auth import NoCredentials
@@ -84,11 +84,25 @@ def up(
     agent_proxy_port: Annotated[
         int, typer.Option(help="the host agent's sandbox-traffic port (default: --agent-port + 1)")
     ] = 0,
+    with_: Annotated[
+        list[str] | None,
+        typer.Option("--with", help="also build this base image, e.g. code-interpreter (repeatable)"),
+    ] = None,
 ) -> None:
     """The whole platform on this machine: control plane, host agent and SQLite; then a first capsule."""
     from wrenn.sdk import Capsule
 
-    platform = _platform.start(data_dir, port, agent_port, err, proxy_port=agent_proxy_port or None)
+    for name in with_ or ():
+        if name not in images.TEMPLATES and name not in images.ALIASES:
+            raise typer.BadParameter(f"no base image {name!r} (known: {', '.join(sorted(images.TEMPLATES))})")
+    platform = _platform.start(
+        data_dir,
+        port,
+        agent_port,
+        err,
+        proxy_port=agent_proxy_port or None,
+        templates=tuple(images.ALIASES.get(n, n) for n in with_ or ()),
+    )
     err.print(f"Wrenn is up at {platform.base_url}. A first capsule:")
     started = time.monotonic()
     with (
@@ -107,7 +121,9 @@ def up(
         "      # WRENN_BASE_URL and WRENN_API_KEY for the SDK and the CLI\n"
         "  python3 -c 'from wrenn import Capsule; print(Capsule().commands.run(\"uname -a\").stdout)'\n"
         "  wrenn capsule create | list | exec ID -- CMD | shell ID | cp SRC DST | kill ID\n"
-        f"  API docs: {platform.base_url}/docs      stop everything: wrenn down"
+        f"  API docs: {platform.base_url}/docs      stop everything: wrenn down\n"
+        f"\nDashboard: {platform.base_url}/   sign in as {platform.admin_email}, "
+        f"password {platform.admin_password}  (also in {_platform.Platform.state_file(data_dir)})"
     )
     if detach:
         return

@@ -141,9 +141,15 @@ def _credentials(base_url: str, platform: Platform | None) -> tuple[str, str, st
 
 
 def start(
-    data_dir: Path, port: int, agent_port: int, console: Console, proxy_port: int | None = None
+    data_dir: Path,
+    port: int,
+    agent_port: int,
+    console: Console,
+    proxy_port: int | None = None,
+    templates: tuple[str, ...] = (),
 ) -> Platform:
-    """Bring the platform up (or find it running) and return how to reach it."""
+    """Bring the platform up (or find it running) and return how to reach it. `templates`: base images
+    built (or found up to date) besides `minimal`, e.g. `code-interpreter`."""
     if os.geteuid() != 0:
         raise PlatformError(
             "the host agent runs microVMs with their own network namespaces: run as root (sudo)"
@@ -162,7 +168,10 @@ def start(
     if images.find("minimal", data_dir) is None:
         console.print("Building the base image (once; about a minute).")
     try:
-        images.build("minimal", data_dir, progress=True)
+        for template in dict.fromkeys(("minimal", *templates)):
+            if template != "minimal" and images.find(template, data_dir) is None:
+                console.print(f"Building the {template} image (once; several minutes).")
+            images.build(template, data_dir, progress=True, console=console)
     except images.BuildError as exc:
         raise PlatformError(str(exc)) from None
     logs = data_dir / "logs"

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 from wrenn import __version__
 
+from . import _site
 from ._agents import AgentPool
 from ._ca import CertificateAuthority
 from ._errors import ApiError
@@ -23,7 +24,7 @@ from ._proxy import TrafficProxy
 from ._security import Tokens, load_or_create_secret
 from ._settings import Settings
 from .db import make_engine, migrate, sessions
-from .routes import auth, capsules, e2b, keys, snapshots, streams, teams
+from .routes import auth, capsules, dashboard, e2b, keys, snapshots, streams, teams
 from .routes import hosts as hosts_routes
 
 log = logging.getLogger("wrenn.controlplane")
@@ -130,5 +131,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(hosts_routes.router)
     app.include_router(teams.router)
     app.include_router(e2b.router)  # E2B's REST API: /sandboxes, /v2/sandboxes, ...
+    app.include_router(dashboard.router)  # the dashboard's session cookie and downloads
+    _site.mount(app, settings.dashboard_dir)  # the dashboard's pages, last: they never shadow the API
     app.add_middleware(TrafficProxy, state=app.state)  # `{port}-{capsule_id}.{domain}` traffic
     return app

@@ -13,8 +13,9 @@ from starlette.requests import HTTPConnection
 from . import _errors
 from ._principal import Principal, audit_fields
 from ._security import API_KEY_PREFIX, Tokens, hash_api_key
+from ._session import session_token
 from .db import ApiKey, Membership, User, utcnow
-from .service import CapsuleService, TemplateService
+from .service import AccountService, CapsuleService, TemplateService
 
 
 async def db(request: Request) -> AsyncIterator[AsyncSession]:
@@ -26,9 +27,10 @@ Db = Annotated[AsyncSession, Depends(db)]
 
 
 def _bearer(conn: HTTPConnection) -> str | None:
+    """`Authorization: Bearer <JWT>`, else the dashboard's session cookie where it may count."""
     header = conn.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token else None
+    return token.strip() if scheme.lower() == "bearer" and token else session_token(conn)
 
 
 async def _from_jwt(token: str, session: AsyncSession, tokens: Tokens) -> Principal:
@@ -78,6 +80,11 @@ async def token_principal(token: str, session: AsyncSession, tokens: Tokens) -> 
     return await _from_jwt(token, session, tokens)
 
 
+async def jwt_principal(token: str, session: AsyncSession, tokens: Tokens) -> Principal:
+    """The user a JWT names (the dashboard's session cookie): never an API key."""
+    return await _from_jwt(token, session, tokens)
+
+
 async def principal(request: Request, session: Db) -> Principal:
     """An `X-API-Key` or an `Authorization: Bearer <JWT>`."""
     return await authenticate(request, session)
@@ -103,11 +110,17 @@ def _template_service(capsules: Capsules) -> TemplateService:
     return TemplateService(capsules)
 
 
+def _account_service(request: Request, session: Db) -> AccountService:
+    return AccountService(session, request.app.state.tokens, request.app.state.settings)
+
+
 #: The services of a request, over its session.
 Capsules = Annotated[CapsuleService, Depends(_capsule_service)]
 Templates = Annotated[TemplateService, Depends(_template_service)]
+Accounts = Annotated[AccountService, Depends(_account_service)]
 
 __all__ = [
+    "Accounts",
     "Caller",
     "Capsules",
     "Db",
@@ -117,5 +130,6 @@ __all__ = [
     "audit_fields",
     "authenticate",
     "has_credentials",
+    "jwt_principal",
     "token_principal",
 ]

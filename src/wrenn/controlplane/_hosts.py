@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import Any
 
 from connectrpc.errors import ConnectError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,7 +17,7 @@ from .db import Host, HostStatus, utcnow
 log = logging.getLogger("wrenn.controlplane.hosts")
 
 
-def images_of(info: pb.GetHostInfoResponse) -> list[dict[str, str]]:
+def images_of(info: pb.GetHostInfoResponse) -> list[dict[str, Any]]:
     """The base images an agent reports, as `Host.images` keeps them."""
     return [
         {
@@ -25,6 +26,7 @@ def images_of(info: pb.GetHostInfoResponse) -> list[dict[str, str]]:
             "envd_version": i.envd_version,
             "kernel_version": i.kernel_version,
             "description": i.description,
+            "aliases": list(i.aliases),
         }
         for i in info.images
     ]

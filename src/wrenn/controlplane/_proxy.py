@@ -2,6 +2,10 @@
 `E2b-Sandbox-Id` and `E2b-Sandbox-Port` headers, reaches that port inside the capsule through its host
 agent (`/proxy/{capsule_id}/{port}/{path}`). Every other request goes to the REST app untouched.
 
+As E2B's proxy does: a capsule that is not there (never was, destroyed, failed) is answered 502 "The
+sandbox was not found" (which E2B's SDK reads as "not running"); a private capsule's ports want its
+traffic token, but envd's port does not (envd's own access token guards it).
+
 It is an ASGI middleware of the FastAPI app, so whoever serves the app serves the proxy too."""
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from wrenn._shared.asgiproxy import (
     forward,
     path_problem,
     send_error,
+    send_sandbox_not_found,
 )
 
 from . import _errors
@@ -38,6 +43,8 @@ log = logging.getLogger("wrenn.controlplane.proxy")
 _HOST = re.compile(r"^(\d{1,5})-(cl-[0-9a-z]{1,60})\.[^:]+(:\d+)?$")
 _SANDBOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 TOKEN_HEADERS = (b"x-traffic-access-token", b"e2b-traffic-access-token")
+#: envd's port in every capsule: guarded by envd's access token, never by the traffic token.
+ENVD_PORT = 49983
 #: A capsule's `last_active_at` is bumped by proxied requests at most this often.
 TOUCH_INTERVAL = timedelta(seconds=5)
 
@@ -78,7 +85,10 @@ class TrafficProxy:
         try:
             address, base = await self._resolve(found, scope["headers"])
         except _errors.ApiError as exc:
-            await send_error(scope, send, exc.status, exc.code, exc.message)
+            if exc.code == "not_found":
+                await send_sandbox_not_found(scope, send, found.capsule_id, exc.message)
+            else:
+                await send_error(scope, send, exc.status, exc.code, exc.message)
             return
         query = scope.get("query_string", b"").decode("latin-1")
         url = f"{base}/proxy/{found.capsule_id}/{found.port}{path}" + (f"?{query}" if query else "")
@@ -103,7 +113,7 @@ class TrafficProxy:
             capsule = await session.get(Capsule, found.capsule_id)
             if capsule is None or capsule.status in (S.STOPPED, S.ERROR):
                 raise _errors.not_found(f"capsule {found.capsule_id}")
-            if capsule.traffic_access_token is not None:
+            if capsule.traffic_access_token is not None and found.port != ENVD_PORT:
                 given = next((v for k, v in headers if k.lower() in TOKEN_HEADERS), b"")
                 if not hmac.compare_digest(given, capsule.traffic_access_token.encode()):
                     raise _errors.forbidden(f"capsule {capsule.id} needs its X-Traffic-Access-Token")

@@ -43,6 +43,8 @@ class Settings:
     registration_token_ttl_s: int = 3600
     host_jwt_ttl_s: int = 7 * 24 * 3600
     host_refresh_ttl_s: int = 60 * 24 * 3600
+    #: The built web dashboard served at `/`; None: the one in the package (`_dashboard`).
+    dashboard_dir: Path | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -1,7 +1,10 @@
 """GET and POST /files: streamed download and upload, multipart or raw, with optional gzip.
 
-Uploads stream into a temporary file beside the target and are renamed over it only when complete, so
-a failed or interrupted upload never leaves a half-written file behind, and no body is held in memory.
+Uploads are written in place, as E2B's envd writes them: the target is created (or truncated), given to
+the user and filled as the body streams in, so a watcher of its directory sees the target's own events
+(CREATE, CHMOD, WRITE) and no temporary file. A file the upload created is removed again when the upload
+fails; an overwrite that fails midway leaves the file partly written, as with E2B. No body is ever held
+in memory.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import logging
 import os
 import shutil
 import stat
-import tempfile
 import zlib
 from collections.abc import AsyncIterator, Callable
 from http import HTTPStatus
@@ -26,8 +28,7 @@ from . import _paths
 from ._errors import classify
 from ._state import EnvdState
 from ._users import UnknownUserError, User
-from .filesystem import make_dirs
-from .filesystem._entry import XATTR_PREFIX
+from .filesystem import file_metadata, make_dirs
 
 log = logging.getLogger("wrenn.envd.files")
 
@@ -117,9 +118,12 @@ class FileRoutes:
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 f"upload of {length} bytes exceeds the limit of {self._max}",
             )
-        metadata = {
-            k[len(METADATA_HEADER) :]: v for k, v in request.headers.items() if k.startswith(METADATA_HEADER)
-        }
+        metadata: dict[str, str] = {}
+        for name, value in request.headers.items():  # names arrive lower case, as E2B's envd keys them
+            if name.startswith(METADATA_HEADER) and name != METADATA_HEADER:
+                metadata.setdefault(name[len(METADATA_HEADER) :], value)
+        if (problem := file_metadata.problem(metadata)) is not None:
+            return error(HTTPStatus.BAD_REQUEST, f"invalid metadata: {problem}")
         content_type, options = parse_options_header(request.headers.get("content-type", ""))
         session = _UploadSession(
             user,
@@ -222,11 +226,10 @@ async def _decoded(stream: AsyncIterator[bytes], encoding: str) -> AsyncIterator
 
 
 class _TargetFile:
-    """One file being written: a temporary file beside the target, renamed over it on commit."""
+    """One file being written in place: created (or opened and truncated), given to the user, filled."""
 
     def __init__(self, path: str, user: User, limit: int | None, expected: int | None) -> None:
         self.path = path
-        self.user = user
         self.limit = limit
         self.size = 0
         if os.path.isdir(path):
@@ -237,8 +240,19 @@ class _TargetFile:
             raise UploadError(
                 HTTPStatus.INSUFFICIENT_STORAGE, f"{path}: not enough free space for {expected} bytes"
             )
-        fd, self.tmp = tempfile.mkstemp(dir=parent, prefix=".wrenn-upload-")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+        try:
+            fd, self.created = os.open(path, flags | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            fd, self.created = os.open(path, flags, 0o644), False
         self.file = os.fdopen(fd, "wb")
+        try:  # the events E2B's envd causes, in its order: CREATE, CHMOD, then WRITEs
+            os.fchown(fd, user.uid, user.gid)
+            if not self.created:  # truncated only once it is the user's
+                os.ftruncate(fd, 0)
+        except OSError:
+            self.abort()
+            raise
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
@@ -251,25 +265,20 @@ class _TargetFile:
 
     def commit(self, metadata: dict[str, str]) -> dict[str, Any]:
         self.file.flush()
-        fd = self.file.fileno()
-        try:
-            mode = stat.S_IMODE(os.stat(self.path).st_mode)
-        except FileNotFoundError:
-            mode = 0o644
-        os.fchmod(fd, mode)
-        if not self.user.is_current:
-            os.fchown(fd, self.user.uid, self.user.gid)
-        for key, value in metadata.items():
-            os.setxattr(fd, XATTR_PREFIX + key, value.encode())
+        if not file_metadata.replace(self.file.fileno(), metadata) and metadata:
+            log.warning("metadata not stored: no extended attributes here", extra={"path": self.path})
         self.file.close()
-        os.replace(self.tmp, self.path)
-        return {"name": os.path.basename(self.path), "type": "file", "path": self.path}
+        entry: dict[str, Any] = {"name": os.path.basename(self.path), "type": "file", "path": self.path}
+        if stored := file_metadata.read(self.path):
+            entry["metadata"] = stored
+        return entry
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):
             self.file.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.tmp)
+        if self.created:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
 
 class _UploadSession:
@@ -292,7 +301,13 @@ class _UploadSession:
         raw = self.path if (self.path and not self.written) else name
         if not raw:
             raise UploadError(HTTPStatus.BAD_REQUEST, "no destination: pass ?path= or a filename in the part")
-        self.current = _TargetFile(_paths.resolve(raw, self.user.home), self.user, self.limit, self.length)
+        path = _paths.resolve(raw, self.user.home)
+        if any(entry["path"] == path for entry in self.written):  # refused as E2B's envd refuses it
+            raise UploadError(
+                HTTPStatus.BAD_REQUEST,
+                f"you cannot upload multiple files to the same path '{path}' in one upload request",
+            )
+        self.current = _TargetFile(path, self.user, self.limit, self.length)
 
     def _close(self) -> None:
         assert self.current is not None

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
+import secrets
 import socket
 import struct
 from pathlib import Path
@@ -15,6 +17,9 @@ log = logging.getLogger("wrenn.envd")
 RNDADDENTROPY = 0x40085203
 RNDRESEEDCRNG = 0x5207
 MAX_ENTROPY_BYTES = 512
+#: Rewritten (with new random contents) every time /init reseeds the guest: programs that keep random
+#: state of their own (the code interpreter's kernels) watch it and reseed when it changes.
+IDENTITY_FILE = Path("/run/wrenn/identity")
 
 
 def set_hostname(name: str) -> None:
@@ -42,3 +47,15 @@ def reseed(entropy: bytes) -> None:
         log.info("random pool reseeded", extra={"bytes": len(entropy)})
     except OSError as exc:
         log.warning("cannot reseed the random pool", extra={"error": str(exc)})
+
+
+def publish(path: Path) -> None:
+    """Give the guest a new identity token (drawn after the reseed), atomically and world-readable."""
+    try:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(secrets.token_hex(16) + "\n")
+        tmp.chmod(0o644)
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("cannot publish the guest's identity", extra={"error": str(exc), "path": str(path)})

@@ -90,6 +90,7 @@ class SystemRoutes:
             _identity.set_hostname(hostname)
         if (entropy := body.get("entropy")) and not self._config.dev:
             _identity.reseed(base64.b64decode(entropy))
+            _identity.publish(_identity.IDENTITY_FILE)
         self._quiescer.after_restore(request.scope.get("client"))
         log.info(
             "initialised",

@@ -16,9 +16,10 @@ command line and runs envd on TCP 49983.
 from ._build import DEFAULT_DISK_SIZE, build
 from ._image import DEFAULT_DATA_DIR, NAME, VERSION, Image, InvalidName, available, find, find_version
 from ._steps import STEPS, BuildError
-from ._templates import TEMPLATES, Template
+from ._templates import ALIASES, TEMPLATES, Readiness, Template
 
 __all__ = [
+    "ALIASES",
     "DEFAULT_DATA_DIR",
     "DEFAULT_DISK_SIZE",
     "NAME",
@@ -28,6 +29,7 @@ __all__ = [
     "BuildError",
     "Image",
     "InvalidName",
+    "Readiness",
     "Template",
     "available",
     "build",

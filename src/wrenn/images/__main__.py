@@ -29,11 +29,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build (or confirm up to date) the image of a template")
     s = sub.add_parser("show", help="print the current image of a template")
+    lock = sub.add_parser("lock", help="resolve a recipe's requirements.in into its requirements.lock")
+    lock.add_argument("--template", default="code-interpreter", choices=sorted(TEMPLATES))
     for p in (b, s):
         p.add_argument("--template", default="minimal", choices=sorted(TEMPLATES))
         p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=f"default {DEFAULT_DATA_DIR}")
     b.add_argument("--force", action="store_true", help="rebuild even when up to date, ignoring caches")
-    b.add_argument("--disk-size", type=parse_size, default=DEFAULT_DISK_SIZE, help="root disk size (2G)")
+    b.add_argument(
+        "--disk-size",
+        type=parse_size,
+        default=None,
+        help=f"root disk size (the template's, else {DEFAULT_DISK_SIZE >> 30}G)",
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress display")
     return parser.parse_args(argv)
 
@@ -50,6 +57,16 @@ def main(argv: list[str] | None = None) -> int:
         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
     )
     out = Console()
+    if args.command == "lock":
+        from . import _rootfs, _templates
+
+        recipe = _templates.get(args.template)
+        text = _rootfs.lock_requirements(recipe)
+        target = _rootfs.recipe_path(recipe)
+        assert target is not None
+        (target / "requirements.lock").write_text(text)
+        console.print(f"wrote {target / 'requirements.lock'} ({text.count('==')} packages)")
+        return 0
     if args.command == "show":
         image = find(args.template, args.data_dir)
         if image is None:

@@ -35,7 +35,7 @@ def build(
     *,
     force: bool = False,
     progress: bool = False,
-    disk_size: int = DEFAULT_DISK_SIZE,
+    disk_size: int | None = None,
     console: object | None = None,
 ) -> Image:
     """Build the image of `template` under `data_dir` (default /var/lib/wrenn) and make it `current`.
@@ -45,6 +45,8 @@ def build(
     naming the failed step and the kept log; ValueError for an unknown template.
     """
     recipe = _templates.get(template)
+    template = recipe.name
+    disk_size = disk_size or recipe.disk_size or DEFAULT_DISK_SIZE
     if disk_size < 256 * 1024**2:
         raise ValueError("disk_size must be at least 256 MiB")
     data = (data_dir or DEFAULT_DATA_DIR).absolute()
@@ -112,10 +114,11 @@ def _inputs(recipe: _templates.Template, disk_size: int) -> dict[str, Any]:
         "busybox": _sha256(_initramfs.busybox()),
         "init": hashlib.sha256(_initramfs.init_script()).hexdigest(),
         "wrenn_init": hashlib.sha256(_rootfs.wrenn_init_script()).hexdigest(),
-        "envd_tree": _rootfs.envd_tree_hash(),
+        "envd_tree": _rootfs.envd_tree_hash(recipe.guest_programs),
         "envd_version": _rootfs.envd_version(),
-        "requirements": _rootfs.envd_requirements(),
+        "requirements": _rootfs.envd_requirements(recipe.guest_programs),
         "disk_size": disk_size,
+        **({"recipe_files": files} if (files := _rootfs.recipe_tree_hash(recipe)) else {}),
     }
 
 
@@ -160,11 +163,13 @@ def _build(
             _rootfs.install_python_deps(rootdir, inputs["requirements"], build_log)
         with steps.step("envd"):
             info = {"template": recipe.name, "version": version, "envd_version": inputs["envd_version"]}
-            _rootfs.install_envd(rootdir, info, build_log)
+            _rootfs.install_envd(rootdir, info, build_log, recipe.guest_programs)
+        with steps.step("recipe") as note:
+            note.text = _rootfs.install_recipe(recipe, rootdir, cache, build_log)
         with steps.step("rootfs image") as note:
             _rootfs.make_image(rootdir, staging / FILES["rootfs"], inputs["disk_size"], build_log)
             _discard(staging / "work")
-            manifest = _manifest(recipe.name, version, kernel, inputs, staging, order, steps.timings)
+            manifest = _manifest(recipe, version, kernel, inputs, staging, order, steps.timings)
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             for name in FILES.values():
                 (staging / name).chmod(0o444)
@@ -219,7 +224,7 @@ def _kernel_artifacts(
 
 
 def _manifest(
-    template: str,
+    recipe: _templates.Template,
     version: str,
     kernel: KernelRelease,
     inputs: dict[str, Any],
@@ -237,7 +242,7 @@ def _manifest(
             "sha256": _sha256(directory / name),
         }
     return {
-        "template": template,
+        "template": recipe.name,
         "version": version,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "kernel": asdict(kernel),
@@ -249,6 +254,7 @@ def _manifest(
         "python_requirements": inputs["requirements"],
         "inputs": inputs,
         "step_seconds": timings,
+        **({"ready": asdict(recipe.ready)} if recipe.ready else {}),
     }
 
 

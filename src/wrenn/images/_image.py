@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._templates import ALIASES
+
 DEFAULT_DATA_DIR = Path(os.environ.get("WRENN_DATA_DIR", "/var/lib/wrenn"))
 MANIFEST = "manifest.json"
 #: The files of a complete image, by manifest key.
@@ -71,6 +73,19 @@ class Image:
         data: dict[str, Any] = json.loads(self.manifest_path.read_text())
         return data
 
+    def aliases(self) -> list[str]:
+        """Other names this image answers to (E2B's and the seed's names for it)."""
+        return sorted(alias for alias, name in ALIASES.items() if name == self.template)
+
+    def readiness(self) -> dict[str, Any] | None:
+        """The template's readiness declaration (`{"port", "path", "timeout_s"}`), None when envd's answer
+        is enough (or the manifest is unreadable)."""
+        try:
+            ready = self.manifest().get("ready")
+        except (OSError, ValueError):
+            return None
+        return ready if isinstance(ready, dict) else None
+
     @classmethod
     def load(cls, directory: Path) -> Image | None:
         """The image in `directory`, or None when it is missing or incomplete."""
@@ -98,7 +113,7 @@ def find(template: str = "minimal", data_dir: Path | None = None) -> Image | Non
     not an image name)."""
     if not NAME.match(template):
         return None
-    tdir = template_dir(data_dir or DEFAULT_DATA_DIR, template)
+    tdir = template_dir(data_dir or DEFAULT_DATA_DIR, ALIASES.get(template, template))
     current = tdir / "current"
     if not current.is_symlink() or not VERSION.match(os.readlink(current)):
         return None  # `current` names a version beside it, nothing else
@@ -116,7 +131,7 @@ def find_version(template: str, version: str, data_dir: Path) -> Image | None:
     """That exact build of `template`, if it is still on disk; None for names that are not names."""
     if not NAME.match(template) or not VERSION.match(version):
         return None
-    return Image.load(version_dir(data_dir, template, version))
+    return Image.load(version_dir(data_dir, ALIASES.get(template, template), version))
 
 
 def point_current(template_path: Path, version: str) -> None:

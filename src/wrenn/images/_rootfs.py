@@ -8,7 +8,9 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,9 @@ GUEST_PYTHON = "3.11"
 SITE = "opt/wrenn/site"
 DEFAULT_USER = "user"
 DEFAULT_USER_UID = 1000
+#: Where a recipe's wheels and setup script are put inside the image's root while it is built.
+GUEST_WHEELS = "/tmp/wrenn-wheels"  # noqa: S108 (the image's /tmp, not the host's)
+GUEST_SETUP = "/tmp/wrenn-setup.sh"  # noqa: S108
 #: Wheel platforms the guest (glibc 2.36) can load.
 PLATFORMS: tuple[str, ...] = (
     "manylinux2014_x86_64",
@@ -159,24 +164,26 @@ def _remove(path: Path) -> None:
 # --- envd and its Python packages ----------------------------------------------------------------
 
 
-def envd_requirements() -> list[str]:
-    """The `envd` extra of the wrenn distribution, pinned to the versions the host runs (and tests)."""
+def envd_requirements(extras: tuple[str, ...] = ()) -> list[str]:
+    """The `envd` extra of the wrenn distribution (and `extras`, the guest programs' own), pinned to the
+    versions the host runs (and tests)."""
     try:
         requires = importlib.metadata.requires("wrenn") or []
     except importlib.metadata.PackageNotFoundError:
         raise RuntimeError("the wrenn distribution is not installed (pip install -e .)") from None
-    pinned = []
+    wanted = "|".join(re.escape(e) for e in ("envd", *extras))
+    pinned = set()
     for req in requires:
         spec, _, marker = req.partition(";")
-        if not re.search(r"""extra\s*==\s*["']envd["']""", marker):
+        if not re.search(rf"""extra\s*==\s*["']({wanted})["']""", marker):
             continue
         name = re.match(r"[A-Za-z0-9._-]+", spec.strip())
-        if not name:
+        if not name or name.group(0) == "wrenn":
             continue
         try:
-            pinned.append(f"{name.group(0)}=={importlib.metadata.version(name.group(0))}")
+            pinned.add(f"{name.group(0)}=={importlib.metadata.version(name.group(0))}")
         except importlib.metadata.PackageNotFoundError:
-            pinned.append(spec.strip())
+            pinned.add(spec.strip())
     if not pinned:
         raise RuntimeError("the wrenn distribution declares no envd extra")
     return sorted(pinned)
@@ -213,19 +220,20 @@ def install_python_deps(root: Path, requirements: list[str], build_log: BuildLog
     shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts with the host's shebang
 
 
-def envd_sources() -> list[tuple[str, Path]]:
-    """The files of the wrenn package the guest needs, as (path relative to site-packages, source)."""
+def envd_sources(programs: tuple[str, ...] = ()) -> list[tuple[str, Path]]:
+    """The files of the wrenn package the guest needs (envd and the template's guest `programs`), as (path
+    relative to site-packages, source)."""
     package = Path(wrenn.__file__).parent
     files = [package / "__init__.py", package / "proto" / "__init__.py"]
     files += [package / "_shared" / "__init__.py", package / "_shared" / "logs.py"]
-    for sub in ("envd", "proto/envd"):
+    for sub in ("envd", "proto/envd", *programs):
         files += sorted(p for p in (package / sub).rglob("*.py") if "__pycache__" not in p.parts)
     return [(f"wrenn/{p.relative_to(package).as_posix()}", p) for p in files]
 
 
-def envd_tree_hash() -> str:
+def envd_tree_hash(programs: tuple[str, ...] = ()) -> str:
     digest = hashlib.sha256()
-    for rel, path in envd_sources():
+    for rel, path in envd_sources(programs):
         digest.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
 
@@ -241,9 +249,11 @@ def wrenn_init_script() -> bytes:
     return resources.files("wrenn.images").joinpath("guest/wrenn-init").read_bytes()
 
 
-def install_envd(root: Path, info: dict[str, Any], build_log: BuildLog) -> None:
+def install_envd(
+    root: Path, info: dict[str, Any], build_log: BuildLog, programs: tuple[str, ...] = ()
+) -> None:
     site = root / SITE
-    for rel, src in envd_sources():
+    for rel, src in envd_sources(programs):
         dest = site / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
@@ -256,6 +266,118 @@ def install_envd(root: Path, info: dict[str, Any], build_log: BuildLog) -> None:
     build_log.run(["chroot", root, "python3", "-m", "compileall", "-q", "-f", "/" + SITE], check=False)
     for cache in (root / "root").glob(".cache"):
         shutil.rmtree(cache, ignore_errors=True)
+
+
+# --- a template's recipe directory: files onto the root, packages into the guest's Python --------------
+
+
+def recipe_path(template: Template) -> Path | None:
+    if template.recipe_dir is None:
+        return None
+    return Path(str(resources.files("wrenn.images").joinpath("recipes", template.recipe_dir)))
+
+
+def recipe_tree_hash(template: Template) -> str | None:
+    """A hash of every file of the template's recipe directory (names, modes and contents)."""
+    directory = recipe_path(template)
+    if directory is None:
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        rel = path.relative_to(directory).as_posix()
+        mode = "x" if os.access(path, os.X_OK) else "-"
+        digest.update(f"{rel}\0{mode}\0".encode() + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def install_recipe(template: Template, root: Path, cache_dir: Path, build_log: BuildLog) -> str:
+    """Copy the recipe's `rootfs/` onto the root, install its `requirements.lock` into the guest's system
+    Python (wheels fetched by the host into the cache, installed by the guest's own pip with no network),
+    then run its `setup.sh` in the root. Returns a note for the progress display."""
+    directory = recipe_path(template)
+    if directory is None:
+        return ""
+    overlay = directory / "rootfs"
+    if overlay.is_dir():
+        build_log.run(["cp", "-a", "--no-preserve=ownership", f"{overlay}/.", str(root)])
+    lock = directory / "requirements.lock"
+    count = 0
+    if lock.is_file():
+        wheels = cache_dir / "wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
+        platforms = [arg for p in (*PLATFORMS, "any") for arg in ("--platform", p)]
+        build_log.run(
+            [
+                sys.executable, "-m", "pip", "download", "--no-input", "--disable-pip-version-check",
+                "--progress-bar", "off", "--no-deps", "--require-hashes", "--only-binary=:all:",
+                "--python-version", GUEST_PYTHON, "--implementation", "cp", *platforms,
+                "--dest", wheels, "-r", lock,
+            ]
+        )  # fmt: skip
+        inside = root / GUEST_WHEELS.lstrip("/")
+        inside.mkdir(parents=True)
+        try:
+            for wheel in wheels.glob("*.whl"):
+                os.link(wheel, inside / wheel.name) if _same_fs(wheel, inside) else shutil.copy(wheel, inside)
+            shutil.copyfile(lock, inside / "requirements.lock")
+            build_log.run(
+                [
+                    "chroot", root, "python3", "-m", "pip", "install", "--no-input", "--no-index",
+                    "--disable-pip-version-check", "--progress-bar", "off", "--no-cache-dir", "--no-deps",
+                    "--require-hashes", "--find-links", GUEST_WHEELS,
+                    "-r", f"{GUEST_WHEELS}/requirements.lock",
+                ],
+                env={"HOME": "/root", "PIP_ROOT_USER_ACTION": "ignore"},
+            )  # fmt: skip
+        finally:
+            shutil.rmtree(inside, ignore_errors=True)
+        count = sum(1 for line in lock.read_text().splitlines() if line and not line.startswith("#"))
+    setup = directory / "setup.sh"
+    if setup.is_file():
+        shutil.copyfile(setup, root / GUEST_SETUP.lstrip("/"))
+        try:
+            build_log.run(["chroot", root, "/bin/sh", "-eu", GUEST_SETUP], env={"HOME": "/root"})
+        finally:
+            (root / GUEST_SETUP.lstrip("/")).unlink(missing_ok=True)
+    for cache in (root / "root").glob(".cache"):
+        shutil.rmtree(cache, ignore_errors=True)
+    return f"{count} Python packages" if count else ""
+
+
+def lock_requirements(template: Template) -> str:
+    """The text of the recipe's `requirements.lock`: `requirements.in` resolved for the guest's Python and
+    platform (wheels only), every package pinned with the hash of the wheel pip picked."""
+    directory = recipe_path(template)
+    if directory is None or not (directory / "requirements.in").is_file():
+        raise ValueError(f"template {template.name!r} has no requirements.in")
+    platforms = [arg for p in (*PLATFORMS, "any") for arg in ("--platform", p)]
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        subprocess.run(
+            [
+                sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                "--disable-pip-version-check", "--report", str(report), "--target", str(Path(tmp) / "t"),
+                "--python-version", GUEST_PYTHON, "--implementation", "cp", "--only-binary=:all:",
+                *platforms, "-r", str(directory / "requirements.in"),
+            ],
+            check=True,
+        )  # fmt: skip
+        installs = json.loads(report.read_text())["install"]
+    lines = [
+        f"# Generated by `python -m wrenn.images lock --template {template.name}` from requirements.in: "
+        "every\n# package the guest's Python gets, pinned with its wheel's hash (installed with --no-deps "
+        "--require-hashes).\n",
+    ]
+    pins = {}
+    for item in installs:
+        name = re.sub(r"[-_.]+", "-", item["metadata"]["name"]).lower()
+        digest = item["download_info"]["archive_info"]["hashes"]["sha256"]
+        pins[name] = f"{name}=={item['metadata']['version']} --hash=sha256:{digest}"
+    return "\n".join([*lines, *(pins[name] for name in sorted(pins))]) + "\n"
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    return a.stat().st_dev == b.stat().st_dev
 
 
 # --- the disk image ------------------------------------------------------------------------------

@@ -16,7 +16,15 @@ from typing import IO, Protocol
 log = logging.getLogger("wrenn.images")
 
 #: The steps of a build, in order (each one is a task on the progress display).
-STEPS: tuple[str, ...] = ("kernel", "initramfs", "debootstrap", "python deps", "envd", "rootfs image")
+STEPS: tuple[str, ...] = (
+    "kernel",
+    "initramfs",
+    "debootstrap",
+    "python deps",
+    "envd",
+    "recipe",
+    "rootfs image",
+)
 
 
 class BuildError(RuntimeError):

@@ -25,6 +25,18 @@ BASE_PACKAGES: tuple[str, ...] = (
 
 
 @dataclass(frozen=True, slots=True)
+class Readiness:
+    """What a template's guest must answer before it is ready: `GET http://GUEST:{port}{path}` with a 200.
+    The host agent waits for it (after envd answers) before it takes the ready snapshot of a new image, so
+    every sandbox restored from that snapshot starts with the template's services up."""
+
+    port: int
+    path: str = "/health"
+    #: How long a first boot may take to get there (under TCG, starting kernels takes a while).
+    timeout_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
 class Template:
     name: str
     description: str
@@ -33,6 +45,17 @@ class Template:
     #: Let `pip install` write to the system Python (drop Debian's PEP 668 EXTERNALLY-MANAGED marker):
     #: a sandbox is disposable and users expect `pip install x` to just work, as on E2B.
     pip_system_install: bool = False
+    #: A directory of `recipes/` with the template's files: `rootfs/` is copied onto the image (an
+    #: executable `rootfs/etc/wrenn/start` is the template's start command, run by the guest's init beside
+    #: envd) and `requirements.lock` is installed into the guest's system Python (--no-deps, hashes).
+    recipe_dir: str | None = None
+    #: Guest programs of the wrenn package installed beside envd in /opt/wrenn/site, with the packages of
+    #: the wrenn extra of the same name (e.g. "interpreter": the code interpreter's execution server).
+    guest_programs: tuple[str, ...] = ()
+    #: The template's readiness (None: ready when envd answers).
+    ready: Readiness | None = None
+    #: Root disk size when the build is not given one (None: DEFAULT_DISK_SIZE).
+    disk_size: int | None = None
 
     def recipe(self) -> dict[str, Any]:
         """Everything about the template that changes the image (an input to the version hash)."""
@@ -56,12 +79,27 @@ TEMPLATES: dict[str, Template] = {
             packages=(*BASE_PACKAGES, "python3-pip", "python3-venv", "python3-numpy", "python3-pandas"),
             pip_system_install=True,
         ),
+        # E2B's code-interpreter-v1: Jupyter Server on 8888 and the execution server on 49999 (started by
+        # rootfs/etc/wrenn/start), ready once the execution server's default Python kernel is.
+        Template(
+            name="code-interpreter",
+            description="python plus Jupyter, the data stack and the code interpreter's execution server",
+            packages=(*BASE_PACKAGES, "python3-pip", "python3-venv"),
+            pip_system_install=True,
+            recipe_dir="code-interpreter",
+            guest_programs=("interpreter",),
+            ready=Readiness(port=49999, path="/health", timeout_s=600.0),
+            disk_size=4 * 1024**3,
+        ),
     )
 }
+
+#: Other names of base images: E2B's and the seed's names of the code interpreter.
+ALIASES: dict[str, str] = {"code-interpreter-v1": "code-interpreter", "code-runner-beta": "code-interpreter"}
 
 
 def get(name: str) -> Template:
     try:
-        return TEMPLATES[name]
+        return TEMPLATES[ALIASES.get(name, name)]
     except KeyError:
         raise ValueError(f"unknown template {name!r} (known: {', '.join(sorted(TEMPLATES))})") from None

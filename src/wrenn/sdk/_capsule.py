@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -68,9 +68,12 @@ class Capsule:
         commands: `Commands`, files: `Files`, git: `Git`.
     """
 
+    #: The template a create without one uses (a subclass, e.g. the code interpreter's, has its own).
+    default_template: ClassVar[str] = "minimal"
+
     def __init__(
         self,
-        template: str = "minimal",
+        template: str | None = None,
         vcpus: int = 1,
         memory_mb: int = 512,
         timeout: int | None = None,
@@ -90,6 +93,7 @@ class Capsule:
         self._http = httpx.Client(**self._config.client_kwargs())
         if _info is None:
             try:
+                template = template or self.default_template
                 call = _api.create_capsule(template, vcpus, memory_mb, timeout, allow_public_traffic)
                 _info = run_sync(self._http, call)
             except BaseException:
@@ -115,7 +119,7 @@ class Capsule:
     @classmethod
     def create(
         cls,
-        template: str = "minimal",
+        template: str | None = None,
         vcpus: int = 1,
         memory_mb: int = 512,
         timeout: int | None = None,
@@ -298,6 +302,8 @@ class AsyncCapsule:
             result = await capsule.commands.run("echo hello")
     """
 
+    default_template: ClassVar[str] = "minimal"
+
     def __init__(self, *, _info: CapsuleInfo, _config: Config) -> None:
         self._config = _config
         self._http = httpx.AsyncClient(**_config.client_kwargs())
@@ -318,7 +324,7 @@ class AsyncCapsule:
     @classmethod
     async def create(
         cls,
-        template: str = "minimal",
+        template: str | None = None,
         vcpus: int = 1,
         memory_mb: int = 512,
         timeout: int | None = None,
@@ -330,6 +336,7 @@ class AsyncCapsule:
     ) -> AsyncCapsule:
         """See `Capsule.__init__`."""
         config = Config.resolve(api_key, base_url)
+        template = template or cls.default_template
         call = _api.create_capsule(template, vcpus, memory_mb, timeout, allow_public_traffic)
         async with httpx.AsyncClient(**config.client_kwargs()) as client:
             info = await run_async(client, call)

@@ -15,15 +15,6 @@ from . import _api
 from ._exceptions import WrennError
 from ._models import CommandResult
 
-__all__ = [
-    "FileStatus",
-    "GitAuthError",
-    "GitBranch",
-    "GitCommandError",
-    "GitError",
-    "GitStatus",
-]
-
 T = TypeVar("T")
 
 

@@ -84,8 +84,8 @@ class Host(Base):
     address: Mapped[str] = mapped_column(String(300))
     #: The port of its traffic listener (`/proxy/...` only) on the same address; 0: not known yet.
     proxy_port: Mapped[int] = mapped_column(Integer, default=0)
-    #: The base images built there: [{name, version, envd_version, kernel_version, description}].
-    images: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    #: The base images built there: [{name, version, envd_version, kernel_version, description, aliases}].
+    images: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     status: Mapped[str] = mapped_column(String(16), default=HostStatus.PENDING)
     arch: Mapped[str] = mapped_column(String(32), default="")
     cpu_cores: Mapped[int] = mapped_column(Integer, default=0)

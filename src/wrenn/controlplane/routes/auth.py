@@ -1,38 +1,16 @@
-"""Sign-up, login, team switching and the caller's own account."""
+"""Sign-up, login, team switching and the caller's own account (`service.AccountService`)."""
 
 from __future__ import annotations
 
-import re
-from datetime import timedelta
+from dataclasses import asdict
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
-from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from fastapi import APIRouter
+from pydantic import BaseModel
 
-from .. import _audit, _errors
-from .._deps import Db, UserCaller
-from .._ids import new_id, new_slug
-from .._security import DUMMY_HASH, Claims, hash_password, verify_password
-from ..db import LoginFailure, Membership, Team, User, utcnow
+from .._deps import Accounts, UserCaller
+from ..service.accounts import LoginBody, SignupBody, SwitchTeamBody
 
 router = APIRouter(tags=["auth"])
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-
-
-class SignupBody(BaseModel):
-    email: str = Field(max_length=320)
-    password: str = Field(min_length=8, max_length=256)
-    name: str = Field(default="", max_length=200)
-
-
-class LoginBody(BaseModel):
-    email: str = Field(max_length=320)
-    password: str = Field(max_length=256)
-
-
-class SwitchTeamBody(BaseModel):
-    team_id: str
 
 
 class AuthResponse(BaseModel):
@@ -43,107 +21,22 @@ class AuthResponse(BaseModel):
     name: str
 
 
-def _token(request: Request, user: User, team_id: str, role: str) -> AuthResponse:
-    token = request.app.state.tokens.issue(Claims(user.id, team_id, role, user.email))
-    return AuthResponse(token=token, user_id=user.id, team_id=team_id, email=user.email, name=user.name)
-
-
-async def create_user_with_team(
-    session: AsyncSession, email: str, password: str, name: str
-) -> tuple[User, Team]:
-    email = email.strip().lower()
-    if not EMAIL.match(email):
-        raise _errors.bad_request("email is not a valid address")
-    if (await session.execute(select(User).where(User.email == email))).scalar_one_or_none() is not None:
-        raise _errors.conflict("an account with this email already exists")
-    user = User(
-        id=new_id("usr"), email=email, name=name or email.split("@")[0], password_hash=hash_password(password)
-    )
-    # The platform's first account administers it (regular hosts, ...).
-    user.is_admin = not await session.scalar(select(func.count()).select_from(User))
-    team = Team(id=new_id("team"), name=f"{user.name}'s team", slug=new_slug())
-    session.add_all([user, team])
-    await session.flush()
-    session.add(Membership(team_id=team.id, user_id=user.id, role="owner", is_default=True))
-    return user, team
-
-
 @router.post("/v1/auth/signup", status_code=201, response_model=AuthResponse)
-async def signup(body: SignupBody, request: Request, session: Db) -> AuthResponse:
+async def signup(body: SignupBody, accounts: Accounts) -> AuthResponse:
     """Create an account and its default team. Self-hosted: active at once (no email round trip)."""
-    user, team = await create_user_with_team(session, body.email, body.password, body.name)
-    _audit.record(
-        session,
-        team_id=team.id,
-        actor_type="user",
-        actor_id=user.id,
-        actor_name=user.email,
-        resource_type="user",
-        resource_id=user.id,
-        action="signup",
-    )
-    await session.commit()
-    return _token(request, user, team.id, "owner")
+    return AuthResponse(**asdict(await accounts.signup(body)))
 
 
 @router.post("/v1/auth/login", response_model=AuthResponse)
-async def login(body: LoginBody, request: Request, session: Db) -> AuthResponse:
-    email = body.email.strip().lower()
-    settings = request.app.state.settings
-    since = utcnow() - timedelta(seconds=settings.login_window_s)
-    failures = await session.scalar(
-        select(func.count())
-        .select_from(LoginFailure)
-        .where(LoginFailure.email == email, LoginFailure.at > since)
-    )
-    if (failures or 0) >= settings.login_attempts:
-        raise _errors.ApiError(429, "rate_limited", "too many failed logins: try again in a few minutes")
-    user = (await session.execute(select(User).where(User.email == email))).scalar_one_or_none()
-    if not verify_password(user.password_hash if user else DUMMY_HASH, body.password) or user is None:
-        session.add(LoginFailure(email=email))
-        await session.commit()
-        raise _errors.unauthorized("wrong email or password")
-    if user.status != "active":
-        raise _errors.ApiError(403, "account_disabled", "this account is disabled")
-    await session.execute(delete(LoginFailure).where(LoginFailure.email == email))
-    member = (
-        (
-            await session.execute(
-                select(Membership).where(Membership.user_id == user.id).order_by(Membership.is_default.desc())
-            )
-        )
-        .scalars()
-        .first()
-    )
-    if member is None:
-        raise _errors.ApiError(403, "no_team", "this account belongs to no team")
-    await session.commit()
-    return _token(request, user, member.team_id, member.role)
+async def login(body: LoginBody, accounts: Accounts) -> AuthResponse:
+    return AuthResponse(**asdict(await accounts.login(body)))
 
 
 @router.post("/v1/auth/switch-team", response_model=AuthResponse)
-async def switch_team(
-    body: SwitchTeamBody, request: Request, caller: UserCaller, session: Db
-) -> AuthResponse:
-    assert caller.user_id is not None
-    member = await session.get(Membership, (body.team_id, caller.user_id))
-    if member is None:
-        raise _errors.not_found(f"team {body.team_id}")
-    user = await session.get(User, caller.user_id)
-    assert user is not None
-    return _token(request, user, member.team_id, member.role)
+async def switch_team(body: SwitchTeamBody, caller: UserCaller, accounts: Accounts) -> AuthResponse:
+    return AuthResponse(**asdict(await accounts.switch_team(caller, body.team_id)))
 
 
 @router.get("/v1/me")
-async def me(caller: UserCaller, session: Db) -> dict[str, object]:
-    user = await session.get(User, caller.user_id)
-    assert user is not None
-    return {
-        "user_id": user.id,
-        "name": user.name,
-        "email": user.email,
-        "has_password": True,
-        "providers": [],
-        "team_id": caller.team_id,
-        "role": caller.role,
-    }
+async def me(caller: UserCaller, accounts: Accounts) -> dict[str, object]:
+    return await accounts.me(caller)

@@ -59,6 +59,7 @@ class ImageFact(BaseModel):
     envd_version: str = Field(default="", max_length=32)
     kernel_version: str = Field(default="", max_length=128)
     description: str = Field(default="", max_length=500)
+    aliases: list[str] = Field(default_factory=list, max_length=16)
 
 
 class RegisterBody(BaseModel):

@@ -81,9 +81,14 @@ async def list_snapshots(
                 size_bytes=0,
                 created_at=None,
                 platform=True,
-                metadata={"description": image.get("description", ""), "version": image.get("version", "")},
+                metadata={
+                    "description": image.get("description", ""),
+                    "version": image.get("version", ""),
+                    "aliases": list(image.get("aliases", [])),
+                },
             )
             for name, image in sorted((await templates.base_images()).items())
+            if name == image.get("name")  # once, by its own name
         ]
     if type in (None, "snapshot"):
         found += [_out(t) for t in await templates.of_team(caller.team_id)]

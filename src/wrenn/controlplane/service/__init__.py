@@ -1,13 +1,14 @@
 """The service layer: what the control plane does, below every dialect that asks for it.
 
     routes/ (/v1, E2B's API, WebSockets), the traffic proxy, the host monitor
-        -> service (capsule lifecycle, templates, work inside a capsule)
+        -> service (accounts, capsule lifecycle, templates, work inside a capsule)
             -> the database (db) and the host agents (AgentPool)
 
 Routes translate HTTP to calls of these and back; they hold no lifecycle logic of their own and never
 import one another.
 """
 
+from .accounts import AccountService
 from .capsules import DEFAULTS, CapsuleService, CreateSpec
 from .guest import Guest, file_entry
 from .templates import NAME as TEMPLATE_NAME
@@ -16,6 +17,7 @@ from .templates import TemplateService
 __all__ = [
     "DEFAULTS",
     "TEMPLATE_NAME",
+    "AccountService",
     "CapsuleService",
     "CreateSpec",
     "Guest",

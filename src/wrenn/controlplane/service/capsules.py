@@ -204,7 +204,7 @@ class CapsuleService:
             capsule.metadata_ = {
                 "kernel_version": sandbox.kernel_version,
                 "envd_version": sandbox.envd_version,
-                "from_snapshot": bool(sandbox.from_snapshot),
+                "from_snapshot": "true" if sandbox.from_snapshot else "false",
             }
             _audit_capsule(self.session, capsule, "create", caller)
         await self.session.commit()

@@ -6,6 +6,7 @@ and E2B's snapshot, fork and template routes."""
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from sqlalchemy import select
 
@@ -28,14 +29,15 @@ class TemplateService:
         self.session = capsules.session
         self.agents = capsules.agents
 
-    async def base_images(self) -> dict[str, dict[str, str]]:
-        """The platform's base images by name, as its hosts report them (the first host's facts win):
-        `{name, version, envd_version, kernel_version, description}`. No team template may take a name
-        of these."""
-        found: dict[str, dict[str, str]] = {}
+    async def base_images(self) -> dict[str, dict[str, Any]]:
+        """The platform's base images by name and by alias, as its hosts report them (the first host's
+        facts win): `{name, version, envd_version, kernel_version, description, aliases}`. No team
+        template may take a name of these."""
+        found: dict[str, dict[str, Any]] = {}
         for images in (await self.session.execute(select(Host.images).order_by(Host.id))).scalars():
             for image in images or []:
-                found.setdefault(str(image.get("name", "")), image)
+                for name in (image.get("name", ""), *image.get("aliases", ())):
+                    found.setdefault(str(name), image)
         found.pop("", None)
         return found
 

@@ -13,8 +13,7 @@ from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
 from wrenn.proto.envd.filesystem.filesystem_pb import EntryInfo, FileType
 
-#: Extended attributes in this namespace are a file's metadata (set with X-Metadata-* on upload).
-XATTR_PREFIX = "user."
+from . import _metadata
 
 
 @lru_cache(maxsize=256)
@@ -39,22 +38,6 @@ def _file_type(mode: int) -> FileType:
     if stat.S_ISLNK(mode):
         return FileType.SYMLINK
     return FileType.FILE
-
-
-def read_metadata(path: str) -> dict[str, str]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return {}
-    found: dict[str, str] = {}
-    for name in names:
-        if name.startswith(XATTR_PREFIX):
-            try:
-                raw = os.getxattr(path, name, follow_symlinks=False)
-            except OSError:
-                continue
-            found[name[len(XATTR_PREFIX) :]] = raw.decode(errors="replace")
-    return found
 
 
 def entry_info(path: str) -> EntryInfo:
@@ -86,7 +69,7 @@ def entry_info(path: str) -> EntryInfo:
         modified_time=Timestamp(
             seconds=st.st_mtime_ns // 1_000_000_000, nanos=st.st_mtime_ns % 1_000_000_000
         ),
-        metadata=read_metadata(path),
+        metadata=_metadata.read(path),
         is_symlink=is_link,
     )
     if target is not None:

@@ -79,32 +79,50 @@ def make_dirs(path: str, user: User) -> None:
 
 
 def _list(root: str, depth: int) -> list[EntryInfo]:
+    """Entries below `root` down to `depth` levels, in E2B's order (Go's `filepath.WalkDir`): depth
+    first, each directory's entries by name, a directory just before what it holds. Symlinks to
+    directories are listed, not followed; entries that vanish meanwhile are skipped."""
     entries: list[EntryInfo] = []
-    frontier = [(root, 1)]
-    while frontier:
-        directory, level = frontier.pop(0)
+
+    def walk(directory: str, level: int) -> None:
         try:
             children = sorted(os.scandir(directory), key=lambda e: e.name)
-        except (PermissionError, FileNotFoundError):
+        except (PermissionError, FileNotFoundError, NotADirectoryError):
             if directory == root:
                 raise
-            continue
+            return
         for child in children:
             try:
                 entries.append(entry_info(child.path))
             except FileNotFoundError:
                 continue
             if level < depth and child.is_dir(follow_symlinks=False):
-                frontier.append((child.path, level + 1))
+                walk(child.path, level + 1)
+
+    walk(root, 1)
     return entries
 
 
 def _remove(path: str) -> None:
-    st = os.lstat(path)
+    """A file, a link or a whole tree; a path that is not there is already removed (as with E2B's envd,
+    whose `os.RemoveAll` succeeds on it)."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
+        shutil.rmtree(path, onerror=_gone_is_fine)
     else:
-        os.unlink(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _gone_is_fine(
+    func: Callable[..., object], path: str, exc_info: tuple[type[BaseException], BaseException, object]
+) -> None:
+    """`rmtree`'s error handler: what another process removed meanwhile is no error."""
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
 
 
 @dataclass

@@ -1,0 +1,106 @@
+"""The dashboard's own routes: a session cookie instead of a token in page scripts, and file downloads
+the browser streams to disk. The cookie's rules are in `_session`; every other route is the public API."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
+
+from .. import _errors, _session
+from .._deps import Accounts, Capsules, Db, UserCaller, jwt_principal
+from ..service import Guest
+from ..service.accounts import Issued, LoginBody, SignupBody, SwitchTeamBody
+
+router = APIRouter(tags=["dashboard"])
+
+
+class Session(BaseModel):
+    user_id: str
+    team_id: str
+    email: str
+    name: str
+
+
+def _require_dashboard(request: Request) -> None:
+    """Login, sign-up and logout only from the dashboard's own scripts (no login CSRF)."""
+    if request.headers.get(_session.HEADER) != "1":
+        raise _errors.forbidden(f"send {_session.HEADER}: 1 (this route is the dashboard's)")
+
+
+def _started(request: Request, issued: Issued, status: int = 200) -> JSONResponse:
+    body = Session(user_id=issued.user_id, team_id=issued.team_id, email=issued.email, name=issued.name)
+    response = JSONResponse(body.model_dump(), status_code=status)
+    _session.set_cookie(response, issued.token, request.app.state.settings.jwt_ttl_s)
+    return response
+
+
+@router.get("/v1/dashboard/session")
+async def current(request: Request, session: Db, accounts: Accounts) -> dict[str, Any]:
+    """`{"me": <GET /v1/me>}` for a valid session, else `{"me": null}` (200 either way: the dashboard asks
+    this before anything else, and a visitor without a session is no error)."""
+    token = _session.session_token(request)
+    if token is None:
+        return {"me": None}
+    try:
+        caller = await jwt_principal(token, session, request.app.state.tokens)
+    except _errors.ApiError:
+        return {"me": None}
+    return {"me": await accounts.me(caller)}
+
+
+@router.post("/v1/dashboard/session", response_model=Session)
+async def login(body: LoginBody, request: Request, accounts: Accounts) -> JSONResponse:
+    """`/v1/auth/login`, the token set as the session cookie instead of returned."""
+    _require_dashboard(request)
+    return _started(request, await accounts.login(body))
+
+
+@router.post("/v1/dashboard/signup", status_code=201, response_model=Session)
+async def signup(body: SignupBody, request: Request, accounts: Accounts) -> JSONResponse:
+    _require_dashboard(request)
+    return _started(request, await accounts.signup(body), status=201)
+
+
+@router.post("/v1/dashboard/switch-team", response_model=Session)
+async def switch_team(
+    body: SwitchTeamBody, request: Request, caller: UserCaller, accounts: Accounts
+) -> JSONResponse:
+    return _started(request, await accounts.switch_team(caller, body.team_id))
+
+
+@router.delete("/v1/dashboard/session", status_code=204)
+async def logout(request: Request) -> Response:
+    """Forget the cookie (the JWT itself stays valid until it expires: tokens are stateless)."""
+    _require_dashboard(request)
+    response = Response(status_code=204)
+    _session.clear_cookie(response)
+    return response
+
+
+@router.get("/v1/dashboard/capsules/{capsule_id}/files/download")
+async def download(
+    capsule_id: str,
+    request: Request,
+    session: Db,
+    capsules: Capsules,
+    path: str = Query(min_length=1, max_length=4096),
+) -> StreamingResponse:
+    """A file of a capsule as an attachment, streamed (as `files/stream/read`), for a same-origin
+    navigation carrying the session cookie; nothing else is accepted here."""
+    token = _session.download_token(request)
+    if token is None:
+        raise _errors.unauthorized("downloads need the dashboard's session (a same-origin navigation)")
+    caller = await jwt_principal(token, session, request.app.state.tokens)
+    capsule, host = await capsules.running(caller.team_id, capsule_id)
+    chunks = await Guest(capsules.agents, capsule, host).read_stream(path)
+    name = path.rstrip("/").rsplit("/", 1)[-1] or "download"
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
+    headers = {
+        "content-disposition": f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name)}",
+        "x-content-type-options": "nosniff",
+    }
+    return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
