@@ -66,7 +66,7 @@ def host_ruleset(config: NetworkConfig) -> str:
   }}
   chain output {{
     type filter hook output priority filter; policy accept;
-    oifname {ours} meta skuid != 0 drop
+    oifname {ours} meta skuid != 0 reject
   }}
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
