@@ -11,9 +11,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -194,13 +195,24 @@ def wrenn_server(image: Image) -> Iterator[tuple[str, str]]:
         yield from _control_plane(agent.url, agent.token_file)
 
 
+def bootstrap_admin(
+    post: Callable[..., Any], data_dir: Path, email: str, password: str = "correct horse", base: str = ""
+) -> Any:
+    """The platform's first admin, made with the bootstrap token the control plane wrote into its data
+    directory (no sign-up makes an admin). `post` is a client's post (httpx or a TestClient)."""
+    token = (data_dir / "bootstrap-token").read_text().strip()
+    r = post(f"{base}/v1/admin/bootstrap", json={"token": token, "email": email, "password": password})
+    assert r.status_code == 201, r.text
+    return r
+
+
 #: Each running test control plane's data directory (its SQLite database is `wrenn.db` there), by base URL.
 CONTROL_PLANE_DIRS: dict[str, Path] = {}
 
 
 def _control_plane(agent_url: str, token_file: Path, root: Path | None = None) -> Iterator[tuple[str, str]]:
     """The control plane on a free port, its data (SQLite) under `root` (default: a new temporary dir,
-    removed afterwards). The first account, `sdk@example.com`, is the platform's admin."""
+    removed afterwards). `sdk@example.com`, made with the bootstrap token, is the platform's admin."""
     root = root or Path(tempfile.mkdtemp(prefix="wrenn-cp-"))
     port = free_port()
     log_path = root / "server.log"
@@ -222,9 +234,7 @@ def _control_plane(agent_url: str, token_file: Path, root: Path | None = None) -
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        account = httpx.post(
-            f"{base}/v1/auth/signup", json={"email": "sdk@example.com", "password": "correct horse"}
-        )
+        account = bootstrap_admin(httpx.post, root, "sdk@example.com", base=base)  # the platform's admin
         token = account.json()["token"]
         key = httpx.post(
             f"{base}/v1/api-keys", json={"name": "sdk"}, headers={"Authorization": f"Bearer {token}"}

@@ -481,14 +481,18 @@ async def test_a_template_from_a_paused_sandbox_starts_sandboxes_in_its_state(
     # a snapshot restores the machine it was taken of: a request for another shape is refused, not rewritten
     for other in ({"memory_mb": 512}, {"vcpus": 2}, {"disk_size_mb": 4096}):
         with pytest.raises(ConnectError) as err:
-            await client.create_sandbox(create_request("sb-t1", template="tpl-counter", **other))
+            await client.create_sandbox(create_request("sb-t1", snapshot_template="tpl-counter", **other))
         assert err.value.code.name == "INVALID_ARGUMENT", other
         assert "1 vCPU, 256 MiB of memory and a 2048 MiB disk" in err.value.message, err.value.message
         assert leftovers(agent, "sb-t1") == []
+    # a template is started only by its id in `snapshot_template`, never by a name meant for a base image
+    with pytest.raises(ConnectError) as err:
+        await client.create_sandbox(create_request("sb-t1", template="tpl-counter"))
+    assert err.value.code.name == "NOT_FOUND"
     listed = await client.list_sandboxes(pb.ListSandboxesRequest())
     assert "sb-t1" not in {s.sandbox_id for s in listed.sandboxes}
     created = await asyncio.gather(
-        *(client.create_sandbox(create_request(sid, template="tpl-counter"), timeout_ms=300_000)
+        *(client.create_sandbox(create_request(sid, snapshot_template="tpl-counter"), timeout_ms=300_000)
           for sid in ("sb-t1", "sb-t2", "sb-t3"))
     )  # fmt: skip
     assert all(r.sandbox.from_snapshot and r.sandbox.memory_mb == 256 for r in created)
@@ -511,7 +515,7 @@ async def test_a_template_from_a_paused_sandbox_starts_sandboxes_in_its_state(
     await client.delete_template(pb.DeleteTemplateRequest(name="tpl-counter"))
     assert not (agent.data_dir / "templates" / "tpl-counter").exists()
     with pytest.raises(ConnectError) as err:
-        await client.create_sandbox(create_request("sb-t3", template="tpl-counter"))
+        await client.create_sandbox(create_request("sb-t3", snapshot_template="tpl-counter"))
     assert err.value.code.name == "NOT_FOUND"
 
 

@@ -39,6 +39,8 @@ def platform(image: object) -> Iterator[tuple[Path, dict[str, str]]]:
     up = wrenn("up", "--detach", "--data-dir", str(data_dir), *ports)
     assert up.stdout == "42\n", up.stderr  # the Quickstart's promise
     assert "What next" in up.stderr and "wrenn env" in up.stderr
+    assert (data_dir / "platform.json").stat().st_mode & 0o777 == 0o600  # it holds the admin's key
+    assert not (data_dir / "bootstrap-token").exists()  # the first admin is made: the token is spent
     exports = wrenn("env", "--data-dir", str(data_dir)).stdout
     env = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
     assert set(env) == {"WRENN_BASE_URL", "WRENN_API_KEY"}

@@ -4,7 +4,6 @@ TLS to a (fake) agent, and the host monitor. On SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import socket
 import ssl
 import threading
@@ -20,6 +19,7 @@ from cryptography import x509
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from tests.conftest import bootstrap_admin
 from wrenn.controlplane import Settings, create_app
 from wrenn.controlplane._ca import CertificateAuthority
 from wrenn.controlplane.db import Capsule, Host, utcnow
@@ -37,6 +37,13 @@ def quiet(settings: Settings) -> Iterator[TestClient]:
 def _signup(api: TestClient, name: str) -> dict[str, str]:
     r = api.post("/v1/auth/signup", json={"email": f"{name}@example.com", "password": "correct horse"})
     assert r.status_code == 201, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+def _admin(api: TestClient) -> dict[str, str]:
+    """The platform's admin (the bootstrap token's account)."""
+    data_dir = api.app.state.settings.data_dir  # type: ignore[attr-defined]
+    r = bootstrap_admin(api.post, data_dir, "root@example.com")
     return {"Authorization": f"Bearer {r.json()['token']}"}
 
 
@@ -63,7 +70,7 @@ def _db(api: TestClient, fn: Any) -> Any:
 
 def test_registration_round_trip(quiet: TestClient) -> None:
     api = quiet
-    admin = _signup(api, "root")  # the first account administers the platform
+    admin = _admin(api)
     created = api.post("/v1/hosts", json={"type": "regular"}, headers=admin)
     assert created.status_code == 201, created.text
     host, token = created.json()["host"], created.json()["registration_token"]
@@ -81,7 +88,9 @@ def test_registration_round_trip(quiet: TestClient) -> None:
     cert = ca.verify(creds["cert_pem"])
     assert cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value == host["id"]
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    # the certificate names the host's id, never its address: an address grants no identity
+    assert sans.get_values_for_type(x509.DNSName) == [f"{host['id']}.hosts.wrenn.internal"]
+    assert sans.get_values_for_type(x509.IPAddress) == []
 
     # Heartbeats: the host token only, for its own host.
     beat = f"/v1/hosts/{host['id']}/heartbeat"
@@ -119,7 +128,7 @@ def test_registration_round_trip(quiet: TestClient) -> None:
 def test_expired_and_unknown_tokens_are_refused(settings: Settings) -> None:
     expired = dataclasses.replace(settings, registration_token_ttl_s=-1, monitor_interval_s=3600)
     with TestClient(create_app(expired)) as api:
-        admin = _signup(api, "root")
+        admin = _admin(api)
         token = api.post("/v1/hosts", json={}, headers=admin).json()["registration_token"]
         r = _register(api, token)
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
@@ -130,7 +139,7 @@ def test_expired_and_unknown_tokens_are_refused(settings: Settings) -> None:
 
 def test_byoc_hosts_belong_to_a_team(quiet: TestClient) -> None:
     api = quiet
-    admin = _signup(api, "root")
+    admin = _admin(api)
     owner = _signup(api, "olga")
     created = api.post("/v1/hosts", json={}, headers=owner)  # a non-admin gets a BYOC host
     assert created.status_code == 201, created.text
@@ -148,7 +157,7 @@ def test_byoc_hosts_belong_to_a_team(quiet: TestClient) -> None:
 
 def test_delete_with_and_without_force(quiet: TestClient) -> None:
     api = quiet
-    admin = _signup(api, "root")
+    admin = _admin(api)
     token = api.post("/v1/hosts", json={}, headers=admin).json()["registration_token"]
     creds = _register(api, token, f"127.0.0.1:{_free_port()}").json()  # nothing listens there
     host_id = creds["host"]["id"]
@@ -181,10 +190,10 @@ def test_the_ca_signs_what_verifies(tmp_path: Path) -> None:
     assert (tmp_path / "ca-key.pem").stat().st_mode & 0o777 == 0o600
     again = CertificateAuthority.load_or_create(tmp_path)
     assert again.cert_pem == ca.cert_pem  # kept across restarts
-    host = ca.issue_host("host-abc", "agent.example:50051")
+    host = ca.issue_host("host-abc")
     cert = ca.verify(host.cert_pem)
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert sans.get_values_for_type(x509.DNSName) == ["agent.example"]
+    assert sans.get_values_for_type(x509.DNSName) == ["host-abc.hosts.wrenn.internal"]
     assert timedelta(days=6) < cert.not_valid_after_utc - utcnow() <= timedelta(days=7)
     ca.verify(ca.issue_client().cert_pem)
     with pytest.raises(ValueError, match="not signed"):
@@ -242,7 +251,7 @@ def _serve_tls(tmp: Path, port: int, creds: dict[str, str]) -> Served:
 
 def test_monitor_marks_silent_hosts_and_reconciles_them(quiet: TestClient, tmp_path: Path) -> None:
     api = quiet
-    admin = _signup(api, "root")
+    admin = _admin(api)
     team_id = api.get("/v1/me", headers=admin).json()["team_id"]
     port = _free_port()
     token = api.post("/v1/hosts", json={}, headers=admin).json()["registration_token"]
@@ -328,7 +337,7 @@ def test_mutual_tls_wants_the_control_planes_certificate(quiet: TestClient, tmp_
     from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient
 
     api = quiet
-    admin = _signup(api, "root")
+    admin = _admin(api)
     ca: CertificateAuthority = api.app.state.ca  # type: ignore[attr-defined]
     port = _free_port()
     token = api.post("/v1/hosts", json={}, headers=admin).json()["registration_token"]
@@ -337,10 +346,10 @@ def test_mutual_tls_wants_the_control_planes_certificate(quiet: TestClient, tmp_
     url = f"https://127.0.0.1:{port}"
     try:
         pool = api.app.state.agents  # type: ignore[attr-defined]
-        info = _run(api, pool.client(url).get_host_info, pb.GetHostInfoRequest())
+        info = _run(api, pool.client(url, host_id=creds["host"]["id"]).get_host_info, pb.GetHostInfoRequest())
         assert info.hostname == "fake"
 
-        other_host = ca.issue_host("host-other", "127.0.0.2:1")
+        other_host = ca.issue_host("host-other")
         stranger = CertificateAuthority.generate().issue_client()
         for cert in (other_host, stranger, None):
 

@@ -2,7 +2,7 @@
 and logs. The routes come from the app's OpenAPI spec, so a new route is covered (or fails here, asking
 for a sample id) without editing this file.
 
-Two plain users (not the platform admin: that is the first account) each own a team with a capsule on a
+Two plain users (no sign-up makes a platform admin) each own a team with a capsule on a
 host, an API key and a second member. For every route with a path parameter naming a resource, team B
 calls it with team A's ids (and every mix of A's and B's own ids), with its JWT and with its API key; the
 answer must be a refusal (404, or 403; 401 where the credential cannot reach the route at all) and the
@@ -31,6 +31,9 @@ NOT_IDS: dict[str, str] = {"selector": "1", "tag": "gpu", "provider": "github"}
 ALLOWED: dict[str, str] = {}
 #: Routes authenticated by a host token: any user credential is 401 there.
 HOST_AUTH = re.compile(r"^POST /v1/hosts/\{[a-z_]+\}/heartbeat$")
+#: Routes authenticated by the dashboard's session cookie on a same-origin navigation alone: a JWT or an
+#: API key is 401 there.
+COOKIE_AUTH = re.compile(r"^GET /v1/dashboard/capsules/\{[a-z_]+\}/files/download$")
 
 
 @pytest.fixture
@@ -77,7 +80,7 @@ class Team:
 
 @pytest.fixture
 def teams(api: TestClient) -> tuple[Team, Team]:
-    signup(api, "root@example.com")  # the first account administers the platform; A and B are plain users
+    signup(api, "root@example.com")  # no sign-up makes an admin: A and B (and root) are plain users
     return Team(api, "ada@example.com"), Team(api, "bob@example.com")
 
 
@@ -185,7 +188,9 @@ def test_every_route_with_an_id_refuses_another_teams(api: TestClient, teams: tu
                 before = snapshot(api)
                 r = api.request(method, url, headers=headers, **kwargs)
                 allowed = (
-                    {403, 404} if credential == "jwt" and not HOST_AUTH.match(route) else {401, 403, 404}
+                    {403, 404}
+                    if credential == "jwt" and not (HOST_AUTH.match(route) or COOKIE_AUTH.match(route))
+                    else {401, 403, 404}
                 )
                 assert r.status_code in allowed, (
                     f"{route} as B ({credential}) with {url}: {r.status_code} {r.text}"

@@ -303,10 +303,11 @@ def test_an_auto_paused_capsule_is_resumed_by_traffic(
 
 def test_registered_hosts_are_reached_over_mutual_tls(tmp_path: Path) -> None:
     """An agent that requires a client certificate from the CA (as a registered one does) answers the
-    pool's traffic client, and refuses a client that trusts it but has no certificate."""
+    pool's traffic client when dialled as its own host id, refuses a client that trusts it but has no
+    certificate, and is no host but itself: dialled as another host's id, the handshake fails."""
     ca = CertificateAuthority.generate()
     port = free_port()
-    issued = ca.issue_host("host-tls", f"127.0.0.1:{port}")
+    issued = ca.issue_host("host-tls")
     for name, pem in (("cert.pem", issued.cert_pem), ("key.pem", issued.key_pem), ("ca.pem", ca.cert_pem)):
         (tmp_path / name).write_text(pem)
 
@@ -330,11 +331,17 @@ def test_registered_hosts_are_reached_over_mutual_tls(tmp_path: Path) -> None:
     async def check() -> None:
         pool = AgentPool(ca)
         address = f"https://127.0.0.1:{port}"
-        client = pool.http_client(address)
-        assert pool.http_client(address) is client  # one client, reused
-        assert pool.http_client("http://127.0.0.1:1") is not client  # local agents: plain HTTP
-        r = await client.get(f"{address}/proxy/cl-x/8000/")
+        traffic = pool.traffic(address, port, host_id="host-tls")
+        assert traffic.base_url == f"https://host-tls.hosts.wrenn.internal:{port}"  # dialled as its id
+        client = traffic.client
+        assert pool.traffic(address, port, host_id="host-tls").client is client  # one client, reused
+        assert pool.traffic("http://127.0.0.1:1", 2, host_id="h").client is not client  # local: plain HTTP
+        r = await client.get(f"{traffic.base_url}/proxy/cl-x/8000/")
         assert (r.status_code, r.text) == (200, "/proxy/cl-x/8000/")
+        # Another host registered at this address reaches nothing: the agent there is host-tls.
+        impostor = pool.traffic(address, port, host_id="host-byoc")
+        with pytest.raises(httpx.ConnectError, match=r"(?i)certificate"):
+            await impostor.client.get(f"{impostor.base_url}/proxy/cl-x/8000/")
         async with new_client(verify=ssl.create_default_context(cadata=ca.cert_pem)) as bare:
             with pytest.raises(httpx.TransportError):
                 await bare.get(f"{address}/")

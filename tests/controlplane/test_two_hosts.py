@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import bootstrap_admin
 from tests.controlplane.conftest import _free_port, _reset_postgres
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, VMs)")]
@@ -152,6 +153,7 @@ def platform(image: object, postgres_url: str, request: pytest.FixtureRequest) -
             "cp_port": cp_port,
             "nodes": nodes,
             "database_url": postgres_url,
+            "cp_dir": root / "cp",
             "cp_log": cp_log,
         }
     finally:
@@ -194,10 +196,7 @@ def test_two_hosts_spread_fail_and_come_back(platform: dict[str, Any]) -> None:
     base, nodes = platform["base"], platform["nodes"]
     a = nodes[0]
     logs = [platform["cp_log"], a.data_dir.parent / "agent-a.log", a.data_dir.parent / "agent-b.log"]
-    admin = httpx.post(
-        f"{base}/v1/auth/signup", json={"email": "root@example.com", "password": "correct horse"}
-    )
-    assert admin.status_code == 201, admin.text
+    admin = bootstrap_admin(httpx.post, platform["cp_dir"], "root@example.com", base=base)
     user = {"Authorization": f"Bearer {admin.json()['token']}"}
     key = {"X-API-Key": httpx.post(f"{base}/v1/api-keys", json={"name": "k"}, headers=user).json()["key"]}
 

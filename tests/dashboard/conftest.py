@@ -26,7 +26,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
 ]  # fmt: skip
 AXE = Path(__file__).resolve().parents[2] / "web" / "node_modules" / "axe-core" / "axe.min.js"
-ADMIN = ("sdk@example.com", "correct horse")  # the first account of `_control_plane`: the platform's admin
+ADMIN = ("sdk@example.com", "correct horse")  # `_control_plane` bootstraps it: the platform's admin
 PASSWORD = "a long passphrase"
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from e2b import TimeoutException
 from e2b_code_interpreter import Sandbox
@@ -25,7 +26,13 @@ from e2b_code_interpreter import Sandbox
 from wrenn.code_interpreter import AsyncCapsule, Capsule
 from wrenn.images import Image
 
-pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root"),
+    # The first test pays for the session's code-interpreter image build (about 5 min from nothing) and the
+    # platform's first cold boot that waits for the kernel (1-5 min under emulation): its setup, timed with it.
+    pytest.mark.timeout(2400),
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +48,14 @@ def platform(image: Image, interpreter_image: Image) -> Iterator[tuple[str, str]
     ):
         base_url, api_key = next(control_plane)
         started = time.monotonic()
-        with Capsule(api_key=api_key, base_url=base_url) as first:
+        # The first capsule cold-boots the image and waits for its kernel before the ready snapshot:
+        # minutes under emulation on a busy machine, past the SDK's create timeout, so it is made here.
+        headers = {"X-API-Key": api_key}
+        made = httpx.post(
+            f"{base_url}/v1/capsules", json={"template": "code-interpreter"}, headers=headers, timeout=1500
+        )
+        assert made.status_code == 201, made.text
+        with Capsule.connect(made.json()["id"], api_key=api_key, base_url=base_url) as first:
             assert first.run_code("1 + 1", timeout=120).text == "2"
         took = time.monotonic() - started
         print(f"\nfirst code-interpreter capsule (cold boot, ready snapshot): {took:.1f} s")

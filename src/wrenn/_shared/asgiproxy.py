@@ -18,10 +18,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from typing import Any
 from urllib.parse import unquote
 
+import httpcore
 import httpx
 import wsproto.events
 import wsproto.utilities
 from httpx_ws import AsyncWebSocketSession, HTTPXWSException, WebSocketDisconnect
+
+from . import dial
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -79,15 +82,22 @@ class _ClientGone(Exception):
     pass
 
 
-def new_client(verify: ssl.SSLContext | bool = True, keepalive: bool = True) -> httpx.AsyncClient:
+def new_client(
+    verify: ssl.SSLContext | bool = True,
+    keepalive: bool = True,
+    network_backend: httpcore.AsyncNetworkBackend | None = None,
+) -> httpx.AsyncClient:
     """A client fit for forwarding: only the dial has a timeout (streams and sockets may idle), no pool
     limit (each WebSocket holds a connection), no redirects followed and no cookies kept. Without
     `keepalive` every request dials anew: for upstreams whose address may name another machine tomorrow
-    (a guest address freed by a pause and handed to the next sandbox)."""
+    (a guest address freed by a pause and handed to the next sandbox). `network_backend` opens its
+    connections (see `dial.transport`)."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64 if keepalive else 0)
     return httpx.AsyncClient(
         verify=verify,
         timeout=httpx.Timeout(None, connect=5.0),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64 if keepalive else 0),
+        limits=limits,
+        transport=dial.transport(network_backend, verify, limits) if network_backend else None,
         cookies=http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
         follow_redirects=False,
         trust_env=False,
@@ -95,20 +105,27 @@ def new_client(verify: ssl.SSLContext | bool = True, keepalive: bool = True) -> 
 
 
 async def send_error(
-    scope: Scope, send: Send, status: int, code: str, message: str, extra: dict[str, Any] | None = None
+    scope: Scope,
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> None:
-    """Answer `{"error": {"code", "message"}}` (and `extra`'s keys) with `status`; a WebSocket is refused
-    with it."""
+    """Answer `{"error": {"code", "message"}}` (and `extra`'s keys) with `status` and `headers`; a
+    WebSocket is refused with it."""
     body = json.dumps({"error": {"code": code, "message": message}, **(extra or {})}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     if scope["type"] == "websocket":
         if "websocket.http.response" not in scope.get("extensions", {}):
             await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
             return
-        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.start", "status": status, "headers": raw})
         await send({"type": "websocket.http.response.body", "body": body})
         return
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -231,7 +248,7 @@ async def forward_http(
     except _ClientGone:
         return
     except httpx.HTTPError as exc:
-        await send_error(scope, send, 502, "bad_gateway", f"the upstream failed: {exc!r}")
+        await _bad_gateway(scope, send, url, exc)
         return
 
     async def pump() -> None:
@@ -269,7 +286,7 @@ async def forward_websocket(
     try:
         response = await _dial(client, lambda: httpx.Request("GET", url, headers=headers))
     except httpx.HTTPError as exc:
-        await send_error(scope, send, 502, "bad_gateway", f"the upstream failed: {exc!r}")
+        await _bad_gateway(scope, send, url, exc)
         return
     try:
         if response.status_code != 101:
@@ -285,6 +302,13 @@ async def forward_websocket(
                 pass
     finally:
         await response.aclose()
+
+
+async def _bad_gateway(scope: Scope, send: Send, url: str, exc: Exception) -> None:
+    """502: the upstream failed before it answered. What failed is logged, never told to the client (it
+    names internal addresses and libraries)."""
+    log.warning("upstream failed", extra={"url": url, "error": repr(exc)})
+    await send_error(scope, send, 502, "bad_gateway", "the upstream failed before it answered")
 
 
 async def _refuse(scope: Scope, send: Send, response: httpx.Response) -> None:

@@ -99,7 +99,7 @@ class AgentService(ProcessRPCs, FileRPCs, HostAgentService):
         config = self.m.config
         params = SandboxParams(
             sandbox_id=request.sandbox_id,
-            template=request.template or config.default_template,
+            template=self._template_of(request),
             vcpus=request.vcpus or 1,
             memory_mb=request.memory_mb or 512,
             disk_size_mb=request.disk_size_mb or 5120,
@@ -115,6 +115,20 @@ class AgentService(ProcessRPCs, FileRPCs, HostAgentService):
         )
         sandbox = await call(self.m.create(params))
         return pb.CreateSandboxResponse(sandbox=self._info(sandbox))
+
+    def _template_of(self, request: pb.CreateSandboxRequest) -> str:
+        """What a create starts from: the snapshot template it names by id, or a base image. A base image's
+        name never reaches a snapshot template (those are the control plane's to resolve, per team)."""
+        if request.snapshot_template:
+            if self.m.templates.get(request.snapshot_template) is None:
+                raise connect_error(
+                    SandboxError("not_found", f"no snapshot template {request.snapshot_template[:80]!r}")
+                )
+            return request.snapshot_template
+        name = request.template or self.m.config.default_template
+        if self.m.templates.get(name) is not None:
+            raise connect_error(SandboxError("not_found", f"no base image {name[:80]!r} on this host"))
+        return name
 
     async def destroy_sandbox(
         self, request: pb.DestroySandboxRequest, ctx: RequestContext[Any, Any]

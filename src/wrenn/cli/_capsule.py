@@ -52,10 +52,10 @@ def list_() -> None:
     """The team's capsules."""
     key, base = credentials()
     rows = [
-        [c.id, str(c.status), c.template, str(c.vcpus), f"{c.memory_mb} MiB", c.host_ip, str(c.created_at)]
+        [c.id, str(c.status), c.template, str(c.vcpus), f"{c.memory_mb} MiB", str(c.created_at)]
         for c in Capsule.list(api_key=key, base_url=base)
     ]
-    print_rows(["id", "status", "template", "vcpus", "memory", "host ip", "created"], rows)
+    print_rows(["id", "status", "template", "vcpus", "memory", "created"], rows)
 
 
 def print_rows(header: list[str], rows: list[list[str]]) -> None:

@@ -25,8 +25,12 @@ import httpx
 from rich.console import Console
 
 from wrenn import images
+from wrenn._shared.private import write_private
 
 ADMIN_EMAIL = "admin@wrenn.local"
+#: Where the control plane writes its one-time bootstrap token (`service/accounts.py` in the control plane;
+#: the CLI imports nothing of it but this name).
+BOOTSTRAP_FILE = "bootstrap-token"
 DEFAULT_DATA_DIR = Path(os.environ.get("WRENN_DIR", "/var/lib/wrenn"))
 
 
@@ -50,10 +54,7 @@ class Platform:
         return data_dir / "platform.json"
 
     def save(self) -> None:
-        path = self.state_file(Path(self.data_dir))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self), f, indent=1)
+        write_private(self.state_file(Path(self.data_dir)), json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, data_dir: Path) -> Platform | None:
@@ -118,19 +119,26 @@ def agent_identity(data_dir: Path) -> list[str]:
     return ["--name-prefix", prefix, "--host-net", f"10.{n}.0.0/16", "--veth-net", f"10.{n + 1}.0.0/16"]
 
 
-def _credentials(base_url: str, platform: Platform | None) -> tuple[str, str, str]:
-    """(email, password, api key): the saved ones, or a new admin account and key on first start."""
+def _credentials(base_url: str, data_dir: Path, platform: Platform | None) -> tuple[str, str, str]:
+    """(email, password, api key): the saved ones, or on first start the platform's first admin (made
+    with the one-time bootstrap token the control plane wrote into the data directory) and a key."""
     if platform is not None:
         return platform.admin_email, platform.admin_password, platform.api_key
+    lost = PlatformError(
+        "an admin account exists but its credentials are lost (platform.json was removed): "
+        "start over with a fresh --data-dir"
+    )
+    try:
+        bootstrap = (data_dir / BOOTSTRAP_FILE).read_text().strip()
+    except FileNotFoundError:
+        raise lost from None
     password = secrets.token_urlsafe(18)
     r = httpx.post(
-        f"{base_url}/v1/auth/signup", json={"email": ADMIN_EMAIL, "password": password, "name": "admin"}
+        f"{base_url}/v1/admin/bootstrap",
+        json={"token": bootstrap, "email": ADMIN_EMAIL, "password": password, "name": "admin"},
     )
-    if r.status_code == 409:
-        raise PlatformError(
-            "an admin account exists but its credentials are lost (platform.json was removed): "
-            "start over with a fresh --data-dir"
-        )
+    if r.status_code in (401, 409):
+        raise lost
     r.raise_for_status()
     token = r.json()["token"]
     key = httpx.post(
@@ -209,7 +217,7 @@ def start(
     )
     with console.status("starting the control plane"):
         _wait_http(f"{base_url}/health", server, logs / "server.log", "control plane", 60)
-    email, password, api_key = _credentials(base_url, saved)
+    email, password, api_key = _credentials(base_url, data_dir, saved)
     platform = Platform(str(data_dir), base_url, api_key, email, password, agent_url, agent.pid, server.pid)
     platform.save()
     return platform

@@ -13,19 +13,24 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException
 
 from wrenn import __version__
+from wrenn._shared.asgiproxy import Scope, Send, send_error
+from wrenn._shared.private import private_dir
 
 from . import _site
 from ._agents import AgentPool
 from ._ca import CertificateAuthority
 from ._errors import ApiError
 from ._hosts import register_local
+from ._limits import Limited, RequestLimits
 from ._monitor import HostMonitor
 from ._proxy import TrafficProxy
+from ._secretbox import SecretBox
 from ._security import Tokens, load_or_create_secret
 from ._settings import Settings
-from .db import make_engine, migrate, sessions
-from .routes import auth, capsules, dashboard, e2b, keys, snapshots, streams, teams
+from .db import make_engine, migrate, private_sqlite_file, sessions
+from .routes import admin, auth, capsules, dashboard, e2b, keys, snapshots, streams, teams
 from .routes import hosts as hosts_routes
+from .service.accounts import prepare_bootstrap
 
 log = logging.getLogger("wrenn.controlplane")
 
@@ -41,7 +46,10 @@ _HTTP_CODES = {
 def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.resolved_database_url)
+        private_dir(settings.data_dir)  # 0700 when the control plane creates it
+        private_sqlite_file(settings.resolved_database_url)
+        box = SecretBox.load_or_create(settings.encryption_key, settings.data_dir)
+        engine = make_engine(settings.resolved_database_url, box)
         await migrate(engine)
         app.state.settings = settings
         app.state.sessions = sessions(engine)
@@ -53,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         app.state.agents = AgentPool(app.state.ca, settings.local_agent_token())
         async with app.state.sessions() as session:
+            await prepare_bootstrap(session, settings.data_dir)
             for address in settings.local_agents:
                 await register_local(session, app.state.agents, address)
         monitor = app.state.monitor = HostMonitor(
@@ -72,8 +81,9 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         if e2b.is_e2b_path(request.url.path):  # E2B's SDK parses its own error shape
-            return JSONResponse(e2b.error_body(exc.status, exc.message, exc.code), status_code=exc.status)
-        return JSONResponse(exc.body(), status_code=exc.status)
+            body = e2b.error_body(exc.status, exc.message, exc.code)
+            return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -126,12 +136,30 @@ def create_app(settings: Settings) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    for module in (auth, keys, capsules, snapshots, streams):
+    for module in (auth, admin, keys, capsules, snapshots, streams):
         app.include_router(module.router)
     app.include_router(hosts_routes.router)
     app.include_router(teams.router)
     app.include_router(e2b.router)  # E2B's REST API: /sandboxes, /v2/sandboxes, ...
     app.include_router(dashboard.router)  # the dashboard's session cookie and downloads
     _site.mount(app, settings.dashboard_dir)  # the dashboard's pages, last: they never shadow the API
-    app.add_middleware(TrafficProxy, state=app.state)  # `{port}-{capsule_id}.{domain}` traffic
+    app.add_middleware(RequestLimits, settings=settings, respond=_refuse)  # bodies (413), rates (429)
+    # `{port}-{capsule_id}.{domain}` traffic, outermost: its bodies and rates are not the API's
+    app.add_middleware(TrafficProxy, state=app.state, settings=settings)
     return app
+
+
+async def _refuse(scope: Scope, send: Send, refusal: Limited) -> None:
+    """A request refused by `RequestLimits`, answered in its path's dialect."""
+    if e2b.is_e2b_path(scope["path"]):
+        body = e2b.error_body(refusal.status, refusal.message, refusal.code)
+    else:
+        body = {"error": {"code": refusal.code, "message": refusal.message}}
+    if scope["type"] == "websocket":
+        await send_error(scope, send, refusal.status, refusal.code, refusal.message, headers=refusal.headers)
+        return
+    await JSONResponse(body, status_code=refusal.status, headers=refusal.headers)(scope, _no_receive, send)
+
+
+async def _no_receive() -> dict[str, object]:
+    return {"type": "http.disconnect"}

@@ -2,8 +2,9 @@
 
 One ECDSA P-256 CA signs two kinds of leaf certificates:
 
-- **host** certificates (CN = host id, SAN = the host's IP or DNS name, 7 days, EKU serverAuth): an agent
-  serves its API with one;
+- **host** certificates (CN = host id, SAN = `<host id>.hosts.wrenn.internal`, 7 days, EKU serverAuth): an
+  agent serves its API with one, and the control plane dials every host verifying that name, so a host
+  registered with another host's address reaches nothing (an address never grants an identity);
 - the **control plane's client** certificate (CN = `wrenn-control-plane`, EKU clientAuth): the control
   plane presents it to agents, which accept only client certificates the CA signed for client use. A
   host's certificate is not one (serverAuth only), so a host cannot call another host's agent.
@@ -14,9 +15,7 @@ The CA is generated on first start into the data directory (key mode 0600) unles
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,12 +25,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from wrenn._shared.private import private_dir, write_private
+
 log = logging.getLogger("wrenn.controlplane.ca")
 
 HOST_CERT_TTL = timedelta(days=7)
 CLIENT_CERT_TTL = timedelta(days=7)
 CA_TTL = timedelta(days=3650)
 CLIENT_CN = "wrenn-control-plane"
+#: Host certificates name `<host id>.hosts.wrenn.internal` (never resolved through DNS: the control plane
+#: dials the host's registered address and checks the certificate against this name).
+HOSTS_DOMAIN = "hosts.wrenn.internal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,20 +51,10 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
     ).decode()
 
 
-def _write_private(path: Path, data: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(data)
-    path.chmod(0o600)
-
-
-def san_for(address: str) -> x509.GeneralName:
-    """An IP SAN when the host part of `address` (`host`, `host:port`, `[v6]:port`) is an IP, else DNS."""
-    host = split_address(address)[0]
-    try:
-        return x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        return x509.DNSName(host)
+def host_name(host_id: str) -> str:
+    """The name a host's certificate carries and the control plane verifies when it dials the host,
+    whatever address it dials: an address never vouches for an identity."""
+    return f"{host_id}.{HOSTS_DOMAIN}"
 
 
 def split_address(address: str) -> tuple[str, int | None]:
@@ -133,10 +127,10 @@ class CertificateAuthority:
         cert_path, key_path = data_dir / "ca.pem", data_dir / "ca-key.pem"
         if cert_path.exists() and key_path.exists():
             return cls.from_pem(cert_path.read_bytes(), key_path.read_bytes())
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         ca = cls.generate()
-        _write_private(key_path, _key_pem(ca._key))
-        cert_path.write_text(ca.cert_pem)
+        write_private(key_path, _key_pem(ca._key))
+        write_private(cert_path, ca.cert_pem)
         log.info("generated the internal CA", extra={"path": str(cert_path)})
         return ca
 
@@ -183,9 +177,11 @@ class CertificateAuthority:
         cert = builder.sign(self._key, hashes.SHA256())
         return Issued(cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key), not_after)
 
-    def issue_host(self, host_id: str, address: str) -> Issued:
-        """A host's server certificate: CN = host id, SAN = the address the control plane dials."""
-        return self._leaf(host_id, ExtendedKeyUsageOID.SERVER_AUTH, HOST_CERT_TTL, [san_for(address)])
+    def issue_host(self, host_id: str) -> Issued:
+        """A host's server certificate: CN = host id, SAN = `host_name(host_id)` and nothing else (not its
+        address: the control plane verifies who answers, not where)."""
+        sans: list[x509.GeneralName] = [x509.DNSName(host_name(host_id))]
+        return self._leaf(host_id, ExtendedKeyUsageOID.SERVER_AUTH, HOST_CERT_TTL, sans)
 
     def issue_client(self) -> Issued:
         """The control plane's client certificate for calling agents."""

@@ -14,7 +14,7 @@ from . import _errors
 from ._principal import Principal, audit_fields
 from ._security import API_KEY_PREFIX, Tokens, hash_api_key
 from ._session import session_token
-from .db import ApiKey, Membership, User, utcnow
+from .db import ApiKey, Membership, User, as_utc, utcnow
 from .service import AccountService, CapsuleService, TemplateService
 
 
@@ -46,15 +46,29 @@ async def _from_jwt(token: str, session: AsyncSession, tokens: Tokens) -> Princi
     return Principal("user", claims.team_id, user.id, user.email, user_id=user.id, role=member.role)
 
 
-async def _from_api_key(key: str, session: AsyncSession) -> Principal:
+#: What a `viewer` key may do: read (a WebSocket is no read: it runs processes and writes files).
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+async def _from_api_key(key: str, session: AsyncSession, method: str) -> Principal:
+    """The key's principal for a request of `method` (`WEBSOCKET` for a socket); 401 for an unknown or
+    expired key, 403 for a viewer key asked to change something."""
     found = (
         await session.execute(select(ApiKey).where(ApiKey.key_hash == hash_api_key(key)))
     ).scalar_one_or_none()
     if found is None:
         raise _errors.unauthorized("invalid API key")
+    if found.expires_at is not None and as_utc(found.expires_at) <= utcnow():
+        raise _errors.unauthorized("this API key has expired")
+    if found.role == "viewer" and method not in READ_METHODS:
+        raise _errors.forbidden("this API key is a viewer's: it reads (GET) and changes nothing")
     found.last_used = utcnow()
     await session.commit()
-    return Principal("api_key", found.team_id, found.id, found.name)
+    return Principal("api_key", found.team_id, found.id, found.name, role=found.role)
+
+
+def _method(conn: HTTPConnection) -> str:
+    return str(conn.scope.get("method", "WEBSOCKET")) if conn.scope["type"] == "http" else "WEBSOCKET"
 
 
 def has_credentials(conn: HTTPConnection) -> bool:
@@ -66,7 +80,7 @@ async def authenticate(conn: HTTPConnection, session: AsyncSession) -> Principal
     """The caller named by the request's (or WebSocket upgrade's) `X-API-Key` or `Authorization: Bearer`."""
     key = conn.headers.get("x-api-key")
     if key:
-        return await _from_api_key(key, session)
+        return await _from_api_key(key, session, _method(conn))
     token = _bearer(conn)
     if token:
         return await _from_jwt(token, session, conn.app.state.tokens)
@@ -76,7 +90,7 @@ async def authenticate(conn: HTTPConnection, session: AsyncSession) -> Principal
 async def token_principal(token: str, session: AsyncSession, tokens: Tokens) -> Principal:
     """The caller named by a bare credential (a WebSocket's first `auth` message): an API key or a JWT."""
     if token.startswith(API_KEY_PREFIX):
-        return await _from_api_key(token, session)
+        return await _from_api_key(token, session, "WEBSOCKET")
     return await _from_jwt(token, session, tokens)
 
 
@@ -98,12 +112,22 @@ async def user_principal(request: Request, session: Db) -> Principal:
     return await _from_jwt(token, session, request.app.state.tokens)
 
 
+async def admin_principal(request: Request, session: Db) -> Principal:
+    """A user JWT of a platform admin (re-read from the database on every request)."""
+    caller = await user_principal(request, session)
+    user = await session.get(User, caller.user_id)
+    if user is None or not user.is_admin:
+        raise _errors.forbidden("only a platform admin may do this")
+    return caller
+
+
 Caller = Annotated[Principal, Depends(principal)]
 UserCaller = Annotated[Principal, Depends(user_principal)]
+AdminCaller = Annotated[Principal, Depends(admin_principal)]
 
 
 def _capsule_service(request: Request, session: Db) -> CapsuleService:
-    return CapsuleService(session, request.app.state.agents)
+    return CapsuleService(session, request.app.state.agents, request.app.state.settings)
 
 
 def _template_service(capsules: Capsules) -> TemplateService:
@@ -121,6 +145,7 @@ Accounts = Annotated[AccountService, Depends(_account_service)]
 
 __all__ = [
     "Accounts",
+    "AdminCaller",
     "Caller",
     "Capsules",
     "Db",

@@ -12,6 +12,12 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.extra = extra
+        #: Response headers to send with it (`Retry-After`, ...).
+        self.headers: dict[str, str] = {}
+
+    def with_headers(self, headers: dict[str, str]) -> ApiError:
+        self.headers.update(headers)
+        return self
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, **self.extra}}

@@ -49,7 +49,9 @@ async def register_local(session: AsyncSession, agents: AgentPool, address: str)
         session.add(host)
     host.local = True
     try:
-        info = await agents.client(address).get_host_info(pb.GetHostInfoRequest(), timeout_ms=10_000)
+        info = await agents.client(address, host_id=host.id).get_host_info(
+            pb.GetHostInfoRequest(), timeout_ms=10_000
+        )
     except (ConnectError, OSError) as exc:
         host.status = HostStatus.UNREACHABLE
         log.warning("local agent unreachable", extra={"address": address, "error": str(exc)})

@@ -148,7 +148,7 @@ class HostMonitor:
     async def _ping_local(self, host_id: str, address: str) -> bool:
         timeout_ms = int(self._settings.agent_probe_timeout_s * 1000)
         try:
-            info = await self._agents.client(address).get_host_info(
+            info = await self._agents.client(address, host_id=host_id).get_host_info(
                 pb.GetHostInfoRequest(), timeout_ms=timeout_ms
             )
         except (ConnectError, OSError) as exc:
@@ -194,7 +194,7 @@ class HostMonitor:
                 capsule = await session.get(Capsule, capsule_id)
                 if capsule is None or capsule.status != S.RUNNING:
                     continue
-                service = CapsuleService(session, self._agents)
+                service = CapsuleService(session, self._agents, self._settings)
                 try:
                     if pause:
                         await service.pause(capsule, None)
@@ -238,7 +238,7 @@ class HostMonitor:
             await session.commit()
         for capsule_id in ids:
             try:
-                done = await self._agents.client(address).hibernate_sandbox(
+                done = await self._agents.client(address, host_id=host_id).hibernate_sandbox(
                     pb.HibernateSandboxRequest(sandbox_id=capsule_id), timeout_ms=900_000
                 )
             except (ConnectError, OSError) as exc:
@@ -254,7 +254,7 @@ class HostMonitor:
         listed_at = utcnow()
         timeout_ms = int(self._settings.agent_probe_timeout_s * 1000)
         try:
-            listed = await self._agents.client(address).list_sandboxes(
+            listed = await self._agents.client(address, host_id=host_id).list_sandboxes(
                 pb.ListSandboxesRequest(), timeout_ms=timeout_ms
             )
         except (ConnectError, OSError) as exc:

@@ -15,6 +15,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import timedelta
+from urllib.parse import parse_qsl
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import State
@@ -32,7 +33,10 @@ from wrenn._shared.asgiproxy import (
 )
 
 from . import _errors
-from ._agents import AgentPool, proxy_url
+from ._agents import AgentPool, Traffic
+from ._limits import TokenBuckets, client_address, retry_after
+from ._security import API_KEY_PREFIX, Tokens
+from ._settings import Settings
 from .db import Capsule, Host, HostStatus, as_utc, utcnow
 from .db import CapsuleStatus as S
 from .service import CapsuleService
@@ -43,7 +47,10 @@ log = logging.getLogger("wrenn.controlplane.proxy")
 _HOST = re.compile(r"^(\d{1,5})-(cl-[0-9a-z]{1,60})\.[^:]+(:\d+)?$")
 _SANDBOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 TOKEN_HEADERS = (b"x-traffic-access-token", b"e2b-traffic-access-token")
-#: envd's port in every capsule: guarded by envd's access token, never by the traffic token.
+#: Wrenn's own credentials: never forwarded into a guest (the application's own headers pass).
+WRENN_HEADERS = frozenset({b"x-api-key", b"x-host-token", b"x-wrenn-agent-token", *TOKEN_HEADERS})
+#: envd's port in every capsule: guarded by envd's access token, never by the traffic token. Its
+#: `/files` URLs may be signed (E2B's signed URLs).
 ENVD_PORT = 49983
 #: A capsule's `last_active_at` is bumped by proxied requests at most this often.
 TOUCH_INTERVAL = timedelta(seconds=5)
@@ -66,46 +73,98 @@ def target(headers: list[tuple[bytes, bytes]]) -> Target | None:
     return None
 
 
+def _wrenn_cookie(pair: bytes) -> bool:
+    """Whether a `name=value` of a Cookie header is Wrenn's: the dashboard's session (`__Host-wrenn_session`)
+    or any cookie named `wrenn*` (with or without a `__Host-`/`__Secure-` prefix)."""
+    name = pair.split(b"=", 1)[0].strip().lower()
+    for prefix in (b"__host-", b"__secure-"):
+        name = name.removeprefix(prefix)
+    return name.startswith(b"wrenn")
+
+
 class TrafficProxy:
     """The middleware: `state` is the app's, holding `sessions` and `agents` once it has started."""
 
-    def __init__(self, app: ASGIApp, state: State) -> None:
+    def __init__(self, app: ASGIApp, state: State, settings: Settings) -> None:
         self.app = app
         self.state = state
+        self.settings = settings
+        self.per_address = TokenBuckets(settings.rate_proxy_per_address, settings.burst_proxy_per_address)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = target(scope["headers"]) if scope["type"] in ("http", "websocket") else None
         if found is None:
             await self.app(scope, receive, send)
             return
+        if (wait := self.per_address.take(client_address(scope))) > 0:
+            retry = {"Retry-After": retry_after(wait)}
+            await send_error(scope, send, 429, "rate_limited", "too many requests: slow down", retry)
+            return
         path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         if problem := path_problem(path):  # before any lookup: nothing but a plain path is forwarded
             await send_error(scope, send, 400, "invalid_request", problem)
             return
+        query = scope.get("query_string", b"").decode("latin-1")
+        if problem := self._signature_problem(found, path, query):
+            await send_error(scope, send, 403, "forbidden", problem)
+            return
         try:
-            address, base = await self._resolve(found, scope["headers"])
+            traffic = await self._resolve(found, scope["headers"])
         except _errors.ApiError as exc:
             if exc.code == "not_found":
                 await send_sandbox_not_found(scope, send, found.capsule_id, exc.message)
             else:
                 await send_error(scope, send, exc.status, exc.code, exc.message)
             return
-        query = scope.get("query_string", b"").decode("latin-1")
-        url = f"{base}/proxy/{found.capsule_id}/{found.port}{path}" + (f"?{query}" if query else "")
-        agents: AgentPool = self.state.agents
+        url = f"{traffic.base_url}/proxy/{found.capsule_id}/{found.port}{path}" + (
+            f"?{query}" if query else ""
+        )
+        guest_scope = {**scope, "headers": self._guest_headers(scope["headers"])}
         try:
-            await forward(
-                scope, receive, send, agents.http_client(address), url,
-                extra_headers=agents.proxy_headers(address),
-            )  # fmt: skip
+            await forward(guest_scope, receive, send, traffic.client, url, extra_headers=traffic.headers)
         except Unreachable as exc:
             log.warning("host agent unreachable", extra={"capsule": found.capsule_id, "error": str(exc)})
             message = f"the host of capsule {found.capsule_id} is unreachable"
             await send_error(scope, send, 503, "host_unavailable", message)
 
-    async def _resolve(self, found: Target, headers: list[tuple[bytes, bytes]]) -> tuple[str, str]:
-        """The address of the capsule's host agent and the base URL of its traffic listener, once the
-        request may go there."""
+    def _signature_problem(self, found: Target, path: str, query: str) -> str | None:
+        """Why a signed envd file URL is refused (an operator's policy may require an expiry), or None."""
+        if not self.settings.require_signed_url_expiry or found.port != ENVD_PORT:
+            return None
+        if not path.startswith("/files"):
+            return None
+        params = {k for k, _ in parse_qsl(query, keep_blank_values=True)}
+        if "signature" in params and "signature_expiration" not in params:
+            return "this platform requires signed file URLs to expire (signature_expiration)"
+        return None
+
+    def _guest_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The request's headers without Wrenn's credentials: API and host keys, traffic tokens, an
+        `Authorization` that carries a Wrenn token or key, and cookies named `wrenn*`. The application's
+        own `Authorization` and cookies pass untouched."""
+        tokens: Tokens = self.state.tokens
+        out: list[tuple[bytes, bytes]] = []
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered in WRENN_HEADERS:
+                continue
+            if lowered == b"authorization":
+                scheme, _, credential = value.decode("latin-1").partition(" ")
+                credential = credential.strip()
+                if scheme.lower() == "bearer" and (
+                    credential.startswith(API_KEY_PREFIX) or tokens.is_ours(credential)
+                ):
+                    continue
+            if lowered == b"cookie":
+                kept = [c for c in value.split(b";") if not _wrenn_cookie(c)]
+                if not kept:
+                    continue
+                value = b";".join(kept).strip()
+            out.append((name, value))
+        return out
+
+    async def _resolve(self, found: Target, headers: list[tuple[bytes, bytes]]) -> Traffic:
+        """How to reach the traffic listener of the capsule's host, once the request may go there."""
         if not 0 < found.port < 65536:
             raise _errors.bad_request(f"port must be 1-65535, not {found.port}")
         sessions: async_sessionmaker[AsyncSession] = self.state.sessions
@@ -119,8 +178,7 @@ class TrafficProxy:
                     raise _errors.forbidden(f"capsule {capsule.id} needs its X-Traffic-Access-Token")
             await self._ensure_running(session, capsule)
             host = await session.get(Host, capsule.host_id) if capsule.host_id else None
-            base = proxy_url(host) if host is not None else None
-            if host is None or host.status != HostStatus.ONLINE or base is None:
+            if host is None or host.status != HostStatus.ONLINE or not host.proxy_port:
                 raise _errors.ApiError(
                     503, "host_unavailable", f"the host of capsule {capsule.id} is unavailable"
                 )
@@ -128,7 +186,8 @@ class TrafficProxy:
             if capsule.last_active_at is None or now - as_utc(capsule.last_active_at) > TOUCH_INTERVAL:
                 capsule.last_active_at = now
                 await session.commit()
-            return host.address, base
+            agents: AgentPool = self.state.agents
+            return agents.traffic(host.address, host.proxy_port, host_id=host.id)
 
     async def _ensure_running(self, session: AsyncSession, capsule: Capsule) -> None:
         """Raise unless the capsule runs; traffic to a paused capsule resumes it first. (One its host
@@ -136,7 +195,7 @@ class TrafficProxy:
         the agent's own proxy.)"""
         if capsule.status in (S.PAUSED, S.HIBERNATED):
             log.info("traffic resumes a paused capsule", extra={"capsule": capsule.id, "was": capsule.status})
-            await CapsuleService(session, self.state.agents).resume(capsule, None)
+            await CapsuleService(session, self.state.agents, self.state.settings).resume(capsule, None)
             return
         if capsule.status == S.MISSING:
             raise _errors.ApiError(

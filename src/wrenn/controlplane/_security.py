@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -13,6 +12,8 @@ from pathlib import Path
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+
+from wrenn._shared.private import create_private, private_dir
 
 log = logging.getLogger("wrenn.controlplane")
 
@@ -53,18 +54,10 @@ def load_or_create_secret(configured: str, data_dir: Path) -> str:
         if len(configured) < 32:
             raise ValueError("JWT_SECRET must be at least 32 characters")
         return configured
-    path = data_dir / "jwt-secret"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    data_dir.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret)
-    log.info("generated a JWT secret", extra={"path": str(path)})
-    return secret
+    path = private_dir(data_dir) / "jwt-secret"
+    if create_private(path, secrets.token_urlsafe(48)):
+        log.info("generated a JWT secret", extra={"path": str(path)})
+    return path.read_text().strip()
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +103,14 @@ class Tokens:
         if payload.get("typ") != "host":
             return None
         return str(payload["host_id"])
+
+    def is_ours(self, token: str) -> bool:
+        """Whether `token` is a JWT this control plane signed (a user's or a host's), expired or not."""
+        try:
+            jwt.decode(token, self._secret, algorithms=["HS256"], options={"verify_exp": False})
+        except jwt.PyJWTError:
+            return False
+        return True
 
     def verify(self, token: str) -> Claims | None:
         try:

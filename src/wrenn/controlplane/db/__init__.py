@@ -1,11 +1,12 @@
 """The control plane's database: models, engine and migrations."""
 
 from . import _states as states
-from ._engine import make_engine, migrate, sessions
+from ._engine import make_engine, migrate, private_sqlite_file, sessions
 from ._models import (
     ApiKey,
     AuditLog,
     Base,
+    BootstrapToken,
     Capsule,
     Host,
     HostRefreshToken,
@@ -24,6 +25,7 @@ __all__ = [
     "ApiKey",
     "AuditLog",
     "Base",
+    "BootstrapToken",
     "Capsule",
     "CapsuleStatus",
     "Host",
@@ -38,6 +40,7 @@ __all__ = [
     "as_utc",
     "make_engine",
     "migrate",
+    "private_sqlite_file",
     "sessions",
     "states",
     "utcnow",

@@ -3,19 +3,52 @@ database there at start (SQLite or PostgreSQL alike)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from wrenn._shared.private import create_private
+
+from ._sealed import BOX_ATTRIBUTE
+
+log = logging.getLogger("wrenn.controlplane.db")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def make_engine(url: str) -> AsyncEngine:
+def make_engine(url: str, box: Any = None) -> AsyncEngine:
+    """An engine for `url`; `box` (a `SecretBox`) encrypts and decrypts the sealed columns. Without one,
+    rows with sealed values can be neither written nor read (empty ones can)."""
+    engine = _engine(url)
+    setattr(engine.sync_engine.dialect, BOX_ATTRIBUTE, box)
+    return engine
+
+
+def private_sqlite_file(url: str) -> None:
+    """An SQLite database file readable by its owner only: created empty with mode 0600 before SQLite
+    opens it (its `-wal` and `-shm` files take the database file's mode), and an older one with wider
+    permissions narrowed. Other databases: nothing to do."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    path = Path(parsed.database)
+    if create_private(path, b""):
+        return
+    for each in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if each.stat().st_mode & 0o077:
+                log.warning("narrowing the database file's permissions to 0600", extra={"path": str(each)})
+                each.chmod(0o600)
+
+
+def _engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
@@ -39,6 +72,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
     config.set_main_option("script_location", str(MIGRATIONS))
     if connection is not None:
         config.attributes["connection"] = connection
+        config.attributes["secret_box"] = getattr(connection.dialect, BOX_ATTRIBUTE, None)
     return config
 
 

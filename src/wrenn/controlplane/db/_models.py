@@ -6,9 +6,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from ._sealed import Sealed
 from ._states import CapsuleStatus, HostStatus
 
 
@@ -32,6 +43,11 @@ class Team(Base):
     slug: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: The team's own quotas, set by a platform admin; null: the control plane's default.
+    quota_capsules: Mapped[int | None] = mapped_column(Integer, default=None)
+    quota_vcpus: Mapped[int | None] = mapped_column(Integer, default=None)
+    quota_memory_mb: Mapped[int | None] = mapped_column(Integer, default=None)
+    quota_disk_mb: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class User(Base):
@@ -64,6 +80,10 @@ class ApiKey(Base):
     created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used: Mapped[datetime | None] = mapped_column(default=None)
+    #: `member` (everything a key reaches) or `viewer` (reads only: GET routes, no WebSockets).
+    role: Mapped[str] = mapped_column(String(16), default="member", server_default="member")
+    #: After this the key is refused (null: it does not expire).
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class LoginFailure(Base):
@@ -72,7 +92,19 @@ class LoginFailure(Base):
     __tablename__ = "login_failures"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     email: Mapped[str] = mapped_column(String(320), index=True)
+    #: The client address the attempt came from.
+    address: Mapped[str] = mapped_column(String(64), default="", server_default="", index=True)
     at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class BootstrapToken(Base):
+    """The one-time token that creates the platform's first admin (SHA-256 of it; the plaintext is in the
+    data directory of the control plane that made it). One row at most, removed when used."""
+
+    __tablename__ = "bootstrap_tokens"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Host(Base):
@@ -100,6 +132,9 @@ class Host(Base):
     #: The user who created the host (not a foreign key: the host outlives its creator's account).
     created_by: Mapped[str | None] = mapped_column(String(40), default=None)
     registered_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: Its certificate names its id (`<id>.hosts.wrenn.internal`), which the control plane verifies on
+    #: every call. False: registered before certificates did; its next heartbeat is told to refresh.
+    cert_pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class HostToken(Base):
@@ -138,9 +173,12 @@ class Capsule(Base):
     disk_size_mb: Mapped[int] = mapped_column(Integer, default=5120)
     timeout_sec: Mapped[int] = mapped_column(Integer, default=0)
     host_ip: Mapped[str] = mapped_column(String(64), default="")
-    envd_token: Mapped[str] = mapped_column(String(128), default="")
+    #: Encrypted at rest (`_sealed.Sealed`): both tokens are returned to the capsule's team.
+    envd_token: Mapped[str] = mapped_column(Sealed("capsule.envd_token"), default="")
     #: Set when created with `allow_public_traffic=false`: the traffic proxy then requires it.
-    traffic_access_token: Mapped[str | None] = mapped_column(String(64), default=None)
+    traffic_access_token: Mapped[str | None] = mapped_column(
+        Sealed("capsule.traffic_access_token"), default=None
+    )
     error: Mapped[str] = mapped_column(String(4000), default="")
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -73,7 +73,7 @@ def _out(c: Capsule) -> CapsuleOut:
         memory_mb=c.memory_mb,
         timeout_sec=c.timeout_sec,
         guest_ip="169.254.0.21" if c.host_ip else "",
-        host_ip=c.host_ip,
+        host_ip="",  # the seed's field, kept for its SDK; where a capsule runs is not the team's business
         created_at=c.created_at,
         started_at=c.started_at,
         last_active_at=c.last_active_at,

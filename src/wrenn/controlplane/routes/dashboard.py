@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from .. import _errors, _session
 from .._deps import Accounts, Capsules, Db, UserCaller, jwt_principal
+from .._limits import client_address
 from ..service import Guest
 from ..service.accounts import Issued, LoginBody, SignupBody, SwitchTeamBody
 
@@ -56,7 +57,7 @@ async def current(request: Request, session: Db, accounts: Accounts) -> dict[str
 async def login(body: LoginBody, request: Request, accounts: Accounts) -> JSONResponse:
     """`/v1/auth/login`, the token set as the session cookie instead of returned."""
     _require_dashboard(request)
-    return _started(request, await accounts.login(body))
+    return _started(request, await accounts.login(body, client_address(request.scope)))
 
 
 @router.post("/v1/dashboard/signup", status_code=201, response_model=Session)

@@ -240,7 +240,8 @@ async def _credentials(request: Request, session: AsyncSession, host: Host) -> C
             expires_at=utcnow() + timedelta(seconds=settings.host_refresh_ttl_s),
         )
     )
-    cert = ca.issue_host(host.id, host.address.split("://", 1)[-1])
+    cert = ca.issue_host(host.id)
+    host.cert_pinned = True
     return Credentials(
         host=_out(host),
         token=request.app.state.tokens.issue_host(host.id, settings.host_jwt_ttl_s),
@@ -282,7 +283,6 @@ async def register(body: RegisterBody, request: Request, session: Db) -> Credent
     host = await session.get(Host, host_id, with_for_update=True)
     if host is None:
         raise _errors.unauthorized("unknown or already used token")
-    old_address = host.address
     host.address = f"https://{body.address.strip()}"
     host.arch, host.cpu_cores, host.memory_mb, host.disk_gb = (
         body.arch, body.cpu_cores, body.memory_mb, body.disk_gb
@@ -309,7 +309,7 @@ async def register(body: RegisterBody, request: Request, session: Db) -> Credent
     )
     await session.commit()
     agents: AgentPool = request.app.state.agents
-    agents.forget(old_address)
+    agents.forget(host.id)
     log.info("host registered", extra={"host": host.id, "address": host.address})
     return creds
 
@@ -348,6 +348,10 @@ async def heartbeat(
     host = await session.get(Host, host_id)
     if host is None:
         raise _errors.not_found(f"host {host_id}")  # deleted: the agent drops its credentials
+    if not host.cert_pinned:
+        # Registered before certificates named host ids: the control plane cannot verify who answers at
+        # its address. A 401 makes the agent refresh its credentials (and its certificate) at once.
+        raise _errors.unauthorized("refresh this host's credentials: its certificate does not name its id")
     host.last_heartbeat_at = utcnow()
     if body is not None and body.proxy_port is not None:
         host.proxy_port = body.proxy_port
@@ -403,12 +407,14 @@ async def delete_host(
     agents: AgentPool = request.app.state.agents
     if host.address and host.status != HostStatus.PENDING:
         try:  # best effort: an unreachable agent learns of it from its next heartbeat (404)
-            await agents.client(host.address).terminate(pb.TerminateRequest(), timeout_ms=30_000)
+            await agents.client(host.address, host_id=host.id).terminate(
+                pb.TerminateRequest(), timeout_ms=30_000
+            )
         except Exception as exc:  # noqa: BLE001 - the host goes either way
             log.warning("cannot terminate the host's agent", extra={"host": host.id, "error": str(exc)})
     for capsule in active:
         capsule.status, capsule.error = CapsuleStatus.STOPPED, "host deleted"
-    agents.forget(host.address)
+    agents.forget(host.id)
     extra: dict[str, Any] = {"force": force, "capsules": len(active)}
     _audit.record(
         session, **audit_fields(caller), resource_type="host", resource_id=host.id, action="delete", **extra

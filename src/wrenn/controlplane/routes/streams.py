@@ -32,7 +32,7 @@ from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient
 
 from .. import _errors
-from .._agents import AgentPool, agent_error
+from .._agents import AgentPool, agent_error, unreachable
 from .._deps import Principal, authenticate, has_credentials, token_principal
 from ..db import Capsule, utcnow
 from ..service import CapsuleService
@@ -77,7 +77,7 @@ class _Socket:
         self.capsule_id = capsule_id
         self.host_id = host_id
         self._agents: AgentPool = ws.app.state.agents
-        self.agent: HostAgentServiceClient = self._agents.client(address)
+        self.agent: HostAgentServiceClient = self._agents.client(address, host_id=host_id)
         self._send_lock = asyncio.Lock()
         self._touched = time.monotonic()  # `running` has just bumped it
 
@@ -106,7 +106,7 @@ class _Socket:
         except ConnectError as exc:
             raise agent_error(exc, self.host_id) from None
         except OSError as exc:
-            raise _errors.ApiError(503, "host_unavailable", f"host {self.host_id}: {exc}") from None
+            raise unreachable(self.host_id, exc) from None
         finally:
             closer = getattr(stream, "aclose", None)
             if closer is not None:
@@ -194,7 +194,9 @@ async def _open(ws: WebSocket, capsule_id: str) -> _Socket:
     """Authenticate the caller and find its running capsule and that capsule's host."""
     caller = await _authenticate(ws)
     async with ws.app.state.sessions() as session:
-        capsule, host = await CapsuleService(session, ws.app.state.agents).running(caller.team_id, capsule_id)
+        capsule, host = await CapsuleService(session, ws.app.state.agents, ws.app.state.settings).running(
+            caller.team_id, capsule_id
+        )
     return _Socket(ws, capsule.id, host.id, host.address)
 
 

@@ -20,7 +20,7 @@ from .._agents import AgentPool
 from .._deps import Db, Principal, UserCaller, audit_fields
 from .._ids import new_id, new_slug
 from ..db import ApiKey, AuditLog, Capsule, CapsuleStatus, Membership, Team, User, as_utc, utcnow
-from ..service import CapsuleService
+from ..service import CapsuleService, quotas
 
 router = APIRouter(tags=["teams"])
 MANAGERS = ("owner", "admin")
@@ -147,6 +147,20 @@ def _record_member(
     _audit.record(session, **fields, resource_type="member", resource_id=user_id, action=action, **metadata)
 
 
+async def _revoke_keys_of(session: AsyncSession, caller: Principal, team_id: str, user_id: str) -> None:
+    """A member who leaves takes the team's API keys they created with them: a key never outlives its
+    creator's membership."""
+    theirs = (ApiKey.team_id == team_id, ApiKey.created_by == user_id)
+    keys = (await session.execute(select(ApiKey.id).where(*theirs))).scalars()
+    fields = audit_fields(caller) | {"team_id": team_id}
+    for key_id in list(keys):
+        _audit.record(
+            session, **fields, resource_type="api_key", resource_id=key_id, action="revoke",
+            reason="creator_left", status="warning",
+        )  # fmt: skip
+    await session.execute(delete(ApiKey).where(*theirs))
+
+
 @router.get("/v1/teams", response_model=list[TeamOut])
 async def list_teams(caller: UserCaller, session: Db) -> list[TeamOut]:
     """The caller's teams, each with the caller's role."""
@@ -223,7 +237,7 @@ async def delete_team(team_id: str, request: Request, caller: UserCaller, sessio
             .order_by(Capsule.created_at)
         )
     ).scalars()
-    service = CapsuleService(session, agents)
+    service = CapsuleService(session, agents, request.app.state.settings)
     for capsule in list(capsules):
         capsule_id = capsule.id  # read before a rollback expires it
         try:
@@ -244,6 +258,13 @@ async def delete_team(team_id: str, request: Request, caller: UserCaller, sessio
     )
     await session.commit()
     return Response(status_code=204)
+
+
+@router.get("/v1/teams/{team_id}/quotas")
+async def team_quotas(team_id: str, request: Request, caller: UserCaller, session: Db) -> dict[str, Any]:
+    """The team's quotas in force and its usage (members; a platform admin changes them)."""
+    team, _ = await _membership(session, caller, team_id)
+    return await quotas.report(session, request.app.state.settings, team.id)
 
 
 @router.get("/v1/teams/{team_id}/members", response_model=list[MemberOut])
@@ -307,6 +328,7 @@ async def remove_member(team_id: str, user_id: str, caller: UserCaller, session:
         raise _errors.forbidden("only the team owner can remove an admin")
     await session.delete(target)
     _record_member(session, caller, team.id, user_id, "remove", status="warning")
+    await _revoke_keys_of(session, caller, team.id, user_id)
     await session.commit()
     return Response(status_code=204)
 
@@ -322,6 +344,7 @@ async def leave_team(team_id: str, caller: UserCaller, session: Db) -> Response:
         raise _errors.conflict("this is your only team: you cannot leave it")
     await session.delete(me)
     _record_member(session, caller, team.id, me.user_id, "leave", status="info")
+    await _revoke_keys_of(session, caller, team.id, me.user_id)
     await session.commit()
     return Response(status_code=204)
 

@@ -8,6 +8,7 @@ Routes translate HTTP to calls of these and back; they hold no lifecycle logic o
 import one another.
 """
 
+from . import quotas
 from .accounts import AccountService
 from .capsules import DEFAULTS, CapsuleService, CreateSpec
 from .guest import Guest, file_entry
@@ -23,4 +24,5 @@ __all__ = [
     "Guest",
     "TemplateService",
     "file_entry",
+    "quotas",
 ]

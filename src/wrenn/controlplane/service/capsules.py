@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
@@ -27,8 +27,10 @@ from .._agents import AgentPool
 from .._ids import new_id
 from .._principal import Principal, audit_fields
 from .._scheduler import pick_host
+from .._settings import Settings
 from ..db import Capsule, Host, HostStatus, Template, states, utcnow
 from ..db import CapsuleStatus as S
+from . import quotas
 
 #: The name of the platform's default image.
 DEFAULT_TEMPLATE = "minimal"
@@ -73,10 +75,23 @@ def _audit_capsule(
     _audit.record(session, **fields, resource_type="capsule", resource_id=capsule.id, action=action, **detail)
 
 
+async def base_images(session: AsyncSession) -> dict[str, dict[str, Any]]:
+    """The platform's base images by name and by alias, as its hosts report them (the first host's facts
+    win): `{name, version, envd_version, kernel_version, description, aliases}`."""
+    found: dict[str, dict[str, Any]] = {}
+    for images in (await session.execute(select(Host.images).order_by(Host.id))).scalars():
+        for image in images or []:
+            for name in (image.get("name", ""), *image.get("aliases", ())):
+                found.setdefault(str(name), image)
+    found.pop("", None)
+    return found
+
+
 class CapsuleService:
-    def __init__(self, session: AsyncSession, agents: AgentPool) -> None:
+    def __init__(self, session: AsyncSession, agents: AgentPool, settings: Settings) -> None:
         self.session = session
         self.agents = agents
+        self.settings = settings
 
     # --- finding ------------------------------------------------------------------------------------
 
@@ -127,26 +142,54 @@ class CapsuleService:
 
     # --- create -------------------------------------------------------------------------------------
 
-    async def _placement(self, spec: CreateSpec, team_id: str) -> tuple[Host, Template | None, CreateSpec]:
-        """Where capsules of `spec` go, and the spec as it will run: a template's capsules go to the
-        host holding its files and take its shape; others to the least loaded host with room."""
+    async def _resolve(self, spec: CreateSpec, team_id: str) -> tuple[Template | None, CreateSpec]:
+        """What `spec.template` names for the team, and the spec as it will run: a template of the team
+        (its capsules take its shape), or a base image some host reports. Nothing else: a name is never
+        passed on for a host agent to interpret (another team's template ids are names there too)."""
         template = await self.template(team_id, spec.template)
+        if template is not None:
+            spec = dataclasses.replace(
+                spec, vcpus=template.vcpus, memory_mb=template.memory_mb, disk_size_mb=template.disk_size_mb
+            )
+        elif spec.template not in await base_images(self.session):
+            online = await self.session.scalar(
+                select(func.count()).select_from(Host).where(Host.status == HostStatus.ONLINE)
+            )
+            if not online:
+                raise _errors.ApiError(503, "no_hosts_available", "no host is online")
+            raise _errors.ApiError(404, "not_found", f"template {spec.template!r} not found")
+        limits = self.settings
+        for name, asked, most in (
+            ("vcpus", spec.vcpus, limits.max_vcpus),
+            ("memory_mb", spec.memory_mb, limits.max_memory_mb),
+            ("disk_size_mb", spec.disk_size_mb, limits.max_disk_mb),
+        ):
+            if asked > most:
+                raise _errors.bad_request(f"{name}: at most {most} on this platform, not {asked}")
+        return template, spec
+
+    async def _host_for(self, template: Template | None, spec: CreateSpec, team_id: str) -> Host:
+        """A template's capsules go to the host holding its files; others to the least loaded host with
+        room."""
         if template is None:
-            return await pick_host(self.session, spec.memory_mb, team_id), None, spec
+            return await pick_host(self.session, spec.memory_mb, team_id)
         host = await self.session.get(Host, template.host_id) if template.host_id else None
         if host is None or host.status != HostStatus.ONLINE:
             raise _errors.ApiError(
                 503, "host_unavailable", f"the host holding template {template.name!r} is unavailable"
             )
-        shaped = dataclasses.replace(
-            spec, vcpus=template.vcpus, memory_mb=template.memory_mb, disk_size_mb=template.disk_size_mb
-        )
-        return host, template, shaped
+        return host
 
     async def create(self, caller: Principal, spec: CreateSpec, count: int = 1) -> list[Capsule]:
         """Create `count` capsules of `spec` and boot them at once; each row ends `running` or `error`
-        (committed), and the first failure is raised once all have ended. Shared by create and fork."""
-        host, template, spec = await self._placement(spec, caller.team_id)
+        (committed), and the first failure is raised once all have ended. Shared by create and fork. The
+        team's quotas admit all of them or none."""
+        template, spec = await self._resolve(spec, caller.team_id)
+        wanted = quotas.Resources(
+            count, count * spec.vcpus, count * spec.memory_mb, count * spec.disk_size_mb
+        )
+        await quotas.admit(self.session, self.settings, caller.team_id, wanted)
+        host = await self._host_for(template, spec, caller.team_id)
         capsules = [
             Capsule(
                 id=new_id("cl"),
@@ -170,12 +213,13 @@ class CapsuleService:
         ]
         self.session.add_all(capsules)
         await self.session.commit()
-        client = self.agents.client(host.address)
+        client = self.agents.client(host.address, host_id=host.id)
 
         def boot(capsule: Capsule) -> Any:
             request = pb.CreateSandboxRequest(
                 sandbox_id=capsule.id,
-                template=template.id if template else spec.template,
+                template="" if template else spec.template,
+                snapshot_template=template.id if template else "",
                 vcpus=spec.vcpus,
                 memory_mb=spec.memory_mb,
                 disk_size_mb=spec.disk_size_mb,
@@ -230,7 +274,7 @@ class CapsuleService:
             try:
                 await self.agents.call(
                     host.id,
-                    self.agents.client(host.address).destroy_sandbox(
+                    self.agents.client(host.address, host_id=host.id).destroy_sandbox(
                         pb.DestroySandboxRequest(sandbox_id=capsule.id)
                     ),
                 )
@@ -252,7 +296,7 @@ class CapsuleService:
         capsule, host = await self.running(capsule.team_id, capsule.id)
         await self.agents.call(
             host.id,
-            self.agents.client(host.address).pause_sandbox(
+            self.agents.client(host.address, host_id=host.id).pause_sandbox(
                 pb.PauseSandboxRequest(sandbox_id=capsule.id), timeout_ms=300_000
             ),
         )
@@ -270,7 +314,10 @@ class CapsuleService:
             await self._thaw(capsule)
         elif capsule.status == S.PAUSED:
             host = await self.host_of(capsule)
-            rpc = self.agents.client(host.address).resume_sandbox(
+            await self._admit_wake(capsule)
+            capsule.status = S.STARTING  # counted against the team's quota from now on
+            await self.session.commit()
+            rpc = self.agents.client(host.address, host_id=host.id).resume_sandbox(
                 pb.ResumeSandboxRequest(sandbox_id=capsule.id), timeout_ms=300_000
             )
             await self._wake(capsule, host, rpc, on_failure=S.PAUSED)
@@ -283,13 +330,19 @@ class CapsuleService:
 
     async def _thaw(self, capsule: Capsule) -> None:
         """A hibernated capsule wakes on whichever host has room (hosts share the cold storage)."""
+        await self._admit_wake(capsule)
         host = await pick_host(self.session, capsule.memory_mb, capsule.team_id)
         capsule.status, capsule.host_id = S.STARTING, host.id  # counted on that host from now on
         await self.session.commit()
-        rpc = self.agents.client(host.address).thaw_sandbox(
+        rpc = self.agents.client(host.address, host_id=host.id).thaw_sandbox(
             pb.ThawSandboxRequest(sandbox_id=capsule.id), timeout_ms=900_000
         )
         await self._wake(capsule, host, rpc, on_failure=S.HIBERNATED)
+
+    async def _admit_wake(self, capsule: Capsule) -> None:
+        """A capsule that wakes takes CPU and memory again: the team's quotas must admit it."""
+        wanted = quotas.Resources(1, capsule.vcpus, capsule.memory_mb)
+        await quotas.admit(self.session, self.settings, capsule.team_id, wanted)
 
     async def _wake(self, capsule: Capsule, host: Host, rpc: Awaitable[Any], on_failure: S) -> None:
         """Await the agent's resume or thaw and mark the capsule `running` on `host`. A snapshot the host

@@ -76,7 +76,7 @@ class Guest:
 
     @property
     def _client(self) -> Any:
-        return self.agents.client(self.host.address)
+        return self.agents.client(self.host.address, host_id=self.host.id)
 
     async def _call(self, awaitable: Any) -> Any:
         return await self.agents.call(self.host.id, awaitable)

@@ -17,7 +17,8 @@ from .._ids import new_id
 from .._principal import Principal, audit_fields
 from ..db import Capsule, Host, Template
 from ..db import CapsuleStatus as S
-from .capsules import CapsuleService, CreateSpec
+from . import quotas
+from .capsules import CapsuleService, CreateSpec, base_images
 
 #: A template's name (the seed's pattern).
 NAME = r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$"
@@ -30,16 +31,9 @@ class TemplateService:
         self.agents = capsules.agents
 
     async def base_images(self) -> dict[str, dict[str, Any]]:
-        """The platform's base images by name and by alias, as its hosts report them (the first host's
-        facts win): `{name, version, envd_version, kernel_version, description, aliases}`. No team
-        template may take a name of these."""
-        found: dict[str, dict[str, Any]] = {}
-        for images in (await self.session.execute(select(Host.images).order_by(Host.id))).scalars():
-            for image in images or []:
-                for name in (image.get("name", ""), *image.get("aliases", ())):
-                    found.setdefault(str(name), image)
-        found.pop("", None)
-        return found
+        """The platform's base images by name and by alias, as its hosts report them. No team template may
+        take a name of these."""
+        return await base_images(self.session)
 
     async def of_team(self, team_id: str) -> list[Template]:
         rows = await self.session.execute(
@@ -72,7 +66,9 @@ class TemplateService:
         try:
             await self.agents.call(
                 host.id,
-                self.agents.client(host.address).delete_template(pb.DeleteTemplateRequest(name=template.id)),
+                self.agents.client(host.address, host_id=host.id).delete_template(
+                    pb.DeleteTemplateRequest(name=template.id)
+                ),
             )
         except _errors.ApiError as exc:
             if exc.code == "invalid_state":  # capsules stand on its disk
@@ -99,10 +95,15 @@ class TemplateService:
         elif capsule.status != S.PAUSED:
             raise _errors.invalid_state(f"capsule {capsule.id} is {capsule.status}: it must run or be paused")
         host = await self.capsules.host_of(capsule)
+        # A template holds at least the capsule's memory on its host's disk; its real size counts once made.
+        await quotas.admit(
+            self.session, self.capsules.settings, caller.team_id, quotas.Resources(disk_mb=capsule.memory_mb)
+        )
+        await self.session.commit()
         template_id = new_id("tpl")
         made = await self.agents.call(
             host.id,
-            self.agents.client(host.address).create_template(
+            self.agents.client(host.address, host_id=host.id).create_template(
                 pb.CreateTemplateRequest(sandbox_id=capsule.id, name=template_id), timeout_ms=300_000
             ),
         )
