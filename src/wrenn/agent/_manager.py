@@ -5,7 +5,8 @@ The parts, each holding the one shared `SandboxTable` (composition: see `_table`
 
 - `_table.SandboxTable`: the sandboxes, lookups, and `release` (every resource a sandbox holds, freed
   in one function);
-- `_launch.Launcher`: image, memory admission, `VMSpec`, network slot, attaching a started VMM;
+- `_launch.Launcher`: image, `VMSpec` and the VMM's jail and cgroup, network slot, attaching a started VMM;
+- `_admission.Admission`: whether the host's memory and disks can take one more sandbox;
 - `_boot.Booter`: create (checks, snapshot templates, ready snapshots, cold boots);
 - `_snapshots.Snapshots`: pause, resume, hibernate, thaw, templates;
 - `_recovery.recover`: adoption after a restart;
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ._admission import Admission
 from ._boot import Booter
 from ._cgroup import Cgroups
 from ._cold import ColdStore
@@ -50,9 +52,10 @@ class SandboxManager:
         self.table = SandboxTable(config, driver, accelerator, network, cgroups)
         self.templates = TemplateStore(config.data_dir / "templates")
         self.launcher = Launcher(self.table, self.templates)
-        self.booter = Booter(self.table, self.launcher, self.templates)
+        self.admission = Admission(self.table)
+        self.booter = Booter(self.table, self.launcher, self.templates, self.admission)
         cold = ColdStore(config.cold_storage) if config.cold_storage else None
-        self.snapshots = Snapshots(self.table, self.launcher, self.templates, cold)
+        self.snapshots = Snapshots(self.table, self.launcher, self.templates, self.admission, cold)
         self._loops: list[asyncio.Task[None]] = []
 
     @property
@@ -78,7 +81,7 @@ class SandboxManager:
     # --- lifecycle of the manager --------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.config.sandboxes_dir.mkdir(parents=True, exist_ok=True)
+        self.config.sandboxes_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.templates.cleanup_partial()
         await self.table.network.start()
         await recover(self.table, self.launcher)

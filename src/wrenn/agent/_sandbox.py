@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ._envd import EnvdClient
+from ._private import write_private
 from .network import SandboxNetwork
 from .vmm import VM
 
@@ -66,6 +67,9 @@ class Sandbox:
     slot: int | None = None
     network: SandboxNetwork | None = None
     disk: Path | None = None
+    #: What the disk was made over (an image's root file system, a ready snapshot's or a template's disk;
+    #: None for a disk that stands alone): the backing the VMM gets, never what the disk's header says.
+    disk_base: Path | None = None
     vm: VM | None = None
     envd: EnvdClient | None = None
     boot_seconds: float | None = None
@@ -128,16 +132,14 @@ class Sandbox:
             "envd_version": self.envd_version,
             "slot": self.slot,
             "disk": str(self.disk) if self.disk else None,
+            "disk_base": str(self.disk_base) if self.disk_base else None,
             "vmm_pid": self.vm.pid if self.vm else None,
             "paused_at": self.paused_at,
             "from_snapshot": self.from_snapshot,
             "memory_source": str(self.memory_source) if self.memory_source else None,
             "error": self.error,
         }
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        tmp.chmod(0o600)  # it holds the envd access token
-        tmp.replace(self.state_file)
+        write_private(self.state_file, json.dumps(state, indent=1))  # it holds the envd access token
 
     @classmethod
     def from_state(cls, workdir: Path, state: dict[str, Any]) -> Sandbox:
@@ -152,6 +154,7 @@ class Sandbox:
         sandbox.kernel_version = str(state.get("kernel_version", ""))
         sandbox.envd_version = str(state.get("envd_version", ""))
         sandbox.disk = Path(state["disk"]) if state.get("disk") else None
+        sandbox.disk_base = Path(state["disk_base"]) if state.get("disk_base") else None
         sandbox.error = str(state.get("error") or "")
         sandbox.from_snapshot = bool(state.get("from_snapshot"))
         sandbox.memory_source = Path(state["memory_source"]) if state.get("memory_source") else None

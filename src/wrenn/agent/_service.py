@@ -26,6 +26,7 @@ from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentService
 
 from ._errors import SandboxError
 from ._manager import SandboxManager
+from ._output import OutputBudget
 from ._registration import host_images
 from ._rpc import call, connect_error, ts
 from ._sandbox import Sandbox, SandboxParams, Status
@@ -59,6 +60,7 @@ class AgentService(ProcessRPCs, FileRPCs, HostAgentService):
         proxy_port: int = 0,
     ) -> None:
         self.m = manager
+        self.exec_budget = OutputBudget(manager.config.exec_output_budget)
         self._on_terminate = on_terminate
         self._proxy_port = proxy_port
         #: The driver as the API names it (VMM_UNSPECIFIED until hostagent.proto has a value for it).

@@ -21,6 +21,7 @@ from typing import Any
 
 from . import _disk
 from ._errors import SandboxError
+from ._private import write_private
 
 log = logging.getLogger("wrenn.agent.templates")
 
@@ -85,15 +86,15 @@ class TemplateStore:
             raise SandboxError("already_exists", f"template {name!r} already exists on this host")
         partial = self.directory / f".{name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        partial.mkdir(mode=0o700, parents=True)
         started = time.monotonic()
         try:
             for item in ("vmstate", "memory"):
                 if (snapshot / item).is_file():
                     os.link(snapshot / item, partial / item)
             await _disk.copy_sparse(disk, partial / "rootfs.qcow2")
-            (partial / "meta.json").write_text(json.dumps({**meta, "kind": "template"}, indent=1))
-            (partial / "meta.json").chmod(0o600)  # it holds the guest's envd token
+            # meta.json holds the guest's envd token
+            write_private(partial / "meta.json", json.dumps({**meta, "kind": "template"}, indent=1))
             partial.rename(final)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)

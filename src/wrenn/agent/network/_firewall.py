@@ -6,10 +6,14 @@ Two rulesets:
 
 * `host_ruleset`, table `inet {prefix}` in the root namespace, once per host: sandboxes may not open
   connections to the host itself (input), to each other, and nobody but the host may open connections
-  into a sandbox (forward); guest traffic leaving for the outside world is masqueraded.
-* `sandbox_ruleset`, table `inet {prefix}` inside each sandbox's netns: DNAT `host_ip` -> guest, SNAT of
-  the guest's traffic to the netns's veth address, and the guest's egress policy (no private, link-local,
-  loopback, multicast or host addresses ever; everything else only when internet is allowed).
+  into a sandbox (forward); of the host's own processes only root's reach a sandbox (output: a local
+  unprivileged user cannot talk to any guest's envd); guest traffic leaving for the outside world is
+  masqueraded.
+* `sandbox_ruleset`, table `inet {prefix}` inside each sandbox's netns: DNAT `host_ip` -> guest and SNAT
+  of that traffic to the netns's tap0 address (the guest's gateway: whatever slot a guest runs in, the
+  host has one address for it, which is what envd answers before it has a token), SNAT of the guest's
+  traffic to the netns's veth address, and the guest's egress policy (no private, link-local, loopback,
+  multicast or host addresses ever; everything else only when internet is allowed).
 
 Both layers block on their own: a hole in one is still covered by the other.
 """
@@ -60,6 +64,10 @@ def host_ruleset(config: NetworkConfig) -> str:
     oifname {ours} ct state established,related accept
     oifname {ours} drop
   }}
+  chain output {{
+    type filter hook output priority filter; policy accept;
+    oifname {ours} meta skuid != 0 reject
+  }}
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
     ip saddr {config.veth_net} oifname != {ours} masquerade
@@ -94,6 +102,7 @@ def sandbox_ruleset(
   }}
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
+    oifname {tap} ct status dnat snat ip to {net.gateway}
     oifname {veth} ip saddr {guest} snat ip to {net.veth_ns_ip}
   }}
   chain input {{
