@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -16,6 +15,7 @@ from starlette.datastructures import UploadFile
 
 from .. import _errors
 from .._deps import Caller, Capsules, Templates
+from .._time import Timestamp
 from ..db import Capsule
 from ..service import DEFAULTS, TEMPLATE_NAME, CreateSpec, Guest
 
@@ -41,10 +41,10 @@ class CapsuleOut(BaseModel):
     timeout_sec: int
     guest_ip: str
     host_ip: str
-    created_at: datetime
-    started_at: datetime | None
-    last_active_at: datetime | None
-    last_updated: datetime
+    created_at: Timestamp
+    started_at: Timestamp | None
+    last_active_at: Timestamp | None
+    last_updated: Timestamp
     metadata: dict[str, Any]
     traffic_access_token: str | None = None
 

@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from .. import _errors
 from .._deps import Caller, Capsules, Principal, Templates
+from .._time import rfc3339
 from ..db import Capsule, as_utc, states, utcnow
 from ..db import CapsuleStatus as S
 from ..service import TEMPLATE_NAME, CreateSpec, Guest
@@ -99,7 +100,7 @@ class ForkBody(BaseModel):
 
 
 def _iso(value: datetime | None) -> str:
-    return as_utc(value or utcnow()).isoformat().replace("+00:00", "Z")
+    return rfc3339(value or utcnow())
 
 
 def _state(c: Capsule) -> str:

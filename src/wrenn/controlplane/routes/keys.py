@@ -5,7 +5,6 @@ team (`routes/teams.py`)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, Response
@@ -16,6 +15,7 @@ from .. import _audit, _errors
 from .._deps import Db, Principal, UserCaller, audit_fields
 from .._ids import new_id
 from .._security import new_api_key
+from .._time import Timestamp
 from ..db import ApiKey, User, as_utc, utcnow
 
 router = APIRouter(tags=["api-keys"])
@@ -39,10 +39,10 @@ class KeyOut(BaseModel):
     key_prefix: str
     created_by: str | None
     creator_email: str | None = None
-    created_at: datetime
-    last_used: datetime | None
+    created_at: Timestamp
+    last_used: Timestamp | None
     role: str = "member"
-    expires_at: datetime | None = None
+    expires_at: Timestamp | None = None
     key: str | None = None
 
 

@@ -6,13 +6,13 @@ template service's."""
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from .._deps import Caller, Templates
+from .._time import Timestamp
 from ..db import Template
 from ..service import TEMPLATE_NAME
 
@@ -31,7 +31,7 @@ class TemplateOut(BaseModel):
     vcpus: int
     memory_mb: int
     size_bytes: int
-    created_at: datetime | None
+    created_at: Timestamp | None
     platform: bool
     metadata: dict[str, Any]
 
