@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -213,6 +214,11 @@ class Capsule(Base):
     #: hashes the same.
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     request_hash: Mapped[str] = mapped_column(String(64), default="")
+    #: Traffic to it while paused resumes it (E2B's `autoResume`); else the proxy answers that it is paused.
+    auto_resume: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    #: The samples its host held when it was last paused (`[{t, cpu_pct, mem_bytes, disk_bytes}]`), served
+    #: while it sleeps; null: never paused.
+    last_metrics: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
 
 
 class Template(Base):
@@ -232,6 +238,8 @@ class Template(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     #: The capsule it was made from (not a foreign key: the template outlives it).
     source_capsule_id: Mapped[str] = mapped_column(String(40), default="")
+    #: Who commands run as in capsules started from it ("": the platform's default user).
+    default_user: Mapped[str] = mapped_column(String(64), default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

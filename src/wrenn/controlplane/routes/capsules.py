@@ -17,6 +17,7 @@ from .. import _errors
 from .._deps import Caller, Capsules, Templates
 from .._time import Timestamp
 from ..db import Capsule
+from ..db import CapsuleStatus as S
 from ..service import DEFAULTS, TEMPLATE_NAME, CreateSpec, Guest
 
 router = APIRouter(tags=["capsules"])
@@ -67,7 +68,7 @@ class PathBody(BaseModel):
 def _out(c: Capsule) -> CapsuleOut:
     return CapsuleOut(
         id=c.id,
-        status=c.status,
+        status=S.PAUSED if c.status == S.HIBERNATING else c.status,  # the seed's statuses: on its way to cold
         template=c.template,
         vcpus=c.vcpus,
         memory_mb=c.memory_mb,

@@ -56,6 +56,10 @@ class CreateSpec:
     #: A lifetime deadline (E2B's timeout) and what happens at it: "kill" or "pause".
     end_at: datetime | None = None
     on_timeout: str = "kill"
+    #: Traffic to it while paused resumes it (E2B's `autoResume`).
+    auto_resume: bool = True
+    #: Who commands run as ("": the template's, else the platform's default user).
+    default_user: str = ""
     idempotency_key: str | None = None
     request_hash: str = ""
 
@@ -206,6 +210,7 @@ class CapsuleService:
                 labels=dict(spec.labels),
                 end_at=spec.end_at,
                 on_timeout=spec.on_timeout,
+                auto_resume=spec.auto_resume,
                 idempotency_key=spec.idempotency_key,
                 request_hash=spec.request_hash,
             )
@@ -228,6 +233,7 @@ class CapsuleService:
                 envd_access_token=capsule.envd_token,
                 allow_internet=True,
                 default_env=spec.envs,
+                default_user=spec.default_user or (template.default_user if template else ""),
             )
             return self.agents.call(host.id, client.create_sandbox(request, timeout_ms=600_000))
 
@@ -250,6 +256,8 @@ class CapsuleService:
                 "envd_version": sandbox.envd_version,
                 "from_snapshot": "true" if sandbox.from_snapshot else "false",
             }
+            if user := spec.default_user or (template.default_user if template else ""):
+                capsule.metadata_["default_user"] = user  # its templates inherit it
             _audit_capsule(self.session, capsule, "create", caller)
         await self.session.commit()
         if failure is not None:
