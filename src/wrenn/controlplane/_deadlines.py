@@ -90,10 +90,14 @@ class Deadlines:
                 continue
             task = asyncio.create_task(self._end(capsule_id), name=f"wrenn-deadline-{capsule_id}")
             self._ending[capsule_id] = task
-            task.add_done_callback(lambda _, cid=capsule_id: self._ending.pop(cid, None))
+            task.add_done_callback(self._ended)
         if nearest is None:
             return POLL_S
-        return max(0.0, min(POLL_S, (nearest - utcnow()).total_seconds()))
+        until: float = (nearest - utcnow()).total_seconds()
+        return max(0.0, min(POLL_S, until))
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._ending = {cid: t for cid, t in self._ending.items() if t is not task}
 
     async def _end(self, capsule_id: str) -> None:
         async with self._sessions() as lock:

@@ -14,7 +14,7 @@ import json
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote
 
 from fastapi import APIRouter, Header, Query, Response
@@ -27,7 +27,9 @@ from .._deps import Caller, Capsules, Principal, Templates
 from .._time import rfc3339
 from ..db import Capsule, as_utc, states, utcnow
 from ..db import CapsuleStatus as S
-from ..service import TEMPLATE_NAME, CreateSpec, Guest, listing
+from ..service import TEMPLATE_NAME, CreateSpec, Guest, listing, logs
+from ..service.guest import kept_and_live
+from ..service.guest import metrics_window as guest_metrics_window
 
 router = APIRouter(tags=["e2b"])
 
@@ -320,6 +322,29 @@ async def list_sandboxes(
     ]
 
 
+@router.get("/sandboxes/metrics")  # before /sandboxes/{sandbox_id}, which it would match
+async def sandboxes_metrics(
+    caller: Caller, capsules: Capsules, sandbox_ids: str = Query(min_length=1, max_length=4000)
+) -> dict[str, Any]:
+    """The newest sample of each of the team's sandboxes named (comma-joined, at most 100), running or
+    paused: `{"sandboxes": {id: SandboxMetric}}`; an unknown id, or one never sampled, is left out."""
+    ids = list(dict.fromkeys(i.strip() for i in sandbox_ids.split(",") if i.strip()))
+    if len(ids) > 100:
+        raise _errors.bad_request("sandbox_ids: at most 100")
+    found: dict[str, Any] = {}
+    for sandbox_id in ids:
+        try:
+            capsule = await _find(capsules, caller, sandbox_id)
+            samples = await _samples(capsules, capsule)
+        except _errors.ApiError as exc:
+            if exc.status in (404, 503):  # not the team's, or its host is away: nothing to show
+                continue
+            raise
+        if samples:
+            found[sandbox_id] = _metric(capsule, samples[-1])
+    return {"sandboxes": found}
+
+
 @router.get("/sandboxes/{sandbox_id}")
 async def get_sandbox(sandbox_id: str, caller: Caller, capsules: Capsules) -> dict[str, Any]:
     return _detail(await _find(capsules, caller, sandbox_id))
@@ -406,6 +431,29 @@ async def resume_sandbox(
     return JSONResponse(_sandbox(capsule, capsule.template), status_code=201)
 
 
+def _metric(c: Capsule, point: dict[str, Any]) -> dict[str, Any]:
+    """E2B's `SandboxMetric` of one sample."""
+    return {
+        "timestamp": _iso(datetime.fromtimestamp(point["t"], UTC)),
+        "timestampUnix": point["t"],
+        "cpuCount": c.vcpus,
+        "cpuUsedPct": point["cpu_pct"],
+        "memUsed": point["mem_bytes"],
+        "memTotal": c.memory_mb << 20,
+        "memCache": 0,
+        "diskUsed": point["disk_bytes"],
+        "diskTotal": c.disk_size_mb << 20,
+    }
+
+
+async def _samples(capsules: Capsules, c: Capsule) -> list[dict[str, Any]]:
+    """The capsule's samples, oldest first: kept at its last pause, then its host's since it runs."""
+    live = []
+    if c.status == S.RUNNING and c.host_id is not None:
+        live = await guest_metrics_window(Guest(capsules.agents, c, await capsules.host_of(c)))
+    return kept_and_live(c, live)
+
+
 @router.get("/sandboxes/{sandbox_id}/metrics")
 async def sandbox_metrics(
     sandbox_id: str,
@@ -414,39 +462,50 @@ async def sandbox_metrics(
     start: int | None = None,
     end: int | None = None,
 ) -> list[dict[str, Any]]:
-    """CPU, memory and disk samples (the host keeps up to 24 h); empty while paused."""
+    """CPU, memory and disk samples between `start` and `end` (unix seconds), running or paused: a paused
+    sandbox's are those its host held when it was paused (kept by the control plane)."""
     capsule = await _find(capsules, caller, sandbox_id)
-    if capsule.status != S.RUNNING or capsule.host_id is None:
-        return []
-    host = await capsules.host_of(capsule)
-    memory_total = capsule.memory_mb << 20
-    disk_total = capsule.disk_size_mb << 20
-    out = []
-    for p in await Guest(capsules.agents, capsule, host).metrics("24h"):
-        seconds = p.timestamp.seconds if p.timestamp else 0
-        if (start is not None and seconds < start) or (end is not None and seconds > end):
-            continue
-        out.append(
-            {
-                "timestamp": _iso(datetime.fromtimestamp(seconds, UTC)),
-                "timestampUnix": seconds,
-                "cpuCount": capsule.vcpus,
-                "cpuUsedPct": p.cpu_pct,
-                "memUsed": p.mem_bytes,
-                "memTotal": memory_total,
-                "memCache": 0,
-                "diskUsed": p.disk_bytes,
-                "diskTotal": disk_total,
-            }
-        )
-    return out
+    return [
+        _metric(capsule, p)
+        for p in await _samples(capsules, capsule)
+        if (start is None or p["t"] >= start) and (end is None or p["t"] <= end)
+    ]
 
 
 @router.get("/sandboxes/{sandbox_id}/logs")
-async def sandbox_logs(sandbox_id: str, caller: Caller, capsules: Capsules) -> dict[str, Any]:
-    """E2B's log shape. Wrenn keeps no guest log stream yet: the lists are empty."""
-    await _find(capsules, caller, sandbox_id)
-    return {"logs": [], "logEntries": []}
+async def sandbox_logs(
+    sandbox_id: str,
+    caller: Caller,
+    capsules: Capsules,
+    start: int | None = Query(default=None, ge=0),
+    limit: int = Query(default=1000, ge=1, le=10000),
+) -> dict[str, Any]:
+    """The guest's console (kernel, init, envd, processes started and ended) from `start` (unix ms)."""
+    capsule = await _find(capsules, caller, sandbox_id)
+    chosen = logs.page(await logs.entries(capsules, capsule), limit, start)
+    entries = [logs.as_e2b(e) for e in chosen]
+    return {
+        "logs": [{"timestamp": e["timestamp"], "line": e["message"]} for e in entries],
+        "logEntries": entries,
+    }
+
+
+@router.get("/v2/sandboxes/{sandbox_id}/logs")
+async def sandbox_logs_v2(
+    sandbox_id: str,
+    caller: Caller,
+    capsules: Capsules,
+    cursor: int | None = Query(default=None, ge=0),
+    limit: int = Query(default=1000, ge=1, le=10000),
+    direction: Literal["forward", "backward"] = "forward",
+    level: Literal["debug", "info", "warn", "error"] | None = None,
+    search: str | None = Query(default=None, max_length=256),
+) -> dict[str, Any]:
+    """E2B's paged logs: `forward` from `cursor` (unix ms) oldest first, `backward` up to it newest first."""
+    capsule = await _find(capsules, caller, sandbox_id)
+    found = await logs.entries(capsules, capsule)
+    chosen = logs.page(found, limit, cursor, direction == "backward", level, search)
+    return {"logs": [logs.as_e2b(e) for e in chosen]}
 
 
 # --- snapshots and forks --------------------------------------------------------------------------
@@ -487,6 +546,8 @@ async def list_snapshots(
 ) -> JSONResponse:
     """`Sandbox.list_snapshots`: the team's templates, only those made from `sandboxID` or called `name`,
     paged as the sandbox list is."""
+    if name:  # E2B's names may carry a namespace and a tag: `team/name:tag`
+        name = name.rsplit("/", 1)[-1].split(":", 1)[0]
     found = await listing.templates(templates.session, caller.team_id, name, sandboxID)
     chosen, token = listing.page(found, limit, nextToken, listing.template_key)
     body = [{"snapshotID": t.name, "names": [t.name]} for t in chosen]
