@@ -219,6 +219,13 @@ class Capsule:
         capsule is left paused. `overwrite=True` replaces a snapshot of the same name."""
         return run_sync(self._http, _api.create_snapshot(self._id, name, overwrite))
 
+    def logs(
+        self, cursor: int | None = None, limit: int = 1000, backward: bool = False
+    ) -> builtins.list[dict[str, Any]]:
+        """The capsule's console as log entries (`{timestamp, timestamp_ms, level, source, message}`):
+        `limit` from `cursor` (unix ms) on, oldest first, or with `backward` the newest up to it."""
+        return run_sync(self._http, _api.capsule_logs(self._id, cursor, limit, backward))
+
     def fork(self, count: int = 1) -> builtins.list[Capsule]:
         """`count` new capsules (1-20) in this one's state: memory, running processes and files as they
         are now. This capsule runs on (it is paused for the copy). The forks start from a template named
@@ -423,6 +430,12 @@ class AsyncCapsule:
 
     async def create_snapshot(self, name: str | None = None, overwrite: bool = False) -> Template:
         return await run_async(self._http, _api.create_snapshot(self._id, name, overwrite))
+
+    async def logs(
+        self, cursor: int | None = None, limit: int = 1000, backward: bool = False
+    ) -> builtins.list[dict[str, Any]]:
+        """As `Capsule.logs`."""
+        return await run_async(self._http, _api.capsule_logs(self._id, cursor, limit, backward))
 
     async def fork(self, count: int = 1) -> builtins.list[AsyncCapsule]:
         """See `Capsule.fork`."""

@@ -18,7 +18,7 @@ from .._deps import Caller, Capsules, Templates
 from .._time import Timestamp
 from ..db import Capsule
 from ..db import CapsuleStatus as S
-from ..service import DEFAULTS, TEMPLATE_NAME, CreateSpec, Guest
+from ..service import DEFAULTS, TEMPLATE_NAME, CreateSpec, Guest, logs
 
 router = APIRouter(tags=["capsules"])
 
@@ -312,6 +312,22 @@ async def metrics(
         for p in await guest.metrics(range)
     ]
     return {"sandbox_id": capsule_id, "range": range, "points": points}
+
+
+@router.get("/v1/capsules/{capsule_id}/logs")
+async def capsule_logs(
+    capsule_id: str,
+    caller: Caller,
+    capsules: Capsules,
+    cursor: int | None = Query(default=None, ge=0, description="unix milliseconds"),
+    limit: int = Query(default=1000, ge=1, le=10000),
+    direction: Literal["forward", "backward"] = "forward",
+) -> dict[str, Any]:
+    """The capsule's console (kernel, init, envd and every process it started and ended), paged:
+    `forward` from `cursor` oldest first, `backward` up to it newest first (service/logs.py)."""
+    capsule = await capsules.get(caller.team_id, capsule_id)
+    chosen = logs.page(await logs.entries(capsules, capsule), limit, cursor, direction == "backward")
+    return {"logs": [logs.as_json(e) for e in chosen]}
 
 
 class ForkBody(BaseModel):

@@ -88,3 +88,14 @@ def as_e2b(entry: Entry) -> dict[str, Any]:
         "level": entry.level,
         "fields": {"source": entry.source},
     }
+
+
+def as_json(entry: Entry) -> dict[str, Any]:
+    """An entry as `/v1` shows it."""
+    return {
+        "timestamp": rfc3339(datetime.fromtimestamp(entry.timestamp_ms / 1000, UTC)),
+        "timestamp_ms": entry.timestamp_ms,
+        "level": entry.level,
+        "source": entry.source,
+        "message": entry.message,
+    }
