@@ -208,3 +208,17 @@ def test_what_wrenn_does_not_do_is_refused_not_ignored(api: TestClient) -> None:
     for path in ("/v1/capsules/stats", "/v1/capsules/usage", "/v1/events/stream"):
         r = api.get(path, headers=key)
         assert r.status_code == 501 and "not served yet" in r.json()["error"]["message"], (path, r.text)
+
+
+def test_create_fields_wrenn_ignores_are_named_in_a_warning() -> None:
+    from wrenn.controlplane.routes import e2b
+
+    body = e2b.NewSandbox.model_validate(
+        {"templateID": "base", "mcp": {"x": 1}, "volumeMounts": [], "secure": False,
+         "network": {"allowPublicTraffic": False, "allowOut": ["example.com"]}}
+    )  # fmt: skip
+    assert e2b._ignored(body) == ["mcp", "network.allowOut", "secure"]
+    assert (
+        e2b._ignored(e2b.NewSandbox.model_validate({"templateID": "base", "autoResume": {"enabled": True}}))
+        == []
+    )

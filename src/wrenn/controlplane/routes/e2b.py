@@ -261,7 +261,23 @@ async def create_sandbox(
                 404, "template_not_found", f"template {body.templateID!r} not found"
             ) from None
         raise
-    return JSONResponse(_sandbox(capsule, body.templateID), status_code=201)
+    ignored = _ignored(body)
+    headers = {"Warning": f'299 wrenn "ignored: {", ".join(ignored)}"'} if ignored else {}
+    return JSONResponse(_sandbox(capsule, body.templateID), status_code=201, headers=headers)
+
+
+def _ignored(body: NewSandbox) -> list[str]:
+    """The create's fields that Wrenn accepts without acting on them (docs/e2b.md lists them)."""
+    found = [k for k, v in (body.model_extra or {}).items() if v not in (None, [], {}, "")]
+    if body.network is not None:
+        found += [
+            f"network.{k}" for k, v in (body.network.model_extra or {}).items() if v not in (None, [], {})
+        ]
+    if not body.allow_internet_access:
+        found.append("allow_internet_access")
+    if not body.secure:
+        found.append("secure")
+    return sorted(found)
 
 
 def _query(
