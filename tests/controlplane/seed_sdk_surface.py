@@ -32,10 +32,9 @@ def _getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
 
 socket.getaddrinfo = _getaddrinfo  # type: ignore[assignment]
 
-from wrenn.client import AsyncWrennClient  # noqa: E402
-
 import wrenn  # noqa: E402
 from wrenn import AsyncCapsule, Capsule, WrennClient  # noqa: E402
+from wrenn.client import AsyncWrennClient  # noqa: E402
 from wrenn.exceptions import WrennError, WrennNotFoundError  # noqa: E402
 
 BASE_URL, API_KEY = sys.argv[1], sys.argv[2]
@@ -169,11 +168,13 @@ def pty(capsule: Capsule) -> None:
             term.resize(120, 40)
             term.write(b"echo pty-$((6*7))\n")
             seen = b""
+            deadline = time.monotonic() + 60
             for event in term:
-                if event.data:
+                if event.data and str(event.type) in ("output", "PtyEventType.output"):
                     seen += event.data if isinstance(event.data, bytes) else event.data.encode()
                 if b"pty-42" in seen:
                     break
+                expect(time.monotonic() < deadline, f"no pty-42 in {seen[-300:]!r}")
             term.write(b"exit\n")
             return str(tag)
 

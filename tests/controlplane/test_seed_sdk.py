@@ -56,6 +56,7 @@ def agent(image: object) -> Iterator[object]:
         yield process
 
 
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_the_seed_sdks_whole_surface(
     database: str, agent: object, seed_python: Path, request: pytest.FixtureRequest
@@ -69,7 +70,7 @@ def test_the_seed_sdks_whole_surface(
     try:
         done = subprocess.run(
             [str(seed_python), str(SCRIPT), base_url, api_key],
-            capture_output=True, text=True, timeout=1500, env={**os.environ, "PYTHONPATH": ""},
+            capture_output=True, text=True, timeout=1100, env={**os.environ, "PYTHONPATH": ""},
             cwd="/",
         )  # fmt: skip
     finally:

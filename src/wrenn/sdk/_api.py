@@ -495,7 +495,8 @@ def pty_start_message(
 ) -> dict[str, Any]:
     if cols <= 0 or rows <= 0:
         raise ValueError("cols and rows must be greater than 0")
-    message: dict[str, Any] = {"type": "start", "cmd": cmd, "cols": cols, "rows": rows}
+    # output as base64 in JSON messages (the server's default is binary frames, the seed SDK's way)
+    message: dict[str, Any] = {"type": "start", "cmd": cmd, "cols": cols, "rows": rows, "encoding": "base64"}
     if args:
         message["args"] = list(args)
     if envs:

@@ -277,7 +277,7 @@ class Capsule:
     def pty_connect(self, tag: str) -> Iterator[PtySession]:
         """Reattach to a terminal by its tag (`PtySession.tag`)."""
         with open_channel(self._http, _api.capsule_path(self._id, "/pty")) as channel:
-            channel.send({"type": "connect", "tag": tag})
+            channel.send({"type": "connect", "tag": tag, "encoding": "base64"})
             yield PtySession(channel, self._id)
 
     def close(self) -> None:
@@ -463,7 +463,7 @@ class AsyncCapsule:
     @contextlib.asynccontextmanager
     async def pty_connect(self, tag: str) -> AsyncIterator[AsyncPtySession]:
         async with aopen_channel(self._http, _api.capsule_path(self._id, "/pty")) as channel:
-            await channel.send({"type": "connect", "tag": tag})
+            await channel.send({"type": "connect", "tag": tag, "encoding": "base64"})
             yield AsyncPtySession(channel, self._id)
 
     async def close(self) -> None:
