@@ -112,10 +112,10 @@ def test_login_keys_and_the_lifecycle_commands(platform: tuple[Path, dict[str, s
     capsule_id = wrenn("capsule", "create", "--memory", "256", env=env).stdout.strip()
     try:
         wrenn("capsule", "exec", capsule_id, "--", "echo kept > /home/user/kept.txt", env=env)
+        logs = wrenn("capsule", "logs", capsule_id, "--limit", "1000", env=env).stdout
+        assert "process started" in logs and "cmd=" in logs
         assert wrenn("capsule", "pause", capsule_id, env=env).stdout.strip() == "paused"
         assert wrenn("capsule", "resume", capsule_id, env=env).stdout.strip() == "running"
-        logs = wrenn("capsule", "logs", capsule_id, "--limit", "1000", env=env).stdout
-        assert "process started" in logs
         forks = wrenn("capsule", "fork", capsule_id, env=env).stdout.split()
         assert len(forks) == 1 and forks[0].startswith("cl-")
         ran = wrenn("capsule", "exec", forks[0], "--", "cat /home/user/kept.txt", env=env)
