@@ -69,7 +69,9 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.sessions, app.state.agents, settings, engine.dialect.name
         )
         monitor.start()
-        deadlines = app.state.deadlines = Deadlines(app.state.sessions, app.state.agents, engine.dialect.name)
+        deadlines = app.state.deadlines = Deadlines(
+            app.state.sessions, app.state.agents, settings, engine.dialect.name
+        )
         deadlines.start()
         log.info("control plane ready", extra={"database": engine.url.render_as_string(hide_password=True)})
         try:

@@ -25,6 +25,7 @@ from sqlalchemy import func, select
 
 from ._agents import AgentPool
 from ._errors import ApiError
+from ._settings import Settings
 from .db import Capsule, utcnow
 from .db import CapsuleStatus as S
 from .service import CapsuleService
@@ -43,9 +44,12 @@ def _lock_key(capsule_id: str) -> int:
 
 
 class Deadlines:
-    def __init__(self, sessions: Callable[[], Any], agents: AgentPool, dialect: str) -> None:
+    def __init__(
+        self, sessions: Callable[[], Any], agents: AgentPool, settings: Settings, dialect: str
+    ) -> None:
         self._sessions = sessions
         self._agents = agents
+        self._settings = settings
         self._postgres = dialect == "postgresql"
         self._task: asyncio.Task[None] | None = None
         #: Capsules this control plane is ending now, and those to leave alone until a time.
@@ -122,7 +126,7 @@ class Deadlines:
                 return  # ended, paused, or given more time meanwhile
             pause = capsule.on_timeout == "pause"
             late = (utcnow() - capsule.end_at).total_seconds()
-            service = CapsuleService(session, self._agents)
+            service = CapsuleService(session, self._agents, self._settings)
             try:
                 if pause:
                     await service.pause(capsule, None)

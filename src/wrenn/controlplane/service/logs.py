@@ -42,7 +42,7 @@ async def entries(capsules: CapsuleService, capsule: Capsule) -> list[Entry]:
     try:
         got = await capsules.agents.call(
             host.id,
-            capsules.agents.client(host.address).get_sandbox_logs(
+            capsules.agents.client(host.address, host_id=host.id).get_sandbox_logs(
                 pb.GetSandboxLogsRequest(sandbox_id=capsule.id)
             ),
         )
