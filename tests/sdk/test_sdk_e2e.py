@@ -121,7 +121,13 @@ def test_create_snapshot_and_boot_from_it(server: tuple[str, str]) -> None:
         with pytest.raises(WrennConflictError):
             c.create_snapshot(name)
         assert name in [t.name for t in Capsule.list_snapshots(**auth)]
+        rooted = c.create_snapshot(f"{name}-root", default_user="root")  # a template declares its user
+        assert rooted.metadata["default_user"] == "root"
+        with Capsule(template=rooted.name, memory_mb=MEMORY, wait=True, **auth) as as_root:
+            assert as_root.commands.run("id -un").stdout == "root\n"
+        Capsule.delete_snapshot(rooted.name, **auth)
         with Capsule(template=name, memory_mb=MEMORY, wait=True, **auth) as child:
+            assert child.commands.run("id -un").stdout == "user\n"  # the platform's default
             assert child.files.read("/root/snap.txt") == "from the snapshot"
             # the template's memory came along: its process runs in the child
             assert "snap-sleeper" in [p.tag for p in child.commands.list()]

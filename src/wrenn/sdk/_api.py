@@ -180,10 +180,14 @@ def ping_capsule(capsule_id: str) -> Call[None]:
     return Call("POST", capsule_path(capsule_id, "/ping"), _empty)
 
 
-def create_snapshot(capsule_id: str, name: str | None, overwrite: bool) -> Call[Template]:
+def create_snapshot(
+    capsule_id: str, name: str | None, overwrite: bool, default_user: str | None = None
+) -> Call[Template]:
     body: dict[str, Any] = {"sandbox_id": capsule_id}
     if name is not None:
         body["name"] = name
+    if default_user is not None:
+        body["default_user"] = default_user
     return Call(
         "POST",
         "/v1/snapshots",

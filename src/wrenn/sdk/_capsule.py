@@ -214,10 +214,13 @@ class Capsule:
         """Whether the capsule is `running` now (fetches it)."""
         return self._get_info().status == Status.running
 
-    def create_snapshot(self, name: str | None = None, overwrite: bool = False) -> Template:
+    def create_snapshot(
+        self, name: str | None = None, overwrite: bool = False, default_user: str | None = None
+    ) -> Template:
         """Save the capsule as a template (`name`, or a generated one) to boot new capsules from. The
-        capsule is left paused. `overwrite=True` replaces a snapshot of the same name."""
-        return run_sync(self._http, _api.create_snapshot(self._id, name, overwrite))
+        capsule is left paused. `overwrite=True` replaces a snapshot of the same name. `default_user`:
+        who commands run as in its capsules (e.g. "root", the seed's default; default: as in this one)."""
+        return run_sync(self._http, _api.create_snapshot(self._id, name, overwrite, default_user))
 
     def logs(
         self, cursor: int | None = None, limit: int = 1000, backward: bool = False
@@ -428,8 +431,11 @@ class AsyncCapsule:
     async def is_running(self) -> bool:
         return (await self._get_info()).status == Status.running
 
-    async def create_snapshot(self, name: str | None = None, overwrite: bool = False) -> Template:
-        return await run_async(self._http, _api.create_snapshot(self._id, name, overwrite))
+    async def create_snapshot(
+        self, name: str | None = None, overwrite: bool = False, default_user: str | None = None
+    ) -> Template:
+        """See `Capsule.create_snapshot`."""
+        return await run_async(self._http, _api.create_snapshot(self._id, name, overwrite, default_user))
 
     async def logs(
         self, cursor: int | None = None, limit: int = 1000, backward: bool = False

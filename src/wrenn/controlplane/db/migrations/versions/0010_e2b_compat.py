@@ -1,7 +1,7 @@
 """Capsules: auto-resume and the last metrics window kept over a pause; templates: a default user
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-05 12:00:00.000000
 
 `auto_resume`: whether traffic to a paused capsule resumes it (E2B's `autoResume`; true for capsules that
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0009"
-down_revision: str | None = "0008"
+revision: str = "0010"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
