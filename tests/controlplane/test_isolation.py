@@ -226,7 +226,8 @@ def test_lists_show_nothing_of_another_team(api: TestClient, teams: tuple[Team, 
             kwargs["params"] = {"email": "bob@"}  # finds B; finding A by exact local part is by design
         for headers in (b.jwt, b.key):
             r = api.get(path, headers=headers, **kwargs)
-            assert r.status_code < 500, f"GET {path}: {r.status_code} {r.text}"
+            # 501: a seed route Wrenn does not serve yet (routes/observability.py), the same for everyone
+            assert r.status_code < 500 or r.status_code == 501, f"GET {path}: {r.status_code} {r.text}"
             leaked = [s for s in [*a.secrets(), a.email] if s in r.text]
             assert not leaked, f"GET {path} as B shows A's {leaked}"
             looked += 1

@@ -4,7 +4,8 @@ a plain user's JWT and an API key. Every answer must be
 
 - never a server error, except 503 `no_hosts_available` / `host_unavailable`: in-process there is no host
   agent, so capsule creation has nowhere to go and the API says so; that 503 is the documented answer
-  to "no capacity", not a crash (any other 5xx, including 500 `internal_error`, fails);
+  to "no capacity", not a crash; and 501 `not_implemented` from the seed's routes Wrenn does not serve yet
+  (any other 5xx, including 500 `internal_error`, fails);
 - for every 4xx, the error contract `{"error": {"code": str, "message": str}}`.
 
 Bounded (20 examples per operation, no deadline) so the module runs in under a minute, on SQLite;
@@ -33,8 +34,9 @@ from wrenn.controlplane.routes import e2b
 
 from .conftest import _reset_postgres
 
-#: 5xx answers that are statements about capacity, not failures of the control plane.
-ACCEPTED_5XX = {(503, "no_hosts_available"), (503, "host_unavailable")}
+#: 5xx answers that are statements about capacity, or about a route the seed has and Wrenn does not serve
+#: yet (routes/observability.py), not failures of the control plane.
+ACCEPTED_5XX = {(503, "no_hosts_available"), (503, "host_unavailable"), (501, "not_implemented")}
 
 
 #: The spec comes from an app that never starts (no database): the requests go to a second instance,

@@ -25,6 +25,7 @@ from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentService
 
 from ._errors import SandboxError
+from ._logs import console_entries
 from ._manager import SandboxManager
 from ._output import OutputBudget
 from ._registration import host_images
@@ -220,6 +221,23 @@ class AgentService(ProcessRPCs, FileRPCs, HostAgentService):
                     disk_bytes=p.disk_bytes,
                 )
                 for p in self.m.metrics.points(request.sandbox_id, range_s)
+            ]
+        )
+
+    async def get_sandbox_logs(
+        self, request: pb.GetSandboxLogsRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.GetSandboxLogsResponse:
+        try:
+            sandbox = self.m.get(request.sandbox_id)
+        except SandboxError as exc:
+            raise connect_error(exc) from None
+        found = await asyncio.to_thread(
+            console_entries, sandbox.workdir / "console.log", sandbox.created_at, sandbox.from_snapshot
+        )
+        return pb.GetSandboxLogsResponse(
+            entries=[
+                pb.LogEntry(timestamp=ts(e.timestamp), level=e.level, message=e.message, source=e.source)
+                for e in found
             ]
         )
 

@@ -19,6 +19,7 @@ from wrenn._shared.private import private_dir
 from . import _site
 from ._agents import AgentPool
 from ._ca import CertificateAuthority
+from ._deadlines import Deadlines
 from ._errors import ApiError
 from ._hosts import register_local
 from ._limits import Limited, RequestLimits
@@ -28,7 +29,7 @@ from ._secretbox import SecretBox
 from ._security import Tokens, load_or_create_secret
 from ._settings import Settings
 from .db import make_engine, migrate, private_sqlite_file, sessions
-from .routes import admin, auth, capsules, dashboard, e2b, keys, snapshots, streams, teams
+from .routes import admin, auth, capsules, dashboard, e2b, keys, observability, snapshots, streams, teams
 from .routes import hosts as hosts_routes
 from .service.accounts import prepare_bootstrap
 
@@ -68,10 +69,15 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.sessions, app.state.agents, settings, engine.dialect.name
         )
         monitor.start()
+        deadlines = app.state.deadlines = Deadlines(
+            app.state.sessions, app.state.agents, settings, engine.dialect.name
+        )
+        deadlines.start()
         log.info("control plane ready", extra={"database": engine.url.render_as_string(hide_password=True)})
         try:
             yield
         finally:
+            await deadlines.stop()
             await monitor.stop()
             await app.state.agents.close()
             await engine.dispose()
@@ -136,7 +142,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    for module in (auth, admin, keys, capsules, snapshots, streams):
+    for module in (auth, admin, keys, observability, capsules, snapshots, streams):
         app.include_router(module.router)
     app.include_router(hosts_routes.router)
     app.include_router(teams.router)

@@ -12,7 +12,7 @@ from starlette.requests import HTTPConnection
 
 from . import _errors
 from ._principal import Principal, audit_fields
-from ._security import API_KEY_PREFIX, Tokens, hash_api_key
+from ._security import KEY_PREFIXES, Tokens, hash_api_key
 from ._session import session_token
 from .db import ApiKey, Membership, User, as_utc, utcnow
 from .service import AccountService, CapsuleService, TemplateService
@@ -89,7 +89,7 @@ async def authenticate(conn: HTTPConnection, session: AsyncSession) -> Principal
 
 async def token_principal(token: str, session: AsyncSession, tokens: Tokens) -> Principal:
     """The caller named by a bare credential (a WebSocket's first `auth` message): an API key or a JWT."""
-    if token.startswith(API_KEY_PREFIX):
+    if token.startswith(KEY_PREFIXES):
         return await _from_api_key(token, session, "WEBSOCKET")
     return await _from_jwt(token, session, tokens)
 

@@ -35,13 +35,11 @@ from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 
 from . import _audit
 from ._agents import AgentPool
-from ._errors import ApiError
 from ._hosts import apply_host_info
 from ._settings import Settings
 from .db import Capsule, Host, states, utcnow
 from .db import CapsuleStatus as S
 from .db import HostStatus as H
-from .service import CapsuleService
 
 log = logging.getLogger("wrenn.controlplane.monitor")
 #: Capsule statuses that mean "a VM should be alive on its host".
@@ -140,7 +138,6 @@ class HostMonitor:
                 if local and not await self._ping_local(host_id, address):
                     return
                 await self._reconcile(host_id, address)
-                await self._end_lives(host_id, address)
                 await self._hibernate(host_id, address)
             finally:
                 await lock.rollback()  # releases the advisory lock
@@ -173,41 +170,6 @@ class HostMonitor:
             apply_host_info(host, info)
             await session.commit()
             return True
-
-    async def _end_lives(self, host_id: str, address: str) -> None:
-        """Capsules past their lifetime deadline (`end_at`, E2B's timeout) are killed, or paused when their
-        `on_timeout` says so."""
-        async with self._sessions() as session:
-            due = (
-                await session.execute(
-                    select(Capsule.id, Capsule.on_timeout).where(
-                        Capsule.host_id == host_id,
-                        Capsule.status == S.RUNNING,
-                        Capsule.end_at.is_not(None),
-                        Capsule.end_at < utcnow(),
-                    )
-                )
-            ).all()
-        for capsule_id, on_timeout in due:
-            pause = on_timeout == "pause"
-            async with self._sessions() as session:
-                capsule = await session.get(Capsule, capsule_id)
-                if capsule is None or capsule.status != S.RUNNING:
-                    continue
-                service = CapsuleService(session, self._agents, self._settings)
-                try:
-                    if pause:
-                        await service.pause(capsule, None)
-                    else:
-                        capsule.error = "its timeout ended it"
-                        await service.destroy(capsule, None)
-                except ApiError as exc:
-                    await session.rollback()
-                    log.warning(
-                        "cannot end a capsule's life", extra={"capsule": capsule_id, "error": exc.message}
-                    )
-                    continue
-            log.info("capsule timed out", extra={"capsule": capsule_id, "paused": pause})
 
     async def _hibernate(self, host_id: str, address: str) -> None:
         """Move the host's capsules paused for longer than `hibernate_after_s` to cold storage."""

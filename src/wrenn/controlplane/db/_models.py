@@ -16,8 +16,11 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     false,
+    true,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 from ._sealed import Sealed
 from ._states import CapsuleStatus, HostStatus
@@ -32,8 +35,22 @@ def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that goes in and comes out as aware UTC on every database (SQLite stores it naive, as
+    UTC; PostgreSQL as `timestamptz`): nothing above the database ever sees a naive datetime."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UtcDateTime()}
 
 
 class Team(Base):
@@ -197,6 +214,11 @@ class Capsule(Base):
     #: hashes the same.
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     request_hash: Mapped[str] = mapped_column(String(64), default="")
+    #: Traffic to it while paused resumes it (E2B's `autoResume`); else the proxy answers that it is paused.
+    auto_resume: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    #: The samples its host held when it was last paused (`[{t, cpu_pct, mem_bytes, disk_bytes}]`), served
+    #: while it sleeps; null: never paused.
+    last_metrics: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
 
 
 class Template(Base):
@@ -216,6 +238,8 @@ class Template(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     #: The capsule it was made from (not a foreign key: the template outlives it).
     source_capsule_id: Mapped[str] = mapped_column(String(40), default="")
+    #: Who commands run as in capsules started from it ("": the platform's default user).
+    default_user: Mapped[str] = mapped_column(String(64), default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Request, Response
@@ -24,6 +24,7 @@ from .._ca import CertificateAuthority, split_address
 from .._deps import Db, Principal, UserCaller, audit_fields
 from .._ids import new_id, new_token
 from .._settings import Settings
+from .._time import Timestamp
 from ..db import (
     Capsule,
     CapsuleStatus,
@@ -99,9 +100,9 @@ class HostOut(BaseModel):
     slot_capacity: int
     accelerator: str
     local: bool
-    last_heartbeat_at: datetime | None
-    registered_at: datetime | None
-    created_at: datetime
+    last_heartbeat_at: Timestamp | None
+    registered_at: Timestamp | None
+    created_at: Timestamp
 
 
 class HostCreated(BaseModel):

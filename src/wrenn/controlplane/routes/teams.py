@@ -19,6 +19,7 @@ from .. import _audit, _errors
 from .._agents import AgentPool
 from .._deps import Db, Principal, UserCaller, audit_fields
 from .._ids import new_id, new_slug
+from .._time import Timestamp
 from ..db import ApiKey, AuditLog, Capsule, CapsuleStatus, Membership, Team, User, as_utc, utcnow
 from ..service import CapsuleService, quotas
 
@@ -40,7 +41,7 @@ class TeamOut(BaseModel):
     id: str
     name: str
     slug: str
-    created_at: datetime
+    created_at: Timestamp
     #: The caller's role in this team.
     role: str
 
@@ -81,7 +82,7 @@ class AuditEntry(BaseModel):
     scope: Literal["team", "admin"]
     status: str
     metadata: dict[str, Any]
-    created_at: datetime
+    created_at: Timestamp
 
 
 class AuditPage(BaseModel):

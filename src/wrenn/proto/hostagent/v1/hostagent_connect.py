@@ -16,7 +16,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from protobuf import DescService
 
 from . import hostagent_pb
-from .hostagent_pb import ConnectProcessRequest, ConnectProcessResponse, CreateSandboxRequest, CreateSandboxResponse, CreateTemplateRequest, CreateTemplateResponse, DeleteTemplateRequest, DeleteTemplateResponse, DestroySandboxRequest, DestroySandboxResponse, ExecRequest, ExecResponse, ExecStreamRequest, ExecStreamResponse, GetHostInfoRequest, GetHostInfoResponse, GetSandboxMetricsRequest, GetSandboxMetricsResponse, GetSandboxRequest, GetSandboxResponse, HibernateSandboxRequest, HibernateSandboxResponse, KillProcessRequest, KillProcessResponse, ListDirRequest, ListDirResponse, ListProcessesRequest, ListProcessesResponse, ListSandboxesRequest, ListSandboxesResponse, MakeDirRequest, MakeDirResponse, PauseSandboxRequest, PauseSandboxResponse, PingSandboxRequest, PingSandboxResponse, PtyAttachRequest, PtyAttachResponse, PtyKillRequest, PtyKillResponse, PtyResizeRequest, PtyResizeResponse, PtySendInputRequest, PtySendInputResponse, ReadFileRequest, ReadFileResponse, ReadFileStreamRequest, ReadFileStreamResponse, RemovePathRequest, RemovePathResponse, ResumeSandboxRequest, ResumeSandboxResponse, StartBackgroundRequest, StartBackgroundResponse, StatRequest, StatResponse, TerminateRequest, TerminateResponse, ThawSandboxRequest, ThawSandboxResponse, WatchDirRequest, WatchDirResponse, WriteFileRequest, WriteFileResponse, WriteFileStreamRequest, WriteFileStreamResponse
+from .hostagent_pb import ConnectProcessRequest, ConnectProcessResponse, CreateSandboxRequest, CreateSandboxResponse, CreateTemplateRequest, CreateTemplateResponse, DeleteTemplateRequest, DeleteTemplateResponse, DestroySandboxRequest, DestroySandboxResponse, ExecRequest, ExecResponse, ExecStreamRequest, ExecStreamResponse, GetHostInfoRequest, GetHostInfoResponse, GetSandboxLogsRequest, GetSandboxLogsResponse, GetSandboxMetricsRequest, GetSandboxMetricsResponse, GetSandboxRequest, GetSandboxResponse, HibernateSandboxRequest, HibernateSandboxResponse, KillProcessRequest, KillProcessResponse, ListDirRequest, ListDirResponse, ListProcessesRequest, ListProcessesResponse, ListSandboxesRequest, ListSandboxesResponse, MakeDirRequest, MakeDirResponse, PauseSandboxRequest, PauseSandboxResponse, PingSandboxRequest, PingSandboxResponse, PtyAttachRequest, PtyAttachResponse, PtyKillRequest, PtyKillResponse, PtyResizeRequest, PtyResizeResponse, PtySendInputRequest, PtySendInputResponse, ReadFileRequest, ReadFileResponse, ReadFileStreamRequest, ReadFileStreamResponse, RemovePathRequest, RemovePathResponse, ResumeSandboxRequest, ResumeSandboxResponse, StartBackgroundRequest, StartBackgroundResponse, StatRequest, StatResponse, TerminateRequest, TerminateResponse, ThawSandboxRequest, ThawSandboxResponse, WatchDirRequest, WatchDirResponse, WriteFileRequest, WriteFileResponse, WriteFileStreamRequest, WriteFileStreamResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -217,6 +217,12 @@ class HostAgentService(Protocol):
     async def get_sandbox_metrics(self, request: GetSandboxMetricsRequest, ctx: RequestContext[GetSandboxMetricsRequest, GetSandboxMetricsResponse], /) -> GetSandboxMetricsResponse:
         """
         CPU, memory and disk samples of one sandbox over a recent range.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def get_sandbox_logs(self, request: GetSandboxLogsRequest, ctx: RequestContext[GetSandboxLogsRequest, GetSandboxLogsResponse], /) -> GetSandboxLogsResponse:
+        """
+        The sandbox's guest console (kernel, init, envd and its processes' start and end) as log entries.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -559,6 +565,16 @@ class HostAgentServiceASGIApplication(ConnectASGIApplication[HostAgentService]):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=svc.get_sandbox_metrics,
+                ),
+                "/hostagent.v1.HostAgentService/GetSandboxLogs": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetSandboxLogs",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=GetSandboxLogsRequest,
+                        output=GetSandboxLogsResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.get_sandbox_logs,
                 ),
                 "/hostagent.v1.HostAgentService/GetHostInfo": Endpoint.unary(
                     method=MethodInfo(
@@ -1313,6 +1329,29 @@ class HostAgentServiceClient(ConnectClient):
             timeout_ms=timeout_ms,
         )
 
+    async def get_sandbox_logs(
+        self,
+        request: GetSandboxLogsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetSandboxLogsResponse:
+        """
+        The sandbox's guest console (kernel, init, envd and its processes' start and end) as log entries.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetSandboxLogs",
+                service_name="hostagent.v1.HostAgentService",
+                input=GetSandboxLogsRequest,
+                output=GetSandboxLogsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
     async def get_host_info(
         self,
         request: GetHostInfoRequest,
@@ -1549,6 +1588,12 @@ class HostAgentServiceSync(Protocol):
     def get_sandbox_metrics(self, request: GetSandboxMetricsRequest, ctx: RequestContext[GetSandboxMetricsRequest, GetSandboxMetricsResponse], /) -> GetSandboxMetricsResponse:
         """
         CPU, memory and disk samples of one sandbox over a recent range.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def get_sandbox_logs(self, request: GetSandboxLogsRequest, ctx: RequestContext[GetSandboxLogsRequest, GetSandboxLogsResponse], /) -> GetSandboxLogsResponse:
+        """
+        The sandbox's guest console (kernel, init, envd and its processes' start and end) as log entries.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -1889,6 +1934,16 @@ class HostAgentServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=service.get_sandbox_metrics,
+                ),
+                "/hostagent.v1.HostAgentService/GetSandboxLogs": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetSandboxLogs",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=GetSandboxLogsRequest,
+                        output=GetSandboxLogsResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.get_sandbox_logs,
                 ),
                 "/hostagent.v1.HostAgentService/GetHostInfo": EndpointSync.unary(
                     method=MethodInfo(
@@ -2607,6 +2662,28 @@ class HostAgentServiceClientSync(ConnectClientSync):
                 service_name="hostagent.v1.HostAgentService",
                 input=GetSandboxMetricsRequest,
                 output=GetSandboxMetricsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def get_sandbox_logs(
+        self,
+        request: GetSandboxLogsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetSandboxLogsResponse:
+        """
+        The sandbox's guest console (kernel, init, envd and its processes' start and end) as log entries.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetSandboxLogs",
+                service_name="hostagent.v1.HostAgentService",
+                input=GetSandboxLogsRequest,
+                output=GetSandboxLogsResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,
