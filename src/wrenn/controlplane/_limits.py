@@ -7,7 +7,8 @@ the guest and has no cap. The traffic proxy's bodies are the guest's business an
 
 **Rates.** Token buckets (a sustained rate per second, and a burst) per API key or user token, per client
 address on the API, per client address on the POSTs that need no credential (sign-up, login, the admin
-bootstrap, host registration and refresh; reading or ending a dashboard session is not one of them), and per client address on the traffic proxy.
+bootstrap, host registration and refresh; reading or ending a dashboard session is not one of them), and
+per client address on the traffic proxy.
 
 The buckets live in each control plane process, by design: they protect the process that holds them from
 floods (a request costs the process that serves it), and a shared counter would cost a database write per
