@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ._envd import EnvdClient
-from .network import SandboxNetwork
+from .network import OPEN, EgressPolicy, SandboxNetwork
 from .vmm import VM
 
 #: A sandbox id: it names the sandbox's directory, its cold-storage archive and its cgroup.
@@ -65,6 +65,12 @@ class Sandbox:
     envd_version: str = ""
     slot: int | None = None
     network: SandboxNetwork | None = None
+    #: Its egress policy (`_netpolicy`); only its public part is saved.
+    policy: EgressPolicy = field(default=OPEN, repr=False)
+    #: False after a restart adopted it with header rules whose secrets are gone (until resent).
+    secrets_loaded: bool = True
+    #: The digest of the egress CA its guest trusts ("" none).
+    ca_installed: str = ""
     disk: Path | None = None
     vm: VM | None = None
     envd: EnvdClient | None = None
@@ -133,6 +139,8 @@ class Sandbox:
             "from_snapshot": self.from_snapshot,
             "memory_source": str(self.memory_source) if self.memory_source else None,
             "error": self.error,
+            "network": self.policy.describe(),  # never its secrets: header values, the CA's key
+            "ca_installed": self.ca_installed,
         }
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
@@ -153,6 +161,7 @@ class Sandbox:
         sandbox.envd_version = str(state.get("envd_version", ""))
         sandbox.disk = Path(state["disk"]) if state.get("disk") else None
         sandbox.error = str(state.get("error") or "")
+        sandbox.ca_installed = str(state.get("ca_installed") or "")
         sandbox.from_snapshot = bool(state.get("from_snapshot"))
         sandbox.memory_source = Path(state["memory_source"]) if state.get("memory_source") else None
         paused_at = state.get("paused_at")
