@@ -310,7 +310,9 @@ async def _refuse(conn: socket.socket, tls: bool, reason: str) -> None:
             "connection: close\r\nx-wrenn-egress: refused\r\n\r\n"
         ).encode()
         with contextlib.suppress(OSError):
+            conn.recv(65536)  # what was only peeked: closing with unread bytes would reset the answer
             await asyncio.get_running_loop().sock_sendall(conn, head + body)
+            conn.shutdown(socket.SHUT_WR)
         return
     # A TLS client gets a reset at once: no certificate we could show would be honest.
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

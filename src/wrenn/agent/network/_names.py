@@ -16,8 +16,11 @@ _NAME = re.compile(r"^[a-z0-9.-]{1,253}$")
 
 
 def _clean(name: str) -> str | None:
+    """A host name, lower-case; None for anything else (an address literal names no domain)."""
     name = name.strip().rstrip(".").lower()
-    return name if _NAME.match(name) else None
+    if not _NAME.match(name) or name.replace(".", "").isdigit():
+        return None
+    return name
 
 
 def http_host(data: bytes) -> str | None:
