@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -14,7 +15,7 @@ from starlette.exceptions import HTTPException
 
 from wrenn import __version__
 
-from . import _site
+from . import _netseal, _site
 from ._agents import AgentPool
 from ._ca import CertificateAuthority
 from ._errors import ApiError
@@ -24,7 +25,7 @@ from ._proxy import TrafficProxy
 from ._security import Tokens, load_or_create_secret
 from ._settings import Settings
 from .db import make_engine, migrate, sessions
-from .routes import auth, capsules, dashboard, e2b, keys, snapshots, streams, teams
+from .routes import auth, capsules, dashboard, e2b, keys, network, snapshots, streams, teams
 from .routes import hosts as hosts_routes
 
 log = logging.getLogger("wrenn.controlplane")
@@ -42,6 +43,9 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.resolved_database_url)
+        # network policies' secrets are sealed at rest with this engine's key
+        key = os.environ.get("WRENN_ENCRYPTION_KEY", "")
+        _netseal.attach(engine, _netseal.SecretBox.load_or_create(key, settings.data_dir))
         await migrate(engine)
         app.state.settings = settings
         app.state.sessions = sessions(engine)
@@ -131,6 +135,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(hosts_routes.router)
     app.include_router(teams.router)
     app.include_router(e2b.router)  # E2B's REST API: /sandboxes, /v2/sandboxes, ...
+    app.include_router(network.router)  # egress policies: /v1/capsules/{id}/network, E2B's PUT
     app.include_router(dashboard.router)  # the dashboard's session cookie and downloads
     _site.mount(app, settings.dashboard_dir)  # the dashboard's pages, last: they never shadow the API
     app.add_middleware(TrafficProxy, state=app.state)  # `{port}-{capsule_id}.{domain}` traffic

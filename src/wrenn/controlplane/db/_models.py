@@ -6,9 +6,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .._netseal import SealedText
 from ._states import CapsuleStatus, HostStatus
 
 
@@ -159,6 +170,13 @@ class Capsule(Base):
     #: hashes the same.
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     request_hash: Mapped[str] = mapped_column(String(64), default="")
+    #: Its egress policy without secrets (service/network.py's public form); {}: open.
+    network: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: The header values of its egress rules, `{domain: {header: value}}` as JSON, sealed.
+    network_secrets: Mapped[str] = mapped_column(SealedText("capsule.network_secrets"), default="")
+    #: Its own egress CA (for header rules): the certificate its guest trusts, and the key (sealed).
+    egress_ca_cert: Mapped[str] = mapped_column(Text, default="")
+    egress_ca_key: Mapped[str] = mapped_column(SealedText("capsule.egress_ca_key"), default="")
 
 
 class Template(Base):
@@ -179,6 +197,9 @@ class Template(Base):
     #: The capsule it was made from (not a foreign key: the template outlives it).
     source_capsule_id: Mapped[str] = mapped_column(String(40), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The default egress policy of its capsules (that of the capsule it was made from), and its secrets.
+    network: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    network_secrets: Mapped[str] = mapped_column(SealedText("template.network_secrets"), default="")
 
 
 class AuditLog(Base):

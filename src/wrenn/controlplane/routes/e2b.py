@@ -27,7 +27,8 @@ from .. import _errors
 from .._deps import Caller, Capsules, Principal, Templates
 from ..db import Capsule, as_utc, states, utcnow
 from ..db import CapsuleStatus as S
-from ..service import TEMPLATE_NAME, CreateSpec, Guest
+from ..service import TEMPLATE_NAME, CreateSpec, Guest, NetworkSpec
+from ..service.network import RuleBody, from_e2b
 
 router = APIRouter(tags=["e2b"])
 
@@ -57,6 +58,11 @@ def error_body(status: int, message: str, code: str = "") -> dict[str, Any]:
 class Network(BaseModel):
     model_config = ConfigDict(extra="allow")
     allowPublicTraffic: bool = True
+    allowOut: list[str] | None = None
+    denyOut: list[str] | None = None
+    dnsServers: list[str] | None = None
+    egressProxy: dict[str, Any] | None = None
+    rules: dict[str, list[RuleBody]] | None = None
 
 
 class NewSandbox(BaseModel):
@@ -148,7 +154,8 @@ def _detail(c: Capsule) -> dict[str, Any]:
         **_listed(c),
         "envdAccessToken": c.envd_token,
         "domain": None,
-        "allowInternetAccess": True,
+        "allowInternetAccess": NetworkSpec.of_capsule(c).allow_internet_access,
+        "network": NetworkSpec.of_capsule(c).e2b(),
         "lifecycle": {"autoResume": True, "onTimeout": c.on_timeout},
     }
 
@@ -170,6 +177,14 @@ async def _find(capsules: Capsules, caller: Principal, sandbox_id: str) -> Capsu
 
 def _deadline(seconds: int | None) -> datetime | None:
     return utcnow() + timedelta(seconds=seconds) if seconds else None
+
+
+def _network(body: NewSandbox) -> NetworkSpec | None:
+    """The egress policy of a create: `network`'s lists and rules with `allow_internet_access`."""
+    n = body.network
+    if n is None or not ({"allowOut", "denyOut", "dnsServers", "egressProxy", "rules"} & n.model_fields_set):
+        return None if body.allow_internet_access else from_e2b(None, None, None, None, False)
+    return from_e2b(n.allowOut, n.denyOut, n.dnsServers, n.rules, body.allow_internet_access, n.egressProxy)
 
 
 def _hash(body: NewSandbox) -> str:
@@ -223,6 +238,7 @@ async def create_sandbox(
         on_timeout="pause" if body.autoPause else "kill",
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        network=_network(body),
     )
     try:
         (capsule,) = await capsules.create(caller, spec)

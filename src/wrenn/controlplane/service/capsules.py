@@ -29,6 +29,7 @@ from .._principal import Principal, audit_fields
 from .._scheduler import pick_host
 from ..db import Capsule, Host, HostStatus, Template, states, utcnow
 from ..db import CapsuleStatus as S
+from .network import NetworkSpec, apply, policy_of
 
 #: The name of the platform's default image.
 DEFAULT_TEMPLATE = "minimal"
@@ -56,6 +57,8 @@ class CreateSpec:
     on_timeout: str = "kill"
     idempotency_key: str | None = None
     request_hash: str = ""
+    #: The egress policy; None: the template's, else open (service/network.py).
+    network: NetworkSpec | None = None
 
 
 DEFAULTS = CreateSpec()
@@ -147,6 +150,7 @@ class CapsuleService:
         """Create `count` capsules of `spec` and boot them at once; each row ends `running` or `error`
         (committed), and the first failure is raised once all have ended. Shared by create and fork."""
         host, template, spec = await self._placement(spec, caller.team_id)
+        network = spec.network or (NetworkSpec.of_template(template) if template else None) or NetworkSpec()
         capsules = [
             Capsule(
                 id=new_id("cl"),
@@ -168,6 +172,8 @@ class CapsuleService:
             )
             for _ in range(count)
         ]
+        for capsule in capsules:
+            apply(capsule, network)
         self.session.add_all(capsules)
         await self.session.commit()
         client = self.agents.client(host.address)
@@ -182,7 +188,8 @@ class CapsuleService:
                 timeout_sec=spec.timeout_sec,
                 team_id=caller.team_id,
                 envd_access_token=capsule.envd_token,
-                allow_internet=True,
+                allow_internet=network.allow_internet_access,
+                network=policy_of(capsule),
                 default_env=spec.envs,
             )
             return self.agents.call(host.id, client.create_sandbox(request, timeout_ms=600_000))
@@ -271,7 +278,7 @@ class CapsuleService:
         elif capsule.status == S.PAUSED:
             host = await self.host_of(capsule)
             rpc = self.agents.client(host.address).resume_sandbox(
-                pb.ResumeSandboxRequest(sandbox_id=capsule.id), timeout_ms=300_000
+                pb.ResumeSandboxRequest(sandbox_id=capsule.id, network=policy_of(capsule)), timeout_ms=300_000
             )
             await self._wake(capsule, host, rpc, on_failure=S.PAUSED)
         else:
@@ -287,7 +294,7 @@ class CapsuleService:
         capsule.status, capsule.host_id = S.STARTING, host.id  # counted on that host from now on
         await self.session.commit()
         rpc = self.agents.client(host.address).thaw_sandbox(
-            pb.ThawSandboxRequest(sandbox_id=capsule.id), timeout_ms=900_000
+            pb.ThawSandboxRequest(sandbox_id=capsule.id, network=policy_of(capsule)), timeout_ms=900_000
         )
         await self._wake(capsule, host, rpc, on_failure=S.HIBERNATED)
 

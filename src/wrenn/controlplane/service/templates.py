@@ -117,6 +117,8 @@ class TemplateService:
             disk_size_mb=info.disk_size_mb or capsule.disk_size_mb,
             size_bytes=info.size_bytes,
             source_capsule_id=capsule.id,
+            network=dict(capsule.network or {}),  # its capsules' default egress policy
+            network_secrets=capsule.network_secrets,
         )
         self.session.add(template)
         _audit.record(
