@@ -39,7 +39,7 @@ import dns.exception
 import dns.resolver
 import h11
 
-from ._egress_rules import HTTP_LISTEN, HTTPS_LISTEN
+from ._egress_rules import HTTP_LISTEN, HTTPS_LISTEN, PROXY_MARK
 from ._firewall import BLOCKED_NETWORKS
 from ._mint import LeafMinter
 from ._names import NEED_MORE, http_host, tls_sni
@@ -180,7 +180,9 @@ class EgressProxy:
                 self._record(state, "refused", original, port, name, reason)
                 await _refuse(conn, tls, reason)
                 return
-            upstream = await self._sockets.connect(state.netns, str(target), port, _DIAL_TIMEOUT_S)
+            upstream = await self._sockets.connect(
+                state.netns, str(target), port, _DIAL_TIMEOUT_S, mark=PROXY_MARK
+            )
             rule = policy.rule_for(name) if tls and name and policy.intercepts else None
             if rule is not None and name:
                 self._record(state, "intercepted", target, port, name, f"headers of rule {rule.domain}")

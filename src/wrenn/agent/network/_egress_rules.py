@@ -26,6 +26,8 @@ from ._policy import HTTP_PORT, HTTPS_PORT, SMTP_PORT, EgressPolicy
 #: The egress proxy's listeners inside every sandbox netns (on the guest's gateway address).
 HTTP_LISTEN = 15080
 HTTPS_LISTEN = 15443
+#: The firewall mark of the egress proxy's upstream sockets (the netns's output chain checks those).
+PROXY_MARK = 0x77726E
 
 
 def refuse(match: str, comment: str) -> str:
@@ -81,5 +83,5 @@ def egress_rules(
     if policy.deny_networks:
         forward += refuse(f"iifname {tap} ip daddr @deny", "deny_out")
     forward += f'    iifname {tap} oifname {veth} accept comment "default: allowed"\n'
-    output = refuse(f"oifname {veth} ip daddr @blocked", "egress proxy: always blocked")
+    output = refuse(f"meta mark {PROXY_MARK:#x} oifname {veth} ip daddr @blocked", "egress proxy: blocked")
     return EgressRules(sets=sets, prerouting=prerouting, forward=forward, output=output)

@@ -64,14 +64,18 @@ class NetnsSockets:
             self._pool, self._make, netns, socket.AF_INET, socket.SOCK_STREAM, (address, port)
         )
 
-    async def connect(self, netns: str, address: str, port: int, timeout_s: float) -> socket.socket:
-        """A TCP connection from inside `netns` to `address:port`."""
+    async def connect(
+        self, netns: str, address: str, port: int, timeout_s: float, mark: int = 0
+    ) -> socket.socket:
+        """A TCP connection from inside `netns` to `address:port` (its packets marked `mark`)."""
         loop = asyncio.get_running_loop()
         sock = await loop.run_in_executor(
             self._pool, self._make, netns, socket.AF_INET, socket.SOCK_STREAM, None
         )
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if mark:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
             await asyncio.wait_for(loop.sock_connect(sock, (address, port)), timeout_s)
         except BaseException:
             sock.close()
