@@ -241,7 +241,7 @@ class EgressProxy:
         log.log(
             level,
             f"egress {action}",
-            extra={"sandbox": state.sandbox_id, "destination": f"{address}:{port}", "name": name or "",
+            extra={"sandbox": state.sandbox_id, "destination": f"{address}:{port}", "server_name": name or "",
                    "reason": reason},
         )  # fmt: skip
 
@@ -254,8 +254,11 @@ class EgressProxy:
         server_ctx = await asyncio.to_thread(
             self._minter.context, policy.ca_cert_pem, policy.ca_key_pem, name
         )
-        g_reader, g_writer = await asyncio.open_connection(sock=conn)
-        await g_writer.start_tls(server_ctx)
+        loop = asyncio.get_running_loop()
+        g_reader = asyncio.StreamReader(limit=_CHUNK)
+        protocol = asyncio.StreamReaderProtocol(g_reader)
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn, ssl=server_ctx)
+        g_writer = asyncio.StreamWriter(transport, protocol, g_reader, loop)
         u_reader, u_writer = await asyncio.open_connection(
             sock=upstream, ssl=self._upstream, server_hostname=name
         )

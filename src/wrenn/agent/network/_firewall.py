@@ -107,8 +107,7 @@ def sandbox_ruleset(
     type filter hook input priority filter; policy accept;
     iifname {tap} ct state established,related accept
     iifname {tap} ct status dnat accept comment "redirected to the egress proxy"
-    iifname {tap} drop
-  }}
+{refuse(f"iifname {tap}", "the netns itself")}  }}
   chain output {{
     type filter hook output priority filter; policy accept;
 {egress.output}  }}
