@@ -169,6 +169,7 @@ class EgressProxy:
 
     async def _handle(self, state: _Sandbox, conn: socket.socket, tls: bool) -> None:
         upstream: socket.socket | None = None
+        streams: list[asyncio.StreamWriter] = []  # once a socket has a transport, it closes the socket
         try:
             raw = conn.getsockopt(socket.SOL_IP, _SO_ORIGINAL_DST, 16)
             port = struct.unpack_from("!H", raw, 2)[0]
@@ -186,15 +187,21 @@ class EgressProxy:
             rule = policy.rule_for(name) if tls and name and policy.intercepts else None
             if rule is not None and name:
                 self._record(state, "intercepted", target, port, name, f"headers of rule {rule.domain}")
-                await self._intercept(state, conn, upstream, name, rule, policy)
+                await self._intercept(state, conn, upstream, name, rule, policy, target, streams)
             else:
-                await _splice(conn, upstream)
+                await _splice(conn, upstream, streams)
         except (OSError, ssl.SSLError, h11.ProtocolError, TimeoutError, ValueError) as exc:
             log.debug("egress connection ended", extra={"netns": state.netns, "error": repr(exc)})
         finally:
-            conn.close()
-            if upstream is not None:
-                upstream.close()
+            for writer in streams:
+                writer.close()
+            for writer in streams:
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            if not streams:
+                conn.close()
+                if upstream is not None:
+                    upstream.close()
 
     async def _decide(
         self, policy: EgressPolicy, name: str | None, original: ipaddress.IPv4Address
@@ -249,7 +256,7 @@ class EgressProxy:
 
     async def _intercept(
         self, state: _Sandbox, conn: socket.socket, upstream: socket.socket, name: str, rule: Rule,
-        policy: EgressPolicy,
+        policy: EgressPolicy, target: ipaddress.IPv4Address, streams: list[asyncio.StreamWriter],
     ) -> None:  # fmt: skip
         server_ctx = await asyncio.to_thread(
             self._minter.context, policy.ca_cert_pem, policy.ca_key_pem, name
@@ -259,14 +266,19 @@ class EgressProxy:
         protocol = asyncio.StreamReaderProtocol(g_reader)
         transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn, ssl=server_ctx)
         g_writer = asyncio.StreamWriter(transport, protocol, g_reader, loop)
-        u_reader, u_writer = await asyncio.open_connection(
-            sock=upstream, ssl=self._upstream, server_hostname=name
-        )
+        streams.append(g_writer)
         try:
-            await _relay_requests(g_reader, g_writer, u_reader, u_writer, name, rule, self, state)
-        finally:
-            for writer in (g_writer, u_writer):
-                writer.close()
+            u_reader, u_writer = await asyncio.open_connection(
+                sock=upstream, ssl=self._upstream, server_hostname=name
+            )
+        except BaseException:
+            upstream.close()
+            raise
+        streams.append(u_writer)
+        relay = _Relay(g_reader, g_writer, u_reader, u_writer, name, rule)
+        refusal = await relay.run()
+        if refusal:
+            self._record(state, "refused", target, 443, name, refusal)
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -323,9 +335,11 @@ async def _refuse(conn: socket.socket, tls: bool, reason: str) -> None:
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
-async def _splice(a: socket.socket, b: socket.socket) -> None:
+async def _splice(a: socket.socket, b: socket.socket, streams: list[asyncio.StreamWriter]) -> None:
     a_reader, a_writer = await asyncio.open_connection(sock=a, limit=_CHUNK)
+    streams.append(a_writer)
     b_reader, b_writer = await asyncio.open_connection(sock=b, limit=_CHUNK)
+    streams.append(b_writer)
 
     async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -337,11 +351,7 @@ async def _splice(a: socket.socket, b: socket.socket) -> None:
         except OSError:
             pass
 
-    try:
-        await asyncio.gather(pump(a_reader, b_writer), pump(b_reader, a_writer))
-    finally:
-        a_writer.close()
-        b_writer.close()
+    await asyncio.gather(pump(a_reader, b_writer), pump(b_reader, a_writer))
 
 
 async def _next(conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
@@ -361,70 +371,84 @@ def _host_of(headers: list[tuple[bytes, bytes]]) -> str | None:
     return normalize_name(value.rsplit(":", 1)[0] if ":" in value else value)
 
 
-async def _relay_requests(
-    g_reader: asyncio.StreamReader, g_writer: asyncio.StreamWriter,
-    u_reader: asyncio.StreamReader, u_writer: asyncio.StreamWriter,
-    name: str, rule: Rule, proxy: EgressProxy, state: _Sandbox,
-) -> None:  # fmt: skip
+class _Relay:
     """HTTP/1.1 requests from the guest to the upstream, one at a time, with the rule's headers set."""
-    guest, up = h11.Connection(h11.SERVER), h11.Connection(h11.CLIENT)
-    replaced = {k.lower().encode() for k, _ in rule.headers}
-    added = [(k.encode(), v.encode()) for k, v in rule.headers]
-    while True:
-        request = await _next(guest, g_reader)
-        if not isinstance(request, h11.Request):
-            return
-        headers = list(request.headers)
-        host = _host_of(headers)
-        if host != name:
-            reason = f"the request's Host ({host or 'none'}) is not its TLS server name ({name})"
-            proxy._record(state, "refused", ipaddress.IPv4Address(0), 443, name, reason)
-            body = f"refused by the capsule's network policy: {reason}\n".encode()
-            g_writer.write(guest.send(h11.Response(status_code=421, headers=[
-                ("content-type", "text/plain"), ("content-length", str(len(body))), ("connection", "close"),
-            ])))  # fmt: skip
-            g_writer.write(guest.send(h11.Data(data=body)) + guest.send(h11.EndOfMessage()))
-            await g_writer.drain()
-            return
-        headers = [(k, v) for k, v in headers if k not in replaced] + added
-        u_writer.write(up.send(h11.Request(method=request.method, target=request.target, headers=headers)))
+
+    def __init__(
+        self, g_reader: asyncio.StreamReader, g_writer: asyncio.StreamWriter,
+        u_reader: asyncio.StreamReader, u_writer: asyncio.StreamWriter, name: str, rule: Rule,
+    ) -> None:  # fmt: skip
+        self.g_reader, self.g_writer, self.u_reader, self.u_writer = g_reader, g_writer, u_reader, u_writer
+        self.name = name
+        self.guest, self.up = h11.Connection(h11.SERVER), h11.Connection(h11.CLIENT)
+        self.replaced = {k.lower().encode() for k, _ in rule.headers}
+        self.added = [(k.encode(), v.encode()) for k, v in rule.headers]
+
+    async def run(self) -> str:
+        """Relay until either side is done; the reason when a request was refused, else ""."""
+        guest, up = self.guest, self.up
         while True:
-            event = await _next(guest, g_reader)
-            if isinstance(event, h11.Data):
-                u_writer.write(up.send(h11.Data(data=event.data)))
-                await u_writer.drain()
-            elif isinstance(event, h11.EndOfMessage):
-                u_writer.write(up.send(h11.EndOfMessage()))
-                break
-            else:
-                return
-        await u_writer.drain()
-        while True:
-            response = await _next(up, u_reader)
-            if isinstance(response, h11.InformationalResponse):
-                g_writer.write(guest.send(response))
-                continue
+            request = await _next(guest, self.g_reader)
+            if not isinstance(request, h11.Request):
+                return ""
+            headers = list(request.headers)
+            host = _host_of(headers)
+            if host != self.name:
+                reason = f"the request's Host ({host or 'none'}) is not its TLS server name ({self.name})"
+                await self._answer(421, f"refused by the capsule's network policy: {reason}\n")
+                return reason
+            headers = [(k, v) for k, v in headers if k not in self.replaced] + self.added
+            self.u_writer.write(
+                up.send(h11.Request(method=request.method, target=request.target, headers=headers))
+            )
+            if not await self._pump(guest, self.g_reader, up, self.u_writer):
+                return ""
+            response = await _next(up, self.u_reader)
+            while isinstance(response, h11.InformationalResponse):
+                self.g_writer.write(guest.send(response))
+                response = await _next(up, self.u_reader)
             if not isinstance(response, h11.Response):
-                return
-            g_writer.write(guest.send(h11.Response(
+                return ""
+            self.g_writer.write(guest.send(h11.Response(
                 status_code=response.status_code, headers=list(response.headers), reason=response.reason
             )))  # fmt: skip
-            break
+            if not await self._pump(up, self.u_reader, guest, self.g_writer):
+                return ""
+            if h11.MUST_CLOSE in (guest.our_state, guest.their_state, up.our_state, up.their_state):
+                return ""
+            try:
+                guest.start_next_cycle()
+                up.start_next_cycle()
+            except h11.LocalProtocolError:
+                return ""
+
+    async def _pump(
+        self,
+        src: h11.Connection,
+        reader: asyncio.StreamReader,
+        dst: h11.Connection,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        """One message body from `src` to `dst`; False when `src` ended before the message did."""
         while True:
-            event = await _next(up, u_reader)
+            event = await _next(src, reader)
             if isinstance(event, h11.Data):
-                g_writer.write(guest.send(h11.Data(data=event.data)))
-                await g_writer.drain()
+                writer.write(dst.send(h11.Data(data=event.data)))
+                await writer.drain()
             elif isinstance(event, h11.EndOfMessage):
-                g_writer.write(guest.send(h11.EndOfMessage()))
-                break
+                writer.write(dst.send(h11.EndOfMessage()))
+                await writer.drain()
+                return True
             else:
-                return
-        await g_writer.drain()
-        if h11.MUST_CLOSE in (guest.our_state, guest.their_state, up.our_state, up.their_state):
-            return
-        try:
-            guest.start_next_cycle()
-            up.start_next_cycle()
-        except h11.LocalProtocolError:
-            return
+                return False
+
+    async def _answer(self, status: int, text: str) -> None:
+        body = text.encode()
+        headers = [
+            ("content-type", "text/plain"),
+            ("content-length", str(len(body))),
+            ("connection", "close"),
+        ]
+        self.g_writer.write(self.guest.send(h11.Response(status_code=status, headers=headers)))
+        self.g_writer.write(self.guest.send(h11.Data(data=body)) + self.guest.send(h11.EndOfMessage()))
+        await self.g_writer.drain()
