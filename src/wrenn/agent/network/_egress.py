@@ -161,6 +161,7 @@ class EgressProxy:
         while True:
             try:
                 conn, _ = await loop.sock_accept(listener)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle delay on relayed bytes
             except OSError as exc:
                 log.warning("egress proxy accept failed", extra={"netns": state.netns, "error": str(exc)})
                 await asyncio.sleep(0.1)
