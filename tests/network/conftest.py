@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.agent._agent import AgentProcess, running_agent
+from tests.agent._agent import AgentProcess, running_agent, start_agent
 from tests.conftest import CONTROL_PLANE_DIRS, _control_plane
 
 from ._internet import Internet, start_internet
@@ -26,6 +26,15 @@ class NetPlatform:
     api_key: str
     agent: AgentProcess
     internet: Internet
+    prefix: str
+    agent_args: list[str]
+
+    def restart_agent(self) -> None:
+        """Stop the agent (its VMs run on) and start it again on the same ports: it adopts them."""
+        self.agent.stop()
+        self.agent.proc = start_agent(
+            self.agent.data_dir, self.prefix, self.agent.port, self.agent.proxy_port, extra=self.agent_args
+        ).proc
 
     @property
     def e2b(self) -> dict[str, Any]:
@@ -46,10 +55,11 @@ def internet() -> Iterator[Internet]:
 @pytest.fixture(scope="module")
 def platform(image: object, internet: Internet) -> Iterator[NetPlatform]:
     prefix = f"np{os.getpid() % 1000:03d}k"
-    with running_agent(prefix, ["--dns", internet.dns, "--egress-upstream-ca", str(internet.ca)]) as agent:
+    args = ["--dns", internet.dns, "--egress-upstream-ca", str(internet.ca)]
+    with running_agent(prefix, args) as agent:
         try:
             for base, key in _control_plane(agent.url, agent.token_file):
-                yield NetPlatform(base, key, agent, internet)
+                yield NetPlatform(base, key, agent, internet, prefix, args)
                 log = CONTROL_PLANE_DIRS[base] / "server.log"
                 shutil.copy(log, Path(tempfile.gettempdir()) / f"wrenn-{prefix}-server.log")
         finally:  # kept for a failure's diagnosis (the agent's data dir goes with it)

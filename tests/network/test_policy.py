@@ -206,6 +206,25 @@ def test_headers_are_injected_on_the_host_and_the_secret_never_enters_the_guest(
     )
 
 
+def test_an_agent_restart_loses_the_secrets_and_the_control_plane_sends_them_again(
+    sbx: Sandbox, platform: NetPlatform, internet: Internet
+) -> None:
+    """The agent keeps header secrets in memory only: a restarted agent adopts the running capsule with
+    its rules suspended, says so, and the control plane's monitor sends the policy again."""
+    platform.restart_agent()
+    url = f"{platform.base_url}/v1/capsules/{sbx.sandbox_id}/network"
+    deadline, view = time.monotonic() + 60, {}
+    while time.monotonic() < deadline:
+        view = httpx.get(url, headers={"X-API-Key": platform.api_key}, timeout=30).json()
+        if view.get("secrets_loaded") is True:
+            break
+        time.sleep(1)
+    assert view.get("secrets_loaded") is True, view
+    code, _, _ = fetch(sbx, "https://secret.netpol.test/after-restart", f"-H 'X-Api-Key: {PLACEHOLDER}'")
+    assert code == 200
+    assert [h["x-api-key"] for h in _captured(internet, "/after-restart")] == [SECRET]
+
+
 def _contains(path: Path, needle: bytes, chunk: int = 64 << 20) -> bool:
     with path.open("rb") as f:
         tail = b""

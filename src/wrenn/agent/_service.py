@@ -89,6 +89,7 @@ class AgentService(ProcessRPCs, FileRPCs, NetworkRPCs, HostAgentService):
             metadata=dict(s.params.metadata),
             paused_at=ts(s.paused_at) if s.paused_at is not None else None,
             from_snapshot=s.from_snapshot,
+            network_secrets_missing=not s.secrets_loaded,
         )
 
     # --- sandboxes -----------------------------------------------------------------------------------

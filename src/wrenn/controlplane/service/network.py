@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,12 +28,15 @@ from wrenn._shared.egress import PolicyError, parse
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 
 from .. import _audit, _errors
+from .._agents import AgentPool
 from .._principal import Principal, audit_fields
 from ..db import Capsule, Template
 from ..db import CapsuleStatus as S
 
 if TYPE_CHECKING:
     from .capsules import CapsuleService
+
+log = logging.getLogger("wrenn.controlplane")
 
 #: What a rule's header value is shown as.
 REDACTED = "***"
@@ -325,3 +330,28 @@ class NetworkService:
                 for e in found.events
             ]
         return out
+
+
+async def resend_secrets(
+    sessions: Callable[[], Any], agents: AgentPool, host_id: str, address: str, sandboxes: Iterable[Any]
+) -> int:
+    """Send their policies again to the running capsules whose agent lost the secrets (it restarted and
+    adopted them); how many. The monitor calls it after each reconciliation."""
+    running = pb.SandboxStatus.RUNNING
+    missing = [s.sandbox_id for s in sandboxes if s.network_secrets_missing and s.status == running]
+    sent = 0
+    for capsule_id in missing:
+        async with sessions() as session:
+            capsule = await session.get(Capsule, capsule_id)
+            if capsule is None or capsule.host_id != host_id or capsule.status != S.RUNNING:
+                continue
+            request = pb.UpdateNetworkPolicyRequest(sandbox_id=capsule.id, network=policy_of(capsule))
+        try:
+            await agents.call(host_id, agents.client(address).update_network_policy(request))
+            sent += 1
+        except _errors.ApiError as exc:
+            extra = {"capsule": capsule_id, "error": exc.message}
+            log.warning("cannot resend a capsule's network policy", extra=extra)
+    if sent:
+        log.info("network policies resent after an agent restart", extra={"host": host_id, "capsules": sent})
+    return sent
