@@ -225,6 +225,31 @@ def test_an_agent_restart_loses_the_secrets_and_the_control_plane_sends_them_aga
     assert [h["x-api-key"] for h in _captured(internet, "/after-restart")] == [SECRET]
 
 
+def test_a_template_carries_its_policy_and_its_capsules_get_a_ca_of_their_own(
+    sbx: Sandbox, platform: NetPlatform, internet: Internet
+) -> None:
+    sbx.create_snapshot(name="netpol-template")
+    child = Sandbox.create(template="netpol-template", timeout=600, **platform.e2b)
+    try:
+        view = httpx.get(
+            f"{platform.base_url}/v1/capsules/{child.sandbox_id}/network",
+            headers={"X-API-Key": platform.api_key},
+        ).json()
+        assert view["allow_out"] == ["secret.netpol.test", "other.netpol.test"]
+        assert view["rules"] == {"secret.netpol.test": ["X-Api-Key"]}
+        assert _ca_cert(platform.base_url, child.sandbox_id) != _ca_cert(platform.base_url, sbx.sandbox_id)
+        # Its guest (the template's disk trusted the parent's CA) now trusts its own, and only that one.
+        code, _, _ = fetch(child, "https://secret.netpol.test/child", f"-H 'X-Api-Key: {PLACEHOLDER}'")
+        assert code == 200
+        assert [h["x-api-key"] for h in _captured(internet, "/child")] == [SECRET]
+        bundle = child.files.read("/etc/ssl/certs/ca-certificates.crt")
+        assert bundle.count("# wrenn egress CA: begin") == 1
+        assert _ca_cert(platform.base_url, child.sandbox_id).splitlines()[1] in bundle
+    finally:
+        child.kill()
+        Sandbox.delete_snapshot("netpol-template", **platform.e2b)
+
+
 def _contains(path: Path, needle: bytes, chunk: int = 64 << 20) -> bool:
     with path.open("rb") as f:
         tail = b""

@@ -306,7 +306,7 @@ class NetworkService:
     async def view(self, capsule: Capsule) -> dict[str, Any]:
         """The policy (no secrets) and, for a running capsule, what its egress proxy lately refused."""
         out: dict[str, Any] = {"capsule_id": capsule.id, **NetworkSpec.of_capsule(capsule).public()}
-        out["events"], out["secrets_loaded"] = [], True
+        out["events"], out["secrets_loaded"] = [], None  # known only from a running capsule's agent
         if capsule.status == S.RUNNING and capsule.host_id:
             host = await self.capsules.host_of(capsule)
             found = await self.agents.call(
