@@ -52,6 +52,13 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     )
     p.add_argument("--veth-net", default=d.veth_net, help=f"sandboxes' veth pairs ({d.veth_net})")
     p.add_argument(
+        "--dns", default=",".join(d.dns), help=f"the guests' resolvers, comma-separated ({','.join(d.dns)})"
+    )
+    p.add_argument(
+        "--egress-upstream-ca", type=Path, default=None, metavar="PEM",
+        help="CA certificates for intercepted HTTPS upstreams (default: the system's trust store)",
+    )  # fmt: skip
+    p.add_argument(
         "--memory-dir", type=Path, default=d.memory_dir, help=f"tmpfs for guest RAM ({d.memory_dir})"
     )
     p.add_argument(
@@ -101,6 +108,7 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         heartbeat_interval_s=a.heartbeat_interval, memory_dir=a.memory_dir, cold_storage=a.cold_storage,
         ready_snapshots=not a.no_ready_snapshots, insecure=a.insecure, memory_limit_mb=a.memory_limit_mb,
         vmm_uid_base=a.vmm_uid_base,
+        dns=tuple(s.strip() for s in a.dns.split(",") if s.strip()), egress_upstream_ca=a.egress_upstream_ca,
     )  # fmt: skip
 
 

@@ -148,6 +148,8 @@ class Agent:
                 prefix=self.config.name_prefix,
                 host_net=self.config.host_net,
                 veth_net=self.config.veth_net,
+                dns=self.config.dns,
+                upstream_ca=str(self.config.egress_upstream_ca) if self.config.egress_upstream_ca else None,
             )
         )
         self.manager = SandboxManager(self.config, driver, accelerator, network, self._cgroups)

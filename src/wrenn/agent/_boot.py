@@ -33,6 +33,7 @@ from ._sandbox import SANDBOX_ID, Sandbox, SandboxParams, Status
 from ._table import SandboxTable
 from ._templates import NAME as TEMPLATE_NAME
 from ._templates import Template, TemplateStore
+from .network import CLOSED, OPEN, EgressPolicy
 from .vmm import DriverError
 
 log = logging.getLogger("wrenn.agent")
@@ -48,11 +49,12 @@ class Booter:
         self.admission = admission
         self._creating: dict[str, asyncio.Task[Sandbox]] = {}
 
-    async def create(self, params: SandboxParams) -> Sandbox:
+    async def create(self, params: SandboxParams, policy: EgressPolicy | None = None) -> Sandbox:
         """A new sandbox, running; listed as `pending` while it boots. `aborted` when destroyed meanwhile."""
         image = self._validate(params)
         sandbox = Sandbox(
             params=params,
+            policy=policy or (OPEN if params.allow_internet else CLOSED),
             workdir=self.table.config.sandboxes_dir / params.sandbox_id,
             image_name=image.template,
             image_version=image.version,

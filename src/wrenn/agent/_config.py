@@ -64,7 +64,12 @@ class AgentConfig:
     vmm_overhead_mb: int = 384
     default_template: str = "minimal"
     default_user: str = "user"
+    #: Resolvers the guests use (their kernel command line) and the egress proxy resolves allowed
+    #: domains with.
     dns: tuple[str, ...] = field(default=("1.1.1.1", "8.8.8.8"))
+    #: CA certificates (PEM) the egress proxy verifies intercepted HTTPS upstreams against; None: the
+    #: system's trust store.
+    egress_upstream_ca: Path | None = None
     metrics_interval_s: float = 2.0
     reaper_interval_s: float = 2.0
     #: Joining a control plane: a one-time registration token, the control plane's URL and the

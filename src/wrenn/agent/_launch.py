@@ -19,6 +19,7 @@ from ._admission import disk_file_limit
 from ._cgroup import Limits
 from ._envd import EnvdClient, EnvdUnavailable
 from ._errors import SandboxError
+from ._netpolicy import install_ca
 from ._sandbox import Sandbox
 from ._table import SandboxTable
 from ._templates import TemplateStore
@@ -103,7 +104,7 @@ class Launcher:
             sandbox.slot = network.allocator.acquire()
         except NetworkExhausted as exc:
             raise SandboxError("resource_exhausted", str(exc)) from None
-        sandbox.network = await network.setup(sandbox.slot, allow_internet=sandbox.params.allow_internet)
+        sandbox.network = await network.setup(sandbox.slot, policy=sandbox.policy, sandbox_id=sandbox.id)
 
     async def attach(self, sandbox: Sandbox, access_token: str | None) -> None:
         """Watch a started VMM (already in its cgroup: the jailer put it there) and wait until its envd
@@ -126,6 +127,7 @@ class Launcher:
             hostname=sandbox.id,
             entropy=os.urandom(64),
         )
+        await install_ca(sandbox, self.table.config.default_user)
 
     def snapshot_meta(self, sandbox: Sandbox) -> dict[str, Any]:
         """What a snapshot's `meta.json` says of the machine it was taken from."""

@@ -25,15 +25,17 @@ from ._boot import Booter
 from ._cgroup import Cgroups
 from ._cold import ColdStore
 from ._config import AgentConfig
+from ._errors import SandboxError
 from ._launch import Launcher
 from ._loops import reaper, sampler
 from ._metrics import MetricsStore
+from ._netpolicy import install_ca
 from ._recovery import recover
 from ._sandbox import Sandbox, SandboxParams, Status
 from ._snapshots import Snapshots
 from ._table import SandboxTable
 from ._templates import Template, TemplateStore
-from .network import NetworkManager
+from .network import EgressPolicy, NetworkManager
 from .vmm import Driver
 from .vmm._probe import AcceleratorChoice
 
@@ -127,8 +129,8 @@ class SandboxManager:
             return await self.resume(sandbox_id)
         return self.running(sandbox_id)
 
-    async def create(self, params: SandboxParams) -> Sandbox:
-        return await self.booter.create(params)
+    async def create(self, params: SandboxParams, policy: EgressPolicy | None = None) -> Sandbox:
+        return await self.booter.create(params, policy)
 
     async def destroy(self, sandbox_id: str) -> None:
         """Destroy a sandbox in any status: a boot under way is cancelled, a pause or resume finishes
@@ -141,6 +143,7 @@ class SandboxManager:
         async with sandbox.lock:  # a pause or resume under way finishes first
             await self.table.release(sandbox)
         self.table.forget(sandbox)
+        self.table.network.forget(sandbox_id)
         log.info("sandbox destroyed", extra={"sandbox": sandbox_id})
 
     # --- snapshots -----------------------------------------------------------------------------------
@@ -148,14 +151,30 @@ class SandboxManager:
     async def pause(self, sandbox_id: str) -> Sandbox:
         return await self.snapshots.pause(sandbox_id)
 
-    async def resume(self, sandbox_id: str) -> Sandbox:
-        return await self.snapshots.resume(sandbox_id)
+    async def resume(self, sandbox_id: str, policy: EgressPolicy | None = None) -> Sandbox:
+        return await self.snapshots.resume(sandbox_id, policy)
 
     async def hibernate(self, sandbox_id: str) -> int:
         return await self.snapshots.hibernate(sandbox_id)
 
-    async def thaw(self, sandbox_id: str) -> Sandbox:
-        return await self.snapshots.thaw(sandbox_id)
+    async def thaw(self, sandbox_id: str, policy: EgressPolicy | None = None) -> Sandbox:
+        return await self.snapshots.thaw(sandbox_id, policy)
+
+    # --- network policy ------------------------------------------------------------------------------
+
+    async def set_policy(self, sandbox_id: str, policy: EgressPolicy) -> Sandbox:
+        """Replace a sandbox's egress policy: a running one's at once (and its guest learns a new CA), a
+        paused one's for its resume."""
+        sandbox = self.get(sandbox_id)
+        async with sandbox.lock:
+            if sandbox.status not in (Status.RUNNING, Status.PAUSED):
+                raise SandboxError("failed_precondition", f"sandbox {sandbox_id} is {sandbox.status.value}")
+            sandbox.policy, sandbox.secrets_loaded = policy, True
+            if sandbox.status is Status.RUNNING and sandbox.network is not None:
+                await self.table.network.set_policy(sandbox.network, sandbox.id, policy)
+                await install_ca(sandbox, self.config.default_user)
+            sandbox.save()
+        return sandbox
 
     async def create_template(self, sandbox_id: str, name: str) -> Template:
         return await self.snapshots.create_template(sandbox_id, name)

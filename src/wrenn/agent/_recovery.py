@@ -19,9 +19,11 @@ from ._cgroup import kill_all
 from ._config import AgentConfig
 from ._envd import EnvdClient
 from ._launch import Launcher
+from ._netpolicy import from_state
 from ._private import write_private
 from ._sandbox import Sandbox, Status, load_state
 from ._table import SandboxTable
+from .network import CLOSED, NetworkError, PolicyError
 from .vmm import DriverError
 
 log = logging.getLogger("wrenn.agent")
@@ -107,6 +109,12 @@ async def _adopt(table: SandboxTable, launcher: Launcher, state_file: Path) -> S
         except _disk.DiskError as exc:
             log.warning("unreadable sandbox disk", extra={"sandbox": params.sandbox_id, "error": str(exc)})
             return None
+    try:
+        sandbox.policy, rules_lost = from_state(dict(state.get("network") or {}))
+    except PolicyError as exc:  # written by this agent: only a hand-edited file gets here
+        log.warning("unreadable network policy", extra={"sandbox": params.sandbox_id, "error": str(exc)})
+        sandbox.policy, rules_lost = CLOSED, False
+    sandbox.secrets_loaded = not rules_lost
     if sandbox.status in (Status.PAUSED, Status.ERROR) and sandbox.disk is not None:
         return table.add_stopped(sandbox)
     pid = state.get("vmm_pid")
@@ -132,6 +140,11 @@ async def _adopt(table: SandboxTable, launcher: Launcher, state_file: Path) -> S
         log.warning("cannot adopt sandbox", extra={"sandbox": params.sandbox_id, "error": str(exc)})
         await table.release(sandbox)
         return None
+    try:
+        await table.network.set_policy(sandbox.network, sandbox.id, sandbox.policy)
+    except NetworkError as exc:
+        extra = {"sandbox": sandbox.id, "error": str(exc)}
+        log.warning("cannot restore a sandbox's network policy", extra=extra)
     table.sandboxes[sandbox.id] = sandbox
     table.watch(sandbox)
     log.info("sandbox adopted", extra={"sandbox": sandbox.id, "pid": pid})

@@ -15,7 +15,7 @@ from typing import Any
 
 from ._envd import EnvdClient
 from ._private import write_private
-from .network import SandboxNetwork
+from .network import OPEN, EgressPolicy, SandboxNetwork
 from .vmm import VM
 
 #: A sandbox id: it names the sandbox's directory, its cold-storage archive and its cgroup.
@@ -66,6 +66,12 @@ class Sandbox:
     envd_version: str = ""
     slot: int | None = None
     network: SandboxNetwork | None = None
+    #: Its egress policy (`_netpolicy`); only its public part is saved.
+    policy: EgressPolicy = field(default=OPEN, repr=False)
+    #: False after a restart adopted it with header rules whose secrets are gone (until resent).
+    secrets_loaded: bool = True
+    #: The digest of the egress CA its guest trusts ("" none).
+    ca_installed: str = ""
     disk: Path | None = None
     #: What the disk was made over (an image's root file system, a ready snapshot's or a template's disk;
     #: None for a disk that stands alone): the backing the VMM gets, never what the disk's header says.
@@ -138,6 +144,8 @@ class Sandbox:
             "from_snapshot": self.from_snapshot,
             "memory_source": str(self.memory_source) if self.memory_source else None,
             "error": self.error,
+            "network": self.policy.describe(),  # never its secrets: header values, the CA's key
+            "ca_installed": self.ca_installed,
         }
         write_private(self.state_file, json.dumps(state, indent=1))  # it holds the envd access token
 
@@ -156,6 +164,7 @@ class Sandbox:
         sandbox.disk = Path(state["disk"]) if state.get("disk") else None
         sandbox.disk_base = Path(state["disk_base"]) if state.get("disk_base") else None
         sandbox.error = str(state.get("error") or "")
+        sandbox.ca_installed = str(state.get("ca_installed") or "")
         sandbox.from_snapshot = bool(state.get("from_snapshot"))
         sandbox.memory_source = Path(state["memory_source"]) if state.get("memory_source") else None
         paused_at = state.get("paused_at")

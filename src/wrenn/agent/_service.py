@@ -27,11 +27,13 @@ from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentService
 from ._errors import SandboxError
 from ._logs import console_entries
 from ._manager import SandboxManager
+from ._netpolicy import from_proto
 from ._output import OutputBudget
 from ._registration import host_images
 from ._rpc import call, connect_error, ts
 from ._sandbox import Sandbox, SandboxParams, Status
 from ._service_files import FileRPCs
+from ._service_network import NetworkRPCs
 from ._service_process import ProcessRPCs
 from .vmm import Accelerator
 
@@ -53,7 +55,7 @@ _RANGES = {
 }
 
 
-class AgentService(ProcessRPCs, FileRPCs, HostAgentService):
+class AgentService(ProcessRPCs, FileRPCs, NetworkRPCs, HostAgentService):
     def __init__(
         self,
         manager: SandboxManager,
@@ -90,6 +92,7 @@ class AgentService(ProcessRPCs, FileRPCs, HostAgentService):
             metadata=dict(s.params.metadata),
             paused_at=ts(s.paused_at) if s.paused_at is not None else None,
             from_snapshot=s.from_snapshot,
+            network_secrets_missing=not s.secrets_loaded,
         )
 
     # --- sandboxes -----------------------------------------------------------------------------------
@@ -114,7 +117,11 @@ class AgentService(ProcessRPCs, FileRPCs, HostAgentService):
             auto_pause=not request.discard_on_timeout,
             cold_boot=request.cold_boot,
         )
-        sandbox = await call(self.m.create(params))
+        try:
+            policy = from_proto(request.network, request.allow_internet)
+        except SandboxError as exc:
+            raise connect_error(exc) from None
+        sandbox = await call(self.m.create(params, policy))
         return pb.CreateSandboxResponse(sandbox=self._info(sandbox))
 
     def _template_of(self, request: pb.CreateSandboxRequest) -> str:
@@ -145,7 +152,12 @@ class AgentService(ProcessRPCs, FileRPCs, HostAgentService):
     async def resume_sandbox(
         self, request: pb.ResumeSandboxRequest, ctx: RequestContext[Any, Any]
     ) -> pb.ResumeSandboxResponse:
-        return pb.ResumeSandboxResponse(sandbox=self._info(await call(self.m.resume(request.sandbox_id))))
+        try:
+            policy = from_proto(request.network) if request.network is not None else None
+        except SandboxError as exc:
+            raise connect_error(exc) from None
+        resumed = await call(self.m.resume(request.sandbox_id, policy))
+        return pb.ResumeSandboxResponse(sandbox=self._info(resumed))
 
     async def hibernate_sandbox(
         self, request: pb.HibernateSandboxRequest, ctx: RequestContext[Any, Any]
@@ -156,7 +168,11 @@ class AgentService(ProcessRPCs, FileRPCs, HostAgentService):
     async def thaw_sandbox(
         self, request: pb.ThawSandboxRequest, ctx: RequestContext[Any, Any]
     ) -> pb.ThawSandboxResponse:
-        return pb.ThawSandboxResponse(sandbox=self._info(await call(self.m.thaw(request.sandbox_id))))
+        try:
+            policy = from_proto(request.network) if request.network is not None else None
+        except SandboxError as exc:
+            raise connect_error(exc) from None
+        return pb.ThawSandboxResponse(sandbox=self._info(await call(self.m.thaw(request.sandbox_id, policy))))
 
     async def create_template(
         self, request: pb.CreateTemplateRequest, ctx: RequestContext[Any, Any]

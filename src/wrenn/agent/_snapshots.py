@@ -28,6 +28,7 @@ from ._sandbox import SANDBOX_ID, Sandbox, Status, load_state
 from ._table import SandboxTable
 from ._templates import NAME as TEMPLATE_NAME
 from ._templates import Template, TemplateStore
+from .network import EgressPolicy
 
 log = logging.getLogger("wrenn.agent")
 
@@ -98,11 +99,13 @@ class Snapshots:
         )
         return sandbox
 
-    async def resume(self, sandbox_id: str) -> Sandbox:
+    async def resume(self, sandbox_id: str, policy: EgressPolicy | None = None) -> Sandbox:
         """Restore a paused sandbox into a new VMM in a fresh network slot and re-initialise envd
         (clock, token, env). A snapshot that cannot be restored turns the sandbox to `error`."""
         sandbox = self.table.get(sandbox_id)
         async with sandbox.lock:
+            if policy is not None:
+                sandbox.policy, sandbox.secrets_loaded = policy, True
             if sandbox.status is Status.RUNNING:
                 sandbox.touch()
                 return sandbox
@@ -205,10 +208,10 @@ class Snapshots:
         log.info("sandbox hibernated", extra={"sandbox": sandbox_id, "archive_bytes": size})
         return size
 
-    async def thaw(self, sandbox_id: str) -> Sandbox:
+    async def thaw(self, sandbox_id: str, policy: EgressPolicy | None = None) -> Sandbox:
         """Bring a hibernated sandbox back from cold storage onto this host and resume it."""
         if sandbox_id in self.table.sandboxes:
-            return await self.resume(sandbox_id)
+            return await self.resume(sandbox_id, policy)
         cold = self._cold()
         if not SANDBOX_ID.match(sandbox_id) or not cold.exists(sandbox_id):
             raise SandboxError("not_found", f"no hibernated sandbox {sandbox_id!r} in cold storage")
@@ -237,7 +240,7 @@ class Snapshots:
             ) from None
         self.table.add_stopped(thawed).save()
         try:
-            resumed = await self.resume(sandbox_id)
+            resumed = await self.resume(sandbox_id, policy)
         except SandboxError as exc:
             if exc.code == "resource_exhausted":  # it stays hibernated: the archive is all there is of it
                 self.table.sandboxes.pop(sandbox_id, None)

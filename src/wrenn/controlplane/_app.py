@@ -29,7 +29,19 @@ from ._secretbox import SecretBox
 from ._security import Tokens, load_or_create_secret
 from ._settings import Settings
 from .db import make_engine, migrate, private_sqlite_file, sessions
-from .routes import admin, auth, capsules, dashboard, e2b, keys, observability, snapshots, streams, teams
+from .routes import (
+    admin,
+    auth,
+    capsules,
+    dashboard,
+    e2b,
+    keys,
+    network,
+    observability,
+    snapshots,
+    streams,
+    teams,
+)
 from .routes import hosts as hosts_routes
 from .service.accounts import prepare_bootstrap
 
@@ -147,6 +159,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(hosts_routes.router)
     app.include_router(teams.router)
     app.include_router(e2b.router)  # E2B's REST API: /sandboxes, /v2/sandboxes, ...
+    app.include_router(network.router)  # egress policies: /v1/capsules/{id}/network, E2B's PUT
     app.include_router(dashboard.router)  # the dashboard's session cookie and downloads
     _site.mount(app, settings.dashboard_dir)  # the dashboard's pages, last: they never shadow the API
     app.add_middleware(RequestLimits, settings=settings, respond=_refuse)  # bodies (413), rates (429)

@@ -40,6 +40,7 @@ from ._settings import Settings
 from .db import Capsule, Host, states, utcnow
 from .db import CapsuleStatus as S
 from .db import HostStatus as H
+from .service.network import resend_secrets
 
 log = logging.getLogger("wrenn.controlplane.monitor")
 #: Capsule statuses that mean "a VM should be alive on its host".
@@ -224,6 +225,7 @@ class HostMonitor:
             log.warning("cannot list the host's sandboxes", extra={"host": host_id, "error": str(exc)})
             return
         await reconcile(self._sessions, host_id, listed.sandboxes, listed_at)
+        await resend_secrets(self._sessions, self._agents, host_id, address, listed.sandboxes)
 
 
 async def _set_status(sessions: Callable[[], Any], capsule_id: str, expected: str, status: str) -> bool:

@@ -254,7 +254,9 @@ class QemuDriver:
             self.binary,
             "-name", spec.vm_id,
             "-M", MACHINE + (",memory-backend=mem" if spec.memory_file else ""),
-            "-accel", spec.accelerator.value,
+            # TCG's translation cache defaults to 1 GiB, more than the cgroup allows above guest RAM
+            # (vmm_overhead_mb): a busy guest got its QEMU OOM-killed. 128 MiB is plenty for one guest.
+            "-accel", spec.accelerator.value + (",tb-size=128" if spec.accelerator is Accelerator.TCG else ""),  # noqa: E501
             "-cpu", "max" if spec.accelerator is Accelerator.TCG else "host",
             "-smp", str(spec.vcpus),
             "-m", f"{spec.memory_mib}M",

@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Text,
     UniqueConstraint,
     false,
     true,
@@ -219,6 +220,13 @@ class Capsule(Base):
     #: The samples its host held when it was last paused (`[{t, cpu_pct, mem_bytes, disk_bytes}]`), served
     #: while it sleeps; null: never paused.
     last_metrics: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    #: Its egress policy without secrets (service/network.py's public form); {}: open.
+    network: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: The header values of its egress rules, `{domain: {header: value}}` as JSON, sealed.
+    network_secrets: Mapped[str] = mapped_column(Sealed("capsule.network_secrets", None), default="")
+    #: Its own egress CA (for header rules): the certificate its guest trusts, and the key (sealed).
+    egress_ca_cert: Mapped[str] = mapped_column(Text, default="")
+    egress_ca_key: Mapped[str] = mapped_column(Sealed("capsule.egress_ca_key", None), default="")
 
 
 class Template(Base):
@@ -241,6 +249,9 @@ class Template(Base):
     #: Who commands run as in capsules started from it ("": the platform's default user).
     default_user: Mapped[str] = mapped_column(String(64), default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The default egress policy of its capsules (that of the capsule it was made from), and its secrets.
+    network: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    network_secrets: Mapped[str] = mapped_column(Sealed("template.network_secrets", None), default="")
 
 
 class AuditLog(Base):

@@ -18,7 +18,8 @@ from .._deps import Caller, Capsules, Templates
 from .._time import Timestamp
 from ..db import Capsule
 from ..db import CapsuleStatus as S
-from ..service import DEFAULTS, TEMPLATE_NAME, CreateSpec, Guest, logs
+from ..service import DEFAULTS, TEMPLATE_NAME, CreateSpec, Guest, NetworkBody, logs
+from ..service.network import from_v1
 
 router = APIRouter(tags=["capsules"])
 
@@ -31,6 +32,8 @@ class CapsuleCreate(BaseModel):
     disk_size_mb: int = Field(default=DEFAULTS.disk_size_mb, ge=1024, le=512 * 1024)
     #: False: the traffic proxy requires the capsule's `traffic_access_token` on every request.
     allow_public_traffic: bool = DEFAULTS.allow_public_traffic
+    #: The egress policy (docs/network.md); left out: the template's, else open.
+    network: NetworkBody | None = None
 
 
 class CapsuleOut(BaseModel):
@@ -88,7 +91,9 @@ def _out(c: Capsule) -> CapsuleOut:
 async def create_capsule(body: CapsuleCreate, caller: Caller, capsules: Capsules) -> CapsuleOut:
     """Boot a capsule from a base image or a template of the team (a template's capsules start in its
     state, with its vcpus and memory)."""
-    (capsule,) = await capsules.create(caller, CreateSpec(**body.model_dump()))
+    network = from_v1(body.network) if body.network else None
+    spec = CreateSpec(**body.model_dump(exclude={"network"}), network=network)
+    (capsule,) = await capsules.create(caller, spec)
     return _out(capsule)
 
 

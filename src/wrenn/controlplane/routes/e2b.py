@@ -27,9 +27,10 @@ from .._deps import Caller, Capsules, Principal, Templates
 from .._time import rfc3339
 from ..db import Capsule, as_utc, states, utcnow
 from ..db import CapsuleStatus as S
-from ..service import TEMPLATE_NAME, CreateSpec, Guest, listing, logs
+from ..service import TEMPLATE_NAME, CreateSpec, Guest, NetworkSpec, listing, logs
 from ..service.guest import kept_and_live
 from ..service.guest import metrics_window as guest_metrics_window
+from ..service.network import RuleBody, from_e2b
 
 router = APIRouter(tags=["e2b"])
 
@@ -59,6 +60,11 @@ def error_body(status: int, message: str, code: str = "") -> dict[str, Any]:
 class Network(BaseModel):
     model_config = ConfigDict(extra="allow")
     allowPublicTraffic: bool = True
+    allowOut: list[str] | None = None
+    denyOut: list[str] | None = None
+    dnsServers: list[str] | None = None
+    egressProxy: dict[str, Any] | None = None
+    rules: dict[str, list[RuleBody]] | None = None
 
 
 class AutoResume(BaseModel):
@@ -173,7 +179,8 @@ def _detail(c: Capsule) -> dict[str, Any]:
         **_listed(c),
         "envdAccessToken": c.envd_token,
         "domain": None,
-        "allowInternetAccess": True,
+        "allowInternetAccess": NetworkSpec.of_capsule(c).allow_internet_access,
+        "network": NetworkSpec.of_capsule(c).e2b(),
         "lifecycle": {"autoResume": c.auto_resume, "onTimeout": c.on_timeout},
         "pauseMode": "full",
     }
@@ -196,6 +203,14 @@ async def _find(capsules: Capsules, caller: Principal, sandbox_id: str) -> Capsu
 
 def _deadline(seconds: int | None) -> datetime | None:
     return utcnow() + timedelta(seconds=seconds) if seconds else None
+
+
+def _network(body: NewSandbox) -> NetworkSpec | None:
+    """The egress policy of a create: `network`'s lists and rules with `allow_internet_access`."""
+    n = body.network
+    if n is None or not ({"allowOut", "denyOut", "dnsServers", "egressProxy", "rules"} & n.model_fields_set):
+        return None if body.allow_internet_access else from_e2b(None, None, None, None, False)
+    return from_e2b(n.allowOut, n.denyOut, n.dnsServers, n.rules, body.allow_internet_access, n.egressProxy)
 
 
 def _hash(body: NewSandbox) -> str:
@@ -252,6 +267,7 @@ async def create_sandbox(
         auto_resume=bool(body.autoResume and body.autoResume.enabled),
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        network=_network(body),
     )
     try:
         (capsule,) = await capsules.create(caller, spec)
@@ -273,8 +289,6 @@ def _ignored(body: NewSandbox) -> list[str]:
         found += [
             f"network.{k}" for k, v in (body.network.model_extra or {}).items() if v not in (None, [], {})
         ]
-    if not body.allow_internet_access:
-        found.append("allow_internet_access")
     if not body.secure:
         found.append("secure")
     return sorted(found)

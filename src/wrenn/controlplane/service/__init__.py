@@ -12,6 +12,7 @@ from . import quotas
 from .accounts import AccountService
 from .capsules import DEFAULTS, CapsuleService, CreateSpec
 from .guest import Guest, file_entry
+from .network import E2BNetworkUpdate, NetworkBody, NetworkService, NetworkSpec
 from .templates import NAME as TEMPLATE_NAME
 from .templates import TemplateService
 
@@ -21,7 +22,11 @@ __all__ = [
     "AccountService",
     "CapsuleService",
     "CreateSpec",
+    "E2BNetworkUpdate",
     "Guest",
+    "NetworkBody",
+    "NetworkService",
+    "NetworkSpec",
     "TemplateService",
     "file_entry",
     "quotas",

@@ -32,6 +32,7 @@ from .._settings import Settings
 from ..db import Capsule, Host, HostStatus, Template, states, utcnow
 from ..db import CapsuleStatus as S
 from . import guest, quotas
+from .network import NetworkSpec, apply, policy_of
 
 log = logging.getLogger("wrenn.controlplane.capsules")
 
@@ -65,6 +66,8 @@ class CreateSpec:
     default_user: str = ""
     idempotency_key: str | None = None
     request_hash: str = ""
+    #: The egress policy; None: the template's, else open (service/network.py).
+    network: NetworkSpec | None = None
 
 
 DEFAULTS = CreateSpec()
@@ -197,6 +200,7 @@ class CapsuleService:
         )
         await quotas.admit(self.session, self.settings, caller.team_id, wanted)
         host = await self._host_for(template, spec, caller.team_id)
+        network = spec.network or (NetworkSpec.of_template(template) if template else None) or NetworkSpec()
         capsules = [
             Capsule(
                 id=new_id("cl"),
@@ -219,6 +223,8 @@ class CapsuleService:
             )
             for _ in range(count)
         ]
+        for capsule in capsules:
+            apply(capsule, network)
         self.session.add_all(capsules)
         await self.session.commit()
         client = self.agents.client(host.address, host_id=host.id)
@@ -234,7 +240,8 @@ class CapsuleService:
                 timeout_sec=spec.timeout_sec,
                 team_id=caller.team_id,
                 envd_access_token=capsule.envd_token,
-                allow_internet=True,
+                allow_internet=network.allow_internet_access,
+                network=policy_of(capsule),
                 default_env=spec.envs,
                 default_user=spec.default_user or (template.default_user if template else ""),
             )
@@ -342,7 +349,7 @@ class CapsuleService:
             capsule.status = S.STARTING  # counted against the team's quota from now on
             await self.session.commit()
             rpc = self.agents.client(host.address, host_id=host.id).resume_sandbox(
-                pb.ResumeSandboxRequest(sandbox_id=capsule.id), timeout_ms=300_000
+                pb.ResumeSandboxRequest(sandbox_id=capsule.id, network=policy_of(capsule)), timeout_ms=300_000
             )
             await self._wake(capsule, host, rpc, on_failure=S.PAUSED)
         else:
@@ -359,7 +366,7 @@ class CapsuleService:
         capsule.status, capsule.host_id = S.STARTING, host.id  # counted on that host from now on
         await self.session.commit()
         rpc = self.agents.client(host.address, host_id=host.id).thaw_sandbox(
-            pb.ThawSandboxRequest(sandbox_id=capsule.id), timeout_ms=900_000
+            pb.ThawSandboxRequest(sandbox_id=capsule.id, network=policy_of(capsule)), timeout_ms=900_000
         )
         await self._wake(capsule, host, rpc, on_failure=S.HIBERNATED)
 

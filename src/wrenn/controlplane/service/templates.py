@@ -124,6 +124,8 @@ class TemplateService:
             default_user=(capsule.metadata_ or {}).get("default_user", "")
             if default_user is None
             else default_user,
+            network=dict(capsule.network or {}),  # its capsules' default egress policy
+            network_secrets=capsule.network_secrets,
         )
         self.session.add(template)
         _audit.record(

@@ -16,7 +16,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from protobuf import DescService
 
 from . import hostagent_pb
-from .hostagent_pb import ConnectProcessRequest, ConnectProcessResponse, CreateSandboxRequest, CreateSandboxResponse, CreateTemplateRequest, CreateTemplateResponse, DeleteTemplateRequest, DeleteTemplateResponse, DestroySandboxRequest, DestroySandboxResponse, ExecRequest, ExecResponse, ExecStreamRequest, ExecStreamResponse, GetHostInfoRequest, GetHostInfoResponse, GetSandboxLogsRequest, GetSandboxLogsResponse, GetSandboxMetricsRequest, GetSandboxMetricsResponse, GetSandboxRequest, GetSandboxResponse, HibernateSandboxRequest, HibernateSandboxResponse, KillProcessRequest, KillProcessResponse, ListDirRequest, ListDirResponse, ListProcessesRequest, ListProcessesResponse, ListSandboxesRequest, ListSandboxesResponse, MakeDirRequest, MakeDirResponse, PauseSandboxRequest, PauseSandboxResponse, PingSandboxRequest, PingSandboxResponse, PtyAttachRequest, PtyAttachResponse, PtyKillRequest, PtyKillResponse, PtyResizeRequest, PtyResizeResponse, PtySendInputRequest, PtySendInputResponse, ReadFileRequest, ReadFileResponse, ReadFileStreamRequest, ReadFileStreamResponse, RemovePathRequest, RemovePathResponse, ResumeSandboxRequest, ResumeSandboxResponse, StartBackgroundRequest, StartBackgroundResponse, StatRequest, StatResponse, TerminateRequest, TerminateResponse, ThawSandboxRequest, ThawSandboxResponse, WatchDirRequest, WatchDirResponse, WriteFileRequest, WriteFileResponse, WriteFileStreamRequest, WriteFileStreamResponse
+from .hostagent_pb import ConnectProcessRequest, ConnectProcessResponse, CreateSandboxRequest, CreateSandboxResponse, CreateTemplateRequest, CreateTemplateResponse, DeleteTemplateRequest, DeleteTemplateResponse, DestroySandboxRequest, DestroySandboxResponse, ExecRequest, ExecResponse, ExecStreamRequest, ExecStreamResponse, GetHostInfoRequest, GetHostInfoResponse, GetSandboxLogsRequest, GetSandboxLogsResponse, GetSandboxMetricsRequest, GetSandboxMetricsResponse, GetSandboxNetworkRequest, GetSandboxNetworkResponse, GetSandboxRequest, GetSandboxResponse, HibernateSandboxRequest, HibernateSandboxResponse, KillProcessRequest, KillProcessResponse, ListDirRequest, ListDirResponse, ListProcessesRequest, ListProcessesResponse, ListSandboxesRequest, ListSandboxesResponse, MakeDirRequest, MakeDirResponse, PauseSandboxRequest, PauseSandboxResponse, PingSandboxRequest, PingSandboxResponse, PtyAttachRequest, PtyAttachResponse, PtyKillRequest, PtyKillResponse, PtyResizeRequest, PtyResizeResponse, PtySendInputRequest, PtySendInputResponse, ReadFileRequest, ReadFileResponse, ReadFileStreamRequest, ReadFileStreamResponse, RemovePathRequest, RemovePathResponse, ResumeSandboxRequest, ResumeSandboxResponse, StartBackgroundRequest, StartBackgroundResponse, StatRequest, StatResponse, TerminateRequest, TerminateResponse, ThawSandboxRequest, ThawSandboxResponse, UpdateNetworkPolicyRequest, UpdateNetworkPolicyResponse, WatchDirRequest, WatchDirResponse, WriteFileRequest, WriteFileResponse, WriteFileStreamRequest, WriteFileStreamResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -235,6 +235,18 @@ class HostAgentService(Protocol):
     async def terminate(self, request: TerminateRequest, ctx: RequestContext[TerminateRequest, TerminateResponse], /) -> TerminateResponse:
         """
         Destroy every sandbox, then shut the agent down.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def update_network_policy(self, request: UpdateNetworkPolicyRequest, ctx: RequestContext[UpdateNetworkPolicyRequest, UpdateNetworkPolicyResponse], /) -> UpdateNetworkPolicyResponse:
+        """
+        Replace a sandbox's egress policy (running: at once, without a restart; paused: for its resume).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def get_sandbox_network(self, request: GetSandboxNetworkRequest, ctx: RequestContext[GetSandboxNetworkRequest, GetSandboxNetworkResponse], /) -> GetSandboxNetworkResponse:
+        """
+        A sandbox's egress policy (without its secrets) and what its egress proxy lately refused.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -595,6 +607,26 @@ class HostAgentServiceASGIApplication(ConnectASGIApplication[HostAgentService]):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=svc.terminate,
+                ),
+                "/hostagent.v1.HostAgentService/UpdateNetworkPolicy": Endpoint.unary(
+                    method=MethodInfo(
+                        name="UpdateNetworkPolicy",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=UpdateNetworkPolicyRequest,
+                        output=UpdateNetworkPolicyResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.update_network_policy,
+                ),
+                "/hostagent.v1.HostAgentService/GetSandboxNetwork": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetSandboxNetwork",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=GetSandboxNetworkRequest,
+                        output=GetSandboxNetworkResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.get_sandbox_network,
                 ),
             },
             interceptors=interceptors,
@@ -1398,6 +1430,52 @@ class HostAgentServiceClient(ConnectClient):
             timeout_ms=timeout_ms,
         )
 
+    async def update_network_policy(
+        self,
+        request: UpdateNetworkPolicyRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> UpdateNetworkPolicyResponse:
+        """
+        Replace a sandbox's egress policy (running: at once, without a restart; paused: for its resume).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="UpdateNetworkPolicy",
+                service_name="hostagent.v1.HostAgentService",
+                input=UpdateNetworkPolicyRequest,
+                output=UpdateNetworkPolicyResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    async def get_sandbox_network(
+        self,
+        request: GetSandboxNetworkRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetSandboxNetworkResponse:
+        """
+        A sandbox's egress policy (without its secrets) and what its egress proxy lately refused.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetSandboxNetwork",
+                service_name="hostagent.v1.HostAgentService",
+                input=GetSandboxNetworkRequest,
+                output=GetSandboxNetworkResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
 class HostAgentServiceSync(Protocol):
     """
     One agent per server; the control plane drives it. Groups: sandboxes, processes, files, terminals,
@@ -1606,6 +1684,18 @@ class HostAgentServiceSync(Protocol):
     def terminate(self, request: TerminateRequest, ctx: RequestContext[TerminateRequest, TerminateResponse], /) -> TerminateResponse:
         """
         Destroy every sandbox, then shut the agent down.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def update_network_policy(self, request: UpdateNetworkPolicyRequest, ctx: RequestContext[UpdateNetworkPolicyRequest, UpdateNetworkPolicyResponse], /) -> UpdateNetworkPolicyResponse:
+        """
+        Replace a sandbox's egress policy (running: at once, without a restart; paused: for its resume).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def get_sandbox_network(self, request: GetSandboxNetworkRequest, ctx: RequestContext[GetSandboxNetworkRequest, GetSandboxNetworkResponse], /) -> GetSandboxNetworkResponse:
+        """
+        A sandbox's egress policy (without its secrets) and what its egress proxy lately refused.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -1964,6 +2054,26 @@ class HostAgentServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=service.terminate,
+                ),
+                "/hostagent.v1.HostAgentService/UpdateNetworkPolicy": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="UpdateNetworkPolicy",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=UpdateNetworkPolicyRequest,
+                        output=UpdateNetworkPolicyResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.update_network_policy,
+                ),
+                "/hostagent.v1.HostAgentService/GetSandboxNetwork": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetSandboxNetwork",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=GetSandboxNetworkRequest,
+                        output=GetSandboxNetworkResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.get_sandbox_network,
                 ),
             },
             interceptors=interceptors,
@@ -2728,6 +2838,50 @@ class HostAgentServiceClientSync(ConnectClientSync):
                 service_name="hostagent.v1.HostAgentService",
                 input=TerminateRequest,
                 output=TerminateResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def update_network_policy(
+        self,
+        request: UpdateNetworkPolicyRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> UpdateNetworkPolicyResponse:
+        """
+        Replace a sandbox's egress policy (running: at once, without a restart; paused: for its resume).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="UpdateNetworkPolicy",
+                service_name="hostagent.v1.HostAgentService",
+                input=UpdateNetworkPolicyRequest,
+                output=UpdateNetworkPolicyResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def get_sandbox_network(
+        self,
+        request: GetSandboxNetworkRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetSandboxNetworkResponse:
+        """
+        A sandbox's egress policy (without its secrets) and what its egress proxy lately refused.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetSandboxNetwork",
+                service_name="hostagent.v1.HostAgentService",
+                input=GetSandboxNetworkRequest,
+                output=GetSandboxNetworkResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,
