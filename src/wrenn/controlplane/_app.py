@@ -21,14 +21,30 @@ from ._agents import AgentPool
 from ._ca import CertificateAuthority
 from ._errors import ApiError
 from ._hosts import register_local
+from ._janitor import Janitor
 from ._limits import Limited, RequestLimits
+from ._mail import Mailer
 from ._monitor import HostMonitor
 from ._proxy import TrafficProxy
 from ._secretbox import SecretBox
 from ._security import Tokens, load_or_create_secret
 from ._settings import Settings
 from .db import make_engine, migrate, private_sqlite_file, sessions
-from .routes import admin, auth, capsules, dashboard, e2b, keys, snapshots, streams, teams
+from .routes import (
+    account,
+    admin,
+    admin_platform,
+    auth,
+    capsules,
+    dashboard,
+    e2b,
+    host_tags,
+    keys,
+    oauth,
+    snapshots,
+    streams,
+    teams,
+)
 from .routes import hosts as hosts_routes
 from .service.accounts import prepare_bootstrap
 
@@ -44,6 +60,8 @@ _HTTP_CODES = {
 
 
 def create_app(settings: Settings) -> FastAPI:
+    settings.check()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         private_dir(settings.data_dir)  # 0700 when the control plane creates it
@@ -60,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings.data_dir, settings.ca_cert_file, settings.ca_key_file
         )
         app.state.agents = AgentPool(app.state.ca, settings.local_agent_token())
+        app.state.mailer = Mailer(settings)
         async with app.state.sessions() as session:
             await prepare_bootstrap(session, settings.data_dir)
             for address in settings.local_agents:
@@ -68,11 +87,17 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.sessions, app.state.agents, settings, engine.dialect.name
         )
         monitor.start()
+        janitor = app.state.janitor = Janitor(
+            app.state.sessions, app.state.agents, settings, engine.dialect.name
+        )
+        janitor.start()
         log.info("control plane ready", extra={"database": engine.url.render_as_string(hide_password=True)})
         try:
             yield
         finally:
+            await janitor.stop()
             await monitor.stop()
+            await app.state.mailer.drain()
             await app.state.agents.close()
             await engine.dispose()
 
@@ -136,9 +161,10 @@ def create_app(settings: Settings) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    for module in (auth, admin, keys, capsules, snapshots, streams):
+    for module in (auth, account, oauth, admin, admin_platform, keys, capsules, snapshots, streams):
         app.include_router(module.router)
     app.include_router(hosts_routes.router)
+    app.include_router(host_tags.router)
     app.include_router(teams.router)
     app.include_router(e2b.router)  # E2B's REST API: /sandboxes, /v2/sandboxes, ...
     app.include_router(dashboard.router)  # the dashboard's session cookie and downloads

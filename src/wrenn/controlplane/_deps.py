@@ -14,8 +14,11 @@ from . import _errors
 from ._principal import Principal, audit_fields
 from ._security import API_KEY_PREFIX, Tokens, hash_api_key
 from ._session import session_token
-from .db import ApiKey, Membership, User, as_utc, utcnow
+from .db import ApiKey, Membership, RevokedToken, User, UserStatus, as_utc, utcnow
 from .service import AccountService, CapsuleService, TemplateService
+from .service.admin import AdminService
+from .service.identity import IdentityService
+from .service.profile import ProfileService
 
 
 async def db(request: Request) -> AsyncIterator[AsyncSession]:
@@ -38,12 +41,19 @@ async def _from_jwt(token: str, session: AsyncSession, tokens: Tokens) -> Princi
     if claims is None:
         raise _errors.unauthorized("invalid or expired token")
     user = await session.get(User, claims.user_id)
-    if user is None or user.status != "active":
+    if user is None or user.status != UserStatus.ACTIVE:
         raise _errors.ApiError(403, "account_deactivated", "this account is not active")
+    if claims.generation != user.token_generation or (
+        claims.jti and await session.get(RevokedToken, claims.jti) is not None
+    ):
+        raise _errors.unauthorized("this token was revoked (signed out, or the password changed)")
     member = await session.get(Membership, (claims.team_id, user.id))
     if member is None:
         raise _errors.forbidden("you are no longer a member of this team")
-    return Principal("user", claims.team_id, user.id, user.email, user_id=user.id, role=member.role)
+    return Principal(
+        "user", claims.team_id, user.id, user.email, user_id=user.id, role=member.role,
+        token_id=claims.jti, token_expires=claims.exp,
+    )  # fmt: skip
 
 
 #: What a `viewer` key may do: read (a WebSocket is no read: it runs processes and writes files).
@@ -60,6 +70,10 @@ async def _from_api_key(key: str, session: AsyncSession, method: str) -> Princip
         raise _errors.unauthorized("invalid API key")
     if found.expires_at is not None and as_utc(found.expires_at) <= utcnow():
         raise _errors.unauthorized("this API key has expired")
+    if found.created_by is not None:
+        creator = await session.get(User, found.created_by)
+        if creator is not None and creator.status != UserStatus.ACTIVE:
+            raise _errors.ApiError(403, "account_deactivated", "this API key's creator is not active")
     if found.role == "viewer" and method not in READ_METHODS:
         raise _errors.forbidden("this API key is a viewer's: it reads (GET) and changes nothing")
     found.last_used = utcnow()
@@ -135,21 +149,42 @@ def _template_service(capsules: Capsules) -> TemplateService:
 
 
 def _account_service(request: Request, session: Db) -> AccountService:
-    return AccountService(session, request.app.state.tokens, request.app.state.settings)
+    state = request.app.state
+    return AccountService(session, state.tokens, state.settings, state.mailer)
+
+
+def _profile_service(request: Request, session: Db) -> ProfileService:
+    state = request.app.state
+    return ProfileService(session, state.tokens, state.settings, state.mailer)
+
+
+def _identity_service(request: Request, session: Db) -> IdentityService:
+    return IdentityService(session, request.app.state.tokens, request.app.state.settings)
+
+
+def _admin_service(request: Request, session: Db, caller: AdminCaller) -> AdminService:
+    return AdminService(session, request.app.state.agents, request.app.state.settings, caller)
 
 
 #: The services of a request, over its session.
 Capsules = Annotated[CapsuleService, Depends(_capsule_service)]
 Templates = Annotated[TemplateService, Depends(_template_service)]
 Accounts = Annotated[AccountService, Depends(_account_service)]
+Profiles = Annotated[ProfileService, Depends(_profile_service)]
+Identities = Annotated[IdentityService, Depends(_identity_service)]
+#: The admin service of a platform admin's request (refuses everyone else, 403).
+Admin = Annotated[AdminService, Depends(_admin_service)]
 
 __all__ = [
     "Accounts",
+    "Admin",
     "AdminCaller",
     "Caller",
     "Capsules",
     "Db",
+    "Identities",
     "Principal",
+    "Profiles",
     "Templates",
     "UserCaller",
     "audit_fields",
