@@ -22,8 +22,8 @@ from urllib.parse import urlencode
 
 import flask
 from authlib.integrations.flask_oauth2 import AuthorizationServer
-from authlib.oauth2.rfc6749 import ClientMixin, grants
 from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749 import ClientMixin, grants
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import UserInfo
 from authlib.oidc.core.grants import OpenIDCode

@@ -29,7 +29,11 @@ def inbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Inbox]:
 
 def _app(database_url: str, tmp_path: Path, inbox: Inbox, **more: object) -> TestClient:
     settings = Settings(
-        database_url=database_url, data_dir=tmp_path / "cp", monitor_interval_s=3600, **inbox.settings(), **more
+        database_url=database_url,
+        data_dir=tmp_path / "cp",
+        monitor_interval_s=3600,
+        **inbox.settings(),
+        **more,
     )  # type: ignore[arg-type]
     return TestClient(create_app(settings))
 
@@ -51,7 +55,9 @@ def _link(message: EmailMessage, page: str) -> str:
 
 def test_activation_by_email(database_url: str, tmp_path: Path, inbox: Inbox) -> None:
     with _app(database_url, tmp_path, inbox, require_activation=True) as api:
-        r = api.post("/v1/auth/signup", json={"email": "Ada@Example.com", "password": "correct horse", "name": "Ada"})
+        r = api.post(
+            "/v1/auth/signup", json={"email": "Ada@Example.com", "password": "correct horse", "name": "Ada"}
+        )
         assert r.status_code == 202, r.text
         assert r.json()["activation_required"] is True and "token" not in r.json()
         refused = api.post("/v1/auth/login", json={"email": "ada@example.com", "password": "correct horse"})
@@ -87,12 +93,26 @@ def test_password_reset_by_email(database_url: str, tmp_path: Path, inbox: Inbox
 
         short = api.post("/v1/me/password/reset/confirm", json={"token": token, "new_password": "short"})
         assert short.status_code == 400
-        done = api.post("/v1/me/password/reset/confirm", json={"token": token, "new_password": "battery staple"})
+        done = api.post(
+            "/v1/me/password/reset/confirm", json={"token": token, "new_password": "battery staple"}
+        )
         assert done.status_code == 204, done.text
         assert api.get("/v1/me", headers=old).status_code == 401  # every session signed out
-        assert api.post("/v1/auth/login", json={"email": "ada@example.com", "password": "correct horse"}).status_code == 401
-        assert api.post("/v1/auth/login", json={"email": "ada@example.com", "password": "battery staple"}).status_code == 200
-        reused = api.post("/v1/me/password/reset/confirm", json={"token": token, "new_password": "another one"})
+        assert (
+            api.post(
+                "/v1/auth/login", json={"email": "ada@example.com", "password": "correct horse"}
+            ).status_code
+            == 401
+        )
+        assert (
+            api.post(
+                "/v1/auth/login", json={"email": "ada@example.com", "password": "battery staple"}
+            ).status_code
+            == 200
+        )
+        reused = api.post(
+            "/v1/me/password/reset/confirm", json={"token": token, "new_password": "another one"}
+        )
         assert reused.status_code == 401
 
         notice = inbox.wait(2)[1]  # the "password changed" notice
@@ -125,6 +145,8 @@ def test_without_smtp_the_flows_say_so(api: TestClient, settings: Settings) -> N
         assert r.status_code == 503 and r.json()["error"]["code"] == "email_disabled", r.text
         assert "SMTP" in r.json()["error"]["message"]
     with pytest.raises(ValueError, match="SMTP_HOST"):
-        create_app(Settings(database_url=settings.database_url, data_dir=settings.data_dir, require_activation=True))
+        create_app(
+            Settings(database_url=settings.database_url, data_dir=settings.data_dir, require_activation=True)
+        )
     with pytest.raises(ValueError, match="WRENN_PUBLIC_URL"):
         create_app(Settings(database_url=settings.database_url, smtp_host="127.0.0.1", smtp_from="a@b.c"))

@@ -38,7 +38,9 @@ class Stack:
 @pytest.fixture
 def oidc_provider() -> Iterator[Provider]:
     with running_provider(f"{CP}/v1/auth/oauth/corp/callback") as provider:
-        provider.add("ada", Account(password="ada's password", sub="sub-ada", email="ada@corp.example", name="Ada"))
+        provider.add(
+            "ada", Account(password="ada's password", sub="sub-ada", email="ada@corp.example", name="Ada")
+        )
         provider.add("bob", Account(password="bob's password", sub="sub-bob", email="bob@corp.example",
                                     email_verified=False))  # fmt: skip
         yield provider
@@ -91,7 +93,10 @@ def test_a_provider_that_does_not_vouch_for_the_email_creates_nothing(stack: Sta
     done = stack.browser.sign_in(START, "bob", "bob's password")
     assert done.headers["location"] == "/login?error=email_unverified"
     assert stack.me() is None
-    assert stack.api.post("/v1/auth/login", json={"email": "bob@corp.example", "password": "x" * 8}).status_code == 401
+    assert (
+        stack.api.post("/v1/auth/login", json={"email": "bob@corp.example", "password": "x" * 8}).status_code
+        == 401
+    )
 
 
 def test_an_existing_account_links_the_provider_from_its_settings(stack: Stack) -> None:
@@ -107,7 +112,9 @@ def test_an_existing_account_links_the_provider_from_its_settings(stack: Stack) 
 
     assert api.post("/v1/dashboard/session", json={"email": "ada@corp.example", "password": "correct horse"},
                     headers=DASHBOARD).status_code == 200  # fmt: skip
-    connect = api.get("/v1/me/providers/corp/connect", params={"next": "/dashboard/settings"}, headers=DASHBOARD)
+    connect = api.get(
+        "/v1/me/providers/corp/connect", params={"next": "/dashboard/settings"}, headers=DASHBOARD
+    )
     assert connect.status_code == 200, connect.text
     linked = stack.browser.sign_in(connect.json()["auth_url"], "ada", "ada's password")
     assert linked.headers["location"] == "/dashboard/settings"
@@ -132,7 +139,12 @@ def test_a_provider_made_account_keeps_a_way_to_sign_in(stack: Stack) -> None:
     assert (last.status_code, last.json()["error"]["code"]) == (409, "last_sign_in_method")
     first_password = api.post("/v1/me/password", json={"new_password": "correct horse"}, headers=DASHBOARD)
     assert first_password.status_code == 200, first_password.text  # no current password to give
-    assert api.post("/v1/auth/login", json={"email": "ada@corp.example", "password": "correct horse"}).status_code == 200
+    assert (
+        api.post(
+            "/v1/auth/login", json={"email": "ada@corp.example", "password": "correct horse"}
+        ).status_code
+        == 200
+    )
     token = {"Authorization": f"Bearer {first_password.json()['token']}"}
     assert api.delete("/v1/me/providers/corp", headers=token).status_code == 204
 
@@ -157,7 +169,11 @@ def test_the_authorization_request_carries_pkce_state_and_nonce(stack: Stack) ->
     assert r.status_code == 302
     query = parse_qs(urlsplit(r.headers["location"]).query)
     assert query["code_challenge_method"] == ["S256"] and len(query["code_challenge"][0]) == 43
-    assert query["nonce"][0] and query["state"][0] and query["redirect_uri"] == [f"{CP}/v1/auth/oauth/corp/callback"]
+    assert (
+        query["nonce"][0]
+        and query["state"][0]
+        and query["redirect_uri"] == [f"{CP}/v1/auth/oauth/corp/callback"]
+    )
     assert query["scope"] == ["openid email profile"]
     cookie = r.headers["set-cookie"]
     assert cookie.startswith("__Host-wrenn_oauth=") and "Secure" in cookie and "HttpOnly" in cookie

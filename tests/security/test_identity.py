@@ -32,7 +32,9 @@ def provider() -> Iterator[Provider]:
 
 @pytest.fixture
 def api(database_url: str, tmp_path: Path, provider: Provider) -> Iterator[TestClient]:
-    with TestClient(create_app(corp_settings(database_url, tmp_path / "cp", provider)), base_url=CP) as client:
+    with TestClient(
+        create_app(corp_settings(database_url, tmp_path / "cp", provider)), base_url=CP
+    ) as client:
         yield client
 
 
@@ -83,7 +85,9 @@ def test_the_code_is_useless_without_the_pkce_verifier(api: TestClient, provider
     never leaves the control plane (the provider enforces PKCE S256)."""
     browser = Browser(api)
     page = browser.follow(browser.request("GET", START))
-    code = parse_qs(urlsplit(browser.sign_in_at_provider(page, "ada", "ada's password").headers["location"]).query)
+    code = parse_qs(
+        urlsplit(browser.sign_in_at_provider(page, "ada", "ada's password").headers["location"]).query
+    )
     c = provider.client
     stolen = httpx.post(f"{provider.issuer}/token", data={
         "grant_type": "authorization_code", "code": code["code"][0], "redirect_uri": c.redirect_uri,
@@ -93,7 +97,9 @@ def test_the_code_is_useless_without_the_pkce_verifier(api: TestClient, provider
 
 
 @pytest.mark.parametrize("tamper", ["nonce", "audience", "issuer", "unpublished_key"])
-def test_id_tokens_that_do_not_check_out_sign_nobody_in(api: TestClient, provider: Provider, tamper: str) -> None:
+def test_id_tokens_that_do_not_check_out_sign_nobody_in(
+    api: TestClient, provider: Provider, tamper: str
+) -> None:
     provider.tamper.add(tamper)
     done = Browser(api).sign_in(START, "ada", "ada's password")
     assert done.headers["location"] == "/login?error=exchange_failed", (tamper, done.headers)
@@ -115,7 +121,9 @@ def test_a_provider_outside_the_allowed_networks_is_not_fetched(
     """The provider's URLs are the operator's, but go through the SSRF guard all the same: a loopback
     provider needs its network allowed explicitly."""
     settings = corp_settings(database_url, tmp_path / "cp2", provider)
-    settings = type(settings)(**{**{f: getattr(settings, f) for f in settings.__slots__}, "idp_allow_networks": ()})
+    settings = type(settings)(
+        **{**{f: getattr(settings, f) for f in settings.__slots__}, "idp_allow_networks": ()}
+    )
     with TestClient(create_app(settings), base_url=CP) as api:
         r = api.get(START, follow_redirects=False)
         assert r.status_code == 502 and r.json()["error"]["code"] == "provider_unreachable"
