@@ -178,3 +178,40 @@ def test_the_authorization_request_carries_pkce_state_and_nonce(stack: Stack) ->
     cookie = r.headers["set-cookie"]
     assert cookie.startswith("__Host-wrenn_oauth=") and "Secure" in cookie and "HttpOnly" in cookie
     assert "samesite=lax" in cookie.lower()
+
+
+def test_sign_in_with_github(database_url: str, tmp_path: Path) -> None:
+    """GitHub's OAuth app flow (GitHub Enterprise Server's addresses pointed at a stand-in): the account is
+    made from the primary verified e-mail, its id is GitHub's numeric user id."""
+    from ._github import running_github
+
+    with running_github(f"{CP}/v1/auth/oauth/github/callback") as github:
+        provider = IdentityProvider(
+            id="github", kind="github", client_id=github["client_id"], client_secret=github["client_secret"],
+            display_name="GitHub", scopes="read:user user:email", github_url=github["url"],
+            github_api_url=f"{github['url']}/api",
+        )  # fmt: skip
+        settings = Settings(database_url=database_url, data_dir=tmp_path / "cp", monitor_interval_s=3600,
+                            public_url=CP, identity_providers=(provider,), idp_allow_networks=("127.0.0.2/32",))  # fmt: skip
+        with TestClient(create_app(settings), base_url=CP) as api:
+            browser = Browser(api)
+            page = browser.follow(browser.request("GET", f"{CP}/v1/auth/oauth/github?next=/dashboard"))
+            back = browser.request("POST", str(page.request.url))
+            done = browser.request("GET", back.headers["location"])
+            assert done.headers["location"] == "/dashboard", done.headers
+            me = api.get("/v1/dashboard/session", headers=DASHBOARD).json()["me"]
+            assert (
+                me["email"] == "octo@gh.example"
+                and me["name"] == "Octo Cat"
+                and me["providers"] == ["github"]
+            )
+
+            github["emails"] = [{"email": "other@gh.example", "primary": True, "verified": False}]
+            github["user"] = {"id": 7, "login": "unverified"}
+            api.cookies.clear()
+            page = browser.follow(browser.request("GET", f"{CP}/v1/auth/oauth/github"))
+            refused = browser.request(
+                "GET", browser.request("POST", str(page.request.url)).headers["location"]
+            )
+            assert refused.headers["location"] == "/login?error=email_unverified"
+            browser.close()
