@@ -205,6 +205,10 @@ def _build(provider: Provider) -> flask.Flask:
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         })  # fmt: skip
 
+    @app.get("/favicon.ico")
+    def favicon() -> Any:
+        return "", 204  # a browser asks for one on the sign-in page
+
     @app.get("/jwks")
     def jwks() -> Any:
         return flask.jsonify(KeySet([provider.key]).as_dict(private=False))

@@ -48,6 +48,7 @@ UNAUTHENTICATED = frozenset(
         "/v1/hosts/register",
         "/v1/hosts/auth/refresh",
         "/v1/auth/activate",
+        "/v1/dashboard/activate",
         "/v1/auth/activate/resend",
         "/v1/me/password/reset",
         "/v1/me/password/reset/confirm",

@@ -14,7 +14,8 @@ from .. import _errors, _session
 from .._deps import Accounts, Capsules, Db, Profiles, UserCaller, jwt_principal
 from .._limits import client_address
 from ..service import Guest
-from ..service.accounts import Issued, LoginBody, Pending, SignupBody, SwitchTeamBody
+from ..service.accounts import ActivateBody, Issued, LoginBody, Pending, SignupBody, SwitchTeamBody
+from ..service.profile import PasswordChange
 
 router = APIRouter(tags=["dashboard"])
 
@@ -68,6 +69,21 @@ async def signup(body: SignupBody, request: Request, accounts: Accounts) -> JSON
     if isinstance(done, Pending):
         return JSONResponse({"message": done.message, "activation_required": True}, status_code=202)
     return _started(request, done, status=201)
+
+
+@router.post("/v1/dashboard/activate", response_model=Session)
+async def activate(body: ActivateBody, request: Request, accounts: Accounts) -> JSONResponse:
+    """`/v1/auth/activate`, signed in with the session cookie."""
+    _require_dashboard(request)
+    return _started(request, await accounts.activate(body.token))
+
+
+@router.post("/v1/dashboard/password", response_model=Session)
+async def change_password(
+    body: PasswordChange, request: Request, caller: UserCaller, profiles: Profiles
+) -> JSONResponse:
+    """`/v1/me/password`: every other session is signed out, this one goes on with a new cookie."""
+    return _started(request, await profiles.change_password(caller, body))
 
 
 @router.post("/v1/dashboard/switch-team", response_model=Session)
