@@ -25,7 +25,7 @@ from tests.controlplane.conftest import _free_port
 from wrenn.controlplane import Settings, _site, create_app
 from wrenn.controlplane._settings import IdentityProvider
 
-from .conftest import User, _watch, assert_clean
+from .conftest import User, _watch, assert_clean, axe
 
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 ADMIN = ("root@example.com", "correct horse")
@@ -89,14 +89,15 @@ def _sign_in(page: Any, site: Site, email: str, password: str) -> None:
 def test_forgot_and_reset_a_password(site: Site, visitor: User) -> None:
     httpx.post(f"{site.base}/v1/auth/signup", json={"email": "bob@example.com", "password": "old password"})
     page = visitor.page
+    before = len(site.inbox.received)
     page.goto(f"{site.base}/login")
     page.get_by_role("link", name="Forgot your password?").click()
     page.wait_for_url("**/forgot-password")
     page.fill("#email", "bob@example.com")
     page.get_by_role("button", name="Send me a link").click()
     page.get_by_test_id("reset-sent").wait_for()
-    before = len(site.inbox.received)
-    mail = site.inbox.wait(before + 1)[before] if before else site.inbox.wait(1)[0]
+    assert axe(page) == []
+    mail = site.inbox.wait(before + 1)[before]
     text = mail.get_body(preferencelist=("plain",))
     assert text is not None
     link = re.search(r"(http://127\.0\.0\.1:\d+/reset-password\?token=[0-9a-f]{64})", text.get_content())
@@ -168,4 +169,9 @@ def test_admin_pages(site: Site, visitor: User) -> None:
     page.get_by_text("No capsule runs on the platform.").wait_for()
     page.get_by_role("link", name="Platform log").click()
     page.locator("[data-testid=platform-audit] [data-action=disable]").first.wait_for()
+    for path in ("/admin/users", "/admin/teams", "/admin/capsules", "/admin/audit", "/dashboard/settings"):
+        page.goto(site.base + path)
+        page.wait_for_timeout(300)
+        page.locator("[aria-busy=true]").first.wait_for(state="detached")
+        assert axe(page) == [], path
     assert_clean(visitor)
