@@ -6,17 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
+from tests._serving import serving_asgi
 from tests.conftest import bootstrap_admin
-from tests.controlplane.conftest import _free_port
 from wrenn.controlplane import Settings, create_app
 
 WRENN = [sys.executable, "-c", "from wrenn.cli import main; main()"]
@@ -25,22 +22,11 @@ WRENN = [sys.executable, "-c", "from wrenn.cli import main; main()"]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     root = tmp_path_factory.mktemp("cli-admin")
-    port = _free_port()
     app = create_app(Settings(database_url=f"sqlite+aiosqlite:///{root / 'wrenn.db'}", data_dir=root,
                               monitor_interval_s=3600))  # fmt: skip
-    running = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    thread = threading.Thread(target=running.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not running.started:
-        assert time.monotonic() < deadline, "the control plane did not start"
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
-    admin = bootstrap_admin(httpx.post, Path(root), "root@example.com", base=base).json()["token"]
-    env = {"WRENN_BASE_URL": base, "WRENN_ACCESS_TOKEN": admin}
-    yield base, env
-    running.should_exit = True
-    thread.join(10)
+    with serving_asgi(app) as base:
+        admin = bootstrap_admin(httpx.post, Path(root), "root@example.com", base=base).json()["token"]
+        yield base, {"WRENN_BASE_URL": base, "WRENN_ACCESS_TOKEN": admin}
 
 
 def wrenn(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

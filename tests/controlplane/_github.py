@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from html import escape
@@ -15,7 +14,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import flask
-from werkzeug.serving import make_server
+
+from tests._serving import serving_wsgi
 
 
 @contextmanager
@@ -73,13 +73,6 @@ def running_github(redirect_uri: str, host: str = "127.0.0.2") -> Iterator[dict[
     def emails() -> Any:
         return (flask.jsonify(state["emails"]), 200) if _authorized() else ("", 401)
 
-    server = make_server(host, 0, app, threaded=True)
-    state["url"] = f"http://{host}:{server.server_port}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
+    with serving_wsgi(app, host) as url:
+        state["url"] = url
         yield state
-    finally:
-        server.shutdown()
-        thread.join(5)
-        server.server_close()

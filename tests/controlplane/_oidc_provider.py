@@ -11,7 +11,6 @@ put a wrong nonce or audience in them, or claim an unverified e-mail."""
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +27,8 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import UserInfo
 from authlib.oidc.core.grants import OpenIDCode
 from joserfc.jwk import KeySet, RSAKey
-from werkzeug.serving import make_server
+
+from tests._serving import serving_wsgi
 
 
 @dataclass
@@ -116,7 +116,6 @@ class Provider:
         #: Misbehaviours a test switches on: "unpublished_key", "nonce", "audience", "issuer".
         self.tamper: set[str] = set()
         self.token_requests: list[dict[str, str]] = []
-        self.server: Any = None
 
     def add(self, username: str, account: Account) -> None:
         self.accounts[username] = account
@@ -255,14 +254,6 @@ def running_provider(redirect_uri: str, host: str = "127.0.0.2") -> Iterator[Pro
     """The provider on `host` (a loopback address of its own, so that it is not a host agent's) and a
     free port, in a thread; stopped afterwards."""
     provider = Provider(redirect_uri)
-    server = make_server(host, 0, _build(provider), threaded=True)
-    provider.issuer = f"http://{host}:{server.server_port}"
-    provider.server = server
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
+    with serving_wsgi(_build(provider), host) as url:
+        provider.issuer = url
         yield provider
-    finally:
-        server.shutdown()
-        thread.join(5)
-        server.server_close()

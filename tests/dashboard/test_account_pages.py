@@ -7,17 +7,14 @@ pages needs a VM."""
 from __future__ import annotations
 
 import re
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
+from tests._serving import serving_asgi
 from tests.conftest import bootstrap_admin
 from tests.controlplane._oidc_provider import Account, Provider, running_provider
 from tests.controlplane._smtp import Inbox, smtp_server
@@ -43,10 +40,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     if not (_site.ASSETS / "index.html").is_file():
         pytest.fail("the dashboard is not built: run scripts/bootstrap")
     root = tmp_path_factory.mktemp("dash-accounts")
-    port = _free_port()
+    port = _free_port()  # known before the app starts: the provider's registered callback names it
     base = f"http://127.0.0.1:{port}"
-    with smtp_server(root, "starttls") as inbox, running_provider(f"{base}/v1/auth/oauth/corp/callback") as provider:
-        provider.add("ada", Account(password="ada's password", sub="sub-ada", email="ada@corp.example", name="Ada"))
+    with (
+        smtp_server(root, "starttls") as inbox,
+        running_provider(f"{base}/v1/auth/oauth/corp/callback") as provider,
+    ):
+        provider.add(
+            "ada", Account(password="ada's password", sub="sub-ada", email="ada@corp.example", name="Ada")
+        )
         corp = IdentityProvider(id="corp", kind="oidc", client_id=provider.client.client_id,
                                 client_secret=provider.client.client_secret, display_name="Corp SSO",
                                 discovery_url=provider.discovery_url)  # fmt: skip
@@ -54,17 +56,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         settings = Settings(database_url=f"sqlite+aiosqlite:///{root / 'wrenn.db'}", data_dir=root,
                             monitor_interval_s=3600, identity_providers=(corp,),
                             idp_allow_networks=("127.0.0.2/32",), **mail)  # type: ignore[arg-type]  # fmt: skip
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert time.monotonic() < deadline, "the control plane did not start"
-            time.sleep(0.05)
-        bootstrap_admin(httpx.post, root, ADMIN[0], ADMIN[1], base=base)
-        yield Site(base, inbox, provider)
-        server.should_exit = True
-        thread.join(10)
+        with serving_asgi(create_app(settings), port=port):
+            bootstrap_admin(httpx.post, root, ADMIN[0], ADMIN[1], base=base)
+            yield Site(base, inbox, provider)
 
 
 @pytest.fixture
@@ -144,13 +138,17 @@ def test_sign_in_with_a_provider_then_settings(site: Site, visitor: User) -> Non
     page.fill("#confirm-email", "ada@corp.example")
     page.get_by_role("dialog").get_by_role("button", name="Delete").click()
     page.wait_for_url("**/login?notice=*")
-    gone = httpx.post(f"{site.base}/v1/auth/login", json={"email": "ada@corp.example", "password": "a first password"})
+    gone = httpx.post(
+        f"{site.base}/v1/auth/login", json={"email": "ada@corp.example", "password": "a first password"}
+    )
     assert gone.status_code == 403
     assert_clean(visitor)
 
 
 def test_admin_pages(site: Site, visitor: User) -> None:
-    httpx.post(f"{site.base}/v1/auth/signup", json={"email": "carol@example.com", "password": "correct horse"})
+    httpx.post(
+        f"{site.base}/v1/auth/signup", json={"email": "carol@example.com", "password": "correct horse"}
+    )
     page = visitor.page
     _sign_in(page, site, *ADMIN)
     page.get_by_role("link", name="Users").click()
@@ -164,7 +162,7 @@ def test_admin_pages(site: Site, visitor: User) -> None:
     row.get_by_test_id("status").get_by_text("active").wait_for()
 
     page.get_by_role("link", name="All teams").click()
-    page.locator("[data-testid=team-list] [data-team=\"carol's team\"]").wait_for()
+    page.locator('[data-testid=team-list] [data-team="carol\'s team"]').wait_for()
     page.get_by_role("link", name="All capsules").click()
     page.get_by_text("No capsule runs on the platform.").wait_for()
     page.get_by_role("link", name="Platform log").click()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
@@ -135,8 +137,24 @@ async def admin_principal(request: Request, session: Db) -> Principal:
     return caller
 
 
+@dataclass
+class AuditQuery:
+    """An audit log page's query (`/v1/audit-logs`, `/v1/admin/audit-logs`): a cursor, a size and filters
+    (each repeatable or comma-separated)."""
+
+    before: datetime | None = None
+    before_id: Annotated[str | None, Query(max_length=64)] = None
+    limit: Annotated[int, Query(ge=1)] = 50
+    resource_type: Annotated[list[str] | None, Query()] = None
+    action: Annotated[list[str] | None, Query()] = None
+
+    def options(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 Caller = Annotated[Principal, Depends(principal)]
 UserCaller = Annotated[Principal, Depends(user_principal)]
+Audit = Annotated[AuditQuery, Depends()]
 AdminCaller = Annotated[Principal, Depends(admin_principal)]
 
 
@@ -179,6 +197,7 @@ __all__ = [
     "Accounts",
     "Admin",
     "AdminCaller",
+    "Audit",
     "Caller",
     "Capsules",
     "Db",

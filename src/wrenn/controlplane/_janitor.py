@@ -16,11 +16,7 @@ idempotent deletes. A purge that fails (a host that cannot destroy a capsule) is
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
 import logging
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -28,9 +24,8 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import _audit
-from ._agents import AgentPool
+from ._background import Background, lock_key
 from ._errors import ApiError
-from ._settings import Settings
 from .db import (
     ApiKey,
     AuditLog,
@@ -53,39 +48,12 @@ ANONYMOUS = "deleted user"
 _SYSTEM: dict[str, Any] = {"actor_type": "system", "actor_id": "janitor", "actor_name": "account janitor"}
 
 
-def _lock_key(user_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"wrenn-user:{user_id}".encode()).digest()[:8], "big", signed=True)
+class Janitor(Background):
+    task_name = "wrenn-janitor"
+    round_name = "janitor round"
 
-
-class Janitor:
-    def __init__(
-        self, sessions: Callable[[], Any], agents: AgentPool, settings: Settings, dialect: str
-    ) -> None:
-        self._sessions = sessions
-        self._agents = agents
-        self._settings = settings
-        self._postgres = dialect == "postgresql"
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="wrenn-janitor")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the janitor must outlive a bad round (a database hiccup)
-                log.exception("janitor round failed")
-            await asyncio.sleep(self._settings.janitor_interval_s)
+    def interval_s(self) -> float:
+        return self._settings.janitor_interval_s
 
     async def tick(self) -> int:
         """One round; how many accounts were deleted for good."""
@@ -107,7 +75,7 @@ class Janitor:
     async def _purge(self, user_id: str) -> bool:
         async with self._sessions() as session:
             if self._postgres and not await session.scalar(
-                select(func.pg_try_advisory_xact_lock(_lock_key(user_id)))
+                select(func.pg_try_advisory_xact_lock(lock_key("user", user_id)))
             ):
                 return False  # another control plane is on it
             user = await session.get(User, user_id)

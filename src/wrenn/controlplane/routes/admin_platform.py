@@ -4,13 +4,12 @@ is audited."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict
 
-from .._deps import Admin, Db
+from .._deps import Admin, Audit, Db
 from ..db import UserStatus
 from ..service import audit
 from ..service.admin import AdminCapsule, AdminTeam, AdminTemplate, AdminUser
@@ -144,19 +143,8 @@ async def delete_template(template_id: str, admin: Admin) -> Response:
 
 @router.get("/v1/admin/audit-logs", response_model=AuditPage)
 async def audit_logs(
-    admin: Admin,
-    session: Db,
-    team_id: Id = None,
-    actor_id: Id = None,
-    before: datetime | None = None,
-    before_id: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1)] = 50,
-    resource_type: Annotated[list[str] | None, Query()] = None,
-    action: Annotated[list[str] | None, Query()] = None,
+    admin: Admin, session: Db, query: Audit, team_id: Id = None, actor_id: Id = None
 ) -> AuditPage:
     """The platform's audit log: every team's events and the platform's own (accounts, admin actions),
     newest first, paged as `/v1/audit-logs`; `team_id` and `actor_id` filter."""
-    return await audit.page(
-        session, team_id=team_id, all_teams=True, before=before, before_id=before_id, limit=limit,
-        resource_type=resource_type, action=action, actor_id=actor_id,
-    )  # fmt: skip
+    return await audit.page(session, team_id=team_id, all_teams=True, actor_id=actor_id, **query.options())

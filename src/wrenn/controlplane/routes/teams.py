@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import _audit, _errors
-from .._deps import Db, Principal, UserCaller, audit_fields
+from .._deps import Audit, Db, Principal, UserCaller, audit_fields
 from .._ids import new_id, new_slug
 from ..db import ApiKey, Membership, Team, User, as_utc, utcnow
 from ..service import audit, quotas
@@ -322,18 +322,9 @@ async def search_users(
 
 
 @router.get("/v1/audit-logs", tags=["audit"], response_model=AuditPage)
-async def audit_logs(
-    caller: UserCaller,
-    session: Db,
-    before: datetime | None = None,
-    before_id: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1)] = 50,
-    resource_type: Annotated[list[str] | None, Query()] = None,
-    action: Annotated[list[str] | None, Query()] = None,
-) -> AuditPage:
+async def audit_logs(caller: UserCaller, session: Db, query: Audit) -> AuditPage:
     """The current team's audit log, newest first. Plain members see `team`-scoped events only (not
     member changes); admins and the owner see all. `limit` above 200 is served as 200."""
     return await audit.page(
-        session, team_id=caller.team_id, admin_scope=caller.role in MANAGERS, before=before,
-        before_id=before_id, limit=limit, resource_type=resource_type, action=action,
-    )  # fmt: skip
+        session, team_id=caller.team_id, admin_scope=caller.role in MANAGERS, **query.options()
+    )

@@ -144,6 +144,21 @@ def refuse_unless_active(user: User) -> None:
         raise _errors.ApiError(403, "account_disabled", "this account is disabled")
 
 
+def record_user(
+    session: AsyncSession,
+    user: User,
+    team_id: str | None,
+    action: str,
+    status: str = "success",
+    **metadata: Any,
+) -> None:
+    """An audit entry about an account, by itself (`team_id` None: the platform's log only)."""
+    _audit.record(
+        session, team_id=team_id, actor_type="user", actor_id=user.id, actor_name=user.email,
+        resource_type="user", resource_id=user.id, action=action, status=status, **metadata,
+    )  # fmt: skip
+
+
 def link(settings: Settings, page: str, token: str) -> str:
     return f"{settings.public_url}/{page}?token={token}"
 
@@ -203,7 +218,7 @@ class AccountService:
         user, team = await create_user_with_team(
             self.session, body.email, body.password, body.name, status=UserStatus.INACTIVE
         )
-        self._record(user, team.id, "signup", activated=False)
+        record_user(self.session, user, team.id, "signup", activated=False)
         token = email_tokens.issue(
             self.session, user.id, email_tokens.ACTIVATE, self.settings.activation_ttl_s
         )
@@ -224,12 +239,6 @@ class AccountService:
             button=("Activate my account", link(self.settings, "activate", token)),
         )
 
-    def _record(self, user: User, team_id: str | None, action: str, **metadata: Any) -> None:
-        _audit.record(
-            self.session, team_id=team_id, actor_type="user", actor_id=user.id, actor_name=user.email,
-            resource_type="user", resource_id=user.id, action=action, **metadata,
-        )  # fmt: skip
-
     async def activate(self, token: str) -> Issued:
         """Follow an activation link: the account becomes active and gets a token (401 for an unknown,
         used or expired link)."""
@@ -240,7 +249,7 @@ class AccountService:
             raise _errors.unauthorized("this activation link is unknown, used or expired")
         user.status = UserStatus.ACTIVE
         member = await default_membership(self.session, user.id)
-        self._record(user, member.team_id, "activate")
+        record_user(self.session, user, member.team_id, "activate")
         await self.session.commit()
         return self._issue(user, member.team_id, member.role)
 
@@ -307,7 +316,7 @@ class AccountService:
         user.password_hash = hash_password(body.new_password)
         user.status = UserStatus.ACTIVE
         user.token_generation += 1
-        self._record(user, None, "password_reset", status="warning")
+        record_user(self.session, user, None, "password_reset", status="warning")
         await self.session.commit()
         self.mailer.send_later(password_changed_mail(user))
 
@@ -321,7 +330,7 @@ class AccountService:
 
     async def _new_account(self, body: SignupBody, admin: bool) -> Issued:
         user, team = await self._create_user_with_team(body.email, body.password, body.name, admin=admin)
-        self._record(user, team.id, "bootstrap_admin" if admin else "signup")
+        record_user(self.session, user, team.id, "bootstrap_admin" if admin else "signup")
         await self.session.commit()
         return self._issue(user, team.id, "owner")
 

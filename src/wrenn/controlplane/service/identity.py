@@ -42,11 +42,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from wrenn._shared import dial
 
-from .. import _audit, _errors, _ssrf
+from .. import _errors, _ssrf
 from .._security import Tokens
 from .._settings import IdentityProvider, Settings
 from ..db import Identity, OAuthFlow, User, UserStatus, as_utc, utcnow
-from .accounts import EMAIL, Issued, create_user_with_team, default_membership, issue
+from .accounts import EMAIL, Issued, create_user_with_team, default_membership, issue, record_user
 
 with warnings.catch_warnings():  # authlib asks for `httpx2`; httpx (the same API) is what we ship
     warnings.simplefilter("ignore", authlib.deprecate.AuthlibDeprecationWarning)
@@ -287,12 +287,6 @@ class IdentityService:
     async def _identity(self, provider: IdentityProvider, subject: str) -> Identity | None:
         return await self.session.get(Identity, (provider.id, subject[:255]))
 
-    def _record(self, user: User, action: str, **metadata: Any) -> None:
-        _audit.record(
-            self.session, team_id=None, actor_type="user", actor_id=user.id, actor_name=user.email,
-            resource_type="user", resource_id=user.id, action=action, **metadata,
-        )  # fmt: skip
-
     async def _sign_in(self, provider: IdentityProvider, profile: Profile) -> User:
         identity = await self._identity(provider, profile.subject)
         if identity is not None:
@@ -300,7 +294,7 @@ class IdentityService:
             assert user is not None
             if user.status != UserStatus.ACTIVE:
                 raise FlowError("account_disabled")
-            self._record(user, "login", provider=provider.id)
+            record_user(self.session, user, None, "login", provider=provider.id)
             return user
         email = profile.email.strip().lower()
         if not email or not EMAIL.match(email) or not profile.email_verified:
@@ -310,10 +304,7 @@ class IdentityService:
         user, team = await create_user_with_team(self.session, email, None, profile.name[:200])
         self.session.add(Identity(provider=provider.id, subject=profile.subject[:255], user_id=user.id,
                                   email=email))  # fmt: skip
-        _audit.record(
-            self.session, team_id=team.id, actor_type="user", actor_id=user.id, actor_name=user.email,
-            resource_type="user", resource_id=user.id, action="signup", provider=provider.id,
-        )  # fmt: skip
+        record_user(self.session, user, team.id, "signup", provider=provider.id)
         return user
 
     async def _link(self, provider: IdentityProvider, profile: Profile, user_id: str) -> User:
@@ -331,5 +322,5 @@ class IdentityService:
                 raise FlowError("already_linked", "unlink the other account of this provider first")
             self.session.add(Identity(provider=provider.id, subject=profile.subject[:255], user_id=user.id,
                                       email=profile.email[:320]))  # fmt: skip
-            self._record(user, "link_provider", provider=provider.id)
+            record_user(self.session, user, None, "link_provider", provider=provider.id)
         return user

@@ -13,19 +13,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import _audit, _errors
+from .. import _errors
 from .._mail import Mail, Mailer
 from .._principal import Principal
 from .._security import Tokens, hash_password, verify_password
 from .._settings import Settings
 from ..db import Identity, LoginFailure, Membership, RevokedToken, Team, User, UserStatus, utcnow
-from .accounts import Issued, issue, password_changed_mail
+from .accounts import Issued, issue, password_changed_mail, record_user
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
@@ -90,16 +90,10 @@ class ProfileService:
         assert user is not None  # a UserCaller's account exists and is active
         return user
 
-    def _record(self, user: User, action: str, status: str = "success", **metadata: Any) -> None:
-        _audit.record(
-            self.session, team_id=None, actor_type="user", actor_id=user.id, actor_name=user.email,
-            resource_type="user", resource_id=user.id, action=action, status=status, **metadata,
-        )  # fmt: skip
-
     async def rename(self, caller: Principal, body: ProfileUpdate) -> None:
         user = await self._user(caller)
         old, user.name = user.name, body.name
-        self._record(user, "rename", status="info", old_name=old, new_name=body.name)
+        record_user(self.session, user, None, "rename", status="info", old_name=old, new_name=body.name)
         await self.session.commit()
 
     async def change_password(self, caller: Principal, body: PasswordChange) -> Issued:
@@ -125,7 +119,9 @@ class ProfileService:
         first = not user.password_hash
         user.password_hash = hash_password(body.new_password)
         revoke_all(user)
-        self._record(user, "password_set" if first else "password_change", status="warning")
+        record_user(
+            self.session, user, None, "password_set" if first else "password_change", status="warning"
+        )
         await self.session.commit()
         self.mailer.send_later(password_changed_mail(user))
         member = await self.session.get(Membership, (caller.team_id, user.id))
@@ -140,7 +136,7 @@ class ProfileService:
             expires = datetime.fromtimestamp(caller.token_expires, UTC)
             if await self.session.get(RevokedToken, caller.token_id) is None:
                 self.session.add(RevokedToken(jti=caller.token_id, expires_at=expires))
-        self._record(user, "sign_out", status="info", everywhere=everywhere)
+        record_user(self.session, user, None, "sign_out", status="info", everywhere=everywhere)
         await self.session.commit()
 
     async def delete(self, caller: Principal, body: AccountDelete) -> datetime:
@@ -161,7 +157,7 @@ class ProfileService:
         user.status, user.deleted_at = UserStatus.DELETED, utcnow()
         revoke_all(user)
         purge_at = user.deleted_at + timedelta(days=self.settings.account_grace_days)
-        self._record(user, "delete", status="warning", purge_at=purge_at.isoformat())
+        record_user(self.session, user, None, "delete", status="warning", purge_at=purge_at.isoformat())
         await self.session.commit()
         self.mailer.send_later(
             Mail(
@@ -194,5 +190,5 @@ class ProfileService:
             )
         for identity in mine:
             await self.session.delete(identity)
-        self._record(user, "unlink_provider", status="info", provider=provider)
+        record_user(self.session, user, None, "unlink_provider", status="info", provider=provider)
         await self.session.commit()
