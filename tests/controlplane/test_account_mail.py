@@ -65,7 +65,7 @@ def test_activation_by_email(database_url: str, tmp_path: Path, inbox: Inbox) ->
 
         [mail] = inbox.wait(1)
         assert mail["To"] == "ada@example.com" and mail["Subject"] == "Activate your Wrenn account"
-        assert "wrenn@example.com" in mail["From"]
+        assert "wrenn@example.com" in mail["From"] and mail["Message-ID"].endswith("@example.com>")
         assert inbox.envelopes[0][1] == ["ada@example.com"]
         token = _link(mail, "activate")
 

@@ -21,7 +21,7 @@ import smtplib
 import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import formatdate, make_msgid, parseaddr
 
 from . import _errors
 from ._settings import Settings
@@ -86,7 +86,8 @@ class Mailer:
         message["To"] = mail.to
         message["Subject"] = mail.subject
         message["Date"] = formatdate(localtime=False)
-        message["Message-ID"] = make_msgid(domain=self.settings.smtp_from.rpartition("@")[2] or None)
+        sender = parseaddr(self.settings.smtp_from)[1]
+        message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
         message.set_content(text)
         message.add_alternative(page, subtype="html")
         return message
