@@ -151,6 +151,7 @@ class IdentityService:
             "client_kwargs": client_kwargs,
         }
         if provider.kind == "github":
+            client_kwargs["token_endpoint_auth_method"] = "client_secret_post"  # as GitHub documents it
             options |= {
                 "authorize_url": f"{provider.github_url}/login/oauth/authorize",
                 "access_token_url": f"{provider.github_url}/login/oauth/access_token",
