@@ -1,6 +1,7 @@
 """A stand-in for GitHub's OAuth app endpoints and REST API (what GitHub Enterprise Server serves at its own
 address), for the GitHub sign-in test: `/login/oauth/authorize` (a sign-in form), `/login/oauth/access_token`
-(checks the client, the code, the redirect URI and the PKCE verifier), `/api/user`, `/api/user/emails`."""
+(checks the client's id and secret in the form, as GitHub documents it, the code, the redirect URI and
+the PKCE verifier), `/api/user`, `/api/user/emails`."""
 
 from __future__ import annotations
 
@@ -42,11 +43,9 @@ def running_github(redirect_uri: str, host: str = "127.0.0.2") -> Iterator[dict[
         challenge = state["codes"].pop(form.get("code"), None)
         verifier = form.get("code_verifier", "")
         digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-        auth = flask.request.authorization
-        client_ok = (
-            auth and (auth.username, auth.password) == (state["client_id"], state["client_secret"])
-        ) or (
-            (form.get("client_id"), form.get("client_secret")) == (state["client_id"], state["client_secret"])
+        client_ok = (form.get("client_id"), form.get("client_secret")) == (
+            state["client_id"],
+            state["client_secret"],
         )
         if (
             not client_ok
