@@ -4,12 +4,16 @@ an operator restoring an account within the grace period. On SQLite and PostgreS
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
+from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.conftest import bootstrap_admin
+from wrenn.controlplane import Settings, create_app
 from wrenn.controlplane.db import ApiKey, AuditLog, Membership, Team, User, utcnow
 
 from ._db import insert_capsule, run
@@ -165,3 +169,36 @@ def test_an_operator_restores_an_account_within_the_grace_period(api: TestClient
     assert api.portal is not None
     _backdate(api, account["user_id"], 30)  # no effect: it is no longer deleted
     assert api.portal.call(api.app.state.janitor.tick) == 0  # type: ignore[attr-defined]
+
+
+def test_two_control_planes_purge_an_account_once(database_url: str, tmp_path: Path) -> None:
+    """Two control planes on one database run their janitors at the same moment: the account is purged
+    once, and neither round fails."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("several control planes share a PostgreSQL database")
+    settings = Settings(database_url=database_url, data_dir=tmp_path / "cp", monitor_interval_s=3600,
+                        janitor_interval_s=3600)  # fmt: skip
+    with TestClient(create_app(settings)) as one, TestClient(create_app(settings)) as two:
+        accounts = [signup(one, f"u{i}@example.com") for i in range(5)]
+        for account in accounts:
+            jwt = auth(account["token"])
+            confirm = {"confirmation": account["email"]}
+            assert one.request("DELETE", "/v1/me", json=confirm, headers=jwt).status_code == 202
+            _backdate(one, account["user_id"], 30)
+        results: list[int] = []
+
+        def tick(api: TestClient) -> None:
+            assert api.portal is not None
+            results.append(api.portal.call(api.app.state.janitor.tick))  # type: ignore[attr-defined]
+
+        threads = [threading.Thread(target=tick, args=(api,)) for api in (one, two)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert sum(results) == 5 and len(results) == 2
+
+        async def users(session: object) -> int:
+            return len((await session.execute(select(User.id))).all())  # type: ignore[attr-defined]
+
+        assert run(one, users) == 0  # type: ignore[arg-type]
