@@ -14,7 +14,7 @@ from rich.console import Console
 
 from wrenn import __version__, images
 
-from . import _capsule, _host, _keys, _platform
+from . import _admin, _capsule, _host, _keys, _platform
 from ._auth import NoCredentials
 from ._platform import DEFAULT_DATA_DIR
 
@@ -29,6 +29,7 @@ app.add_typer(_capsule.app, name="capsule")
 app.add_typer(_host.app, name="host")
 app.add_typer(_keys.app, name="keys")
 app.command()(_keys.login)
+app.add_typer(_admin.app, name="admin")
 err = Console(stderr=True, soft_wrap=True)
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 DataDir = Annotated[Path, typer.Option(help="images, database, sandboxes and logs")]

@@ -22,7 +22,9 @@ from ._ca import CertificateAuthority
 from ._deadlines import Deadlines
 from ._errors import ApiError
 from ._hosts import register_local
+from ._janitor import Janitor
 from ._limits import Limited, RequestLimits
+from ._mail import Mailer
 from ._monitor import HostMonitor
 from ._proxy import TrafficProxy
 from ._secretbox import SecretBox
@@ -30,13 +32,17 @@ from ._security import Tokens, load_or_create_secret
 from ._settings import Settings
 from .db import make_engine, migrate, private_sqlite_file, sessions
 from .routes import (
+    account,
     admin,
+    admin_platform,
     auth,
     capsules,
     dashboard,
     e2b,
+    host_tags,
     keys,
     network,
+    oauth,
     observability,
     snapshots,
     streams,
@@ -57,6 +63,8 @@ _HTTP_CODES = {
 
 
 def create_app(settings: Settings) -> FastAPI:
+    settings.check()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         private_dir(settings.data_dir)  # 0700 when the control plane creates it
@@ -73,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings.data_dir, settings.ca_cert_file, settings.ca_key_file
         )
         app.state.agents = AgentPool(app.state.ca, settings.local_agent_token())
+        app.state.mailer = Mailer(settings)
         async with app.state.sessions() as session:
             await prepare_bootstrap(session, settings.data_dir)
             for address in settings.local_agents:
@@ -85,12 +94,18 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.sessions, app.state.agents, settings, engine.dialect.name
         )
         deadlines.start()
+        janitor = app.state.janitor = Janitor(
+            app.state.sessions, app.state.agents, settings, engine.dialect.name
+        )
+        janitor.start()
         log.info("control plane ready", extra={"database": engine.url.render_as_string(hide_password=True)})
         try:
             yield
         finally:
             await deadlines.stop()
+            await janitor.stop()
             await monitor.stop()
+            await app.state.mailer.drain()
             await app.state.agents.close()
             await engine.dispose()
 
@@ -154,9 +169,11 @@ def create_app(settings: Settings) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    for module in (auth, admin, keys, observability, capsules, snapshots, streams):
+    routers = (auth, account, oauth, admin, admin_platform, keys, observability, capsules, snapshots, streams)
+    for module in routers:
         app.include_router(module.router)
     app.include_router(hosts_routes.router)
+    app.include_router(host_tags.router)
     app.include_router(teams.router)
     app.include_router(e2b.router)  # E2B's REST API: /sandboxes, /v2/sandboxes, ...
     app.include_router(network.router)  # egress policies: /v1/capsules/{id}/network, E2B's PUT

@@ -7,7 +7,8 @@ the guest and has no cap. The traffic proxy's bodies are the guest's business an
 
 **Rates.** Token buckets (a sustained rate per second, and a burst) per API key or user token, per client
 address on the API, per client address on the POSTs that need no credential (sign-up, login, the admin
-bootstrap, host registration and refresh; reading or ending a dashboard session is not one of them), and
+bootstrap, host registration and refresh, activation, password reset; reading or ending a dashboard session
+is not one of them) and on identity providers' round trips, and
 per client address on the traffic proxy.
 
 The buckets live in each control plane process, by design: they protect the process that holds them from
@@ -48,9 +49,16 @@ UNAUTHENTICATED = frozenset(
         "/v1/dashboard/signup",
         "/v1/hosts/register",
         "/v1/hosts/auth/refresh",
+        "/v1/auth/activate",
+        "/v1/dashboard/activate",
+        "/v1/auth/activate/resend",
+        "/v1/me/password/reset",
+        "/v1/me/password/reset/confirm",
     }
 )
 _SESSION_COOKIE = COOKIE.encode() + b"="
+#: The identity providers' round trips (start and callback), likewise.
+_OAUTH = re.compile(r"^/v1/auth/oauth/[^/]+(/callback)?/?$")
 _STREAM_WRITE = re.compile(r"^/v1/capsules/[^/]+/files/stream/write/?$")
 _FILE_WRITE = re.compile(r"^/v1/capsules/[^/]+/files/write/?$")
 #: Room for a multipart body's boundaries and headers around `max_upload_bytes` of file.
@@ -140,7 +148,8 @@ class RequestLimits:
         """0 when the request may go on, else the seconds to wait."""
         address = client_address(scope)
         waits = [self.per_address.take(address)]
-        if scope.get("method") == "POST" and scope["path"].rstrip("/") in UNAUTHENTICATED:
+        path = scope["path"]
+        if (scope.get("method") == "POST" and path.rstrip("/") in UNAUTHENTICATED) or _OAUTH.match(path):
             waits.append(self.unauthenticated.take(address))
         credential = _credential(scope["headers"])
         if credential is not None:

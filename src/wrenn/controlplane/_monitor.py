@@ -20,8 +20,6 @@ so a host another control plane is checking is skipped. SQLite (one control plan
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -34,9 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 
 from . import _audit
-from ._agents import AgentPool
+from ._background import Background, lock_key
 from ._hosts import apply_host_info
-from ._settings import Settings
 from .db import Capsule, Host, states, utcnow
 from .db import CapsuleStatus as S
 from .db import HostStatus as H
@@ -48,38 +45,15 @@ _CONCURRENCY = 8
 
 
 def _lock_key(host_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"wrenn-host:{host_id}".encode()).digest()[:8], "big", signed=True)
+    return lock_key("host", host_id)
 
 
-class HostMonitor:
-    def __init__(
-        self, sessions: Callable[[], Any], agents: AgentPool, settings: Settings, dialect: str
-    ) -> None:
-        self._sessions = sessions
-        self._agents = agents
-        self._settings = settings
-        self._postgres = dialect == "postgresql"
-        self._task: asyncio.Task[None] | None = None
+class HostMonitor(Background):
+    task_name = "wrenn-host-monitor"
+    round_name = "host monitor round"
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="wrenn-host-monitor")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the monitor must outlive a bad round (a database hiccup)
-                log.exception("host monitor round failed")
-            await asyncio.sleep(self._settings.monitor_interval_s)
+    def interval_s(self) -> float:
+        return self._settings.monitor_interval_s
 
     async def tick(self) -> None:
         """One round: silent hosts, local agents, then reconciliation of every online host."""

@@ -74,6 +74,12 @@ class Claims:
     team_id: str
     role: str
     email: str
+    #: The user's token generation when issued: a token of an older one is refused (revoked).
+    generation: int = 0
+    #: The token's own id (set by `verify`), for signing out one session.
+    jti: str = ""
+    #: When it expires (unix seconds, set by `verify`).
+    exp: int = 0
 
 
 class Tokens:
@@ -89,6 +95,8 @@ class Tokens:
             "role": claims.role,
             "email": claims.email,
             "typ": "user",
+            "gen": claims.generation,
+            "jti": secrets.token_hex(16),
             "iat": now,
             "exp": now + self._ttl_s,
         }
@@ -129,6 +137,13 @@ class Tokens:
             return None
         if payload.get("typ") != "user":
             return None
+        generation = payload.get("gen", 0)
         return Claims(
-            payload["sub"], payload.get("team_id", ""), payload.get("role", ""), payload.get("email", "")
+            payload["sub"],
+            payload.get("team_id", ""),
+            payload.get("role", ""),
+            payload.get("email", ""),
+            generation=generation if isinstance(generation, int) else -1,
+            jti=str(payload.get("jti", "")),
+            exp=int(payload["exp"]),
         )

@@ -24,7 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from ._sealed import Sealed
-from ._states import CapsuleStatus, HostStatus
+from ._states import CapsuleStatus, HostStatus, UserStatus
 
 
 def utcnow() -> datetime:
@@ -66,6 +66,8 @@ class Team(Base):
     quota_vcpus: Mapped[int | None] = mapped_column(Integer, default=None)
     quota_memory_mb: Mapped[int | None] = mapped_column(Integer, default=None)
     quota_disk_mb: Mapped[int | None] = mapped_column(Integer, default=None)
+    #: Whether the team's owner may add BYOC hosts (set by a platform admin); null: the platform default.
+    byoc_enabled: Mapped[bool | None] = mapped_column(Boolean, default=None)
 
 
 class User(Base):
@@ -73,10 +75,73 @@ class User(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
     name: Mapped[str] = mapped_column(String(200))
-    password_hash: Mapped[str] = mapped_column(String(200))
+    #: argon2; null for an account that signs in with an identity provider only.
+    password_hash: Mapped[str | None] = mapped_column(String(200), default=None)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    #: `UserStatus`: inactive (not activated yet), active, disabled (by an admin), deleted (soft).
+    status: Mapped[str] = mapped_column(String(16), default=UserStatus.ACTIVE)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Every user JWT carries the generation it was issued in; bumping it (password change, sign-out
+    #: everywhere, disable, delete) makes every earlier token invalid at once.
+    token_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: When the account was soft-deleted: the janitor deletes it for good after the grace period.
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+
+
+class Identity(Base):
+    """An identity-provider account linked to a user: (`provider`, `subject`) signs the user in."""
+
+    __tablename__ = "oauth_identities"
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: The provider's stable id of the account (OIDC `sub`, GitHub's numeric id).
+    subject: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(320), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EmailToken(Base):
+    """A single-use token sent by e-mail (account activation, password reset): its SHA-256 only, spent by a
+    conditional delete, refused after `expires_at`."""
+
+    __tablename__ = "email_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+class OAuthFlow(Base):
+    """A sign-in with an identity provider under way: what the callback needs (PKCE verifier, nonce, the
+    redirect URI), keyed by the SHA-256 of its `state`; single-use, expiring. In the database so that the
+    callback may reach any control plane."""
+
+    __tablename__ = "oauth_flows"
+    state_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    #: `login` (sign in or up) or `link` (add the provider to `user_id`'s account).
+    intent: Mapped[str] = mapped_column(String(8), default="login")
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), default=None)
+    #: authlib's flow data: code_verifier, nonce, redirect_uri (sealed: the verifier is a secret).
+    data: Mapped[str] = mapped_column(Sealed("oauth_flow.data", 2000))
+    #: Where the dashboard goes afterwards (a path on this site).
+    next_path: Mapped[str] = mapped_column(String(512), default="/")
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class RevokedToken(Base):
+    """A user JWT signed out before it expires (`jti`), kept until it would have expired."""
+
+    __tablename__ = "revoked_tokens"
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class HostTag(Base):
+    __tablename__ = "host_tags"
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
 class Membership(Base):
