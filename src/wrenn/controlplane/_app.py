@@ -20,11 +20,13 @@ from . import _site
 from ._agents import AgentPool
 from ._ca import CertificateAuthority
 from ._deadlines import Deadlines
+from ._dispatcher import Dispatcher
 from ._errors import ApiError
 from ._hosts import register_local
 from ._janitor import Janitor
 from ._limits import Limited, RequestLimits
 from ._mail import Mailer
+from ._metrics import Metrics
 from ._monitor import HostMonitor
 from ._proxy import TrafficProxy
 from ._secretbox import SecretBox
@@ -37,10 +39,12 @@ from .routes import (
     admin_platform,
     auth,
     capsules,
+    channels,
     dashboard,
     e2b,
     host_tags,
     keys,
+    metrics,
     network,
     oauth,
     observability,
@@ -91,17 +95,22 @@ def create_app(settings: Settings) -> FastAPI:
         )
         monitor.start()
         deadlines = app.state.deadlines = Deadlines(
-            app.state.sessions, app.state.agents, settings, engine.dialect.name
+            app.state.sessions, app.state.agents, settings, engine.dialect.name, app.state.metrics
         )
         deadlines.start()
         janitor = app.state.janitor = Janitor(
             app.state.sessions, app.state.agents, settings, engine.dialect.name
         )
         janitor.start()
+        dispatcher = app.state.dispatcher = Dispatcher(
+            app.state.sessions, app.state.agents, settings, engine.dialect.name, app.state.metrics
+        )
+        dispatcher.start()
         log.info("control plane ready", extra={"database": engine.url.render_as_string(hide_password=True)})
         try:
             yield
         finally:
+            await dispatcher.stop()
             await deadlines.stop()
             await janitor.stop()
             await monitor.stop()
@@ -110,6 +119,7 @@ def create_app(settings: Settings) -> FastAPI:
             await engine.dispose()
 
     app = FastAPI(title="Wrenn", version=__version__, lifespan=lifespan)
+    app.state.metrics = Metrics()  # before the lifespan: the proxy and the services count into it
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -177,6 +187,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(teams.router)
     app.include_router(e2b.router)  # E2B's REST API: /sandboxes, /v2/sandboxes, ...
     app.include_router(network.router)  # egress policies: /v1/capsules/{id}/network, E2B's PUT
+    app.include_router(channels.router)  # notification channels and their deliveries
+    app.include_router(metrics.router)  # Prometheus, behind the scrape token
     app.include_router(dashboard.router)  # the dashboard's session cookie and downloads
     _site.mount(app, settings.dashboard_dir)  # the dashboard's pages, last: they never shadow the API
     app.add_middleware(RequestLimits, settings=settings, respond=_refuse)  # bodies (413), rates (429)

@@ -25,6 +25,7 @@ from sqlalchemy import func, select
 
 from ._agents import AgentPool
 from ._errors import ApiError
+from ._metrics import Metrics
 from ._settings import Settings
 from .db import Capsule, utcnow
 from .db import CapsuleStatus as S
@@ -45,8 +46,14 @@ def _lock_key(capsule_id: str) -> int:
 
 class Deadlines:
     def __init__(
-        self, sessions: Callable[[], Any], agents: AgentPool, settings: Settings, dialect: str
+        self,
+        sessions: Callable[[], Any],
+        agents: AgentPool,
+        settings: Settings,
+        dialect: str,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._sessions = sessions
         self._agents = agents
         self._settings = settings
@@ -126,7 +133,7 @@ class Deadlines:
                 return  # ended, paused, or given more time meanwhile
             pause = capsule.on_timeout == "pause"
             late = (utcnow() - capsule.end_at).total_seconds()
-            service = CapsuleService(session, self._agents, self._settings)
+            service = CapsuleService(session, self._agents, self._settings, self._metrics)
             try:
                 if pause:
                     await service.pause(capsule, None)
