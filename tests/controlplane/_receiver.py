@@ -1,0 +1,81 @@
+"""A webhook receiver for the tests: a real HTTP server on a loopback address, recording each request
+(headers and raw body), answering with the statuses a test queues (then 200)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    answered: int
+
+    def verified(self, secret: str) -> bool:
+        """The signature checked as a receiver should: HMAC-SHA256 over `<timestamp>.<body>`, in constant
+        time."""
+        timestamp = self.headers["x-wrenn-timestamp"]
+        mac = hmac.new(secret.encode(), timestamp.encode() + b"." + self.body, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(self.headers["x-wrenn-signature"], f"sha256={mac}")
+
+
+@dataclass
+class Receiver:
+    url: str
+    received: list[Received] = field(default_factory=list)
+    #: Statuses to answer, first to last; then 200.
+    answers: list[int] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wait(self, check: object, timeout: float = 20.0) -> list[Received]:
+        """Wait until `check(received)` holds; the requests so far."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                got = list(self.received)
+            if check(got):  # type: ignore[operator]
+                return got
+            assert time.monotonic() < deadline, (
+                f"the receiver got only {[r.headers.get('x-wrenn-event') for r in got]}"
+            )
+            time.sleep(0.05)
+
+
+@contextmanager
+def receiver(host: str = "127.0.0.2") -> Iterator[Receiver]:
+    """A receiver on `host` (a loopback address other than the fake agent's 127.0.0.1: agents' addresses
+    are never webhook targets)."""
+    state: list[Receiver] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            me = state[0]
+            with me.lock:
+                status = me.answers.pop(0) if me.answers else 200
+                me.received.append(Received({k.lower(): v for k, v in self.headers.items()}, body, status))
+            self.send_response(status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, 0), Handler)
+    state.append(Receiver(f"http://{host}:{server.server_address[1]}/hook"))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state[0]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
