@@ -1,5 +1,6 @@
-"""A webhook receiver for the tests: a real HTTP server on a loopback address, recording each request
-(headers and raw body), answering with the statuses a test queues (then 200)."""
+"""Helpers of the events tests: a control plane's settings for them, its first owner, and a webhook
+receiver (a real HTTP server on a loopback address, recording each request, answering with the statuses
+a test queues, then 200)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from tests.security._fake_agent import FakeAgent
+from wrenn.controlplane import Settings
 
 
 @dataclass
@@ -79,3 +87,18 @@ def receiver(host: str = "127.0.0.2") -> Iterator[Receiver]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def events_settings(database_url: str, data_dir: Path, agent: FakeAgent, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url, "data_dir": data_dir, "local_agents": (agent.url,),
+        "monitor_interval_s": 3600, "events_interval_s": 0.1, "webhook_retry_s": (0.2, 0.2),
+        "webhook_allow_networks": ("127.0.0.0/8",),
+    }  # fmt: skip
+    return Settings(**(values | overrides))
+
+
+def owner(api: TestClient) -> dict[str, str]:
+    r = api.post("/v1/auth/signup", json={"email": "owner@example.com", "password": "correct horse"})
+    assert r.status_code == 201, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.security._fake_agent import FakeAgent, start_fake_agent
-from wrenn.controlplane import Settings, create_app
+from tests.security._fake_agent import FakeAgent
+from wrenn.controlplane import create_app
 
-from ._receiver import Received, Receiver, receiver
+from ._receiver import Received, Receiver, events_settings, owner, receiver
 
 CAPSULE_EVENTS = [
     "capsule.created",
@@ -28,31 +28,9 @@ CAPSULE_EVENTS = [
 
 
 @pytest.fixture
-def fake_agent() -> Iterator[FakeAgent]:
-    agent = start_fake_agent()
-    yield agent
-    agent.stop()
-
-
-@pytest.fixture
 def hook() -> Iterator[Receiver]:
     with receiver() as found:
         yield found
-
-
-def events_settings(database_url: str, data_dir: Path, agent: FakeAgent, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "database_url": database_url, "data_dir": data_dir, "local_agents": (agent.url,),
-        "monitor_interval_s": 3600, "events_interval_s": 0.1, "webhook_retry_s": (0.2, 0.2),
-        "webhook_allow_networks": ("127.0.0.0/8",),
-    }  # fmt: skip
-    return Settings(**(values | overrides))
-
-
-def owner(api: TestClient) -> dict[str, str]:
-    r = api.post("/v1/auth/signup", json={"email": "owner@example.com", "password": "correct horse"})
-    assert r.status_code == 201, r.text
-    return {"Authorization": f"Bearer {r.json()['token']}"}
 
 
 def webhook(api: TestClient, jwt: dict[str, str], url: str, events: list[str]) -> dict[str, Any]:
