@@ -17,8 +17,9 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from tests import seed_openapi
 from tests.security._fake_agent import FakeAgent
-from wrenn.controlplane import Settings
+from wrenn.controlplane import Settings, create_app
 
 
 @dataclass
@@ -96,6 +97,14 @@ def events_settings(database_url: str, data_dir: Path, agent: FakeAgent, **overr
         "webhook_allow_networks": ("127.0.0.0/8",),
     }  # fmt: skip
     return Settings(**(values | overrides))
+
+
+@contextmanager
+def control_plane(settings: Settings) -> Iterator[TestClient]:
+    """The app in-process; every `/v1` answer the seed's OpenAPI document describes is checked against it."""
+    with TestClient(create_app(settings)) as client:
+        client.event_hooks["response"].append(seed_openapi.hook)
+        yield client
 
 
 def owner(api: TestClient) -> dict[str, str]:

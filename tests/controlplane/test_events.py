@@ -14,9 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.security._fake_agent import FakeAgent
-from wrenn.controlplane import create_app
 
-from ._receiver import Received, Receiver, events_settings, owner, receiver
+from ._receiver import Received, Receiver, control_plane, events_settings, owner, receiver
 
 CAPSULE_EVENTS = [
     "capsule.created",
@@ -51,7 +50,7 @@ def test_webhook_gets_signed_capsule_events_and_a_retry(
     database_url: str, tmp_path: Path, fake_agent: FakeAgent, hook: Receiver
 ) -> None:
     settings = events_settings(database_url, tmp_path / "cp", fake_agent)
-    with TestClient(create_app(settings)) as api:
+    with control_plane(settings) as api:
         jwt = owner(api)
         channel = webhook(api, jwt, hook.url, CAPSULE_EVENTS)
         secret = channel["secret"]
@@ -98,7 +97,7 @@ def test_a_receiver_that_keeps_failing_ends_failed_after_the_retries(
     database_url: str, tmp_path: Path, fake_agent: FakeAgent, hook: Receiver
 ) -> None:
     settings = events_settings(database_url, tmp_path / "cp", fake_agent)
-    with TestClient(create_app(settings)) as api:
+    with control_plane(settings) as api:
         jwt = owner(api)
         channel = webhook(api, jwt, hook.url, ["capsule.created"])
         hook.answers.extend([503, 500, 502])
@@ -124,13 +123,13 @@ def test_events_recorded_while_no_dispatcher_ran_are_delivered_after_a_restart(
     # A dispatcher that looks once at start and then not for an hour: the control plane stops with the
     # events recorded and undelivered, as one killed between an event and its delivery.
     asleep = events_settings(database_url, tmp_path / "cp", fake_agent, events_interval_s=3600)
-    with TestClient(create_app(asleep)) as api:
+    with control_plane(asleep) as api:
         jwt = owner(api)
         channel = webhook(api, jwt, hook.url, ["capsule.created", "capsule.running", "capsule.destroyed"])
         capsule = api.post("/v1/capsules", json={"template": "minimal"}, headers=jwt).json()["id"]
         assert api.delete(f"/v1/capsules/{capsule}", headers=jwt).status_code == 204
     assert hook.received == []
-    with TestClient(create_app(events_settings(database_url, tmp_path / "cp", fake_agent))) as api:
+    with control_plane(events_settings(database_url, tmp_path / "cp", fake_agent)) as api:
         got = hook.wait(lambda got: len(got) >= 3)
         # not in order (deliveries go out side by side; the body's timestamp orders them), each once
         assert sorted(body(r)["event"] for r in got) == [
@@ -147,7 +146,7 @@ def test_channel_crud_selection_test_and_rotation(
     database_url: str, tmp_path: Path, fake_agent: FakeAgent, hook: Receiver
 ) -> None:
     settings = events_settings(database_url, tmp_path / "cp", fake_agent)
-    with TestClient(create_app(settings)) as api:
+    with control_plane(settings) as api:
         jwt = owner(api)
         channel = webhook(api, jwt, hook.url, ["capsule.destroyed"])
         cid = channel["id"]

@@ -9,9 +9,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.security._fake_agent import FakeAgent
-from wrenn.controlplane import create_app
 
-from ._receiver import events_settings, owner
+from ._receiver import control_plane, events_settings, owner
 
 TOKEN = "scrape-" + "s" * 32
 
@@ -33,7 +32,7 @@ def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
 
 def test_metrics_move_with_the_lifecycle(database_url: str, tmp_path: Path, fake_agent: FakeAgent) -> None:
     settings = events_settings(database_url, tmp_path / "cp", fake_agent, metrics_token=TOKEN)
-    with TestClient(create_app(settings)) as api:
+    with control_plane(settings) as api:
         jwt = owner(api)
         before = scrape(api)
         assert value(before, "wrenn_capsule_operations_total", operation="create", result="ok") == 0
@@ -74,7 +73,7 @@ def test_metrics_move_with_the_lifecycle(database_url: str, tmp_path: Path, fake
 def test_metrics_registries_are_per_app(database_url: str, tmp_path: Path, fake_agent: FakeAgent) -> None:
     """Two apps in one process count apart (nothing in prometheus_client's global registry)."""
     settings = events_settings(database_url, tmp_path / "cp", fake_agent, metrics_token=TOKEN)
-    with TestClient(create_app(settings)) as one, TestClient(create_app(settings)) as two:
+    with control_plane(settings) as one, control_plane(settings) as two:
         jwt = owner(one)
         one.post("/v1/capsules", json={"template": "minimal"}, headers=jwt)
         assert value(scrape(one), "wrenn_capsule_operations_total", operation="create", result="ok") == 1
