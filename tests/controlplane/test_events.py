@@ -7,15 +7,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.security._fake_agent import FakeAgent
+from wrenn.controlplane.db import Delivery, utcnow
 
+from ._db import run
 from ._receiver import Received, Receiver, control_plane, events_settings, owner, receiver
+from .conftest import _reset_postgres
 
 CAPSULE_EVENTS = [
     "capsule.created",
@@ -202,3 +207,51 @@ def test_channel_crud_selection_test_and_rotation(
         assert api.delete(f"/v1/channels/{cid}", headers=jwt).status_code == 204
         assert api.get(f"/v1/channels/{cid}", headers=jwt).status_code == 404
         assert api.get(f"/v1/channels/{cid}/deliveries", headers=jwt).status_code == 404
+
+
+def test_two_control_planes_deliver_each_event_once(
+    postgres_url: str, tmp_path: Path, fake_agent: FakeAgent, hook: Receiver
+) -> None:
+    """Two control planes on one PostgreSQL database, both dispatching: each event is fanned out once and
+    each delivery made once (rows claimed FOR UPDATE SKIP LOCKED, deliveries leased)."""
+    _reset_postgres(postgres_url)
+    settings = events_settings(postgres_url, tmp_path / "cp", fake_agent, events_interval_s=0.05)
+    with control_plane(settings) as one, control_plane(settings) as two:
+        jwt = owner(one)
+        webhook(one, jwt, hook.url, ["capsule.created", "capsule.running", "capsule.destroyed"])
+        ids = []
+        for api in (one, two, one, two, one, two):
+            ids.append(api.post("/v1/capsules", json={"template": "minimal"}, headers=jwt).json()["id"])
+        for i, capsule in enumerate(ids):
+            assert (one if i % 2 else two).delete(f"/v1/capsules/{capsule}", headers=jwt).status_code == 204
+        hook.wait(lambda got: len(got) >= 3 * len(ids))
+        time.sleep(0.5)  # rounds of both dispatchers go on: nothing comes twice
+    events = [(body(r)["event"], body(r)["resource"]["id"]) for r in hook.received]
+    assert len(events) == 3 * len(ids) and len(set(events)) == len(events)
+    assert len({r.headers["x-wrenn-delivery"] for r in hook.received}) == len(events)
+
+
+def test_a_delivery_left_by_a_dead_control_plane_is_taken_over(
+    database_url: str, tmp_path: Path, fake_agent: FakeAgent, hook: Receiver
+) -> None:
+    """A control plane that claimed a delivery and died leaves its lease: another delivers it once the lease
+    ends, not before."""
+    settings = events_settings(database_url, tmp_path / "cp", fake_agent)
+    with control_plane(settings) as api:
+        jwt = owner(api)
+        channel = webhook(api, jwt, hook.url, ["capsule.created"])
+        claimed_until = utcnow() + timedelta(seconds=1.5)
+
+        async def claimed(session: AsyncSession) -> str:
+            delivery = Delivery(
+                id="dlv-left", channel_id=channel["id"], event_id="evt-left", event_type="capsule.created",
+                payload='{"id":"evt-left","event":"capsule.created"}', lease_until=claimed_until,
+            )  # fmt: skip
+            session.add(delivery)
+            return delivery.id
+
+        run(api, claimed)
+        time.sleep(0.8)
+        assert hook.received == []  # leased: the (dead) holder may still be sending it
+        (got,) = hook.wait(lambda got: len(got) >= 1)
+        assert got.headers["x-wrenn-delivery"] == "dlv-left" and got.verified(channel["secret"])
