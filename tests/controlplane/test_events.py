@@ -255,3 +255,23 @@ def test_a_delivery_left_by_a_dead_control_plane_is_taken_over(
         assert hook.received == []  # leased: the (dead) holder may still be sending it
         (got,) = hook.wait(lambda got: len(got) >= 1)
         assert got.headers["x-wrenn-delivery"] == "dlv-left" and got.verified(channel["secret"])
+
+
+def test_a_capsule_ended_by_its_timeout_is_told_as_destroyed_by_the_platform(
+    database_url: str, tmp_path: Path, fake_agent: FakeAgent, hook: Receiver
+) -> None:
+    """E2B's create with a 1 s timeout: the deadline loop kills it, and the event says the platform did."""
+    settings = events_settings(database_url, tmp_path / "cp", fake_agent)
+    with control_plane(settings) as api:
+        jwt = owner(api)
+        webhook(api, jwt, hook.url, ["capsule.destroyed"])
+        key = api.post("/v1/api-keys", json={"name": "e2b"}, headers=jwt).json()["key"]
+        created = api.post(
+            "/sandboxes", json={"templateID": "minimal", "timeout": 1}, headers={"X-API-Key": key}
+        )
+        assert created.status_code == 201, created.text
+        (got,) = hook.wait(lambda got: len(got) >= 1, timeout=15)
+        payload = body(got)
+        assert payload["event"] == "capsule.destroyed"
+        assert payload["resource"]["id"] == created.json()["sandboxID"]
+        assert payload["actor"]["type"] == "system"

@@ -5,30 +5,13 @@ work (`service/channels.py` says how)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from ._agents import AgentPool
 from ._background import Background
-from ._metrics import Metrics
-from ._settings import Settings
 from .service import channels
 
 
 class Dispatcher(Background):
     task_name = "wrenn-event-dispatcher"
     round_name = "event dispatcher round"
-
-    def __init__(
-        self,
-        sessions: Callable[[], Any],
-        agents: AgentPool,
-        settings: Settings,
-        dialect: str,
-        metrics: Metrics | None = None,
-    ) -> None:
-        super().__init__(sessions, agents, settings, dialect)
-        self._metrics = metrics
 
     def interval_s(self) -> float:
         return self._settings.events_interval_s
