@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.security._fake_agent import FakeAgent
-from wrenn.controlplane.db import Delivery, utcnow
+from wrenn.controlplane.db import Delivery, DeliveryAttempt, Event, utcnow
 
 from ._db import run
 from ._receiver import Received, Receiver, control_plane, events_settings, owner, receiver
@@ -275,3 +276,36 @@ def test_a_capsule_ended_by_its_timeout_is_told_as_destroyed_by_the_platform(
         assert payload["event"] == "capsule.destroyed"
         assert payload["resource"]["id"] == created.json()["sandboxID"]
         assert payload["actor"]["type"] == "system"
+
+
+def test_the_janitor_prunes_old_events_and_finished_deliveries(
+    database_url: str, tmp_path: Path, fake_agent: FakeAgent, hook: Receiver
+) -> None:
+    settings = events_settings(
+        database_url, tmp_path / "cp", fake_agent, events_retention_days=0.0001, webhook_retry_s=(3600.0,)
+    )
+    with control_plane(settings) as api:
+        jwt = owner(api)
+        webhook(api, jwt, hook.url, ["capsule.created"])
+        second = {
+            "name": "second",
+            "provider": "webhook",
+            "config": {"url": hook.url},
+            "events": ["capsule.created"],
+        }
+        assert api.post("/v1/channels", json=second, headers=jwt).status_code == 201
+        hook.answers.append(500)  # one of the two deliveries fails once: pending its retry in an hour
+        api.post("/v1/capsules", json={"template": "minimal"}, headers=jwt)
+        hook.wait(lambda got: len(got) >= 2)
+
+        async def counts(session: AsyncSession) -> tuple[int, ...]:
+            return tuple(
+                [int(await session.scalar(select(func.count()).select_from(m)) or 0)
+                 for m in (Event, Delivery, DeliveryAttempt)]
+            )  # fmt: skip
+
+        time.sleep(9)  # older than the retention (8.64 s)
+        assert run(api, counts)[0] > 0
+        api.portal.call(api.app.state.janitor.prune)  # type: ignore[attr-defined,union-attr]
+        # dispatched events go; the delivered delivery goes with its attempt; the pending one is kept
+        assert run(api, counts) == (0, 1, 1)

@@ -123,6 +123,7 @@ _FROM_ENV: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("events_interval_s", "WRENN_EVENTS_INTERVAL_S", float),
     ("webhook_retry_s", "WRENN_WEBHOOK_RETRY_S", lambda v: tuple(float(w) for w in _words(v))),
     ("webhook_allow_networks", "WRENN_WEBHOOK_ALLOW_NETWORKS", _words),
+    ("events_retention_days", "WRENN_EVENTS_RETENTION_DAYS", float),
 )
 
 
@@ -243,6 +244,8 @@ class Settings:
     #: Networks webhooks may point to although they are not public (an intranet receiver, loopback in
     #: tests); host agents stay refused (`_ssrf`).
     webhook_allow_networks: tuple[str, ...] = ()
+    #: Events and finished deliveries (with their attempts) are kept this long; the janitor removes them.
+    events_retention_days: float = 30.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

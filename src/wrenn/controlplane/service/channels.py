@@ -26,13 +26,13 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpcore
 import httpx
-from sqlalchemy import or_, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wrenn import __version__
@@ -252,6 +252,13 @@ async def _attempt(
         extra={"delivery": delivery_id, "channel": channel.id, "event": event_type,
                "status_code": outcome.status_code, "error": outcome.error},
     )  # fmt: skip
+
+
+async def prune(session: AsyncSession, before: datetime) -> None:
+    """Remove events dispatched before `before` and deliveries finished (delivered or failed) before it,
+    with their attempts (in the caller's transaction)."""
+    await session.execute(delete(Event).where(Event.dispatched_at < before))
+    await session.execute(delete(Delivery).where(Delivery.status != "pending", Delivery.created_at < before))
 
 
 def record_attempt(
