@@ -147,7 +147,9 @@ async def test_config(body: TestBody, caller: Caller, session: Db, request: Requ
     settings = request.app.state.settings
     config = await service.checked_config(session, settings, body.provider, body.config)
     _, payload = service.test_body(caller.team_id)
-    async with _ssrf.guarded_client(await service.guard(session, settings), settings.webhook_timeout_s) as c:
+    checker = await service.guard(session, settings)
+    await session.rollback()  # no transaction stays open while the receiver answers
+    async with _ssrf.guarded_client(checker, settings.webhook_timeout_s) as c:
         outcome = await service.send(c, config, new_id("dlv"), "channel.test", payload)
     if not outcome.ok:
         raise _errors.bad_request(f"the test notification was not accepted: {outcome.error}")
@@ -204,11 +206,13 @@ async def test_channel(channel_id: str, caller: Caller, session: Db, request: Re
     _manager(caller, "test")
     settings = request.app.state.settings
     event_id, payload = service.test_body(caller.team_id)
-    delivery_id = new_id("dlv")
-    async with _ssrf.guarded_client(await service.guard(session, settings), settings.webhook_timeout_s) as c:
-        outcome = await service.send(c, json.loads(channel.config), delivery_id, "channel.test", payload)
+    delivery_id, config = new_id("dlv"), json.loads(channel.config)
+    checker = await service.guard(session, settings)
+    await session.rollback()  # no transaction stays open while the receiver answers
+    async with _ssrf.guarded_client(checker, settings.webhook_timeout_s) as c:
+        outcome = await service.send(c, config, delivery_id, "channel.test", payload)
     delivery = Delivery(
-        id=delivery_id, channel_id=channel.id, event_id=event_id, event_type="channel.test", payload=payload,
+        id=delivery_id, channel_id=channel_id, event_id=event_id, event_type="channel.test", payload=payload,
         status="pending", attempts=0, created_at=utcnow(), next_attempt_at=utcnow(),
     )  # fmt: skip
     session.add(delivery)
