@@ -309,3 +309,35 @@ def test_the_janitor_prunes_old_events_and_finished_deliveries(
         api.portal.call(api.app.state.janitor.prune)  # type: ignore[attr-defined,union-attr]
         # dispatched events go; the delivered delivery goes with its attempt; the pending one is kept
         assert run(api, counts) == (0, 1, 1)
+
+
+def test_the_monitor_records_what_it_finds(
+    database_url: str, tmp_path: Path, fake_agent: FakeAgent, hook: Receiver
+) -> None:
+    """A capsule gone from its host is told as destroyed by the host monitor; a local agent that stops
+    answering is `host.down` (a platform host's: recorded, to no team's channel)."""
+    settings = events_settings(database_url, tmp_path / "cp", fake_agent)
+    with control_plane(settings) as api:
+        jwt = owner(api)
+        webhook(api, jwt, hook.url, ["capsule.destroyed", "host.down"])
+        capsule = api.post("/v1/capsules", json={"template": "minimal"}, headers=jwt).json()["id"]
+        time.sleep(0.05)  # the agent's list is taken after the capsule's last change
+        api.portal.call(api.app.state.monitor.tick)  # type: ignore[attr-defined,union-attr]
+        (got,) = hook.wait(lambda got: len(got) >= 1)
+        payload = body(got)
+        assert payload["event"] == "capsule.destroyed" and payload["resource"]["id"] == capsule
+        assert payload["actor"] == {"type": "system", "id": "host-monitor", "name": "host monitor"}
+        assert payload["data"]["reason"] == "gone from its host"
+
+        fake_agent.stop()
+        api.portal.call(api.app.state.monitor.tick)  # type: ignore[attr-defined,union-attr]
+
+        async def host_events(session: AsyncSession) -> list[tuple[str, str | None]]:
+            rows = await session.execute(
+                select(Event.type, Event.team_id).where(Event.resource_type == "host")
+            )
+            return [(t, team) for t, team in rows.all()]
+
+        assert run(api, host_events) == [("host.up", None), ("host.down", None)]
+        time.sleep(0.5)
+        assert len(hook.received) == 1

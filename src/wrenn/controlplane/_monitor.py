@@ -286,7 +286,8 @@ async def reconcile(
                     session, host, "capsule", capsule.id, "reconcile", was=was, now=capsule.status,
                     team_id=capsule.team_id,
                 )  # fmt: skip
-                if kind := _RECONCILED.get(capsule.status):
+                kind = _RECONCILED.get(capsule.status) if was != S.HIBERNATING else None  # still asleep
+                if kind:
                     events.record(
                         session, kind, team_id=capsule.team_id, resource_type="capsule",
                         resource_id=capsule.id, actor=_MONITOR, was=was, reason=capsule.error,
