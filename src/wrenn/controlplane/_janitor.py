@@ -73,21 +73,28 @@ class Janitor(Background):
             )
             return list(found.scalars())
 
+    async def _locked_due(self, session: AsyncSession, user_id: str) -> User | None:
+        """The account, if it is still due and this control plane holds its turn (a transaction-scoped
+        advisory lock on PostgreSQL: taken again after every commit, which releases it)."""
+        if self._postgres and not await session.scalar(
+            select(func.pg_try_advisory_xact_lock(lock_key("user", user_id)))
+        ):
+            return None  # another control plane is on it
+        user = await session.get(User, user_id, populate_existing=True)
+        cutoff = utcnow() - timedelta(days=self._settings.account_grace_days)
+        if (
+            user is None
+            or user.status != UserStatus.DELETED
+            or user.deleted_at is None
+            or as_utc(user.deleted_at) >= cutoff
+        ):
+            return None  # restored (or purged) meanwhile
+        return user
+
     async def _purge(self, user_id: str) -> bool:
         async with self._sessions() as session:
-            if self._postgres and not await session.scalar(
-                select(func.pg_try_advisory_xact_lock(lock_key("user", user_id)))
-            ):
-                return False  # another control plane is on it
-            user = await session.get(User, user_id)
-            cutoff = utcnow() - timedelta(days=self._settings.account_grace_days)
-            if (
-                user is None
-                or user.status != UserStatus.DELETED
-                or user.deleted_at is None
-                or as_utc(user.deleted_at) >= cutoff
-            ):
-                return False  # restored (or purged) meanwhile
+            if await self._locked_due(session, user_id) is None:
+                return False
             owned = (
                 await session.execute(
                     select(Team)
@@ -105,6 +112,11 @@ class Janitor(Background):
                     log.warning("account not purged yet: a team could not be deleted",
                                 extra={"user": user_id, "team": team_id, "error": exc.message})  # fmt: skip
                     return False
+            # Deleting a team commits, which ended the turn: another control plane may have purged the
+            # account meanwhile. Take the turn again and look again.
+            user = await self._locked_due(session, user_id)
+            if user is None:
+                return False
             await self._forget(session, user)
             await session.commit()
         log.info("account deleted for good", extra={"user": user_id})
