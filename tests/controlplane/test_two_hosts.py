@@ -260,7 +260,7 @@ def test_two_hosts_spread_fail_and_come_back(platform: dict[str, Any]) -> None:
     # A capsule paused for longer than hibernate_after_s goes to the cold storage both hosts share. With its
     # host gone, resuming it wakes it on the other host: memory (a counting process), files and all.
     sleeper = on_a[1]
-    counter = "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.2; done"
+    counter = "i=0; while true; do i=$((i+1)); echo $i > /tmp/n.new; mv /tmp/n.new /tmp/n; sleep 0.2; done"
     r = httpx.post(f"{base}/v1/capsules/{sleeper}/exec", headers=key, timeout=120,
                    json={"cmd": "/bin/sh", "args": ["-c", counter], "background": True})  # fmt: skip
     assert r.status_code == 202, r.text
