@@ -1,0 +1,139 @@
+"""A single node that survives crashes: `wrenn up`'s supervisor restarts a killed control plane or agent on
+its own, each without touching the other, and `wrenn up` on a (partly) running platform destroys nothing.
+
+One platform for the module, one capsule with a file in it; each test kills something and checks that the
+capsule still runs in the same VMM with its file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.agent._agent import _free_port, private_data_dir
+from tests.cli._run import wrenn
+from wrenn.sdk import Capsule
+
+pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
+CONTENT = "written before the crashes\n"
+
+
+@dataclass
+class Node:
+    data_dir: Path
+    env: dict[str, str]
+    capsule: Capsule
+
+    def state(self) -> dict[str, Any]:
+        return dict(json.loads((self.data_dir / "supervisor.json").read_text()))
+
+    def service(self, name: str) -> dict[str, Any]:
+        return dict(next(s for s in self.state()["services"] if s["name"] == name))
+
+    def vmm_pid(self) -> int:
+        found = subprocess.run(["pgrep", "-f", "--", f"-name {self.capsule.capsule_id} "],
+                               capture_output=True, text=True).stdout.split()  # fmt: skip
+        assert len(found) == 1, found
+        return int(found[0])
+
+    def file_is_there(self) -> bool:
+        """The file written at the start, read through the control plane and the agent (either may be
+        settling after a restart: the host monitor reconciles within a round, 15 s)."""
+        try:
+            return bool(self.capsule.commands.run("cat /home/user/kept.txt", timeout=30).stdout == CONTENT)
+        except Exception:
+            return False
+
+
+def until(check: Callable[[], bool], within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.5)
+    return check()
+
+
+@pytest.fixture(scope="module")
+def node(image: object) -> Iterator[Node]:
+    shared = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
+    data_dir = private_data_dir(shared, "ops")
+    ports = ["--port", str(_free_port()), "--agent-port", str(_free_port())]
+    ports += ["--agent-proxy-port", str(_free_port())]
+    wrenn("up", "--detach", "--data-dir", str(data_dir), *ports, "--command", "true")
+    try:
+        exports = wrenn("env", "--data-dir", str(data_dir)).stdout
+        env = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
+        with Capsule(
+            memory_mb=256, timeout=0, api_key=env["WRENN_API_KEY"], base_url=env["WRENN_BASE_URL"]
+        ) as c:
+            c.files.write("/home/user/kept.txt", CONTENT)
+            yield Node(data_dir, env, c)
+    finally:
+        wrenn("down", "--data-dir", str(data_dir))
+        left = subprocess.run(["pgrep", "-f", f"{data_dir}"], capture_output=True, text=True).stdout
+        assert left == "", left
+
+
+def test_status_shows_each_process_and_the_capsules(node: Node) -> None:
+    shown = wrenn("status", "--data-dir", str(node.data_dir)).stdout
+    for process in ("supervisor", "host agent", "control plane"):
+        line = next(line for line in shown.splitlines() if line.startswith(process))
+        assert " running " in line, shown
+    assert str(node.service("agent")["pid"]) in shown and str(node.service("controlplane")["pid"]) in shown
+    assert "capsules on this host: 1 running" in shown, shown
+
+
+def test_a_killed_control_plane_is_restarted_and_the_capsule_runs_on(node: Node) -> None:
+    vmm, agent, before = node.vmm_pid(), node.service("agent"), node.service("controlplane")
+    os.kill(before["pid"], signal.SIGKILL)
+    assert until(lambda: node.service("controlplane")["pid"] not in (0, before["pid"]), 20), node.state()
+    after = node.service("controlplane")
+    assert after["restarts"] == before["restarts"] + 1 and after["last_exit"] == "killed by SIGKILL"
+    assert until(node.file_is_there, 60)
+    assert node.service("agent") == agent and node.vmm_pid() == vmm  # the agent and the VM untouched
+
+
+def test_a_killed_agent_is_restarted_and_adopts_the_vm(node: Node) -> None:
+    vmm, server, before = node.vmm_pid(), node.service("controlplane"), node.service("agent")
+    os.kill(before["pid"], signal.SIGKILL)
+    assert until(lambda: node.service("agent")["pid"] not in (0, before["pid"]), 20), node.state()
+    assert node.service("agent")["restarts"] == before["restarts"] + 1
+    assert until(node.file_is_there, 90)
+    assert node.vmm_pid() == vmm  # adopted, not booted anew
+    assert node.service("controlplane") == server
+    shown = wrenn("status", "--data-dir", str(node.data_dir)).stdout
+    agent_line = next(line for line in shown.splitlines() if line.startswith("host agent"))
+    assert "killed by SIGKILL" in agent_line and "capsules on this host: 1 running" in shown, shown
+
+
+def test_up_on_a_half_running_platform_destroys_nothing(node: Node) -> None:
+    """The bug of issue 13: the supervisor and the control plane killed, then `wrenn up`."""
+    vmm, agent, server = node.vmm_pid(), node.service("agent"), node.service("controlplane")
+    os.kill(node.state()["pid"], signal.SIGKILL)
+    os.kill(server["pid"], signal.SIGKILL)
+    stopped = wrenn("status", "--data-dir", str(node.data_dir), check=False)
+    assert stopped.returncode == 3 and "stopped" in stopped.stdout
+    up = wrenn("up", "--detach", "--data-dir", str(node.data_dir), "--command", "true")
+    assert "keeping agent, restarting controlplane" in up.stderr, up.stderr
+    assert node.service("agent")["pid"] == agent["pid"]  # adopted by the new supervisor
+    restarted = node.service("controlplane")
+    assert restarted["pid"] != server["pid"] and restarted["restarts"] == server["restarts"] + 1
+    assert restarted["last_exit"] == "ended while unsupervised"
+    assert node.file_is_there() and node.vmm_pid() == vmm
+    again = wrenn("up", "--detach", "--data-dir", str(node.data_dir), "--command", "true")
+    assert "already running" in again.stderr
+    assert node.file_is_there() and node.vmm_pid() == vmm
+    # the adopted agent is still supervised: killed, it comes back and adopts the VM again
+    os.kill(agent["pid"], signal.SIGKILL)
+    assert until(lambda: node.service("agent")["pid"] not in (0, agent["pid"]), 20), node.state()
+    assert "not our child" in node.service("agent")["last_exit"]
+    assert until(node.file_is_there, 90) and node.vmm_pid() == vmm
