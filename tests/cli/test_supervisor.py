@@ -9,24 +9,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.cli._run import until
 from wrenn.cli._supervisor import Service, State, runs
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
 FAILING = [sys.executable, "-c", "raise SystemExit(1)"]
-
-
-def until(check: Callable[[], bool], within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
 
 
 def supervise(data_dir: Path) -> subprocess.Popen[bytes]:

@@ -10,8 +10,7 @@ import json
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.agent._agent import _free_port, private_data_dir
-from tests.cli._run import wrenn
+from tests.cli._run import until, wrenn
 from wrenn.sdk import Capsule
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
@@ -51,15 +50,6 @@ class Node:
             return bool(self.capsule.commands.run("cat /home/user/kept.txt", timeout=30).stdout == CONTENT)
         except Exception:
             return False
-
-
-def until(check: Callable[[], bool], within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.5)
-    return check()
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,11 @@
-"""The whole platform on one machine: `wrenn up`, `wrenn down`, `wrenn env`.
+"""The whole platform on one machine: `wrenn up`, `wrenn down`, `wrenn status`, `wrenn env`.
 
-`up` builds the base image on first use, starts a host agent and a control plane (SQLite) under the data
-directory, creates an admin account and an API key on first start, runs a first capsule, and says what
-to do next. What it started is recorded in `<data dir>/platform.json` (mode 0600, it holds the API key),
-so `down` and `env` find it again.
+`up` builds the base image on first use, starts a supervisor (`_supervisor`) that starts and keeps running
+a host agent and a control plane (SQLite) under the data directory, creates an admin account and an API
+key on first start, runs a first capsule, and says what to do next. `up` is crash-only: of a platform
+(partly) running it keeps what runs and has the rest restarted, never destroying a capsule. How to reach
+the platform is recorded in `<data dir>/platform.json` (mode 0600, it holds the API key), the processes in
+`<data dir>/supervisor.json`, so `down`, `status` and `env` find them again.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ def _legacy_state(data_dir: Path) -> State | None:
     try:
         raw = json.loads(Platform.state_file(data_dir).read_text())
         pids = {"agent": int(raw["agent_pid"]), "controlplane": int(raw["server_pid"])}
+        urls = {"agent": str(raw["agent_url"]), "controlplane": f"{raw['base_url']}/health"}
     except (OSError, ValueError, TypeError, KeyError):
         return None
     services = []
@@ -85,7 +88,8 @@ def _legacy_state(data_dir: Path) -> State | None:
         except OSError:
             argv = []
         log = str(data_dir / "logs" / ("agent.log" if name == "agent" else "server.log"))
-        services.append(Service(name, argv, log, pid=pid, start_ticks=start_ticks(pid) if argv else 0))
+        ticks = start_ticks(pid) if argv else 0
+        services.append(Service(name, argv, log, ready_url=urls[name], pid=pid, start_ticks=ticks))
     return State(services)
 
 
@@ -291,8 +295,8 @@ def _stop_supervisor(state: State) -> None:
 def stop(data_dir: Path, console: Console, *, quiet: bool = False) -> bool:
     """Stop what `up` started: the supervisor first (so it restarts nothing), then the control plane, and
     the agent, which destroys every capsule and removes its host rules."""
-    platform, state = Platform.load(data_dir), load_state(data_dir)
-    if platform is None or state is None:
+    state = load_state(data_dir)
+    if state is None:
         if not quiet:
             console.print(f"Wrenn is not running from {data_dir}")
         return False
@@ -304,7 +308,7 @@ def stop(data_dir: Path, console: Console, *, quiet: bool = False) -> bool:
         from wrenn.proto.hostagent.v1 import hostagent_pb
 
         try:
-            with _agent(data_dir, platform.agent_url) as client:
+            with _agent(data_dir, alive["agent"].ready_url) as client:
                 client.terminate(hostagent_pb.TerminateRequest(), timeout_ms=120_000)
         except Exception:  # noqa: BLE001 - whatever happened, fall back to signals
             os.kill(alive["agent"].pid, signal.SIGTERM)
