@@ -13,8 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from tests.cli._run import until
+from tests.conftest import free_port
+from wrenn.cli import _platform
 from wrenn.cli._supervisor import Service, State, runs
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
@@ -74,3 +77,19 @@ def test_restarts_each_process_on_its_own_with_backoff_and_hands_over(data_dir: 
     assert until(lambda: service(data_dir, "steady").pid not in (0, again.pid), 5)
     last = service(data_dir, "steady")
     assert last.restarts == 2 and "not our child" in last.last_exit
+
+
+def test_up_reports_a_process_that_cannot_start(tmp_path: Path) -> None:
+    """`wrenn up`'s wait ends at the second failed start with how it ended and its log, not after minutes."""
+    (tmp_path / "logs").mkdir()
+    log = tmp_path / "failing.log"
+    state = State([Service("agent", FAILING, str(log), ready_url=f"http://127.0.0.1:{free_port()}")])
+    supervisor = _platform._supervise(tmp_path, state)
+    try:
+        started = time.monotonic()
+        with pytest.raises(_platform.PlatformError, match=f"host agent exited with 1 .*its log: {log}"):
+            _platform._wait_ready(tmp_path, Console(stderr=True), supervisor)
+        assert time.monotonic() - started < 20
+    finally:
+        supervisor.terminate()
+        supervisor.wait(10)

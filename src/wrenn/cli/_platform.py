@@ -175,15 +175,24 @@ def _supervise(data_dir: Path, state: State) -> subprocess.Popen[bytes]:
 
 
 def _wait_ready(data_dir: Path, console: Console, supervisor: subprocess.Popen[bytes] | None) -> None:
-    """Until every supervised process answers at its `ready_url`; an error naming the logs otherwise."""
+    """Until every supervised process answers at its `ready_url`; an error naming the logs otherwise (at
+    once when a process exits twice while it starts: the supervisor keeps trying, with growing delays)."""
     deadline = time.monotonic() + 180
-    with console.status("starting the host agent and the control plane"):
+    first = State.load(data_dir)
+    restarts = {s.name: s.restarts for s in first.services} if first else {}
+    with console.status("starting the host agent and the control plane (the agent's first start probes KVM)"):
         while time.monotonic() < deadline:
             state = State.load(data_dir)
             if (supervisor is not None and supervisor.poll() is not None) or (
                 state is not None and state.pid and not state.supervised()
             ):
                 raise PlatformError(f"the supervisor exited; its log: {data_dir / 'logs' / 'supervisor.log'}")
+            for s in state.services if state else []:
+                if s.restarts - restarts.get(s.name, 0) >= 2:
+                    raise PlatformError(
+                        f"the {TITLES.get(s.name, s.name)} {s.last_exit} as it started (the supervisor keeps "
+                        f"trying; `wrenn down` stops it); its log: {s.log}"
+                    )
             pending = [s for s in state.services if not _answers(s.ready_url)] if state else [None]
             if not pending:
                 return
