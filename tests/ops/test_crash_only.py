@@ -6,15 +6,19 @@ capsule still runs in the same VMM with its file."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.agent._agent import _free_port, private_data_dir
@@ -23,6 +27,11 @@ from wrenn.sdk import Capsule
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
 CONTENT = "written before the crashes\n"
+
+
+def vmm_pids(capsule_id: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", "--", f"-name {capsule_id} "], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
 
 
 @dataclass
@@ -38,10 +47,9 @@ class Node:
         return dict(next(s for s in self.state()["services"] if s["name"] == name))
 
     def vmm_pid(self) -> int:
-        found = subprocess.run(["pgrep", "-f", "--", f"-name {self.capsule.capsule_id} "],
-                               capture_output=True, text=True).stdout.split()  # fmt: skip
+        found = vmm_pids(self.capsule.capsule_id)
         assert len(found) == 1, found
-        return int(found[0])
+        return found[0]
 
     def file_is_there(self) -> bool:
         """The file written at the start, read through the control plane and the agent (either may be
@@ -127,3 +135,51 @@ def test_up_on_a_half_running_platform_destroys_nothing(node: Node) -> None:
     assert until(lambda: node.service("agent")["pid"] not in (0, agent["pid"]), 20), node.state()
     assert "not our child" in node.service("agent")["last_exit"]
     assert until(node.file_is_there, 90) and node.vmm_pid() == vmm
+
+
+@pytest.mark.parametrize(
+    "killed",
+    [
+        "agent",
+        pytest.param(
+            "controlplane",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="issue 13: a create whose control plane died stays `pending` (the monitor reconciles "
+                "only running and missing capsules), its VM left running on the agent",
+            ),
+        ),
+    ],
+)
+def test_a_create_interrupted_by_a_crash_is_settled(node: Node, killed: str) -> None:
+    """A capsule being created when its agent or the control plane dies ends `running` (and answers) or
+    `error` (and its VM is gone), never `pending` or `starting` for good, and never a VM without a row."""
+    api = {"api_key": node.env["WRENN_API_KEY"], "base_url": node.env["WRENN_BASE_URL"]}
+    http = httpx.Client(base_url=api["base_url"], headers={"X-API-Key": api["api_key"]}, timeout=10)
+    before = {c.id for c in Capsule.list(**api)}
+    creating = concurrent.futures.ThreadPoolExecutor(1)
+    booting = creating.submit(Capsule, memory_mb=320, timeout=0, **api)  # a shape not booted yet: a cold boot
+    assert until(lambda: len({c.id for c in Capsule.list(**api)} - before) == 1, 20)
+    (capsule_id,) = {c.id for c in Capsule.list(**api)} - before
+    time.sleep(1)
+    os.kill(node.service(killed)["pid"], signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        booting.result(timeout=120).close()  # failed, or ended either way
+    creating.shutdown()
+
+    def status() -> str:
+        try:
+            return str(http.get(f"/v1/capsules/{capsule_id}").json()["status"])
+        except (httpx.TransportError, ValueError, KeyError):  # the control plane restarting
+            return ""
+
+    assert until(lambda: status() in ("running", "error"), 45), status()  # a monitor round is 15 s
+    if status() == "running":
+        assert Capsule.connect(capsule_id, **api).commands.run("echo alive", timeout=30).stdout == "alive\n"
+    else:
+        assert until(lambda: vmm_pids(capsule_id) == [], 60), vmm_pids(capsule_id)
+    # the host is back `online` at the monitor's next round (until then a destroy answers 503)
+    assert until(lambda: http.delete(f"/v1/capsules/{capsule_id}").status_code in (200, 204, 404), 45)
+    assert until(lambda: vmm_pids(capsule_id) == [], 30)
+    assert until(node.file_is_there, 90)  # the first capsule untouched
+    http.close()
