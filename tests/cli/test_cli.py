@@ -7,7 +7,6 @@ import os
 import re
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,21 +14,9 @@ import httpx
 import pytest
 
 from tests.agent._agent import _free_port, private_data_dir
+from tests.cli._run import WRENN, wrenn
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
-WRENN = [sys.executable, "-c", "from wrenn.cli import main; main()"]
-
-
-def wrenn(
-    *args: str, env: dict[str, str] | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*WRENN, *args], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, **(env or {})})  # fmt: skip
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"wrenn {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-        )
-    return result
 
 
 @pytest.fixture(scope="module")
