@@ -72,21 +72,28 @@ class Janitor(Background):
             )
             return list(found.scalars())
 
+    async def _claim(self, session: AsyncSession, user_id: str) -> User | None:
+        """The account, if it is still due and this control plane holds its lock for the transaction."""
+        if self._postgres and not await session.scalar(
+            select(func.pg_try_advisory_xact_lock(lock_key("user", user_id)))
+        ):
+            return None  # another control plane is on it
+        user = await session.get(User, user_id, populate_existing=True)
+        cutoff = utcnow() - timedelta(days=self._settings.account_grace_days)
+        if (
+            user is None
+            or user.status != UserStatus.DELETED
+            or user.deleted_at is None
+            or as_utc(user.deleted_at) >= cutoff
+        ):
+            return None  # restored (or purged) meanwhile
+        return user
+
     async def _purge(self, user_id: str) -> bool:
         async with self._sessions() as session:
-            if self._postgres and not await session.scalar(
-                select(func.pg_try_advisory_xact_lock(lock_key("user", user_id)))
-            ):
-                return False  # another control plane is on it
-            user = await session.get(User, user_id)
-            cutoff = utcnow() - timedelta(days=self._settings.account_grace_days)
-            if (
-                user is None
-                or user.status != UserStatus.DELETED
-                or user.deleted_at is None
-                or as_utc(user.deleted_at) >= cutoff
-            ):
-                return False  # restored (or purged) meanwhile
+            user = await self._claim(session, user_id)
+            if user is None:
+                return False
             owned = (
                 await session.execute(
                     select(Team)
@@ -104,6 +111,10 @@ class Janitor(Background):
                     log.warning("account not purged yet: a team could not be deleted",
                                 extra={"user": user_id, "team": team_id, "error": exc.message})  # fmt: skip
                     return False
+            # deleting a team commits (its capsules one at a time), which ends the lock: take it again
+            user = await self._claim(session, user_id)
+            if user is None:
+                return False
             await self._forget(session, user)
             await session.commit()
         log.info("account deleted for good", extra={"user": user_id})
