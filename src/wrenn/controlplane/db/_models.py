@@ -23,7 +23,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from ._sealed import Sealed
+from ._sealed import Sealed, SealedText
 from ._states import CapsuleStatus, HostStatus, UserStatus
 
 
@@ -288,10 +288,10 @@ class Capsule(Base):
     #: Its egress policy without secrets (service/network.py's public form); {}: open.
     network: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     #: The header values of its egress rules, `{domain: {header: value}}` as JSON, sealed.
-    network_secrets: Mapped[str] = mapped_column(Sealed("capsule.network_secrets", None), default="")
+    network_secrets: Mapped[str] = mapped_column(SealedText("capsule.network_secrets"), default="")
     #: Its own egress CA (for header rules): the certificate its guest trusts, and the key (sealed).
     egress_ca_cert: Mapped[str] = mapped_column(Text, default="")
-    egress_ca_key: Mapped[str] = mapped_column(Sealed("capsule.egress_ca_key", None), default="")
+    egress_ca_key: Mapped[str] = mapped_column(SealedText("capsule.egress_ca_key"), default="")
 
 
 class Template(Base):
@@ -316,7 +316,7 @@ class Template(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     #: The default egress policy of its capsules (that of the capsule it was made from), and its secrets.
     network: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    network_secrets: Mapped[str] = mapped_column(Sealed("template.network_secrets", None), default="")
+    network_secrets: Mapped[str] = mapped_column(SealedText("template.network_secrets"), default="")
 
 
 class AuditLog(Base):
