@@ -408,7 +408,9 @@ async def test_an_idle_sandbox_is_stopped_after_its_timeout(
     assert leftovers(agent, "sb-idle") == []
 
 
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.1; done"
+COUNTER = (
+    "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.1; done"
+)
 
 
 def memory_files() -> list[Path]:
