@@ -57,6 +57,10 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     p.add_argument(
         "--cold-storage", type=Path, default=None, metavar="DIR", help="archives of hibernated sandboxes"
     )
+    p.add_argument(
+        "--template-store", type=Path, default=None, metavar="DIR",
+        help="built templates' files, shared by the hosts (default: this host's own, under --data-dir)",
+    )  # fmt: skip
     p.add_argument("--no-ready-snapshots", action="store_true", help="always boot; never restore")
     p.add_argument("--register", metavar="TOKEN", default=None, help="join a control plane with this token")
     p.add_argument("--control-plane", metavar="URL", default=None, help="the control plane (with --register)")
@@ -79,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         slots=a.slots, name_prefix=a.name_prefix, host_net=a.host_net, veth_net=a.veth_net,
         register_token=a.register, control_plane=a.control_plane, address=a.address,
         heartbeat_interval_s=a.heartbeat_interval, memory_dir=a.memory_dir, cold_storage=a.cold_storage,
-        ready_snapshots=not a.no_ready_snapshots,
+        ready_snapshots=not a.no_ready_snapshots, template_store=a.template_store,
     )  # fmt: skip
 
 

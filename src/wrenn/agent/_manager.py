@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ._blobs import BlobStore
 from ._boot import Booter
+from ._builder import Builder
 from ._cgroup import Cgroups
 from ._cold import ColdStore
 from ._config import AgentConfig
@@ -53,6 +55,8 @@ class SandboxManager:
         self.booter = Booter(self.table, self.launcher, self.templates)
         cold = ColdStore(config.cold_storage) if config.cold_storage else None
         self.snapshots = Snapshots(self.table, self.launcher, self.templates, cold)
+        self.blobs = BlobStore(config.data_dir / "blobs", config.template_store)
+        self.builder = Builder(self.table, self.launcher, self.blobs, config.data_dir / "build-files")
         self._loops: list[asyncio.Task[None]] = []
 
     @property
@@ -80,6 +84,7 @@ class SandboxManager:
     async def start(self) -> None:
         self.config.sandboxes_dir.mkdir(parents=True, exist_ok=True)
         self.templates.cleanup_partial()
+        self.blobs.prepare()
         await self.table.network.start()
         await recover(self.table, self.launcher)
         self._loops = [
