@@ -28,9 +28,22 @@ from ._secretbox import SecretBox
 from ._security import Tokens, load_or_create_secret
 from ._settings import Settings
 from .db import make_engine, migrate, private_sqlite_file, sessions
-from .routes import admin, auth, capsules, dashboard, e2b, keys, snapshots, streams, teams
+from .routes import (
+    admin,
+    auth,
+    builds,
+    capsules,
+    dashboard,
+    e2b,
+    e2b_templates,
+    keys,
+    snapshots,
+    streams,
+    teams,
+)
 from .routes import hosts as hosts_routes
 from .service.accounts import prepare_bootstrap
+from .service.builds import BuildWorker
 
 log = logging.getLogger("wrenn.controlplane")
 
@@ -68,10 +81,14 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.sessions, app.state.agents, settings, engine.dialect.name
         )
         monitor.start()
+        app.state.upload_key = app.state.tokens.derive(b"wrenn template uploads")
+        builds = app.state.builds = BuildWorker(app.state.sessions, app.state.agents, settings)
+        builds.start()
         log.info("control plane ready", extra={"database": engine.url.render_as_string(hide_password=True)})
         try:
             yield
         finally:
+            await builds.stop()
             await monitor.stop()
             await app.state.agents.close()
             await engine.dispose()
@@ -140,6 +157,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     app.include_router(hosts_routes.router)
     app.include_router(teams.router)
+    app.include_router(builds.router)  # template builds: /v1/templates, /v1/admin/builds
+    app.include_router(e2b_templates.router)  # E2B's template builds (before e2b's /templates/{id})
     app.include_router(e2b.router)  # E2B's REST API: /sandboxes, /v2/sandboxes, ...
     app.include_router(dashboard.router)  # the dashboard's session cookie and downloads
     _site.mount(app, settings.dashboard_dir)  # the dashboard's pages, last: they never shadow the API

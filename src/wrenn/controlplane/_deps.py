@@ -15,7 +15,7 @@ from ._principal import Principal, audit_fields
 from ._security import API_KEY_PREFIX, Tokens, hash_api_key
 from ._session import session_token
 from .db import ApiKey, Membership, User, as_utc, utcnow
-from .service import AccountService, CapsuleService, TemplateService
+from .service import AccountService, BuildService, CapsuleService, TemplateService
 
 
 async def db(request: Request) -> AsyncIterator[AsyncSession]:
@@ -134,6 +134,10 @@ def _template_service(capsules: Capsules) -> TemplateService:
     return TemplateService(capsules)
 
 
+def _build_service(capsules: Capsules) -> BuildService:
+    return BuildService(capsules)
+
+
 def _account_service(request: Request, session: Db) -> AccountService:
     return AccountService(session, request.app.state.tokens, request.app.state.settings)
 
@@ -142,10 +146,12 @@ def _account_service(request: Request, session: Db) -> AccountService:
 Capsules = Annotated[CapsuleService, Depends(_capsule_service)]
 Templates = Annotated[TemplateService, Depends(_template_service)]
 Accounts = Annotated[AccountService, Depends(_account_service)]
+Builds = Annotated[BuildService, Depends(_build_service)]
 
 __all__ = [
     "Accounts",
     "AdminCaller",
+    "Builds",
     "Caller",
     "Capsules",
     "Db",

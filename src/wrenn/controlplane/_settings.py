@@ -14,6 +14,10 @@ def _flag(value: str) -> bool:
     return value.lower() not in ("0", "false", "no", "")
 
 
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
 #: Settings read from the environment when set: (field, variable, how to read it).
 _FROM_ENV: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("ca_cert_file", "WRENN_CA_CERT", Path),
@@ -35,6 +39,9 @@ _FROM_ENV: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("rate_unauthenticated", "WRENN_RATE_UNAUTHENTICATED", float),
     ("rate_proxy_per_address", "WRENN_RATE_PROXY_PER_ADDRESS", float),
     ("require_signed_url_expiry", "WRENN_REQUIRE_SIGNED_URL_EXPIRY", _flag),
+    ("build_concurrency", "WRENN_BUILD_CONCURRENCY", int),
+    ("build_egress", "WRENN_BUILD_EGRESS", _csv),
+    ("max_team_builds", "WRENN_MAX_TEAM_BUILDS", int),
 )
 
 
@@ -109,6 +116,16 @@ class Settings:
     registration_token_ttl_s: int = 3600
     host_jwt_ttl_s: int = 7 * 24 * 3600
     host_refresh_ttl_s: int = 60 * 24 * 3600
+    #: Template builds (docs/templates.md): at most this many run at once over all control planes (more
+    #: wait in the queue), at most `max_team_builds` waiting or running per team; each build may reach
+    #: `build_egress` ("ip:port" or "cidr:port": a package index on the platform's network) besides the
+    #: internet; a RUN step is killed after `build_step_timeout_s`, a whole build after `build_timeout_s`.
+    build_concurrency: int = 1
+    max_team_builds: int = 5
+    build_egress: tuple[str, ...] = field(default=())
+    build_step_timeout_s: float = 3600.0
+    build_timeout_s: float = 4 * 3600.0
+    build_poll_s: float = 1.0
     #: The built web dashboard served at `/`; None: the one in the package (`_dashboard`).
     dashboard_dir: Path | None = None
 
