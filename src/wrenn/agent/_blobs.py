@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,6 @@ log = logging.getLogger("wrenn.agent.blobs")
 
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
 KEY = DIGEST
-#: Blobs younger than this are never collected: a build may be making them right now.
-COLLECT_GRACE_S = 3600.0
 
 
 class BlobError(RuntimeError):
@@ -214,9 +211,9 @@ class BlobStore:
 
     # --- collection -------------------------------------------------------------------------------------
 
-    def collect(self, keep: set[str], *, store: bool) -> tuple[int, int]:
-        """Remove blobs neither in `keep` nor in the build cache (nor younger than the grace period): from
-        this host's cache, and from the store with `store`. (count, bytes) removed."""
+    def collect(self, keep: set[str], *, store: bool, grace_s: float) -> tuple[int, int]:
+        """Remove blobs neither in `keep` nor in the build cache nor younger than `grace_s` (a build may be
+        making them): from this host's cache, and from the store with `store`. (count, bytes) removed."""
         keep = keep | self.cached_blobs()
         now = time.time()
         removed = freed = 0
@@ -227,13 +224,10 @@ class BlobStore:
                     continue
                 with contextlib.suppress(OSError):
                     st = path.stat()
-                    if now - st.st_mtime < COLLECT_GRACE_S:
+                    if now - st.st_mtime < grace_s:
                         continue
                     path.unlink()
                     removed, freed = removed + 1, freed + st.st_blocks * 512
         if removed:
             log.info("template store collected", extra={"removed": removed, "bytes": freed})
         return removed, freed
-
-    def remove_tree(self, path: Path) -> None:
-        shutil.rmtree(path, ignore_errors=True)

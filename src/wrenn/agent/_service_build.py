@@ -134,7 +134,9 @@ class BuildRPCs:
         except BlobError as exc:
             raise ConnectError(Code.INVALID_ARGUMENT, str(exc)) from None
         keep |= self._in_use()
-        removed, freed = await asyncio.to_thread(self.m.blobs.collect, keep, store=request.store)
+        removed, freed = await asyncio.to_thread(
+            self.m.blobs.collect, keep, store=request.store, grace_s=float(request.grace_sec)
+        )
         return pb.CollectTemplateStoreResponse(removed=removed, freed_bytes=freed)
 
     def _in_use(self) -> set[str]:

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from wrenn import __version__, images
 
-from . import _capsule, _host, _platform
+from . import _capsule, _host, _platform, _template
 from ._auth import NoCredentials
 from ._platform import DEFAULT_DATA_DIR
 
@@ -27,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(_capsule.app, name="capsule")
 app.add_typer(_host.app, name="host")
+app.add_typer(_template.app, name="template")
 err = Console(stderr=True, soft_wrap=True)
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 DataDir = Annotated[Path, typer.Option(help="images, database, sandboxes and logs")]

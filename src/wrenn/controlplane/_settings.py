@@ -42,6 +42,7 @@ _FROM_ENV: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("build_concurrency", "WRENN_BUILD_CONCURRENCY", int),
     ("build_egress", "WRENN_BUILD_EGRESS", _csv),
     ("max_team_builds", "WRENN_MAX_TEAM_BUILDS", int),
+    ("template_gc_grace_s", "WRENN_TEMPLATE_GC_GRACE_S", float),
 )
 
 
@@ -126,6 +127,9 @@ class Settings:
     build_step_timeout_s: float = 3600.0
     build_timeout_s: float = 4 * 3600.0
     build_poll_s: float = 1.0
+    #: Deleting a template collects the template store, sparing blobs younger than this (a build on some
+    #: host may be making them).
+    template_gc_grace_s: float = 3600.0
     #: The built web dashboard served at `/`; None: the one in the package (`_dashboard`).
     dashboard_dir: Path | None = None
 

@@ -407,10 +407,10 @@ class BuildService:
             action="delete",
         )
         await self.session.commit()
-        await collect(self.session, self.agents, build_ids)
+        await collect(self.session, self.agents, build_ids, self.settings.template_gc_grace_s)
 
 
-async def collect(session: AsyncSession, agents: AgentPool, dropped: list[str]) -> None:
+async def collect(session: AsyncSession, agents: AgentPool, dropped: list[str], grace_s: float) -> None:
     """After builds were deleted: every online host drops their materialised templates and the blobs no
     remaining build references (one of them also from the shared store). Best effort: a host that misses
     it collects at the next deletion."""
@@ -431,7 +431,9 @@ async def collect(session: AsyncSession, agents: AgentPool, dropped: list[str]) 
             await agents.call(
                 host.id,
                 client.collect_template_store(
-                    pb.CollectTemplateStoreRequest(keep=sorted(keep), store=index == 0)
+                    pb.CollectTemplateStoreRequest(
+                        keep=sorted(keep), store=index == 0, grace_sec=int(grace_s)
+                    )
                 ),
             )
         except _errors.ApiError as exc:
