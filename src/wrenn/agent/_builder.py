@@ -33,7 +33,7 @@ from typing import Any
 from wrenn import images
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 
-from . import _disk
+from . import _disk, _oci
 from ._blobs import BlobError, BlobStore, check_digest
 from ._buildvm import BuildVM, StepFailed, parse_egress
 from ._errors import SandboxError
@@ -208,7 +208,7 @@ class Builder:
 
     # --- the base ---------------------------------------------------------------------------------------
 
-    async def _base(self, request: pb.BuildTemplateRequest) -> Base:
+    async def _base(self, request: pb.BuildTemplateRequest, emit: Emit) -> Base:
         which = request.base
         if which is None:
             raise SandboxError("invalid_argument", "a build needs a base: an image or a template")
@@ -219,7 +219,7 @@ class Builder:
             return await self._image_base(image)
         if which.field == "template":
             return await self.template_base(which.value)  # type: ignore[arg-type]
-        raise SandboxError("unimplemented", "images from OCI registries are not built on this host yet")
+        return await self._oci_base(which.value, request, emit)  # type: ignore[arg-type]
 
     async def _image_base(self, image: images.Image) -> Base:
         files = image.manifest()["files"]
@@ -229,6 +229,86 @@ class Builder:
             added[key] = await self.blobs.add(path, digest=files[key]["sha256"])
         state = State([added["rootfs"]], "user", "/home/user")  # the base images' user
         return Base(state, added["vmlinuz"], added["initrd"], image, image.kernel_version, image.envd_version)
+
+    async def _oci_base(self, source: pb.OciSource, request: pb.BuildTemplateRequest, emit: Emit) -> Base:
+        """An image of an OCI registry: pulled here, unpacked and given the runtime in a converter VM, its
+        file system cached under the image's manifest digest."""
+        image = images.find("minimal", self.table.config.data_dir)
+        if image is None:
+            raise SandboxError("failed_precondition", "converting an OCI image needs the minimal image here")
+        work = self.table.config.data_dir / "builds" / f"oci-{request.build_id}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            emit("info", "base", f"pulling {source.reference}")
+            try:
+                pulled = await _oci.pull(
+                    source.reference, source.username, source.password, source.insecure, work
+                )
+            except _oci.OciError as exc:
+                raise BuildFailed("base", str(exc)) from None
+            emit("info", "base", f"pulled {pulled.manifest_digest} ({len(pulled.layers)} layers)")
+            key = _key("oci", _oci.CONVERT_REVISION, pulled.manifest_digest, image.version)
+            entry = self.blobs.cache_entry(key)
+            if entry is not None and self._cached(entry):
+                emit("info", "base", "CACHED the image's conversion")
+                chain = State.from_entry(entry).chain
+            else:
+                chain = [await self._convert(image, pulled, work, request, emit)]
+                self.blobs.put_cache_entry(key, State(chain, pulled.user, pulled.workdir, pulled.env).entry())
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        base = await self._image_base(image)
+        state = State(chain, pulled.user, pulled.workdir, pulled.env)
+        return replace(base, state=state)
+
+    async def _convert(
+        self,
+        image: images.Image,
+        pulled: _oci.Pulled,
+        work: Path,
+        request: pb.BuildTemplateRequest,
+        emit: Emit,
+    ) -> tuple[str, int]:
+        layers_mb = sum(layer.stat().st_size for layer in pulled.layers) >> 20
+        vm = BuildVM(
+            self.table,
+            self.launcher,
+            f"oci-{request.build_id}"[:64].rstrip("-"),
+            image,
+            vcpus=request.vcpus or 1,
+            # Its own size, not the template's: QEMU under TCG grows a translation cache while the guest runs
+            # many programs, and the VM's cgroup allows guest RAM plus a fixed overhead.
+            memory_mb=max(request.memory_mb or 512, 1536),
+            disk_size_mb=max(4096, 2048 + 6 * layers_mb),
+            egress=[],
+        )
+        inside = "/var/tmp/oci"  # noqa: S108 (the converter guest's)
+        try:
+            emit("info", "base", "unpacking the image in a converter VM")
+            await vm.boot(image.rootfs, "raw")
+            for index, layer in enumerate(pulled.layers):
+                await vm.upload(f"{inside}/layer-{index:03d}", layer)
+            await vm.upload(f"{inside}/busybox", _oci.BUSYBOX)
+            code, tail = await vm.run(
+                _oci.CONVERT_SCRIPT,
+                user="root",
+                args=(inside, "0"),
+                timeout_s=1800,
+                on_line=lambda stream, text: emit("info" if stream == "stdout" else "warn", "base", text),
+            )
+            if code != 0:
+                raise BuildFailed("base", "converting the image failed:\n" + "\n".join(tail[-20:]))
+            target = work / "root.ext4"
+            assert vm.sandbox.envd is not None
+            with target.open("wb") as f:
+                async for chunk in vm.sandbox.envd.download(f"{inside}/root.ext4", user="root"):
+                    await asyncio.to_thread(f.write, chunk)
+        except StepFailed as exc:
+            raise BuildFailed("base", f"converting the image failed: {exc}") from None
+        finally:
+            await vm.close()
+        return await self.blobs.add(target)
 
     async def template_base(self, built: pb.BuiltTemplate) -> Base:
         """A template built before, as the base of a build (or of a sandbox): its blobs here and checked."""
@@ -279,7 +359,7 @@ class Builder:
         total = len(steps)
         disk_mb = request.disk_size_mb or 5120
         emit("info", "base", "preparing the base")
-        base = await self._base(request)
+        base = await self._base(request, emit)
         state = replace(base.state, env=dict(base.state.env))
         key = _key(CACHE_REVISION, request.team_id, [d for d, _ in state.chain], disk_mb)
         keys, cached = [], 0

@@ -195,6 +195,8 @@ class BuildVM:
         except ConnectError as exc:
             for name in partial:
                 emit(name, b"", final=True)
+            if not self.alive:
+                raise StepFailed(self.died(), tail) from None
             if "deadline" in exc.message or exc.code.name == "DEADLINE_EXCEEDED":
                 raise StepFailed(f"timed out after {timeout_s:.0f} s", tail) from None
             raise StepFailed(exc.message, tail) from None
@@ -203,8 +205,13 @@ class BuildVM:
         for name in partial:
             emit(name, b"", final=True)
         if not self.alive:
-            raise StepFailed("the build VM died", tail)
+            raise StepFailed(self.died(), tail)
         return code, tail
+
+    def died(self) -> str:
+        """Why the VM is gone (a VMM killed for memory: its cgroup's limit is guest RAM plus overhead)."""
+        reason = self.sandbox.error.splitlines()[0] if self.sandbox.error else "it exited"
+        return f"the build VM died: {reason}"
 
     async def start_background(
         self, script: str, *, user: str, cwd: str, env: dict[str, str], on_line: Callable[[str, str], None]
