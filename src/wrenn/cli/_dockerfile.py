@@ -1,6 +1,7 @@
 """A Dockerfile as the steps of a template build (docs/templates.md). The instructions that map onto steps:
 
-    FROM <base>                         a base image (minimal) or one of the team's templates (name[:tag])
+    FROM <base>                         a base image (minimal), one of the team's templates (name[:tag]) or,
+                                        with a `/`, an image of an OCI registry (docker.io/library/alpine:3)
     RUN <command> | RUN ["exe", "arg"]
     COPY [--chown=user[:group]] [--chmod=mode] <src>... <dest>
     ENV <name>=<value>... | ENV <name> <value>

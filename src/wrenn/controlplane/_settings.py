@@ -43,6 +43,7 @@ _FROM_ENV: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("build_egress", "WRENN_BUILD_EGRESS", _csv),
     ("max_team_builds", "WRENN_MAX_TEAM_BUILDS", int),
     ("template_gc_grace_s", "WRENN_TEMPLATE_GC_GRACE_S", float),
+    ("registry_insecure", "WRENN_REGISTRY_INSECURE", _csv),
 )
 
 
@@ -130,6 +131,10 @@ class Settings:
     #: Deleting a template collects the template store, sparing blobs younger than this (a build on some
     #: host may be making them).
     template_gc_grace_s: float = 3600.0
+    #: OCI registries (`host:port`) builds may pull from over plain HTTP although they are on a private or
+    #: loopback address (an operator's own mirror): every other registry must resolve to public addresses
+    #: and is reached over TLS.
+    registry_insecure: tuple[str, ...] = field(default=())
     #: The built web dashboard served at `/`; None: the one in the package (`_dashboard`).
     dashboard_dir: Path | None = None
 

@@ -250,6 +250,8 @@ class TemplateBuild(Base):
     worker: Mapped[str] = mapped_column(String(64), default="")
     lease_until: Mapped[datetime | None] = mapped_column(default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The OCI registry's credentials of `fromImageRegistry` ("user:password"), encrypted at rest.
+    registry_auth: Mapped[str | None] = mapped_column(Sealed("build.registry_auth", 2048), default=None)
     log_count: Mapped[int] = mapped_column(Integer, default=0)
     created_by: Mapped[str] = mapped_column(String(40), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -24,7 +24,8 @@ router = APIRouter(tags=["builds"])
 class BuildConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
-    #: The base: a base image or a team template (`name[:tag]`); default `minimal`.
+    #: The base: a base image, a team template (`name[:tag]`) or, with a `/`, an image of an OCI registry
+    #: (`docker.io/library/python:3.11`); default `minimal`.
     base_template: str = Field(default="minimal", max_length=200)
     #: The seed's recipe: lines of RUN, START, ENV, WORKDIR, USER, COPY.
     recipe: list[str] | str | None = None
@@ -98,9 +99,9 @@ async def create(
     )
     if archive:
         await builds.put_file(caller.team_id, archive_hash, _chunks(archive))
-    await builds.start(
-        caller, template, build, {**spec, "fromTemplate": config.base_template, "force": config.force}
-    )
+    # A template's name has no `/`: a base that has one is an image of an OCI registry.
+    origin = "fromImage" if "/" in config.base_template else "fromTemplate"
+    await builds.start(caller, template, build, {**spec, origin: config.base_template, "force": config.force})
     return build
 
 
@@ -151,14 +152,33 @@ async def _views(builds: Builds, team_id: str | None) -> list[dict[str, Any]]:
     return out
 
 
+async def _submit(request: Request, caller: Principal, builds: Builds, kind: str) -> dict[str, Any]:
+    config, archive = await _body(request)
+    build = await create(caller, builds, config, archive, kind)
+    return view(build, await builds.session.get(Template, build.template_id))
+
+
+async def _one(builds: Builds, team_id: str | None, build_id: str, offset: int, limit: int) -> dict[str, Any]:
+    build = await builds.build(team_id, build_id)
+    return view(
+        build,
+        await builds.session.get(Template, build.template_id),
+        await _logs(builds, build, offset, limit),
+    )
+
+
+async def _cancel(builds: Builds, caller: Principal, team_id: str | None, build_id: str) -> dict[str, Any]:
+    build = await builds.build(team_id, build_id)
+    await builds.cancel(caller, build)
+    return view(build, await builds.session.get(Template, build.template_id))
+
+
 # --- the team's builds and built templates ----------------------------------------------------------------
 
 
 @router.post("/v1/templates/builds", status_code=201)
 async def team_build(request: Request, caller: Caller, builds: Builds) -> dict[str, Any]:
-    config, archive = await _body(request)
-    build = await create(caller, builds, config, archive, "dockerfile")
-    return view(build, await builds.session.get(Template, build.template_id))
+    return await _submit(request, caller, builds, "dockerfile")
 
 
 @router.get("/v1/templates/builds")
@@ -174,16 +194,12 @@ async def team_build_get(
     offset: int = Query(default=0, ge=0),
     limit: int = Query(default=1000, ge=1, le=10000),
 ) -> dict[str, Any]:
-    build = await builds.build(caller.team_id, build_id)
-    logs = await _logs(builds, build, offset, limit)
-    return view(build, await builds.session.get(Template, build.template_id), logs)
+    return await _one(builds, caller.team_id, build_id, offset, limit)
 
 
 @router.post("/v1/templates/builds/{build_id}/cancel")
 async def team_build_cancel(build_id: str, caller: Caller, builds: Builds) -> dict[str, Any]:
-    build = await builds.build(caller.team_id, build_id)
-    await builds.cancel(caller, build)
-    return view(build, await builds.session.get(Template, build.template_id))
+    return await _cancel(builds, caller, caller.team_id, build_id)
 
 
 @router.get("/v1/templates")
@@ -223,9 +239,7 @@ async def team_template_delete(name: str, caller: Caller, builds: Builds) -> Res
 
 @router.post("/v1/admin/builds", status_code=201)
 async def admin_build(request: Request, caller: AdminCaller, builds: Builds) -> dict[str, Any]:
-    config, archive = await _body(request)
-    build = await create(caller, builds, config, archive, "recipe")
-    return view(build, await builds.session.get(Template, build.template_id))
+    return await _submit(request, caller, builds, "recipe")
 
 
 @router.get("/v1/admin/builds")
@@ -241,19 +255,12 @@ async def admin_build_get(
     offset: int = Query(default=0, ge=0),
     limit: int = Query(default=1000, ge=1, le=10000),
 ) -> dict[str, Any]:
-    build = await builds.build(None, build_id)
-    return view(
-        build,
-        await builds.session.get(Template, build.template_id),
-        await _logs(builds, build, offset, limit),
-    )
+    return await _one(builds, None, build_id, offset, limit)
 
 
 @router.post("/v1/admin/builds/{build_id}/cancel")
 async def admin_build_cancel(build_id: str, caller: AdminCaller, builds: Builds) -> dict[str, Any]:
-    build = await builds.build(None, build_id)
-    await builds.cancel(caller, build)
-    return view(build, await builds.session.get(Template, build.template_id))
+    return await _cancel(builds, caller, None, build_id)
 
 
 __all__ = ["router"]

@@ -42,6 +42,7 @@ from .._ids import new_id
 from .._principal import Principal, audit_fields
 from .._scheduler import pick_host
 from .._settings import Settings
+from .._ssrf import AddressGuard, agent_addresses
 from ..db import (
     Capsule,
     Host,
@@ -63,6 +64,7 @@ TAG = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$")
 HASH = re.compile(r"^[0-9a-f]{64}$")
 STEP_TYPES = ("RUN", "COPY", "ENV", "WORKDIR", "USER")
 #: E2B's base image names that are Wrenn's base images.
+OCI_REFERENCE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._:/@+-]{0,254}$")
 KNOWN_IMAGES = {"e2bdev/base": "minimal", "base": "minimal", "e2bdev/code-interpreter": "code-interpreter"}
 DEFAULT_TAG = "default"
 #: Statuses of a build that has not ended.
@@ -74,6 +76,13 @@ def split_name(name: str) -> tuple[str, str]:
     """E2B's `name`, `name:tag` or `namespace/name:tag` as (name, tag)."""
     base, _, tag = name.rsplit("/", 1)[-1].partition(":")
     return base, tag or DEFAULT_TAG
+
+
+def registry_of(reference: str) -> str:
+    """The registry an image reference names (Docker's rule: a first part with a dot, a colon or
+    `localhost`); docker.io otherwise."""
+    first, _, rest = reference.partition("/")
+    return first if rest and ("." in first or ":" in first or first == "localhost") else "docker.io"
 
 
 def image_name(reference: str) -> str | None:
@@ -262,6 +271,7 @@ class BuildService:
                 step["filesHash"] = files_hash
             checked.append(step)
         base = await self._base(caller.team_id, body)
+        build.registry_auth = self._registry_auth(body.get("fromImageRegistry"))
         for key in ("startCmd", "readyCmd"):
             if body.get(key) is not None and not isinstance(body.get(key), str):
                 raise _errors.bad_request(f"{key} is a string")
@@ -292,13 +302,46 @@ class BuildService:
             return {"template": build_id}
         reference = str(body.get("fromImage") or "e2bdev/base")
         name = image_name(reference)
-        if name in images:
+        if name in images and not body.get("fromImageRegistry"):
             return {"image": images[name].get("name", name)}
-        raise _errors.ApiError(
-            400,
-            "image_not_supported",
-            f"image {reference[:120]!r}: images from OCI registries are not built yet",
-        )
+        if not OCI_REFERENCE.match(reference) or ".." in reference:
+            raise _errors.bad_request(f"fromImage: {reference[:120]!r} is not an image reference")
+        registry = registry_of(reference)
+        insecure = registry in self.settings.registry_insecure
+        if not insecure:
+            await self._check_registry(registry)
+        return {"oci": {"reference": reference, "insecure": insecure}}
+
+    async def _check_registry(self, registry: str) -> None:
+        """A registry a user names must be a public address (not the platform's network, not a host agent):
+        the same guard as every URL the platform fetches for a user (`_ssrf`)."""
+        host = registry.rsplit(":", 1)[0].strip("[]") if registry.count(":") <= 1 else registry.strip("[]")
+        guard = AddressGuard(blocked=await agent_addresses(self.session))
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(host, 443)
+        except OSError:
+            raise _errors.bad_request(f"the registry {registry!r} does not resolve") from None
+        problems = [p for p in (guard.problem(str(info[4][0])) for info in found) if p]
+        if problems or not found:
+            reason = problems[0] if problems else "no address"
+            raise _errors.ApiError(400, "registry_refused", f"the registry {registry!r} is refused: {reason}")
+
+    @staticmethod
+    def _registry_auth(registry: object) -> str | None:
+        """E2B's `fromImageRegistry`: a generic registry's user and password (AWS and GCP: not yet)."""
+        if not registry:
+            return None
+        if not isinstance(registry, dict) or registry.get("type") != "registry":
+            raise _errors.ApiError(400, "registry_not_supported", "fromImageRegistry: only type `registry`")
+        user, password = registry.get("username"), registry.get("password")
+        if (
+            not isinstance(user, str)
+            or not isinstance(password, str)
+            or ":" in user
+            or len(user + password) > 1000
+        ):
+            raise _errors.bad_request("fromImageRegistry: username (no colon) and password")
+        return f"{user}:{password}"
 
     async def _tagged(self, template: Template, tag: str) -> str:
         row = await self.session.get(TemplateTag, (template.id, tag))
@@ -643,6 +686,13 @@ class _Run:
             if parent is None or parent.status != "ready":
                 raise _errors.ApiError(409, "base_gone", "the template this build starts from is gone")
             request.base = Oneof("template", built_template(parent.result))  # type: ignore[assignment]
+        elif "oci" in base:
+            user, _, password = (build.registry_auth or "").partition(":")
+            oci = base["oci"]
+            source = pb.OciSource(
+                reference=oci["reference"], username=user, password=password, insecure=oci["insecure"]
+            )
+            request.base = Oneof("oci", source)  # type: ignore[assignment]
         else:
             request.base = Oneof("image", str(base.get("image", "minimal")))  # type: ignore[assignment]
         for step in spec.get("steps", []):

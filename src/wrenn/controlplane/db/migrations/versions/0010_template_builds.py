@@ -5,7 +5,8 @@ Revises: 0009
 Create Date: 2027-01-20 10:00:00.000000
 
 - `templates.build_id`: a built template's current build (its default tag).
-- `template_builds`: one build (spec, status, what it made, its claim by a control plane).
+- `template_builds`: one build (spec, status, what it made, its claim by a control plane, its registry
+  credentials sealed).
 - `template_build_logs`: each build's log lines, in order.
 - `template_files`: archives a team uploaded for COPY steps, by the client's hash of their files.
 - `template_tags`: tags naming builds of a template.
@@ -46,6 +47,7 @@ def upgrade() -> None:
         sa.Column("worker", sa.String(length=64), nullable=False),
         sa.Column("lease_until", _TS, nullable=True),
         sa.Column("cancel_requested", sa.Boolean(), nullable=False),
+        sa.Column("registry_auth", sa.String(length=2048), nullable=True),
         sa.Column("log_count", sa.Integer(), nullable=False),
         sa.Column("created_by", sa.String(length=40), nullable=False),
         sa.Column("created_at", _TS, nullable=False),
