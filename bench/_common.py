@@ -38,6 +38,7 @@ from wrenn.agent.vmm import Accelerator, VMSpec, console_tail
 from wrenn.proto.envd.process.process_connect import ProcessClient
 from wrenn.proto.envd.process.process_pb import ProcessConfig, StartRequest
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
+from wrenn.proto.hostagent.v1.auth import TOKEN_FILE, TokenInterceptor, TokenInterceptorSync, read_token
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient, HostAgentServiceClientSync
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -492,7 +493,8 @@ def start_agent(run: AgentRun) -> None:
     with log.open("ab") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "wrenn.agent", "--data-dir", str(run.work_dir), "--host", "127.0.0.1",
-             "--port", str(port), "--name-prefix", run.prefix, "--slots", str(run.slots), *nets,
+             "--port", str(port), "--proxy-port", str(free_port()), "--name-prefix", run.prefix,
+             "--slots", str(run.slots), *nets,
              *run.agent_args],
             stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=REPO,
         )  # fmt: skip
@@ -507,6 +509,18 @@ def start_agent(run: AgentRun) -> None:
         except OSError:
             time.sleep(0.2)
     raise RuntimeError(f"agent did not listen within 120 s:\n{log.read_text()[-3000:]}")
+
+
+def agent_client(run: AgentRun) -> HostAgentServiceClient:
+    """A client of our agent that sends its secret (the file it made at start)."""
+    token = read_token(run.work_dir / TOKEN_FILE)
+    return HostAgentServiceClient(run.url, interceptors=[TokenInterceptor(token)])
+
+
+def agent_client_sync(run: AgentRun) -> HostAgentServiceClientSync:
+    return HostAgentServiceClientSync(
+        run.url, interceptors=[TokenInterceptorSync(read_token(run.work_dir / TOKEN_FILE))]
+    )
 
 
 def leftovers(run: AgentRun) -> list[str]:
@@ -548,7 +562,7 @@ def cleanup_agent(run: AgentRun, *, keep_dir: bool) -> None:
                 print("agent is gone; restarting it to clean up", file=sys.stderr)
                 start_agent(run)
             if run.agent.poll() is None:
-                with HostAgentServiceClientSync(run.url) as client:
+                with agent_client_sync(run) as client:
                     for sandbox_id in sorted(run.sandboxes):
                         try:
                             client.destroy_sandbox(

@@ -5,11 +5,11 @@ Starts a real host agent (`python -m wrenn.agent`, root, on a free loopback port
 * cold boot: `CreateSandbox` (256 MiB, 1 vCPU, `cold_boot=true`: a real boot, not a restore of the shape's
   ready snapshot) until it returns RUNNING, which the agent answers only after envd in the guest answered
   `GET /health` and `POST /init`; then `DestroySandbox` (not timed);
-* bare boot, the baseline: `qemu-system-x86_64` run directly with the agent's own command line
-  (`QemuDriver.command`: same machine, accelerator, kernel, initrd and kernel arguments) on a fresh qcow2
-  overlay of the same image, but user-mode networking with a host port forwarded to envd, and no netns,
-  cgroup, `-runas` or seccomp; timed from spawn until `GET /health` answers 204. Agent and bare runs
-  alternate, so load on the machine hits both the same;
+* bare boot, the baseline: `qemu-system-x86_64` started by the agent's own driver (`QemuDriver.start`:
+  same machine, accelerator, kernel, initrd and kernel arguments) on a fresh qcow2 overlay of the same
+  image, but user-mode networking with a host port forwarded to envd, and no netns, cgroup, jail or
+  seccomp; timed from spawn until `GET /health` answers 204. Agent and bare runs alternate, so load on
+  the machine hits both the same;
 * idle memory: N sandboxes created through the agent, left ~10 s to settle, then per VMM process PSS and
   RSS, and the host's MemAvailable drop since before the first create divided by N, next to the guest RAM.
 
@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import dataclasses
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from _common import (
     MemRow,
     Row,
     Series,
+    agent_client,
     agent_create,
     agent_destroy,
     agent_running,
@@ -58,7 +58,7 @@ from _common import (
 )
 from wrenn import images
 from wrenn.agent import _disk
-from wrenn.agent.vmm import Accelerator
+from wrenn.agent.vmm import Accelerator, VMSpec
 from wrenn.agent.vmm.qemu import QemuDriver
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient
@@ -91,36 +91,29 @@ async def create(client: HostAgentServiceClient, run: AgentRun, sandbox_id: str)
     return elapsed
 
 
-def bare_command(
-    image: images.Image, accelerator: Accelerator, vm_id: str, workdir: Path, port: int
-) -> list[str]:
-    """The agent's QEMU command for this VM, with user-mode networking instead of its TAP and netns."""
+def bare_spec(image: images.Image, accelerator: Accelerator, vm_id: str, workdir: Path, port: int) -> VMSpec:
+    """The agent's VM for this sandbox, with user-mode networking instead of its TAP and netns."""
     net = f"wrenn.ip={GUEST_IP}/24 wrenn.gw={GATEWAY} wrenn.dns={SLIRP_DNS}"  # QEMU's user network
     spec = agent_spec(image, accelerator, vm_id, workdir, VCPUS, MEMORY_MB, net, workdir / "rootfs.qcow2")
-    return QemuDriver(run_as=None, seccomp=False).command(
-        dataclasses.replace(spec, extra_args=user_net(port, GUEST_IP))
-    )
+    return dataclasses.replace(spec, extra_args=user_net(port, GUEST_IP), backing=((image.rootfs, "raw"),))
 
 
 async def bare_boot(image: images.Image, accelerator: Accelerator, run: AgentRun, vm_id: str) -> float:
-    """Spawn QEMU on a fresh overlay, time until envd's /health answers 204, kill it, remove the overlay."""
+    """Start QEMU (the agent's driver, without a jail) on a fresh overlay, time until envd's /health
+    answers 204, kill it, remove the overlay."""
     run.vm_ids.add(vm_id)
     with tempfile.TemporaryDirectory(prefix=f"{vm_id}-", dir=run.work_dir) as tmp:
         workdir = Path(tmp)
         await _disk.create_overlay(image.rootfs, workdir / "rootfs.qcow2", 0)  # the image's own size
         port = free_port()
-        cmd = bare_command(image, accelerator, vm_id, workdir, port)
-        with (workdir / "qemu.log").open("wb") as log:
-            start = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        run.bare[vm_id] = proc.pid
+        start = time.perf_counter()
+        vm = await QemuDriver(seccomp=False).start(bare_spec(image, accelerator, vm_id, workdir, port))
+        run.bare[vm_id] = vm.pid
         try:
-            await wait_envd("127.0.0.1", port, workdir, alive=lambda: proc.poll() is None)
+            await wait_envd("127.0.0.1", port, workdir, alive=lambda: vm.returncode is None)
             elapsed = time.perf_counter() - start
         finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+            await vm.kill()
             run.bare.pop(vm_id, None)
     return elapsed
 
@@ -161,7 +154,7 @@ async def bench_idle(
 async def main_async(
     args: argparse.Namespace, run: AgentRun, image: images.Image
 ) -> tuple[list[Row], Series | None, list[MemRow], dict[str, Any], dict[str, Any]]:
-    async with sigterm_cancels(run), HostAgentServiceClient(run.url) as client:
+    async with sigterm_cancels(run), agent_client(run) as client:
         accelerator, host = await host_accelerator(client)
         rows: list[Row] = []
         destroy_s: Series | None = None

@@ -12,13 +12,13 @@ interleaved, the order rotated each round, so load on the machine hits every kin
   then `PauseSandbox` (timed on its own: RAM file copied) and `ResumeSandbox` + `Exec true` (timed);
   `DestroySandbox` untimed;
 * template: `CreateSandbox` (restores the ready snapshot; `from_snapshot` must be true) + `Exec true`;
-  then pause (RAM of a copy-on-write clone goes into the device state stream) and resume the same way;
+  then pause (its RAM file copied, as any sandbox's) and resume the same way;
 * bare: `qemu-system-x86_64` started by this script with the agent's own command line and restore
   (`QemuDriver.restore`: `-incoming defer`, `x-ignore-shared`, `getfd`, `migrate-incoming fd:`, `cont`) of
-  the same ready snapshot, RAM mapped copy-on-write from its `memory`, a fresh overlay on its disk, in a
+  the same ready snapshot, its `memory` copied into a RAM file of its own, a fresh overlay on its disk, in a
   netns with a TAP made by the agent's own `NetworkManager` (a prefix and address ranges of ours; user-mode
   networking cannot restore the snapshot: its virtio-net state requires the TAP's `vnet_hdr`), but no
-  cgroup, `-runas` or seccomp; timed from spawn until envd answers `GET /health` 204 (overlay and network
+  cgroup, jail or seccomp; timed from spawn until envd answers `GET /health` 204 (overlay and network
   are made before the timing, and removed after it).
 
 A create from the template is broken down from the agent's own log (`--log-format json`: when QEMU started,
@@ -57,6 +57,7 @@ from _common import (
     AgentRun,
     MemRow,
     Series,
+    agent_client,
     agent_create,
     agent_destroy,
     agent_running,
@@ -181,9 +182,7 @@ async def bare_restore(
     run.vm_ids.add(vm_id)
     with tempfile.TemporaryDirectory(prefix=f"{vm_id}-", dir=run.work_dir) as tmp:
         workdir = Path(tmp)
-        overlay = await _disk.create_overlay(
-            ready / "rootfs.qcow2", workdir / "rootfs.qcow2", DISK_MB, "qcow2"
-        )
+        overlay = await _disk.create_overlay(ready / "rootfs.qcow2", workdir / "rootfs.qcow2", DISK_MB)
         net = await network.setup(1, allow_internet=False)
         try:
             spec = agent_spec(
@@ -194,11 +193,11 @@ async def bare_restore(
                 tap=net.tap,
                 mac=net.mac,
                 netns=net.netns,
-                memory_file=ready / "memory",
-                memory_shared=False,
-            )  # as the agent's _spec() for a sandbox from the ready snapshot
+                memory_file=workdir / "memory",
+                backing=tuple(_disk.backing_chain(ready / "rootfs.qcow2")),
+            )  # fmt: skip  (the agent's spec for a sandbox from the ready snapshot: RAM a file of its own)
             start = time.perf_counter()
-            vm = await QemuDriver(run_as=None, seccomp=False).restore(spec, ready)
+            vm = await QemuDriver(seccomp=False).restore(spec, ready)
             restored = time.perf_counter() - start
             run.bare[vm_id] = vm.pid
             try:
@@ -283,13 +282,13 @@ async def one_round(
     return got
 
 
-def guest_ram(ready: Path) -> Callable[[int], dict[str, int]]:
-    """Per VMM: PSS and Private_Dirty of its mapping of the template's RAM (`ready/memory`, copy-on-write):
-    the share of the template's pages it maps, and the pages the guest wrote (its own copies)."""
+def guest_ram(memory_dir: Path) -> Callable[[int], dict[str, int]]:
+    """Per VMM: PSS and Private_Dirty of its mapping of its RAM file (`<memory dir>/*.mem`, its own copy of
+    the template's memory): the pages it holds, and of them those the guest wrote."""
 
     def figures(pid: int) -> dict[str, int]:
         for m in psutil.Process(pid).memory_maps(grouped=True):
-            if m.path == str(ready / "memory"):
+            if m.path.startswith(f"{memory_dir}/") and m.path.endswith(".mem"):
                 return {
                     "guest_ram_pss_bytes": int(m.pss),
                     "guest_ram_private_dirty_bytes": int(m.private_dirty),
@@ -300,13 +299,13 @@ def guest_ram(ready: Path) -> Callable[[int], dict[str, int]]:
 
 
 async def bench_idle(
-    client: HostAgentServiceClient, run: AgentRun, ready: Path, n: int, settle_s: float
+    client: HostAgentServiceClient, run: AgentRun, n: int, settle_s: float
 ) -> tuple[list[MemRow], dict[str, Any]]:
     requests = [create_request(f"{TAG}-idle{i}", cold=False) for i in range(n)]
-    per_vm, raw = await idle_memory(client, run, requests, settle_s, more=guest_ram(ready))
+    per_vm, raw = await idle_memory(client, run, requests, settle_s, more=guest_ram(Path("/dev/shm")))
     names = [
         ("VMM PSS", "pss_bytes"),
-        ("  of which guest RAM (template memory, CoW)", "guest_ram_pss_bytes"),
+        ("  of which guest RAM (its RAM file)", "guest_ram_pss_bytes"),
         ("  of it written by the guest (Private_Dirty)", "guest_ram_private_dirty_bytes"),
         ("VMM RSS", "rss_bytes"),
     ]
@@ -402,7 +401,7 @@ def breakdown(log: Path, creates: list[dict[str, Any]]) -> list[Series]:
 
 
 async def main_async(args: argparse.Namespace, run: AgentRun, image: images.Image) -> dict[str, Any]:
-    async with sigterm_cancels(run), HostAgentServiceClient(run.url) as client:
+    async with sigterm_cancels(run), agent_client(run) as client:
         accelerator, host = await host_accelerator(client)
         ready = ready_dir(run, accelerator, image)
         network = bare_network(run)
@@ -434,7 +433,7 @@ async def main_async(args: argparse.Namespace, run: AgentRun, image: images.Imag
         mem_rows: list[MemRow] = []
         mem_raw: dict[str, Any] = {}
         if args.idle > 0:
-            mem_rows, mem_raw = await bench_idle(client, run, ready, args.idle, args.settle)
+            mem_rows, mem_raw = await bench_idle(client, run, args.idle, args.settle)
         burst = await bench_concurrent(client, run, args.concurrent) if args.concurrent > 0 else None
     return {"host": host, "ready": ready, "ready_made_s": made_s, "timings": timings, "rounds": rounds,
             "parts": parts, "mem_rows": mem_rows, "mem_raw": mem_raw, "burst": burst}  # fmt: skip

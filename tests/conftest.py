@@ -210,16 +210,20 @@ def bootstrap_admin(
 CONTROL_PLANE_DIRS: dict[str, Path] = {}
 
 
-def _control_plane(agent_url: str, token_file: Path, root: Path | None = None) -> Iterator[tuple[str, str]]:
-    """The control plane on a free port, its data (SQLite) under `root` (default: a new temporary dir,
-    removed afterwards). `sdk@example.com`, made with the bootstrap token, is the platform's admin."""
+def _control_plane(
+    agent_url: str, token_file: Path, root: Path | None = None, database_url: str | None = None
+) -> Iterator[tuple[str, str]]:
+    """The control plane on a free port, its data under `root` (default: a new temporary dir, removed
+    afterwards), on SQLite there or on `database_url`. `sdk@example.com`, made with the bootstrap token,
+    is the platform's admin."""
     root = root or Path(tempfile.mkdtemp(prefix="wrenn-cp-"))
     port = free_port()
     log_path = root / "server.log"
     with log_path.open("wb") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "wrenn.controlplane", "--port", str(port), "--data-dir", str(root),
-             "--local-agent", agent_url, "--local-agent-token-file", str(token_file)],
+             "--local-agent", agent_url, "--local-agent-token-file", str(token_file),
+             *(["--database-url", database_url] if database_url else [])],
             stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "WRENN_MONITOR_INTERVAL_S": "2"},  # reconcile fast: tests wait on it
         )  # fmt: skip
@@ -244,5 +248,9 @@ def _control_plane(agent_url: str, token_file: Path, root: Path | None = None) -
     finally:
         CONTROL_PLANE_DIRS.pop(base, None)
         server.terminate()
-        server.wait(30)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:  # a connection it still waits for: the test is over anyway
+            server.kill()
+            server.wait(10)
         shutil.rmtree(root, ignore_errors=True)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from wrenn.sdk import (
         AsyncCapsule,
         AsyncPtySession,
+        AsyncWrennClient,
         Capsule,
         CommandHandle,
         CommandResult,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
         StreamStdoutEvent,
         WrennAgentError,
         WrennAuthenticationError,
+        WrennClient,
         WrennConflictError,
         WrennError,
         WrennForbiddenError,
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncCapsule",
     "AsyncPtySession",
+    "AsyncWrennClient",
     "Capsule",
     "CommandHandle",
     "CommandResult",
@@ -76,6 +79,7 @@ __all__ = [
     "StreamStdoutEvent",
     "WrennAgentError",
     "WrennAuthenticationError",
+    "WrennClient",
     "WrennConflictError",
     "WrennError",
     "WrennForbiddenError",

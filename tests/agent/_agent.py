@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +94,11 @@ def _address_ranges(prefix: str) -> list[str]:
 
 
 def start_agent(
-    data_dir: Path, prefix: str, port: int | None = None, proxy_port: int | None = None
+    data_dir: Path,
+    prefix: str,
+    port: int | None = None,
+    proxy_port: int | None = None,
+    extra: Sequence[str] = (),
 ) -> AgentProcess:
     port = port or _free_port()
     proxy_port = proxy_port or _free_port()
@@ -102,7 +106,7 @@ def start_agent(
     with log.open("ab") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "wrenn.agent", "--data-dir", str(data_dir), "--host", "0.0.0.0",
-             "--port", str(port), "--proxy-port", str(proxy_port), "--name-prefix", prefix, "--slots", "8", *_address_ranges(prefix)],
+             "--port", str(port), "--proxy-port", str(proxy_port), "--name-prefix", prefix, "--slots", "8", *_address_ranges(prefix), *extra],
             stdout=sink, stderr=subprocess.STDOUT,
         )  # fmt: skip
     agent = AgentProcess(f"http://127.0.0.1:{port}", port, data_dir, proc, log, proxy_port)
@@ -120,7 +124,7 @@ def start_agent(
 
 
 @contextlib.contextmanager
-def running_agent(prefix: str) -> Iterator[AgentProcess]:
+def running_agent(prefix: str, extra: Sequence[str] = ()) -> Iterator[AgentProcess]:
     """A host agent on a private data dir over the shared test images; at the end, whatever happened,
     nothing is left: a live agent (or a new one, which adopts what a killed one left) is told to
     Terminate, which destroys every sandbox and removes its network rules."""
@@ -128,13 +132,13 @@ def running_agent(prefix: str) -> Iterator[AgentProcess]:
 
     shared = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
     data_dir = private_data_dir(shared, prefix)
-    process = start_agent(data_dir, prefix)
+    process = start_agent(data_dir, prefix, extra=extra)
     try:
         yield process
     finally:
         if process.proc.poll() is not None:
             process.proc = start_agent(
-                data_dir, prefix, port=process.port, proxy_port=process.proxy_port
+                data_dir, prefix, port=process.port, proxy_port=process.proxy_port, extra=extra
             ).proc
         with process.sync_client() as client:
             client.terminate(pb.TerminateRequest())

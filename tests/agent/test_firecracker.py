@@ -31,9 +31,11 @@ import jsonschema
 import pytest
 import yaml
 
-from wrenn.agent.vmm import Accelerator, DriverError, VMSpec
+from wrenn.agent._config import AgentConfig
+from wrenn.agent.vmm import Accelerator, Confinement, DriverError, Jail, VMSpec
 from wrenn.agent.vmm._fc_binary import FirecrackerFetchError, fetch_firecracker
-from wrenn.agent.vmm.firecracker import API_SOCKET_NAME, FirecrackerDriver, FirecrackerVM
+from wrenn.agent.vmm._jail import problems, read_status
+from wrenn.agent.vmm.firecracker import FirecrackerDriver, FirecrackerVM, api_socket
 
 SPEC_PATH = Path(__file__).with_name("firecracker-api.yaml")
 MEMORY_MIB = 128
@@ -288,6 +290,8 @@ class VMFactory:
         self.kernel = kernel
         self.rootfs_image = rootfs_image
         self.vms: list[FirecrackerVM] = []
+        #: Every VM's jail, once set (a jailed driver's VMs).
+        self.confinement: Confinement | None = None
 
     def spec(self, name: str, *, net: Net | None = None, **overrides: Any) -> VMSpec:
         workdir = self.root / name
@@ -307,6 +311,7 @@ class VMFactory:
             "accelerator": Accelerator.KVM,
             "tap": net.tap if net else None,
             "netns": net.netns if net else None,
+            "confinement": self.confinement,
         }
         fields.update(overrides)
         return VMSpec(**fields)
@@ -457,8 +462,8 @@ async def test_bad_kernel_path_reports_fault_and_leaves_nothing(
     assert "PUT /boot-source failed (HTTP 400)" in str(caught.value)
     assert "kernel file cannot be opened" in str(caught.value)
     assert "Firecracker" in caught.value.console_tail  # its own log goes to the console file
-    assert not (spec.workdir / API_SOCKET_NAME).exists()
-    assert processes_mentioning(str(spec.workdir / API_SOCKET_NAME)) == []
+    assert not api_socket(spec).exists()
+    assert processes_mentioning(str(api_socket(spec))) == []
 
 
 async def test_kernel_that_is_not_elf_fails_at_instance_start(
@@ -468,8 +473,8 @@ async def test_kernel_that_is_not_elf_fails_at_instance_start(
     spec = vms.spec("notelf2", kernel=spec.rootfs)  # exists, so /boot-source accepts it
     with pytest.raises(DriverError, match=r"PUT /actions failed \(HTTP 400\).*Invalid Elf magic"):
         await driver.start(spec)
-    assert not (spec.workdir / API_SOCKET_NAME).exists()
-    assert processes_mentioning(str(spec.workdir / API_SOCKET_NAME)) == []
+    assert not api_socket(spec).exists()
+    assert processes_mentioning(str(api_socket(spec))) == []
 
 
 async def test_process_that_exits_early_is_reported(driver: FirecrackerDriver, vms: VMFactory) -> None:
@@ -477,7 +482,7 @@ async def test_process_that_exits_early_is_reported(driver: FirecrackerDriver, v
     with pytest.raises(DriverError, match="exited with") as caught:
         await driver.start(spec)
     assert "Invalid instance ID" in caught.value.console_tail
-    assert processes_mentioning(str(spec.workdir / API_SOCKET_NAME)) == []
+    assert processes_mentioning(str(api_socket(spec))) == []
 
 
 @pytest.mark.parametrize(
@@ -585,3 +590,45 @@ def test_strict_schema_does_not_mutate_input() -> None:
     before = copy.deepcopy(original)
     assert _strict(original)["A"]["additionalProperties"] is False
     assert original == before
+
+
+# --- the jail ---
+
+
+@pytest.fixture
+def jailed(firecracker_binary: Path, vms: VMFactory, tmp_path: Path, recorder: Recorder) -> FirecrackerDriver:
+    """A driver whose VMs start jailed, as the agent's do: uid 1 of a test agent's range, no cgroup."""
+    uid = AgentConfig(name_prefix="fcjail").vmm_uid(1)
+    vms.confinement = Confinement(uid=uid, gid=uid, cgroups=(), max_file_bytes=1 << 30)
+    return FirecrackerDriver(firecracker_binary, jail=Jail(tmp_path / "jail"), request_hook=recorder)
+
+
+async def test_a_jailed_firecracker_is_confined_and_keeps_its_lifecycle(
+    jailed: FirecrackerDriver, vms: VMFactory, netns: Net
+) -> None:
+    """From outside: its own uid, no capabilities, no_new_privs, a root with only its binary, kernel, disk
+    and directory (and the /dev nodes made for it); and everything the agent does to it still works in
+    there (snapshot, restore, TAP)."""
+    assert vms.confinement is not None
+    uid = vms.confinement.uid
+    assert await jailed.check_jail(vms.confinement, Accelerator.KVM) == []
+    spec = vms.spec("jailed", net=netns)
+    vm = vms.track(await jailed.start(spec))
+    tops = {Path(p).parts[1] for p in (jailed.binary, spec.kernel, spec.rootfs)} | {"dev"}
+    assert problems(vm.pid, read_status(vm.pid), uid, tops, seccomp=True) == []
+    assert sorted(os.listdir(f"/proc/{vm.pid}/root/dev")) == ["kvm", "net", "null", "urandom"]
+    assert os.stat(spec.rootfs).st_uid == uid and spec.console_log.stat().st_uid == 0
+    # a pause and a resume, as the agent does them: the snapshot is written in its own directory, then
+    # moved out and given to root; the restore (same disk path: the snapshot names it) sees it read-only
+    snapshot = vms.root / "jailed-snapshot"
+    snapshot.mkdir()
+    await vm.snapshot(snapshot)
+    assert all((f.stat().st_uid, f.stat().st_size > 0) == (0, True) for f in snapshot.iterdir())
+    await vm.kill()
+    assert_gone(vm)
+    again = vms.track(await jailed.restore(spec, snapshot))
+    assert (await again.info())["state"] == "Running"
+    assert read_status(again.pid)["Uid"].split()[0] == str(uid)
+    assert all(f.stat().st_uid == 0 for f in snapshot.iterdir())
+    await again.kill()
+    assert_gone(again)

@@ -414,9 +414,21 @@ def _ok(reply: str | None) -> str:
 @needs_root
 def test_host_reaches_guest_at_host_ip(pair: Pair) -> None:
     for net in (pair.a, pair.b):
-        # The guest sees the host's veth address as the peer (no SNAT on the way in).
-        assert _ok(connect(None, net.host_ip, ENVD, attempts=3)) == net.veth_host_ip
-        assert _ok(connect(None, net.host_ip, PORT, attempts=3)) == net.veth_host_ip
+        # The guest sees its gateway as the peer, in every slot: the one address envd trusts before /init.
+        assert _ok(connect(None, net.host_ip, ENVD, attempts=3)) == GATEWAY_IP
+        assert _ok(connect(None, net.host_ip, PORT, attempts=3)) == GATEWAY_IP
+
+
+@needs_root
+def test_only_root_on_the_host_reaches_a_guest(pair: Pair) -> None:
+    """A local unprivileged user opens no connection to any guest (its envd least of all)."""
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    for net in (pair.a, pair.b):
+        assert _ok(connect(None, net.host_ip, ENVD, attempts=3))
+        proc = subprocess.run(
+            [*nobody, sys.executable, "-c", _CLIENT, net.host_ip, str(ENVD)], capture_output=True, text=True
+        )
+        assert proc.returncode == 1 and "ok" not in proc.stdout, (proc.stdout, proc.stderr)
 
 
 @needs_root

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -119,3 +121,41 @@ def test_template_commands(platform: tuple[Path, dict[str, str]], tmp_path: Path
     (tmp_path / "Dockerfile").write_text("FROM minimal\nRUN true\nEXPOSE 8000\n")
     bad = wrenn("template", "build", "-f", str(tmp_path / "Dockerfile"), "--name", "x", env=env, check=False)
     assert bad.returncode == 2 and "line 3: EXPOSE" in bad.stderr, bad.stderr
+
+
+def test_login_keys_and_the_lifecycle_commands(platform: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    data_dir, env = platform
+    saved = json.loads((data_dir / "platform.json").read_text())
+    config = tmp_path / "config"
+    env = {**env, "WRENN_CONFIG_DIR": str(config)}
+    login = subprocess.run(
+        [*WRENN, "login", "--base-url", env["WRENN_BASE_URL"], "--email", saved["admin_email"], "--password-stdin"],
+        input=saved["admin_password"] + "\n", capture_output=True, text=True, timeout=60, env={**os.environ, **env},
+    )  # fmt: skip
+    assert login.returncode == 0, login.stderr
+    stored = config / "login.json"
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600 and stat.S_IMODE(config.stat().st_mode) == 0o700
+    key = wrenn("keys", "create", "--name", "for e2b", "--e2b", env=env).stdout.strip()
+    assert re.fullmatch(r"e2b_[0-9a-f]{40}", key)
+    listed = wrenn("keys", "list", env=env).stdout
+    assert "for e2b" in listed and key not in listed  # a key is shown once
+    key_id = next(line.split("\t")[0] for line in listed.splitlines() if "for e2b" in line)
+    wrenn("keys", "delete", key_id, env=env)
+    assert "for e2b" not in wrenn("keys", "list", env=env).stdout
+
+    capsule_id = wrenn("capsule", "create", "--memory", "256", env=env).stdout.strip()
+    try:
+        wrenn("capsule", "exec", capsule_id, "--", "echo kept > /home/user/kept.txt", env=env)
+        logs = wrenn("capsule", "logs", capsule_id, "--limit", "1000", env=env).stdout
+        assert "process started" in logs and "cmd=" in logs
+        assert wrenn("capsule", "pause", capsule_id, env=env).stdout.strip() == "paused"
+        assert wrenn("capsule", "resume", capsule_id, env=env).stdout.strip() == "running"
+        forks = wrenn("capsule", "fork", capsule_id, env=env).stdout.split()
+        assert len(forks) == 1 and forks[0].startswith("cl-")
+        ran = wrenn("capsule", "exec", forks[0], "--", "cat /home/user/kept.txt", env=env)
+        assert ran.stdout == "kept\n"
+        wrenn("capsule", "kill", forks[0], env=env)
+        name = wrenn("capsule", "snapshot", capsule_id, "--name", "cli-snap", env=env).stdout.strip()
+        assert name == "cli-snap"
+    finally:
+        wrenn("capsule", "kill", capsule_id, env=env, check=False)

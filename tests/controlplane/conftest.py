@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from tests import seed_openapi
 from wrenn.controlplane import Settings, create_app
 
 
@@ -88,5 +89,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def api(settings: Settings) -> Iterator[TestClient]:
+    """The app in-process; every `/v1` answer is checked against the seed's OpenAPI document."""
     with TestClient(create_app(settings)) as client:
+        client.event_hooks["response"].append(seed_openapi.hook)
         yield client

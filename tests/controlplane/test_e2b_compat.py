@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,9 +22,6 @@ from typing import Any
 import httpx
 import pytest
 from e2b import Sandbox, SandboxNotRunningException
-
-from tests.conftest import CONTROL_PLANE_DIRS
-from wrenn.controlplane._security import hash_api_key
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
 
@@ -255,25 +250,26 @@ def old_sdk_python() -> Path:
     return OLD_SDK_VENV / "bin" / "python"
 
 
-def _e2b_shaped_key(base_url: str, api_key: str) -> str:
-    """A key of E2B's shape (`e2b_` and hex), which SDKs up to 2.45 insist on client-side, for the team of
-    `api_key`: minted straight into the database, as Wrenn issues keys in its own `wrn_` shape."""
-    key = "e2b_" + secrets.token_hex(20)
-    with sqlite3.connect(CONTROL_PLANE_DIRS[base_url] / "wrenn.db") as db:
-        db.execute(
-            "INSERT INTO team_api_keys (id, team_id, name, key_hash, key_prefix, created_by, created_at)"
-            " SELECT ?, team_id, 'e2b-shaped', ?, ?, created_by, created_at FROM team_api_keys"
-            " WHERE key_hash = ?",
-            ("key-" + secrets.token_hex(8), hash_api_key(key), key[:10], hash_api_key(api_key)),
-        )
-    return key
+def _e2b_shaped_key(base_url: str) -> str:
+    """A key of E2B's shape (`e2b_` and 40 hex digits), which SDKs up to 2.45 insist on client-side, minted
+    through the API as a user would (`format: "e2b"`) for the platform's first account."""
+    login = httpx.post(
+        f"{base_url}/v1/auth/login", json={"email": "sdk@example.com", "password": "correct horse"}
+    )
+    token = login.json()["token"]
+    made = httpx.post(
+        f"{base_url}/v1/api-keys", json={"name": "for e2b 2.45", "format": "e2b"},
+        headers={"Authorization": f"Bearer {token}"},
+    )  # fmt: skip
+    assert made.status_code == 201, made.text
+    return str(made.json()["key"])
 
 
 def test_the_main_flow_with_an_older_sdk(wrenn_server: tuple[str, str], old_sdk_python: Path) -> None:
-    base_url, api_key = wrenn_server
+    base_url, _ = wrenn_server
     env = {
         "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
-        "E2B_API_KEY": _e2b_shaped_key(base_url, api_key), "E2B_API_URL": base_url, "E2B_SANDBOX_URL": base_url,
+        "E2B_API_KEY": _e2b_shaped_key(base_url), "E2B_API_URL": base_url, "E2B_SANDBOX_URL": base_url,
     }  # fmt: skip
     done = subprocess.run(
         [str(old_sdk_python), "-c", OLD_FLOW], env=env, capture_output=True, text=True, timeout=240

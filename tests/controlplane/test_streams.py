@@ -248,7 +248,15 @@ def test_pty_user_and_a_burst_of_input_in_order(live: tuple[httpx.Client, str]) 
     payload = hashlib.sha256(b"wrenn").hexdigest() * 4  # 256 characters, one message each
     with httpx_ws.connect_ws(f"/v1/capsules/{capsule_id}/pty", client) as ws:
         ws.send_json(
-            {"type": "start", "cmd": "/bin/sh", "cols": 1000, "rows": 24, "user": "nobody", "cwd": "/tmp"}
+            {
+                "type": "start",
+                "cmd": "/bin/sh",
+                "cols": 1000,
+                "rows": 24,
+                "user": "nobody",
+                "cwd": "/tmp",
+                "encoding": "base64",
+            }
         )
         started = ws.receive_json(timeout=30)
         assert started["type"] == "started" and started["tag"].startswith("pty-") and started["pid"] > 0

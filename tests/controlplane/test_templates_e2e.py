@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests._netns import sh, veth_netns, wait_http
 from tests.agent._agent import running_agent
 from tests.conftest import _control_plane
 
@@ -32,10 +33,6 @@ pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="need
 TAG = f"tpl{os.getpid() % 10000}"
 NET = 10 + os.getpid() % 200
 INDEX_IP, PORT = f"10.249.{NET}.2", 8080
-
-
-def _sh(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True)
 
 
 def _deb(root: Path) -> None:
@@ -51,7 +48,7 @@ def _deb(root: Path) -> None:
     (pkg / "usr/bin/wrenn-hello").chmod(0o755)
     repo = root / "repo"
     repo.mkdir()
-    _sh("dpkg-deb", "--root-owner-group", "--build", str(pkg), str(repo / "wrenn-hello_1.0_all.deb"))
+    sh("dpkg-deb", "--root-owner-group", "--build", str(pkg), str(repo / "wrenn-hello_1.0_all.deb"))
     packages = subprocess.run(
         ["dpkg-scanpackages", "--multiversion", "."], cwd=repo, check=True, capture_output=True, text=True
     ).stdout
@@ -70,25 +67,13 @@ def package_index() -> Iterator[str]:
     server = None
     try:
         _deb(root)
-        _sh("ip", "netns", "add", netns)
-        _sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside, "netns", netns)
-        _sh("ip", "addr", "add", f"10.249.{NET}.1/30", "dev", outside)
-        _sh("ip", "link", "set", outside, "up")
-        _sh("ip", "-n", netns, "addr", "add", f"{INDEX_IP}/30", "dev", inside)
-        _sh("ip", "-n", netns, "link", "set", inside, "up")
-        _sh("ip", "-n", netns, "link", "set", "lo", "up")
+        veth_netns(netns, outside, f"10.249.{NET}.1/30", inside, f"{INDEX_IP}/30")
         server = subprocess.Popen(
             ["ip", "netns", "exec", netns, sys.executable, "-m", "http.server", "--bind", INDEX_IP, str(PORT),
              "--directory", str(root / "repo")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://{INDEX_IP}:{PORT}/Packages", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_http(f"http://{INDEX_IP}:{PORT}/Packages")
         yield f"http://{INDEX_IP}:{PORT}/"
     finally:
         if server is not None:

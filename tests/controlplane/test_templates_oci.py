@@ -15,14 +15,13 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from tests._netns import wait_http
 from tests.agent._agent import running_agent
 from tests.conftest import _control_plane, free_port
 
@@ -98,13 +97,7 @@ def registry() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_http(f"http://127.0.0.1:{port}/v2/")
         _image(root / "layout")
         subprocess.run(
             ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{root / 'layout'}:1",

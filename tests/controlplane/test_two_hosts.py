@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests._netns import veth_netns
 from tests.conftest import bootstrap_admin
 from tests.controlplane.conftest import _free_port, _reset_postgres
 
@@ -50,22 +51,12 @@ class Node:
     log: Path = field(default_factory=Path)
 
 
-def _sh(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True)
-
-
 def _make_node(name: str, index: int, root: Path) -> Node:
     netns = f"{TAG}-{name}"
     outside, inside = f"10.250.0.{4 * index + 1}", f"10.250.0.{4 * index + 2}"
     # Not named after the agent's prefix: the agent drops input from links carrying its prefix.
     host_if, ns_if = f"v{TAG}{name}0", f"v{TAG}{name}1"
-    _sh("ip", "netns", "add", netns)
-    _sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", netns)
-    _sh("ip", "addr", "add", f"{outside}/30", "dev", host_if)
-    _sh("ip", "link", "set", host_if, "up")
-    _sh("ip", "-n", netns, "addr", "add", f"{inside}/30", "dev", ns_if)
-    _sh("ip", "-n", netns, "link", "set", ns_if, "up")
-    _sh("ip", "-n", netns, "link", "set", "lo", "up")
+    veth_netns(netns, host_if, f"{outside}/30", ns_if, f"{inside}/30")
     data_dir = root / name
     data_dir.mkdir()
     (data_dir / "images").symlink_to(SHARED / "images")

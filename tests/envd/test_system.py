@@ -6,12 +6,13 @@ import asyncio
 import base64
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from connectrpc.errors import ConnectError
 
-from tests.conftest import Envd
+from tests.conftest import Envd, start_envd
 from wrenn.proto.envd.process.process_pb import ListRequest, SendSignalRequest, Signal
 
 from ._rpc import by_pid, code_of, process_client, start_request
@@ -142,3 +143,27 @@ async def test_snapshot_prepare_closes_idle_connections_and_restore_closes_the_r
         listed = await client.list(ListRequest())
         assert [p.pid for p in listed.processes] == [pid]
         await client.send_signal(SendSignalRequest(process=by_pid(pid), signal=Signal.SIGKILL))
+
+
+def test_before_a_token_only_the_host_may_call(envd_tmp: Path) -> None:
+    """A restored guest's envd has no token until the host's /init: in that window it answers only the
+    host's address (here 127.0.0.2, as the guest's gateway is in a VM), whatever else reaches it (code in
+    the guest on localhost, anything routed to it) gets 403; once a token is set, the token rules."""
+    envd = start_envd(envd_tmp, "--host-address", "127.0.0.2")
+    host = httpx.Client(base_url=envd.url, transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+    other = httpx.Client(base_url=envd.url)  # from 127.0.0.1
+    try:
+        assert other.get("/health").status_code == 204  # says nothing, and the host polls it
+        for method, path in (("GET", "/envs"), ("POST", "/init"), ("GET", "/files?path=/etc/hostname")):
+            refused = other.request(method, path, json={})
+            assert refused.status_code == 403 and "only the host" in refused.json()["message"], path
+        rpc = other.post("/process.Process/List", json={}, headers={"Content-Type": "application/json"})
+        assert rpc.status_code == 403 and rpc.json()["code"] == "permission_denied"
+        assert host.get("/envs").status_code == 200
+        assert host.post("/init", json={"accessToken": "s3cret"}).status_code == 204
+        assert other.get("/envs").status_code == 401
+        assert other.get("/envs", headers={"X-Access-Token": "s3cret"}).status_code == 200
+    finally:
+        host.close()
+        other.close()
+        envd.stop()

@@ -26,7 +26,13 @@ from e2b_code_interpreter import Sandbox
 from wrenn.code_interpreter import AsyncCapsule, Capsule
 from wrenn.images import Image
 
-pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root"),
+    # The first test pays for the session's code-interpreter image build (about 5 min from nothing) and the
+    # platform's first cold boot that waits for the kernel (1-5 min under emulation): its setup, timed with it.
+    pytest.mark.timeout(2400),
+]
 
 
 @pytest.fixture(scope="module")

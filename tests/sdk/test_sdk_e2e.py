@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 import tests.conftest as _root_conftest
-from wrenn import AsyncCapsule, Capsule, WrennNotFoundError
+from wrenn import AsyncCapsule, Capsule, WrennError, WrennNotFoundError
 from wrenn.sdk import (
     CapsuleInfo,
     CommandHandle,
@@ -121,7 +121,13 @@ def test_create_snapshot_and_boot_from_it(server: tuple[str, str]) -> None:
         with pytest.raises(WrennConflictError):
             c.create_snapshot(name)
         assert name in [t.name for t in Capsule.list_snapshots(**auth)]
+        rooted = c.create_snapshot(f"{name}-root", default_user="root")  # a template declares its user
+        assert rooted.metadata["default_user"] == "root"
+        with Capsule(template=rooted.name, memory_mb=MEMORY, wait=True, **auth) as as_root:
+            assert as_root.commands.run("id -un").stdout == "root\n"
+        Capsule.delete_snapshot(rooted.name, **auth)
         with Capsule(template=name, memory_mb=MEMORY, wait=True, **auth) as child:
+            assert child.commands.run("id -un").stdout == "user\n"  # the platform's default
             assert child.files.read("/root/snap.txt") == "from the snapshot"
             # the template's memory came along: its process runs in the child
             assert "snap-sleeper" in [p.tag for p in child.commands.list()]
@@ -381,3 +387,23 @@ def test_async_websockets(server: tuple[str, str]) -> None:
                         break
 
     asyncio.run(scenario())
+
+
+def test_wrenn_client_and_logs(capsule: Capsule, server: tuple[str, str]) -> None:
+    """The seed's low-level `wrenn.client`, times as aware UTC, and the capsule's own logs."""
+    from wrenn.client import WrennClient
+
+    base_url, api_key = server
+    with WrennClient(api_key=api_key, base_url=base_url) as client:
+        assert capsule.capsule_id in [c.id for c in client.capsules.list()]
+        info = client.capsules.get(capsule.capsule_id)
+        assert info.created_at is not None and info.created_at.utcoffset() is not None
+        assert client.capsules.metrics(capsule.capsule_id, range="5m")["sandbox_id"] == capsule.capsule_id
+        with pytest.raises(WrennError, match="not served yet"):
+            client.capsules.stats()
+        assert "minimal" in [t.name for t in client.snapshots.list(type="base")]
+    capsule.commands.run("echo logged")
+    entries = capsule.logs(limit=10000)
+    assert any("process started" in e["message"] for e in entries), entries[-5:]
+    newest = capsule.logs(limit=2, backward=True)
+    assert [e["message"] for e in newest] == [e["message"] for e in capsule.logs(limit=10000)[-2:][::-1]]

@@ -86,3 +86,14 @@ def test_the_traffic_proxy_is_rate_limited_per_address(strict: TestClient) -> No
 def test_limits_are_settings(cp_settings: Settings) -> None:
     assert dataclasses.replace(cp_settings, max_body_bytes=10).max_body_bytes == 10
     assert Settings.from_env().max_body_bytes == 1 << 20
+
+
+def test_reading_a_dashboard_session_is_not_a_login(strict: TestClient) -> None:
+    """The dashboard asks who is signed in on every page load: that spends the API's bucket, not the tight
+    one for credential-less POSTs (sign-up, login), or a user browsing would be locked out."""
+    codes = {strict.get("/v1/dashboard/session", headers={"X-Test-Client": "203.0.113.9"}).status_code
+             for _ in range(10)}  # fmt: skip
+    assert codes == {200}
+    logins = [strict.post("/v1/dashboard/session", json={"email": "n@example.com", "password": "wrong one"},
+                          headers={"X-Test-Client": "203.0.113.9"}).status_code for _ in range(5)]  # fmt: skip
+    assert logins[-1] == 429

@@ -52,6 +52,13 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     )
     p.add_argument("--veth-net", default=d.veth_net, help=f"sandboxes' veth pairs ({d.veth_net})")
     p.add_argument(
+        "--dns", default=",".join(d.dns), help=f"the guests' resolvers, comma-separated ({','.join(d.dns)})"
+    )
+    p.add_argument(
+        "--egress-upstream-ca", type=Path, default=None, metavar="PEM",
+        help="CA certificates for intercepted HTTPS upstreams (default: the system's trust store)",
+    )  # fmt: skip
+    p.add_argument(
         "--memory-dir", type=Path, default=d.memory_dir, help=f"tmpfs for guest RAM ({d.memory_dir})"
     )
     p.add_argument(
@@ -62,6 +69,24 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         help="built templates' files, shared by the hosts (default: this host's own, under --data-dir)",
     )  # fmt: skip
     p.add_argument("--no-ready-snapshots", action="store_true", help="always boot; never restore")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="run VMMs without their jail (own uid, own root, no capabilities, cgroup) where the host "
+        "cannot build one, instead of refusing to start",
+    )
+    p.add_argument(
+        "--memory-limit-mb",
+        type=int,
+        default=d.memory_limit_mb,
+        help=f"the agent's own memory limit, never its VMs' (default {d.memory_limit_mb}; 0: none)",
+    )
+    p.add_argument(
+        "--vmm-uid-base",
+        type=int,
+        default=None,
+        help="the VMM of slot N runs as uid BASE+N (default: derived from --name-prefix)",
+    )
     p.add_argument("--register", metavar="TOKEN", default=None, help="join a control plane with this token")
     p.add_argument("--control-plane", metavar="URL", default=None, help="the control plane (with --register)")
     p.add_argument(
@@ -73,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     a = p.parse_args(argv)
     if a.register and not (a.control_plane and a.address):
         p.error("--register needs --control-plane URL and --address HOST:PORT")
+    if a.vmm_uid_base is not None and not 0 < a.vmm_uid_base < 2**31 - a.slots - 1:
+        p.error("--vmm-uid-base must leave room for a uid per slot below 2^31")
     if a.proxy_port == a.port:
         p.error("--proxy-port must differ from --port: the traffic listener is kept apart from the API")
     logs.configure(a.log_level, a.log_format)
@@ -83,7 +110,10 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         slots=a.slots, name_prefix=a.name_prefix, host_net=a.host_net, veth_net=a.veth_net,
         register_token=a.register, control_plane=a.control_plane, address=a.address,
         heartbeat_interval_s=a.heartbeat_interval, memory_dir=a.memory_dir, cold_storage=a.cold_storage,
-        ready_snapshots=not a.no_ready_snapshots, template_store=a.template_store,
+        ready_snapshots=not a.no_ready_snapshots, template_store=a.template_store, insecure=a.insecure,
+        memory_limit_mb=a.memory_limit_mb,
+        vmm_uid_base=a.vmm_uid_base,
+        dns=tuple(s.strip() for s in a.dns.split(",") if s.strip()), egress_upstream_ca=a.egress_upstream_ca,
     )  # fmt: skip
 
 

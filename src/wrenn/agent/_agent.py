@@ -6,11 +6,10 @@ import asyncio
 import contextlib
 import logging
 import os
-import pwd
 import signal
 import ssl
-import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 
@@ -19,14 +18,14 @@ from wrenn._shared import asgiproxy
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceASGIApplication
 
 from ._access import RequireToken, load_or_create_token
-from ._cgroup import Cgroups
+from ._cgroup import Cgroups, Limits, kill_all
 from ._config import AgentConfig
 from ._manager import SandboxManager
 from ._proxy import ProxyApp
 from ._registration import Credentials, CredentialStore, HostLink, RegistrationError, host_facts, register
 from ._service import AgentService
 from .network import NetworkConfig, NetworkManager
-from .vmm import Accelerator, Driver
+from .vmm import Accelerator, Confinement, Driver, Jail
 from .vmm._probe import AcceleratorChoice, choose
 from .vmm.qemu import QemuDriver
 
@@ -38,8 +37,9 @@ class AgentError(RuntimeError):
 
 
 def make_driver(config: AgentConfig) -> Driver:
+    jail = Jail(None if config.insecure else config.jail_dir)
     if config.vmm == "qemu":
-        return QemuDriver(config.qemu_binary, run_as=config.vmm_user)
+        return QemuDriver(config.qemu_binary, jail=jail)
     if config.vmm == "firecracker":
         from .vmm.firecracker import FirecrackerDriver
 
@@ -47,8 +47,40 @@ def make_driver(config: AgentConfig) -> Driver:
             raise AgentError(
                 "--vmm firecracker needs --firecracker-binary pointing at a firecracker executable"
             )
-        return FirecrackerDriver(config.firecracker_binary)
+        return FirecrackerDriver(config.firecracker_binary, jail=jail)
     raise AgentError(f"unknown vmm {config.vmm!r} (qemu or firecracker)")
+
+
+async def check_jail(config: AgentConfig, driver: Driver, cgroups: Cgroups, accelerator: Accelerator) -> None:
+    """Start a VMM in a jail as every VM will get one, and check it from outside (uid, capabilities,
+    seccomp, root, cgroup). Anything short of it stops the agent, unless `--insecure` says to go on (then
+    it is logged, loudly, with every sandbox)."""
+    missing = [f"cgroup controller {c!r}" for c in cgroups.missing()]
+    if not config.insecure:
+        group = f"{config.name_prefix}-jail-check"
+        procs = cgroups.create(group, Limits(memory_bytes=256 << 20, cpus=1.0, pids=64))
+        confinement = Confinement(config.vmm_uid(0), config.vmm_uid(0), procs, 1 << 20)
+        try:
+            missing += await driver.check_jail(confinement, accelerator)
+        except OSError as exc:
+            missing.append(f"cannot start a jailed VMM: {exc}")
+        finally:
+            kill_all(cgroups, group)
+            cgroups.remove(group)
+    elif not missing:
+        missing = ["the jail is turned off (--insecure)"]
+    if not missing:
+        log.info("vmm jail checked", extra={"uid_base": config.vmm_uid(0), "cgroups": cgroups.version.value})
+        return
+    if not config.insecure:
+        raise AgentError(
+            "cannot confine the VMMs on this host: " + "; ".join(missing)
+            + ". Fix that (see docs/security.md), or run with --insecure to go on without a jail."
+        )  # fmt: skip
+    log.warning(
+        "INSECURE: VMMs run without their jail (as root, sharing the host's file system)",
+        extra={"missing": "; ".join(missing)},
+    )
 
 
 async def choose_accelerator(config: AgentConfig, driver: Driver) -> AcceleratorChoice:
@@ -70,29 +102,6 @@ async def choose_accelerator(config: AgentConfig, driver: Driver) -> Accelerator
     )
 
 
-def ensure_vmm_user(name: str | None) -> str | None:
-    """Create the unprivileged system user QEMU drops to (`-runas`), if missing. None when impossible."""
-    if not name:
-        return None
-    try:
-        pwd.getpwnam(name)
-        return name
-    except KeyError:
-        pass
-    useradd = ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent"]
-    result = subprocess.run(
-        [*useradd, "--shell", "/usr/sbin/nologin", name], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        log.warning(
-            "cannot create the VMM user: QEMU keeps root",
-            extra={"user": name, "error": result.stderr.strip()},
-        )
-        return None
-    log.info("created the unprivileged VMM user", extra={"user": name})
-    return name
-
-
 class _SignalFreeServer(uvicorn.Server):
     """The traffic listener's server: the API server owns the process's signals and stops this one."""
 
@@ -109,13 +118,22 @@ class Agent:
         self.manager: SandboxManager | None = None
         self._server: uvicorn.Server | None = None
         self._proxy_server: uvicorn.Server | None = None
+        self._cgroups = Cgroups(parent="wrenn")
+        self._own_group: Path | None = None
 
     async def start(self) -> SandboxManager:
         if os.geteuid() != 0:
             raise AgentError("the host agent needs root (network namespaces, TAP devices, cgroups)")
-        ensure_vmm_user(self.config.vmm_user)
+        # Everything the agent (and what it runs: qemu-img, cp, tar) creates is its own alone: sandboxes'
+        # directories, disks, snapshots, templates, archives, logs, state.
+        os.umask(0o077)
+        if self.config.memory_limit_mb:
+            self._own_group = self._cgroups.limit_self(
+                f"{self.config.name_prefix}.agent", self.config.memory_limit_mb << 20
+            )
         driver = make_driver(self.config)
         accelerator = await choose_accelerator(self.config, driver)
+        await check_jail(self.config, driver, self._cgroups, accelerator.accelerator)
         log.info(
             "accelerator chosen",
             extra={
@@ -130,11 +148,19 @@ class Agent:
                 prefix=self.config.name_prefix,
                 host_net=self.config.host_net,
                 veth_net=self.config.veth_net,
+                dns=self.config.dns,
+                upstream_ca=str(self.config.egress_upstream_ca) if self.config.egress_upstream_ca else None,
             )
         )
-        self.manager = SandboxManager(self.config, driver, accelerator, network, Cgroups(parent="wrenn"))
+        self.manager = SandboxManager(self.config, driver, accelerator, network, self._cgroups)
         await self.manager.start()
         return self.manager
+
+    def release(self) -> None:
+        """Leave the agent's own cgroup (at exit)."""
+        if self._own_group is not None:
+            self._cgroups.release_self(self._own_group)
+            self._own_group = None
 
     async def credentials(self, manager: SandboxManager) -> Credentials | None:
         """The saved credentials; registering first when given a token and none are saved."""
@@ -253,7 +279,10 @@ class Agent:
 
 
 def run(config: AgentConfig) -> None:
+    agent = Agent(config)
     try:
-        asyncio.run(Agent(config).serve())
+        asyncio.run(agent.serve())
     except AgentError as exc:
         raise SystemExit(f"wrenn agent: {exc}") from None
+    finally:
+        agent.release()

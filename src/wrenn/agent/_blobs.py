@@ -184,6 +184,10 @@ class BlobStore:
                 await self.check_layer(digest, chain[index - 1][0], parent_format)
         return top
 
+    def local_chain(self, chain: list[tuple[str, int]]) -> list[tuple[Path, str]]:
+        """A disk chain of blobs (bottom first) as this host's files, top first, with their formats."""
+        return [(self.local(d), "raw" if i == 0 else "qcow2") for i, (d, _) in enumerate(chain)][::-1]
+
     # --- the build cache --------------------------------------------------------------------------------
 
     def cache_entry(self, key: str) -> dict[str, Any] | None:

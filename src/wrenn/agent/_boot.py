@@ -25,29 +25,36 @@ from pathlib import Path
 from wrenn import images
 
 from . import _disk, _readiness
+from ._admission import Admission
 from ._errors import SandboxError
 from ._launch import Launcher, describe_failure
+from ._private import write_private
 from ._sandbox import SANDBOX_ID, Sandbox, SandboxParams, Status
 from ._table import SandboxTable
 from ._templates import NAME as TEMPLATE_NAME
 from ._templates import Template, TemplateStore
+from .network import CLOSED, OPEN, EgressPolicy
 from .vmm import DriverError
 
 log = logging.getLogger("wrenn.agent")
 
 
 class Booter:
-    def __init__(self, table: SandboxTable, launcher: Launcher, templates: TemplateStore) -> None:
+    def __init__(
+        self, table: SandboxTable, launcher: Launcher, templates: TemplateStore, admission: Admission
+    ) -> None:
         self.table = table
         self.launcher = launcher
         self.templates = templates
+        self.admission = admission
         self._creating: dict[str, asyncio.Task[Sandbox]] = {}
 
-    async def create(self, params: SandboxParams) -> Sandbox:
+    async def create(self, params: SandboxParams, policy: EgressPolicy | None = None) -> Sandbox:
         """A new sandbox, running; listed as `pending` while it boots. `aborted` when destroyed meanwhile."""
         image = self._validate(params)
         sandbox = Sandbox(
             params=params,
+            policy=policy or (OPEN if params.allow_internet else CLOSED),
             workdir=self.table.config.sandboxes_dir / params.sandbox_id,
             image_name=image.template,
             image_version=image.version,
@@ -101,14 +108,14 @@ class Booter:
                 "not_found",
                 f"template {params.template!r} is not built on this host (run: wrenn image build)",
             )
-        self.launcher.admit_memory(params.memory_mb)
+        self.admission.check(params)
         return image
 
     async def _boot(self, sandbox: Sandbox, image: images.Image) -> Sandbox:
         params = sandbox.params
         started = time.monotonic()
         try:
-            sandbox.workdir.mkdir(parents=True, exist_ok=True)
+            sandbox.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
             await self.launcher.plug(sandbox)
             template = self.templates.get(params.template)
             ready = self._ready_dir(params, image)
@@ -155,7 +162,8 @@ class Booter:
         sandbox.disk = await _disk.create_root(
             image.rootfs, sandbox.workdir, sandbox.params.disk_size_mb, disk_format
         )
-        vm = sandbox.vm = await self.table.driver.start(self.launcher.spec(sandbox, image))
+        sandbox.disk_base = image.rootfs if disk_format == "qcow2" else None
+        vm = sandbox.vm = await self.table.driver.start(self.launcher.start_spec(sandbox, image))
         await self.launcher.attach(sandbox, access_token=None)
         if not await _readiness.wait_ready(sandbox.host_ip, image, alive=lambda: vm.returncode is None):
             ready = None  # a guest whose template services did not come up is never a ready snapshot
@@ -165,14 +173,14 @@ class Booter:
     async def _start_from_snapshot(
         self, sandbox: Sandbox, image: images.Image, snapshot: Path, access_token: str | None = None
     ) -> None:
-        """Restore a ready snapshot or a template: its disk under a new overlay, its memory mapped
-        copy-on-write (shared with every sibling until written), its device state loaded."""
+        """Restore a ready snapshot or a template: its disk under a new overlay, its memory copied into
+        the sandbox's own RAM file, its device state loaded. The snapshot's files stay the agent's: the
+        VMM reads its disk through a read-only descriptor and never sees its memory file."""
+        sandbox.disk_base = snapshot / "rootfs.qcow2"
         sandbox.disk = await _disk.create_overlay(
-            snapshot / "rootfs.qcow2", sandbox.workdir / "rootfs.qcow2", sandbox.params.disk_size_mb, "qcow2"
+            sandbox.disk_base, sandbox.workdir / "rootfs.qcow2", sandbox.params.disk_size_mb
         )
-        memory = snapshot / "memory"  # absent when the RAM travels inside vmstate (a clone's pause)
-        sandbox.memory_source = memory if memory.is_file() else None
-        sandbox.vm = await self.table.driver.restore(self.launcher.spec(sandbox, image), snapshot)
+        sandbox.vm = await self.table.driver.restore(self.launcher.start_spec(sandbox, image), snapshot)
         sandbox.from_snapshot = True
         await self.launcher.attach(sandbox, access_token=access_token)
 
@@ -195,12 +203,12 @@ class Booter:
         partial = ready.with_name(f"{ready.name}.partial-{sandbox.id}")
         started = time.monotonic()
         try:
-            partial.mkdir(parents=True)
+            partial.mkdir(mode=0o700, parents=True)
             await envd.prepare_snapshot()
             await vm.snapshot(partial)
             await _disk.copy_sparse(sandbox.disk, partial / "rootfs.qcow2")
             meta = {**self.launcher.snapshot_meta(sandbox), "kind": "ready"}
-            (partial / "meta.json").write_text(json.dumps(meta, indent=1))
+            write_private(partial / "meta.json", json.dumps(meta, indent=1))
             if ready.exists():  # another sandbox of this shape made it meanwhile
                 shutil.rmtree(partial)
             else:

@@ -286,7 +286,7 @@ class Builder:
         inside = "/var/tmp/oci"  # noqa: S108 (the converter guest's)
         try:
             emit("info", "base", "unpacking the image in a converter VM")
-            await vm.boot(image.rootfs, "raw")
+            await vm.boot([(image.rootfs, "raw")])
             for index, layer in enumerate(pulled.layers):
                 await vm.upload(f"{inside}/layer-{index:03d}", layer)
             await vm.upload(f"{inside}/busybox", _oci.BUSYBOX)
@@ -419,11 +419,11 @@ class Builder:
     async def _boot(self, vm: BuildVM, chain: Chain, emit: Emit, step: str) -> None:
         emit("info", step, "booting the build VM")
         try:
-            top = await self.blobs.ensure_chain(chain)
+            await self.blobs.ensure_chain(chain)
         except (BlobError, _disk.DiskError) as exc:
             raise BuildFailed(step, f"the cached disk is unusable: {exc}") from None
         try:
-            took = await vm.boot(top, "raw" if len(chain) == 1 else "qcow2")
+            took = await vm.boot(self.blobs.local_chain(chain))
         except SandboxError as exc:
             raise BuildFailed(step, exc.message) from None
         emit("info", step, f"build VM up in {took:.1f} s")

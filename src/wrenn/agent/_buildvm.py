@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import time
@@ -32,6 +33,7 @@ from wrenn import images
 from wrenn.proto.envd.process import process_pb as proc
 
 from . import _disk
+from ._admission import Admission
 from ._errors import SandboxError
 from ._launch import Launcher, describe_failure
 from ._sandbox import Sandbox, SandboxParams, Status
@@ -105,18 +107,21 @@ class BuildVM:
         vm = self.sandbox.vm
         return vm is not None and vm.returncode is None
 
-    async def boot(self, base: Path, base_format: str) -> float:
-        """Boot over `base`; the seconds it took until envd answered."""
+    async def boot(self, chain: list[tuple[Path, str]]) -> float:
+        """Boot over the disks of `chain` (top first, down to a raw file system), which the VMM is handed
+        as they are named here (never as a layer's header names them); the seconds it took until envd
+        answered."""
         sandbox, started = self.sandbox, time.monotonic()
-        self.launcher.admit_memory(sandbox.params.memory_mb)
+        Admission(self.table).check(sandbox.params)  # memory and disk, beside every sandbox's claim
         sandbox.workdir.mkdir(parents=True, exist_ok=True)
         try:
             await self.launcher.plug(sandbox)
             await self._allow_egress()
-            sandbox.disk = await _disk.create_overlay(
-                base, sandbox.workdir / "rootfs.qcow2", sandbox.params.disk_size_mb, base_format
+            sandbox.disk = await _disk.create_overlay_over(
+                chain, sandbox.workdir / "rootfs.qcow2", sandbox.params.disk_size_mb
             )
-            sandbox.vm = await self.table.driver.start(self.launcher.spec(sandbox, self.image))
+            spec = dataclasses.replace(self.launcher.spec(sandbox, self.image), backing=tuple(chain))
+            sandbox.vm = await self.table.driver.start(spec)
             await self.launcher.attach(sandbox, access_token=None)
         except BaseException as exc:
             reason = describe_failure(exc, sandbox)
@@ -125,7 +130,7 @@ class BuildVM:
                 raise
             raise SandboxError("internal", f"the build VM did not boot: {reason}") from None
         sandbox.status = Status.RUNNING
-        self.base = base
+        self.base = chain[0][0]
         return time.monotonic() - started
 
     async def _allow_egress(self) -> None:

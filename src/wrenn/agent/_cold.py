@@ -56,6 +56,7 @@ class ColdStore:
         """Archive every file of `stage`; the archive's size."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         final, partial = self.path(sandbox_id), self.directory / f".{sandbox_id}{SUFFIX}.partial"
+        partial.unlink(missing_ok=True)  # tar creates it anew: 0600 under the agent's umask
         started = time.monotonic()
         names = sorted(p.name for p in stage.iterdir())
         try:
@@ -63,7 +64,6 @@ class ColdStore:
                 "tar", "--sparse", "--use-compress-program", f"zstd -T0 -{self.level} -q",
                 "-C", str(stage), "-cf", str(partial), "--", *names,
             )  # fmt: skip
-            partial.chmod(0o600)
             partial.rename(final)
         except BaseException:
             partial.unlink(missing_ok=True)

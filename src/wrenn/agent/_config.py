@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +30,25 @@ class AgentConfig:
     accelerator: Accelerator | None = None
     #: Probe again even if a cached verdict exists.
     reprobe: bool = False
-    #: Unprivileged user the VMM drops to after opening its devices (skipped when the user is missing).
-    vmm_user: str | None = "wrenn-vmm"
+    #: Run VMMs without their jail (own uid, own root, no capabilities) when the host cannot build one.
+    #: Off by default: an agent that cannot jail its VMMs refuses to start.
+    insecure: bool = False
+    #: The VMM of slot n runs as uid and gid `vmm_uid_base + n` (no user of the host has those). None: a
+    #: base derived from `name_prefix`, so that two agents on one host never share a uid.
+    vmm_uid_base: int | None = None
+    #: Disk I/O each VMM may do on the data directory's device, per direction (where the host's cgroups
+    #: can throttle it).
+    vmm_io_bytes_per_s: int = 256 << 20
+    vmm_io_iops: int = 10_000
+    #: The agent's own memory limit in MiB (its cgroup; its VMs have theirs). 0: none.
+    memory_limit_mb: int = 2048
+    #: Disk space kept free for the host when admitting sandboxes, in MiB (beyond what every sandbox on
+    #: this host may still grow to).
+    reserved_disk_mb: int = 2048
+    #: The most a foreground exec returns of each of stdout and stderr (the rest is read and dropped, and
+    #: the response says it was truncated), and of all foreground execs at once.
+    exec_output_limit: int = 4 << 20
+    exec_output_budget: int = 256 << 20
     #: Prefix of every network namespace, link, nftables table and cgroup this agent creates.
     name_prefix: str = "wrn"
     slots: int = 256
@@ -46,7 +64,12 @@ class AgentConfig:
     vmm_overhead_mb: int = 384
     default_template: str = "minimal"
     default_user: str = "user"
+    #: Resolvers the guests use (their kernel command line) and the egress proxy resolves allowed
+    #: domains with.
     dns: tuple[str, ...] = field(default=("1.1.1.1", "8.8.8.8"))
+    #: CA certificates (PEM) the egress proxy verifies intercepted HTTPS upstreams against; None: the
+    #: system's trust store.
+    egress_upstream_ca: Path | None = None
     metrics_interval_s: float = 2.0
     reaper_interval_s: float = 2.0
     #: Joining a control plane: a one-time registration token, the control plane's URL and the
@@ -76,3 +99,21 @@ class AgentConfig:
     @property
     def sandboxes_dir(self) -> Path:
         return self.data_dir / "sandboxes"
+
+    @property
+    def jail_dir(self) -> Path:
+        """An empty directory each VMM's root is mounted on, inside the VMM's own mount namespace."""
+        return self.data_dir / "jail"
+
+    def vmm_uid(self, slot: int) -> int:
+        """The uid (and gid) of the VMM in `slot` (slot 0: the start-up check's)."""
+        base = self.vmm_uid_base
+        if base is None:
+            base = VMM_UID_FLOOR + (zlib.crc32(self.name_prefix.encode()) % 1024) * VMM_UIDS_PER_AGENT
+        return base + slot
+
+
+#: VMM uids are taken from [VMM_UID_FLOOR, VMM_UID_FLOOR + 1024 * VMM_UIDS_PER_AGENT): far above any
+#: user or subordinate-id range a distribution hands out, below 2^31.
+VMM_UID_FLOOR = 1_000_000_000
+VMM_UIDS_PER_AGENT = 65536

@@ -1,10 +1,16 @@
-"""The agent's client for one sandbox's envd: health, /init, Connect RPCs and /files over the TAP."""
+"""The agent's client for one sandbox's envd: health, /init, Connect RPCs and /files over the TAP.
+
+envd is a program in the guest, and the guest is the tenant's: whatever answers on its port may answer
+anything. So no answer is read whole without a bound: Connect messages and whole-body answers stop at
+`MAX_ANSWER`, JSON and error bodies at `MAX_SMALL_ANSWER`, and downloads are streamed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -13,16 +19,58 @@ from typing import Any
 
 import httpx
 import pyqwest
+from connectrpc.code import Code
 from connectrpc.codec import proto_json_codec
+from connectrpc.errors import ConnectError
 
 from wrenn.proto.envd.filesystem.filesystem_connect import FilesystemClient
 from wrenn.proto.envd.process.process_connect import ProcessClient
 
 ENVD_PORT = 49983
+#: The most the agent reads of one Connect message or whole answer from a guest.
+MAX_ANSWER = 16 << 20
+#: ... and of a small JSON answer or an error's body.
+MAX_SMALL_ANSWER = 64 << 10
 
 
 class EnvdUnavailable(RuntimeError):
     pass
+
+
+class _BoundedClient(pyqwest.Client):
+    """pyqwest's client whose whole-body answers (connectrpc's unary calls) stop at `limit` bytes."""
+
+    def __init__(self, transport: pyqwest.Transport, limit: int) -> None:
+        super().__init__(transport)
+        self._limit = limit
+
+    async def post(
+        self,
+        url: str,
+        headers: Any = None,
+        content: Any = None,
+        *,
+        params: Any = None,
+    ) -> pyqwest.FullResponse:
+        async with self.stream("POST", url, headers, content, params=params) as response:
+            body = bytearray()
+            async for chunk in response.content:
+                body += chunk
+                if len(body) > self._limit:
+                    raise ConnectError(
+                        Code.RESOURCE_EXHAUSTED, f"envd answered more than {self._limit} bytes"
+                    )
+            return pyqwest.FullResponse(response.status, response.headers, bytes(body), response.trailers)
+
+
+async def _body(response: httpx.Response, limit: int = MAX_SMALL_ANSWER) -> bytes:
+    """At most `limit` bytes of an answer's (decoded) body; EnvdUnavailable past that."""
+    data = bytearray()
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) > limit:
+            raise EnvdUnavailable(f"envd answered more than {limit} bytes")
+    return bytes(data)
 
 
 class EnvdClient:
@@ -35,9 +83,14 @@ class EnvdClient:
         # A pool of its own: connectrpc's default transport is shared process-wide, and a later sandbox
         # that gets this one's address would be handed its dead keep-alive connections.
         self._transport = pyqwest.HTTPTransport()
-        rpc_http = pyqwest.Client(self._transport)
-        self.process = ProcessClient(self.url, codec=proto_json_codec(), http_client=rpc_http)
-        self.filesystem = FilesystemClient(self.url, codec=proto_json_codec(), http_client=rpc_http)
+        rpc_http = _BoundedClient(self._transport, MAX_ANSWER)
+        rpc: dict[str, Any] = {
+            "codec": proto_json_codec(),
+            "http_client": rpc_http,
+            "read_max_bytes": MAX_ANSWER,
+        }
+        self.process = ProcessClient(self.url, **rpc)
+        self.filesystem = FilesystemClient(self.url, **rpc)
 
     def headers(self, user: str | None = None) -> dict[str, str]:
         headers = {"X-Access-Token": self.access_token} if self.access_token else {}
@@ -53,8 +106,9 @@ class EnvdClient:
                 if not alive():
                     raise EnvdUnavailable("the VM exited before envd answered")
                 try:
-                    if (await probe.get("/health")).status_code == 204:
-                        return time.monotonic() - started
+                    async with probe.stream("GET", "/health") as answer:  # its body is never read
+                        if answer.status_code == 204:
+                            return time.monotonic() - started
                 except httpx.TransportError:
                     pass
                 await asyncio.sleep(0.02)  # a restored guest answers within ms: poll finely
@@ -83,9 +137,10 @@ class EnvdClient:
             body["accessToken"] = access_token
         if workdir:
             body["defaultWorkdir"] = workdir
-        r = await self.http.post("/init", json=body)
-        if r.status_code != 204:
-            raise EnvdUnavailable(f"envd /init answered {r.status_code}: {r.text}")
+        async with self.http.stream("POST", "/init", json=body) as r:
+            if r.status_code != 204:
+                said = (await _body(r)).decode(errors="replace")
+                raise EnvdUnavailable(f"envd /init answered {r.status_code}: {said}")
         self.access_token = access_token or self.access_token
         self.http.headers.update(self.headers())
 
@@ -93,12 +148,13 @@ class EnvdClient:
         """Ask envd to quiesce before a memory snapshot (best effort: a snapshot without it is still
         consistent, only its connections from before linger until /init closes them)."""
         with contextlib.suppress(httpx.HTTPError):
-            await self.http.post("/snapshot/prepare", timeout=timeout_s)
+            async with self.http.stream("POST", "/snapshot/prepare", timeout=timeout_s):
+                pass
 
     async def metrics(self) -> dict[str, Any]:
-        r = await self.http.get("/metrics", timeout=5)
-        r.raise_for_status()
-        return dict(r.json())
+        async with self.http.stream("GET", "/metrics", timeout=5) as r:
+            r.raise_for_status()
+            return dict(json.loads(await _body(r)))
 
     async def download(self, path: str, user: str | None = None) -> AsyncIterator[bytes]:
         async with self.http.stream(
@@ -108,23 +164,27 @@ class EnvdClient:
             headers={**self.headers(user), "Accept-Encoding": "identity"},
         ) as r:
             if r.status_code != 200:
-                await r.aread()
-                raise FileTransferError(r.status_code, _message(r))
+                raise FileTransferError(r.status_code, _message(await _body(r)))
             async for chunk in r.aiter_raw(1 << 16):
                 yield chunk
 
     async def upload(
         self, path: str, body: AsyncIterator[bytes] | bytes, user: str | None = None
     ) -> dict[str, Any]:
-        r = await self.http.post(
+        async with self.http.stream(
+            "POST",
             "/files",
             params={"path": path},
             content=body,
             headers={**self.headers(user), "Content-Type": "application/octet-stream"},
-        )
-        if r.status_code != 200:
-            raise FileTransferError(r.status_code, _message(r))
-        return dict(r.json()[0])
+        ) as r:
+            answer = await _body(r)
+            if r.status_code != 200:
+                raise FileTransferError(r.status_code, _message(answer))
+        try:
+            return dict(json.loads(answer)[0])
+        except (ValueError, LookupError, TypeError) as exc:
+            raise EnvdUnavailable(f"envd's answer to an upload is not one: {exc}") from None
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -148,8 +208,9 @@ class FileTransferError(RuntimeError):
         self.message = message
 
 
-def _message(r: httpx.Response) -> str:
+def _message(body: bytes) -> str:
+    text = body.decode(errors="replace")
     try:
-        return str(r.json().get("message", r.text))
-    except ValueError:
-        return r.text
+        return str(json.loads(text).get("message", text))
+    except (ValueError, AttributeError):
+        return text

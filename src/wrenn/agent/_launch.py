@@ -12,19 +12,19 @@ import os
 import time
 from typing import Any
 
-import psutil
-
 from wrenn import images
 
 from . import _disk
+from ._admission import disk_file_limit
 from ._cgroup import Limits
 from ._envd import EnvdClient, EnvdUnavailable
 from ._errors import SandboxError
+from ._netpolicy import install_ca
 from ._sandbox import Sandbox
 from ._table import SandboxTable
 from ._templates import TemplateStore
 from .network import NetworkExhausted
-from .vmm import DriverError, Kernel, VMSpec, console_tail
+from .vmm import Confinement, DriverError, Kernel, VMSpec, console_tail
 
 
 class Launcher:
@@ -47,26 +47,24 @@ class Launcher:
                 return exact
         return images.find(template, data_dir)
 
-    def admit_memory(self, memory_mb: int) -> None:
-        """`resource_exhausted` unless the host has `memory_mb` to spare for one more guest."""
-        config = self.table.config
-        available_mb = psutil.virtual_memory().available >> 20
-        if memory_mb + config.reserved_memory_mb > available_mb:
-            raise SandboxError(
-                "resource_exhausted",
-                f"not enough memory: {memory_mb} MiB asked, {available_mb} MiB available "
-                f"({config.reserved_memory_mb} MiB kept for the host)",
-            )
-        if self.table.capabilities.memory_file:
-            free_mb = _disk.free_bytes(config.memory_dir) >> 20
-            if memory_mb > free_mb:
-                raise SandboxError(
-                    "resource_exhausted",
-                    f"not enough room for guest RAM in {config.memory_dir}: {memory_mb} MiB asked, "
-                    f"{free_mb} MiB free",
-                )
+    def confine(self, sandbox: Sandbox) -> Confinement:
+        """Who the sandbox's next VMM runs as (a uid of its network slot's) and its cgroup, made now with
+        its limits: memory (guest RAM plus the VMM's overhead), CPU, pids and disk I/O."""
+        params, config = sandbox.params, self.table.config
+        assert sandbox.slot is not None
+        limits = Limits(
+            memory_bytes=(params.memory_mb + config.vmm_overhead_mb) << 20,
+            cpus=params.vcpus,
+            io=self.table.io_limit,
+        )
+        procs = self.table.cgroups.create(self.table.cgroup_name(sandbox), limits)
+        uid = config.vmm_uid(sandbox.slot)
+        return Confinement(
+            uid=uid, gid=uid, cgroups=procs, max_file_bytes=disk_file_limit(params.disk_size_mb)
+        )
 
-    def spec(self, sandbox: Sandbox, image: images.Image) -> VMSpec:
+    def spec(self, sandbox: Sandbox, image: images.Image, confinement: Confinement | None = None) -> VMSpec:
+        """The VM of `sandbox`; with `confinement` (a VMM about to start; none for one being adopted)."""
         assert sandbox.network is not None and sandbox.disk is not None
         capabilities = self.table.capabilities
         cmdline = " ".join(
@@ -86,6 +84,7 @@ class Launcher:
             cmdline=cmdline,
             rootfs=sandbox.disk,
             rootfs_format=capabilities.disk_format,
+            backing=tuple(_disk.backing_chain(sandbox.disk_base)),
             workdir=sandbox.workdir,
             accelerator=self.table.accelerator.accelerator,
             tap=sandbox.network.tap,
@@ -93,7 +92,12 @@ class Launcher:
             netns=sandbox.network.netns,
             memory_file=sandbox.memory_source or self.table.memory_file(sandbox),
             memory_shared=sandbox.memory_source is None,
+            confinement=confinement,
         )
+
+    def start_spec(self, sandbox: Sandbox, image: images.Image) -> VMSpec:
+        """The VM of `sandbox` for a VMM about to start: in its jail, under its cgroup."""
+        return self.spec(sandbox, image, self.confine(sandbox))
 
     async def plug(self, sandbox: Sandbox) -> None:
         """A network slot for the sandbox, and its namespace, veth and TAP."""
@@ -102,17 +106,13 @@ class Launcher:
             sandbox.slot = network.allocator.acquire()
         except NetworkExhausted as exc:
             raise SandboxError("resource_exhausted", str(exc)) from None
-        sandbox.network = await network.setup(sandbox.slot, allow_internet=sandbox.params.allow_internet)
+        sandbox.network = await network.setup(sandbox.slot, policy=sandbox.policy, sandbox_id=sandbox.id)
 
     async def attach(self, sandbox: Sandbox, access_token: str | None) -> None:
-        """Put a started VMM in its cgroup, watch it, and wait until its envd answers."""
-        vm, params, config = sandbox.vm, sandbox.params, self.table.config
+        """Watch a started VMM (already in its cgroup: the jailer put it there) and wait until its envd
+        answers."""
+        vm, config = sandbox.vm, self.table.config
         assert vm is not None
-        self.table.cgroups.place(
-            self.table.cgroup_name(sandbox),
-            vm.pid,
-            Limits(memory_bytes=(params.memory_mb + config.vmm_overhead_mb) << 20, cpus=params.vcpus),
-        )
         self.table.watch(sandbox)
         sandbox.envd = EnvdClient(sandbox.host_ip, access_token=access_token)
         await sandbox.envd.wait_healthy(config.boot_timeout_s, alive=lambda: vm.returncode is None)
@@ -130,6 +130,7 @@ class Launcher:
             hostname=sandbox.id,
             entropy=os.urandom(64),
         )
+        await install_ca(sandbox, self.table.config.default_user)
 
     def snapshot_meta(self, sandbox: Sandbox) -> dict[str, Any]:
         """What a snapshot's `meta.json` says of the machine it was taken from."""
@@ -143,6 +144,8 @@ class Launcher:
             "image_version": sandbox.image_version,
             "accelerator": self.table.accelerator.accelerator.value,
             "created_at": time.time(),
+            # what the disk copied beside it was made over: its backing, as recorded, never as its header says
+            "disk_base": str(sandbox.disk_base) if sandbox.disk_base else None,
         }
 
 

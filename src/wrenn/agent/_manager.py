@@ -5,7 +5,8 @@ The parts, each holding the one shared `SandboxTable` (composition: see `_table`
 
 - `_table.SandboxTable`: the sandboxes, lookups, and `release` (every resource a sandbox holds, freed
   in one function);
-- `_launch.Launcher`: image, memory admission, `VMSpec`, network slot, attaching a started VMM;
+- `_launch.Launcher`: image, `VMSpec` and the VMM's jail and cgroup, network slot, attaching a started VMM;
+- `_admission.Admission`: whether the host's memory and disks can take one more sandbox;
 - `_boot.Booter`: create (checks, snapshot templates, ready snapshots, cold boots);
 - `_snapshots.Snapshots`: pause, resume, hibernate, thaw, templates;
 - `_recovery.recover`: adoption after a restart;
@@ -19,21 +20,24 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ._admission import Admission
 from ._blobs import BlobStore
 from ._boot import Booter
 from ._builder import Builder
 from ._cgroup import Cgroups
 from ._cold import ColdStore
 from ._config import AgentConfig
+from ._errors import SandboxError
 from ._launch import Launcher
 from ._loops import reaper, sampler
 from ._metrics import MetricsStore
+from ._netpolicy import install_ca
 from ._recovery import recover
 from ._sandbox import Sandbox, SandboxParams, Status
 from ._snapshots import Snapshots
 from ._table import SandboxTable
 from ._templates import Template, TemplateStore
-from .network import NetworkManager
+from .network import EgressPolicy, NetworkManager
 from .vmm import Driver
 from .vmm._probe import AcceleratorChoice
 
@@ -52,9 +56,10 @@ class SandboxManager:
         self.table = SandboxTable(config, driver, accelerator, network, cgroups)
         self.templates = TemplateStore(config.data_dir / "templates")
         self.launcher = Launcher(self.table, self.templates)
-        self.booter = Booter(self.table, self.launcher, self.templates)
+        self.admission = Admission(self.table)
+        self.booter = Booter(self.table, self.launcher, self.templates, self.admission)
         cold = ColdStore(config.cold_storage) if config.cold_storage else None
-        self.snapshots = Snapshots(self.table, self.launcher, self.templates, cold)
+        self.snapshots = Snapshots(self.table, self.launcher, self.templates, self.admission, cold)
         self.blobs = BlobStore(config.data_dir / "blobs", config.template_store)
         self.builder = Builder(self.table, self.launcher, self.blobs, config.data_dir / "build-files")
         self._loops: list[asyncio.Task[None]] = []
@@ -82,7 +87,7 @@ class SandboxManager:
     # --- lifecycle of the manager --------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.config.sandboxes_dir.mkdir(parents=True, exist_ok=True)
+        self.config.sandboxes_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.templates.cleanup_partial()
         self.blobs.prepare()
         await self.table.network.start()
@@ -129,8 +134,8 @@ class SandboxManager:
             return await self.resume(sandbox_id)
         return self.running(sandbox_id)
 
-    async def create(self, params: SandboxParams) -> Sandbox:
-        return await self.booter.create(params)
+    async def create(self, params: SandboxParams, policy: EgressPolicy | None = None) -> Sandbox:
+        return await self.booter.create(params, policy)
 
     async def destroy(self, sandbox_id: str) -> None:
         """Destroy a sandbox in any status: a boot under way is cancelled, a pause or resume finishes
@@ -143,6 +148,7 @@ class SandboxManager:
         async with sandbox.lock:  # a pause or resume under way finishes first
             await self.table.release(sandbox)
         self.table.forget(sandbox)
+        self.table.network.forget(sandbox_id)
         log.info("sandbox destroyed", extra={"sandbox": sandbox_id})
 
     # --- snapshots -----------------------------------------------------------------------------------
@@ -150,14 +156,30 @@ class SandboxManager:
     async def pause(self, sandbox_id: str) -> Sandbox:
         return await self.snapshots.pause(sandbox_id)
 
-    async def resume(self, sandbox_id: str) -> Sandbox:
-        return await self.snapshots.resume(sandbox_id)
+    async def resume(self, sandbox_id: str, policy: EgressPolicy | None = None) -> Sandbox:
+        return await self.snapshots.resume(sandbox_id, policy)
 
     async def hibernate(self, sandbox_id: str) -> int:
         return await self.snapshots.hibernate(sandbox_id)
 
-    async def thaw(self, sandbox_id: str) -> Sandbox:
-        return await self.snapshots.thaw(sandbox_id)
+    async def thaw(self, sandbox_id: str, policy: EgressPolicy | None = None) -> Sandbox:
+        return await self.snapshots.thaw(sandbox_id, policy)
+
+    # --- network policy ------------------------------------------------------------------------------
+
+    async def set_policy(self, sandbox_id: str, policy: EgressPolicy) -> Sandbox:
+        """Replace a sandbox's egress policy: a running one's at once (and its guest learns a new CA), a
+        paused one's for its resume."""
+        sandbox = self.get(sandbox_id)
+        async with sandbox.lock:
+            if sandbox.status not in (Status.RUNNING, Status.PAUSED):
+                raise SandboxError("failed_precondition", f"sandbox {sandbox_id} is {sandbox.status.value}")
+            sandbox.policy, sandbox.secrets_loaded = policy, True
+            if sandbox.status is Status.RUNNING and sandbox.network is not None:
+                await self.table.network.set_policy(sandbox.network, sandbox.id, policy)
+                await install_ca(sandbox, self.config.default_user)
+            sandbox.save()
+        return sandbox
 
     async def create_template(self, sandbox_id: str, name: str) -> Template:
         return await self.snapshots.create_template(sandbox_id, name)

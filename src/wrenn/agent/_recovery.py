@@ -8,24 +8,62 @@ A stopping agent leaves its VMs running for this; each sandbox's `state.json` sa
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
 from pathlib import Path
 
+from . import _disk
 from ._cgroup import kill_all
+from ._config import AgentConfig
 from ._envd import EnvdClient
 from ._launch import Launcher
+from ._netpolicy import from_state
+from ._private import write_private
 from ._sandbox import Sandbox, Status, load_state
 from ._table import SandboxTable
+from .network import CLOSED, NetworkError, PolicyError
 from .vmm import DriverError
 
 log = logging.getLogger("wrenn.agent")
 
 
+def trusted_disk_dirs(config: AgentConfig) -> list[Path]:
+    """Where disks a sandbox's overlay may sit on live: images, ready snapshots, templates."""
+    dirs = [config.data_dir / name for name in ("images", "ready", "templates")]
+    return dirs + [d.resolve() for d in dirs]
+
+
+def record_disk_bases(config: AgentConfig) -> None:
+    """Disks made by an agent from before `disk_base` was recorded: ready snapshots are dropped (a cache,
+    remade by the next boot of their shape); a template's base is read from its disk's header once, where
+    it names one of the agent's own disks, and recorded."""
+    for meta_file in sorted(config.data_dir.glob("ready/*/*/*/meta.json")):
+        with contextlib.suppress(OSError, ValueError):
+            if "disk_base" not in json.loads(meta_file.read_text()):
+                shutil.rmtree(meta_file.parent, ignore_errors=True)
+                log.info(
+                    "dropped a ready snapshot without a disk record", extra={"path": str(meta_file.parent)}
+                )
+    for meta_file in sorted(config.data_dir.glob("templates/*/meta.json")):
+        try:
+            meta = json.loads(meta_file.read_text())
+            if "disk_base" in meta:
+                continue
+            base = _disk.base_from_header(meta_file.parent / "rootfs.qcow2", trusted_disk_dirs(config))
+            write_private(meta_file, json.dumps({**meta, "disk_base": str(base) if base else None}, indent=1))
+            log.info("recorded a template's disk base", extra={"template": meta_file.parent.name})
+        except (OSError, ValueError, _disk.DiskError) as exc:
+            log.warning(
+                "cannot record a template's disk base", extra={"path": str(meta_file), "error": str(exc)}
+            )
+
+
 async def recover(table: SandboxTable, launcher: Launcher) -> None:
     """Adopt the sandboxes a previous run left running; clean up everything else it left."""
     config = table.config
+    record_disk_bases(config)
     keep: set[int] = set()
     for state_file in sorted(config.sandboxes_dir.glob("*/state.json")):
         sandbox = await _adopt(table, launcher, state_file)
@@ -65,6 +103,18 @@ async def _adopt(table: SandboxTable, launcher: Launcher, state_file: Path) -> S
         log.warning("unreadable sandbox state", extra={"path": str(state_file), "error": str(exc)})
         return None
     params = sandbox.params
+    if "disk_base" not in state and sandbox.disk is not None and sandbox.disk.suffix == ".qcow2":
+        try:  # made by an agent from before it was recorded
+            sandbox.disk_base = _disk.base_from_header(sandbox.disk, trusted_disk_dirs(table.config))
+        except _disk.DiskError as exc:
+            log.warning("unreadable sandbox disk", extra={"sandbox": params.sandbox_id, "error": str(exc)})
+            return None
+    try:
+        sandbox.policy, rules_lost = from_state(dict(state.get("network") or {}))
+    except PolicyError as exc:  # written by this agent: only a hand-edited file gets here
+        log.warning("unreadable network policy", extra={"sandbox": params.sandbox_id, "error": str(exc)})
+        sandbox.policy, rules_lost = CLOSED, False
+    sandbox.secrets_loaded = not rules_lost
     if sandbox.status in (Status.PAUSED, Status.ERROR) and sandbox.disk is not None:
         return table.add_stopped(sandbox)
     pid = state.get("vmm_pid")
@@ -90,6 +140,11 @@ async def _adopt(table: SandboxTable, launcher: Launcher, state_file: Path) -> S
         log.warning("cannot adopt sandbox", extra={"sandbox": params.sandbox_id, "error": str(exc)})
         await table.release(sandbox)
         return None
+    try:
+        await table.network.set_policy(sandbox.network, sandbox.id, sandbox.policy)
+    except NetworkError as exc:
+        extra = {"sandbox": sandbox.id, "error": str(exc)}
+        log.warning("cannot restore a sandbox's network policy", extra=extra)
     table.sandboxes[sandbox.id] = sandbox
     table.watch(sandbox)
     log.info("sandbox adopted", extra={"sandbox": sandbox.id, "pid": pid})

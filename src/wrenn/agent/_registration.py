@@ -31,6 +31,8 @@ from cryptography import x509
 
 from wrenn import images
 
+from ._private import write_private
+
 log = logging.getLogger("wrenn.agent.registration")
 CREDENTIALS_FILE = "host-credentials.json"
 TLS_DIR = "host-tls"
@@ -73,15 +75,6 @@ class Credentials:
         return x509.load_pem_x509_certificate(self.cert_pem.encode()).not_valid_after_utc
 
 
-def _write_private(path: Path, data: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(data)
-    tmp.chmod(0o600)
-    tmp.replace(path)
-
-
 class CredentialStore:
     """The credentials file and the PEM files the TLS server loads, under the agent's data dir."""
 
@@ -100,11 +93,11 @@ class CredentialStore:
 
     def save(self, creds: Credentials) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _write_private(self.path, json.dumps(asdict(creds), indent=2))
+        write_private(self.path, json.dumps(asdict(creds), indent=2))
         self.tls_dir.mkdir(mode=0o700, exist_ok=True)
-        _write_private(self.cert_file, creds.cert_pem)
-        _write_private(self.key_file, creds.key_pem)
-        _write_private(self.ca_file, creds.ca_cert_pem)
+        write_private(self.cert_file, creds.cert_pem)
+        write_private(self.key_file, creds.key_pem)
+        write_private(self.ca_file, creds.ca_cert_pem)
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)

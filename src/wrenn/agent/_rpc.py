@@ -11,7 +11,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
-from ._envd import EnvdClient, FileTransferError
+from ._envd import EnvdClient, EnvdUnavailable, FileTransferError
 from ._errors import SandboxError
 from ._manager import SandboxManager
 
@@ -43,13 +43,22 @@ def connect_error(exc: BaseException) -> ConnectError:
         return ConnectError(code, exc.message)
     if isinstance(exc, (httpx.TransportError, OSError)):
         return ConnectError(Code.UNAVAILABLE, f"envd in the sandbox does not answer: {exc}")
+    if isinstance(exc, EnvdUnavailable):  # it answered, but not as envd would
+        return ConnectError(Code.UNAVAILABLE, f"envd in the sandbox: {exc}")
     return ConnectError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
 async def call(awaitable: Awaitable[_T]) -> _T:
     try:
         return await awaitable
-    except (ConnectError, SandboxError, FileTransferError, httpx.TransportError, OSError) as exc:
+    except (
+        ConnectError,
+        SandboxError,
+        FileTransferError,
+        EnvdUnavailable,
+        httpx.TransportError,
+        OSError,
+    ) as exc:
         raise connect_error(exc) from None
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ._envd import EnvdClient
-from .network import SandboxNetwork
+from ._private import write_private
+from .network import OPEN, EgressPolicy, SandboxNetwork
 from .vmm import VM
 
 #: A sandbox id: it names the sandbox's directory, its cold-storage archive and its cgroup.
@@ -67,7 +68,16 @@ class Sandbox:
     envd_version: str = ""
     slot: int | None = None
     network: SandboxNetwork | None = None
+    #: Its egress policy (`_netpolicy`); only its public part is saved.
+    policy: EgressPolicy = field(default=OPEN, repr=False)
+    #: False after a restart adopted it with header rules whose secrets are gone (until resent).
+    secrets_loaded: bool = True
+    #: The digest of the egress CA its guest trusts ("" none).
+    ca_installed: str = ""
     disk: Path | None = None
+    #: What the disk was made over (an image's root file system, a ready snapshot's or a template's disk;
+    #: None for a disk that stands alone): the backing the VMM gets, never what the disk's header says.
+    disk_base: Path | None = None
     vm: VM | None = None
     envd: EnvdClient | None = None
     boot_seconds: float | None = None
@@ -130,16 +140,16 @@ class Sandbox:
             "envd_version": self.envd_version,
             "slot": self.slot,
             "disk": str(self.disk) if self.disk else None,
+            "disk_base": str(self.disk_base) if self.disk_base else None,
             "vmm_pid": self.vm.pid if self.vm else None,
             "paused_at": self.paused_at,
             "from_snapshot": self.from_snapshot,
             "memory_source": str(self.memory_source) if self.memory_source else None,
             "error": self.error,
+            "network": self.policy.describe(),  # never its secrets: header values, the CA's key
+            "ca_installed": self.ca_installed,
         }
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        tmp.chmod(0o600)  # it holds the envd access token
-        tmp.replace(self.state_file)
+        write_private(self.state_file, json.dumps(state, indent=1))  # it holds the envd access token
 
     @classmethod
     def from_state(cls, workdir: Path, state: dict[str, Any]) -> Sandbox:
@@ -154,7 +164,9 @@ class Sandbox:
         sandbox.kernel_version = str(state.get("kernel_version", ""))
         sandbox.envd_version = str(state.get("envd_version", ""))
         sandbox.disk = Path(state["disk"]) if state.get("disk") else None
+        sandbox.disk_base = Path(state["disk_base"]) if state.get("disk_base") else None
         sandbox.error = str(state.get("error") or "")
+        sandbox.ca_installed = str(state.get("ca_installed") or "")
         sandbox.from_snapshot = bool(state.get("from_snapshot"))
         sandbox.memory_source = Path(state["memory_source"]) if state.get("memory_source") else None
         paused_at = state.get("paused_at")

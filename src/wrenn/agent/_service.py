@@ -25,12 +25,16 @@ from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentService
 
 from ._errors import SandboxError
+from ._logs import console_entries
 from ._manager import SandboxManager
+from ._netpolicy import from_proto
+from ._output import OutputBudget
 from ._registration import host_images
 from ._rpc import call, connect_error, ts
 from ._sandbox import Sandbox, SandboxParams, Status
 from ._service_build import BuildRPCs
 from ._service_files import FileRPCs
+from ._service_network import NetworkRPCs
 from ._service_process import ProcessRPCs
 from .vmm import Accelerator
 
@@ -52,7 +56,7 @@ _RANGES = {
 }
 
 
-class AgentService(ProcessRPCs, FileRPCs, BuildRPCs, HostAgentService):
+class AgentService(ProcessRPCs, FileRPCs, NetworkRPCs, BuildRPCs, HostAgentService):
     def __init__(
         self,
         manager: SandboxManager,
@@ -60,6 +64,7 @@ class AgentService(ProcessRPCs, FileRPCs, BuildRPCs, HostAgentService):
         proxy_port: int = 0,
     ) -> None:
         self.m = manager
+        self.exec_budget = OutputBudget(manager.config.exec_output_budget)
         self._on_terminate = on_terminate
         self._proxy_port = proxy_port
         #: The driver as the API names it (VMM_UNSPECIFIED until hostagent.proto has a value for it).
@@ -88,6 +93,7 @@ class AgentService(ProcessRPCs, FileRPCs, BuildRPCs, HostAgentService):
             metadata=dict(s.params.metadata),
             paused_at=ts(s.paused_at) if s.paused_at is not None else None,
             from_snapshot=s.from_snapshot,
+            network_secrets_missing=not s.secrets_loaded,
         )
 
     # --- sandboxes -----------------------------------------------------------------------------------
@@ -116,7 +122,11 @@ class AgentService(ProcessRPCs, FileRPCs, BuildRPCs, HostAgentService):
             auto_pause=not request.discard_on_timeout,
             cold_boot=request.cold_boot,
         )
-        sandbox = await call(self.m.create(params))
+        try:
+            policy = from_proto(request.network, request.allow_internet)
+        except SandboxError as exc:
+            raise connect_error(exc) from None
+        sandbox = await call(self.m.create(params, policy))
         return pb.CreateSandboxResponse(sandbox=self._info(sandbox))
 
     def _template_of(self, request: pb.CreateSandboxRequest) -> str:
@@ -147,7 +157,12 @@ class AgentService(ProcessRPCs, FileRPCs, BuildRPCs, HostAgentService):
     async def resume_sandbox(
         self, request: pb.ResumeSandboxRequest, ctx: RequestContext[Any, Any]
     ) -> pb.ResumeSandboxResponse:
-        return pb.ResumeSandboxResponse(sandbox=self._info(await call(self.m.resume(request.sandbox_id))))
+        try:
+            policy = from_proto(request.network) if request.network is not None else None
+        except SandboxError as exc:
+            raise connect_error(exc) from None
+        resumed = await call(self.m.resume(request.sandbox_id, policy))
+        return pb.ResumeSandboxResponse(sandbox=self._info(resumed))
 
     async def hibernate_sandbox(
         self, request: pb.HibernateSandboxRequest, ctx: RequestContext[Any, Any]
@@ -158,7 +173,11 @@ class AgentService(ProcessRPCs, FileRPCs, BuildRPCs, HostAgentService):
     async def thaw_sandbox(
         self, request: pb.ThawSandboxRequest, ctx: RequestContext[Any, Any]
     ) -> pb.ThawSandboxResponse:
-        return pb.ThawSandboxResponse(sandbox=self._info(await call(self.m.thaw(request.sandbox_id))))
+        try:
+            policy = from_proto(request.network) if request.network is not None else None
+        except SandboxError as exc:
+            raise connect_error(exc) from None
+        return pb.ThawSandboxResponse(sandbox=self._info(await call(self.m.thaw(request.sandbox_id, policy))))
 
     async def create_template(
         self, request: pb.CreateTemplateRequest, ctx: RequestContext[Any, Any]
@@ -223,6 +242,23 @@ class AgentService(ProcessRPCs, FileRPCs, BuildRPCs, HostAgentService):
                     disk_bytes=p.disk_bytes,
                 )
                 for p in self.m.metrics.points(request.sandbox_id, range_s)
+            ]
+        )
+
+    async def get_sandbox_logs(
+        self, request: pb.GetSandboxLogsRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.GetSandboxLogsResponse:
+        try:
+            sandbox = self.m.get(request.sandbox_id)
+        except SandboxError as exc:
+            raise connect_error(exc) from None
+        found = await asyncio.to_thread(
+            console_entries, sandbox.workdir / "console.log", sandbox.created_at, sandbox.from_snapshot
+        )
+        return pb.GetSandboxLogsResponse(
+            entries=[
+                pb.LogEntry(timestamp=ts(e.timestamp), level=e.level, message=e.message, source=e.source)
+                for e in found
             ]
         )
 

@@ -177,7 +177,7 @@ class BuildRPCs:
             }
             await self.m.templates.materialize(
                 built.build_id,
-                disk_top=self.m.blobs.local(built.disk[-1].sha256),
+                disk=self.m.blobs.local_chain([(d.sha256, d.size) for d in built.disk]),
                 vmstate=vmstate,
                 memory=memory,
                 meta=meta,

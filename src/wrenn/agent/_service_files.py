@@ -15,7 +15,7 @@ from protobuf import Oneof
 from wrenn.proto.envd.filesystem import filesystem_pb as fs
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 
-from ._envd import EnvdClient, FileTransferError
+from ._envd import EnvdClient, EnvdUnavailable, FileTransferError
 from ._errors import SandboxError
 from ._rpc import EnvdRPCs, call, connect_error
 from ._service_process import start_request
@@ -95,7 +95,7 @@ class FileRPCs(EnvdRPCs):
         try:
             async for chunk in envd.download(request.path):
                 yield pb.ReadFileStreamResponse(chunk=chunk)
-        except (FileTransferError, httpx.TransportError, OSError) as exc:
+        except (FileTransferError, EnvdUnavailable, httpx.TransportError, OSError) as exc:
             raise connect_error(exc) from None
 
     async def write_file_stream(

@@ -19,6 +19,7 @@ from wrenn.proto.envd.process import process_pb as proc
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 
 from ._errors import SandboxError
+from ._output import CappedOutput, OutputBudget
 from ._rpc import EnvdRPCs, call, connect_error, quietly
 
 _T = TypeVar("_T")
@@ -79,6 +80,9 @@ def _selector(pid: int = 0, tag: str = "") -> proc.ProcessSelector:
 
 
 class ProcessRPCs(EnvdRPCs):
+    #: What all foreground execs may hold of their commands' output at once.
+    exec_budget: OutputBudget
+
     # --- processes -----------------------------------------------------------------------------------
 
     async def exec(self, request: pb.ExecRequest, ctx: RequestContext[Any, Any]) -> pb.ExecResponse:
@@ -86,7 +90,8 @@ class ProcessRPCs(EnvdRPCs):
         start = start_request(request.cmd, list(request.args), dict(request.envs), request.cwd)
         timeout_s = request.timeout_sec or 30
         out = pb.ExecResponse()
-        stdout, stderr = bytearray(), bytearray()
+        limit = self.m.config.exec_output_limit
+        stdout, stderr = CappedOutput(limit, self.exec_budget), CappedOutput(limit, self.exec_budget)
         began = time.monotonic()
         try:
             async for response in envd.process.start(start, headers=headers, timeout_ms=timeout_s * 1000):
@@ -95,7 +100,7 @@ class ProcessRPCs(EnvdRPCs):
                 if which is None:
                     continue
                 if which.field == "data" and (output := which.value.output) is not None:
-                    (stdout if output.field == "stdout" else stderr).extend(output.value)
+                    (stdout if output.field == "stdout" else stderr).add(output.value)
                 elif which.field == "end":
                     out.exit_code, out.exited, out.status = (
                         which.value.exit_code,
@@ -110,7 +115,9 @@ class ProcessRPCs(EnvdRPCs):
             out.timed_out, out.exit_code, out.status = True, -1, "deadline exceeded"
         except (httpx.TransportError, OSError) as exc:
             raise connect_error(exc) from None
-        out.stdout, out.stderr = bytes(stdout), bytes(stderr)
+        finally:
+            out.stdout, out.stderr = stdout.release(), stderr.release()
+        out.stdout_truncated, out.stderr_truncated = stdout.truncated, stderr.truncated
         out.duration_ms = int((time.monotonic() - began) * 1000)
         return out
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from wrenn import images
 
 from . import _disk
+from ._admission import Admission
 from ._cold import ColdStorageError, ColdStore
 from ._errors import SandboxError
 from ._launch import Launcher, describe_failure
@@ -27,17 +28,24 @@ from ._sandbox import SANDBOX_ID, Sandbox, Status, load_state
 from ._table import SandboxTable
 from ._templates import NAME as TEMPLATE_NAME
 from ._templates import Template, TemplateStore
+from .network import EgressPolicy
 
 log = logging.getLogger("wrenn.agent")
 
 
 class Snapshots:
     def __init__(
-        self, table: SandboxTable, launcher: Launcher, templates: TemplateStore, cold: ColdStore | None
+        self,
+        table: SandboxTable,
+        launcher: Launcher,
+        templates: TemplateStore,
+        admission: Admission,
+        cold: ColdStore | None,
     ) -> None:
         self.table = table
         self.launcher = launcher
         self.templates = templates
+        self.admission = admission
         self.cold = cold
 
     # --- pause and resume ----------------------------------------------------------------------------
@@ -61,7 +69,7 @@ class Snapshots:
             await sandbox.envd.prepare_snapshot()
             partial = sandbox.workdir / "snapshot.partial"
             shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir()
+            partial.mkdir(mode=0o700)
             try:
                 await vm.snapshot(partial)
             except BaseException as exc:
@@ -91,11 +99,13 @@ class Snapshots:
         )
         return sandbox
 
-    async def resume(self, sandbox_id: str) -> Sandbox:
+    async def resume(self, sandbox_id: str, policy: EgressPolicy | None = None) -> Sandbox:
         """Restore a paused sandbox into a new VMM in a fresh network slot and re-initialise envd
         (clock, token, env). A snapshot that cannot be restored turns the sandbox to `error`."""
         sandbox = self.table.get(sandbox_id)
         async with sandbox.lock:
+            if policy is not None:
+                sandbox.policy, sandbox.secrets_loaded = policy, True
             if sandbox.status is Status.RUNNING:
                 sandbox.touch()
                 return sandbox
@@ -109,7 +119,7 @@ class Snapshots:
                 raise SandboxError(
                     "failed_precondition", f"the image of sandbox {sandbox_id} is gone from this host"
                 )
-            self.launcher.admit_memory(sandbox.params.memory_mb)
+            self.admission.check(sandbox.params, held=sandbox)
             started = time.monotonic()
             try:
                 await self._restore(sandbox, image)
@@ -141,7 +151,9 @@ class Snapshots:
 
     async def _restore(self, sandbox: Sandbox, image: images.Image) -> None:
         await self.launcher.plug(sandbox)
-        sandbox.vm = await self.table.driver.restore(self.launcher.spec(sandbox, image), sandbox.snapshot_dir)
+        sandbox.vm = await self.table.driver.restore(
+            self.launcher.start_spec(sandbox, image), sandbox.snapshot_dir
+        )
         await self.launcher.attach(sandbox, access_token=sandbox.params.envd_access_token or None)
         await self.launcher.init_envd(sandbox)
 
@@ -176,9 +188,11 @@ class Snapshots:
                 )
             stage = sandbox.workdir / "hibernate"
             shutil.rmtree(stage, ignore_errors=True)
-            stage.mkdir()
+            stage.mkdir(mode=0o700)
             try:
-                await _disk.flatten(sandbox.disk, stage / "rootfs.qcow2")
+                await _disk.flatten(
+                    sandbox.disk, _disk.backing_chain(sandbox.disk_base), stage / "rootfs.qcow2"
+                )
                 for item in sandbox.snapshot_dir.iterdir():
                     os.link(item, stage / item.name)
                 sandbox.save()
@@ -194,16 +208,20 @@ class Snapshots:
         log.info("sandbox hibernated", extra={"sandbox": sandbox_id, "archive_bytes": size})
         return size
 
-    async def thaw(self, sandbox_id: str) -> Sandbox:
+    async def thaw(self, sandbox_id: str, policy: EgressPolicy | None = None) -> Sandbox:
         """Bring a hibernated sandbox back from cold storage onto this host and resume it."""
         if sandbox_id in self.table.sandboxes:
-            return await self.resume(sandbox_id)
+            return await self.resume(sandbox_id, policy)
         cold = self._cold()
         if not SANDBOX_ID.match(sandbox_id) or not cold.exists(sandbox_id):
             raise SandboxError("not_found", f"no hibernated sandbox {sandbox_id!r} in cold storage")
         workdir = self.table.config.sandboxes_dir / sandbox_id
+        archive = cold.path(sandbox_id)
+        # What it unpacks to is known only once unpacked (checked then by `resume`); the archive's own
+        # size is the least of it.
+        self.admission.check_disk(incoming_bytes=archive.stat().st_size)
         shutil.rmtree(workdir, ignore_errors=True)
-        (workdir / "snapshot").mkdir(parents=True)
+        (workdir / "snapshot").mkdir(mode=0o700, parents=True)
         try:
             await cold.get(sandbox_id, workdir)
             for item in ("vmstate", "memory", "meta.json"):
@@ -211,6 +229,7 @@ class Snapshots:
                     (workdir / item).rename(workdir / "snapshot" / item)
             state = load_state(workdir / "state.json")
             state["disk"] = str(workdir / "rootfs.qcow2")
+            state["disk_base"] = None  # flattened: it stands alone
             state["memory_source"] = None
             thawed = Sandbox.from_state(workdir, state)
             await _check_thawed(thawed, sandbox_id)
@@ -220,7 +239,14 @@ class Snapshots:
                 "data_loss", f"the archive of sandbox {sandbox_id} is unusable: {exc}"
             ) from None
         self.table.add_stopped(thawed).save()
-        resumed = await self.resume(sandbox_id)
+        try:
+            resumed = await self.resume(sandbox_id, policy)
+        except SandboxError as exc:
+            if exc.code == "resource_exhausted":  # it stays hibernated: the archive is all there is of it
+                self.table.sandboxes.pop(sandbox_id, None)
+                await self.table.release(thawed)
+                self.table.forget(thawed)
+            raise
         cold.delete(sandbox_id)
         log.info("sandbox thawed", extra={"sandbox": sandbox_id})
         return resumed

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _disk
-from ._cgroup import Cgroups, kill_all
+from ._cgroup import Cgroups, IOLimit, block_device, kill_all
 from ._config import AgentConfig
 from ._errors import SandboxError
 from ._metrics import MetricsStore
@@ -52,6 +52,9 @@ class SandboxTable:
         self.metrics = MetricsStore()
         self.sandboxes: dict[str, Sandbox] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: How fast each VMM may read and write the data directory's disk (None: not throttled here).
+        device = block_device(config.data_dir) if config.data_dir.exists() else None
+        self.io_limit = IOLimit(device, config.vmm_io_bytes_per_s, config.vmm_io_iops) if device else None
 
     @property
     def capabilities(self) -> Capabilities:

@@ -27,6 +27,7 @@ from wrenn import images
 
 from . import _disk
 from ._errors import SandboxError
+from ._private import write_private
 
 log = logging.getLogger("wrenn.agent.templates")
 
@@ -109,15 +110,15 @@ class TemplateStore:
             raise SandboxError("already_exists", f"template {name!r} already exists on this host")
         partial = self.directory / f".{name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        partial.mkdir(mode=0o700, parents=True)
         started = time.monotonic()
         try:
             for item in ("vmstate", "memory"):
                 if (snapshot / item).is_file():
                     os.link(snapshot / item, partial / item)
             await _disk.copy_sparse(disk, partial / "rootfs.qcow2")
-            (partial / "meta.json").write_text(json.dumps({**meta, "kind": "template"}, indent=1))
-            (partial / "meta.json").chmod(0o600)  # it holds the guest's envd token
+            # meta.json holds the guest's envd token
+            write_private(partial / "meta.json", json.dumps({**meta, "kind": "template"}, indent=1))
             partial.rename(final)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
@@ -134,10 +135,11 @@ class TemplateStore:
         return template
 
     async def materialize(
-        self, name: str, *, disk_top: Path, vmstate: Path, memory: Path, meta: dict[str, Any]
+        self, name: str, *, disk: list[tuple[Path, str]], vmstate: Path, memory: Path, meta: dict[str, Any]
     ) -> Template:
-        """Template `name` of a built template's blobs (already in this host's cache and checked); the one
-        there when it was made before."""
+        """Template `name` of a built template's blobs (already in this host's cache and checked; `disk`
+        its chain, top first); the one there when it was made before. Its `meta.json` records the chain
+        (`disk_chain`): sandboxes' VMMs are handed it, never what a layer's header names."""
         existing = self.get(name)
         if existing is not None:
             return existing
@@ -152,12 +154,16 @@ class TemplateStore:
                     os.link(source, partial / item)
                 except OSError:
                     await _disk.copy_sparse(source, partial / item)
-            await _disk.run(
-                "qemu-img", "create", "-q", "-f", "qcow2", "-b", str(disk_top), "-F", "qcow2",
-                str(partial / "rootfs.qcow2"),
-            )  # fmt: skip
-            meta = {**meta, "kind": "built"}
-            (partial / "meta.json").write_text(json.dumps(meta, indent=1))
+            await _disk.create_overlay_over(
+                disk, partial / "rootfs.qcow2", int(meta.get("disk_size_mb") or 0)
+            )
+            meta = {
+                **meta,
+                "kind": "built",
+                "disk_base": str(disk[0][0]),
+                "disk_chain": _disk.chain_record(disk),
+            }
+            write_private(partial / "meta.json", json.dumps(meta, indent=1))
             partial.rename(final)
         except FileExistsError:
             shutil.rmtree(partial, ignore_errors=True)  # made meanwhile by a concurrent create

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from wrenn import __version__, images
 
-from . import _capsule, _host, _platform, _template
+from . import _admin, _capsule, _host, _keys, _platform, _template
 from ._auth import NoCredentials
 from ._platform import DEFAULT_DATA_DIR
 
@@ -28,6 +28,9 @@ app = typer.Typer(
 app.add_typer(_capsule.app, name="capsule")
 app.add_typer(_host.app, name="host")
 app.add_typer(_template.app, name="template")
+app.add_typer(_keys.app, name="keys")
+app.command()(_keys.login)
+app.add_typer(_admin.app, name="admin")
 err = Console(stderr=True, soft_wrap=True)
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 DataDir = Annotated[Path, typer.Option(help="images, database, sandboxes and logs")]
@@ -89,6 +92,10 @@ def up(
         list[str] | None,
         typer.Option("--with", help="also build this base image, e.g. code-interpreter (repeatable)"),
     ] = None,
+    e2b_key: Annotated[
+        bool,
+        typer.Option("--e2b-key", help="also mint a key in E2B's shape (e2b_ + hex) for e2b SDKs <= 2.45"),
+    ] = False,
 ) -> None:
     """The whole platform on this machine: control plane, host agent and SQLite; then a first capsule."""
     from wrenn.sdk import Capsule
@@ -126,6 +133,12 @@ def up(
         f"\nDashboard: {platform.base_url}/   sign in as {platform.admin_email}, "
         f"password {platform.admin_password}  (also in {_platform.Platform.state_file(data_dir)})"
     )
+    if e2b_key:
+        key = _keys.mint("wrenn up (E2B shape)", e2b=True)
+        err.print(
+            "\nFor a program written for E2B (any e2b SDK, 2.45 included):\n"
+            f"  export E2B_API_KEY={key} E2B_API_URL={platform.base_url} E2B_SANDBOX_URL={platform.base_url}"
+        )
     if detach:
         return
     err.print("Running in the foreground; Ctrl-C stops Wrenn.")
@@ -156,7 +169,7 @@ def run() -> None:
 
     try:
         app()
-    except (_platform.PlatformError, NoCredentials, _host.HostError) as exc:
+    except (_platform.PlatformError, NoCredentials, _host.HostError, _keys.ApiFailure) as exc:
         err.print(f"[red]wrenn: {exc}[/red]")
         raise SystemExit(1) from None
     except WrennError as exc:

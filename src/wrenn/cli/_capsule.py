@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wrenn.sdk import Capsule
+from wrenn.sdk._config import Config
 
 from ._auth import credentials
 
@@ -92,6 +93,73 @@ def kill(capsule_id: str) -> None:
     key, base = credentials()
     Capsule.destroy(capsule_id, api_key=key, base_url=base)  # type: ignore[call-arg]
     print(f"{capsule_id} destroyed")
+
+
+def _attach(capsule_id: str) -> Capsule:
+    """The capsule as it is (a paused one is not resumed, unlike `Capsule.connect`)."""
+    key, base = credentials()
+    info = Capsule.get_info(capsule_id, api_key=key, base_url=base)  # type: ignore[call-arg]
+    return Capsule(_info=info, _config=Config.resolve(key, base))
+
+
+def _by_id() -> dict[str, str]:
+    key, base = credentials()
+    return {"api_key": key, "base_url": base}
+
+
+@app.command()
+def pause(capsule_id: str) -> None:
+    """Pause a capsule: its memory, processes and files are kept; its CPU and RAM freed."""
+    print(Capsule.pause(capsule_id, **_by_id()).status)  # type: ignore[call-arg]
+
+
+@app.command()
+def resume(capsule_id: str) -> None:
+    """Resume a paused capsule as it was."""
+    print(Capsule.resume(capsule_id, **_by_id()).status)  # type: ignore[call-arg]
+
+
+@app.command()
+def snapshot(
+    capsule_id: str,
+    name: Annotated[str | None, typer.Option(help="the template's name (default: generated)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace the team's template of that name")] = False,
+) -> None:
+    """Save a capsule as a template (it is left paused) and print the template's name."""
+    capsule = _attach(capsule_id)
+    try:
+        print(capsule.create_snapshot(name, overwrite=overwrite).name)
+    finally:
+        capsule.close()  # the capsule lives on
+
+
+@app.command()
+def fork(capsule_id: str, count: Annotated[int, typer.Option(help="how many (1-20)")] = 1) -> None:
+    """New capsules in this one's state now (memory, processes, files); prints their ids."""
+    capsule = _attach(capsule_id)
+    try:
+        for forked in capsule.fork(count):
+            print(forked.capsule_id)
+            forked.close()
+    finally:
+        capsule.close()
+
+
+@app.command()
+def logs(
+    capsule_id: str,
+    limit: Annotated[int, typer.Option(help="how many entries")] = 200,
+    since: Annotated[int | None, typer.Option(help="from this time on (unix milliseconds)")] = None,
+) -> None:
+    """A capsule's console: kernel, init, envd and every process it started and ended. Without --since,
+    the newest entries."""
+    capsule = _attach(capsule_id)
+    try:
+        found = capsule.logs(cursor=since, limit=limit, backward=since is None)
+    finally:
+        capsule.close()
+    for entry in found if since is not None else found[::-1]:
+        print(f"{entry['timestamp']} {entry['level']:<5} {entry['source']:<7} {entry['message']}")
 
 
 def _split(spec: str) -> tuple[str | None, str]:

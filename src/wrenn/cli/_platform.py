@@ -86,7 +86,8 @@ def _port_free(port: int) -> bool:
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as sink:
+    # root's alone: a failed boot's error quotes the guest's console
+    with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600), "ab") as sink:
         return subprocess.Popen(
             [sys.executable, *args], stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # survives `up --detach` and is stopped only by `down`
@@ -182,7 +183,7 @@ def start(
     except images.BuildError as exc:
         raise PlatformError(str(exc)) from None
     logs = data_dir / "logs"
-    logs.mkdir(exist_ok=True)
+    logs.mkdir(mode=0o700, exist_ok=True)
     agent_url = f"http://127.0.0.1:{agent_port}"
     agent = _spawn(
         [

@@ -19,9 +19,12 @@ from wrenn._shared.private import private_dir
 from . import _site
 from ._agents import AgentPool
 from ._ca import CertificateAuthority
+from ._deadlines import Deadlines
 from ._errors import ApiError
 from ._hosts import register_local
+from ._janitor import Janitor
 from ._limits import Limited, RequestLimits
+from ._mail import Mailer
 from ._monitor import HostMonitor
 from ._proxy import TrafficProxy
 from ._secretbox import SecretBox
@@ -29,14 +32,20 @@ from ._security import Tokens, load_or_create_secret
 from ._settings import Settings
 from .db import make_engine, migrate, private_sqlite_file, sessions
 from .routes import (
+    account,
     admin,
+    admin_platform,
     auth,
     builds,
     capsules,
     dashboard,
     e2b,
     e2b_templates,
+    host_tags,
     keys,
+    network,
+    oauth,
+    observability,
     snapshots,
     streams,
     teams,
@@ -57,6 +66,8 @@ _HTTP_CODES = {
 
 
 def create_app(settings: Settings) -> FastAPI:
+    settings.check()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         private_dir(settings.data_dir)  # 0700 when the control plane creates it
@@ -73,6 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings.data_dir, settings.ca_cert_file, settings.ca_key_file
         )
         app.state.agents = AgentPool(app.state.ca, settings.local_agent_token())
+        app.state.mailer = Mailer(settings)
         async with app.state.sessions() as session:
             await prepare_bootstrap(session, settings.data_dir)
             for address in settings.local_agents:
@@ -84,12 +96,23 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.upload_key = app.state.tokens.derive(b"wrenn template uploads")
         builds = app.state.builds = BuildWorker(app.state.sessions, app.state.agents, settings)
         builds.start()
+        deadlines = app.state.deadlines = Deadlines(
+            app.state.sessions, app.state.agents, settings, engine.dialect.name
+        )
+        deadlines.start()
+        janitor = app.state.janitor = Janitor(
+            app.state.sessions, app.state.agents, settings, engine.dialect.name
+        )
+        janitor.start()
         log.info("control plane ready", extra={"database": engine.url.render_as_string(hide_password=True)})
         try:
             yield
         finally:
             await builds.stop()
+            await deadlines.stop()
+            await janitor.stop()
             await monitor.stop()
+            await app.state.mailer.drain()
             await app.state.agents.close()
             await engine.dispose()
 
@@ -153,13 +176,16 @@ def create_app(settings: Settings) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    for module in (auth, admin, keys, capsules, snapshots, streams):
+    routers = (auth, account, oauth, admin, admin_platform, keys, observability, capsules, snapshots, streams)
+    for module in routers:
         app.include_router(module.router)
     app.include_router(hosts_routes.router)
+    app.include_router(host_tags.router)
     app.include_router(teams.router)
     app.include_router(builds.router)  # template builds: /v1/templates, /v1/admin/builds
     app.include_router(e2b_templates.router)  # E2B's template builds (before e2b's /templates/{id})
     app.include_router(e2b.router)  # E2B's REST API: /sandboxes, /v2/sandboxes, ...
+    app.include_router(network.router)  # egress policies: /v1/capsules/{id}/network, E2B's PUT
     app.include_router(dashboard.router)  # the dashboard's session cookie and downloads
     _site.mount(app, settings.dashboard_dir)  # the dashboard's pages, last: they never shadow the API
     app.add_middleware(RequestLimits, settings=settings, respond=_refuse)  # bodies (413), rates (429)

@@ -7,8 +7,10 @@
 the guest and has no cap. The traffic proxy's bodies are the guest's business and are not capped.
 
 **Rates.** Token buckets (a sustained rate per second, and a burst) per API key or user token, per client
-address on the API, per client address on the routes that need no credential (sign-up, login, the admin
-bootstrap, host registration and refresh), and per client address on the traffic proxy.
+address on the API, per client address on the POSTs that need no credential (sign-up, login, the admin
+bootstrap, host registration and refresh, activation, password reset; reading or ending a dashboard session
+is not one of them) and on identity providers' round trips, and
+per client address on the traffic proxy.
 
 The buckets live in each control plane process, by design: they protect the process that holds them from
 floods (a request costs the process that serves it), and a shared counter would cost a database write per
@@ -35,6 +37,7 @@ from starlette.exceptions import HTTPException
 
 from wrenn._shared.asgiproxy import ASGIApp, Receive, Scope, Send
 
+from ._session import COOKIE
 from ._settings import Settings
 
 #: Routes anyone may call without a credential: rate-limited per address, tighter.
@@ -47,8 +50,16 @@ UNAUTHENTICATED = frozenset(
         "/v1/dashboard/signup",
         "/v1/hosts/register",
         "/v1/hosts/auth/refresh",
+        "/v1/auth/activate",
+        "/v1/dashboard/activate",
+        "/v1/auth/activate/resend",
+        "/v1/me/password/reset",
+        "/v1/me/password/reset/confirm",
     }
 )
+_SESSION_COOKIE = COOKIE.encode() + b"="
+#: The identity providers' round trips (start and callback), likewise.
+_OAUTH = re.compile(r"^/v1/auth/oauth/[^/]+(/callback)?/?$")
 _STREAM_WRITE = re.compile(r"^/v1/capsules/[^/]+/files/stream/write/?$")
 _FILE_WRITE = re.compile(r"^/v1/capsules/[^/]+/files/write/?$")
 #: A template build's files: E2B's signed upload URL, and the multipart builds of /v1 (recipe + archive).
@@ -91,13 +102,19 @@ def client_address(scope: Scope) -> str:
 
 
 def _credential(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """A digest of the request's credential (API key, bearer token or host token), if any."""
+    """A digest of the request's credential (API key, bearer token, host token or the dashboard's session
+    cookie), if any."""
     for name, value in headers:
         lowered = name.lower()
         if lowered in (b"x-api-key", b"x-host-token") or (
             lowered == b"authorization" and value[:7].lower() == b"bearer "
         ):
             return hashlib.sha256(value).hexdigest()[:32]
+    for name, value in headers:
+        if name.lower() == b"cookie":
+            for part in value.split(b";"):
+                if part.strip().startswith(_SESSION_COOKIE):
+                    return hashlib.sha256(part.strip()).hexdigest()[:32]
     return None
 
 
@@ -134,7 +151,8 @@ class RequestLimits:
         """0 when the request may go on, else the seconds to wait."""
         address = client_address(scope)
         waits = [self.per_address.take(address)]
-        if scope["path"].rstrip("/") in UNAUTHENTICATED:
+        path = scope["path"]
+        if (scope.get("method") == "POST" and path.rstrip("/") in UNAUTHENTICATED) or _OAUTH.match(path):
             waits.append(self.unauthenticated.take(address))
         credential = _credential(scope["headers"])
         if credential is not None:

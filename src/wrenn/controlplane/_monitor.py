@@ -20,8 +20,6 @@ so a host another control plane is checking is skipped. SQLite (one control plan
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -34,14 +32,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 
 from . import _audit
-from ._agents import AgentPool
-from ._errors import ApiError
+from ._background import Background, lock_key
 from ._hosts import apply_host_info
-from ._settings import Settings
 from .db import Capsule, Host, states, utcnow
 from .db import CapsuleStatus as S
 from .db import HostStatus as H
-from .service import CapsuleService
+from .service.network import resend_secrets
 
 log = logging.getLogger("wrenn.controlplane.monitor")
 #: Capsule statuses that mean "a VM should be alive on its host".
@@ -49,38 +45,15 @@ _CONCURRENCY = 8
 
 
 def _lock_key(host_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"wrenn-host:{host_id}".encode()).digest()[:8], "big", signed=True)
+    return lock_key("host", host_id)
 
 
-class HostMonitor:
-    def __init__(
-        self, sessions: Callable[[], Any], agents: AgentPool, settings: Settings, dialect: str
-    ) -> None:
-        self._sessions = sessions
-        self._agents = agents
-        self._settings = settings
-        self._postgres = dialect == "postgresql"
-        self._task: asyncio.Task[None] | None = None
+class HostMonitor(Background):
+    task_name = "wrenn-host-monitor"
+    round_name = "host monitor round"
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="wrenn-host-monitor")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the monitor must outlive a bad round (a database hiccup)
-                log.exception("host monitor round failed")
-            await asyncio.sleep(self._settings.monitor_interval_s)
+    def interval_s(self) -> float:
+        return self._settings.monitor_interval_s
 
     async def tick(self) -> None:
         """One round: silent hosts, local agents, then reconciliation of every online host."""
@@ -140,7 +113,6 @@ class HostMonitor:
                 if local and not await self._ping_local(host_id, address):
                     return
                 await self._reconcile(host_id, address)
-                await self._end_lives(host_id, address)
                 await self._hibernate(host_id, address)
             finally:
                 await lock.rollback()  # releases the advisory lock
@@ -173,41 +145,6 @@ class HostMonitor:
             apply_host_info(host, info)
             await session.commit()
             return True
-
-    async def _end_lives(self, host_id: str, address: str) -> None:
-        """Capsules past their lifetime deadline (`end_at`, E2B's timeout) are killed, or paused when their
-        `on_timeout` says so."""
-        async with self._sessions() as session:
-            due = (
-                await session.execute(
-                    select(Capsule.id, Capsule.on_timeout).where(
-                        Capsule.host_id == host_id,
-                        Capsule.status == S.RUNNING,
-                        Capsule.end_at.is_not(None),
-                        Capsule.end_at < utcnow(),
-                    )
-                )
-            ).all()
-        for capsule_id, on_timeout in due:
-            pause = on_timeout == "pause"
-            async with self._sessions() as session:
-                capsule = await session.get(Capsule, capsule_id)
-                if capsule is None or capsule.status != S.RUNNING:
-                    continue
-                service = CapsuleService(session, self._agents, self._settings)
-                try:
-                    if pause:
-                        await service.pause(capsule, None)
-                    else:
-                        capsule.error = "its timeout ended it"
-                        await service.destroy(capsule, None)
-                except ApiError as exc:
-                    await session.rollback()
-                    log.warning(
-                        "cannot end a capsule's life", extra={"capsule": capsule_id, "error": exc.message}
-                    )
-                    continue
-            log.info("capsule timed out", extra={"capsule": capsule_id, "paused": pause})
 
     async def _hibernate(self, host_id: str, address: str) -> None:
         """Move the host's capsules paused for longer than `hibernate_after_s` to cold storage."""
@@ -262,6 +199,7 @@ class HostMonitor:
             log.warning("cannot list the host's sandboxes", extra={"host": host_id, "error": str(exc)})
             return
         await reconcile(self._sessions, host_id, listed.sandboxes, listed_at)
+        await resend_secrets(self._sessions, self._agents, host_id, address, listed.sandboxes)
 
 
 async def _set_status(sessions: Callable[[], Any], capsule_id: str, expected: str, status: str) -> bool:

@@ -14,6 +14,9 @@ class Principal:
     actor_name: str
     user_id: str | None = None
     role: str = "member"
+    #: A user JWT's id and expiry (unix seconds), to sign that one session out.
+    token_id: str = ""
+    token_expires: int = 0
 
 
 def audit_fields(caller: Principal) -> dict[str, Any]:

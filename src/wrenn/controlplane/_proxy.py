@@ -35,9 +35,9 @@ from wrenn._shared.asgiproxy import (
 from . import _errors
 from ._agents import AgentPool, Traffic
 from ._limits import TokenBuckets, client_address, retry_after
-from ._security import API_KEY_PREFIX, Tokens
+from ._security import KEY_PREFIXES, Tokens
 from ._settings import Settings
-from .db import Capsule, Host, HostStatus, as_utc, utcnow
+from .db import Capsule, Host, HostStatus, as_utc, states, utcnow
 from .db import CapsuleStatus as S
 from .service import CapsuleService
 
@@ -113,6 +113,9 @@ class TrafficProxy:
         except _errors.ApiError as exc:
             if exc.code == "not_found":
                 await send_sandbox_not_found(scope, send, found.capsule_id, exc.message)
+            elif exc.code == "sandbox_paused":  # E2B's fields too: its SDK reads them as "not running"
+                extra = {"sandboxId": found.capsule_id, "message": "The sandbox is paused", "code": 502}
+                await send_error(scope, send, exc.status, exc.code, exc.message, extra)
             else:
                 await send_error(scope, send, exc.status, exc.code, exc.message)
             return
@@ -152,7 +155,7 @@ class TrafficProxy:
                 scheme, _, credential = value.decode("latin-1").partition(" ")
                 credential = credential.strip()
                 if scheme.lower() == "bearer" and (
-                    credential.startswith(API_KEY_PREFIX) or tokens.is_ours(credential)
+                    credential.startswith(KEY_PREFIXES) or tokens.is_ours(credential)
                 ):
                     continue
             if lowered == b"cookie":
@@ -190,9 +193,13 @@ class TrafficProxy:
             return agents.traffic(host.address, host.proxy_port, host_id=host.id)
 
     async def _ensure_running(self, session: AsyncSession, capsule: Capsule) -> None:
-        """Raise unless the capsule runs; traffic to a paused capsule resumes it first. (One its host
-        paused at the idle timeout, which the database learns only at the next reconcile, is resumed by
-        the agent's own proxy.)"""
+        """Raise unless the capsule runs; traffic to a paused capsule resumes it first when it was created
+        with auto-resume (every `/v1` capsule; E2B's only with `autoResume`), else it is answered 502
+        `sandbox_paused`, as E2B's proxy answers. (One its host paused at the idle timeout, which the
+        database learns only at the next reconcile, is resumed by the agent's own proxy.)"""
+        if capsule.status in states.ASLEEP and not capsule.auto_resume:
+            message = f"capsule {capsule.id} is paused (it was created without auto-resume): resume it first"
+            raise _errors.ApiError(502, "sandbox_paused", message)
         if capsule.status in (S.PAUSED, S.HIBERNATED):
             log.info("traffic resumes a paused capsule", extra={"capsule": capsule.id, "was": capsule.status})
             await CapsuleService(session, self.state.agents, self.state.settings).resume(capsule, None)

@@ -38,10 +38,18 @@ def verify_password(password_hash: str, password: str) -> bool:
 DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
 
 
-def new_api_key() -> tuple[str, str, str]:
-    """(the key to show once, its hash to store, its displayable prefix)."""
-    key = API_KEY_PREFIX + secrets.token_hex(16)
-    return key, hash_api_key(key), key[: len(API_KEY_PREFIX) + 6]
+#: Keys in E2B's shape (`e2b_` and 40 lower-case hex digits), for SDK releases that refuse any other
+#: (2.45, for one): with such a key a program written for E2B runs unchanged but for its key and URL.
+E2B_KEY_PREFIX = "e2b_"
+KEY_PREFIXES = (API_KEY_PREFIX, E2B_KEY_PREFIX)
+
+
+def new_api_key(e2b_shape: bool = False) -> tuple[str, str, str]:
+    """(the key to show once, its hash to store, its displayable prefix): `wrn_` and 128 random bits in
+    hex, or with `e2b_shape` `e2b_` and 160 (E2B's length)."""
+    prefix = E2B_KEY_PREFIX if e2b_shape else API_KEY_PREFIX
+    key = prefix + secrets.token_hex(20 if e2b_shape else 16)
+    return key, hash_api_key(key), key[: len(prefix) + 6]
 
 
 def hash_api_key(key: str) -> str:
@@ -67,6 +75,12 @@ class Claims:
     team_id: str
     role: str
     email: str
+    #: The user's token generation when issued: a token of an older one is refused (revoked).
+    generation: int = 0
+    #: The token's own id (set by `verify`), for signing out one session.
+    jti: str = ""
+    #: When it expires (unix seconds, set by `verify`).
+    exp: int = 0
 
 
 class Tokens:
@@ -86,6 +100,8 @@ class Tokens:
             "role": claims.role,
             "email": claims.email,
             "typ": "user",
+            "gen": claims.generation,
+            "jti": secrets.token_hex(16),
             "iat": now,
             "exp": now + self._ttl_s,
         }
@@ -126,6 +142,13 @@ class Tokens:
             return None
         if payload.get("typ") != "user":
             return None
+        generation = payload.get("gen", 0)
         return Claims(
-            payload["sub"], payload.get("team_id", ""), payload.get("role", ""), payload.get("email", "")
+            payload["sub"],
+            payload.get("team_id", ""),
+            payload.get("role", ""),
+            payload.get("email", ""),
+            generation=generation if isinstance(generation, int) else -1,
+            jti=str(payload.get("jti", "")),
+            exp=int(payload["exp"]),
         )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,8 +15,74 @@ def _flag(value: str) -> bool:
     return value.lower() not in ("0", "false", "no", "")
 
 
-def _csv(value: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in value.split(",") if item.strip())
+def _words(value: str) -> tuple[str, ...]:
+    return tuple(w for w in value.replace(",", " ").split() if w)
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityProvider:
+    """A way to sign in: GitHub (OAuth 2.0) or any OpenID Connect provider found by its discovery URL."""
+
+    #: In URLs (`/v1/auth/oauth/{id}`) and in linked identities: `github`, or the operator's name.
+    id: str
+    kind: str  # "github" | "oidc"
+    client_id: str
+    client_secret: str
+    #: Shown on the sign-in button.
+    display_name: str = ""
+    #: OIDC: `https://issuer/.well-known/openid-configuration`.
+    discovery_url: str = ""
+    scopes: str = "openid email profile"
+    #: Take the provider's e-mail addresses as verified although it does not say so (`email_verified`):
+    #: for an organisation's own provider whose addresses it assigns (Entra ID sends no such claim).
+    trust_email: bool = False
+    #: GitHub (or a GitHub Enterprise Server): its web and API addresses.
+    github_url: str = "https://github.com"
+    github_api_url: str = "https://api.github.com"
+
+
+_PROVIDER_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+
+def identity_providers_from_env(env: Mapping[str, str]) -> tuple[IdentityProvider, ...]:
+    """GitHub from `OAUTH_GITHUB_CLIENT_ID`/`_SECRET` (as the seed; `OAUTH_GITHUB_URL`/`_API_URL` for GitHub
+    Enterprise Server), and each OIDC provider named in `WRENN_OIDC_PROVIDERS` from
+    `WRENN_OIDC_<NAME>_DISCOVERY_URL`, `_CLIENT_ID`, `_CLIENT_SECRET`, `_DISPLAY_NAME`, `_SCOPES`,
+    `_TRUST_EMAIL`."""
+    found: list[IdentityProvider] = []
+    if env.get("OAUTH_GITHUB_CLIENT_ID"):
+        found.append(
+            IdentityProvider(
+                id="github",
+                kind="github",
+                client_id=env["OAUTH_GITHUB_CLIENT_ID"],
+                client_secret=env.get("OAUTH_GITHUB_CLIENT_SECRET", ""),
+                display_name="GitHub",
+                scopes="read:user user:email",
+                github_url=env.get("OAUTH_GITHUB_URL", "https://github.com").rstrip("/"),
+                github_api_url=env.get("OAUTH_GITHUB_API_URL", "https://api.github.com").rstrip("/"),
+            )
+        )
+    for name in _words(env.get("WRENN_OIDC_PROVIDERS", "")):
+        pid, prefix = name.lower(), f"WRENN_OIDC_{name.upper().replace('-', '_')}_"
+        if not _PROVIDER_ID.match(pid) or pid == "github":
+            raise ValueError(f"WRENN_OIDC_PROVIDERS: {name!r} is not a provider name ([a-z0-9-], not github)")
+        missing = [k for k in ("DISCOVERY_URL", "CLIENT_ID") if not env.get(prefix + k)]
+        if missing:
+            raise ValueError(f"OIDC provider {pid}: set {', '.join(prefix + k for k in missing)}")
+        found.append(
+            IdentityProvider(
+                id=pid,
+                kind="oidc",
+                client_id=env[prefix + "CLIENT_ID"],
+                client_secret=env.get(prefix + "CLIENT_SECRET", ""),
+                display_name=env.get(prefix + "DISPLAY_NAME", "") or name,
+                discovery_url=env[prefix + "DISCOVERY_URL"],
+                scopes=env.get(prefix + "SCOPES", "") or "openid email profile",
+                trust_email=_flag(env.get(prefix + "TRUST_EMAIL", "")),
+            )
+        )
+    return tuple(found)
 
 
 #: Settings read from the environment when set: (field, variable, how to read it).
@@ -40,10 +107,23 @@ _FROM_ENV: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("rate_proxy_per_address", "WRENN_RATE_PROXY_PER_ADDRESS", float),
     ("require_signed_url_expiry", "WRENN_REQUIRE_SIGNED_URL_EXPIRY", _flag),
     ("build_concurrency", "WRENN_BUILD_CONCURRENCY", int),
-    ("build_egress", "WRENN_BUILD_EGRESS", _csv),
+    ("build_egress", "WRENN_BUILD_EGRESS", _words),
     ("max_team_builds", "WRENN_MAX_TEAM_BUILDS", int),
     ("template_gc_grace_s", "WRENN_TEMPLATE_GC_GRACE_S", float),
-    ("registry_insecure", "WRENN_REGISTRY_INSECURE", _csv),
+    ("registry_insecure", "WRENN_REGISTRY_INSECURE", _words),
+    ("public_url", "WRENN_PUBLIC_URL", lambda v: v.rstrip("/")),
+    ("smtp_host", "SMTP_HOST", str),
+    ("smtp_port", "SMTP_PORT", int),
+    ("smtp_username", "SMTP_USERNAME", str),
+    ("smtp_password", "SMTP_PASSWORD", str),
+    ("smtp_from", "SMTP_FROM", str),
+    ("smtp_security", "SMTP_SECURITY", str),
+    ("smtp_ca_file", "SMTP_CA_FILE", Path),
+    ("require_activation", "WRENN_REQUIRE_ACTIVATION", _flag),
+    ("account_grace_days", "WRENN_ACCOUNT_GRACE_DAYS", float),
+    ("janitor_interval_s", "WRENN_JANITOR_INTERVAL_S", float),
+    ("byoc_default", "WRENN_BYOC_DEFAULT", _flag),
+    ("idp_allow_networks", "WRENN_IDP_ALLOW_NETWORKS", _words),
 )
 
 
@@ -137,6 +217,37 @@ class Settings:
     registry_insecure: tuple[str, ...] = field(default=())
     #: The built web dashboard served at `/`; None: the one in the package (`_dashboard`).
     dashboard_dir: Path | None = None
+    #: The address users reach Wrenn at (`https://wrenn.example.com`): links in e-mails and identity
+    #: providers' callbacks are made from it, never from a request's `Host`. Needed by both.
+    public_url: str = ""
+    #: Outgoing e-mail (activation, password reset, notices); off while `smtp_host` is empty. `security`:
+    #: `starttls` (port 587 by default), `tls` (implicit TLS, 465) or `none` (25; a relay on loopback).
+    #: `smtp_ca_file`: CAs to trust for the server's certificate instead of the system's.
+    smtp_host: str = ""
+    smtp_port: int = 0
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_from: str = ""
+    smtp_security: str = "starttls"
+    smtp_ca_file: Path | None = None
+    smtp_timeout_s: float = 30.0
+    #: New accounts must follow the link in an activation e-mail before they can sign in (needs SMTP).
+    require_activation: bool = False
+    activation_ttl_s: int = 24 * 3600
+    #: Password reset links: valid this long, single-use; at most `reset_mails_per_hour` per account.
+    reset_ttl_s: int = 15 * 60
+    reset_mails_per_hour: int = 3
+    #: A deleted account is kept (disabled) this long, then deleted for good by the janitor.
+    account_grace_days: float = 15.0
+    #: How often the janitor runs (hard deletes, expired tokens and sign-ins).
+    janitor_interval_s: float = 3600.0
+    #: Whether a team's owner may add BYOC hosts unless a platform admin set it for the team.
+    byoc_default: bool = True
+    #: Sign-in with identity providers (`identity_providers_from_env`).
+    identity_providers: tuple[IdentityProvider, ...] = ()
+    #: Networks the control plane may reach identity providers on although they are not public (an
+    #: intranet Keycloak, a provider on loopback): every fetch for sign-in goes through the SSRF guard.
+    idp_allow_networks: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -150,8 +261,26 @@ class Settings:
         for key, env, kind in _FROM_ENV:
             if os.environ.get(env):
                 values[key] = kind(os.environ[env])
+        values["identity_providers"] = identity_providers_from_env(os.environ)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def mail_enabled(self) -> bool:
+        return bool(self.smtp_host)
+
+    def check(self) -> None:
+        """Refuse settings that cannot work together (at start, before serving)."""
+        if self.require_activation and not self.mail_enabled:
+            raise ValueError("WRENN_REQUIRE_ACTIVATION needs outgoing e-mail: set SMTP_HOST (and SMTP_FROM)")
+        if self.mail_enabled and not (self.smtp_from and self.public_url):
+            raise ValueError("SMTP_HOST needs SMTP_FROM and WRENN_PUBLIC_URL (the links in e-mails)")
+        if self.smtp_security not in ("starttls", "tls", "none"):
+            raise ValueError("SMTP_SECURITY is starttls, tls or none")
+        if self.identity_providers and not self.public_url:
+            raise ValueError("identity providers need WRENN_PUBLIC_URL (their callback address)")
+        if self.public_url and not re.match(r"^https?://[^/?#]+(/[^?#]*)?$", self.public_url):
+            raise ValueError("WRENN_PUBLIC_URL must be an http(s) URL without query or fragment")
 
     def local_agent_token(self) -> str | None:
         """The local agents' secret, or None when there is no file to read it from."""

@@ -1,7 +1,8 @@
 """The web dashboard's files, served at `/` beside the API.
 
 The dashboard is a single-page app built by `scripts/bootstrap` (web/ -> `_dashboard/`, in the wheel,
-not in git). Only its own paths are served: `/`, `/login`, `/signup`, `/dashboard/...`, `/admin/...` get
+not in git). Only its own paths are served: `/`, `/login`, `/signup`, `/forgot-password`, `/reset-password`,
+`/activate`, `/dashboard/...`, `/admin/...` get
 `index.html`, `/_app/...` the hashed scripts and styles. Everything else (`/v1`, `/docs`, `/openapi.json`,
 `/health`, E2B's `/sandboxes`, `/v2`, `/templates`, `/snapshots`) stays the API's, and the traffic proxy
 in front of the app still takes `{port}-{id}.{domain}` first."""
@@ -18,7 +19,10 @@ from starlette.types import Scope
 
 ASSETS = Path(__file__).with_name("_dashboard")
 #: The single-page app's own paths; each gets `index.html` and the app routes in the browser.
-PAGES = ("/", "/login", "/signup", "/dashboard", "/dashboard/{rest:path}", "/admin", "/admin/{rest:path}")
+PAGES = (
+    "/", "/login", "/signup", "/forgot-password", "/reset-password", "/activate",
+    "/dashboard", "/dashboard/{rest:path}", "/admin", "/admin/{rest:path}",
+)  # fmt: skip
 _PAGE_HEADERS = {
     "cache-control": "no-cache",
     "x-frame-options": "DENY",

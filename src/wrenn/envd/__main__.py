@@ -28,6 +28,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-upload-bytes", type=int, default=None, help="largest single upload (default: disk space)"
     )
+    parser.add_argument(
+        "--host-address",
+        default=None,
+        help="until an access token is set, answer only this address (the host, as the guest sees it)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
     parser.add_argument("--version", action="version", version=ENVD_VERSION)
@@ -53,7 +58,13 @@ async def serve(config: EnvdConfig) -> None:
     )
     log.info(
         "envd listening",
-        extra={"host": config.host, "port": config.port, "version": ENVD_VERSION, "dev": config.dev},
+        extra={
+            "host": config.host,
+            "port": config.port,
+            "version": ENVD_VERSION,
+            "dev": config.dev,
+            "host_address": config.host_address,
+        },
     )
     await server.serve()
 
@@ -61,7 +72,13 @@ async def serve(config: EnvdConfig) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logs.configure(args.log_level, args.log_format)
-    config = EnvdConfig(host=args.host, port=args.port, dev=args.dev, max_upload_bytes=args.max_upload_bytes)
+    config = EnvdConfig(
+        host=args.host,
+        port=args.port,
+        dev=args.dev,
+        max_upload_bytes=args.max_upload_bytes,
+        host_address=args.host_address,
+    )
     asyncio.run(serve(config))
 
 

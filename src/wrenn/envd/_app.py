@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
 from starlette.applications import Starlette
@@ -25,6 +26,7 @@ from .filesystem import FilesystemService
 from .process import ProcessManager, ProcessService
 
 #: Routes that answer without the access token: health always, /files with a token or a signed URL.
+#: Until a token is set, every route but health answers only the host (`EnvdConfig.host_address`).
 _OPEN = {"/health"}
 _SELF_CHECKED = {"/files"}
 _CONNECT_PREFIXES = ("/process.Process/", "/filesystem.Filesystem/")
@@ -71,8 +73,15 @@ class Envd:
             await self._http(scope, receive, send)
             return
         path: str = scope["path"]
+        if path not in _OPEN and not self._reachable(scope):
+            await _denied(path, HTTPStatus.FORBIDDEN, "envd answers only the host until it is initialised")(
+                scope, receive, send
+            )
+            return
         if path not in _OPEN and path not in _SELF_CHECKED and not self._authorised(scope):
-            await _denied(path)(scope, receive, send)
+            await _denied(path, HTTPStatus.UNAUTHORIZED, "missing or invalid X-Access-Token")(
+                scope, receive, send
+            )
             return
         app: ASGIApp = self._http
         if path.startswith(_CONNECT_PREFIXES[0]):
@@ -81,6 +90,14 @@ class Envd:
             app = self._filesystem_app
         await app(scope, receive, send)
 
+    def _reachable(self, scope: Scope) -> bool:
+        """Whether the caller may talk to envd at all: anyone once it has a token; before, the host only."""
+        host = self.config.host_address
+        if self.state.access_token is not None or host is None:
+            return True
+        client = scope.get("client")
+        return client is not None and client[0] == host
+
     def _authorised(self, scope: Scope) -> bool:
         if self.state.access_token is None:
             return True
@@ -88,8 +105,8 @@ class Envd:
         return self.state.token_ok(token)
 
 
-def _denied(path: str) -> JSONResponse:
-    message = "missing or invalid X-Access-Token"
+def _denied(path: str, status: HTTPStatus, message: str) -> JSONResponse:
     if path.startswith(_CONNECT_PREFIXES):  # a Connect error body
-        return JSONResponse({"code": "unauthenticated", "message": message}, status_code=401)
-    return JSONResponse({"code": 401, "message": message}, status_code=401)
+        code = "unauthenticated" if status is HTTPStatus.UNAUTHORIZED else "permission_denied"
+        return JSONResponse({"code": code, "message": message}, status_code=status)
+    return JSONResponse({"code": int(status), "message": message}, status_code=status)

@@ -24,3 +24,7 @@ class EnvdConfig:
     exited_retention_s: float = 60.0
     #: Seconds a polled watcher (CreateWatcher) may go unpolled before it is removed.
     watcher_idle_s: float = 600.0
+    #: The host's address as the guest sees it (its gateway). While envd has no access token (after a
+    #: boot, or a restore of a snapshot taken before /init, until the host's /init sets one), only this
+    #: address may call it. None: anyone (development, where envd runs as a plain process).
+    host_address: str | None = None

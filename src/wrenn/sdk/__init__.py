@@ -6,6 +6,7 @@ seed SDK's module names.
 """
 
 from ._capsule import AsyncCapsule, Capsule
+from ._client import AsyncWrennClient, WrennClient
 from ._commands import AsyncCommands, Commands
 from ._config import DEFAULT_BASE_URL, ENV_API_KEY, ENV_BASE_URL
 from ._exceptions import (
@@ -56,6 +57,7 @@ __all__ = [
     "AsyncGit",
     "AsyncPtySession",
     "AsyncWatchHandle",
+    "AsyncWrennClient",
     "Capsule",
     "CapsuleInfo",
     "CommandHandle",
@@ -88,6 +90,7 @@ __all__ = [
     "WatchHandle",
     "WrennAgentError",
     "WrennAuthenticationError",
+    "WrennClient",
     "WrennConflictError",
     "WrennError",
     "WrennForbiddenError",

@@ -180,10 +180,14 @@ def ping_capsule(capsule_id: str) -> Call[None]:
     return Call("POST", capsule_path(capsule_id, "/ping"), _empty)
 
 
-def create_snapshot(capsule_id: str, name: str | None, overwrite: bool) -> Call[Template]:
+def create_snapshot(
+    capsule_id: str, name: str | None, overwrite: bool, default_user: str | None = None
+) -> Call[Template]:
     body: dict[str, Any] = {"sandbox_id": capsule_id}
     if name is not None:
         body["name"] = name
+    if default_user is not None:
+        body["default_user"] = default_user
     return Call(
         "POST",
         "/v1/snapshots",
@@ -204,8 +208,33 @@ def fork_capsule(capsule_id: str, count: int) -> Call[list[CapsuleInfo]]:
     )
 
 
-def list_snapshots() -> Call[list[Template]]:
-    return Call("GET", "/v1/snapshots", lambda r: [Template.from_json(t) for t in _json_list(r)])
+def list_snapshots(type_: str | None = None) -> Call[list[Template]]:
+    params = {"type": type_} if type_ else None
+    return Call(
+        "GET", "/v1/snapshots", lambda r: [Template.from_json(t) for t in _json_list(r)], params=params
+    )
+
+
+def capsule_metrics(capsule_id: str, range_: str | None = None) -> Call[dict[str, Any]]:
+    """`{sandbox_id, range, points: [{timestamp_unix, cpu_pct, mem_bytes, disk_bytes}]}`."""
+    params = {"range": range_} if range_ else None
+    return Call("GET", capsule_path(capsule_id, "/metrics"), _json_obj, params=params)
+
+
+def capsule_logs(
+    capsule_id: str, cursor: int | None = None, limit: int = 1000, backward: bool = False
+) -> Call[list[dict[str, Any]]]:
+    """`[{timestamp, timestamp_ms, level, source, message}]`: forward from `cursor` (unix ms), or the
+    newest up to it, newest first."""
+    params = {"limit": str(limit), "direction": "backward" if backward else "forward"}
+    if cursor is not None:
+        params["cursor"] = str(cursor)
+    return Call("GET", capsule_path(capsule_id, "/logs"), lambda r: _json_list(r, "logs"), params=params)
+
+
+def team_get(path: str, params: dict[str, str] | None = None) -> Call[dict[str, Any]]:
+    """A team-wide read (`/v1/capsules/stats`, `/v1/capsules/usage`) as JSON."""
+    return Call("GET", path, _json_obj, params=params)
 
 
 def delete_snapshot(name: str) -> Call[None]:
@@ -470,7 +499,8 @@ def pty_start_message(
 ) -> dict[str, Any]:
     if cols <= 0 or rows <= 0:
         raise ValueError("cols and rows must be greater than 0")
-    message: dict[str, Any] = {"type": "start", "cmd": cmd, "cols": cols, "rows": rows}
+    # output as base64 in JSON messages (the server's default is binary frames, the seed SDK's way)
+    message: dict[str, Any] = {"type": "start", "cmd": cmd, "cols": cols, "rows": rows, "encoding": "base64"}
     if args:
         message["args"] = list(args)
     if envs:

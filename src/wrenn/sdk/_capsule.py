@@ -214,10 +214,20 @@ class Capsule:
         """Whether the capsule is `running` now (fetches it)."""
         return self._get_info().status == Status.running
 
-    def create_snapshot(self, name: str | None = None, overwrite: bool = False) -> Template:
+    def create_snapshot(
+        self, name: str | None = None, overwrite: bool = False, default_user: str | None = None
+    ) -> Template:
         """Save the capsule as a template (`name`, or a generated one) to boot new capsules from. The
-        capsule is left paused. `overwrite=True` replaces a snapshot of the same name."""
-        return run_sync(self._http, _api.create_snapshot(self._id, name, overwrite))
+        capsule is left paused. `overwrite=True` replaces a snapshot of the same name. `default_user`:
+        who commands run as in its capsules (e.g. "root", the seed's default; default: as in this one)."""
+        return run_sync(self._http, _api.create_snapshot(self._id, name, overwrite, default_user))
+
+    def logs(
+        self, cursor: int | None = None, limit: int = 1000, backward: bool = False
+    ) -> builtins.list[dict[str, Any]]:
+        """The capsule's console as log entries (`{timestamp, timestamp_ms, level, source, message}`):
+        `limit` from `cursor` (unix ms) on, oldest first, or with `backward` the newest up to it."""
+        return run_sync(self._http, _api.capsule_logs(self._id, cursor, limit, backward))
 
     def fork(self, count: int = 1) -> builtins.list[Capsule]:
         """`count` new capsules (1-20) in this one's state: memory, running processes and files as they
@@ -270,7 +280,7 @@ class Capsule:
     def pty_connect(self, tag: str) -> Iterator[PtySession]:
         """Reattach to a terminal by its tag (`PtySession.tag`)."""
         with open_channel(self._http, _api.capsule_path(self._id, "/pty")) as channel:
-            channel.send({"type": "connect", "tag": tag})
+            channel.send({"type": "connect", "tag": tag, "encoding": "base64"})
             yield PtySession(channel, self._id)
 
     def close(self) -> None:
@@ -421,8 +431,17 @@ class AsyncCapsule:
     async def is_running(self) -> bool:
         return (await self._get_info()).status == Status.running
 
-    async def create_snapshot(self, name: str | None = None, overwrite: bool = False) -> Template:
-        return await run_async(self._http, _api.create_snapshot(self._id, name, overwrite))
+    async def create_snapshot(
+        self, name: str | None = None, overwrite: bool = False, default_user: str | None = None
+    ) -> Template:
+        """See `Capsule.create_snapshot`."""
+        return await run_async(self._http, _api.create_snapshot(self._id, name, overwrite, default_user))
+
+    async def logs(
+        self, cursor: int | None = None, limit: int = 1000, backward: bool = False
+    ) -> builtins.list[dict[str, Any]]:
+        """As `Capsule.logs`."""
+        return await run_async(self._http, _api.capsule_logs(self._id, cursor, limit, backward))
 
     async def fork(self, count: int = 1) -> builtins.list[AsyncCapsule]:
         """See `Capsule.fork`."""
@@ -450,7 +469,7 @@ class AsyncCapsule:
     @contextlib.asynccontextmanager
     async def pty_connect(self, tag: str) -> AsyncIterator[AsyncPtySession]:
         async with aopen_channel(self._http, _api.capsule_path(self._id, "/pty")) as channel:
-            await channel.send({"type": "connect", "tag": tag})
+            await channel.send({"type": "connect", "tag": tag, "encoding": "base64"})
             yield AsyncPtySession(channel, self._id)
 
     async def close(self) -> None:

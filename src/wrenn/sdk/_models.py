@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import builtins
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -47,14 +47,17 @@ class Status(StrEnum):
 
 
 def _dt(value: Any) -> datetime | None:
+    """A time from the API as aware UTC: RFC 3339 with `Z` or an offset (what Wrenn sends), a naive ISO
+    time (older servers' SQLite values, which are UTC), or unix seconds."""
     if not value:
         return None
     if isinstance(value, int | float):
-        return datetime.fromtimestamp(value)
+        return datetime.fromtimestamp(value, UTC)
     try:
-        return datetime.fromisoformat(str(value))
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _int(value: Any, default: int = 0) -> int:

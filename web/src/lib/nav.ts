@@ -14,5 +14,10 @@ export const NAV: NavItem[] = [
 	{ href: '/dashboard/team', label: 'Team', key: 'm' },
 	{ href: '/dashboard/audit', label: 'Audit log', key: 'a' },
 	{ href: '/dashboard/hosts', label: 'Hosts', key: 'h' },
-	{ href: '/admin/hosts', label: 'All hosts', key: 'x', admin: true }
+	{ href: '/dashboard/settings', label: 'Settings', key: 's' },
+	{ href: '/admin/users', label: 'Users', key: 'u', admin: true },
+	{ href: '/admin/teams', label: 'All teams', key: 'y', admin: true },
+	{ href: '/admin/capsules', label: 'All capsules', key: 'v', admin: true },
+	{ href: '/admin/hosts', label: 'All hosts', key: 'x', admin: true },
+	{ href: '/admin/audit', label: 'Platform log', key: 'l', admin: true }
 ];

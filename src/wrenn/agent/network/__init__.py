@@ -15,6 +15,10 @@ resumes in any slot. Isolation, in two independent layers (see `_firewall`): a g
 connections to the host, its netns, private/link-local/loopback/multicast ranges or another sandbox, and
 reaches the internet only when allowed; nobody but the host can open connections to a guest.
 
+Each sandbox has an egress policy (`EgressPolicy`, E2B's allow and deny lists, header rules): nftables
+rules in its netns, and for names and headers the agent's egress proxy (`_egress`), which listens inside
+the netns. See docs/network.md.
+
 `NetworkManager.start()` must run once at agent start (host-wide rules, `ip_forward`), followed by
 `cleanup_stale(keep=adopted_slots)`.
 """
@@ -31,22 +35,32 @@ from ._addresses import (
     NetworkExhausted,
     SandboxNetwork,
 )
+from ._egress import NetworkEvent
 from ._firewall import BLOCKED_NETWORKS
 from ._manager import NetworkManager
 from ._netns import GuestLink
+from ._policy import CLOSED, OPEN, EgressPolicy, PolicyError, Rule
+from ._policy import parse as parse_policy
 from ._slots import SlotAllocator
 
 __all__ = [
     "BLOCKED_NETWORKS",
+    "CLOSED",
     "ENVD_PORT",
     "GATEWAY_IP",
     "GUEST_IP",
     "GUEST_MAC",
+    "OPEN",
+    "EgressPolicy",
     "GuestLink",
     "NetworkConfig",
     "NetworkError",
+    "NetworkEvent",
     "NetworkExhausted",
     "NetworkManager",
+    "PolicyError",
+    "Rule",
     "SandboxNetwork",
     "SlotAllocator",
+    "parse_policy",
 ]

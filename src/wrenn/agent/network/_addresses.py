@@ -49,6 +49,9 @@ class NetworkConfig:
     prefix: str = "wrn"
     #: Resolvers handed to the guest on its kernel command line (reached through the internet path).
     dns: tuple[str, ...] = ("1.1.1.1", "8.8.8.8")
+    #: CA certificates (a PEM file) the egress proxy verifies intercepted HTTPS upstreams against; None:
+    #: the system's trust store. Tests point it at their own CA.
+    upstream_ca: str | None = None
     #: Host-side addresses of the guests, one per slot.
     host_net: str = "10.11.0.0/16"
     #: One /31 per slot for the veth pair between the root namespace and the sandbox's netns.

@@ -6,10 +6,14 @@ Two rulesets:
 
 * `host_ruleset`, table `inet {prefix}` in the root namespace, once per host: sandboxes may not open
   connections to the host itself (input), to each other, and nobody but the host may open connections
-  into a sandbox (forward); guest traffic leaving for the outside world is masqueraded.
-* `sandbox_ruleset`, table `inet {prefix}` inside each sandbox's netns: DNAT `host_ip` -> guest, SNAT of
-  the guest's traffic to the netns's veth address, and the guest's egress policy (no private, link-local,
-  loopback, multicast or host addresses ever; everything else only when internet is allowed).
+  into a sandbox (forward); of the host's own processes only root's reach a sandbox (output: a local
+  unprivileged user cannot talk to any guest's envd); guest traffic leaving for the outside world is
+  masqueraded.
+* `sandbox_ruleset`, table `inet {prefix}` inside each sandbox's netns: DNAT `host_ip` -> guest and SNAT
+  of that traffic to the netns's tap0 address (the guest's gateway: whatever slot a guest runs in, the
+  host has one address for it, which is what envd answers before it has a token), SNAT of the guest's
+  traffic to the netns's veth address, and the guest's egress policy (no private, link-local, loopback,
+  multicast or host addresses ever; everything else only when internet is allowed).
 
 Both layers block on their own: a hole in one is still covered by the other.
 """
@@ -22,6 +26,8 @@ import logging
 from collections.abc import Iterable
 
 from ._addresses import NetworkConfig, NetworkError, SandboxNetwork
+from ._egress_rules import egress_rules, refuse
+from ._policy import CLOSED, OPEN, EgressPolicy
 
 log = logging.getLogger("wrenn.agent.network")
 
@@ -60,6 +66,10 @@ def host_ruleset(config: NetworkConfig) -> str:
     oifname {ours} ct state established,related accept
     oifname {ours} drop
   }}
+  chain output {{
+    type filter hook output priority filter; policy accept;
+    oifname {ours} meta skuid != 0 reject
+  }}
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
     ip saddr {config.veth_net} oifname != {ours} masquerade
@@ -78,29 +88,38 @@ def sandbox_ruleset(
     net: SandboxNetwork,
     prefix: str,
     *,
-    allow_internet: bool,
+    allow_internet: bool = True,
     host_addresses: Iterable[ipaddress.IPv4Address],
+    policy: EgressPolicy | None = None,
 ) -> str:
+    """The sandbox's table. `policy` (see `_egress_rules`) replaces the older on/off `allow_internet`."""
     tap, veth, guest = f'"{net.tap}"', f'"{net.ns_veth}"', net.guest_ip
-    egress = f'    iifname {tap} oifname {veth} accept comment "internet allowed"\n' if allow_internet else ""
+    if policy is None:
+        policy = OPEN if allow_internet else CLOSED
+    dns = [ipaddress.IPv4Address(a) for a in net.dns]
+    egress = egress_rules(policy, tap, veth, dns)
     body = f"""\
   set blocked {{
     type ipv4_addr; flags interval;
     elements = {{ {", ".join(blocked_elements(host_addresses))} }}
   }}
-  chain prerouting {{
+{egress.sets}  chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
     iifname {veth} ip daddr {net.host_ip} dnat ip to {guest}
-  }}
+{egress.prerouting}  }}
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
+    oifname {tap} ct status dnat snat ip to {net.gateway}
     oifname {veth} ip saddr {guest} snat ip to {net.veth_ns_ip}
   }}
   chain input {{
     type filter hook input priority filter; policy accept;
     iifname {tap} ct state established,related accept
-    iifname {tap} drop
-  }}
+    iifname {tap} ct status dnat accept comment "redirected to the egress proxy"
+{refuse(f"iifname {tap}", "the netns itself")}  }}
+  chain output {{
+    type filter hook output priority filter; policy accept;
+{egress.output}  }}
   chain forward {{
     type filter hook forward priority filter; policy accept;
     iifname {veth} oifname {tap} ct status dnat accept comment "host to guest via host_ip"
@@ -110,8 +129,7 @@ def sandbox_ruleset(
     iifname {tap} ip saddr != {guest} drop
     iifname {tap} ct state invalid drop
     iifname {tap} ct direction reply accept comment "guest answering the host"
-    iifname {tap} ip daddr @blocked drop
-{egress}    iifname {tap} drop
+{refuse(f"iifname {tap} ip daddr @blocked", "always blocked")}{egress.forward}    iifname {tap} drop
   }}
 """
     return _replace_table("inet", prefix, body)
@@ -129,7 +147,7 @@ async def load(script: str, *, netns: str | None = None) -> None:
     await run(argv, stdin=script)
 
 
-async def run(argv: list[str], *, stdin: str | None = None) -> str:
+async def run(argv: list[str], *, stdin: str | None = None, quiet: bool = False) -> str:
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -141,14 +159,15 @@ async def run(argv: list[str], *, stdin: str | None = None) -> str:
         raise NetworkError(f"{argv[0]} is not installed (Debian: apt-get install nftables iproute2)") from exc
     out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
     if proc.returncode != 0:
-        log.error(
-            "command failed",
-            extra={
-                "argv": " ".join(argv),
-                "rc": proc.returncode,
-                "stderr": err.decode(errors="replace")[-2000:],
-            },
-        )
+        if not quiet:
+            log.error(
+                "command failed",
+                extra={
+                    "argv": " ".join(argv),
+                    "rc": proc.returncode,
+                    "stderr": err.decode(errors="replace")[-2000:],
+                },
+            )
         raise NetworkError(
             f"{' '.join(argv)} failed ({proc.returncode}): {err.decode(errors='replace').strip()}"
         )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
 from pathlib import Path
 
@@ -10,7 +12,9 @@ from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-unty
 
 from . import _firewall, _netns
 from ._addresses import NetworkConfig, NetworkError, SandboxNetwork
+from ._egress import EgressProxy, NetworkEvent
 from ._netns import GuestLink
+from ._policy import CLOSED, OPEN, EgressPolicy
 from ._slots import SlotAllocator
 
 log = logging.getLogger("wrenn.agent.network")
@@ -33,6 +37,13 @@ class NetworkManager:
         self.config = config or NetworkConfig()
         self.allocator = SlotAllocator(self.config.slots)
         self._started = False
+        self._host_addresses: frozenset[ipaddress.IPv4Address] = frozenset()
+        self.egress = EgressProxy(
+            self.config.dns,
+            scratch=Path("/run") / f"wrenn-{self.config.prefix}-tls",
+            upstream_ca=Path(self.config.upstream_ca) if self.config.upstream_ca else None,
+            host_addresses=lambda: self._host_addresses,
+        )
 
     def describe(self, slot: int) -> SandboxNetwork:
         """The network of `slot` (for adopting a sandbox whose netns already exists)."""
@@ -55,12 +66,19 @@ class NetworkManager:
         """Remove every sandbox network with our prefix and the host-wide table (tests, agent uninstall).
         `ip_forward` is left as it is: other software on the host may rely on it."""
         removed = await self.cleanup_stale()
+        await self.egress.close()
         await _firewall.load(_firewall.delete_table_script(self.config.prefix))
         self._started = False
         return removed
 
     async def setup(
-        self, slot: int, *, allow_internet: bool, guest_link: GuestLink = "tap"
+        self,
+        slot: int,
+        *,
+        allow_internet: bool = True,
+        guest_link: GuestLink = "tap",
+        policy: EgressPolicy | None = None,
+        sandbox_id: str = "",
     ) -> SandboxNetwork:
         """Create the netns, links, routes and rules of `slot`. On failure nothing of it is left.
 
@@ -73,12 +91,14 @@ class NetworkManager:
         net = self.describe(slot)
         if await asyncio.to_thread(_netns.netns_exists, net.netns):
             raise NetworkError(f"netns {net.netns} already exists (slot {slot} in use?)")
-        extra = {"slot": slot, "netns": net.netns, "host_ip": net.host_ip, "internet": allow_internet}
+        if policy is None:
+            policy = OPEN if allow_internet else CLOSED
+        extra = {"slot": slot, "netns": net.netns, "host_ip": net.host_ip, "policy": policy.describe()}
         try:
             await asyncio.to_thread(_netns.create_netns, net.netns)
             await _firewall.run(["ip", "netns", "exec", net.netns, "sysctl", "-q", "-w", *_NETNS_SYSCTLS])
             await asyncio.to_thread(_netns.build_links, net, guest_link)
-            await self._load_sandbox_rules(net, allow_internet)
+            await self._apply(net, sandbox_id or net.netns, policy)
         except BaseException as exc:
             log.warning("network setup failed; rolling back", extra={**extra, "error": repr(exc)})
             try:
@@ -93,10 +113,23 @@ class NetworkManager:
 
     async def set_internet(self, net: SandboxNetwork, allowed: bool) -> None:
         """Allow or deny the guest's outbound internet. Denying also cuts connections already open."""
-        await self._load_sandbox_rules(net, allowed)
+        await self.set_policy(net, net.netns, OPEN if allowed else CLOSED)
+
+    async def set_policy(self, net: SandboxNetwork, sandbox_id: str, policy: EgressPolicy) -> None:
+        """Replace the guest's egress policy now. Packets of connections already open meet the new rules
+        (a tightening cuts them); the egress proxy applies it to its new connections."""
+        await self._apply(net, sandbox_id, policy)
         log.info(
-            "sandbox internet changed", extra={"slot": net.slot, "netns": net.netns, "internet": allowed}
+            "sandbox egress policy changed",
+            extra={"slot": net.slot, "netns": net.netns, "sandbox": sandbox_id, "policy": policy.describe()},
         )
+
+    def events(self, sandbox_id: str) -> list[NetworkEvent]:
+        """What the egress proxy refused or intercepted lately for the sandbox, oldest first."""
+        return self.egress.events(sandbox_id)
+
+    def forget(self, sandbox_id: str) -> None:
+        self.egress.forget(sandbox_id)
 
     async def teardown(self, net: SandboxNetwork) -> None:
         """Remove everything of `net` that exists. Missing pieces are fine, so it is safe to repeat and to
@@ -104,6 +137,7 @@ class NetworkManager:
 
         Kill the VMM first: the netns only really goes once no process is inside it.
         """
+        await self.egress.detach(net.netns)
         try:
             removed = await asyncio.to_thread(_netns.destroy, net)
         except (OSError, NetlinkError) as exc:
@@ -147,9 +181,26 @@ class NetworkManager:
             )
         return removed
 
-    async def _load_sandbox_rules(self, net: SandboxNetwork, allow_internet: bool) -> None:
+    async def _apply(self, net: SandboxNetwork, sandbox_id: str, policy: EgressPolicy) -> None:
+        """The proxy's listeners first (the rules may redirect to them), then the rules, then the shaping."""
         host_addresses = await asyncio.to_thread(_netns.host_ipv4_addresses)
+        self._host_addresses = frozenset(host_addresses)
+        if policy.needs_proxy or self.egress.attached(net.netns):
+            await self.egress.attach(sandbox_id, net.netns, net.gateway, policy)
         script = _firewall.sandbox_ruleset(
-            net, self.config.prefix, allow_internet=allow_internet, host_addresses=host_addresses
+            net, self.config.prefix, host_addresses=host_addresses, policy=policy
         )
         await _firewall.load(script, netns=net.netns)
+        await _shape(net.netns, net.ns_veth, policy.egress_bps)
+
+
+async def _shape(netns: str, veth: str, egress_bps: int) -> None:
+    """The guest's outbound bandwidth: a token bucket on the netns's veth (its way out), or none."""
+    base = ["ip", "netns", "exec", netns, "tc", "qdisc"]
+    if egress_bps <= 0:
+        with contextlib.suppress(NetworkError):  # no qdisc of ours: nothing to remove
+            await _firewall.run([*base, "del", "dev", veth, "root"], quiet=True)
+        return
+    burst = max(egress_bps // 8 // 20, 16 * 1024)  # 50 ms worth, at least 16 KiB
+    await _firewall.run([*base, "replace", "dev", veth, "root", "tbf", "rate", f"{egress_bps}bit",
+                         "burst", str(burst), "latency", "100ms"])  # fmt: skip

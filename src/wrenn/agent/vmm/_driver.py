@@ -45,10 +45,10 @@ class Capabilities:
     #: Guest RAM lives in a host file the agent names (`VMSpec.memory_file`, in `--memory-dir`): the agent
     #: admits sandboxes against that directory's free space and removes the file when the VM goes.
     memory_file: bool
-    #: The VMM restores one snapshot into many VMs: RAM mapped copy-on-write from the snapshot's `memory`
-    #: (`VMSpec.memory_shared` false) and the root disk a qcow2 overlay over the snapshot's disk. The
-    #: agent then keeps a ready snapshot per sandbox shape and makes templates; without it, every sandbox
-    #: boots and templates are refused. Needs `disk_format` "qcow2".
+    #: The VMM restores one snapshot into many VMs: each its own copy of the snapshot's `memory`, and the
+    #: root disk a qcow2 overlay over the snapshot's disk (which no VMM can write). The agent then keeps a
+    #: ready snapshot per sandbox shape and makes templates; without it, every sandbox boots and templates
+    #: are refused. Needs `disk_format` "qcow2".
     shared_snapshots: bool
     #: The VMM runs only under KVM (no software emulation): the agent skips the accelerator probe.
     kvm_only: bool
@@ -64,6 +64,19 @@ class DriverError(RuntimeError):
     def __init__(self, message: str, console_tail: str = "") -> None:
         super().__init__(message)
         self.console_tail = console_tail
+
+
+@dataclass(frozen=True, slots=True)
+class Confinement:
+    """What holds one VMM process, chosen by the agent per VM (see `_jail`)."""
+
+    #: Its own uid and gid: no other process of the host runs as them.
+    uid: int
+    gid: int
+    #: The `cgroup.procs` files of the VM's cgroups (limits already set): the VMM is in them before it runs.
+    cgroups: tuple[Path, ...]
+    #: The largest file it may write (RLIMIT_FSIZE): its disk limit, so that a qcow2 overlay stops there.
+    max_file_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +100,18 @@ class VMSpec:
     tap: str | None = None
     mac: str = "02:fc:00:00:00:05"
     netns: str | None = None
-    #: A file to back guest RAM with (QEMU: `memory-backend-file`). Shared (the default), guest writes go
-    #: to the file, and a snapshot copies it instead of streaming RAM through the VMM; created by the VMM,
-    #: removed by the caller. Not shared, the file is a template's memory mapped copy-on-write: the guest
-    #: starts from its contents, its writes stay private, and many VMs share the unwritten pages.
+    #: A file to back guest RAM with (QEMU: `memory-backend-file`), mapped shared: guest writes go to the
+    #: file, and a snapshot copies it instead of streaming RAM through the VMM. Created (0600, the VMM's
+    #: uid) when the VMM starts, from a snapshot's memory on a restore; removed by the caller.
     memory_file: Path | None = None
+    #: False only for a VM adopted from an agent that mapped a snapshot's memory file copy-on-write into
+    #: it (`memory_file` is then that snapshot's file, which the guest's writes never reach).
     memory_shared: bool = True
+    #: Its jail (None: a VMM started as the caller, for tests of the driver alone).
+    confinement: Confinement | None = None
+    #: The files under a qcow2 `rootfs`, top first, with their formats (the agent's record, given to the
+    #: VMM read-only: never what the overlay's own header names).
+    backing: tuple[tuple[Path, str], ...] = ()
     #: Extra arguments for the VMM, for tests and experiments.
     extra_args: tuple[str, ...] = field(default=())
 
@@ -154,6 +173,11 @@ class Driver(Protocol):
         after a restart: a pid may have been recycled)."""
         ...
 
+    async def check_jail(self, confinement: Confinement, accelerator: Accelerator) -> list[str]:
+        """Start this VMM idle in a jail under `confinement` and check it from outside as a VM's would be:
+        what falls short, in words (empty: the jail holds on this host)."""
+        ...
+
     async def attach(self, spec: VMSpec, pid: int) -> VM:
         """Take over a VMM process started by an earlier run of the agent (adoption after a restart)."""
         ...
@@ -161,9 +185,9 @@ class Driver(Protocol):
     async def restore(self, spec: VMSpec, directory: Path) -> VM:
         """Start a new VMM from the snapshot `VM.snapshot` wrote into `directory`; the guest runs when it
         returns. `spec` must describe the same machine (vcpus, memory, devices); disk and TAP may be new
-        paths. With `spec.memory_shared` the snapshot's memory is copied into `spec.memory_file`; without,
-        `spec.memory_file` is the snapshot's `memory` itself, mapped copy-on-write (a clone of a template).
-        Raises DriverError, leaving nothing running, when the snapshot is unusable."""
+        paths. The snapshot's memory is copied into `spec.memory_file`: the snapshot's files are never
+        opened by the VMM, so one snapshot serves many VMs (ready snapshots, templates) and none of them
+        can change it. Raises DriverError, leaving nothing running, when the snapshot is unusable."""
         ...
 
 

@@ -3,34 +3,44 @@
 For hosts with hardware KVM (`kvm_intel`/`kvm_amd`). Firecracker has no software emulation, and on a
 PVM host (`kvm_pvm`) stock guest kernels crash early, though the API and snapshots still work there.
 
-Boot: spawn `firecracker --api-sock <workdir>/firecracker.sock --id <vm_id>` (inside the sandbox's netns
-through `ip netns exec`, which execs, so the pid is Firecracker's), wait for the socket, then
-PUT /machine-config, /boot-source, /drives/rootfs, /network-interfaces/eth0 and /actions InstanceStart.
-The process's stdout and stderr, which carry both Firecracker's log and the guest's serial console,
-go to `spec.console_log`.
+Boot: spawn `firecracker --api-sock <workdir>/fc/api.sock --id <vm_id>` through the jailer (`_jail`: in
+the sandbox's netns and cgroup, as the VM's own uid, in a root of its own with its binary, kernel, disk,
+the `fc/` directory and the /dev/kvm and /dev/net/tun nodes made for it),
+wait for the socket, then PUT /machine-config, /boot-source, /drives/rootfs, /network-interfaces/eth0 and
+/actions InstanceStart. The process's stdout and stderr, which carry both Firecracker's log and the
+guest's serial console, are copied by the agent into the size-capped `spec.console_log`.
 
-Snapshots: `FirecrackerVM.snapshot_create` on a paused VM writes the device state and the guest memory;
-`FirecrackerDriver.restore` loads them into a fresh process. The snapshot records the drive and TAP
-names, so the rootfs path and the TAP (in the same netns) must exist again under the same names.
+Snapshots: `FirecrackerVM.snapshot_create` on a paused VM writes the device state and the guest memory
+(into its `fc/` directory, the only one it may write; the driver then moves them where asked and
+gives them to root); `FirecrackerDriver.restore` loads them into a fresh process, which sees them
+read-only. The snapshot records the drive and TAP names, so the rootfs path and the TAP (in the same
+netns) must exist again under the same names.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._capped import CappedLog, LogPumps
 from ._driver import (
     MEMORY,
     VM,
     VMSTATE,
     Accelerator,
     Capabilities,
+    Confinement,
     Driver,
     DriverError,
     Kernel,
@@ -38,11 +48,15 @@ from ._driver import (
     console_tail,
 )
 from ._fc_api import FirecrackerAPI, FirecrackerAPIError, RequestHook
+from ._jail import NET_TUN, Bind, Jail
 from ._pidproc import PidProcess, ProcessVM, runs_vm
 
 log = logging.getLogger(__name__)
 
-API_SOCKET_NAME = "firecracker.sock"
+#: The one directory of the sandbox's a Firecracker process may write (its uid's): its API socket and
+#: the snapshots it writes. Short names: a Unix socket's path has 107 bytes at most.
+RUN_DIR = "fc"
+API_SOCKET_NAME = "api.sock"
 #: Appended to the guest's own command line: serial console, exit on reboot, reboot on panic, no PCI
 #: probing (Firecracker's devices are virtio-mmio).
 FIRECRACKER_BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off"
@@ -59,6 +73,20 @@ def _check_spec(spec: VMSpec) -> None:
         raise DriverError(f"firecracker needs KVM; accelerator {spec.accelerator} is not supported")
 
 
+def run_dir(spec: VMSpec) -> Path:
+    return spec.workdir / RUN_DIR
+
+
+def api_socket(spec: VMSpec) -> Path:
+    return run_dir(spec) / API_SOCKET_NAME
+
+
+def _owner(spec: VMSpec) -> tuple[int, int]:
+    """Who the VMM runs as: its confinement's uid and gid, or root."""
+    confinement = spec.confinement
+    return (confinement.uid, confinement.gid) if confinement else (0, 0)
+
+
 def _socket_in_use(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
@@ -73,10 +101,15 @@ class FirecrackerVM(ProcessVM):
     """A running Firecracker process and the client for its API socket."""
 
     def __init__(
-        self, spec: VMSpec, proc: asyncio.subprocess.Process | PidProcess, api: FirecrackerAPI
+        self,
+        spec: VMSpec,
+        proc: asyncio.subprocess.Process | PidProcess,
+        api: FirecrackerAPI,
+        logs: LogPumps | None = None,
     ) -> None:
         super().__init__(spec, proc)
         self._api = api
+        self._logs = logs or LogPumps()
         self._cleaned = False
 
     @property
@@ -87,31 +120,52 @@ class FirecrackerVM(ProcessVM):
 
     @classmethod
     async def _spawn(
-        cls, binary: Path, spec: VMSpec, request_hook: RequestHook | None = None
+        cls,
+        binary: Path,
+        spec: VMSpec,
+        jail: Jail,
+        request_hook: RequestHook | None = None,
+        reads: Sequence[Path] = (),
     ) -> FirecrackerVM:
-        """Start the process and wait for its API socket to answer. Nothing is left running on error."""
-        sock = spec.workdir / API_SOCKET_NAME
+        """Start the process (jailed, seeing `reads` read-only besides its own files) and wait for its
+        API socket to answer. Nothing is left running on error."""
+        uid, gid = _owner(spec)
+        run = run_dir(spec)
+        run.mkdir(mode=0o700, exist_ok=True)
+        os.chown(run, uid, gid)
+        sock = run / API_SOCKET_NAME
         if sock.exists() or sock.is_symlink():
             if _socket_in_use(sock):
                 raise DriverError(f"{sock} is in use by another process")
             log.warning("removing stale api socket", extra={"vm_id": spec.vm_id, "socket": str(sock)})
             sock.unlink()
+        os.chown(spec.rootfs, uid, gid)  # the sandbox's own disk, which it opens by name
+        binds = [
+            Bind(spec.kernel, spec.kernel),
+            Bind(spec.rootfs, spec.rootfs, write=True),
+            Bind(run, run, write=True),
+        ]
+        binds += [Bind(spec.initrd, spec.initrd)] if spec.initrd else []
+        binds += [Bind(path, path) for path in reads]
+        if spec.confinement is not None:  # it writes its snapshot's memory itself: RAM-sized files
+            room = max(spec.confinement.max_file_bytes, (spec.memory_mib + 64) << 20)
+            spec = dataclasses.replace(
+                spec, confinement=dataclasses.replace(spec.confinement, max_file_bytes=room)
+            )
         argv = [str(binary), "--api-sock", str(sock), "--id", spec.vm_id, *spec.extra_args]
-        if spec.netns:
-            argv = ["ip", "netns", "exec", spec.netns, *argv]
+        jailer = jail.spec(
+            argv, spec, binds=binds, devices=[NET_TUN] if spec.tap else [], tap_owner=spec.tap is not None
+        )
         try:
-            with spec.console_log.open("ab") as console:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=console,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            proc = await jail.spawn(
+                jailer, pass_fds=(), stdout=asyncio.subprocess.PIPE, stderr=subprocess.STDOUT
+            )
         except OSError as exc:
             raise DriverError(f"cannot run {argv[0]}: {exc}") from exc
+        logs = LogPumps()
+        logs.pipe(proc.stdout, CappedLog(spec.console_log))
         api = FirecrackerAPI(sock, spec.console_log, request_hook=request_hook)
-        vm = cls(spec, proc, api)
+        vm = cls(spec, proc, api, logs)
         log.info(
             "firecracker spawned",
             extra={"vm_id": spec.vm_id, "pid": proc.pid, "netns": spec.netns, "socket": str(sock)},
@@ -129,6 +183,7 @@ class FirecrackerVM(ProcessVM):
         last_error: FirecrackerAPIError | None = None
         while True:
             if self._proc.returncode is not None:
+                await self._logs.drained()
                 raise DriverError(
                     f"firecracker exited with {self._proc.returncode} before its API socket answered",
                     console_tail(self.spec.console_log),
@@ -162,6 +217,8 @@ class FirecrackerVM(ProcessVM):
             return
         self._cleaned = True
         await self._api.aclose()
+        await self._logs.drained()
+        await self._logs.close()
         with contextlib.suppress(FileNotFoundError):
             self.api_socket.unlink()
 
@@ -203,11 +260,21 @@ class FirecrackerVM(ProcessVM):
 
     async def snapshot_create(self, snapshot_path: Path, mem_path: Path, diff: bool = False) -> None:
         """Write the paused VM's device state to `snapshot_path` and its memory to `mem_path`.
-        `diff` writes only pages dirtied since the last snapshot (needs `track_dirty_pages`)."""
+        `diff` writes only pages dirtied since the last snapshot (needs `track_dirty_pages`). Firecracker
+        writes them into its own directory; they are then moved where asked and given to root."""
         started = time.monotonic()
-        await self._api.create_snapshot(
-            snapshot_path=snapshot_path, mem_file_path=mem_path, snapshot_type="Diff" if diff else "Full"
-        )
+        run = run_dir(self.spec)
+        written = (run / "vmstate.partial", run / "memory.partial")
+        try:
+            await self._api.create_snapshot(
+                snapshot_path=written[0], mem_file_path=written[1], snapshot_type="Diff" if diff else "Full"
+            )
+            for source, target in zip(written, (snapshot_path, mem_path), strict=True):
+                os.chown(source, 0, 0)
+                shutil.move(source, target)
+        finally:
+            for source in written:
+                source.unlink(missing_ok=True)
         log.info(
             "snapshot created",
             extra={
@@ -252,11 +319,18 @@ class FirecrackerDriver:
     )
 
     def __init__(
-        self, binary: Path, *, track_dirty_pages: bool = False, request_hook: RequestHook | None = None
+        self,
+        binary: Path,
+        *,
+        jail: Jail | None = None,
+        track_dirty_pages: bool = False,
+        request_hook: RequestHook | None = None,
     ) -> None:
-        """`track_dirty_pages` enables diff snapshots (at some cost to guest writes); `request_hook` sees
-        every API request before it is sent (tests use it to check requests against the API spec)."""
-        self.binary = binary
+        """`jail`: how VMMs start (none: as the caller); `track_dirty_pages` enables diff snapshots (at some
+        cost to guest writes); `request_hook` sees every API request before it is sent (tests use it to
+        check requests against the API spec)."""
+        self.binary = binary.resolve()
+        self.jail = jail or Jail(None)
         self.track_dirty_pages = track_dirty_pages
         self._request_hook = request_hook
 
@@ -277,7 +351,7 @@ class FirecrackerDriver:
         if spec.rootfs_format != "raw":
             raise DriverError(f"firecracker supports only raw disks, not {spec.rootfs_format!r}")
         started = time.monotonic()
-        vm = await FirecrackerVM._spawn(self.binary, spec, self._request_hook)
+        vm = await FirecrackerVM._spawn(self.binary, spec, self.jail, self._request_hook)
         try:
             await vm._configure_and_boot(self.track_dirty_pages)
         except BaseException:
@@ -299,6 +373,21 @@ class FirecrackerDriver:
     def owns_process(self, pid: int, vm_id: str) -> bool:
         return runs_vm(pid, "firecracker", "--id", vm_id)
 
+    async def check_jail(self, confinement: Confinement, accelerator: Accelerator) -> list[str]:
+        """A Firecracker waiting on its API socket in a jail. (It installs its seccomp filters when it
+        builds the VM, so that is not checked here: the VM's own process shows them.)"""
+        with tempfile.TemporaryDirectory(prefix="wrenn-jail-check-") as tmp:
+            workdir = Path(tmp)
+            os.chown(workdir, confinement.uid, confinement.gid)
+            vm = VMSpec(
+                vm_id="jail-check", vcpus=1, memory_mib=16, kernel=self.binary, initrd=None, cmdline="",
+                rootfs=self.binary, rootfs_format="raw", workdir=workdir, accelerator=Accelerator.KVM,
+                confinement=confinement,
+            )  # fmt: skip
+            sock = workdir / API_SOCKET_NAME
+            argv = [str(self.binary), "--api-sock", str(sock), "--id", "jail-check"]
+            return await self.jail.check(argv, vm, seccomp=False, binds=[Bind(workdir, workdir, write=True)])
+
     async def attach(self, spec: VMSpec, pid: int) -> FirecrackerVM:
         """Take over a Firecracker this agent started before a restart: its pid and its API socket."""
         _check_spec(spec)
@@ -306,9 +395,7 @@ class FirecrackerDriver:
             proc = PidProcess(pid)
         except OSError as exc:
             raise DriverError(f"cannot adopt firecracker pid {pid}: {exc}") from exc
-        api = FirecrackerAPI(
-            spec.workdir / API_SOCKET_NAME, spec.console_log, request_hook=self._request_hook
-        )
+        api = FirecrackerAPI(api_socket(spec), spec.console_log, request_hook=self._request_hook)
         vm = FirecrackerVM(spec, proc, api)
         try:
             info = await vm.info()
@@ -332,12 +419,24 @@ class FirecrackerDriver:
         (vcpus, memory, drives, TAP) comes from the snapshot, not from `spec`."""
         _check_spec(spec)
         started = time.monotonic()
-        vm = await FirecrackerVM._spawn(self.binary, spec, self._request_hook)
+        uid, gid = _owner(spec)
+        for path in (snapshot_path, mem_path):  # read by the VMM, as its own until it has them open
+            os.chown(path, uid, gid)
         try:
-            await vm._api.load_snapshot(snapshot_path=snapshot_path, mem_file_path=mem_path, resume_vm=resume)
-        except BaseException:
-            await vm.kill()
-            raise
+            vm = await FirecrackerVM._spawn(
+                self.binary, spec, self.jail, self._request_hook, (snapshot_path, mem_path)
+            )
+            try:
+                await vm._api.load_snapshot(
+                    snapshot_path=snapshot_path, mem_file_path=mem_path, resume_vm=resume
+                )
+            except BaseException:
+                await vm.kill()
+                raise
+        finally:
+            for path in (snapshot_path, mem_path):
+                with contextlib.suppress(OSError):
+                    os.chown(path, 0, 0)
         log.info(
             "firecracker vm restored",
             extra={

@@ -2,8 +2,14 @@
 
 Under TCG (software emulation) the guest kernel gets `tsc_early_khz=`: microvm has no HPET or PM timer,
 and without a known TSC frequency a third of TCG boots hang in timer calibration (feasibility.md §3).
-QEMU runs with its seccomp sandbox on and, where the host has the user, drops to an unprivileged one
-after opening its devices.
+
+QEMU starts through the jailer (`_jail`): as a uid of its own, without capabilities, in a root holding
+only its program, the kernel and its RAM file; its seccomp sandbox is on. It opens no host path for its
+disks, QMP, console or TAP: the agent hands it descriptors. Disks are a `-blockdev` chain of `/dev/fdset`
+descriptors, the overlay read-write and every backing file (a template's or a ready snapshot's disk, the
+image) read-only; QMP and the console are listening sockets the agent made (`qmp.sock`, `console.sock` in
+the sandbox's directory), so a restarted agent reconnects to both; the console and QEMU's own stderr are
+copied by the agent into size-capped logs (`console.log`, `qemu.log`).
 """
 
 from __future__ import annotations
@@ -12,10 +18,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import pwd
 import re
+import shutil
+import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +32,27 @@ from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
 from .. import _disk
-from ._driver import MEMORY, VMSTATE, Accelerator, Capabilities, DriverError, Kernel, VMSpec, console_tail
+from ._capped import CappedLog, LogPumps
+from ._driver import (
+    MEMORY,
+    VMSTATE,
+    Accelerator,
+    Capabilities,
+    Confinement,
+    DriverError,
+    Kernel,
+    VMSpec,
+    console_tail,
+)
+from ._jail import Bind, Jail, MemoryFile
 from ._pidproc import PidProcess, ProcessVM, runs_vm
 
 log = logging.getLogger("wrenn.agent.qemu")
 
 #: The microvm machine as feasibility.md measured it: no option ROMs, a serial port, an RTC, one IOAPIC.
 MACHINE = "microvm,x-option-roms=off,isa-serial=on,rtc=on,ioapic2=off"
-#: QEMU's seccomp sandbox. `-runas` itself calls setuid (QEMU 7.2 kills itself with SIGSYS under
-#: elevateprivileges=deny or =children), so with it set*uid stays allowed: `-runas` sets the real,
-#: effective and saved ids alike, so there is no way back to root anyway.
-SECCOMP = "on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"
+#: QEMU's seccomp sandbox: no obsolete calls, no set*id, no spawning, no resource control.
+SECCOMP = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 QMP_DEADLINE_S = 10.0
 #: How long saving or loading a snapshot's device state may take.
 MIGRATION_DEADLINE_S = 120.0
@@ -61,9 +80,12 @@ def qemu_version(binary: str) -> str:
 
 
 class QemuVM(ProcessVM):
-    def __init__(self, spec: VMSpec, proc: asyncio.subprocess.Process | PidProcess, qmp: QMPClient) -> None:
+    def __init__(
+        self, spec: VMSpec, proc: asyncio.subprocess.Process | PidProcess, qmp: QMPClient, logs: LogPumps
+    ) -> None:
         super().__init__(spec, proc)
         self._qmp = qmp
+        self._logs = logs
 
     async def qmp(self, command: str, **arguments: Any) -> Any:
         """Run one QMP command; DriverError when QEMU refuses or is gone."""
@@ -152,12 +174,53 @@ class QemuVM(ProcessVM):
         await self._kill_process()
         with contextlib.suppress(Exception):
             await self._qmp.disconnect()
+        await self._logs.drained()
+        await self._logs.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """One file of a disk's backing chain."""
+
+    path: Path
+    format: str
+
+
+def blockdev_args(chain: list[Layer], fds: list[int]) -> list[str]:
+    """A `-blockdev` chain named `root` over descriptors `fds` (one per layer, top first): the top
+    read-write, every backing layer read-only."""
+    args: list[str] = []
+    below = ""
+    for depth in range(len(chain) - 1, -1, -1):
+        layer, top = chain[depth], depth == 0
+        mode = "discard=unmap" if top else "read-only=on"
+        node = "root" if top else f"layer{depth}"
+        args += ["-add-fd", f"fd={fds[depth]},set={depth + 1}"]
+        args += ["-blockdev", f"driver=file,node-name={node}-file,filename=/dev/fdset/{depth + 1},{mode}"]
+        # `backing=` (empty) is keyval's null: a qcow2 at the bottom opens nothing its header names
+        backing = f",backing={below}" if below else (",backing=" if layer.format == "qcow2" else "")
+        args += ["-blockdev", f"driver={layer.format},node-name={node},file={node}-file,{mode}{backing}"]
+        below = node
+    return args
+
+
+@contextlib.contextmanager
+def _listening(path: Path) -> Iterator[socket.socket]:
+    """A Unix socket listening at `path` (for QEMU to accept on, from a descriptor)."""
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        sock.listen(4)
+        yield sock
+    finally:
+        sock.close()
 
 
 class QemuDriver:
     name = "qemu"
     #: A qcow2 overlay, the bzImage, RAM in a shared file (a pause copies it instead of streaming it),
-    #: and snapshots restored copy-on-write into many VMs (ready snapshots, templates). TCG or KVM.
+    #: and snapshots restored into many VMs (ready snapshots, templates). TCG or KVM.
     capabilities = Capabilities(
         disk_format="qcow2", kernel=Kernel.BZIMAGE, memory_file=True, shared_snapshots=True, kvm_only=False
     )
@@ -167,20 +230,23 @@ class QemuDriver:
         binary: str = "qemu-system-x86_64",
         *,
         tsc_khz: int | None = None,
-        run_as: str | None = None,
+        jail: Jail | None = None,
         seccomp: bool = True,
     ) -> None:
-        self.binary = binary
+        self.binary = shutil.which(binary) or binary
         self.tsc_khz = tsc_khz or host_tsc_khz()
-        #: An unprivileged user QEMU switches to once its devices are open (None: stay as is).
-        self.run_as = run_as
+        #: How VMMs start: jailed, or (no jail given) as the agent's own user.
+        self.jail = jail or Jail(None)
         self.seccomp = seccomp
 
     def version(self) -> str:
         return qemu_version(self.binary)
 
-    def command(self, spec: VMSpec) -> list[str]:
-        """The full command line for `spec` (run inside its netns when it has one)."""
+    def command(
+        self, spec: VMSpec, qmp_fd: int, console_fd: int, disk: list[str], tap_fd: int | None
+    ) -> list[str]:
+        """The full command line for `spec`, given the descriptors it will find open: QMP's and the
+        console's listening sockets, the disk's `-blockdev` arguments and the TAP device."""
         cmdline = f"{spec.cmdline} console=ttyS0 reboot=t panic=-1"
         if spec.accelerator is Accelerator.TCG:
             cmdline += f" tsc_early_khz={self.tsc_khz}"
@@ -188,21 +254,23 @@ class QemuDriver:
             self.binary,
             "-name", spec.vm_id,
             "-M", MACHINE + (",memory-backend=mem" if spec.memory_file else ""),
-            "-accel", spec.accelerator.value,
+            # TCG's translation cache defaults to 1 GiB, more than the cgroup allows above guest RAM
+            # (vmm_overhead_mb): a busy guest got its QEMU OOM-killed. 128 MiB is plenty for one guest.
+            "-accel", spec.accelerator.value + (",tb-size=128" if spec.accelerator is Accelerator.TCG else ""),  # noqa: E501
             "-cpu", "max" if spec.accelerator is Accelerator.TCG else "host",
             "-smp", str(spec.vcpus),
             "-m", f"{spec.memory_mib}M",
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-            "-serial", f"file:{spec.console_log}",
-            "-qmp", f"unix:{self.qmp_path(spec)},server=on,wait=off",
+            "-chardev", f"socket,id=qmp,fd={qmp_fd},server=on,wait=off",
+            "-mon", "chardev=qmp,mode=control",
+            # wait=on: QEMU runs nothing until the agent is reading the console, so no line is lost.
+            "-chardev", f"socket,id=console,fd={console_fd},server=on,wait=on",
+            "-serial", "chardev:console",
             "-kernel", str(spec.kernel),
             "-append", cmdline,
-            # auto-read-only=off: the disk is opened read-write at start, while QEMU still runs as root.
-            # Else a restore (`-incoming`) opens it read-only and reopens it for writing only at `cont`,
-            # after `-runas` dropped the rights to do so.
-            "-drive", f"id=root,file={spec.rootfs},if=none,format={spec.rootfs_format},discard=unmap,"
-                      "auto-read-only=off",
-            "-device", "virtio-blk-device,drive=root",
+            *disk,
+            # An error on the disk (past its size limit) is the guest's to see; the VM is never stopped.
+            "-device", "virtio-blk-device,drive=root,werror=report,rerror=report",
             "-device", "virtio-rng-device",
         ]  # fmt: skip
         if spec.initrd is not None:
@@ -213,44 +281,68 @@ class QemuDriver:
                 "-object",
                 f"memory-backend-file,id=mem,size={spec.memory_mib}M,mem-path={spec.memory_file},share={share}",
             ]
-        if spec.tap:
+        if spec.tap and tap_fd is not None:
             args += [
-                "-netdev", f"tap,id=net0,ifname={spec.tap},script=no,downscript=no",
+                "-netdev", f"tap,id=net0,fd={tap_fd}",
                 "-device", f"virtio-net-device,netdev=net0,mac={spec.mac}",
             ]  # fmt: skip
-        drop = bool(self.run_as and _user_exists(self.run_as) and os.geteuid() == 0)
         if self.seccomp:
-            args += ["-sandbox", SECCOMP.format(elevate="allow" if drop else "deny")]
-        if drop:
-            args += ["-runas", str(self.run_as)]
-        args += list(spec.extra_args)
-        if spec.netns:
-            args = ["ip", "netns", "exec", spec.netns, *args]
-        return args
+            args += ["-sandbox", SECCOMP]
+        return args + list(spec.extra_args)
 
     def owns_process(self, pid: int, vm_id: str) -> bool:
         return runs_vm(pid, "qemu", "-name", vm_id)
 
+    async def check_jail(self, confinement: Confinement, accelerator: Accelerator) -> list[str]:
+        """A machine-less QEMU (`-M none -S`) idling in a jail, with the seccomp sandbox VMs get."""
+        nothing = Path("/nonexistent")
+        vm = VMSpec(
+            vm_id="jail-check", vcpus=1, memory_mib=16, kernel=nothing, initrd=None, cmdline="",
+            rootfs=nothing, rootfs_format="raw", workdir=nothing, accelerator=accelerator,
+            confinement=confinement,
+        )  # fmt: skip
+        argv = [
+            self.binary,
+            "-name",
+            "jail-check",
+            "-M",
+            "none",
+            "-accel",
+            accelerator.value,
+            "-display",
+            "none",
+        ]
+        argv += ["-nodefaults", "-no-user-config", "-S"] + (["-sandbox", SECCOMP] if self.seccomp else [])
+        return await self.jail.check(argv, vm, seccomp=self.seccomp)
+
     async def attach(self, spec: VMSpec, pid: int) -> QemuVM:
-        """Take over a QEMU this agent started before a restart: its pid and its QMP socket."""
+        """Take over a QEMU this agent started before a restart: its pid, its QMP socket and its console.
+        (Its stderr went to the previous agent: QEMU's own messages from now on are lost.)"""
         proc = PidProcess(pid)
         client = QMPClient(spec.vm_id)
         try:
             await client.connect(str(self.qmp_path(spec)))
         except (QMPError, OSError) as exc:
             raise DriverError(f"cannot reconnect to QMP of pid {pid}: {exc}") from exc
-        return QemuVM(spec, proc, client)
+        logs = LogPumps()
+        await logs.socket(self.console_path(spec), CappedLog(spec.console_log))
+        return QemuVM(spec, proc, client, logs)
 
     @staticmethod
     def qmp_path(spec: VMSpec) -> Path:
         return spec.workdir / "qmp.sock"
+
+    @staticmethod
+    def console_path(spec: VMSpec) -> Path:
+        return spec.workdir / "console.sock"
 
     async def start(self, spec: VMSpec) -> QemuVM:
         return await self._launch(spec)
 
     async def restore(self, spec: VMSpec, directory: Path) -> QemuVM:
         """A new QEMU with `-incoming defer` loads the device state through a passed descriptor; with a
-        memory file, RAM comes from a copy of the snapshot's `memory` (not through the stream)."""
+        memory file, RAM comes from a copy of the snapshot's `memory` (not through the stream), which
+        the jailer makes in the VM's cgroup before QEMU starts. The snapshot's files are never QEMU's."""
         started = time.monotonic()
         state, memory = directory / VMSTATE, directory / MEMORY
         ram_in_file = memory.is_file()  # else RAM is inside the state stream
@@ -258,13 +350,10 @@ class QemuDriver:
             raise DriverError(f"snapshot in {directory} is incomplete: {VMSTATE} is missing")
         if ram_in_file and spec.memory_file is None:
             raise DriverError("this snapshot keeps RAM in a file: the VM needs a memory_file")
-        if ram_in_file and spec.memory_shared:
-            assert spec.memory_file is not None
-            await sparse_copy(memory, spec.memory_file)
-        elif ram_in_file and spec.memory_file != memory:
-            raise DriverError("a copy-on-write restore maps the snapshot's own memory file")
-        copied = time.monotonic()
-        vm = await self._launch(spec, "-incoming", "defer")
+        if not spec.memory_shared:
+            raise DriverError("a restore copies the snapshot's memory into the VM's own file: memory_shared")
+        vm = await self._launch(spec, "-incoming", "defer", memory_from=memory if ram_in_file else None)
+        launched = time.monotonic()
         try:
             await vm.set_migration(ram_in_file)
             await vm.send_file(state, os.O_RDONLY, "snapshot")
@@ -282,60 +371,84 @@ class QemuDriver:
             extra={
                 "vm": spec.vm_id,
                 "pid": vm.pid,
-                "memory_ms": round((copied - started) * 1000, 1),
-                "load_ms": round((time.monotonic() - copied) * 1000, 1),
+                "launch_ms": round((launched - started) * 1000, 1),
+                "load_ms": round((time.monotonic() - launched) * 1000, 1),
             },
         )
         return vm
 
-    async def _launch(self, spec: VMSpec, *extra: str) -> QemuVM:
-        qmp_path = self.qmp_path(spec)
-        qmp_path.unlink(missing_ok=True)
-        stderr_path = spec.workdir / "qemu.log"
-        with stderr_path.open("wb") as stderr:
-            proc = await asyncio.create_subprocess_exec(
-                *self.command(spec), *extra, stdin=asyncio.subprocess.DEVNULL, stdout=stderr, stderr=stderr
-            )
+    async def _launch(self, spec: VMSpec, *extra: str, memory_from: Path | None = None) -> QemuVM:
+        chain = [Layer(spec.rootfs, spec.rootfs_format)] + [Layer(p, f) for p, f in spec.backing]
+        memory = None
+        if spec.memory_file is not None and spec.memory_shared:
+            spec.memory_file.unlink(missing_ok=True)
+            memory = MemoryFile(spec.memory_file, spec.memory_mib << 20, memory_from)
+        binds = [Bind(spec.kernel, spec.kernel)]
+        if spec.initrd is not None:
+            binds.append(Bind(spec.initrd, spec.initrd))
+        if spec.memory_file is not None:
+            binds.append(Bind(spec.memory_file, spec.memory_file, write=True))
+        (spec.workdir / "qemu.log").unlink(missing_ok=True)
+        with contextlib.ExitStack() as held:
+            qmp = held.enter_context(_listening(self.qmp_path(spec)))
+            console = held.enter_context(_listening(self.console_path(spec)))
+            disk_fds = []
+            for depth, layer in enumerate(chain):
+                fd = os.open(layer.path, (os.O_RDWR if depth == 0 else os.O_RDONLY) | os.O_CLOEXEC)
+                held.callback(os.close, fd)
+                disk_fds.append(fd)
+            passed = [qmp.fileno(), console.fileno(), *disk_fds]
+            tap_fd = max(passed) + 1 if spec.tap else None
+            argv = [
+                *self.command(spec, qmp.fileno(), console.fileno(), blockdev_args(chain, disk_fds), tap_fd),
+                *extra,
+            ]
+            jailer = self.jail.spec(argv, spec, binds=binds, memory=memory, tap_fd=tap_fd)
+            proc = await self.jail.spawn(jailer, pass_fds=passed, stdout=asyncio.subprocess.DEVNULL,
+                                         stderr=asyncio.subprocess.PIPE)  # fmt: skip
+        logs = LogPumps()
+        logs.pipe(proc.stderr, CappedLog(spec.workdir / "qemu.log"))
         log.info(
             "qemu started",
             extra={"vm": spec.vm_id, "pid": proc.pid, "accel": spec.accelerator.value, "netns": spec.netns},
         )
         try:
-            qmp = await self._connect_qmp(proc, qmp_path, stderr_path, spec)
+            await logs.socket(self.console_path(spec), CappedLog(spec.console_log))
+            qmp_client = await self._connect_qmp(proc, spec, logs)
         except BaseException:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+            await logs.close()
             raise
-        return QemuVM(spec, proc, qmp)
+        return QemuVM(spec, proc, qmp_client, logs)
 
-    async def _connect_qmp(
-        self, proc: asyncio.subprocess.Process, path: Path, stderr_path: Path, spec: VMSpec
-    ) -> QMPClient:
-        deadline = time.monotonic() + QMP_DEADLINE_S
-        while True:
-            if proc.returncode is not None or (await _exited(proc)):
-                said = stderr_path.read_text(errors="replace").strip()[-2000:]
-                raise DriverError(
-                    f"qemu exited with {proc.returncode}: {said}", console_tail(spec.console_log)
-                )
-            if path.exists():
-                client = QMPClient(spec.vm_id)
-                try:
-                    await client.connect(str(path))
-                    return client
-                except (QMPError, OSError):
-                    with contextlib.suppress(Exception):
-                        await client.disconnect()
-            if time.monotonic() > deadline:
-                raise DriverError(f"qemu's QMP socket did not answer within {QMP_DEADLINE_S:.0f} s")
-            await asyncio.sleep(0.02)
-
-
-async def _exited(proc: asyncio.subprocess.Process) -> bool:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(proc.wait()), 0.001)
-    return proc.returncode is not None
+    async def _connect_qmp(self, proc: asyncio.subprocess.Process, spec: VMSpec, logs: LogPumps) -> QMPClient:
+        """QEMU's QMP, once it greets; DriverError with what QEMU said when it exits first."""
+        client = QMPClient(spec.vm_id)
+        connect = asyncio.ensure_future(client.connect(str(self.qmp_path(spec))))
+        exited = asyncio.ensure_future(proc.wait())
+        try:
+            await asyncio.wait({connect, exited}, timeout=QMP_DEADLINE_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+        if connect.done() and connect.exception() is None and proc.returncode is None:
+            return client
+        connect.cancel()
+        with contextlib.suppress(BaseException):
+            await connect
+        with contextlib.suppress(Exception):
+            await client.disconnect()
+        if proc.returncode is None and not (connect.done() and not connect.cancelled()):
+            raise DriverError(f"qemu's QMP socket did not answer within {QMP_DEADLINE_S:.0f} s")
+        await proc.wait()
+        await logs.drained()
+        said = "\n".join(
+            line
+            for line in console_tail(spec.workdir / "qemu.log", 2000).strip().splitlines()
+            if "QEMU waiting for connection" not in line  # the console's wait=on, not an error
+        )
+        raise DriverError(f"qemu exited with {proc.returncode}: {said}", console_tail(spec.console_log))
 
 
 async def sparse_copy(source: Path, target: Path) -> None:
@@ -344,11 +457,3 @@ async def sparse_copy(source: Path, target: Path) -> None:
         await _disk.copy_sparse(source, target)
     except _disk.DiskError as exc:
         raise DriverError(str(exc)) from None
-
-
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True

@@ -18,11 +18,14 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    true,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 from ._sealed import Sealed
-from ._states import CapsuleStatus, HostStatus
+from ._states import CapsuleStatus, HostStatus, UserStatus
 
 
 def utcnow() -> datetime:
@@ -34,8 +37,22 @@ def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that goes in and comes out as aware UTC on every database (SQLite stores it naive, as
+    UTC; PostgreSQL as `timestamptz`): nothing above the database ever sees a naive datetime."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UtcDateTime()}
 
 
 class Team(Base):
@@ -50,6 +67,8 @@ class Team(Base):
     quota_vcpus: Mapped[int | None] = mapped_column(Integer, default=None)
     quota_memory_mb: Mapped[int | None] = mapped_column(Integer, default=None)
     quota_disk_mb: Mapped[int | None] = mapped_column(Integer, default=None)
+    #: Whether the team's owner may add BYOC hosts (set by a platform admin); null: the platform default.
+    byoc_enabled: Mapped[bool | None] = mapped_column(Boolean, default=None)
 
 
 class User(Base):
@@ -57,10 +76,73 @@ class User(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
     name: Mapped[str] = mapped_column(String(200))
-    password_hash: Mapped[str] = mapped_column(String(200))
+    #: argon2; null for an account that signs in with an identity provider only.
+    password_hash: Mapped[str | None] = mapped_column(String(200), default=None)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    #: `UserStatus`: inactive (not activated yet), active, disabled (by an admin), deleted (soft).
+    status: Mapped[str] = mapped_column(String(16), default=UserStatus.ACTIVE)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Every user JWT carries the generation it was issued in; bumping it (password change, sign-out
+    #: everywhere, disable, delete) makes every earlier token invalid at once.
+    token_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: When the account was soft-deleted: the janitor deletes it for good after the grace period.
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+
+
+class Identity(Base):
+    """An identity-provider account linked to a user: (`provider`, `subject`) signs the user in."""
+
+    __tablename__ = "oauth_identities"
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: The provider's stable id of the account (OIDC `sub`, GitHub's numeric id).
+    subject: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(320), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EmailToken(Base):
+    """A single-use token sent by e-mail (account activation, password reset): its SHA-256 only, spent by a
+    conditional delete, refused after `expires_at`."""
+
+    __tablename__ = "email_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+class OAuthFlow(Base):
+    """A sign-in with an identity provider under way: what the callback needs (PKCE verifier, nonce, the
+    redirect URI), keyed by the SHA-256 of its `state`; single-use, expiring. In the database so that the
+    callback may reach any control plane."""
+
+    __tablename__ = "oauth_flows"
+    state_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    #: `login` (sign in or up) or `link` (add the provider to `user_id`'s account).
+    intent: Mapped[str] = mapped_column(String(8), default="login")
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), default=None)
+    #: authlib's flow data: code_verifier, nonce, redirect_uri (sealed: the verifier is a secret).
+    data: Mapped[str] = mapped_column(Sealed("oauth_flow.data", 2000))
+    #: Where the dashboard goes afterwards (a path on this site).
+    next_path: Mapped[str] = mapped_column(String(512), default="/")
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class RevokedToken(Base):
+    """A user JWT signed out before it expires (`jti`), kept until it would have expired."""
+
+    __tablename__ = "revoked_tokens"
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class HostTag(Base):
+    __tablename__ = "host_tags"
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
 class Membership(Base):
@@ -199,6 +281,18 @@ class Capsule(Base):
     #: hashes the same.
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     request_hash: Mapped[str] = mapped_column(String(64), default="")
+    #: Traffic to it while paused resumes it (E2B's `autoResume`); else the proxy answers that it is paused.
+    auto_resume: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    #: The samples its host held when it was last paused (`[{t, cpu_pct, mem_bytes, disk_bytes}]`), served
+    #: while it sleeps; null: never paused.
+    last_metrics: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    #: Its egress policy without secrets (service/network.py's public form); {}: open.
+    network: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: The header values of its egress rules, `{domain: {header: value}}` as JSON, sealed.
+    network_secrets: Mapped[str] = mapped_column(Sealed("capsule.network_secrets", None), default="")
+    #: Its own egress CA (for header rules): the certificate its guest trusts, and the key (sealed).
+    egress_ca_cert: Mapped[str] = mapped_column(Text, default="")
+    egress_ca_key: Mapped[str] = mapped_column(Sealed("capsule.egress_ca_key", None), default="")
 
 
 class Template(Base):
@@ -218,10 +312,15 @@ class Template(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     #: The capsule it was made from (not a foreign key: the template outlives it).
     source_capsule_id: Mapped[str] = mapped_column(String(40), default="")
+    #: Who commands run as in capsules started from it ("": the platform's default user).
+    default_user: Mapped[str] = mapped_column(String(64), default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     #: A built template (`type` "build"): the build its capsules start from (its default tag); null until
     #: a build of it succeeded. Its files are in the template store, reachable from every host.
     build_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    #: The default egress policy of its capsules (that of the capsule it was made from), and its secrets.
+    network: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    network_secrets: Mapped[str] = mapped_column(Sealed("template.network_secrets", None), default="")
 
 
 class TemplateBuild(Base):

@@ -25,7 +25,8 @@ class Sealed(TypeDecorator[str]):
     impl = String
     cache_ok = True
 
-    def __init__(self, purpose: str, length: int = 255) -> None:
+    def __init__(self, purpose: str, length: int | None = 255) -> None:
+        """`length` None: unbounded (a policy's headers, a private key)."""
         super().__init__(length)
         self.purpose = purpose
 

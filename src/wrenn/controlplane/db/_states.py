@@ -34,6 +34,16 @@ class HostStatus(enum.StrEnum):
     UNREACHABLE = "unreachable"
 
 
+class UserStatus(enum.StrEnum):
+    #: Signed up, the activation e-mail not followed yet (only when activation is required).
+    INACTIVE = "inactive"
+    ACTIVE = "active"
+    #: Disabled by a platform admin: no token or key of theirs works.
+    DISABLED = "disabled"
+    #: Soft-deleted by its owner: deleted for good after the grace period.
+    DELETED = "deleted"
+
+
 C = CapsuleStatus
 #: Listed to their team: every capsule that has not ended.
 VISIBLE = (C.PENDING, C.STARTING, C.RUNNING, C.PAUSED, C.HIBERNATING, C.HIBERNATED)

@@ -3,29 +3,39 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from .._deps import Accounts, UserCaller
 from .._limits import client_address
-from ..service.accounts import BootstrapBody, LoginBody, SignupBody, SwitchTeamBody
+from ..service.accounts import AuthResponse, BootstrapBody, LoginBody, Pending, SignupBody, SwitchTeamBody
 
 router = APIRouter(tags=["auth"])
 
 
-class AuthResponse(BaseModel):
-    token: str
+class PendingActivation(BaseModel):
     user_id: str
-    team_id: str
     email: str
-    name: str
+    message: str
+    activation_required: bool = True
 
 
-@router.post("/v1/auth/signup", status_code=201, response_model=AuthResponse)
-async def signup(body: SignupBody, accounts: Accounts) -> AuthResponse:
-    """Create an account and its default team. Self-hosted: active at once (no email round trip)."""
-    return AuthResponse(**asdict(await accounts.signup(body)))
+@router.post(
+    "/v1/auth/signup",
+    status_code=201,
+    response_model=AuthResponse,
+    responses={202: {"model": PendingActivation, "description": "activation by e-mail required"}},
+)
+async def signup(body: SignupBody, accounts: Accounts) -> Any:
+    """Create an account and its default team: 201 with a token, or, where the operator requires
+    activation, 202: the account signs in once the link e-mailed to it is followed."""
+    done = await accounts.signup(body)
+    if isinstance(done, Pending):
+        return JSONResponse(PendingActivation(**asdict(done)).model_dump(), status_code=202)
+    return AuthResponse(**asdict(done))
 
 
 @router.post("/v1/auth/login", response_model=AuthResponse)

@@ -15,7 +15,8 @@ from sqlalchemy import select
 
 from .. import _errors
 from .._deps import AdminCaller, Builds, Caller, Principal
-from ..db import Template, TemplateBuild, as_utc
+from .._time import rfc3339
+from ..db import Template, TemplateBuild
 from ..service.recipes import RecipeError, parse
 
 router = APIRouter(tags=["builds"])
@@ -123,9 +124,9 @@ def view(
         "error": build.reason if build.status in ("error", "cancelled") else "",
         "failed_step": build.reason_step if build.status == "error" else "",
         "log_count": build.log_count,
-        "created_at": as_utc(build.created_at).isoformat(),
-        "started_at": as_utc(build.started_at).isoformat() if build.started_at else None,
-        "finished_at": as_utc(build.finished_at).isoformat() if build.finished_at else None,
+        "created_at": rfc3339(build.created_at),
+        "started_at": rfc3339(build.started_at) if build.started_at else None,
+        "finished_at": rfc3339(build.finished_at) if build.finished_at else None,
     }
     if logs is not None:
         out["logs"] = logs
@@ -136,7 +137,7 @@ async def _logs(builds: Builds, build: TemplateBuild, offset: int, limit: int) -
     return [
         {
             "seq": e.seq,
-            "time": as_utc(e.at).isoformat(),
+            "time": rfc3339(e.at),
             "level": e.level,
             "step": e.step,
             "message": e.message,
@@ -222,7 +223,7 @@ async def team_templates(caller: Caller, builds: Builds) -> list[dict[str, Any]]
                 "disk_size_mb": template.disk_size_mb,
                 "size_bytes": template.size_bytes,
                 "tags": {t.tag: t.build_id for t in await builds.tags(template)},
-                "created_at": as_utc(template.created_at).isoformat(),
+                "created_at": rfc3339(template.created_at),
             }
         )
     return out

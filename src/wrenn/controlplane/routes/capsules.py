@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -16,8 +15,11 @@ from starlette.datastructures import UploadFile
 
 from .. import _errors
 from .._deps import Caller, Capsules, Templates
+from .._time import Timestamp
 from ..db import Capsule
-from ..service import DEFAULTS, TEMPLATE_NAME, CreateSpec, Guest
+from ..db import CapsuleStatus as S
+from ..service import DEFAULTS, TEMPLATE_NAME, CreateSpec, Guest, NetworkBody, logs
+from ..service.network import from_v1
 
 router = APIRouter(tags=["capsules"])
 
@@ -30,6 +32,8 @@ class CapsuleCreate(BaseModel):
     disk_size_mb: int = Field(default=DEFAULTS.disk_size_mb, ge=1024, le=512 * 1024)
     #: False: the traffic proxy requires the capsule's `traffic_access_token` on every request.
     allow_public_traffic: bool = DEFAULTS.allow_public_traffic
+    #: The egress policy (docs/network.md); left out: the template's, else open.
+    network: NetworkBody | None = None
 
 
 class CapsuleOut(BaseModel):
@@ -41,10 +45,10 @@ class CapsuleOut(BaseModel):
     timeout_sec: int
     guest_ip: str
     host_ip: str
-    created_at: datetime
-    started_at: datetime | None
-    last_active_at: datetime | None
-    last_updated: datetime
+    created_at: Timestamp
+    started_at: Timestamp | None
+    last_active_at: Timestamp | None
+    last_updated: Timestamp
     metadata: dict[str, Any]
     traffic_access_token: str | None = None
 
@@ -67,7 +71,7 @@ class PathBody(BaseModel):
 def _out(c: Capsule) -> CapsuleOut:
     return CapsuleOut(
         id=c.id,
-        status=c.status,
+        status=S.PAUSED if c.status == S.HIBERNATING else c.status,  # the seed's statuses: on its way to cold
         template=c.template,
         vcpus=c.vcpus,
         memory_mb=c.memory_mb,
@@ -87,7 +91,9 @@ def _out(c: Capsule) -> CapsuleOut:
 async def create_capsule(body: CapsuleCreate, caller: Caller, capsules: Capsules) -> CapsuleOut:
     """Boot a capsule from a base image or a template of the team (a template's capsules start in its
     state, with its vcpus and memory)."""
-    (capsule,) = await capsules.create(caller, CreateSpec(**body.model_dump()))
+    network = from_v1(body.network) if body.network else None
+    spec = CreateSpec(**body.model_dump(exclude={"network"}), network=network)
+    (capsule,) = await capsules.create(caller, spec)
     return _out(capsule)
 
 
@@ -311,6 +317,22 @@ async def metrics(
         for p in await guest.metrics(range)
     ]
     return {"sandbox_id": capsule_id, "range": range, "points": points}
+
+
+@router.get("/v1/capsules/{capsule_id}/logs")
+async def capsule_logs(
+    capsule_id: str,
+    caller: Caller,
+    capsules: Capsules,
+    cursor: int | None = Query(default=None, ge=0, description="unix milliseconds"),
+    limit: int = Query(default=1000, ge=1, le=10000),
+    direction: Literal["forward", "backward"] = "forward",
+) -> dict[str, Any]:
+    """The capsule's console (kernel, init, envd and every process it started and ended), paged:
+    `forward` from `cursor` oldest first, `backward` up to it newest first (service/logs.py)."""
+    capsule = await capsules.get(caller.team_id, capsule_id)
+    chosen = logs.page(await logs.entries(capsules, capsule), limit, cursor, direction == "backward")
+    return {"logs": [logs.as_json(e) for e in chosen]}
 
 
 class ForkBody(BaseModel):

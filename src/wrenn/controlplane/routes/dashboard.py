@@ -11,10 +11,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from .. import _errors, _session
-from .._deps import Accounts, Capsules, Db, UserCaller, jwt_principal
+from .._deps import Accounts, Capsules, Db, Profiles, UserCaller, jwt_principal
 from .._limits import client_address
 from ..service import Guest
-from ..service.accounts import Issued, LoginBody, SignupBody, SwitchTeamBody
+from ..service.accounts import ActivateBody, Issued, LoginBody, Pending, SignupBody, SwitchTeamBody
+from ..service.profile import PasswordChange
 
 router = APIRouter(tags=["dashboard"])
 
@@ -62,8 +63,27 @@ async def login(body: LoginBody, request: Request, accounts: Accounts) -> JSONRe
 
 @router.post("/v1/dashboard/signup", status_code=201, response_model=Session)
 async def signup(body: SignupBody, request: Request, accounts: Accounts) -> JSONResponse:
+    """As `/v1/auth/signup`: 201 and the cookie, or 202 `{message, activation_required}` without one."""
     _require_dashboard(request)
-    return _started(request, await accounts.signup(body), status=201)
+    done = await accounts.signup(body)
+    if isinstance(done, Pending):
+        return JSONResponse({"message": done.message, "activation_required": True}, status_code=202)
+    return _started(request, done, status=201)
+
+
+@router.post("/v1/dashboard/activate", response_model=Session)
+async def activate(body: ActivateBody, request: Request, accounts: Accounts) -> JSONResponse:
+    """`/v1/auth/activate`, signed in with the session cookie."""
+    _require_dashboard(request)
+    return _started(request, await accounts.activate(body.token))
+
+
+@router.post("/v1/dashboard/password", response_model=Session)
+async def change_password(
+    body: PasswordChange, request: Request, caller: UserCaller, profiles: Profiles
+) -> JSONResponse:
+    """`/v1/me/password`: every other session is signed out, this one goes on with a new cookie."""
+    return _started(request, await profiles.change_password(caller, body))
 
 
 @router.post("/v1/dashboard/switch-team", response_model=Session)
@@ -74,9 +94,17 @@ async def switch_team(
 
 
 @router.delete("/v1/dashboard/session", status_code=204)
-async def logout(request: Request) -> Response:
-    """Forget the cookie (the JWT itself stays valid until it expires: tokens are stateless)."""
+async def logout(request: Request, session: Db, profiles: Profiles) -> Response:
+    """Sign the session out: its token is revoked (whoever holds a copy) and the cookie cleared."""
     _require_dashboard(request)
+    token = _session.session_token(request)
+    if token is not None:
+        try:
+            caller = await jwt_principal(token, session, request.app.state.tokens)
+        except _errors.ApiError:
+            caller = None  # expired or revoked already: nothing to revoke
+        if caller is not None:
+            await profiles.sign_out(caller, everywhere=False)
     response = Response(status_code=204)
     _session.clear_cookie(response)
     return response

@@ -9,13 +9,12 @@ are the capsule's labels, `envVars` its default environment.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote
 
 from fastapi import APIRouter, Header, Query, Response
@@ -25,9 +24,13 @@ from sqlalchemy import select
 
 from .. import _errors
 from .._deps import Caller, Capsules, Principal, Templates
+from .._time import rfc3339
 from ..db import Capsule, as_utc, states, utcnow
 from ..db import CapsuleStatus as S
-from ..service import TEMPLATE_NAME, CreateSpec, Guest
+from ..service import TEMPLATE_NAME, CreateSpec, Guest, NetworkSpec, listing, logs
+from ..service.guest import kept_and_live
+from ..service.guest import metrics_window as guest_metrics_window
+from ..service.network import RuleBody, from_e2b
 
 router = APIRouter(tags=["e2b"])
 
@@ -57,6 +60,15 @@ def error_body(status: int, message: str, code: str = "") -> dict[str, Any]:
 class Network(BaseModel):
     model_config = ConfigDict(extra="allow")
     allowPublicTraffic: bool = True
+    allowOut: list[str] | None = None
+    denyOut: list[str] | None = None
+    dnsServers: list[str] | None = None
+    egressProxy: dict[str, Any] | None = None
+    rules: dict[str, list[RuleBody]] | None = None
+
+
+class AutoResume(BaseModel):
+    enabled: bool = False
 
 
 class NewSandbox(BaseModel):
@@ -64,11 +76,22 @@ class NewSandbox(BaseModel):
     templateID: str = Field(default="base", min_length=1, max_length=128)
     timeout: int = Field(default=DEFAULT_TIMEOUT_S, ge=0, le=MAX_TIMEOUT_S)
     autoPause: bool = False
+    #: Traffic to the sandbox while it is paused resumes it (E2B's default: off).
+    autoResume: AutoResume | None = None
+    #: False: the timeout's pause keeps the disk only (not served yet: refused).
+    autoPauseMemory: bool | None = None
     secure: bool = True
     allow_internet_access: bool = True
     network: Network | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     envVars: dict[str, str] = Field(default_factory=dict)
+
+
+class PauseBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    #: False: keep the disk only and reboot on resume (not served yet: refused).
+    memory: bool = True
+    requireHealthyGuest: bool = False
 
 
 class Timeout(BaseModel):
@@ -79,6 +102,8 @@ class OptionalTimeout(BaseModel):
     model_config = ConfigDict(extra="allow")
     timeout: int | None = Field(default=None, ge=0, le=MAX_TIMEOUT_S)
     autoPause: bool | None = None
+    #: False: resume by a reboot from the disk (not served yet: refused).
+    memory: bool | None = None
 
 
 class Refresh(BaseModel):
@@ -95,15 +120,21 @@ class ForkBody(BaseModel):
     timeout: int | None = Field(default=None, ge=0, le=MAX_TIMEOUT_S)
 
 
+# E2B's filesystem-only pause and reboot resume (`memory: false`), which Wrenn does not do yet.
+def _no_filesystem_pause() -> _errors.ApiError:
+    return _errors.ApiError(
+        400,
+        "filesystem_pause_unsupported",
+        "a filesystem-only pause or a reboot resume (memory: false) is not supported by this server yet: "
+        "pause and resume keep memory (on_resume='restore', the default)",
+    )
+
+
 # --- what the SDK reads back -----------------------------------------------------------------------
 
 
 def _iso(value: datetime | None) -> str:
-    return as_utc(value or utcnow()).isoformat().replace("+00:00", "Z")
-
-
-def _state(c: Capsule) -> str:
-    return "paused" if c.status in states.ASLEEP else "running"
+    return rfc3339(value or utcnow())
 
 
 def _envd_version(c: Capsule) -> str:
@@ -131,13 +162,13 @@ def _listed(c: Capsule) -> dict[str, Any]:
         "alias": c.template,
         "sandboxID": c.id,
         "clientID": CLIENT_ID,
-        "startedAt": _iso(c.started_at or c.created_at),
+        "startedAt": _iso(listing.started(c)),
         "endAt": _iso(c.end_at or (c.started_at or c.created_at) + timedelta(days=3650)),
         "cpuCount": c.vcpus,
         "memoryMB": c.memory_mb,
         "diskSizeMB": c.disk_size_mb,
         "metadata": dict(c.labels or {}),
-        "state": _state(c),
+        "state": listing.state_of(c),
         "envdVersion": _envd_version(c),
     }
 
@@ -148,8 +179,10 @@ def _detail(c: Capsule) -> dict[str, Any]:
         **_listed(c),
         "envdAccessToken": c.envd_token,
         "domain": None,
-        "allowInternetAccess": True,
-        "lifecycle": {"autoResume": True, "onTimeout": c.on_timeout},
+        "allowInternetAccess": NetworkSpec.of_capsule(c).allow_internet_access,
+        "network": NetworkSpec.of_capsule(c).e2b(),
+        "lifecycle": {"autoResume": c.auto_resume, "onTimeout": c.on_timeout},
+        "pauseMode": "full",
     }
 
 
@@ -170,6 +203,14 @@ async def _find(capsules: Capsules, caller: Principal, sandbox_id: str) -> Capsu
 
 def _deadline(seconds: int | None) -> datetime | None:
     return utcnow() + timedelta(seconds=seconds) if seconds else None
+
+
+def _network(body: NewSandbox) -> NetworkSpec | None:
+    """The egress policy of a create: `network`'s lists and rules with `allow_internet_access`."""
+    n = body.network
+    if n is None or not ({"allowOut", "denyOut", "dnsServers", "egressProxy", "rules"} & n.model_fields_set):
+        return None if body.allow_internet_access else from_e2b(None, None, None, None, False)
+    return from_e2b(n.allowOut, n.denyOut, n.dnsServers, n.rules, body.allow_internet_access, n.egressProxy)
 
 
 def _hash(body: NewSandbox) -> str:
@@ -213,6 +254,8 @@ async def create_sandbox(
     template = ALIASES.get(name, name)
     if not re.fullmatch(TEMPLATE_NAME, template):
         raise _errors.ApiError(404, "template_not_found", f"template {body.templateID!r} not found")
+    if body.autoPauseMemory is False:
+        raise _no_filesystem_pause()
     spec = CreateSpec(
         template=template,
         timeout_sec=0,  # the lifetime deadline below replaces the idle timeout
@@ -221,8 +264,10 @@ async def create_sandbox(
         labels=body.metadata,
         end_at=_deadline(body.timeout),
         on_timeout="pause" if body.autoPause else "kill",
+        auto_resume=bool(body.autoResume and body.autoResume.enabled),
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        network=_network(body),
     )
     try:
         (capsule,) = await capsules.create(caller, spec)
@@ -232,21 +277,48 @@ async def create_sandbox(
                 404, "template_not_found", f"template {body.templateID!r} not found"
             ) from None
         raise
-    return JSONResponse(_sandbox(capsule, body.templateID), status_code=201)
+    ignored = _ignored(body)
+    headers = {"Warning": f'299 wrenn "ignored: {", ".join(ignored)}"'} if ignored else {}
+    return JSONResponse(_sandbox(capsule, body.templateID), status_code=201, headers=headers)
 
 
-async def _list(
-    capsules: Capsules, caller: Principal, metadata: str | None, state: str | None
-) -> list[Capsule]:
-    wanted = {s.strip() for s in (state or "running,paused").split(",") if s.strip()}
-    statuses = [s for s in states.VISIBLE if ("paused" if s in states.ASLEEP else "running") in wanted]
-    rows = await capsules.session.execute(
-        select(Capsule)
-        .where(Capsule.team_id == caller.team_id, Capsule.status.in_(statuses))
-        .order_by(Capsule.created_at, Capsule.id)
-    )
+def _ignored(body: NewSandbox) -> list[str]:
+    """The create's fields that Wrenn accepts without acting on them (docs/e2b.md lists them)."""
+    found = [k for k, v in (body.model_extra or {}).items() if v not in (None, [], {}, "")]
+    if body.network is not None:
+        found += [
+            f"network.{k}" for k, v in (body.network.model_extra or {}).items() if v not in (None, [], {})
+        ]
+    if not body.secure:
+        found.append("secure")
+    return sorted(found)
+
+
+def _query(
+    metadata: str | None,
+    state: str | None,
+    started_after: str | None = None,
+    template: str | None = None,
+    order: str = "asc",
+) -> listing.SandboxQuery:
+    """E2B's list parameters as a query: `state` comma-joined, `metadata` its double-encoded `k=v`
+    pairs, `startedAfter` RFC 3339 with an offset, `template` names (comma-joined), `order` asc or desc."""
+    wanted = frozenset(s.strip() for s in (state or "running,paused").split(",") if s.strip())
+    if wanted - {"running", "paused"}:
+        raise _errors.bad_request(f"state: running and/or paused, not {state!r}")
     labels = {unquote(k): unquote(v) for k, v in parse_qsl(metadata or "", keep_blank_values=True)}
-    return [c for c in rows.scalars() if all((c.labels or {}).get(k) == v for k, v in labels.items())]
+    after = None
+    if started_after:
+        try:
+            after = datetime.fromisoformat(started_after.replace("Z", "+00:00"))
+        except ValueError:
+            raise _errors.bad_request("startedAfter: an RFC 3339 time, e.g. 2026-01-02T03:04:05Z") from None
+        if after.tzinfo is None:
+            raise _errors.bad_request("startedAfter: give its offset (Z or +hh:mm)")
+    names = frozenset(ALIASES.get(t.strip(), t.strip()) for t in (template or "").split(",") if t.strip())
+    if order not in ("asc", "desc"):
+        raise _errors.bad_request(f"order: asc or desc, not {order!r}")
+    return listing.SandboxQuery(wanted, labels, after, names, order == "desc")
 
 
 @router.get("/v2/sandboxes")
@@ -255,25 +327,18 @@ async def list_sandboxes_v2(
     capsules: Capsules,
     metadata: str | None = None,
     state: str | None = None,
+    startedAfter: str | None = None,
+    template: str | None = None,
+    order: str = "asc",
     limit: int = Query(default=100, ge=1, le=1000),
     nextToken: str | None = None,
 ) -> JSONResponse:
-    """`Sandbox.list`: filtered by `metadata` (URL-encoded `k=v` pairs) and `state`, paged by
-    `nextToken` / the `x-next-token` header."""
-    found = await _list(capsules, caller, metadata, state)
-    start = 0
-    if nextToken:
-        try:
-            after = base64.urlsafe_b64decode(nextToken.encode()).decode()
-        except ValueError:
-            raise _errors.bad_request("nextToken is not one this server handed out") from None
-        ids = [c.id for c in found]
-        start = ids.index(after) + 1 if after in ids else len(ids)
-    page = found[start : start + limit]
-    headers = {}
-    if start + limit < len(found):
-        headers["x-next-token"] = base64.urlsafe_b64encode(page[-1].id.encode()).decode()
-    return JSONResponse([_listed(c) for c in page], headers=headers)
+    """`Sandbox.list`: filtered by `state`, `metadata`, `startedAfter` and `template`, in start-time
+    `order`, paged by `nextToken` / the `x-next-token` header (stable: see `service.listing`)."""
+    query = _query(metadata, state, startedAfter, template, order)
+    found = await listing.sandboxes(capsules.session, caller.team_id, query)
+    chosen, token = listing.page(found, limit, nextToken, listing.sandbox_key, query.descending)
+    return JSONResponse([_listed(c) for c in chosen], headers={"x-next-token": token} if token else {})
 
 
 @router.get("/sandboxes")
@@ -281,7 +346,33 @@ async def list_sandboxes(
     caller: Caller, capsules: Capsules, metadata: str | None = None
 ) -> list[dict[str, Any]]:
     """The v1 list: every running sandbox of the team."""
-    return [_listed(c) for c in await _list(capsules, caller, metadata, "running")]
+    return [
+        _listed(c)
+        for c in await listing.sandboxes(capsules.session, caller.team_id, _query(metadata, "running"))
+    ]
+
+
+@router.get("/sandboxes/metrics")  # before /sandboxes/{sandbox_id}, which it would match
+async def sandboxes_metrics(
+    caller: Caller, capsules: Capsules, sandbox_ids: str = Query(min_length=1, max_length=4000)
+) -> dict[str, Any]:
+    """The newest sample of each of the team's sandboxes named (comma-joined, at most 100), running or
+    paused: `{"sandboxes": {id: SandboxMetric}}`; an unknown id, or one never sampled, is left out."""
+    ids = list(dict.fromkeys(i.strip() for i in sandbox_ids.split(",") if i.strip()))
+    if len(ids) > 100:
+        raise _errors.bad_request("sandbox_ids: at most 100")
+    found: dict[str, Any] = {}
+    for sandbox_id in ids:
+        try:
+            capsule = await _find(capsules, caller, sandbox_id)
+            samples = await _samples(capsules, capsule)
+        except _errors.ApiError as exc:
+            if exc.status in (404, 503):  # not the team's, or its host is away: nothing to show
+                continue
+            raise
+        if samples:
+            found[sandbox_id] = _metric(capsule, samples[-1])
+    return {"sandboxes": found}
 
 
 @router.get("/sandboxes/{sandbox_id}")
@@ -316,7 +407,13 @@ async def refresh(sandbox_id: str, body: Refresh, caller: Caller, capsules: Caps
 
 
 @router.post("/sandboxes/{sandbox_id}/pause", status_code=204)
-async def pause_sandbox(sandbox_id: str, caller: Caller, capsules: Capsules) -> Response:
+async def pause_sandbox(
+    sandbox_id: str, caller: Caller, capsules: Capsules, body: PauseBody | None = None
+) -> Response:
+    """A full pause (memory and disk); `requireHealthyGuest` always holds here (the host's pause asks
+    envd to prepare first, and a guest that cannot be paused is answered 503, left running)."""
+    if body is not None and not body.memory:
+        raise _no_filesystem_pause()
     capsule = await _find(capsules, caller, sandbox_id)
     if capsule.status in states.ASLEEP:
         raise _errors.conflict(f"sandbox {sandbox_id} is already paused")
@@ -344,6 +441,8 @@ async def connect_sandbox(
     sandbox_id: str, caller: Caller, capsules: Capsules, body: OptionalTimeout | None = None
 ) -> JSONResponse:
     """`Sandbox.connect`: 200 when it was running (its life extended), 201 when it was resumed."""
+    if body is not None and body.memory is False:
+        raise _no_filesystem_pause()
     capsule, resumed = await _wake(capsules, caller, sandbox_id, body.timeout if body else None)
     return JSONResponse(_sandbox(capsule, capsule.template), status_code=201 if resumed else 200)
 
@@ -362,6 +461,29 @@ async def resume_sandbox(
     return JSONResponse(_sandbox(capsule, capsule.template), status_code=201)
 
 
+def _metric(c: Capsule, point: dict[str, Any]) -> dict[str, Any]:
+    """E2B's `SandboxMetric` of one sample."""
+    return {
+        "timestamp": _iso(datetime.fromtimestamp(point["t"], UTC)),
+        "timestampUnix": point["t"],
+        "cpuCount": c.vcpus,
+        "cpuUsedPct": point["cpu_pct"],
+        "memUsed": point["mem_bytes"],
+        "memTotal": c.memory_mb << 20,
+        "memCache": 0,
+        "diskUsed": point["disk_bytes"],
+        "diskTotal": c.disk_size_mb << 20,
+    }
+
+
+async def _samples(capsules: Capsules, c: Capsule) -> list[dict[str, Any]]:
+    """The capsule's samples, oldest first: kept at its last pause, then its host's since it runs."""
+    live = []
+    if c.status == S.RUNNING and c.host_id is not None:
+        live = await guest_metrics_window(Guest(capsules.agents, c, await capsules.host_of(c)))
+    return kept_and_live(c, live)
+
+
 @router.get("/sandboxes/{sandbox_id}/metrics")
 async def sandbox_metrics(
     sandbox_id: str,
@@ -370,39 +492,50 @@ async def sandbox_metrics(
     start: int | None = None,
     end: int | None = None,
 ) -> list[dict[str, Any]]:
-    """CPU, memory and disk samples (the host keeps up to 24 h); empty while paused."""
+    """CPU, memory and disk samples between `start` and `end` (unix seconds), running or paused: a paused
+    sandbox's are those its host held when it was paused (kept by the control plane)."""
     capsule = await _find(capsules, caller, sandbox_id)
-    if capsule.status != S.RUNNING or capsule.host_id is None:
-        return []
-    host = await capsules.host_of(capsule)
-    memory_total = capsule.memory_mb << 20
-    disk_total = capsule.disk_size_mb << 20
-    out = []
-    for p in await Guest(capsules.agents, capsule, host).metrics("24h"):
-        seconds = p.timestamp.seconds if p.timestamp else 0
-        if (start is not None and seconds < start) or (end is not None and seconds > end):
-            continue
-        out.append(
-            {
-                "timestamp": _iso(datetime.fromtimestamp(seconds, UTC)),
-                "timestampUnix": seconds,
-                "cpuCount": capsule.vcpus,
-                "cpuUsedPct": p.cpu_pct,
-                "memUsed": p.mem_bytes,
-                "memTotal": memory_total,
-                "memCache": 0,
-                "diskUsed": p.disk_bytes,
-                "diskTotal": disk_total,
-            }
-        )
-    return out
+    return [
+        _metric(capsule, p)
+        for p in await _samples(capsules, capsule)
+        if (start is None or p["t"] >= start) and (end is None or p["t"] <= end)
+    ]
 
 
 @router.get("/sandboxes/{sandbox_id}/logs")
-async def sandbox_logs(sandbox_id: str, caller: Caller, capsules: Capsules) -> dict[str, Any]:
-    """E2B's log shape. Wrenn keeps no guest log stream yet: the lists are empty."""
-    await _find(capsules, caller, sandbox_id)
-    return {"logs": [], "logEntries": []}
+async def sandbox_logs(
+    sandbox_id: str,
+    caller: Caller,
+    capsules: Capsules,
+    start: int | None = Query(default=None, ge=0),
+    limit: int = Query(default=1000, ge=1, le=10000),
+) -> dict[str, Any]:
+    """The guest's console (kernel, init, envd, processes started and ended) from `start` (unix ms)."""
+    capsule = await _find(capsules, caller, sandbox_id)
+    chosen = logs.page(await logs.entries(capsules, capsule), limit, start)
+    entries = [logs.as_e2b(e) for e in chosen]
+    return {
+        "logs": [{"timestamp": e["timestamp"], "line": e["message"]} for e in entries],
+        "logEntries": entries,
+    }
+
+
+@router.get("/v2/sandboxes/{sandbox_id}/logs")
+async def sandbox_logs_v2(
+    sandbox_id: str,
+    caller: Caller,
+    capsules: Capsules,
+    cursor: int | None = Query(default=None, ge=0),
+    limit: int = Query(default=1000, ge=1, le=10000),
+    direction: Literal["forward", "backward"] = "forward",
+    level: Literal["debug", "info", "warn", "error"] | None = None,
+    search: str | None = Query(default=None, max_length=256),
+) -> dict[str, Any]:
+    """E2B's paged logs: `forward` from `cursor` (unix ms) oldest first, `backward` up to it newest first."""
+    capsule = await _find(capsules, caller, sandbox_id)
+    found = await logs.entries(capsules, capsule)
+    chosen = logs.page(found, limit, cursor, direction == "backward", level, search)
+    return {"logs": [logs.as_e2b(e) for e in chosen]}
 
 
 # --- snapshots and forks --------------------------------------------------------------------------
@@ -433,8 +566,22 @@ async def fork_sandbox(
 
 
 @router.get("/snapshots")
-async def list_snapshots(caller: Caller, templates: Templates) -> list[dict[str, Any]]:
-    return [{"snapshotID": t.name, "names": [t.name]} for t in await templates.of_team(caller.team_id)]
+async def list_snapshots(
+    caller: Caller,
+    templates: Templates,
+    sandboxID: str | None = None,
+    name: str | None = None,
+    limit: int = Query(default=100, ge=1, le=1000),
+    nextToken: str | None = None,
+) -> JSONResponse:
+    """`Sandbox.list_snapshots`: the team's templates, only those made from `sandboxID` or called `name`,
+    paged as the sandbox list is."""
+    if name:  # E2B's names may carry a namespace and a tag: `team/name:tag`
+        name = name.rsplit("/", 1)[-1].split(":", 1)[0]
+    found = await listing.templates(templates.session, caller.team_id, name, sandboxID)
+    chosen, token = listing.page(found, limit, nextToken, listing.template_key)
+    body = [{"snapshotID": t.name, "names": [t.name]} for t in chosen]
+    return JSONResponse(body, headers={"x-next-token": token} if token else {})
 
 
 @router.delete("/templates/{template_id}", status_code=204)

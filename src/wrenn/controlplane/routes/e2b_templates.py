@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import _errors
 from .._deps import Builds, Caller, Db
-from ..db import Template, TemplateBuild, TemplateBuildLog, as_utc
+from .._time import rfc3339
+from ..db import Template, TemplateBuild, TemplateBuildLog
 from ..service.builds import check_upload, split_name, upload_signature
 
 router = APIRouter(tags=["e2b templates"])
@@ -49,12 +50,13 @@ class UntagBody(BaseModel):
     tags: list[str] = Field(max_length=20)
 
 
-def _iso(value: Any) -> str:
-    return as_utc(value).isoformat().replace("+00:00", "Z")
-
-
 def _entry(row: TemplateBuildLog) -> dict[str, Any]:
-    return {"timestamp": _iso(row.at), "message": row.message, "level": row.level or "info", "step": row.step}
+    return {
+        "timestamp": rfc3339(row.at),
+        "message": row.message,
+        "level": row.level or "info",
+        "step": row.step,
+    }
 
 
 @router.post("/v3/templates", status_code=202)
@@ -199,7 +201,7 @@ async def remove_tags(body: UntagBody, caller: Caller, builds: Builds) -> Respon
 async def list_tags(template_id: str, caller: Caller, builds: Builds) -> list[dict[str, Any]]:
     template = await builds.template(caller.team_id, template_id)
     return [
-        {"tag": t.tag, "buildID": t.build_id, "createdAt": _iso(t.created_at)}
+        {"tag": t.tag, "buildID": t.build_id, "createdAt": rfc3339(t.created_at)}
         for t in await builds.tags(template)
     ]
 
@@ -224,8 +226,8 @@ async def list_templates(caller: Caller, builds: Builds) -> JSONResponse:
                 "public": False,
                 "aliases": [template.name],
                 "names": [template.name],
-                "createdAt": _iso(template.created_at),
-                "updatedAt": _iso(build.finished_at or build.created_at),
+                "createdAt": rfc3339(template.created_at),
+                "updatedAt": rfc3339(build.finished_at or build.created_at),
                 "createdBy": None,
                 "lastSpawnedAt": None,
                 "spawnCount": 0,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Request, Response
@@ -21,21 +21,23 @@ from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from .. import _audit, _errors
 from .._agents import AgentPool
 from .._ca import CertificateAuthority, split_address
-from .._deps import Db, Principal, UserCaller, audit_fields
+from .._deps import Db, UserCaller, audit_fields
 from .._ids import new_id, new_token
 from .._settings import Settings
+from .._time import Timestamp
 from ..db import (
-    Capsule,
     CapsuleStatus,
     Host,
     HostRefreshToken,
     HostStatus,
     HostToken,
     Membership,
-    User,
-    states,
     utcnow,
 )
+from ..service.hosts import active_capsules, byoc_allowed
+from ..service.hosts import is_admin as _is_admin
+from ..service.hosts import may_manage as _may_manage
+from ..service.hosts import visible_host as _visible
 
 router = APIRouter(tags=["hosts"])
 log = logging.getLogger("wrenn.controlplane.hosts")
@@ -99,9 +101,9 @@ class HostOut(BaseModel):
     slot_capacity: int
     accelerator: str
     local: bool
-    last_heartbeat_at: datetime | None
-    registered_at: datetime | None
-    created_at: datetime
+    last_heartbeat_at: Timestamp | None
+    registered_at: Timestamp | None
+    created_at: Timestamp
 
 
 class HostCreated(BaseModel):
@@ -152,28 +154,6 @@ def _ca(request: Request) -> CertificateAuthority:
     return ca
 
 
-async def _is_admin(session: AsyncSession, caller: Principal) -> bool:
-    user = await session.get(User, caller.user_id) if caller.user_id else None
-    return bool(user and user.is_admin)
-
-
-async def _visible(session: AsyncSession, caller: Principal, host_id: str) -> tuple[Host, bool]:
-    """The host if the caller may see it (admins: all; others: their team's), and whether they are admin."""
-    host = await session.get(Host, host_id)
-    admin = await _is_admin(session, caller)
-    if host is None or not (admin or (host.team_id is not None and host.team_id == caller.team_id)):
-        raise _errors.not_found(f"host {host_id}")
-    return host, admin
-
-
-async def _may_manage(session: AsyncSession, caller: Principal, host: Host, admin: bool) -> None:
-    if admin:
-        return
-    member = await session.get(Membership, (host.team_id, caller.user_id)) if host.team_id else None
-    if host.type != "byoc" or member is None or member.role != "owner":
-        raise _errors.forbidden("only an admin, or the owner of a BYOC host's team, manages a host")
-
-
 async def _new_registration_token(
     session: AsyncSession, settings: Settings, host: Host, user_id: str | None
 ) -> str:
@@ -204,6 +184,8 @@ async def create_host(body: HostCreate, request: Request, caller: UserCaller, se
         member = await session.get(Membership, (team_id, caller.user_id))
         if not admin and (member is None or member.role != "owner"):
             raise _errors.forbidden("only the team's owner (or an admin) creates a BYOC host for a team")
+        if not admin and not await byoc_allowed(session, _settings(request), team_id):
+            raise _errors.forbidden("this team may not add its own hosts (BYOC): a platform admin decides")
     host = Host(id=new_id("host"), type=kind, team_id=team_id, address="", status=HostStatus.PENDING)
     host.created_by = caller.user_id
     session.add(host)
@@ -386,17 +368,7 @@ async def delete_host(
     stopped and the agent is told to `Terminate` (destroy everything and exit)."""
     host, admin = await _visible(session, caller, host_id)
     await _may_manage(session, caller, host, admin)
-    active = (
-        (
-            await session.execute(
-                select(Capsule)
-                .where(Capsule.host_id == host.id, Capsule.status.in_(states.ON_HOST))
-                .order_by(Capsule.id)
-            )
-        )
-        .scalars()
-        .all()
-    )
+    active = await active_capsules(session, host.id)
     if active and not force:
         raise _errors.ApiError(
             409,

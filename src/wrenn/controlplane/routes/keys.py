@@ -5,7 +5,6 @@ team (`routes/teams.py`)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, Response
@@ -16,6 +15,7 @@ from .. import _audit, _errors
 from .._deps import Db, Principal, UserCaller, audit_fields
 from .._ids import new_id
 from .._security import new_api_key
+from .._time import Timestamp
 from ..db import ApiKey, User, as_utc, utcnow
 
 router = APIRouter(tags=["api-keys"])
@@ -30,6 +30,8 @@ class KeyBody(BaseModel):
     role: Literal["member", "viewer"] = "member"
     #: When the key stops working (RFC 3339, in the future); none: it does not expire.
     expires_at: AwareDatetime | None = None
+    #: `wrenn`: `wrn_` + hex; `e2b`: `e2b_` + 40 hex digits, for E2B SDK releases that check a key's shape.
+    format: Literal["wrenn", "e2b"] = "wrenn"
 
 
 class KeyOut(BaseModel):
@@ -39,10 +41,10 @@ class KeyOut(BaseModel):
     key_prefix: str
     created_by: str | None
     creator_email: str | None = None
-    created_at: datetime
-    last_used: datetime | None
+    created_at: Timestamp
+    last_used: Timestamp | None
     role: str = "member"
-    expires_at: datetime | None = None
+    expires_at: Timestamp | None = None
     key: str | None = None
 
 
@@ -72,7 +74,7 @@ async def create_key(body: KeyBody, caller: UserCaller, session: Db) -> KeyOut:
     _manager(caller, "create")
     if body.expires_at is not None and body.expires_at <= utcnow():
         raise _errors.bad_request("expires_at: must be in the future")
-    key, key_hash, prefix = new_api_key()
+    key, key_hash, prefix = new_api_key(e2b_shape=body.format == "e2b")
     record = ApiKey(
         id=new_id("key"),
         team_id=caller.team_id,

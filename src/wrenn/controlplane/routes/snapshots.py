@@ -6,13 +6,13 @@ template service's."""
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from .._deps import Caller, Templates
+from .._time import Timestamp
 from ..db import Template
 from ..service import TEMPLATE_NAME
 
@@ -23,6 +23,9 @@ class SnapshotCreate(BaseModel):
     sandbox_id: str = Field(min_length=1, max_length=40)
     #: Default: `template-` and 8 hex digits.
     name: str | None = Field(default=None, pattern=TEMPLATE_NAME)
+    #: Who commands run as in the template's capsules (a user of the image, e.g. `root`, the seed's
+    #: default); default: as in the capsule it is made from.
+    default_user: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
 class TemplateOut(BaseModel):
@@ -31,7 +34,7 @@ class TemplateOut(BaseModel):
     vcpus: int
     memory_mb: int
     size_bytes: int
-    created_at: datetime | None
+    created_at: Timestamp | None
     platform: bool
     metadata: dict[str, Any]
 
@@ -45,7 +48,11 @@ def _out(t: Template) -> TemplateOut:
         size_bytes=t.size_bytes,
         created_at=t.created_at,
         platform=False,
-        metadata={"source_capsule_id": t.source_capsule_id, "disk_size_mb": t.disk_size_mb},
+        metadata={
+            "source_capsule_id": t.source_capsule_id,
+            "disk_size_mb": str(t.disk_size_mb),  # the seed's metadata values are strings
+            "default_user": t.default_user,  # "": the platform's default user
+        },
     )
 
 
@@ -62,10 +69,10 @@ async def create_snapshot(
     await templates.check_name(name)  # before the capsule lookup: a reserved name is refused outright
     capsule = await templates.capsules.get(caller.team_id, body.sandbox_id)
     await templates.claim_name(caller.team_id, name, overwrite)
-    return _out(await templates.make(caller, capsule, name))
+    return _out(await templates.make(caller, capsule, name, body.default_user))
 
 
-@router.get("/v1/snapshots", response_model=list[TemplateOut])
+@router.get("/v1/snapshots", response_model=list[TemplateOut], response_model_exclude_none=True)
 async def list_snapshots(
     caller: Caller, templates: Templates, type: Literal["base", "snapshot"] | None = None
 ) -> list[TemplateOut]:

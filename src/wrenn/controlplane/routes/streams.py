@@ -85,13 +85,20 @@ class _Socket:
         async with self._send_lock:
             await self.ws.send_text(json.dumps(message))
 
+    async def send_bytes(self, data: bytes) -> None:
+        async with self._send_lock:
+            await self.ws.send_bytes(data)
+
     async def receive(self) -> dict[str, Any]:
-        """The client's next message (`{}` unless a JSON object); WebSocketDisconnect once it is gone."""
+        """The client's next message (`{}` unless a JSON object; a binary frame is terminal input,
+        `{"type": "input", "raw": bytes}`, as the seed SDK sends it); WebSocketDisconnect once it is gone."""
         message = await self.ws.receive()
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
         await self.touch()
-        return _decode(message.get("text") or message.get("bytes") or b"")
+        if message.get("bytes") is not None and message.get("text") is None:
+            return {"type": "input", "raw": message["bytes"]}
+        return _decode(message.get("text") or b"")
 
     async def call(self, awaitable: Awaitable[_T]) -> _T:
         """A unary agent call, its errors as API errors."""
@@ -334,17 +341,22 @@ async def _kill(sock: _Socket, pid: int) -> bool:
 
 @router.websocket("/v1/capsules/{capsule_id}/pty")
 async def pty(ws: WebSocket, capsule_id: str) -> None:
-    """First message `start{cmd="/bin/bash", args, cols=80, rows=24, envs, cwd, user}` or `connect{tag}`;
-    then `input{data: base64}`, `resize{cols, rows}`, `kill`. Server `started{tag, pid}`, `output{data:
-    base64}`, `exit{exit_code}`, `error{code, data, fatal}`, `ping`. The terminal outlives the socket."""
+    """First message `start{cmd="/bin/bash", args, cols=80, rows=24, envs, cwd, user, encoding}` or
+    `connect{tag, encoding}`; then input as binary frames or `input{data: base64}`, `resize{cols, rows}`,
+    `kill`. Server `started{tag, pid}`, output as binary frames (the seed SDK's protocol) or, with
+    `encoding: "base64"`, `output{data: base64}`; `exit{exit_code}`, `error{code, data, fatal}`, `ping`.
+    The terminal outlives the socket."""
     await _serve(ws, capsule_id, _run_pty, fatal=True)
 
 
 async def _run_pty(sock: _Socket) -> None:
-    request = _pty_request(sock.capsule_id, await sock.receive())
+    first = await sock.receive()
+    request = _pty_request(sock.capsule_id, first)
+    binary = first.get("encoding") != "base64"
     async with contextlib.aclosing(sock.events(sock.agent.pty_attach(request))) as events:
-        await _pty_output(sock, events, until_started=True)  # input before that would find no terminal
-        await first_done(_pty_output(sock, events), _pty_input(sock, request.tag), _pinger(sock))
+        # input before `started` would find no terminal
+        await _pty_output(sock, events, binary, until_started=True)
+        await first_done(_pty_output(sock, events, binary), _pty_input(sock, request.tag), _pinger(sock))
 
 
 def _pty_request(capsule_id: str, first: dict[str, Any]) -> pb.PtyAttachRequest:
@@ -375,9 +387,10 @@ def _size(value: object) -> int:
 
 
 async def _pty_output(
-    sock: _Socket, events: AsyncIterator[pb.PtyAttachResponse], *, until_started: bool = False
+    sock: _Socket, events: AsyncIterator[pb.PtyAttachResponse], binary: bool, *, until_started: bool = False
 ) -> None:
-    """Forward the terminal's events until it exits (or, `until_started`, until it has started)."""
+    """Forward the terminal's events until it exits (or, `until_started`, until it has started); its
+    output as binary frames, or as base64 in `output` messages."""
     async for response in events:
         value = response.event.value if response.event is not None else None
         if isinstance(value, pb.PtyAttachResponse.Started):
@@ -385,7 +398,10 @@ async def _pty_output(
             if until_started:
                 return
         elif isinstance(value, pb.PtyAttachResponse.Output):
-            await sock.send({"type": "output", "data": base64.b64encode(value.data).decode("ascii")})
+            if binary:
+                await sock.send_bytes(value.data)
+            else:
+                await sock.send({"type": "output", "data": base64.b64encode(value.data).decode("ascii")})
         elif isinstance(value, pb.PtyAttachResponse.Exited):
             await sock.send({"type": "exit", "exit_code": value.exit_code})
             return
@@ -448,6 +464,8 @@ def _send_input(capsule_id: str, tag: str, data: bytes) -> pb.PtySendInputReques
 
 
 def _input_bytes(message: dict[str, Any]) -> bytes:
+    if isinstance(raw := message.get("raw"), bytes):  # a binary frame
+        return raw
     data = message.get("data")
     try:
         return base64.b64decode(data, validate=True) if isinstance(data, str) else b""

@@ -7,27 +7,27 @@ every request (not by the team in the token): a team the caller is not a member 
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field, StringConstraints
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import _audit, _errors
-from .._agents import AgentPool
-from .._deps import Db, Principal, UserCaller, audit_fields
+from .._deps import Audit, Db, Principal, UserCaller, audit_fields
 from .._ids import new_id, new_slug
-from ..db import ApiKey, AuditLog, Capsule, CapsuleStatus, Membership, Team, User, as_utc, utcnow
-from ..service import CapsuleService, quotas
+from .._time import Timestamp
+from ..db import ApiKey, Membership, Team, User, as_utc, utcnow
+from ..service import audit, quotas
+from ..service import teams as team_service
+from ..service.audit import AuditPage
 
 router = APIRouter(tags=["teams"])
 MANAGERS = ("owner", "admin")
 _ROLE_ORDER = {"owner": 0, "admin": 1, "member": 2}
 #: Results of /v1/users/search, at most.
 SEARCH_LIMIT = 10
-AUDIT_PAGE_MAX = 200
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
@@ -40,7 +40,7 @@ class TeamOut(BaseModel):
     id: str
     name: str
     slug: str
-    created_at: datetime
+    created_at: Timestamp
     #: The caller's role in this team.
     role: str
 
@@ -68,27 +68,6 @@ class RoleBody(BaseModel):
 class UserHit(BaseModel):
     user_id: str
     email: str
-
-
-class AuditEntry(BaseModel):
-    id: str
-    actor_type: str
-    actor_id: str
-    actor_name: str
-    resource_type: str
-    resource_id: str
-    action: str
-    scope: Literal["team", "admin"]
-    status: str
-    metadata: dict[str, Any]
-    created_at: datetime
-
-
-class AuditPage(BaseModel):
-    items: list[AuditEntry]
-    #: Pass both back as `before` and `before_id` for the next (older) page; null on the last page.
-    next_before: str | None
-    next_before_id: str | None
 
 
 def _team_out(team: Team, role: str) -> TeamOut:
@@ -228,35 +207,9 @@ async def delete_team(team_id: str, request: Request, caller: UserCaller, sessio
     _require(me, ("owner",), "delete it")
     if await _other_teams(session, _user_id(caller), team.id) == 0:
         raise _errors.conflict("this is your only team: create another team before deleting this one")
-    agents: AgentPool = request.app.state.agents
-    fields = audit_fields(caller) | {"team_id": team.id}
-    capsules = (
-        await session.execute(
-            select(Capsule)
-            .where(Capsule.team_id == team.id, Capsule.status != CapsuleStatus.STOPPED)
-            .order_by(Capsule.created_at)
-        )
-    ).scalars()
-    service = CapsuleService(session, agents, request.app.state.settings)
-    for capsule in list(capsules):
-        capsule_id = capsule.id  # read before a rollback expires it
-        try:
-            await service.destroy(capsule, caller, commit=False, reason="team_deleted")
-        except _errors.ApiError as exc:
-            await session.rollback()
-            raise _errors.ApiError(
-                exc.status,
-                exc.code,
-                f"team not deleted: capsule {capsule_id} could not be destroyed: {exc.message}",
-            ) from None
-        await session.commit()  # one at a time: what is gone on its host is recorded as gone
-    team.deleted_at = utcnow()
-    await session.execute(delete(Membership).where(Membership.team_id == team.id))
-    await session.execute(delete(ApiKey).where(ApiKey.team_id == team.id))
-    _audit.record(
-        session, **fields, resource_type="team", resource_id=team.id, action="delete", status="warning"
+    await team_service.delete_team(
+        session, request.app.state.agents, request.app.state.settings, team, caller
     )
-    await session.commit()
     return Response(status_code=204)
 
 
@@ -368,76 +321,10 @@ async def search_users(
     return [UserHit(user_id=uid, email=addr) for uid, addr in rows.all()]
 
 
-def _cursor(value: datetime) -> str:
-    return as_utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # no "+": it would need escaping in a URL
-
-
-def _multi(values: list[str] | None) -> list[str]:
-    """`?x=a&x=b` and `?x=a,b` alike; blanks dropped, duplicates removed."""
-    seen: dict[str, None] = {}
-    for value in values or []:
-        for part in value.split(","):
-            if part.strip():
-                seen[part.strip()] = None
-    return list(seen)
-
-
 @router.get("/v1/audit-logs", tags=["audit"], response_model=AuditPage)
-async def audit_logs(
-    caller: UserCaller,
-    session: Db,
-    before: datetime | None = None,
-    before_id: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1)] = 50,
-    resource_type: Annotated[list[str] | None, Query()] = None,
-    action: Annotated[list[str] | None, Query()] = None,
-) -> AuditPage:
+async def audit_logs(caller: UserCaller, session: Db, query: Audit) -> AuditPage:
     """The current team's audit log, newest first. Plain members see `team`-scoped events only (not
     member changes); admins and the owner see all. `limit` above 200 is served as 200."""
-    query = select(AuditLog).where(AuditLog.team_id == caller.team_id)
-    if caller.role not in MANAGERS:
-        query = query.where(AuditLog.resource_type.not_in(_audit.ADMIN_SCOPED))
-    if types := _multi(resource_type):
-        query = query.where(AuditLog.resource_type.in_(types))
-    if actions := _multi(action):
-        query = query.where(AuditLog.action.in_(actions))
-    if before_id is not None and before is None:
-        raise _errors.bad_request("before_id: only valid together with before")
-    if before is not None:
-        at = as_utc(before)
-        query = query.where(
-            or_(AuditLog.created_at < at, and_(AuditLog.created_at == at, AuditLog.id < before_id))
-            if before_id
-            else AuditLog.created_at < at
-        )
-    limit = min(limit, AUDIT_PAGE_MAX)
-    rows = list(
-        (
-            await session.execute(
-                query.order_by(AuditLog.created_at.desc(), AuditLog.id.desc()).limit(limit + 1)
-            )
-        ).scalars()
-    )
-    page, more = rows[:limit], len(rows) > limit
-    items = [
-        AuditEntry(
-            id=e.id,
-            actor_type=e.actor_type,
-            actor_id=e.actor_id,
-            actor_name=e.actor_name,
-            resource_type=e.resource_type,
-            resource_id=e.resource_id,
-            action=e.action,
-            scope="admin" if _audit.scope_of(e.resource_type) == "admin" else "team",
-            status=e.status,
-            metadata=e.metadata_ or {},
-            created_at=as_utc(e.created_at),
-        )
-        for e in page
-    ]
-    last = page[-1] if more else None
-    return AuditPage(
-        items=items,
-        next_before=_cursor(last.created_at) if last else None,
-        next_before_id=last.id if last else None,
+    return await audit.page(
+        session, team_id=caller.team_id, admin_scope=caller.role in MANAGERS, **query.options()
     )

@@ -13,6 +13,7 @@ from .accounts import AccountService
 from .builds import BuildService, BuildWorker
 from .capsules import DEFAULTS, CapsuleService, CreateSpec
 from .guest import Guest, file_entry
+from .network import E2BNetworkUpdate, NetworkBody, NetworkService, NetworkSpec
 from .templates import NAME as TEMPLATE_NAME
 from .templates import TemplateService
 
@@ -24,7 +25,11 @@ __all__ = [
     "BuildWorker",
     "CapsuleService",
     "CreateSpec",
+    "E2BNetworkUpdate",
     "Guest",
+    "NetworkBody",
+    "NetworkService",
+    "NetworkSpec",
     "TemplateService",
     "file_entry",
     "quotas",

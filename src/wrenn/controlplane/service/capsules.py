@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import secrets
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -31,7 +32,10 @@ from .._scheduler import pick_host
 from .._settings import Settings
 from ..db import Capsule, Host, HostStatus, Template, TemplateBuild, states, utcnow
 from ..db import CapsuleStatus as S
-from . import quotas
+from . import guest, quotas
+from .network import NetworkSpec, apply, policy_of
+
+log = logging.getLogger("wrenn.controlplane.capsules")
 
 #: The name of the platform's default image.
 DEFAULT_TEMPLATE = "minimal"
@@ -57,8 +61,14 @@ class CreateSpec:
     #: A lifetime deadline (E2B's timeout) and what happens at it: "kill" or "pause".
     end_at: datetime | None = None
     on_timeout: str = "kill"
+    #: Traffic to it while paused resumes it (E2B's `autoResume`).
+    auto_resume: bool = True
+    #: Who commands run as ("": the template's, else the platform's default user).
+    default_user: str = ""
     idempotency_key: str | None = None
     request_hash: str = ""
+    #: The egress policy; None: the template's, else open (service/network.py).
+    network: NetworkSpec | None = None
 
 
 DEFAULTS = CreateSpec()
@@ -195,6 +205,7 @@ class CapsuleService:
         )
         await quotas.admit(self.session, self.settings, caller.team_id, wanted)
         host = await self._host_for(template, spec, caller.team_id)
+        network = spec.network or (NetworkSpec.of_template(template) if template else None) or NetworkSpec()
         capsules = [
             Capsule(
                 id=new_id("cl"),
@@ -211,11 +222,14 @@ class CapsuleService:
                 labels=dict(spec.labels),
                 end_at=spec.end_at,
                 on_timeout=spec.on_timeout,
+                auto_resume=spec.auto_resume,
                 idempotency_key=spec.idempotency_key,
                 request_hash=spec.request_hash,
             )
             for _ in range(count)
         ]
+        for capsule in capsules:
+            apply(capsule, network)
         self.session.add_all(capsules)
         await self.session.commit()
         client = self.agents.client(host.address, host_id=host.id)
@@ -233,8 +247,10 @@ class CapsuleService:
                 timeout_sec=spec.timeout_sec,
                 team_id=caller.team_id,
                 envd_access_token=capsule.envd_token,
-                allow_internet=True,
+                allow_internet=network.allow_internet_access,
+                network=policy_of(capsule),
                 default_env=spec.envs,
+                default_user=spec.default_user or (template.default_user if template else ""),
             )
             return self.agents.call(host.id, client.create_sandbox(request, timeout_ms=600_000))
 
@@ -257,6 +273,8 @@ class CapsuleService:
                 "envd_version": sandbox.envd_version,
                 "from_snapshot": "true" if sandbox.from_snapshot else "false",
             }
+            if user := spec.default_user or (template.default_user if template else ""):
+                capsule.metadata_["default_user"] = user  # its templates inherit it
             _audit_capsule(self.session, capsule, "create", caller)
         await self.session.commit()
         if failure is not None:
@@ -312,6 +330,7 @@ class CapsuleService:
         if capsule.status == S.PAUSED:
             return await self.host_of(capsule)
         capsule, host = await self.running(capsule.team_id, capsule.id)
+        await self._keep_metrics(capsule, host)
         await self.agents.call(
             host.id,
             self.agents.client(host.address, host_id=host.id).pause_sandbox(
@@ -322,6 +341,18 @@ class CapsuleService:
         _audit_capsule(self.session, capsule, "pause", actor)
         await self.session.commit()
         return host
+
+    async def _keep_metrics(self, capsule: Capsule, host: Host) -> None:
+        """Keep what the host sampled of the capsule (its rings go with the VM), to serve while it sleeps
+        and to put before its next run's samples. Best effort: a pause never fails for metrics."""
+        try:
+            live = await guest.metrics_window(guest.Guest(self.agents, capsule, host))
+        except _errors.ApiError as exc:
+            log.warning(
+                "cannot keep a capsule's metrics", extra={"capsule": capsule.id, "error": exc.message}
+            )
+            return
+        capsule.last_metrics = guest.kept_and_live(capsule, live)
 
     async def resume(self, capsule: Capsule, actor: Principal | None) -> bool:
         """Bring a paused or hibernated capsule back and mark it `running` (committed); whether it had to.
@@ -336,7 +367,7 @@ class CapsuleService:
             capsule.status = S.STARTING  # counted against the team's quota from now on
             await self.session.commit()
             rpc = self.agents.client(host.address, host_id=host.id).resume_sandbox(
-                pb.ResumeSandboxRequest(sandbox_id=capsule.id), timeout_ms=300_000
+                pb.ResumeSandboxRequest(sandbox_id=capsule.id, network=policy_of(capsule)), timeout_ms=300_000
             )
             await self._wake(capsule, host, rpc, on_failure=S.PAUSED)
         else:
@@ -353,7 +384,7 @@ class CapsuleService:
         capsule.status, capsule.host_id = S.STARTING, host.id  # counted on that host from now on
         await self.session.commit()
         rpc = self.agents.client(host.address, host_id=host.id).thaw_sandbox(
-            pb.ThawSandboxRequest(sandbox_id=capsule.id), timeout_ms=900_000
+            pb.ThawSandboxRequest(sandbox_id=capsule.id, network=policy_of(capsule)), timeout_ms=900_000
         )
         await self._wake(capsule, host, rpc, on_failure=S.HIBERNATED)
 

@@ -193,3 +193,33 @@ class Guest:
 
     async def ping(self) -> None:
         await self._call(self._client.ping_sandbox(pb.PingSandboxRequest(sandbox_id=self._id)))
+
+
+# --- metrics kept over a pause --------------------------------------------------------------------
+
+
+def _point(p: pb.MetricsPoint) -> dict[str, Any]:
+    return {
+        "t": p.timestamp.seconds if p.timestamp else 0,
+        "cpu_pct": p.cpu_pct,
+        "mem_bytes": p.mem_bytes,
+        "disk_bytes": p.disk_bytes,
+    }
+
+
+async def metrics_window(guest: Guest) -> list[dict[str, Any]]:
+    """Everything the host holds for the capsule, oldest first, each time once: the 2 h and 24 h rings'
+    coarse points before the 10 min ring's every sample (`{t, cpu_pct, mem_bytes, disk_bytes}`)."""
+    merged: dict[int, dict[str, Any]] = {}
+    for range_ in ("24h", "2h", "10m"):  # finer last: its points win a shared second
+        for point in await guest.metrics(range_):
+            merged[point.timestamp.seconds if point.timestamp else 0] = _point(point)
+    return [merged[t] for t in sorted(merged)]
+
+
+def kept_and_live(capsule: Capsule, live: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The window kept at the capsule's last pause (`last_metrics`), followed by the live points of its
+    host since (a resumed capsule's rings start empty)."""
+    kept = list(capsule.last_metrics or [])
+    first_live = live[0]["t"] if live else None
+    return [p for p in kept if first_live is None or p["t"] < first_live] + live

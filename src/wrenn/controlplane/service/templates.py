@@ -99,8 +99,11 @@ class TemplateService:
         )
         await self.session.commit()
 
-    async def make(self, caller: Principal, capsule: Capsule, name: str) -> Template:
-        """Pause `capsule` if it runs, and make template `name` of its snapshot on its host (committed)."""
+    async def make(
+        self, caller: Principal, capsule: Capsule, name: str, default_user: str | None = None
+    ) -> Template:
+        """Pause `capsule` if it runs, and make template `name` of its snapshot on its host (committed). Its
+        capsules run commands as `default_user` (None: as the capsule's do)."""
         if capsule.status == S.RUNNING:
             await self.capsules.pause(capsule, caller)
         elif capsule.status != S.PAUSED:
@@ -129,6 +132,11 @@ class TemplateService:
             disk_size_mb=info.disk_size_mb or capsule.disk_size_mb,
             size_bytes=info.size_bytes,
             source_capsule_id=capsule.id,
+            default_user=(capsule.metadata_ or {}).get("default_user", "")
+            if default_user is None
+            else default_user,
+            network=dict(capsule.network or {}),  # its capsules' default egress policy
+            network_secrets=capsule.network_secrets,
         )
         self.session.add(template)
         _audit.record(

@@ -15,6 +15,10 @@ export type AuditPage = S['AuditPage'];
 export type Host = S['HostOut'];
 export type HostCreated = S['HostCreated'];
 export type Session = S['Session'];
+export type Provider = S['ProviderOut'];
+export type AdminUser = S['AdminUser'];
+export type AdminTeam = S['AdminTeam'];
+export type AdminCapsule = S['AdminCapsule'];
 
 /** GET /v1/me */
 export interface Me {

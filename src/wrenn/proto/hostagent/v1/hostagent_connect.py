@@ -16,7 +16,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from protobuf import DescService
 
 from . import hostagent_pb
-from .hostagent_pb import BuildTemplateRequest, BuildTemplateResponse, CollectTemplateStoreRequest, CollectTemplateStoreResponse, ConnectProcessRequest, ConnectProcessResponse, CreateSandboxRequest, CreateSandboxResponse, CreateTemplateRequest, CreateTemplateResponse, DeleteTemplateRequest, DeleteTemplateResponse, DestroySandboxRequest, DestroySandboxResponse, ExecRequest, ExecResponse, ExecStreamRequest, ExecStreamResponse, GetHostInfoRequest, GetHostInfoResponse, GetSandboxMetricsRequest, GetSandboxMetricsResponse, GetSandboxRequest, GetSandboxResponse, HibernateSandboxRequest, HibernateSandboxResponse, KillProcessRequest, KillProcessResponse, ListDirRequest, ListDirResponse, ListProcessesRequest, ListProcessesResponse, ListSandboxesRequest, ListSandboxesResponse, MakeDirRequest, MakeDirResponse, PauseSandboxRequest, PauseSandboxResponse, PingSandboxRequest, PingSandboxResponse, PtyAttachRequest, PtyAttachResponse, PtyKillRequest, PtyKillResponse, PtyResizeRequest, PtyResizeResponse, PtySendInputRequest, PtySendInputResponse, PutBuildFileRequest, PutBuildFileResponse, ReadFileRequest, ReadFileResponse, ReadFileStreamRequest, ReadFileStreamResponse, RemovePathRequest, RemovePathResponse, ResumeSandboxRequest, ResumeSandboxResponse, StartBackgroundRequest, StartBackgroundResponse, StatRequest, StatResponse, TerminateRequest, TerminateResponse, ThawSandboxRequest, ThawSandboxResponse, WatchDirRequest, WatchDirResponse, WriteFileRequest, WriteFileResponse, WriteFileStreamRequest, WriteFileStreamResponse
+from .hostagent_pb import BuildTemplateRequest, BuildTemplateResponse, CollectTemplateStoreRequest, CollectTemplateStoreResponse, ConnectProcessRequest, ConnectProcessResponse, CreateSandboxRequest, CreateSandboxResponse, CreateTemplateRequest, CreateTemplateResponse, DeleteTemplateRequest, DeleteTemplateResponse, DestroySandboxRequest, DestroySandboxResponse, ExecRequest, ExecResponse, ExecStreamRequest, ExecStreamResponse, GetHostInfoRequest, GetHostInfoResponse, GetSandboxLogsRequest, GetSandboxLogsResponse, GetSandboxMetricsRequest, GetSandboxMetricsResponse, GetSandboxNetworkRequest, GetSandboxNetworkResponse, GetSandboxRequest, GetSandboxResponse, HibernateSandboxRequest, HibernateSandboxResponse, KillProcessRequest, KillProcessResponse, ListDirRequest, ListDirResponse, ListProcessesRequest, ListProcessesResponse, ListSandboxesRequest, ListSandboxesResponse, MakeDirRequest, MakeDirResponse, PauseSandboxRequest, PauseSandboxResponse, PingSandboxRequest, PingSandboxResponse, PtyAttachRequest, PtyAttachResponse, PtyKillRequest, PtyKillResponse, PtyResizeRequest, PtyResizeResponse, PtySendInputRequest, PtySendInputResponse, PutBuildFileRequest, PutBuildFileResponse, ReadFileRequest, ReadFileResponse, ReadFileStreamRequest, ReadFileStreamResponse, RemovePathRequest, RemovePathResponse, ResumeSandboxRequest, ResumeSandboxResponse, StartBackgroundRequest, StartBackgroundResponse, StatRequest, StatResponse, TerminateRequest, TerminateResponse, ThawSandboxRequest, ThawSandboxResponse, UpdateNetworkPolicyRequest, UpdateNetworkPolicyResponse, WatchDirRequest, WatchDirResponse, WriteFileRequest, WriteFileResponse, WriteFileStreamRequest, WriteFileStreamResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -220,6 +220,12 @@ class HostAgentService(Protocol):
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
+    async def get_sandbox_logs(self, request: GetSandboxLogsRequest, ctx: RequestContext[GetSandboxLogsRequest, GetSandboxLogsResponse], /) -> GetSandboxLogsResponse:
+        """
+        The sandbox's guest console (kernel, init, envd and its processes' start and end) as log entries.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
     async def get_host_info(self, request: GetHostInfoRequest, ctx: RequestContext[GetHostInfoRequest, GetHostInfoResponse], /) -> GetHostInfoResponse:
         """
         What this host is and how full it is.
@@ -251,6 +257,18 @@ class HostAgentService(Protocol):
         """
         Remove the built templates' files that no template references any more (`keep`), from this host's
         cache and from the template store.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def update_network_policy(self, request: UpdateNetworkPolicyRequest, ctx: RequestContext[UpdateNetworkPolicyRequest, UpdateNetworkPolicyResponse], /) -> UpdateNetworkPolicyResponse:
+        """
+        Replace a sandbox's egress policy (running: at once, without a restart; paused: for its resume).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def get_sandbox_network(self, request: GetSandboxNetworkRequest, ctx: RequestContext[GetSandboxNetworkRequest, GetSandboxNetworkResponse], /) -> GetSandboxNetworkResponse:
+        """
+        A sandbox's egress policy (without its secrets) and what its egress proxy lately refused.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -582,6 +600,16 @@ class HostAgentServiceASGIApplication(ConnectASGIApplication[HostAgentService]):
                     ),
                     function=svc.get_sandbox_metrics,
                 ),
+                "/hostagent.v1.HostAgentService/GetSandboxLogs": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetSandboxLogs",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=GetSandboxLogsRequest,
+                        output=GetSandboxLogsResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.get_sandbox_logs,
+                ),
                 "/hostagent.v1.HostAgentService/GetHostInfo": Endpoint.unary(
                     method=MethodInfo(
                         name="GetHostInfo",
@@ -631,6 +659,26 @@ class HostAgentServiceASGIApplication(ConnectASGIApplication[HostAgentService]):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=svc.collect_template_store,
+                ),
+                "/hostagent.v1.HostAgentService/UpdateNetworkPolicy": Endpoint.unary(
+                    method=MethodInfo(
+                        name="UpdateNetworkPolicy",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=UpdateNetworkPolicyRequest,
+                        output=UpdateNetworkPolicyResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.update_network_policy,
+                ),
+                "/hostagent.v1.HostAgentService/GetSandboxNetwork": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetSandboxNetwork",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=GetSandboxNetworkRequest,
+                        output=GetSandboxNetworkResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.get_sandbox_network,
                 ),
             },
             interceptors=interceptors,
@@ -1365,6 +1413,29 @@ class HostAgentServiceClient(ConnectClient):
             timeout_ms=timeout_ms,
         )
 
+    async def get_sandbox_logs(
+        self,
+        request: GetSandboxLogsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetSandboxLogsResponse:
+        """
+        The sandbox's guest console (kernel, init, envd and its processes' start and end) as log entries.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetSandboxLogs",
+                service_name="hostagent.v1.HostAgentService",
+                input=GetSandboxLogsRequest,
+                output=GetSandboxLogsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
     async def get_host_info(
         self,
         request: GetHostInfoRequest,
@@ -1478,6 +1549,52 @@ class HostAgentServiceClient(ConnectClient):
                 service_name="hostagent.v1.HostAgentService",
                 input=CollectTemplateStoreRequest,
                 output=CollectTemplateStoreResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    async def update_network_policy(
+        self,
+        request: UpdateNetworkPolicyRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> UpdateNetworkPolicyResponse:
+        """
+        Replace a sandbox's egress policy (running: at once, without a restart; paused: for its resume).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="UpdateNetworkPolicy",
+                service_name="hostagent.v1.HostAgentService",
+                input=UpdateNetworkPolicyRequest,
+                output=UpdateNetworkPolicyResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    async def get_sandbox_network(
+        self,
+        request: GetSandboxNetworkRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetSandboxNetworkResponse:
+        """
+        A sandbox's egress policy (without its secrets) and what its egress proxy lately refused.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetSandboxNetwork",
+                service_name="hostagent.v1.HostAgentService",
+                input=GetSandboxNetworkRequest,
+                output=GetSandboxNetworkResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,
@@ -1677,6 +1794,12 @@ class HostAgentServiceSync(Protocol):
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
+    def get_sandbox_logs(self, request: GetSandboxLogsRequest, ctx: RequestContext[GetSandboxLogsRequest, GetSandboxLogsResponse], /) -> GetSandboxLogsResponse:
+        """
+        The sandbox's guest console (kernel, init, envd and its processes' start and end) as log entries.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
     def get_host_info(self, request: GetHostInfoRequest, ctx: RequestContext[GetHostInfoRequest, GetHostInfoResponse], /) -> GetHostInfoResponse:
         """
         What this host is and how full it is.
@@ -1708,6 +1831,18 @@ class HostAgentServiceSync(Protocol):
         """
         Remove the built templates' files that no template references any more (`keep`), from this host's
         cache and from the template store.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def update_network_policy(self, request: UpdateNetworkPolicyRequest, ctx: RequestContext[UpdateNetworkPolicyRequest, UpdateNetworkPolicyResponse], /) -> UpdateNetworkPolicyResponse:
+        """
+        Replace a sandbox's egress policy (running: at once, without a restart; paused: for its resume).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def get_sandbox_network(self, request: GetSandboxNetworkRequest, ctx: RequestContext[GetSandboxNetworkRequest, GetSandboxNetworkResponse], /) -> GetSandboxNetworkResponse:
+        """
+        A sandbox's egress policy (without its secrets) and what its egress proxy lately refused.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -2037,6 +2172,16 @@ class HostAgentServiceWSGIApplication(ConnectWSGIApplication):
                     ),
                     function=service.get_sandbox_metrics,
                 ),
+                "/hostagent.v1.HostAgentService/GetSandboxLogs": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetSandboxLogs",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=GetSandboxLogsRequest,
+                        output=GetSandboxLogsResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.get_sandbox_logs,
+                ),
                 "/hostagent.v1.HostAgentService/GetHostInfo": EndpointSync.unary(
                     method=MethodInfo(
                         name="GetHostInfo",
@@ -2086,6 +2231,26 @@ class HostAgentServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=service.collect_template_store,
+                ),
+                "/hostagent.v1.HostAgentService/UpdateNetworkPolicy": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="UpdateNetworkPolicy",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=UpdateNetworkPolicyRequest,
+                        output=UpdateNetworkPolicyResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.update_network_policy,
+                ),
+                "/hostagent.v1.HostAgentService/GetSandboxNetwork": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetSandboxNetwork",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=GetSandboxNetworkRequest,
+                        output=GetSandboxNetworkResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.get_sandbox_network,
                 ),
             },
             interceptors=interceptors,
@@ -2789,6 +2954,28 @@ class HostAgentServiceClientSync(ConnectClientSync):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    def get_sandbox_logs(
+        self,
+        request: GetSandboxLogsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetSandboxLogsResponse:
+        """
+        The sandbox's guest console (kernel, init, envd and its processes' start and end) as log entries.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetSandboxLogs",
+                service_name="hostagent.v1.HostAgentService",
+                input=GetSandboxLogsRequest,
+                output=GetSandboxLogsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
     def get_host_info(
         self,
         request: GetHostInfoRequest,
@@ -2898,6 +3085,50 @@ class HostAgentServiceClientSync(ConnectClientSync):
                 service_name="hostagent.v1.HostAgentService",
                 input=CollectTemplateStoreRequest,
                 output=CollectTemplateStoreResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def update_network_policy(
+        self,
+        request: UpdateNetworkPolicyRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> UpdateNetworkPolicyResponse:
+        """
+        Replace a sandbox's egress policy (running: at once, without a restart; paused: for its resume).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="UpdateNetworkPolicy",
+                service_name="hostagent.v1.HostAgentService",
+                input=UpdateNetworkPolicyRequest,
+                output=UpdateNetworkPolicyResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def get_sandbox_network(
+        self,
+        request: GetSandboxNetworkRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetSandboxNetworkResponse:
+        """
+        A sandbox's egress policy (without its secrets) and what its egress proxy lately refused.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetSandboxNetwork",
+                service_name="hostagent.v1.HostAgentService",
+                input=GetSandboxNetworkRequest,
+                output=GetSandboxNetworkResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,
