@@ -15,7 +15,7 @@ from rich.table import Table
 
 from wrenn import __version__, images
 
-from . import _admin, _capsule, _host, _keys, _platform
+from . import _admin, _capsule, _host, _keys, _platform, _template
 from ._auth import NoCredentials
 from ._platform import DEFAULT_DATA_DIR
 
@@ -28,6 +28,7 @@ app = typer.Typer(
 )
 app.add_typer(_capsule.app, name="capsule")
 app.add_typer(_host.app, name="host")
+app.add_typer(_template.app, name="template")
 app.add_typer(_keys.app, name="keys")
 app.command()(_keys.login)
 app.add_typer(_admin.app, name="admin")

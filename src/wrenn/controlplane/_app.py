@@ -36,9 +36,11 @@ from .routes import (
     admin,
     admin_platform,
     auth,
+    builds,
     capsules,
     dashboard,
     e2b,
+    e2b_templates,
     host_tags,
     keys,
     network,
@@ -50,6 +52,7 @@ from .routes import (
 )
 from .routes import hosts as hosts_routes
 from .service.accounts import prepare_bootstrap
+from .service.builds import BuildWorker
 
 log = logging.getLogger("wrenn.controlplane")
 
@@ -90,6 +93,9 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.sessions, app.state.agents, settings, engine.dialect.name
         )
         monitor.start()
+        app.state.upload_key = app.state.tokens.derive(b"wrenn template uploads")
+        builds = app.state.builds = BuildWorker(app.state.sessions, app.state.agents, settings)
+        builds.start()
         deadlines = app.state.deadlines = Deadlines(
             app.state.sessions, app.state.agents, settings, engine.dialect.name
         )
@@ -102,6 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            await builds.stop()
             await deadlines.stop()
             await janitor.stop()
             await monitor.stop()
@@ -175,6 +182,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(hosts_routes.router)
     app.include_router(host_tags.router)
     app.include_router(teams.router)
+    app.include_router(builds.router)  # template builds: /v1/templates, /v1/admin/builds
+    app.include_router(e2b_templates.router)  # E2B's template builds (before e2b's /templates/{id})
     app.include_router(e2b.router)  # E2B's REST API: /sandboxes, /v2/sandboxes, ...
     app.include_router(network.router)  # egress policies: /v1/capsules/{id}/network, E2B's PUT
     app.include_router(dashboard.router)  # the dashboard's session cookie and downloads
