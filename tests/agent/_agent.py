@@ -78,8 +78,8 @@ def _free_port() -> int:
 
 def private_data_dir(shared: Path, prefix: str) -> Path:
     """A data dir of the agent's own whose `images` is the shared one: an agent removes every sandbox
-    directory it does not own, so two agents must never share a data dir."""
-    directory = Path(tempfile.gettempdir()) / f"wrenn-agent-{prefix}"
+    directory it does not own, so two agents must never share a data dir (nor two test runs: the pid)."""
+    directory = Path(tempfile.gettempdir()) / f"wrenn-agent-{prefix}{os.getpid() % 100_000}"
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     (directory / "images").symlink_to(shared / "images")

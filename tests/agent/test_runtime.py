@@ -408,7 +408,9 @@ async def test_an_idle_sandbox_is_stopped_after_its_timeout(
     assert leftovers(agent, "sb-idle") == []
 
 
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"
+COUNTER = (
+    "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.1; done"
+)
 
 
 def memory_files() -> list[Path]:
@@ -437,6 +439,10 @@ async def test_pause_and_resume_keep_memory_files_and_processes(
     # a clone of the ready snapshot: its RAM is a file of its own from the start, copied from the snapshot's
     assert memory_file("sb-p").exists()
     slots_before = netns_names()
+    for _ in range(300):  # the counter's first write (a busy host starts it late)
+        if (await run(client, "sb-p", "cat /tmp/count")).stdout:
+            break
+        await asyncio.sleep(0.1)
     last = 0
     for cycle in range(10):
         wrote = await run(client, "sb-p", f"echo {cycle} > ~/cycle-{cycle} && sync")

@@ -7,7 +7,6 @@ import os
 import re
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,21 +14,9 @@ import httpx
 import pytest
 
 from tests.agent._agent import _free_port, private_data_dir
+from tests.cli._run import WRENN, wrenn
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
-WRENN = [sys.executable, "-c", "from wrenn.cli import main; main()"]
-
-
-def wrenn(
-    *args: str, env: dict[str, str] | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*WRENN, *args], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, **(env or {})})  # fmt: skip
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"wrenn {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-        )
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +74,40 @@ def test_errors_are_one_clear_line(platform: tuple[Path, dict[str, str]]) -> Non
         assert result.returncode == 1, result
         assert words in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_template_commands(platform: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """`wrenn template build -f Dockerfile` with its live log, a capsule of the template, list, delete."""
+    _, env = platform
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text("built by a Dockerfile\n")
+    (tmp_path / "Dockerfile").write_text(
+        "# a web server template\n"
+        "FROM minimal\n"
+        "ENV GREETING=hello\n"
+        "COPY --chmod=0640 site /home/user/site\n"
+        "WORKDIR /home/user/site\n"
+        "RUN echo $GREETING > greeting.txt && \\\n"
+        "    ls -l\n"
+        'CMD ["python3", "-m", "http.server", "8000"]\n'
+        "HEALTHCHECK --interval=1s CMD curl -sf localhost:8000/\n"
+    )
+    built = wrenn("template", "build", "-f", str(tmp_path / "Dockerfile"), "--name", "site", env=env)
+    assert "[3/4] WORKDIR" in built.stdout and "greeting.txt" in built.stdout, built.stdout
+    assert "template site ready" in built.stdout
+    assert "site" in wrenn("template", "list", env=env).stdout
+    capsule_id = wrenn("capsule", "create", "--template", "site", env=env).stdout.strip()
+    served = wrenn(
+        "capsule", "exec", capsule_id, "--", "curl -s localhost:8000/index.html; cat greeting.txt", env=env
+    )
+    assert served.stdout == "built by a Dockerfile\nhello\n"
+    wrenn("capsule", "kill", capsule_id, env=env)
+    wrenn("template", "delete", "site", env=env)
+    assert "site" not in wrenn("template", "list", env=env).stdout
+    # An instruction that is no step: the line is named, nothing is built.
+    (tmp_path / "Dockerfile").write_text("FROM minimal\nRUN true\nEXPOSE 8000\n")
+    bad = wrenn("template", "build", "-f", str(tmp_path / "Dockerfile"), "--name", "x", env=env, check=False)
+    assert bad.returncode == 2 and "line 3: EXPOSE" in bad.stderr, bad.stderr
 
 
 def test_login_keys_and_the_lifecycle_commands(platform: tuple[Path, dict[str, str]], tmp_path: Path) -> None:

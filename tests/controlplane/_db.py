@@ -11,7 +11,16 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wrenn.controlplane._ids import new_id
-from wrenn.controlplane.db import Base, Capsule, Host, Template, User
+from wrenn.controlplane.db import (
+    Base,
+    Capsule,
+    Host,
+    Template,
+    TemplateBuild,
+    TemplateFile,
+    TemplateTag,
+    User,
+)
 
 _T = TypeVar("_T")
 
@@ -98,6 +107,39 @@ def insert_template(api: TestClient, team_id: str, name: str, host: str | None =
 
     run(api, add)
     return name
+
+
+def insert_built_template(api: TestClient, team_id: str, name: str) -> dict[str, str]:
+    """A built template of the team with a ready build (its files would be in the template store), a tag
+    and an uploaded archive: {template_id, name, build_id, files_hash}."""
+    import hashlib
+    import uuid
+
+    template_id, build_id = new_id("tpl"), str(uuid.uuid4())
+    files_hash = hashlib.sha256(name.encode()).hexdigest()
+
+    async def add(session: AsyncSession) -> None:
+        session.add(
+            Template(
+                id=template_id, team_id=team_id, name=name, type="build", vcpus=1, memory_mb=512,
+                disk_size_mb=5120, build_id=build_id,
+            )
+        )  # fmt: skip
+        await session.flush()
+        session.add(
+            TemplateBuild(
+                id=build_id, template_id=template_id, team_id=team_id, status="ready",
+                spec={"steps": [], "base": {"image": "minimal"}}, result={"buildId": build_id},
+            )
+        )  # fmt: skip
+        await session.flush()
+        session.add(TemplateTag(template_id=template_id, tag="default", build_id=build_id))
+        session.add(
+            TemplateFile(team_id=team_id, files_hash=files_hash, sha256=files_hash, size=3, data=b"abc")
+        )
+
+    run(api, add)
+    return {"template_id": template_id, "name": name, "build_id": build_id, "files_hash": files_hash}
 
 
 def capsule_status(api: TestClient, capsule_id: str) -> str:

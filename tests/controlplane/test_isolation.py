@@ -22,11 +22,12 @@ from fastapi.testclient import TestClient
 from wrenn.controlplane import Settings
 from wrenn.controlplane.routes import e2b
 
-from ._db import insert_capsule, insert_host, insert_template, snapshot
+from ._db import insert_built_template, insert_capsule, insert_host, insert_template, snapshot
 from .test_accounts import auth, signup
 
 #: Path parameters that do not name a team's resource, with the value to send.
-NOT_IDS: dict[str, str] = {"selector": "1", "tag": "gpu", "provider": "github"}
+#: (`files_hash`: a hash of files in the caller's own namespace: test_uploaded_files_are_per_team.)
+NOT_IDS: dict[str, str] = {"selector": "1", "tag": "gpu", "provider": "github", "files_hash": "0" * 64}
 #: Routes with path parameters that take no foreign ids. "METHOD /path" -> why.
 ALLOWED: dict[str, str] = {
     "GET /v1/auth/oauth/{provider}": "a configured identity provider's name, the same for everyone",
@@ -60,6 +61,7 @@ class Team:
         self.host_id = insert_host(api, team_id=self.team_id)  # a BYOC host of the team
         self.capsule_id = insert_capsule(api, self.team_id, status="running", host=self.host_id)
         self.template = insert_template(api, self.team_id, f"tpl-{email.split('@')[0]}", host=self.host_id)
+        self.built = insert_built_template(api, self.team_id, f"built-{email.split('@')[0]}")
         mate = signup(api, f"mate.{email}")
         added = api.post(f"/v1/teams/{self.team_id}/members", json={"email": mate["email"]}, headers=self.jwt)
         assert added.status_code == 201, added.text
@@ -74,13 +76,17 @@ class Team:
             "user_id": [self.user_id, self.mate_id],
             "uid": [self.user_id, self.mate_id],
             "host_id": [self.host_id],
-            "name": [self.template],  # a template's name (team-scoped)
+            "name": [self.template, self.built["name"]],  # a template's name (team-scoped)
             "sandbox_id": [self.capsule_id],  # E2B's name for a capsule id
-            "template_id": [self.template],  # E2B's DELETE /templates/{id}: a snapshot's name
+            # E2B's /templates/{id}: a snapshot's name, a built template's id or name
+            "template_id": [self.template, self.built["template_id"], self.built["name"]],
+            "alias": [self.built["name"]],  # E2B's alias: a built template's name
+            "build_id": [self.built["build_id"]],
         }
 
     def secrets(self) -> list[str]:
-        return [self.team_id, self.user_id, self.mate_id, self.key_id, self.host_id, self.capsule_id]
+        return [self.team_id, self.user_id, self.mate_id, self.key_id, self.host_id, self.capsule_id,
+                self.built["template_id"], self.built["build_id"]]  # fmt: skip
 
 
 @pytest.fixture
@@ -271,3 +277,14 @@ def test_ids_in_bodies_are_checked_too(api: TestClient, teams: tuple[Team, Team]
     )
     assert {t["id"] for t in api.get("/v1/teams", headers=a.jwt).json()} == {a.team_id, b.team_id}
     assert api.get(f"/v1/teams/{a.team_id}", headers=b.jwt).status_code == 404
+
+
+def test_uploaded_files_are_per_team(api: TestClient, teams: tuple[Team, Team]) -> None:
+    """A team's uploaded build files are its own: another team asking for the same hash (on its own
+    template) is told they are not there, and gets a URL for its own template only."""
+    a, b = teams
+    mine = api.get(f"/templates/{a.built['template_id']}/files/{a.built['files_hash']}", headers=a.key)
+    assert mine.status_code == 201 and mine.json() == {"present": True}
+    theirs = api.get(f"/templates/{b.built['template_id']}/files/{a.built['files_hash']}", headers=b.key)
+    assert theirs.status_code == 201 and theirs.json()["present"] is False
+    assert a.built["template_id"] not in theirs.json()["url"]

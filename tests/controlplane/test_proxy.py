@@ -283,7 +283,8 @@ def test_an_auto_paused_capsule_is_resumed_by_traffic(
     """The idle timeout pauses a capsule on its host, the reconciler tells the database, and proxied
     traffic wakes it."""
     base_url, api_key = wrenn_server
-    with Capsule(memory_mb=MEMORY, timeout=3, wait=True, api_key=api_key, base_url=base_url) as c:
+    # idle for 15 s: long enough that a busy host does not pause it between the steps that set it up
+    with Capsule(memory_mb=MEMORY, timeout=15, wait=True, api_key=api_key, base_url=base_url) as c:
         c.files.write("/tmp/www/hello.txt", "still serving\n")
         c.commands.run("cd /tmp/www && python3 -m http.server 8000", background=True)
         ready = c.commands.run(
@@ -292,7 +293,7 @@ def test_an_auto_paused_capsule_is_resumed_by_traffic(
             timeout=60,
         )
         assert ready.exit_code == 0
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while c.get_info().status != "paused":  # the host paused it; the reconciler told the database
             assert time.monotonic() < deadline, "the idle capsule was not paused"
             time.sleep(1)

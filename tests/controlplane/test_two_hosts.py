@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests._netns import veth_netns
 from tests.conftest import bootstrap_admin
 from tests.controlplane.conftest import _free_port, _reset_postgres
 
@@ -50,22 +51,12 @@ class Node:
     log: Path = field(default_factory=Path)
 
 
-def _sh(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True)
-
-
 def _make_node(name: str, index: int, root: Path) -> Node:
     netns = f"{TAG}-{name}"
     outside, inside = f"10.250.0.{4 * index + 1}", f"10.250.0.{4 * index + 2}"
     # Not named after the agent's prefix: the agent drops input from links carrying its prefix.
     host_if, ns_if = f"v{TAG}{name}0", f"v{TAG}{name}1"
-    _sh("ip", "netns", "add", netns)
-    _sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", netns)
-    _sh("ip", "addr", "add", f"{outside}/30", "dev", host_if)
-    _sh("ip", "link", "set", host_if, "up")
-    _sh("ip", "-n", netns, "addr", "add", f"{inside}/30", "dev", ns_if)
-    _sh("ip", "-n", netns, "link", "set", ns_if, "up")
-    _sh("ip", "-n", netns, "link", "set", "lo", "up")
+    veth_netns(netns, host_if, f"{outside}/30", ns_if, f"{inside}/30")
     data_dir = root / name
     data_dir.mkdir()
     (data_dir / "images").symlink_to(SHARED / "images")
@@ -85,6 +76,7 @@ def _start_agent(node: Node, cp_port: int, token: str) -> None:
              "--data-dir", str(node.data_dir), "--host", "0.0.0.0", "--port", str(AGENT_PORT),
              "--name-prefix", node.prefix, "--slots", "4", "--host-net", node.nets[0], "--veth-net", node.nets[1],
              "--cold-storage", str(node.data_dir.parent / "cold"),
+             "--template-store", str(node.data_dir.parent / "store"),
              "--register", token, "--control-plane", f"http://{node.outside_ip}:{cp_port}",
              "--address", f"{node.inside_ip}:{AGENT_PORT}", "--heartbeat-interval", "1"],
             stdout=sink, stderr=subprocess.STDOUT,
@@ -133,7 +125,7 @@ def platform(image: object, postgres_url: str, request: pytest.FixtureRequest) -
         cp_port = _free_port()
         env = {
             **os.environ, "WRENN_MONITOR_INTERVAL_S": "1", "WRENN_HOST_TIMEOUT_S": "5",
-            "WRENN_HIBERNATE_AFTER_S": "3",
+            "WRENN_HIBERNATE_AFTER_S": "3", "WRENN_TEMPLATE_GC_GRACE_S": "0",
         }  # fmt: skip
         with cp_log.open("ab") as sink:
             cp = subprocess.Popen(
@@ -192,31 +184,47 @@ def _vmm_pids(data_dir: Path) -> list[int]:
     return pids
 
 
-def test_two_hosts_spread_fail_and_come_back(platform: dict[str, Any]) -> None:
+@dataclass
+class Joined:
+    user: dict[str, str]
+    key: dict[str, str]
+    host_ids: dict[str, str]
+    logs: list[Path]
+
+
+def _join(platform: dict[str, Any]) -> Joined:
+    """The admin, an API key, and both hosts registered and online."""
     base, nodes = platform["base"], platform["nodes"]
-    a = nodes[0]
-    logs = [platform["cp_log"], a.data_dir.parent / "agent-a.log", a.data_dir.parent / "agent-b.log"]
+    logs = [platform["cp_log"], *(n.data_dir.parent / f"agent-{n.name}.log" for n in nodes)]
     admin = bootstrap_admin(httpx.post, platform["cp_dir"], "root@example.com", base=base)
     user = {"Authorization": f"Bearer {admin.json()['token']}"}
     key = {"X-API-Key": httpx.post(f"{base}/v1/api-keys", json={"name": "k"}, headers=user).json()["key"]}
-
     host_ids: dict[str, str] = {}
     for node in nodes:
         created = httpx.post(f"{base}/v1/hosts", json={"type": "regular"}, headers=user).json()
         host_ids[node.name] = created["host"]["id"]
         _start_agent(node, platform["cp_port"], created["registration_token"])
 
-    def hosts() -> dict[str, dict[str, Any]]:
-        return {h["id"]: h for h in httpx.get(f"{base}/v1/hosts", headers=user, timeout=10).json()}
-
     def all_online() -> bool:
-        listed = hosts()
+        listed = {h["id"]: h for h in httpx.get(f"{base}/v1/hosts", headers=user, timeout=10).json()}
         return all(
             listed[h]["status"] == "online" and listed[h]["address"].startswith("https://")
             for h in host_ids.values()
         )
 
     _wait("both hosts registered and online", all_online, 180, logs)
+    return Joined(user, key, host_ids, logs)
+
+
+def test_two_hosts_spread_fail_and_come_back(platform: dict[str, Any]) -> None:
+    base, nodes = platform["base"], platform["nodes"]
+    a = nodes[0]
+    joined = _join(platform)
+    user, key, host_ids, logs = joined.user, joined.key, joined.host_ids, joined.logs
+
+    def hosts() -> dict[str, dict[str, Any]]:
+        return {h["id"]: h for h in httpx.get(f"{base}/v1/hosts", headers=user, timeout=10).json()}
+
     assert (a.data_dir / "host-credentials.json").stat().st_mode & 0o777 == 0o600
 
     # Four capsules: the least-loaded scheduler spreads them 2/2.
@@ -260,7 +268,7 @@ def test_two_hosts_spread_fail_and_come_back(platform: dict[str, Any]) -> None:
     # A capsule paused for longer than hibernate_after_s goes to the cold storage both hosts share. With its
     # host gone, resuming it wakes it on the other host: memory (a counting process), files and all.
     sleeper = on_a[1]
-    counter = "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.2; done"
+    counter = "i=0; while true; do i=$((i+1)); echo $i > /tmp/n.new; mv /tmp/n.new /tmp/n; sleep 0.2; done"
     r = httpx.post(f"{base}/v1/capsules/{sleeper}/exec", headers=key, timeout=120,
                    json={"cmd": "/bin/sh", "args": ["-c", counter], "background": True})  # fmt: skip
     assert r.status_code == 202, r.text
@@ -296,3 +304,80 @@ def test_two_hosts_spread_fail_and_come_back(platform: dict[str, Any]) -> None:
         node.proc.wait(60)
         assert not _vmm_pids(node.data_dir)
     assert all(status(c) == "stopped" for c in capsules)
+
+
+def test_a_template_built_on_one_host_starts_on_the_other(platform: dict[str, Any]) -> None:
+    """Its files go to the template store both hosts mount; the other host fetches and checks them the
+    first time one of its capsules needs them. Deleting the template removes them again."""
+    base, nodes = platform["base"], platform["nodes"]
+    joined = _join(platform)
+    key, logs = joined.key, joined.logs
+    config = {
+        "name": "shared",
+        "recipe": [
+            "WORKDIR /home/user",
+            "RUN echo built here > built.txt",
+            "START python3 -m http.server 8000",
+        ],
+        "healthcheck": "--timeout=60s curl -sf localhost:8000/",
+        "memory_mb": 256,
+        "disk_size_mb": 2048,
+    }
+    r = httpx.post(f"{base}/v1/templates/builds", json=config, headers=key, timeout=30)
+    assert r.status_code == 201, r.text
+    build_id = r.json()["id"]
+
+    def ready() -> bool:
+        got = httpx.get(f"{base}/v1/templates/builds/{build_id}", headers=key, timeout=10).json()
+        assert got["status"] in ("waiting", "building", "ready"), got
+        return bool(got["status"] == "ready")
+
+    _wait("the build", ready, 600, logs)
+    store = nodes[0].data_dir.parent / "store"
+    published = {p.name for p in store.iterdir() if len(p.name) == 64}
+    assert published, "nothing was published to the template store"
+
+    # Two capsules: one on each host (least loaded first), both from the build's snapshot.
+    def create(_: int) -> str:
+        made = httpx.post(f"{base}/v1/capsules", json={"template": "shared"}, headers=key, timeout=600)
+        assert made.status_code == 201, made.text
+        return str(made.json()["id"])
+
+    capsules = [create(0), create(1)]
+    placed = _host_of(platform["database_url"])
+    assert {placed[c] for c in capsules} == set(joined.host_ids.values()), placed
+    for cid in capsules:
+        ran = httpx.post(f"{base}/v1/capsules/{cid}/exec", headers=key, timeout=120,
+                         json={"cmd": "/bin/sh", "args": ["-c", "cat built.txt; curl -s -o /dev/null -w '%{http_code}' localhost:8000/"]})  # fmt: skip
+        assert ran.status_code == 200 and ran.json()["stdout"] == "built here\n200", ran.text
+    for node in nodes:  # each host holds its own checked copy
+        assert {p.name for p in (node.data_dir / "blobs").iterdir()} & published
+    for cid in capsules:
+        assert httpx.delete(f"{base}/v1/capsules/{cid}", headers=key, timeout=60).status_code == 204
+
+    # Deleted: its ready snapshot is gone from the store and from both hosts' caches.
+    result = _build_result(platform["database_url"], build_id)
+    snapshot = {result["memory"]["sha256"], result["vmstate"]["sha256"]}
+    r = httpx.delete(f"{base}/v1/templates/shared", headers=key, timeout=120)
+    assert r.status_code == 204, r.text
+    assert not snapshot & {p.name for p in store.iterdir()}
+    for node in nodes:
+        assert not snapshot & {p.name for p in (node.data_dir / "blobs").iterdir()}
+        assert not (node.data_dir / "templates" / build_id).exists()
+
+
+def _build_result(database_url: str, build_id: str) -> dict[str, Any]:
+    from wrenn.controlplane.db import TemplateBuild, make_engine
+
+    async def read() -> dict[str, Any]:
+        engine = make_engine(database_url)
+        async with engine.connect() as conn:
+            from sqlalchemy import select
+
+            row = (
+                await conn.execute(select(TemplateBuild.result).where(TemplateBuild.id == build_id))
+            ).scalar_one()
+        await engine.dispose()
+        return dict(row)
+
+    return asyncio.run(read())

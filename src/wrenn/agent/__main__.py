@@ -64,6 +64,10 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     p.add_argument(
         "--cold-storage", type=Path, default=None, metavar="DIR", help="archives of hibernated sandboxes"
     )
+    p.add_argument(
+        "--template-store", type=Path, default=None, metavar="DIR",
+        help="built templates' files, shared by the hosts (default: this host's own, under --data-dir)",
+    )  # fmt: skip
     p.add_argument("--no-ready-snapshots", action="store_true", help="always boot; never restore")
     p.add_argument(
         "--insecure",
@@ -106,7 +110,8 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         slots=a.slots, name_prefix=a.name_prefix, host_net=a.host_net, veth_net=a.veth_net,
         register_token=a.register, control_plane=a.control_plane, address=a.address,
         heartbeat_interval_s=a.heartbeat_interval, memory_dir=a.memory_dir, cold_storage=a.cold_storage,
-        ready_snapshots=not a.no_ready_snapshots, insecure=a.insecure, memory_limit_mb=a.memory_limit_mb,
+        ready_snapshots=not a.no_ready_snapshots, template_store=a.template_store, insecure=a.insecure,
+        memory_limit_mb=a.memory_limit_mb,
         vmm_uid_base=a.vmm_uid_base,
         dns=tuple(s.strip() for s in a.dns.split(",") if s.strip()), egress_upstream_ca=a.egress_upstream_ca,
     )  # fmt: skip

@@ -88,6 +88,9 @@ class AgentConfig:
     #: Where hibernated sandboxes' archives go: a directory all hosts of the control plane can reach
     #: (a network file system) for a sandbox to wake on another host. None: no hibernation here.
     cold_storage: Path | None = None
+    #: Where built templates' files are published: a directory all hosts reach, for a template built on
+    #: one host to start on any (docs/templates.md). None: this host's cache (`{data_dir}/blobs`) alone.
+    template_store: Path | None = None
 
     @property
     def resolved_api_token_file(self) -> Path:

@@ -53,13 +53,7 @@ async def create_overlay(base: Path, overlay: Path, size_mb: int) -> Path:
     """A qcow2 overlay of `base` (an image's raw root file system, or the qcow2 disk of a ready snapshot
     or template) presenting a disk of `size_mb`, and at least the image's size. `base` is not opened
     (`-u`): its header is not ours to trust."""
-    bottom, fmt = backing_chain(base)[-1]
-    size = max(size_mb << 20, bottom.stat().st_size if fmt == "raw" else 0)
-    await run(
-        "qemu-img", "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", "-u",
-        "-b", str(base), "-F", disk_format(base), str(overlay), str(size),
-    )  # fmt: skip
-    return overlay
+    return await create_overlay_over([(base, disk_format(base)), backing_chain(base)[-1]], overlay, size_mb)
 
 
 #: The longest chain of disks a sandbox's overlay may sit on (template over template over ... image).
@@ -74,7 +68,9 @@ def disk_format(path: Path) -> str:
 def backing_chain(base: Path | None) -> list[tuple[Path, str]]:
     """The files under an overlay made over `base`, top first, with their formats, as the agent recorded
     them: a ready snapshot's or template's disk names its own base in the `meta.json` beside it; an
-    image's raw root file system ends the chain. DiskError when a record is missing or loops."""
+    image's raw root file system ends the chain. A built template's records its whole chain of blobs
+    instead (`disk_chain`, top first: blobs are named by their digest, which says nothing of their format).
+    DiskError when a record is missing or loops."""
     chain: list[tuple[Path, str]] = []
     while base is not None:
         if len(chain) >= MAX_CHAIN:
@@ -84,13 +80,52 @@ def backing_chain(base: Path | None) -> list[tuple[Path, str]]:
         if fmt == "raw":
             break
         try:
-            recorded = json.loads((base.parent / META).read_text()).get("disk_base")
+            record = json.loads((base.parent / META).read_text())
+            recorded, below = record.get("disk_base"), record.get("disk_chain")
         except (OSError, ValueError, AttributeError) as exc:
             raise DiskError(f"{base} has no record of what it was made over: {exc}") from None
+        if below is not None:
+            return chain + recorded_chain(below)
         if not isinstance(recorded, str) or not recorded:
             raise DiskError(f"{base} has no record of what it was made over")
         base = Path(recorded)
     return chain
+
+
+#: The longest recorded chain of blobs (a built template: its base, then a layer per step).
+MAX_RECORDED_CHAIN = 256
+
+
+def recorded_chain(value: object) -> list[tuple[Path, str]]:
+    """A `disk_chain` record as a chain: qcow2 layers, top first, down to one raw file system."""
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_RECORDED_CHAIN:
+        raise DiskError("a recorded disk chain is not a list of disks")
+    chain: list[tuple[Path, str]] = []
+    for index, item in enumerate(value):
+        last = index == len(value) - 1
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and item[0]):
+            raise DiskError("a recorded disk chain has an entry that is no disk")
+        if item[1] != ("raw" if last else "qcow2"):
+            raise DiskError("a recorded disk chain must be qcow2 layers over one raw file system")
+        chain.append((Path(item[0]), item[1]))
+    return chain
+
+
+def chain_record(chain: list[tuple[Path, str]]) -> list[list[str]]:
+    """`chain` (top first) as `disk_chain` records it."""
+    return [[str(path), fmt] for path, fmt in chain]
+
+
+async def create_overlay_over(chain: list[tuple[Path, str]], overlay: Path, size_mb: int) -> Path:
+    """A qcow2 overlay over the top of an explicit `chain` (top first), presenting a disk of `size_mb` and
+    at least the bottom file system's size. Nothing of the chain is opened (`-u`)."""
+    (top, top_format), (bottom, _) = chain[0], chain[-1]
+    size = max(size_mb << 20, bottom.stat().st_size)
+    await run(
+        "qemu-img", "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", "-u",
+        "-b", str(top), "-F", top_format, str(overlay), str(size),
+    )  # fmt: skip
+    return overlay
 
 
 def base_from_header(disk: Path, allowed: list[Path]) -> Path | None:

@@ -37,6 +37,8 @@ class Launcher:
         in `version` when that is still on disk, else the current one."""
         data_dir = self.table.config.data_dir
         snapshot = self.templates.get(template)
+        if snapshot is not None and (built := snapshot.boot_image()) is not None:
+            return built
         if snapshot is not None:
             template, version = snapshot.image, snapshot.image_version
         if version:
@@ -124,6 +126,7 @@ class Launcher:
             access_token=params.envd_access_token or None,
             default_user=params.default_user or self.table.config.default_user,
             env=params.default_env,
+            workdir=params.default_workdir or None,
             hostname=sandbox.id,
             entropy=os.urandom(64),
         )

@@ -21,7 +21,9 @@ import asyncio
 import logging
 
 from ._admission import Admission
+from ._blobs import BlobStore
 from ._boot import Booter
+from ._builder import Builder
 from ._cgroup import Cgroups
 from ._cold import ColdStore
 from ._config import AgentConfig
@@ -58,6 +60,8 @@ class SandboxManager:
         self.booter = Booter(self.table, self.launcher, self.templates, self.admission)
         cold = ColdStore(config.cold_storage) if config.cold_storage else None
         self.snapshots = Snapshots(self.table, self.launcher, self.templates, self.admission, cold)
+        self.blobs = BlobStore(config.data_dir / "blobs", config.template_store)
+        self.builder = Builder(self.table, self.launcher, self.blobs, config.data_dir / "build-files")
         self._loops: list[asyncio.Task[None]] = []
 
     @property
@@ -85,6 +89,7 @@ class SandboxManager:
     async def start(self) -> None:
         self.config.sandboxes_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.templates.cleanup_partial()
+        self.blobs.prepare()
         await self.table.network.start()
         await recover(self.table, self.launcher)
         self._loops = [

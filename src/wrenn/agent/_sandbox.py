@@ -48,6 +48,8 @@ class SandboxParams:
     auto_pause: bool = True
     #: Boot from the image even where a ready snapshot of this shape exists (benchmarks, debugging).
     cold_boot: bool = False
+    #: Where commands run unless they say (a built template's WORKDIR); empty: the user's home.
+    default_workdir: str = ""
 
 
 @dataclass

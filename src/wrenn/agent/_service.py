@@ -32,6 +32,7 @@ from ._output import OutputBudget
 from ._registration import host_images
 from ._rpc import call, connect_error, ts
 from ._sandbox import Sandbox, SandboxParams, Status
+from ._service_build import BuildRPCs
 from ._service_files import FileRPCs
 from ._service_network import NetworkRPCs
 from ._service_process import ProcessRPCs
@@ -55,7 +56,7 @@ _RANGES = {
 }
 
 
-class AgentService(ProcessRPCs, FileRPCs, NetworkRPCs, HostAgentService):
+class AgentService(ProcessRPCs, FileRPCs, NetworkRPCs, BuildRPCs, HostAgentService):
     def __init__(
         self,
         manager: SandboxManager,
@@ -101,6 +102,9 @@ class AgentService(ProcessRPCs, FileRPCs, NetworkRPCs, HostAgentService):
         self, request: pb.CreateSandboxRequest, ctx: RequestContext[Any, Any]
     ) -> pb.CreateSandboxResponse:
         config = self.m.config
+        built = request.built_template if request.built_template and request.built_template.build_id else None
+        if built is not None:
+            request.snapshot_template = await self.prepare_built(built)
         params = SandboxParams(
             sandbox_id=request.sandbox_id,
             template=self._template_of(request),
@@ -109,8 +113,9 @@ class AgentService(ProcessRPCs, FileRPCs, NetworkRPCs, HostAgentService):
             disk_size_mb=request.disk_size_mb or 5120,
             timeout_sec=request.timeout_sec,
             team_id=request.team_id,
-            default_user=request.default_user or config.default_user,
-            default_env=dict(request.default_env),
+            default_user=request.default_user or (built.default_user if built else "") or config.default_user,
+            default_env={**(dict(built.env) if built else {}), **dict(request.default_env)},
+            default_workdir=built.workdir if built else "",
             allow_internet=request.allow_internet,
             envd_access_token=request.envd_access_token,
             metadata=dict(request.metadata),

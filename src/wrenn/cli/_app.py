@@ -11,10 +11,11 @@ from typing import Annotated
 import httpx
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from wrenn import __version__, images
 
-from . import _admin, _capsule, _host, _keys, _platform
+from . import _admin, _capsule, _host, _keys, _platform, _template
 from ._auth import NoCredentials
 from ._platform import DEFAULT_DATA_DIR
 
@@ -27,6 +28,7 @@ app = typer.Typer(
 )
 app.add_typer(_capsule.app, name="capsule")
 app.add_typer(_host.app, name="host")
+app.add_typer(_template.app, name="template")
 app.add_typer(_keys.app, name="keys")
 app.command()(_keys.login)
 app.add_typer(_admin.app, name="admin")
@@ -96,7 +98,8 @@ def up(
         typer.Option("--e2b-key", help="also mint a key in E2B's shape (e2b_ + hex) for e2b SDKs <= 2.45"),
     ] = False,
 ) -> None:
-    """The whole platform on this machine: control plane, host agent and SQLite; then a first capsule."""
+    """The whole platform on this machine: control plane, host agent and SQLite, kept running by a
+    supervisor; then a first capsule. Of a platform (partly) running it keeps what runs, restarts the rest."""
     from wrenn.sdk import Capsule
 
     for name in with_ or ():
@@ -149,8 +152,47 @@ def up(
 
 @app.command()
 def down(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
-    """Stop what `wrenn up` started (every capsule is destroyed)."""
+    """Stop what `wrenn up` started: the supervisor, the control plane, the agent (capsules are destroyed)."""
     _platform.stop(data_dir, err)
+
+
+@app.command()
+def status(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+    """Show each process of the platform `wrenn up` started (pid, uptime, restarts) and its capsules.
+    Exits 3 when a process is not running."""
+    platform, rows = _platform.Platform.load(data_dir), _platform.processes(data_dir)
+    if platform is None or not rows:
+        raise _platform.PlatformError(f"Wrenn was not started from {data_dir}: run `wrenn up`")
+    table = Table(box=None, pad_edge=False)
+    for column in ("process", "state", "pid", "uptime", "restarts", "last exit"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row.name,
+            "running" if row.running else "[red]stopped[/red]",
+            str(row.pid) if row.running else "-",
+            _duration(row.uptime_s) if row.running else "-",
+            "-" if row.restarts is None else str(row.restarts),
+            row.last_exit or "-",
+        )
+    out = Console(soft_wrap=True)
+    out.print(f"Wrenn at {platform.base_url}  (data dir {data_dir})")
+    out.print(table)
+    counts = _platform.capsule_counts(platform)
+    if counts is None:
+        out.print("capsules: unknown (the host agent does not answer)")
+    else:
+        shown = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none"
+        out.print(f"capsules on this host: {shown}")
+    if not all(row.running for row in rows):
+        raise typer.Exit(3)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h" if s >= 86400 else f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 @app.command()

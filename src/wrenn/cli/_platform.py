@@ -1,9 +1,11 @@
-"""The whole platform on one machine: `wrenn up`, `wrenn down`, `wrenn env`.
+"""The whole platform on one machine: `wrenn up`, `wrenn down`, `wrenn status`, `wrenn env`.
 
-`up` builds the base image on first use, starts a host agent and a control plane (SQLite) under the data
-directory, creates an admin account and an API key on first start, runs a first capsule, and says what
-to do next. What it started is recorded in `<data dir>/platform.json` (mode 0600, it holds the API key),
-so `down` and `env` find it again.
+`up` builds the base image on first use, starts a supervisor (`_supervisor`) that starts and keeps running
+a host agent and a control plane (SQLite) under the data directory, creates an admin account and an API
+key on first start, runs a first capsule, and says what to do next. `up` is crash-only: of a platform
+(partly) running it keeps what runs and has the rest restarted, never destroying a capsule. How to reach
+the platform is recorded in `<data dir>/platform.json` (mode 0600, it holds the API key), the processes in
+`<data dir>/supervisor.json`, so `down`, `status` and `env` find them again.
 """
 
 from __future__ import annotations
@@ -18,14 +20,21 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from rich.console import Console
 
 from wrenn import images
 from wrenn._shared.private import write_private
+
+if TYPE_CHECKING:
+    from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClientSync
+
+from ._supervisor import Service, State, runs, start_ticks
 
 ADMIN_EMAIL = "admin@wrenn.local"
 #: Where the control plane writes its one-time bootstrap token (`service/accounts.py` in the control plane;
@@ -46,8 +55,6 @@ class Platform:
     admin_email: str
     admin_password: str
     agent_url: str
-    agent_pid: int
-    server_pid: int
 
     @staticmethod
     def state_file(data_dir: Path) -> Path:
@@ -59,52 +66,35 @@ class Platform:
     @classmethod
     def load(cls, data_dir: Path) -> Platform | None:
         try:
-            return cls(**json.loads(cls.state_file(data_dir).read_text()))
-        except (OSError, ValueError, TypeError):
+            raw = json.loads(cls.state_file(data_dir).read_text())
+            return cls(**{f.name: raw[f.name] for f in fields(cls)})
+        except (OSError, ValueError, TypeError, KeyError):
             return None
 
-    def running(self) -> bool:
-        return _alive(self.agent_pid) and _alive(self.server_pid)
 
-
-def _alive(pid: int) -> bool:
+def _legacy_state(data_dir: Path) -> State | None:
+    """The processes a `wrenn up` from before the supervisor started (their pids in platform.json), for
+    the supervisor to adopt and `down` to stop."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    # root's alone: a failed boot's error quotes the guest's console
-    with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600), "ab") as sink:
-        return subprocess.Popen(
-            [sys.executable, *args], stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # survives `up --detach` and is stopped only by `down`
-        )  # fmt: skip
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, what: str, within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise PlatformError(f"the {what} exited with {proc.returncode}; its log: {log}")
+        raw = json.loads(Platform.state_file(data_dir).read_text())
+        pids = {"agent": int(raw["agent_pid"]), "controlplane": int(raw["server_pid"])}
+        urls = {"agent": str(raw["agent_url"]), "controlplane": f"{raw['base_url']}/health"}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    services = []
+    for name, pid in pids.items():
         try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise PlatformError(f"the {what} did not answer within {within_s:.0f} s; its log: {log}")
+            argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]]
+        except OSError:
+            argv = []
+        log = str(data_dir / "logs" / ("agent.log" if name == "agent" else "server.log"))
+        ticks = start_ticks(pid) if argv else 0
+        services.append(Service(name, argv, log, ready_url=urls[name], pid=pid, start_ticks=ticks))
+    return State(services)
+
+
+def load_state(data_dir: Path) -> State | None:
+    return State.load(data_dir) or _legacy_state(data_dir)
 
 
 def agent_identity(data_dir: Path) -> list[str]:
@@ -148,6 +138,77 @@ def _credentials(base_url: str, data_dir: Path, platform: Platform | None) -> tu
     return ADMIN_EMAIL, password, str(key.json()["key"])
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _services(data_dir: Path, port: int, agent_port: int, proxy_port: int) -> list[Service]:
+    logs = data_dir / "logs"
+    agent = [
+        "-m", "wrenn.agent", "--data-dir", str(data_dir), "--port", str(agent_port),
+        "--proxy-port", str(proxy_port), *agent_identity(data_dir),
+    ]  # fmt: skip
+    agent_url = f"http://127.0.0.1:{agent_port}"
+    server = [
+        "-m", "wrenn.controlplane", "--port", str(port), "--data-dir", str(data_dir),
+        "--local-agent", agent_url,
+    ]  # fmt: skip
+    return [
+        Service("agent", [sys.executable, *agent], str(logs / "agent.log"), ready_url=agent_url),
+        Service("controlplane", [sys.executable, *server], str(logs / "server.log"),
+                ready_url=f"http://127.0.0.1:{port}/health"),
+    ]  # fmt: skip
+
+
+def _supervise(data_dir: Path, state: State) -> subprocess.Popen[bytes]:
+    """Start a supervisor over `state` (saved first: it reads what to run from the file)."""
+    state.pid = state.start_ticks = 0
+    state.save(data_dir)
+    log = data_dir / "logs" / "supervisor.log"
+    with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600), "ab") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "wrenn.cli._supervisor", str(data_dir)],
+            stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # survives `up --detach`; stopped by `down`
+        )  # fmt: skip
+
+
+def _wait_ready(data_dir: Path, console: Console, supervisor: subprocess.Popen[bytes] | None) -> None:
+    """Until every supervised process answers at its `ready_url`; an error naming the logs otherwise (at
+    once when a process exits twice while it starts: the supervisor keeps trying, with growing delays)."""
+    deadline = time.monotonic() + 180
+    first = State.load(data_dir)
+    restarts = {s.name: s.restarts for s in first.services} if first else {}
+    with console.status("starting the host agent and the control plane (the agent's first start probes KVM)"):
+        while time.monotonic() < deadline:
+            state = State.load(data_dir)
+            if (supervisor is not None and supervisor.poll() is not None) or (
+                state is not None and state.pid and not state.supervised()
+            ):
+                raise PlatformError(f"the supervisor exited; its log: {data_dir / 'logs' / 'supervisor.log'}")
+            for s in state.services if state else []:
+                if s.restarts - restarts.get(s.name, 0) >= 2:
+                    raise PlatformError(
+                        f"the {TITLES.get(s.name, s.name)} {s.last_exit} as it started (the supervisor keeps "
+                        f"trying; `wrenn down` stops it); its log: {s.log}"
+                    )
+            pending = [s for s in state.services if not _answers(s.ready_url)] if state else [None]
+            if not pending:
+                return
+            time.sleep(0.3)
+    logs = ", ".join(s.log for s in state.services) if state else str(data_dir / "logs")
+    raise PlatformError(f"the platform did not answer within 180 s; the logs: {logs}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=1)
+    except httpx.TransportError:
+        return False
+    return True
+
+
 def start(
     data_dir: Path,
     port: int,
@@ -156,20 +217,54 @@ def start(
     proxy_port: int | None = None,
     templates: tuple[str, ...] = (),
 ) -> Platform:
-    """Bring the platform up (or find it running) and return how to reach it. `templates`: base images
-    built (or found up to date) besides `minimal`, e.g. `code-interpreter`."""
+    """Bring the platform up and return how to reach it; idempotent. `templates`: base images built (or
+    found up to date) besides `minimal`, e.g. `code-interpreter`.
+
+    Crash-only: what still runs of a platform started before is kept as it is (with its capsules), a
+    supervisor is started if none runs, and it restarts what has stopped. Only when nothing runs are the
+    images brought up to date and the processes started afresh (with the ports given)."""
     if os.geteuid() != 0:
         raise PlatformError(
             "the host agent runs microVMs with their own network namespaces: run as root (sudo)"
         )
     data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "logs").mkdir(mode=0o700, exist_ok=True)
     saved = Platform.load(data_dir)
-    if saved is not None and saved.running():
-        console.print(f"Wrenn is already running at {saved.base_url}")
-        return saved
-    if saved is not None:
-        stop(data_dir, console, quiet=True)  # a half-running platform from before: start clean
-    proxy_port = proxy_port or agent_port + 1
+    state = load_state(data_dir)
+    running = [s.name for s in state.services if runs(s.pid, s.start_ticks, s.argv)] if state else []
+    supervisor = None
+    if state is not None and (running or state.supervised()):
+        if not all(s.argv for s in state.services):
+            raise PlatformError(
+                "a platform of an older wrenn is partly running here: `wrenn down`, then `wrenn up`"
+            )
+        if state.supervised() and len(running) == len(state.services) and saved is not None:
+            console.print(f"Wrenn is already running at {saved.base_url}")
+            return saved
+        stopped = [s.name for s in state.services if s.name not in running]
+        also = "" if state.supervised() else " and the supervisor"
+        console.print(
+            f"Wrenn is partly running: keeping {', '.join(running) or 'nothing'}, "
+            f"restarting {', '.join(stopped) or 'nothing'}{also}"
+        )
+        if not state.supervised():
+            supervisor = _supervise(data_dir, state)
+    else:
+        state = _fresh(data_dir, port, agent_port, proxy_port or agent_port + 1, console, templates)
+        supervisor = _supervise(data_dir, state)
+    _wait_ready(data_dir, console, supervisor)
+    agent = state.service("agent").ready_url
+    base_url = state.service("controlplane").ready_url.removesuffix("/health")
+    email, password, api_key = _credentials(base_url, data_dir, saved)
+    platform = Platform(str(data_dir), base_url, api_key, email, password, agent)
+    platform.save()
+    return platform
+
+
+def _fresh(
+    data_dir: Path, port: int, agent_port: int, proxy_port: int, console: Console, templates: tuple[str, ...]
+) -> State:
+    """What to run when nothing runs: the images brought up to date, the ports free."""
     for p, what in ((port, "control plane"), (agent_port, "host agent"), (proxy_port, "agent's traffic")):
         if not _port_free(p):
             raise PlatformError(f"port {p} for the {what} is taken (choose another with --port/--agent-port)")
@@ -182,82 +277,111 @@ def start(
             images.build(template, data_dir, progress=True, console=console)
     except images.BuildError as exc:
         raise PlatformError(str(exc)) from None
-    logs = data_dir / "logs"
-    logs.mkdir(mode=0o700, exist_ok=True)
-    agent_url = f"http://127.0.0.1:{agent_port}"
-    agent = _spawn(
-        [
-            "-m",
-            "wrenn.agent",
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(agent_port),
-            "--proxy-port",
-            str(proxy_port),
-            *agent_identity(data_dir),
-        ],
-        logs / "agent.log",
-    )
-    with console.status("starting the host agent (its first start probes for KVM)"):
-        _wait_http(agent_url, agent, logs / "agent.log", "host agent", 120)
-    base_url = f"http://127.0.0.1:{port}"
-    server = _spawn(
-        [
-            "-m",
-            "wrenn.controlplane",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-            "--local-agent",
-            agent_url,
-        ],
-        logs / "server.log",
-    )
-    with console.status("starting the control plane"):
-        _wait_http(f"{base_url}/health", server, logs / "server.log", "control plane", 60)
-    email, password, api_key = _credentials(base_url, data_dir, saved)
-    platform = Platform(str(data_dir), base_url, api_key, email, password, agent_url, agent.pid, server.pid)
-    platform.save()
-    return platform
+    return State(_services(data_dir, port, agent_port, proxy_port))
+
+
+@contextlib.contextmanager
+def _agent(data_dir: Path, url: str) -> Iterator[HostAgentServiceClientSync]:
+    from wrenn.proto.hostagent.v1.auth import TOKEN_FILE, TokenInterceptorSync, read_token
+    from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClientSync
+
+    token = read_token(data_dir / TOKEN_FILE)
+    with HostAgentServiceClientSync(url, interceptors=[TokenInterceptorSync(token)]) as client:
+        yield client
+
+
+def _stop_supervisor(state: State) -> None:
+    if state.supervised():
+        os.kill(state.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and state.supervised():
+            time.sleep(0.1)
+        if state.supervised():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(state.pid, signal.SIGKILL)
 
 
 def stop(data_dir: Path, console: Console, *, quiet: bool = False) -> bool:
-    """Stop what `up` started: every capsule is destroyed, the agent removes its host rules."""
-    platform = Platform.load(data_dir)
-    if platform is None:
+    """Stop what `up` started: the supervisor first (so it restarts nothing), then the control plane, and
+    the agent, which destroys every capsule and removes its host rules."""
+    state = load_state(data_dir)
+    if state is None:
         if not quiet:
             console.print(f"Wrenn is not running from {data_dir}")
         return False
-    if _alive(platform.server_pid):
-        os.kill(platform.server_pid, signal.SIGTERM)
-    if _alive(platform.agent_pid):
+    _stop_supervisor(state)
+    alive = {s.name: s for s in state.services if runs(s.pid, s.start_ticks)}
+    if "controlplane" in alive:
+        os.kill(alive["controlplane"].pid, signal.SIGTERM)
+    if "agent" in alive:
         from wrenn.proto.hostagent.v1 import hostagent_pb
-        from wrenn.proto.hostagent.v1.auth import TOKEN_FILE, TokenInterceptorSync, read_token
-        from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClientSync
 
         try:
-            token = read_token(data_dir / TOKEN_FILE)
-            with HostAgentServiceClientSync(
-                platform.agent_url, interceptors=[TokenInterceptorSync(token)]
-            ) as client:
+            with _agent(data_dir, alive["agent"].ready_url) as client:
                 client.terminate(hostagent_pb.TerminateRequest(), timeout_ms=120_000)
         except Exception:  # noqa: BLE001 - whatever happened, fall back to signals
-            os.kill(platform.agent_pid, signal.SIGTERM)
+            os.kill(alive["agent"].pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (_alive(platform.agent_pid) or _alive(platform.server_pid)):
+    while time.monotonic() < deadline and any(runs(s.pid, s.start_ticks) for s in alive.values()):
         time.sleep(0.2)
-    for pid in (platform.agent_pid, platform.server_pid):
-        if _alive(pid):
+    for service in alive.values():
+        if runs(service.pid, service.start_ticks):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                os.kill(service.pid, signal.SIGKILL)
     # The credentials stay (the database keeps the account): only the processes are gone.
-    platform.agent_pid = platform.server_pid = 0
-    platform.save()
+    for service in state.services:
+        service.pid = service.start_ticks = 0
+    state.pid = state.start_ticks = 0
+    state.save(data_dir)
     if not quiet:
         console.print("Wrenn stopped: every capsule destroyed, the agent's network rules removed.")
     return True
+
+
+#: How `wrenn status` names the supervised processes.
+TITLES = {"agent": "host agent", "controlplane": "control plane"}
+
+
+@dataclass
+class ProcessStatus:
+    name: str
+    pid: int
+    running: bool
+    uptime_s: float
+    restarts: int | None  # None: the supervisor itself
+    last_exit: str
+
+
+def processes(data_dir: Path) -> list[ProcessStatus]:
+    """The supervisor and each process it keeps, as they are now."""
+    state = load_state(data_dir)
+    if state is None:
+        return []
+    now = time.time()
+    supervised = state.supervised()
+    rows = [ProcessStatus("supervisor", state.pid if supervised else 0, supervised,
+                          now - state.started_at if supervised else 0, None, "")]  # fmt: skip
+    for s in state.services:
+        alive = runs(s.pid, s.start_ticks)
+        rows.append(ProcessStatus(TITLES.get(s.name, s.name), s.pid if alive else 0, alive,
+                                  now - s.started_at if alive else 0, s.restarts, s.last_exit))  # fmt: skip
+    return rows
+
+
+def capsule_counts(platform: Platform) -> dict[str, int] | None:
+    """Sandboxes on this host by status, as the agent reports them; None when it does not answer."""
+    from wrenn.proto.hostagent.v1 import hostagent_pb
+
+    try:
+        with _agent(Path(platform.data_dir), platform.agent_url) as client:
+            listed = client.list_sandboxes(hostagent_pb.ListSandboxesRequest(), timeout_ms=5_000)
+    except Exception:  # noqa: BLE001 - down, or not answering: said as such
+        return None
+    counts: dict[str, int] = {}
+    for sandbox in listed.sandboxes:
+        name = hostagent_pb.SandboxStatus(sandbox.status).name.removeprefix("SANDBOX_STATUS_").lower()
+        counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def env_lines(platform: Platform) -> str:

@@ -38,10 +38,12 @@ from .routes import (
     admin,
     admin_platform,
     auth,
+    builds,
     capsules,
     channels,
     dashboard,
     e2b,
+    e2b_templates,
     host_tags,
     keys,
     metrics,
@@ -54,6 +56,7 @@ from .routes import (
 )
 from .routes import hosts as hosts_routes
 from .service.accounts import prepare_bootstrap
+from .service.builds import BuildWorker
 
 log = logging.getLogger("wrenn.controlplane")
 
@@ -94,6 +97,9 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.sessions, app.state.agents, settings, engine.dialect.name
         )
         monitor.start()
+        app.state.upload_key = app.state.tokens.derive(b"wrenn template uploads")
+        builds = app.state.builds = BuildWorker(app.state.sessions, app.state.agents, settings)
+        builds.start()
         deadlines = app.state.deadlines = Deadlines(
             app.state.sessions, app.state.agents, settings, engine.dialect.name, app.state.metrics
         )
@@ -111,6 +117,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await dispatcher.stop()
+            await builds.stop()
             await deadlines.stop()
             await janitor.stop()
             await monitor.stop()
@@ -185,6 +192,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(hosts_routes.router)
     app.include_router(host_tags.router)
     app.include_router(teams.router)
+    app.include_router(builds.router)  # template builds: /v1/templates, /v1/admin/builds
+    app.include_router(e2b_templates.router)  # E2B's template builds (before e2b's /templates/{id})
     app.include_router(e2b.router)  # E2B's REST API: /sandboxes, /v2/sandboxes, ...
     app.include_router(network.router)  # egress policies: /v1/capsules/{id}/network, E2B's PUT
     app.include_router(channels.router)  # notification channels and their deliveries

@@ -17,7 +17,7 @@ from ._principal import Principal, audit_fields
 from ._security import KEY_PREFIXES, Tokens, hash_api_key
 from ._session import session_token
 from .db import ApiKey, Membership, RevokedToken, User, UserStatus, as_utc, utcnow
-from .service import AccountService, CapsuleService, TemplateService
+from .service import AccountService, BuildService, CapsuleService, TemplateService
 from .service.admin import AdminService
 from .service.identity import IdentityService
 from .service.profile import ProfileService
@@ -167,6 +167,10 @@ def _template_service(capsules: Capsules) -> TemplateService:
     return TemplateService(capsules)
 
 
+def _build_service(capsules: Capsules) -> BuildService:
+    return BuildService(capsules)
+
+
 def _account_service(request: Request, session: Db) -> AccountService:
     state = request.app.state
     return AccountService(session, state.tokens, state.settings, state.mailer)
@@ -189,6 +193,7 @@ def _admin_service(request: Request, session: Db, caller: AdminCaller) -> AdminS
 Capsules = Annotated[CapsuleService, Depends(_capsule_service)]
 Templates = Annotated[TemplateService, Depends(_template_service)]
 Accounts = Annotated[AccountService, Depends(_account_service)]
+Builds = Annotated[BuildService, Depends(_build_service)]
 Profiles = Annotated[ProfileService, Depends(_profile_service)]
 Identities = Annotated[IdentityService, Depends(_identity_service)]
 #: The admin service of a platform admin's request (refuses everyone else, 403).
@@ -199,6 +204,7 @@ __all__ = [
     "Admin",
     "AdminCaller",
     "Audit",
+    "Builds",
     "Caller",
     "Capsules",
     "Db",

@@ -73,9 +73,8 @@ class Janitor(Background):
             )
             return list(found.scalars())
 
-    async def _locked_due(self, session: AsyncSession, user_id: str) -> User | None:
-        """The account, if it is still due and this control plane holds its turn (a transaction-scoped
-        advisory lock on PostgreSQL: taken again after every commit, which releases it)."""
+    async def _claim(self, session: AsyncSession, user_id: str) -> User | None:
+        """The account, if it is still due and this control plane holds its lock for the transaction."""
         if self._postgres and not await session.scalar(
             select(func.pg_try_advisory_xact_lock(lock_key("user", user_id)))
         ):
@@ -93,7 +92,8 @@ class Janitor(Background):
 
     async def _purge(self, user_id: str) -> bool:
         async with self._sessions() as session:
-            if await self._locked_due(session, user_id) is None:
+            user = await self._claim(session, user_id)
+            if user is None:
                 return False
             owned = (
                 await session.execute(
@@ -112,9 +112,8 @@ class Janitor(Background):
                     log.warning("account not purged yet: a team could not be deleted",
                                 extra={"user": user_id, "team": team_id, "error": exc.message})  # fmt: skip
                     return False
-            # Deleting a team commits, which ended the turn: another control plane may have purged the
-            # account meanwhile. Take the turn again and look again.
-            user = await self._locked_due(session, user_id)
+            # deleting a team commits (its capsules one at a time), which ends the lock: take it again
+            user = await self._claim(session, user_id)
             if user is None:
                 return False
             await self._forget(session, user)

@@ -2,7 +2,8 @@
 
 **Bodies.** Every request body is capped at `max_body_bytes` (1 MiB: JSON bodies are small), checked on
 `Content-Length` before anything is read and counted while it streams (chunked bodies). Two routes differ:
-`files/write` takes up to `max_upload_bytes` (its own 100 MB cap), and `files/stream/write` is streamed to
+`files/write` and a template build's files (its upload URL, the archive of a recipe build) take up to
+`max_upload_bytes` (100 MB), and `files/stream/write` is streamed to
 the guest and has no cap. The traffic proxy's bodies are the guest's business and are not capped.
 
 **Rates.** Token buckets (a sustained rate per second, and a burst) per API key or user token, per client
@@ -61,6 +62,8 @@ _SESSION_COOKIE = COOKIE.encode() + b"="
 _OAUTH = re.compile(r"^/v1/auth/oauth/[^/]+(/callback)?/?$")
 _STREAM_WRITE = re.compile(r"^/v1/capsules/[^/]+/files/stream/write/?$")
 _FILE_WRITE = re.compile(r"^/v1/capsules/[^/]+/files/write/?$")
+#: A template build's files: E2B's signed upload URL, and the multipart builds of /v1 (recipe + archive).
+_BUILD_FILES = re.compile(r"^(/templates/[^/]+/files/[^/]+/upload|/v1/admin/builds|/v1/templates/builds)/?$")
 #: Room for a multipart body's boundaries and headers around `max_upload_bytes` of file.
 MULTIPART_SLACK = 64 * 1024
 
@@ -160,7 +163,7 @@ class RequestLimits:
         """The most bytes a request body to `path` may have (None: no limit)."""
         if _STREAM_WRITE.match(path):
             return None
-        if _FILE_WRITE.match(path):
+        if _FILE_WRITE.match(path) or _BUILD_FILES.match(path):
             return self.settings.max_upload_bytes + MULTIPART_SLACK
         return self.settings.max_body_bytes
 

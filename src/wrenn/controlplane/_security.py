@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import secrets
 import time
@@ -86,6 +87,10 @@ class Tokens:
     def __init__(self, secret: str, ttl_s: int) -> None:
         self._secret = secret
         self._ttl_s = ttl_s
+
+    def derive(self, purpose: bytes) -> bytes:
+        """A key of its own for `purpose` (signed upload URLs), derived from the secret."""
+        return hmac.new(self._secret.encode(), purpose, hashlib.sha256).digest()
 
     def issue(self, claims: Claims) -> str:
         now = int(time.time())

@@ -106,6 +106,11 @@ _FROM_ENV: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("rate_unauthenticated", "WRENN_RATE_UNAUTHENTICATED", float),
     ("rate_proxy_per_address", "WRENN_RATE_PROXY_PER_ADDRESS", float),
     ("require_signed_url_expiry", "WRENN_REQUIRE_SIGNED_URL_EXPIRY", _flag),
+    ("build_concurrency", "WRENN_BUILD_CONCURRENCY", int),
+    ("build_egress", "WRENN_BUILD_EGRESS", _words),
+    ("max_team_builds", "WRENN_MAX_TEAM_BUILDS", int),
+    ("template_gc_grace_s", "WRENN_TEMPLATE_GC_GRACE_S", float),
+    ("registry_insecure", "WRENN_REGISTRY_INSECURE", _words),
     ("public_url", "WRENN_PUBLIC_URL", lambda v: v.rstrip("/")),
     ("smtp_host", "SMTP_HOST", str),
     ("smtp_port", "SMTP_PORT", int),
@@ -198,6 +203,23 @@ class Settings:
     registration_token_ttl_s: int = 3600
     host_jwt_ttl_s: int = 7 * 24 * 3600
     host_refresh_ttl_s: int = 60 * 24 * 3600
+    #: Template builds (docs/templates.md): at most this many run at once over all control planes (more
+    #: wait in the queue), at most `max_team_builds` waiting or running per team; each build may reach
+    #: `build_egress` ("ip:port" or "cidr:port": a package index on the platform's network) besides the
+    #: internet; a RUN step is killed after `build_step_timeout_s`, a whole build after `build_timeout_s`.
+    build_concurrency: int = 1
+    max_team_builds: int = 5
+    build_egress: tuple[str, ...] = field(default=())
+    build_step_timeout_s: float = 3600.0
+    build_timeout_s: float = 4 * 3600.0
+    build_poll_s: float = 1.0
+    #: Deleting a template collects the template store, sparing blobs younger than this (a build on some
+    #: host may be making them).
+    template_gc_grace_s: float = 3600.0
+    #: OCI registries (`host:port`) builds may pull from over plain HTTP although they are on a private or
+    #: loopback address (an operator's own mirror): every other registry must resolve to public addresses
+    #: and is reached over TLS.
+    registry_insecure: tuple[str, ...] = field(default=())
     #: The built web dashboard served at `/`; None: the one in the package (`_dashboard`).
     dashboard_dir: Path | None = None
     #: The address users reach Wrenn at (`https://wrenn.example.com`): links in e-mails and identity

@@ -13,6 +13,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -23,7 +24,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from ._sealed import Sealed
+from ._sealed import Sealed, SealedText
 from ._states import CapsuleStatus, HostStatus, UserStatus
 
 
@@ -288,10 +289,10 @@ class Capsule(Base):
     #: Its egress policy without secrets (service/network.py's public form); {}: open.
     network: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     #: The header values of its egress rules, `{domain: {header: value}}` as JSON, sealed.
-    network_secrets: Mapped[str] = mapped_column(Sealed("capsule.network_secrets", None), default="")
+    network_secrets: Mapped[str] = mapped_column(SealedText("capsule.network_secrets"), default="")
     #: Its own egress CA (for header rules): the certificate its guest trusts, and the key (sealed).
     egress_ca_cert: Mapped[str] = mapped_column(Text, default="")
-    egress_ca_key: Mapped[str] = mapped_column(Sealed("capsule.egress_ca_key", None), default="")
+    egress_ca_key: Mapped[str] = mapped_column(SealedText("capsule.egress_ca_key"), default="")
 
 
 class Template(Base):
@@ -314,9 +315,87 @@ class Template(Base):
     #: Who commands run as in capsules started from it ("": the platform's default user).
     default_user: Mapped[str] = mapped_column(String(64), default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: A built template (`type` "build"): the build its capsules start from (its default tag); null until
+    #: a build of it succeeded. Its files are in the template store, reachable from every host.
+    build_id: Mapped[str | None] = mapped_column(String(40), default=None)
     #: The default egress policy of its capsules (that of the capsule it was made from), and its secrets.
     network: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    network_secrets: Mapped[str] = mapped_column(Sealed("template.network_secrets", None), default="")
+    network_secrets: Mapped[str] = mapped_column(SealedText("template.network_secrets"), default="")
+
+
+class TemplateBuild(Base):
+    """One build of a built template (docs/templates.md): what to build, its status and what it made."""
+
+    __tablename__ = "template_builds"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    template_id: Mapped[str] = mapped_column(ForeignKey("templates.id", ondelete="CASCADE"), index=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    #: `waiting` (created, or queued once `queued_at` is set), `building`, `ready`, `error`, `cancelled`.
+    status: Mapped[str] = mapped_column(String(16), default="waiting", index=True)
+    #: Which front door made it: `e2b`, `recipe`, `dockerfile`.
+    kind: Mapped[str] = mapped_column(String(16), default="e2b")
+    #: The build request: base, steps, start and ready commands, force.
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    vcpus: Mapped[int] = mapped_column(Integer, default=1)
+    memory_mb: Mapped[int] = mapped_column(Integer, default=512)
+    disk_size_mb: Mapped[int] = mapped_column(Integer, default=5120)
+    #: What the build made (the agent's `BuiltTemplate`: blobs, defaults), once `ready`.
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    reason_step: Mapped[str] = mapped_column(String(16), default="")
+    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"), default=None)
+    #: The control plane running it and until when its claim holds (renewed while it runs).
+    worker: Mapped[str] = mapped_column(String(64), default="")
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The OCI registry's credentials of `fromImageRegistry` ("user:password"), encrypted at rest.
+    registry_auth: Mapped[str | None] = mapped_column(Sealed("build.registry_auth", 2048), default=None)
+    log_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[str] = mapped_column(String(40), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    queued_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class TemplateBuildLog(Base):
+    """A build's log, line by line, in order (`seq` from 0)."""
+
+    __tablename__ = "template_build_logs"
+    __table_args__ = (UniqueConstraint("build_id", "seq"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    build_id: Mapped[str] = mapped_column(ForeignKey("template_builds.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    level: Mapped[str] = mapped_column(String(8), default="info")
+    step: Mapped[str] = mapped_column(String(16), default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+
+
+class TemplateFile(Base):
+    """Files a team uploaded for COPY steps: a tar archive (maybe gzipped), named by the client's hash of
+    the files in it (E2B's `filesHash`) within the team."""
+
+    __tablename__ = "template_files"
+    __table_args__ = (UniqueConstraint("team_id", "files_hash"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    files_hash: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TemplateTag(Base):
+    """A tag of a built template naming one of its builds (`default`: the latest that succeeded)."""
+
+    __tablename__ = "template_tags"
+    template_id: Mapped[str] = mapped_column(ForeignKey("templates.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
+    build_id: Mapped[str] = mapped_column(ForeignKey("template_builds.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AuditLog(Base):
@@ -364,7 +443,7 @@ class Channel(Base):
     name: Mapped[str] = mapped_column(String(200))
     provider: Mapped[str] = mapped_column(String(16))
     #: The provider's fields as JSON (`{"url", "secret"}`), sealed: they hold credentials.
-    config: Mapped[str] = mapped_column(Sealed("channel.config", None))
+    config: Mapped[str] = mapped_column(SealedText("channel.config"))
     #: The event types it receives.
     events: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

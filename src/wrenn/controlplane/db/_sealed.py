@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import String
+from sqlalchemy import String, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
@@ -25,8 +25,7 @@ class Sealed(TypeDecorator[str]):
     impl = String
     cache_ok = True
 
-    def __init__(self, purpose: str, length: int | None = 255) -> None:
-        """`length` None: unbounded (a policy's headers, a private key)."""
+    def __init__(self, purpose: str, length: int = 255) -> None:
         super().__init__(length)
         self.purpose = purpose
 
@@ -39,3 +38,14 @@ class Sealed(TypeDecorator[str]):
         if not value:
             return value
         return str(box_of(dialect).open(value, self.purpose))
+
+
+class SealedText(Sealed):
+    """`Sealed`, unbounded (a policy's headers, a private key)."""
+
+    impl = Text
+    cache_ok = True
+
+    def __init__(self, purpose: str) -> None:
+        TypeDecorator.__init__(self)
+        self.purpose = purpose

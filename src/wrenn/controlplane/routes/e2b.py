@@ -43,7 +43,7 @@ ALIASES = {"base": "minimal"}
 DEFAULT_TIMEOUT_S = 300
 MAX_TIMEOUT_S = 24 * 3600
 #: Paths this module answers: their errors are E2B's `{"code", "message"}`.
-PREFIXES = ("/sandboxes", "/v2/sandboxes", "/snapshots", "/templates")
+PREFIXES = ("/sandboxes", "/v2/sandboxes", "/snapshots", "/templates", "/v2/templates", "/v3/templates")
 
 
 def is_e2b_path(path: str) -> bool:

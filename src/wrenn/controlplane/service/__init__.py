@@ -10,6 +10,7 @@ import one another.
 
 from . import quotas
 from .accounts import AccountService
+from .builds import BuildService, BuildWorker
 from .capsules import DEFAULTS, CapsuleService, CreateSpec
 from .guest import Guest, file_entry
 from .network import E2BNetworkUpdate, NetworkBody, NetworkService, NetworkSpec
@@ -20,6 +21,8 @@ __all__ = [
     "DEFAULTS",
     "TEMPLATE_NAME",
     "AccountService",
+    "BuildService",
+    "BuildWorker",
     "CapsuleService",
     "CreateSpec",
     "E2BNetworkUpdate",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import secrets
 from collections.abc import Awaitable, Iterator
@@ -32,7 +33,7 @@ from .._metrics import Metrics
 from .._principal import Principal, audit_fields
 from .._scheduler import pick_host
 from .._settings import Settings
-from ..db import Capsule, Host, HostStatus, Template, states, utcnow
+from ..db import Capsule, Host, HostStatus, Template, TemplateBuild, states, utcnow
 from ..db import CapsuleStatus as S
 from . import events, guest, quotas
 from .network import NetworkSpec, apply, policy_of
@@ -171,6 +172,10 @@ class CapsuleService:
         (its capsules take its shape), or a base image some host reports. Nothing else: a name is never
         passed on for a host agent to interpret (another team's template ids are names there too)."""
         template = await self.template(team_id, spec.template)
+        if template is not None and template.type == "build" and template.build_id is None:
+            raise _errors.ApiError(
+                409, "template_not_ready", f"template {spec.template!r} has no ready build yet"
+            )
         if template is not None:
             spec = dataclasses.replace(
                 spec, vcpus=template.vcpus, memory_mb=template.memory_mb, disk_size_mb=template.disk_size_mb
@@ -193,9 +198,9 @@ class CapsuleService:
         return template, spec
 
     async def _host_for(self, template: Template | None, spec: CreateSpec, team_id: str) -> Host:
-        """A template's capsules go to the host holding its files; others to the least loaded host with
-        room."""
-        if template is None:
+        """A snapshot template's capsules go to the host holding its files; others (a built template's
+        files are in the template store, which every host reaches) to the least loaded host with room."""
+        if template is None or template.type == "build":
             return await pick_host(self.session, spec.memory_mb, team_id)
         host = await self.session.get(Host, template.host_id) if template.host_id else None
         if host is None or host.status != HostStatus.ONLINE:
@@ -247,12 +252,14 @@ class CapsuleService:
         self.session.add_all(capsules)
         await self.session.commit()
         client = self.agents.client(host.address, host_id=host.id)
+        built = await self._built(template)
 
         def boot(capsule: Capsule) -> Any:
             request = pb.CreateSandboxRequest(
                 sandbox_id=capsule.id,
                 template="" if template else spec.template,
-                snapshot_template=template.id if template else "",
+                snapshot_template=(built.build_id if built else template.id) if template else "",
+                built_template=built,
                 vcpus=spec.vcpus,
                 memory_mb=spec.memory_mb,
                 disk_size_mb=spec.disk_size_mb,
@@ -294,6 +301,17 @@ class CapsuleService:
         if failure is not None:
             raise failure
         return capsules
+
+    async def _built(self, template: Template | None) -> pb.BuiltTemplate | None:
+        """A built template's files, as its current build made them (None for any other)."""
+        if template is None or template.type != "build" or template.build_id is None:
+            return None
+        build = await self.session.get(TemplateBuild, template.build_id)
+        if build is None or build.status != "ready":
+            raise _errors.ApiError(
+                409, "template_not_ready", f"template {template.name!r} has no ready build"
+            )
+        return pb.BuiltTemplate.from_json(json.dumps(build.result))
 
     def _event(self, capsule: Capsule, type_: str, actor: Principal | None, **data: Any) -> None:
         events.record(

@@ -41,6 +41,10 @@ class TemplateService:
         )
         return list(rows.scalars())
 
+    async def _by_id(self, team_id: str, template_id: str) -> Template | None:
+        found = await self.session.get(Template, template_id)
+        return found if found is not None and found.team_id == team_id else None
+
     async def check_name(self, name: str) -> None:
         if name in await self.base_images():
             raise _errors.conflict(f"{name!r} is the name of a base image", "name_reserved")
@@ -80,7 +84,14 @@ class TemplateService:
         """Delete the team's template; 409 `template_in_use` while capsules started from it exist."""
         template = await self.capsules.template(caller.team_id, name)
         if template is None:
+            template = await self._by_id(caller.team_id, name)
+        if template is None:
             raise _errors.not_found(f"template {name}")
+        if template.type == "build":
+            from .builds import BuildService
+
+            await BuildService(self.capsules).delete(caller, template)
+            return
         await self._drop_on_host(template)
         await self.session.delete(template)
         _audit.record(

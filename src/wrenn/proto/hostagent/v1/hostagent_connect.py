@@ -16,7 +16,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from protobuf import DescService
 
 from . import hostagent_pb
-from .hostagent_pb import ConnectProcessRequest, ConnectProcessResponse, CreateSandboxRequest, CreateSandboxResponse, CreateTemplateRequest, CreateTemplateResponse, DeleteTemplateRequest, DeleteTemplateResponse, DestroySandboxRequest, DestroySandboxResponse, ExecRequest, ExecResponse, ExecStreamRequest, ExecStreamResponse, GetHostInfoRequest, GetHostInfoResponse, GetSandboxLogsRequest, GetSandboxLogsResponse, GetSandboxMetricsRequest, GetSandboxMetricsResponse, GetSandboxNetworkRequest, GetSandboxNetworkResponse, GetSandboxRequest, GetSandboxResponse, HibernateSandboxRequest, HibernateSandboxResponse, KillProcessRequest, KillProcessResponse, ListDirRequest, ListDirResponse, ListProcessesRequest, ListProcessesResponse, ListSandboxesRequest, ListSandboxesResponse, MakeDirRequest, MakeDirResponse, PauseSandboxRequest, PauseSandboxResponse, PingSandboxRequest, PingSandboxResponse, PtyAttachRequest, PtyAttachResponse, PtyKillRequest, PtyKillResponse, PtyResizeRequest, PtyResizeResponse, PtySendInputRequest, PtySendInputResponse, ReadFileRequest, ReadFileResponse, ReadFileStreamRequest, ReadFileStreamResponse, RemovePathRequest, RemovePathResponse, ResumeSandboxRequest, ResumeSandboxResponse, StartBackgroundRequest, StartBackgroundResponse, StatRequest, StatResponse, TerminateRequest, TerminateResponse, ThawSandboxRequest, ThawSandboxResponse, UpdateNetworkPolicyRequest, UpdateNetworkPolicyResponse, WatchDirRequest, WatchDirResponse, WriteFileRequest, WriteFileResponse, WriteFileStreamRequest, WriteFileStreamResponse
+from .hostagent_pb import BuildTemplateRequest, BuildTemplateResponse, CollectTemplateStoreRequest, CollectTemplateStoreResponse, ConnectProcessRequest, ConnectProcessResponse, CreateSandboxRequest, CreateSandboxResponse, CreateTemplateRequest, CreateTemplateResponse, DeleteTemplateRequest, DeleteTemplateResponse, DestroySandboxRequest, DestroySandboxResponse, ExecRequest, ExecResponse, ExecStreamRequest, ExecStreamResponse, GetHostInfoRequest, GetHostInfoResponse, GetSandboxLogsRequest, GetSandboxLogsResponse, GetSandboxMetricsRequest, GetSandboxMetricsResponse, GetSandboxNetworkRequest, GetSandboxNetworkResponse, GetSandboxRequest, GetSandboxResponse, HibernateSandboxRequest, HibernateSandboxResponse, KillProcessRequest, KillProcessResponse, ListDirRequest, ListDirResponse, ListProcessesRequest, ListProcessesResponse, ListSandboxesRequest, ListSandboxesResponse, MakeDirRequest, MakeDirResponse, PauseSandboxRequest, PauseSandboxResponse, PingSandboxRequest, PingSandboxResponse, PtyAttachRequest, PtyAttachResponse, PtyKillRequest, PtyKillResponse, PtyResizeRequest, PtyResizeResponse, PtySendInputRequest, PtySendInputResponse, PutBuildFileRequest, PutBuildFileResponse, ReadFileRequest, ReadFileResponse, ReadFileStreamRequest, ReadFileStreamResponse, RemovePathRequest, RemovePathResponse, ResumeSandboxRequest, ResumeSandboxResponse, StartBackgroundRequest, StartBackgroundResponse, StatRequest, StatResponse, TerminateRequest, TerminateResponse, ThawSandboxRequest, ThawSandboxResponse, UpdateNetworkPolicyRequest, UpdateNetworkPolicyResponse, WatchDirRequest, WatchDirResponse, WriteFileRequest, WriteFileResponse, WriteFileStreamRequest, WriteFileStreamResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -235,6 +235,28 @@ class HostAgentService(Protocol):
     async def terminate(self, request: TerminateRequest, ctx: RequestContext[TerminateRequest, TerminateResponse], /) -> TerminateResponse:
         """
         Destroy every sandbox, then shut the agent down.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def build_template(self, request: BuildTemplateRequest, ctx: RequestContext[BuildTemplateRequest, BuildTemplateResponse], /) -> AsyncIterator[BuildTemplateResponse]:
+        """
+        Templates built from steps (docs/templates.md): boot a build VM from the base, run the steps (each
+        cached by its inputs), start the template's start command, wait for its ready command, snapshot it
+        and publish its files to the template store. Streams the build's log; the last message is the result.
+        Cancelling the stream cancels the build.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def put_build_file(self, request: AsyncIterator[PutBuildFileRequest], ctx: RequestContext[PutBuildFileRequest, PutBuildFileResponse], /) -> PutBuildFileResponse:
+        """
+        Keep a file a COPY step needs (a tar archive, maybe gzipped) under its sha256: `meta`, then chunks.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def collect_template_store(self, request: CollectTemplateStoreRequest, ctx: RequestContext[CollectTemplateStoreRequest, CollectTemplateStoreResponse], /) -> CollectTemplateStoreResponse:
+        """
+        Remove the built templates' files that no template references any more (`keep`), from this host's
+        cache and from the template store.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -607,6 +629,36 @@ class HostAgentServiceASGIApplication(ConnectASGIApplication[HostAgentService]):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=svc.terminate,
+                ),
+                "/hostagent.v1.HostAgentService/BuildTemplate": Endpoint.server_stream(
+                    method=MethodInfo(
+                        name="BuildTemplate",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=BuildTemplateRequest,
+                        output=BuildTemplateResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.build_template,
+                ),
+                "/hostagent.v1.HostAgentService/PutBuildFile": Endpoint.client_stream(
+                    method=MethodInfo(
+                        name="PutBuildFile",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=PutBuildFileRequest,
+                        output=PutBuildFileResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.put_build_file,
+                ),
+                "/hostagent.v1.HostAgentService/CollectTemplateStore": Endpoint.unary(
+                    method=MethodInfo(
+                        name="CollectTemplateStore",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=CollectTemplateStoreRequest,
+                        output=CollectTemplateStoreResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.collect_template_store,
                 ),
                 "/hostagent.v1.HostAgentService/UpdateNetworkPolicy": Endpoint.unary(
                     method=MethodInfo(
@@ -1430,6 +1482,79 @@ class HostAgentServiceClient(ConnectClient):
             timeout_ms=timeout_ms,
         )
 
+    def build_template(
+        self,
+        request: BuildTemplateRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> AsyncIterator[BuildTemplateResponse]:
+        """
+        Templates built from steps (docs/templates.md): boot a build VM from the base, run the steps (each
+        cached by its inputs), start the template's start command, wait for its ready command, snapshot it
+        and publish its files to the template store. Streams the build's log; the last message is the result.
+        Cancelling the stream cancels the build.
+        """
+        return self.execute_server_stream(
+            request=request,
+            method=MethodInfo(
+                name="BuildTemplate",
+                service_name="hostagent.v1.HostAgentService",
+                input=BuildTemplateRequest,
+                output=BuildTemplateResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    async def put_build_file(
+        self,
+        request: AsyncIterator[PutBuildFileRequest],
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> PutBuildFileResponse:
+        """
+        Keep a file a COPY step needs (a tar archive, maybe gzipped) under its sha256: `meta`, then chunks.
+        """
+        return await self.execute_client_stream(
+            request=request,
+            method=MethodInfo(
+                name="PutBuildFile",
+                service_name="hostagent.v1.HostAgentService",
+                input=PutBuildFileRequest,
+                output=PutBuildFileResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    async def collect_template_store(
+        self,
+        request: CollectTemplateStoreRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> CollectTemplateStoreResponse:
+        """
+        Remove the built templates' files that no template references any more (`keep`), from this host's
+        cache and from the template store.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CollectTemplateStore",
+                service_name="hostagent.v1.HostAgentService",
+                input=CollectTemplateStoreRequest,
+                output=CollectTemplateStoreResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
     async def update_network_policy(
         self,
         request: UpdateNetworkPolicyRequest,
@@ -1684,6 +1809,28 @@ class HostAgentServiceSync(Protocol):
     def terminate(self, request: TerminateRequest, ctx: RequestContext[TerminateRequest, TerminateResponse], /) -> TerminateResponse:
         """
         Destroy every sandbox, then shut the agent down.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def build_template(self, request: BuildTemplateRequest, ctx: RequestContext[BuildTemplateRequest, BuildTemplateResponse], /) -> Iterator[BuildTemplateResponse]:
+        """
+        Templates built from steps (docs/templates.md): boot a build VM from the base, run the steps (each
+        cached by its inputs), start the template's start command, wait for its ready command, snapshot it
+        and publish its files to the template store. Streams the build's log; the last message is the result.
+        Cancelling the stream cancels the build.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def put_build_file(self, request: Iterator[PutBuildFileRequest], ctx: RequestContext[PutBuildFileRequest, PutBuildFileResponse], /) -> PutBuildFileResponse:
+        """
+        Keep a file a COPY step needs (a tar archive, maybe gzipped) under its sha256: `meta`, then chunks.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def collect_template_store(self, request: CollectTemplateStoreRequest, ctx: RequestContext[CollectTemplateStoreRequest, CollectTemplateStoreResponse], /) -> CollectTemplateStoreResponse:
+        """
+        Remove the built templates' files that no template references any more (`keep`), from this host's
+        cache and from the template store.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -2054,6 +2201,36 @@ class HostAgentServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=service.terminate,
+                ),
+                "/hostagent.v1.HostAgentService/BuildTemplate": EndpointSync.server_stream(
+                    method=MethodInfo(
+                        name="BuildTemplate",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=BuildTemplateRequest,
+                        output=BuildTemplateResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.build_template,
+                ),
+                "/hostagent.v1.HostAgentService/PutBuildFile": EndpointSync.client_stream(
+                    method=MethodInfo(
+                        name="PutBuildFile",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=PutBuildFileRequest,
+                        output=PutBuildFileResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.put_build_file,
+                ),
+                "/hostagent.v1.HostAgentService/CollectTemplateStore": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="CollectTemplateStore",
+                        service_name="hostagent.v1.HostAgentService",
+                        input=CollectTemplateStoreRequest,
+                        output=CollectTemplateStoreResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.collect_template_store,
                 ),
                 "/hostagent.v1.HostAgentService/UpdateNetworkPolicy": EndpointSync.unary(
                     method=MethodInfo(
@@ -2838,6 +3015,76 @@ class HostAgentServiceClientSync(ConnectClientSync):
                 service_name="hostagent.v1.HostAgentService",
                 input=TerminateRequest,
                 output=TerminateResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def build_template(
+        self,
+        request: BuildTemplateRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> Iterator[BuildTemplateResponse]:
+        """
+        Templates built from steps (docs/templates.md): boot a build VM from the base, run the steps (each
+        cached by its inputs), start the template's start command, wait for its ready command, snapshot it
+        and publish its files to the template store. Streams the build's log; the last message is the result.
+        Cancelling the stream cancels the build.
+        """
+        return self.execute_server_stream(
+            request=request,
+            method=MethodInfo(
+                name="BuildTemplate",
+                service_name="hostagent.v1.HostAgentService",
+                input=BuildTemplateRequest,
+                output=BuildTemplateResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def put_build_file(
+        self,
+        request: Iterator[PutBuildFileRequest],
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> PutBuildFileResponse:
+        """
+        Keep a file a COPY step needs (a tar archive, maybe gzipped) under its sha256: `meta`, then chunks.
+        """
+        return self.execute_client_stream(
+            request=request,
+            method=MethodInfo(
+                name="PutBuildFile",
+                service_name="hostagent.v1.HostAgentService",
+                input=PutBuildFileRequest,
+                output=PutBuildFileResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def collect_template_store(
+        self,
+        request: CollectTemplateStoreRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> CollectTemplateStoreResponse:
+        """
+        Remove the built templates' files that no template references any more (`keep`), from this host's
+        cache and from the template store.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CollectTemplateStore",
+                service_name="hostagent.v1.HostAgentService",
+                input=CollectTemplateStoreRequest,
+                output=CollectTemplateStoreResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,

@@ -174,7 +174,7 @@ class SandboxInfo(Message[_SandboxInfoFields]):
         from_snapshot: bool
         network_secrets_missing: bool
 
-_CreateSandboxRequestFields: TypeAlias = Literal["sandbox_id", "template", "vcpus", "memory_mb", "disk_size_mb", "timeout_sec", "team_id", "default_user", "default_env", "allow_internet", "envd_access_token", "metadata", "discard_on_timeout", "cold_boot", "snapshot_template", "network"]
+_CreateSandboxRequestFields: TypeAlias = Literal["sandbox_id", "template", "vcpus", "memory_mb", "disk_size_mb", "timeout_sec", "team_id", "default_user", "default_env", "allow_internet", "envd_access_token", "metadata", "discard_on_timeout", "cold_boot", "snapshot_template", "built_template", "network"]
 
 class CreateSandboxRequest(Message[_CreateSandboxRequestFields]):
     """
@@ -265,6 +265,13 @@ class CreateSandboxRequest(Message[_CreateSandboxRequestFields]):
             ```proto
             string snapshot_template = 15;
             ```
+        built_template:
+            A built template's files (in the template store) when `snapshot_template` names one: the agent
+            fetches and verifies what it lacks before it starts the sandbox from its ready snapshot.
+
+            ```proto
+            optional hostagent.v1.BuiltTemplate built_template = 30;
+            ```
         network:
             The egress policy. Set: it replaces `allow_internet`. Unset: `allow_internet` alone decides.
 
@@ -273,7 +280,7 @@ class CreateSandboxRequest(Message[_CreateSandboxRequestFields]):
             ```
     """
 
-    __slots__ = ("sandbox_id", "template", "vcpus", "memory_mb", "disk_size_mb", "timeout_sec", "team_id", "default_user", "default_env", "allow_internet", "envd_access_token", "metadata", "discard_on_timeout", "cold_boot", "snapshot_template", "network")
+    __slots__ = ("sandbox_id", "template", "vcpus", "memory_mb", "disk_size_mb", "timeout_sec", "team_id", "default_user", "default_env", "allow_internet", "envd_access_token", "metadata", "discard_on_timeout", "cold_boot", "snapshot_template", "built_template", "network")
 
     if TYPE_CHECKING:
 
@@ -295,6 +302,7 @@ class CreateSandboxRequest(Message[_CreateSandboxRequestFields]):
             discard_on_timeout: bool = False,
             cold_boot: bool = False,
             snapshot_template: str = "",
+            built_template: BuiltTemplate | None = None,
             network: NetworkPolicy | None = None,
         ) -> None:
             pass
@@ -314,6 +322,7 @@ class CreateSandboxRequest(Message[_CreateSandboxRequestFields]):
         discard_on_timeout: bool
         cold_boot: bool
         snapshot_template: str
+        built_template: BuiltTemplate | None
         network: NetworkPolicy | None
 
 _CreateSandboxResponseFields: TypeAlias = Literal["sandbox"]
@@ -3323,6 +3332,673 @@ class TerminateResponse(Message[_TerminateResponseFields]):
         ) -> None:
             pass
 
+_BlobFields: TypeAlias = Literal["sha256", "size"]
+
+class Blob(Message[_BlobFields]):
+    """
+    A file of the template store, named by its content.
+
+    ```proto
+    message hostagent.v1.Blob
+    ```
+
+    Attributes:
+        sha256:
+            Lowercase hex SHA-256 of the file's bytes.
+
+            ```proto
+            string sha256 = 1;
+            ```
+        size:
+            ```proto
+            uint64 size = 2;
+            ```
+    """
+
+    __slots__ = ("sha256", "size")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            sha256: str = "",
+            size: int = 0,
+        ) -> None:
+            pass
+
+        sha256: str
+        size: int
+
+_BuildStepFields: TypeAlias = Literal["type", "args", "file_sha256", "files_hash", "force", "timeout_sec"]
+
+class BuildStep(Message[_BuildStepFields]):
+    """
+    One step of a build, E2B's step types: RUN [cmd, user?], COPY [src, dest, user?, mode?], ENV [k, v, ...],
+    WORKDIR [path], USER [name].
+
+    ```proto
+    message hostagent.v1.BuildStep
+    ```
+
+    Attributes:
+        type:
+            ```proto
+            string type = 1;
+            ```
+        args:
+            ```proto
+            repeated string args = 2;
+            ```
+        file_sha256:
+            COPY: the archive (PutBuildFile) holding the files, and the client's hash of them (the cache key).
+
+            ```proto
+            string file_sha256 = 3;
+            ```
+        files_hash:
+            ```proto
+            string files_hash = 4;
+            ```
+        force:
+            Ignore a cached result for this step (and so for every step after it).
+
+            ```proto
+            bool force = 5;
+            ```
+        timeout_sec:
+            RUN: seconds before the command is killed; 0: the build's step_timeout_sec.
+
+            ```proto
+            uint32 timeout_sec = 6;
+            ```
+    """
+
+    __slots__ = ("type", "args", "file_sha256", "files_hash", "force", "timeout_sec")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            type: str = "",
+            args: list[str] | None = None,
+            file_sha256: str = "",
+            files_hash: str = "",
+            force: bool = False,
+            timeout_sec: int = 0,
+        ) -> None:
+            pass
+
+        type: str
+        args: list[str]
+        file_sha256: str
+        files_hash: str
+        force: bool
+        timeout_sec: int
+
+_OciSourceFields: TypeAlias = Literal["reference", "username", "password", "insecure"]
+
+class OciSource(Message[_OciSourceFields]):
+    """
+    An image from an OCI registry (or an archive on this host) to build on.
+
+    ```proto
+    message hostagent.v1.OciSource
+    ```
+
+    Attributes:
+        reference:
+            e.g. "registry.example.com:5000/team/app:1.0" (docker.io when no registry is named).
+
+            ```proto
+            string reference = 1;
+            ```
+        username:
+            ```proto
+            string username = 2;
+            ```
+        password:
+            ```proto
+            string password = 3;
+            ```
+        insecure:
+            Plain HTTP and no certificate check (a registry on a private network).
+
+            ```proto
+            bool insecure = 4;
+            ```
+    """
+
+    __slots__ = ("reference", "username", "password", "insecure")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            reference: str = "",
+            username: str = "",
+            password: str = "",
+            insecure: bool = False,
+        ) -> None:
+            pass
+
+        reference: str
+        username: str
+        password: str
+        insecure: bool
+
+_BuildTemplateRequestFields: TypeAlias = Literal["build_id", "team_id", "image", "template", "oci", "steps", "start_cmd", "ready_cmd", "ready_timeout_sec", "force", "vcpus", "memory_mb", "disk_size_mb", "egress", "step_timeout_sec"]
+
+class BuildTemplateRequest(Message[_BuildTemplateRequestFields]):
+    """
+    ```proto
+    message hostagent.v1.BuildTemplateRequest
+    ```
+
+    Attributes:
+        build_id:
+            Names the build's VM and its log.
+
+            ```proto
+            string build_id = 1;
+            ```
+        team_id:
+            Cached steps are shared within one team only.
+
+            ```proto
+            string team_id = 2;
+            ```
+        base:
+            ```proto
+            oneof base
+            ```
+        steps:
+            ```proto
+            repeated hostagent.v1.BuildStep steps = 6;
+            ```
+        start_cmd:
+            Run in the background once the steps are done; the template's ready snapshot has it running.
+
+            ```proto
+            string start_cmd = 7;
+            ```
+        ready_cmd:
+            Run until it exits 0 before the snapshot is taken (E2B's wait_for_port & co).
+
+            ```proto
+            string ready_cmd = 8;
+            ```
+        ready_timeout_sec:
+            ```proto
+            uint32 ready_timeout_sec = 9;
+            ```
+        force:
+            Ignore every cached result.
+
+            ```proto
+            bool force = 10;
+            ```
+        vcpus:
+            ```proto
+            uint32 vcpus = 11;
+            ```
+        memory_mb:
+            ```proto
+            uint32 memory_mb = 12;
+            ```
+        disk_size_mb:
+            ```proto
+            uint32 disk_size_mb = 13;
+            ```
+        egress:
+            Addresses ("ip:port" or "cidr:port") the build VM may reach although they are private (a package
+            index on the platform's network), besides the internet.
+
+            ```proto
+            repeated string egress = 14;
+            ```
+        step_timeout_sec:
+            ```proto
+            uint32 step_timeout_sec = 15;
+            ```
+    """
+
+    __slots__ = ("build_id", "team_id", "steps", "start_cmd", "ready_cmd", "ready_timeout_sec", "force", "vcpus", "memory_mb", "disk_size_mb", "egress", "step_timeout_sec", "base")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            build_id: str = "",
+            team_id: str = "",
+            base: Oneof[Literal["image"], str] | Oneof[Literal["template"], BuiltTemplate] | Oneof[Literal["oci"], OciSource] | None = None,
+            steps: list[BuildStep] | None = None,
+            start_cmd: str = "",
+            ready_cmd: str = "",
+            ready_timeout_sec: int = 0,
+            force: bool = False,
+            vcpus: int = 0,
+            memory_mb: int = 0,
+            disk_size_mb: int = 0,
+            egress: list[str] | None = None,
+            step_timeout_sec: int = 0,
+        ) -> None:
+            pass
+
+        build_id: str
+        team_id: str
+        base: Oneof[Literal["image"], str] | Oneof[Literal["template"], BuiltTemplate] | Oneof[Literal["oci"], OciSource] | None
+        steps: list[BuildStep]
+        start_cmd: str
+        ready_cmd: str
+        ready_timeout_sec: int
+        force: bool
+        vcpus: int
+        memory_mb: int
+        disk_size_mb: int
+        egress: list[str]
+        step_timeout_sec: int
+
+_BuildLogFields: TypeAlias = Literal["time", "level", "step", "message"]
+
+class BuildLog(Message[_BuildLogFields]):
+    """
+    ```proto
+    message hostagent.v1.BuildLog
+    ```
+
+    Attributes:
+        time:
+            ```proto
+            optional google.protobuf.Timestamp time = 1;
+            ```
+        level:
+            debug, info, warn, error
+
+            ```proto
+            string level = 2;
+            ```
+        step:
+            "base", the step's number from 1, or "finalize".
+
+            ```proto
+            string step = 3;
+            ```
+        message:
+            ```proto
+            string message = 4;
+            ```
+    """
+
+    __slots__ = ("time", "level", "step", "message")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            time: Timestamp | None = None,
+            level: str = "",
+            step: str = "",
+            message: str = "",
+        ) -> None:
+            pass
+
+        time: Timestamp | None
+        level: str
+        step: str
+        message: str
+
+_BuildTemplateResponseFields: TypeAlias = Literal["log", "result", "keepalive"]
+
+class BuildTemplateResponse(Message[_BuildTemplateResponseFields]):
+    """
+    ```proto
+    message hostagent.v1.BuildTemplateResponse
+    ```
+
+    Attributes:
+        event:
+            ```proto
+            oneof event
+            ```
+    """
+
+    __slots__ = ("event",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            event: Oneof[Literal["log"], BuildLog] | Oneof[Literal["result"], BuiltTemplate] | Oneof[Literal["keepalive"], KeepAlive] | None = None,
+        ) -> None:
+            pass
+
+        event: Oneof[Literal["log"], BuildLog] | Oneof[Literal["result"], BuiltTemplate] | Oneof[Literal["keepalive"], KeepAlive] | None
+
+_BuiltTemplateFields: TypeAlias = Literal["build_id", "kernel", "initrd", "disk", "vmstate", "memory", "vcpus", "memory_mb", "disk_size_mb", "envd_version", "kernel_version", "image", "default_user", "workdir", "env", "start_cmd", "size_bytes", "vmm", "accelerator"]
+
+class BuiltTemplate(Message[_BuiltTemplateFields]):
+    """
+    A built template: its files in the template store and what sandboxes started from it take.
+
+    ```proto
+    message hostagent.v1.BuiltTemplate
+    ```
+
+    Attributes:
+        build_id:
+            ```proto
+            string build_id = 1;
+            ```
+        kernel:
+            ```proto
+            optional hostagent.v1.Blob kernel = 2;
+            ```
+        initrd:
+            ```proto
+            optional hostagent.v1.Blob initrd = 3;
+            ```
+        disk:
+            The root disk: a raw file system first, then qcow2 layers, each backed by the one before it under
+            the name of its SHA-256.
+
+            ```proto
+            repeated hostagent.v1.Blob disk = 4;
+            ```
+        vmstate:
+            The ready snapshot: device state and RAM.
+
+            ```proto
+            optional hostagent.v1.Blob vmstate = 5;
+            ```
+        memory:
+            ```proto
+            optional hostagent.v1.Blob memory = 6;
+            ```
+        vcpus:
+            ```proto
+            uint32 vcpus = 7;
+            ```
+        memory_mb:
+            ```proto
+            uint32 memory_mb = 8;
+            ```
+        disk_size_mb:
+            ```proto
+            uint32 disk_size_mb = 9;
+            ```
+        envd_version:
+            ```proto
+            string envd_version = 10;
+            ```
+        kernel_version:
+            ```proto
+            string kernel_version = 11;
+            ```
+        image:
+            The base image the chain started from (its name), or "oci".
+
+            ```proto
+            string image = 12;
+            ```
+        default_user:
+            ```proto
+            string default_user = 13;
+            ```
+        workdir:
+            ```proto
+            string workdir = 14;
+            ```
+        env:
+            ```proto
+            map<string, string> env = 15;
+            ```
+        start_cmd:
+            ```proto
+            string start_cmd = 16;
+            ```
+        size_bytes:
+            Bytes of all its files.
+
+            ```proto
+            uint64 size_bytes = 17;
+            ```
+        vmm:
+            The VMM and accelerator the snapshot was taken under ("qemu", "tcg").
+
+            ```proto
+            string vmm = 18;
+            ```
+        accelerator:
+            ```proto
+            string accelerator = 19;
+            ```
+    """
+
+    __slots__ = ("build_id", "kernel", "initrd", "disk", "vmstate", "memory", "vcpus", "memory_mb", "disk_size_mb", "envd_version", "kernel_version", "image", "default_user", "workdir", "env", "start_cmd", "size_bytes", "vmm", "accelerator")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            build_id: str = "",
+            kernel: Blob | None = None,
+            initrd: Blob | None = None,
+            disk: list[Blob] | None = None,
+            vmstate: Blob | None = None,
+            memory: Blob | None = None,
+            vcpus: int = 0,
+            memory_mb: int = 0,
+            disk_size_mb: int = 0,
+            envd_version: str = "",
+            kernel_version: str = "",
+            image: str = "",
+            default_user: str = "",
+            workdir: str = "",
+            env: dict[str, str] | None = None,
+            start_cmd: str = "",
+            size_bytes: int = 0,
+            vmm: str = "",
+            accelerator: str = "",
+        ) -> None:
+            pass
+
+        build_id: str
+        kernel: Blob | None
+        initrd: Blob | None
+        disk: list[Blob]
+        vmstate: Blob | None
+        memory: Blob | None
+        vcpus: int
+        memory_mb: int
+        disk_size_mb: int
+        envd_version: str
+        kernel_version: str
+        image: str
+        default_user: str
+        workdir: str
+        env: dict[str, str]
+        start_cmd: str
+        size_bytes: int
+        vmm: str
+        accelerator: str
+
+_PutBuildFileMetaFields: TypeAlias = Literal["sha256", "size"]
+
+class PutBuildFileMeta(Message[_PutBuildFileMetaFields]):
+    """
+    ```proto
+    message hostagent.v1.PutBuildFileMeta
+    ```
+
+    Attributes:
+        sha256:
+            ```proto
+            string sha256 = 1;
+            ```
+        size:
+            ```proto
+            uint64 size = 2;
+            ```
+    """
+
+    __slots__ = ("sha256", "size")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            sha256: str = "",
+            size: int = 0,
+        ) -> None:
+            pass
+
+        sha256: str
+        size: int
+
+_PutBuildFileRequestFields: TypeAlias = Literal["meta", "chunk"]
+
+class PutBuildFileRequest(Message[_PutBuildFileRequestFields]):
+    """
+    ```proto
+    message hostagent.v1.PutBuildFileRequest
+    ```
+
+    Attributes:
+        content:
+            ```proto
+            oneof content
+            ```
+    """
+
+    __slots__ = ("content",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            content: Oneof[Literal["meta"], PutBuildFileMeta] | Oneof[Literal["chunk"], bytes] | None = None,
+        ) -> None:
+            pass
+
+        content: Oneof[Literal["meta"], PutBuildFileMeta] | Oneof[Literal["chunk"], bytes] | None
+
+_PutBuildFileResponseFields: TypeAlias = Literal["file"]
+
+class PutBuildFileResponse(Message[_PutBuildFileResponseFields]):
+    """
+    ```proto
+    message hostagent.v1.PutBuildFileResponse
+    ```
+
+    Attributes:
+        file:
+            ```proto
+            optional hostagent.v1.Blob file = 1;
+            ```
+    """
+
+    __slots__ = ("file",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            file: Blob | None = None,
+        ) -> None:
+            pass
+
+        file: Blob | None
+
+_CollectTemplateStoreRequestFields: TypeAlias = Literal["keep", "store", "grace_sec"]
+
+class CollectTemplateStoreRequest(Message[_CollectTemplateStoreRequestFields]):
+    """
+    ```proto
+    message hostagent.v1.CollectTemplateStoreRequest
+    ```
+
+    Attributes:
+        keep:
+            SHA-256 of every blob a template still references.
+
+            ```proto
+            repeated string keep = 1;
+            ```
+        store:
+            Also collect the shared store (one host does it for all).
+
+            ```proto
+            bool store = 2;
+            ```
+        grace_sec:
+            Keep blobs younger than this many seconds whatever `keep` says: a build may be making them.
+
+            ```proto
+            uint32 grace_sec = 3;
+            ```
+    """
+
+    __slots__ = ("keep", "store", "grace_sec")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            keep: list[str] | None = None,
+            store: bool = False,
+            grace_sec: int = 0,
+        ) -> None:
+            pass
+
+        keep: list[str]
+        store: bool
+        grace_sec: int
+
+_CollectTemplateStoreResponseFields: TypeAlias = Literal["removed", "freed_bytes"]
+
+class CollectTemplateStoreResponse(Message[_CollectTemplateStoreResponseFields]):
+    """
+    ```proto
+    message hostagent.v1.CollectTemplateStoreResponse
+    ```
+
+    Attributes:
+        removed:
+            ```proto
+            uint32 removed = 1;
+            ```
+        freed_bytes:
+            ```proto
+            uint64 freed_bytes = 2;
+            ```
+    """
+
+    __slots__ = ("removed", "freed_bytes")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            removed: int = 0,
+            freed_bytes: int = 0,
+        ) -> None:
+            pass
+
+        removed: int
+        freed_bytes: int
+
 _NetworkPolicyFields: TypeAlias = Literal["allow_out", "deny_out", "dns_servers", "allow_smtp", "egress_bps", "rules", "ca_cert_pem", "ca_key_pem"]
 
 class NetworkPolicy(Message[_NetworkPolicyFields]):
@@ -3887,7 +4563,7 @@ class MetricsRange(Enum):
 
 
 _DESC = file_desc(
-    b'\n\x1chostagent/v1/hostagent.proto\x12\x0chostagent.v1\x1a\x1fgoogle/protobuf/timestamp.proto"\xfc\x06\n\x0bSandboxInfo\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x123\n\x06status\x18\x02 \x01(\x0e2\x1b.hostagent.v1.SandboxStatusR\x06status\x12\x1a\n\x08template\x18\x03 \x01(\tR\x08template\x12\x14\n\x05vcpus\x18\x04 \x01(\rR\x05vcpus\x12\x1b\n\tmemory_mb\x18\x05 \x01(\rR\x08memoryMb\x12 \n\x0cdisk_size_mb\x18\x06 \x01(\rR\ndiskSizeMb\x12\x1f\n\x0btimeout_sec\x18\x07 \x01(\rR\ntimeoutSec\x12\x17\n\x07host_ip\x18\x08 \x01(\tR\x06hostIp\x129\n\ncreated_at\x18\t \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x12@\n\x0elast_active_at\x18\n \x01(\x0b2\x1a.google.protobuf.TimestampR\x0clastActiveAt\x12!\n\x0cenvd_version\x18\x0b \x01(\tR\x0benvdVersion\x12%\n\x0ekernel_version\x18\x0c \x01(\tR\rkernelVersion\x12#\n\x03vmm\x18\r \x01(\x0e2\x11.hostagent.v1.VmmR\x03vmm\x12;\n\x0baccelerator\x18\x0e \x01(\x0e2\x19.hostagent.v1.AcceleratorR\x0baccelerator\x12\x14\n\x05error\x18\x0f \x01(\tR\x05error\x12\x17\n\x07team_id\x18\x10 \x01(\tR\x06teamId\x12C\n\x08metadata\x18\x11 \x03(\x0b2\'.hostagent.v1.SandboxInfo.MetadataEntryR\x08metadata\x127\n\tpaused_at\x18\x12 \x01(\x0b2\x1a.google.protobuf.TimestampR\x08pausedAt\x12#\n\rfrom_snapshot\x18\x13 \x01(\x08R\x0cfromSnapshot\x126\n\x17network_secrets_missing\x18\x1e \x01(\x08R\x15networkSecretsMissing\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"\xa4\x06\n\x14CreateSandboxRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1a\n\x08template\x18\x02 \x01(\tR\x08template\x12\x14\n\x05vcpus\x18\x03 \x01(\rR\x05vcpus\x12\x1b\n\tmemory_mb\x18\x04 \x01(\rR\x08memoryMb\x12 \n\x0cdisk_size_mb\x18\x05 \x01(\rR\ndiskSizeMb\x12\x1f\n\x0btimeout_sec\x18\x06 \x01(\rR\ntimeoutSec\x12\x17\n\x07team_id\x18\x07 \x01(\tR\x06teamId\x12!\n\x0cdefault_user\x18\x08 \x01(\tR\x0bdefaultUser\x12S\n\x0bdefault_env\x18\t \x03(\x0b22.hostagent.v1.CreateSandboxRequest.DefaultEnvEntryR\ndefaultEnv\x12%\n\x0eallow_internet\x18\n \x01(\x08R\rallowInternet\x12*\n\x11envd_access_token\x18\x0b \x01(\tR\x0fenvdAccessToken\x12L\n\x08metadata\x18\x0c \x03(\x0b20.hostagent.v1.CreateSandboxRequest.MetadataEntryR\x08metadata\x12,\n\x12discard_on_timeout\x18\r \x01(\x08R\x10discardOnTimeout\x12\x1b\n\tcold_boot\x18\x0e \x01(\x08R\x08coldBoot\x12+\n\x11snapshot_template\x18\x0f \x01(\tR\x10snapshotTemplate\x125\n\x07network\x18\x14 \x01(\x0b2\x1b.hostagent.v1.NetworkPolicyR\x07network\x1a=\n\x0fDefaultEnvEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"L\n\x15CreateSandboxResponse\x123\n\x07sandbox\x18\x01 \x01(\x0b2\x19.hostagent.v1.SandboxInfoR\x07sandbox"6\n\x15DestroySandboxRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId"\x18\n\x16DestroySandboxResponse"4\n\x13PauseSandboxRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId"K\n\x14PauseSandboxResponse\x123\n\x07sandbox\x18\x01 \x01(\x0b2\x19.hostagent.v1.SandboxInfoR\x07sandbox"l\n\x14ResumeSandboxRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x125\n\x07network\x18\x14 \x01(\x0b2\x1b.hostagent.v1.NetworkPolicyR\x07network"L\n\x15ResumeSandboxResponse\x123\n\x07sandbox\x18\x01 \x01(\x0b2\x19.hostagent.v1.SandboxInfoR\x07sandbox"8\n\x17HibernateSandboxRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId"?\n\x18HibernateSandboxResponse\x12#\n\rarchive_bytes\x18\x01 \x01(\x04R\x0carchiveBytes"j\n\x12ThawSandboxRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x125\n\x07network\x18\x14 \x01(\x0b2\x1b.hostagent.v1.NetworkPolicyR\x07network"J\n\x13ThawSandboxResponse\x123\n\x07sandbox\x18\x01 \x01(\x0b2\x19.hostagent.v1.SandboxInfoR\x07sandbox"\xe7\x01\n\x0cTemplateInfo\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n\x05vcpus\x18\x02 \x01(\rR\x05vcpus\x12\x1b\n\tmemory_mb\x18\x03 \x01(\rR\x08memoryMb\x12 \n\x0cdisk_size_mb\x18\x04 \x01(\rR\ndiskSizeMb\x12\x1d\n\nsize_bytes\x18\x05 \x01(\x04R\tsizeBytes\x12\x14\n\x05image\x18\x06 \x01(\tR\x05image\x129\n\ncreated_at\x18\x07 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt"J\n\x15CreateTemplateRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name"P\n\x16CreateTemplateResponse\x126\n\x08template\x18\x01 \x01(\x0b2\x1a.hostagent.v1.TemplateInfoR\x08template"+\n\x15DeleteTemplateRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name"\x18\n\x16DeleteTemplateResponse"\x16\n\x14ListSandboxesRequest"P\n\x15ListSandboxesResponse\x127\n\tsandboxes\x18\x01 \x03(\x0b2\x19.hostagent.v1.SandboxInfoR\tsandboxes"2\n\x11GetSandboxRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId"I\n\x12GetSandboxResponse\x123\n\x07sandbox\x18\x01 \x01(\x0b2\x19.hostagent.v1.SandboxInfoR\x07sandbox"3\n\x12PingSandboxRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId"W\n\x13PingSandboxResponse\x12@\n\x0elast_active_at\x18\x01 \x01(\x0b2\x1a.google.protobuf.TimestampR\x0clastActiveAt"\xed\x03\n\x0cProcessEvent\x12=\n\x05start\x18\x01 \x01(\x0b2%.hostagent.v1.ProcessEvent.StartEventH\x00R\x05start\x12:\n\x04data\x18\x02 \x01(\x0b2$.hostagent.v1.ProcessEvent.DataEventH\x00R\x04data\x127\n\x03end\x18\x03 \x01(\x0b2#.hostagent.v1.ProcessEvent.EndEventH\x00R\x03end\x127\n\tkeepalive\x18\x04 \x01(\x0b2\x17.hostagent.v1.KeepAliveH\x00R\tkeepalive\x1a\x1e\n\nStartEvent\x12\x10\n\x03pid\x18\x01 \x01(\rR\x03pid\x1aI\n\tDataEvent\x12\x18\n\x06stdout\x18\x01 \x01(\x0cH\x00R\x06stdout\x12\x18\n\x06stderr\x18\x02 \x01(\x0cH\x00R\x06stderrB\x08\n\x06output\x1a|\n\x08EndEvent\x12\x1b\n\texit_code\x18\x01 \x01(\x05R\x08exitCode\x12\x16\n\x06exited\x18\x02 \x01(\x08R\x06exited\x12\x16\n\x06status\x18\x03 \x01(\tR\x06status\x12\x19\n\x05error\x18\x04 \x01(\tH\x00R\x05error\x88\x01\x01B\x08\n\x06_errorB\x07\n\x05event"\x0b\n\tKeepAlive"\x8b\x02\n\x0bExecRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x10\n\x03cmd\x18\x02 \x01(\tR\x03cmd\x12\x12\n\x04args\x18\x03 \x03(\tR\x04args\x127\n\x04envs\x18\x04 \x03(\x0b2#.hostagent.v1.ExecRequest.EnvsEntryR\x04envs\x12\x10\n\x03cwd\x18\x05 \x01(\tR\x03cwd\x12\x1f\n\x0btimeout_sec\x18\x06 \x01(\rR\ntimeoutSec\x12\x12\n\x04user\x18\x07 \x01(\tR\x04user\x1a7\n\tEnvsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"\xc4\x02\n\x0cExecResponse\x12\x16\n\x06stdout\x18\x01 \x01(\x0cR\x06stdout\x12\x16\n\x06stderr\x18\x02 \x01(\x0cR\x06stderr\x12\x1b\n\texit_code\x18\x03 \x01(\x05R\x08exitCode\x12\x16\n\x06exited\x18\x04 \x01(\x08R\x06exited\x12\x16\n\x06status\x18\x05 \x01(\tR\x06status\x12\x19\n\x05error\x18\x06 \x01(\tH\x00R\x05error\x88\x01\x01\x12\x1b\n\ttimed_out\x18\x07 \x01(\x08R\x08timedOut\x12\x1f\n\x0bduration_ms\x18\x08 \x01(\x04R\ndurationMs\x12)\n\x10stdout_truncated\x18\t \x01(\x08R\x0fstdoutTruncated\x12)\n\x10stderr_truncated\x18\n \x01(\x08R\x0fstderrTruncatedB\x08\n\x06_error"\x97\x02\n\x11ExecStreamRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x10\n\x03cmd\x18\x02 \x01(\tR\x03cmd\x12\x12\n\x04args\x18\x03 \x03(\tR\x04args\x12=\n\x04envs\x18\x04 \x03(\x0b2).hostagent.v1.ExecStreamRequest.EnvsEntryR\x04envs\x12\x10\n\x03cwd\x18\x05 \x01(\tR\x03cwd\x12\x1f\n\x0btimeout_sec\x18\x06 \x01(\rR\ntimeoutSec\x12\x12\n\x04user\x18\x07 \x01(\tR\x04user\x1a7\n\tEnvsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"F\n\x12ExecStreamResponse\x120\n\x05event\x18\x01 \x01(\x0b2\x1a.hostagent.v1.ProcessEventR\x05event"\x92\x02\n\x16StartBackgroundRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x10\n\x03cmd\x18\x02 \x01(\tR\x03cmd\x12\x12\n\x04args\x18\x03 \x03(\tR\x04args\x12B\n\x04envs\x18\x04 \x03(\x0b2..hostagent.v1.StartBackgroundRequest.EnvsEntryR\x04envs\x12\x10\n\x03cwd\x18\x05 \x01(\tR\x03cwd\x12\x10\n\x03tag\x18\x06 \x01(\tR\x03tag\x12\x12\n\x04user\x18\x07 \x01(\tR\x04user\x1a7\n\tEnvsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"=\n\x17StartBackgroundResponse\x12\x10\n\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n\x03tag\x18\x02 \x01(\tR\x03tag"5\n\x14ListProcessesRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId"i\n\x0bProcessInfo\x12\x10\n\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n\x03tag\x18\x02 \x01(\tR\x03tag\x12\x10\n\x03cmd\x18\x03 \x01(\tR\x03cmd\x12\x12\n\x04args\x18\x04 \x03(\tR\x04args\x12\x10\n\x03cwd\x18\x05 \x01(\tR\x03cwd"P\n\x15ListProcessesResponse\x127\n\tprocesses\x18\x01 \x03(\x0b2\x19.hostagent.v1.ProcessInfoR\tprocesses"\x95\x01\n\x12KillProcessRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x03pid\x18\x02 \x01(\rH\x00R\x03pid\x12\x12\n\x03tag\x18\x03 \x01(\tH\x00R\x03tag\x12,\n\x06signal\x18\x04 \x01(\x0e2\x14.hostagent.v1.SignalR\x06signalB\n\n\x08selector"\x15\n\x13KillProcessResponse"j\n\x15ConnectProcessRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x03pid\x18\x02 \x01(\rH\x00R\x03pid\x12\x12\n\x03tag\x18\x03 \x01(\tH\x00R\x03tagB\n\n\x08selector"J\n\x16ConnectProcessResponse\x120\n\x05event\x18\x01 \x01(\x0b2\x1a.hostagent.v1.ProcessEventR\x05event"\xd1\x02\n\tFileEntry\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12*\n\x04type\x18\x03 \x01(\x0e2\x16.hostagent.v1.FileTypeR\x04type\x12\x12\n\x04size\x18\x04 \x01(\x03R\x04size\x12\x12\n\x04mode\x18\x05 \x01(\rR\x04mode\x12 \n\x0bpermissions\x18\x06 \x01(\tR\x0bpermissions\x12\x14\n\x05owner\x18\x07 \x01(\tR\x05owner\x12\x14\n\x05group\x18\x08 \x01(\tR\x05group\x12;\n\x0bmodified_at\x18\t \x01(\x0b2\x1a.google.protobuf.TimestampR\nmodifiedAt\x12*\n\x0esymlink_target\x18\n \x01(\tH\x00R\rsymlinkTarget\x88\x01\x01B\x11\n\x0f_symlink_target"D\n\x0fReadFileRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path",\n\x10ReadFileResponse\x12\x18\n\x07content\x18\x01 \x01(\x0cR\x07content"\x81\x01\n\x10WriteFileRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12\x18\n\x07content\x18\x03 \x01(\x0cR\x07content\x12\x17\n\x04mode\x18\x04 \x01(\rH\x00R\x04mode\x88\x01\x01B\x07\n\x05_mode"B\n\x11WriteFileResponse\x12-\n\x05entry\x18\x01 \x01(\x0b2\x17.hostagent.v1.FileEntryR\x05entry"J\n\x15ReadFileStreamRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path".\n\x16ReadFileStreamResponse\x12\x14\n\x05chunk\x18\x01 \x01(\x0cR\x05chunk"n\n\x16WriteFileStreamRequest\x121\n\x04meta\x18\x01 \x01(\x0b2\x1b.hostagent.v1.WriteFileMetaH\x00R\x04meta\x12\x16\n\x05chunk\x18\x02 \x01(\x0cH\x00R\x05chunkB\t\n\x07content"d\n\rWriteFileMeta\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12\x17\n\x04mode\x18\x03 \x01(\rH\x00R\x04mode\x88\x01\x01B\x07\n\x05_mode"H\n\x17WriteFileStreamResponse\x12-\n\x05entry\x18\x01 \x01(\x0b2\x17.hostagent.v1.FileEntryR\x05entry"Y\n\x0eListDirRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12\x14\n\x05depth\x18\x03 \x01(\rR\x05depth"D\n\x0fListDirResponse\x121\n\x07entries\x18\x01 \x03(\x0b2\x17.hostagent.v1.FileEntryR\x07entries"C\n\x0eMakeDirRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path"@\n\x0fMakeDirResponse\x12-\n\x05entry\x18\x01 \x01(\x0b2\x17.hostagent.v1.FileEntryR\x05entry"F\n\x11RemovePathRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path"\x14\n\x12RemovePathResponse"@\n\x0bStatRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path"=\n\x0cStatResponse\x12-\n\x05entry\x18\x01 \x01(\x0b2\x17.hostagent.v1.FileEntryR\x05entry"P\n\tFileEvent\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12/\n\x04type\x18\x02 \x01(\x0e2\x1b.hostagent.v1.FileEventTypeR\x04type"b\n\x0fWatchDirRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12\x1c\n\trecursive\x18\x03 \x01(\x08R\trecursive"\xd8\x01\n\x10WatchDirResponse\x12C\n\x05start\x18\x01 \x01(\x0b2+.hostagent.v1.WatchDirResponse.WatchStartedH\x00R\x05start\x12-\n\x04file\x18\x02 \x01(\x0b2\x17.hostagent.v1.FileEventH\x00R\x04file\x127\n\tkeepalive\x18\x03 \x01(\x0b2\x17.hostagent.v1.KeepAliveH\x00R\tkeepalive\x1a\x0e\n\x0cWatchStartedB\x07\n\x05event"\xae\x02\n\x10PtyAttachRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x10\n\x03tag\x18\x02 \x01(\tR\x03tag\x12\x10\n\x03cmd\x18\x03 \x01(\tR\x03cmd\x12\x12\n\x04args\x18\x04 \x03(\tR\x04args\x12<\n\x04envs\x18\x05 \x03(\x0b2(.hostagent.v1.PtyAttachRequest.EnvsEntryR\x04envs\x12\x10\n\x03cwd\x18\x06 \x01(\tR\x03cwd\x12\x12\n\x04user\x18\x07 \x01(\tR\x04user\x12\x12\n\x04cols\x18\x08 \x01(\rR\x04cols\x12\x12\n\x04rows\x18\t \x01(\rR\x04rows\x1a7\n\tEnvsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"\xb7\x03\n\x11PtyAttachResponse\x12C\n\x07started\x18\x01 \x01(\x0b2\'.hostagent.v1.PtyAttachResponse.StartedH\x00R\x07started\x12@\n\x06output\x18\x02 \x01(\x0b2&.hostagent.v1.PtyAttachResponse.OutputH\x00R\x06output\x12@\n\x06exited\x18\x03 \x01(\x0b2&.hostagent.v1.PtyAttachResponse.ExitedH\x00R\x06exited\x127\n\tkeepalive\x18\x04 \x01(\x0b2\x17.hostagent.v1.KeepAliveH\x00R\tkeepalive\x1a-\n\x07Started\x12\x10\n\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n\x03tag\x18\x02 \x01(\tR\x03tag\x1a\x1c\n\x06Output\x12\x12\n\x04data\x18\x01 \x01(\x0cR\x04data\x1aJ\n\x06Exited\x12\x1b\n\texit_code\x18\x01 \x01(\x05R\x08exitCode\x12\x19\n\x05error\x18\x02 \x01(\tH\x00R\x05error\x88\x01\x01B\x08\n\x06_errorB\x07\n\x05event"Z\n\x13PtySendInputRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x10\n\x03tag\x18\x02 \x01(\tR\x03tag\x12\x12\n\x04data\x18\x03 \x01(\x0cR\x04data"\x16\n\x14PtySendInputResponse"k\n\x10PtyResizeRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x10\n\x03tag\x18\x02 \x01(\tR\x03tag\x12\x12\n\x04cols\x18\x03 \x01(\rR\x04cols\x12\x12\n\x04rows\x18\x04 \x01(\rR\x04rows"\x13\n\x11PtyResizeResponse"A\n\x0ePtyKillRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x10\n\x03tag\x18\x02 \x01(\tR\x03tag"\x11\n\x0fPtyKillResponse"\x9d\x01\n\x0cMetricsPoint\x128\n\ttimestamp\x18\x01 \x01(\x0b2\x1a.google.protobuf.TimestampR\ttimestamp\x12\x17\n\x07cpu_pct\x18\x02 \x01(\x01R\x06cpuPct\x12\x1b\n\tmem_bytes\x18\x03 \x01(\x04R\x08memBytes\x12\x1d\n\ndisk_bytes\x18\x04 \x01(\x04R\tdiskBytes"k\n\x18GetSandboxMetricsRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x120\n\x05range\x18\x02 \x01(\x0e2\x1a.hostagent.v1.MetricsRangeR\x05range"O\n\x19GetSandboxMetricsResponse\x122\n\x06points\x18\x01 \x03(\x0b2\x1a.hostagent.v1.MetricsPointR\x06points"6\n\x15GetSandboxLogsRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId"\x8c\x01\n\x08LogEntry\x128\n\ttimestamp\x18\x01 \x01(\x0b2\x1a.google.protobuf.TimestampR\ttimestamp\x12\x14\n\x05level\x18\x02 \x01(\tR\x05level\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\x12\x16\n\x06source\x18\x04 \x01(\tR\x06source"J\n\x16GetSandboxLogsResponse\x120\n\x07entries\x18\x01 \x03(\x0b2\x16.hostagent.v1.LogEntryR\x07entries"\x14\n\x12GetHostInfoRequest"\x9c\x05\n\x13GetHostInfoResponse\x12\x1a\n\x08hostname\x18\x01 \x01(\tR\x08hostname\x12\x12\n\x04arch\x18\x02 \x01(\tR\x04arch\x12\x1b\n\tcpu_count\x18\x03 \x01(\rR\x08cpuCount\x12&\n\x0fmemory_total_mb\x18\x04 \x01(\x04R\rmemoryTotalMb\x12.\n\x13memory_available_mb\x18\x05 \x01(\x04R\x11memoryAvailableMb\x12"\n\rdisk_total_mb\x18\x06 \x01(\x04R\x0bdiskTotalMb\x12*\n\x11disk_available_mb\x18\x07 \x01(\x04R\x0fdiskAvailableMb\x12;\n\x0baccelerator\x18\x08 \x01(\x0e2\x19.hostagent.v1.AcceleratorR\x0baccelerator\x12-\n\x12accelerator_reason\x18\t \x01(\tR\x11acceleratorReason\x12#\n\x03vmm\x18\n \x01(\x0e2\x11.hostagent.v1.VmmR\x03vmm\x12\x1f\n\x0bvmm_version\x18\x0b \x01(\tR\nvmmVersion\x12#\n\ragent_version\x18\x0c \x01(\tR\x0cagentVersion\x12%\n\x0ekernel_version\x18\r \x01(\tR\rkernelVersion\x12#\n\rslot_capacity\x18\x0e \x01(\rR\x0cslotCapacity\x12\x1d\n\nslots_used\x18\x0f \x01(\rR\tslotsUsed\x12\x1d\n\nproxy_port\x18\x10 \x01(\rR\tproxyPort\x12/\n\x06images\x18\x11 \x03(\x0b2\x17.hostagent.v1.ImageInfoR\x06images"\xbf\x01\n\tImageInfo\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version\x12!\n\x0cenvd_version\x18\x03 \x01(\tR\x0benvdVersion\x12%\n\x0ekernel_version\x18\x04 \x01(\tR\rkernelVersion\x12 \n\x0bdescription\x18\x05 \x01(\tR\x0bdescription\x12\x18\n\x07aliases\x18\x06 \x03(\tR\x07aliases"\x12\n\x10TerminateRequest"\x13\n\x11TerminateResponse"\x94\x02\n\rNetworkPolicy\x12\x1b\n\tallow_out\x18\x01 \x03(\tR\x08allowOut\x12\x19\n\x08deny_out\x18\x02 \x03(\tR\x07denyOut\x12\x1f\n\x0bdns_servers\x18\x03 \x03(\tR\ndnsServers\x12\x1d\n\nallow_smtp\x18\x04 \x01(\x08R\tallowSmtp\x12\x1d\n\negress_bps\x18\x05 \x01(\x04R\tegressBps\x12.\n\x05rules\x18\x06 \x03(\x0b2\x18.hostagent.v1.EgressRuleR\x05rules\x12\x1e\n\x0bca_cert_pem\x18\x07 \x01(\x0cR\tcaCertPem\x12\x1c\n\nca_key_pem\x18\x08 \x01(\x0cR\x08caKeyPem"\xa1\x01\n\nEgressRule\x12\x16\n\x06domain\x18\x01 \x01(\tR\x06domain\x12?\n\x07headers\x18\x02 \x03(\x0b2%.hostagent.v1.EgressRule.HeadersEntryR\x07headers\x1a:\n\x0cHeadersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"r\n\x1aUpdateNetworkPolicyRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x125\n\x07network\x18\x02 \x01(\x0b2\x1b.hostagent.v1.NetworkPolicyR\x07network"\x1d\n\x1bUpdateNetworkPolicyResponse"9\n\x18GetSandboxNetworkRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId"\xb4\x01\n\x0cNetworkEvent\x12*\n\x02at\x18\x01 \x01(\x0b2\x1a.google.protobuf.TimestampR\x02at\x12\x16\n\x06action\x18\x02 \x01(\tR\x06action\x12 \n\x0bdestination\x18\x03 \x01(\tR\x0bdestination\x12\x12\n\x04port\x18\x04 \x01(\rR\x04port\x12\x12\n\x04name\x18\x05 \x01(\tR\x04name\x12\x16\n\x06reason\x18\x06 \x01(\tR\x06reason"\xad\x01\n\x19GetSandboxNetworkResponse\x125\n\x07network\x18\x01 \x01(\x0b2\x1b.hostagent.v1.NetworkPolicyR\x07network\x122\n\x06events\x18\x02 \x03(\x0b2\x1a.hostagent.v1.NetworkEventR\x06events\x12%\n\x0esecrets_loaded\x18\x03 \x01(\x08R\rsecretsLoaded*\xb8\x01\n\rSandboxStatus\x12\x1e\n\x1aSANDBOX_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16SANDBOX_STATUS_PENDING\x10\x01\x12\x1a\n\x16SANDBOX_STATUS_RUNNING\x10\x02\x12\x19\n\x15SANDBOX_STATUS_PAUSED\x10\x03\x12\x1a\n\x16SANDBOX_STATUS_STOPPED\x10\x04\x12\x18\n\x14SANDBOX_STATUS_ERROR\x10\x05*=\n\x03Vmm\x12\x13\n\x0fVMM_UNSPECIFIED\x10\x00\x12\x0c\n\x08VMM_QEMU\x10\x01\x12\x13\n\x0fVMM_FIRECRACKER\x10\x02*T\n\x0bAccelerator\x12\x1b\n\x17ACCELERATOR_UNSPECIFIED\x10\x00\x12\x13\n\x0fACCELERATOR_KVM\x10\x01\x12\x13\n\x0fACCELERATOR_TCG\x10\x02*H\n\x06Signal\x12\x16\n\x12SIGNAL_UNSPECIFIED\x10\x00\x12\x12\n\x0eSIGNAL_SIGTERM\x10\x0f\x12\x12\n\x0eSIGNAL_SIGKILL\x10\t*i\n\x08FileType\x12\x19\n\x15FILE_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0eFILE_TYPE_FILE\x10\x01\x12\x17\n\x13FILE_TYPE_DIRECTORY\x10\x02\x12\x15\n\x11FILE_TYPE_SYMLINK\x10\x03*\xba\x01\n\rFileEventType\x12\x1f\n\x1bFILE_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16FILE_EVENT_TYPE_CREATE\x10\x01\x12\x19\n\x15FILE_EVENT_TYPE_WRITE\x10\x02\x12\x1a\n\x16FILE_EVENT_TYPE_REMOVE\x10\x03\x12\x1a\n\x16FILE_EVENT_TYPE_RENAME\x10\x04\x12\x19\n\x15FILE_EVENT_TYPE_CHMOD\x10\x05*\xed\x01\n\x0cMetricsRange\x12\x1d\n\x19METRICS_RANGE_UNSPECIFIED\x10\x00\x12\x19\n\x15METRICS_RANGE_LAST_5M\x10\x01\x12\x1a\n\x16METRICS_RANGE_LAST_10M\x10\x02\x12\x19\n\x15METRICS_RANGE_LAST_1H\x10\x03\x12\x19\n\x15METRICS_RANGE_LAST_2H\x10\x04\x12\x19\n\x15METRICS_RANGE_LAST_6H\x10\x05\x12\x1a\n\x16METRICS_RANGE_LAST_12H\x10\x06\x12\x1a\n\x16METRICS_RANGE_LAST_24H\x10\x072\xa4\x18\n\x10HostAgentService\x12X\n\rCreateSandbox\x12".hostagent.v1.CreateSandboxRequest\x1a#.hostagent.v1.CreateSandboxResponse\x12[\n\x0eDestroySandbox\x12#.hostagent.v1.DestroySandboxRequest\x1a$.hostagent.v1.DestroySandboxResponse\x12U\n\x0cPauseSandbox\x12!.hostagent.v1.PauseSandboxRequest\x1a".hostagent.v1.PauseSandboxResponse\x12X\n\rResumeSandbox\x12".hostagent.v1.ResumeSandboxRequest\x1a#.hostagent.v1.ResumeSandboxResponse\x12a\n\x10HibernateSandbox\x12%.hostagent.v1.HibernateSandboxRequest\x1a&.hostagent.v1.HibernateSandboxResponse\x12R\n\x0bThawSandbox\x12 .hostagent.v1.ThawSandboxRequest\x1a!.hostagent.v1.ThawSandboxResponse\x12[\n\x0eCreateTemplate\x12#.hostagent.v1.CreateTemplateRequest\x1a$.hostagent.v1.CreateTemplateResponse\x12[\n\x0eDeleteTemplate\x12#.hostagent.v1.DeleteTemplateRequest\x1a$.hostagent.v1.DeleteTemplateResponse\x12X\n\rListSandboxes\x12".hostagent.v1.ListSandboxesRequest\x1a#.hostagent.v1.ListSandboxesResponse\x12O\n\nGetSandbox\x12\x1f.hostagent.v1.GetSandboxRequest\x1a .hostagent.v1.GetSandboxResponse\x12R\n\x0bPingSandbox\x12 .hostagent.v1.PingSandboxRequest\x1a!.hostagent.v1.PingSandboxResponse\x12=\n\x04Exec\x12\x19.hostagent.v1.ExecRequest\x1a\x1a.hostagent.v1.ExecResponse\x12Q\n\nExecStream\x12\x1f.hostagent.v1.ExecStreamRequest\x1a .hostagent.v1.ExecStreamResponse0\x01\x12^\n\x0fStartBackground\x12$.hostagent.v1.StartBackgroundRequest\x1a%.hostagent.v1.StartBackgroundResponse\x12X\n\rListProcesses\x12".hostagent.v1.ListProcessesRequest\x1a#.hostagent.v1.ListProcessesResponse\x12R\n\x0bKillProcess\x12 .hostagent.v1.KillProcessRequest\x1a!.hostagent.v1.KillProcessResponse\x12]\n\x0eConnectProcess\x12#.hostagent.v1.ConnectProcessRequest\x1a$.hostagent.v1.ConnectProcessResponse0\x01\x12I\n\x08ReadFile\x12\x1d.hostagent.v1.ReadFileRequest\x1a\x1e.hostagent.v1.ReadFileResponse\x12L\n\tWriteFile\x12\x1e.hostagent.v1.WriteFileRequest\x1a\x1f.hostagent.v1.WriteFileResponse\x12]\n\x0eReadFileStream\x12#.hostagent.v1.ReadFileStreamRequest\x1a$.hostagent.v1.ReadFileStreamResponse0\x01\x12`\n\x0fWriteFileStream\x12$.hostagent.v1.WriteFileStreamRequest\x1a%.hostagent.v1.WriteFileStreamResponse(\x01\x12F\n\x07ListDir\x12\x1c.hostagent.v1.ListDirRequest\x1a\x1d.hostagent.v1.ListDirResponse\x12F\n\x07MakeDir\x12\x1c.hostagent.v1.MakeDirRequest\x1a\x1d.hostagent.v1.MakeDirResponse\x12O\n\nRemovePath\x12\x1f.hostagent.v1.RemovePathRequest\x1a .hostagent.v1.RemovePathResponse\x12=\n\x04Stat\x12\x19.hostagent.v1.StatRequest\x1a\x1a.hostagent.v1.StatResponse\x12K\n\x08WatchDir\x12\x1d.hostagent.v1.WatchDirRequest\x1a\x1e.hostagent.v1.WatchDirResponse0\x01\x12N\n\tPtyAttach\x12\x1e.hostagent.v1.PtyAttachRequest\x1a\x1f.hostagent.v1.PtyAttachResponse0\x01\x12U\n\x0cPtySendInput\x12!.hostagent.v1.PtySendInputRequest\x1a".hostagent.v1.PtySendInputResponse\x12L\n\tPtyResize\x12\x1e.hostagent.v1.PtyResizeRequest\x1a\x1f.hostagent.v1.PtyResizeResponse\x12F\n\x07PtyKill\x12\x1c.hostagent.v1.PtyKillRequest\x1a\x1d.hostagent.v1.PtyKillResponse\x12d\n\x11GetSandboxMetrics\x12&.hostagent.v1.GetSandboxMetricsRequest\x1a\'.hostagent.v1.GetSandboxMetricsResponse\x12[\n\x0eGetSandboxLogs\x12#.hostagent.v1.GetSandboxLogsRequest\x1a$.hostagent.v1.GetSandboxLogsResponse\x12R\n\x0bGetHostInfo\x12 .hostagent.v1.GetHostInfoRequest\x1a!.hostagent.v1.GetHostInfoResponse\x12L\n\tTerminate\x12\x1e.hostagent.v1.TerminateRequest\x1a\x1f.hostagent.v1.TerminateResponse\x12j\n\x13UpdateNetworkPolicy\x12(.hostagent.v1.UpdateNetworkPolicyRequest\x1a).hostagent.v1.UpdateNetworkPolicyResponse\x12d\n\x11GetSandboxNetwork\x12&.hostagent.v1.GetSandboxNetworkRequest\x1a\'.hostagent.v1.GetSandboxNetworkResponseb\x06proto3',
+    b'\n\x1chostagent/v1/hostagent.proto\x12\x0chostagent.v1\x1a\x1fgoogle/protobuf/timestamp.proto"\xfc\x06\n\x0bSandboxInfo\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x123\n\x06status\x18\x02 \x01(\x0e2\x1b.hostagent.v1.SandboxStatusR\x06status\x12\x1a\n\x08template\x18\x03 \x01(\tR\x08template\x12\x14\n\x05vcpus\x18\x04 \x01(\rR\x05vcpus\x12\x1b\n\tmemory_mb\x18\x05 \x01(\rR\x08memoryMb\x12 \n\x0cdisk_size_mb\x18\x06 \x01(\rR\ndiskSizeMb\x12\x1f\n\x0btimeout_sec\x18\x07 \x01(\rR\ntimeoutSec\x12\x17\n\x07host_ip\x18\x08 \x01(\tR\x06hostIp\x129\n\ncreated_at\x18\t \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x12@\n\x0elast_active_at\x18\n \x01(\x0b2\x1a.google.protobuf.TimestampR\x0clastActiveAt\x12!\n\x0cenvd_version\x18\x0b \x01(\tR\x0benvdVersion\x12%\n\x0ekernel_version\x18\x0c \x01(\tR\rkernelVersion\x12#\n\x03vmm\x18\r \x01(\x0e2\x11.hostagent.v1.VmmR\x03vmm\x12;\n\x0baccelerator\x18\x0e \x01(\x0e2\x19.hostagent.v1.AcceleratorR\x0baccelerator\x12\x14\n\x05error\x18\x0f \x01(\tR\x05error\x12\x17\n\x07team_id\x18\x10 \x01(\tR\x06teamId\x12C\n\x08metadata\x18\x11 \x03(\x0b2\'.hostagent.v1.SandboxInfo.MetadataEntryR\x08metadata\x127\n\tpaused_at\x18\x12 \x01(\x0b2\x1a.google.protobuf.TimestampR\x08pausedAt\x12#\n\rfrom_snapshot\x18\x13 \x01(\x08R\x0cfromSnapshot\x126\n\x17network_secrets_missing\x18\x1e \x01(\x08R\x15networkSecretsMissing\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"\xe8\x06\n\x14CreateSandboxRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1a\n\x08template\x18\x02 \x01(\tR\x08template\x12\x14\n\x05vcpus\x18\x03 \x01(\rR\x05vcpus\x12\x1b\n\tmemory_mb\x18\x04 \x01(\rR\x08memoryMb\x12 \n\x0cdisk_size_mb\x18\x05 \x01(\rR\ndiskSizeMb\x12\x1f\n\x0btimeout_sec\x18\x06 \x01(\rR\ntimeoutSec\x12\x17\n\x07team_id\x18\x07 \x01(\tR\x06teamId\x12!\n\x0cdefault_user\x18\x08 \x01(\tR\x0bdefaultUser\x12S\n\x0bdefault_env\x18\t \x03(\x0b22.hostagent.v1.CreateSandboxRequest.DefaultEnvEntryR\ndefaultEnv\x12%\n\x0eallow_internet\x18\n \x01(\x08R\rallowInternet\x12*\n\x11envd_access_token\x18\x0b \x01(\tR\x0fenvdAccessToken\x12L\n\x08metadata\x18\x0c \x03(\x0b20.hostagent.v1.CreateSandboxRequest.MetadataEntryR\x08metadata\x12,\n\x12discard_on_timeout\x18\r \x01(\x08R\x10discardOnTimeout\x12\x1b\n\tcold_boot\x18\x0e \x01(\x08R\x08coldBoot\x12+\n\x11snapshot_template\x18\x0f \x01(\tR\x10snapshotTemplate\x12B\n\x0ebuilt_template\x18\x1e \x01(\x0b2\x1b.hostagent.v1.BuiltTemplateR\rbuiltTemplate\x125\n\x07network\x18\x14 \x01(\x0b2\x1b.hostagent.v1.NetworkPolicyR\x07network\x1a=\n\x0fDefaultEnvEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"L\n\x15CreateSandboxResponse\x123\n\x07sandbox\x18\x01 \x01(\x0b2\x19.hostagent.v1.SandboxInfoR\x07sandbox"6\n\x15DestroySandboxRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId"\x18\n\x16DestroySandboxResponse"4\n\x13PauseSandboxRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId"K\n\x14PauseSandboxResponse\x123\n\x07sandbox\x18\x01 \x01(\x0b2\x19.hostagent.v1.SandboxInfoR\x07sandbox"l\n\x14ResumeSandboxRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x125\n\x07network\x18\x14 \x01(\x0b2\x1b.hostagent.v1.NetworkPolicyR\x07network"L\n\x15ResumeSandboxResponse\x123\n\x07sandbox\x18\x01 \x01(\x0b2\x19.hostagent.v1.SandboxInfoR\x07sandbox"8\n\x17HibernateSandboxRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId"?\n\x18HibernateSandboxResponse\x12#\n\rarchive_bytes\x18\x01 \x01(\x04R\x0carchiveBytes"j\n\x12ThawSandboxRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x125\n\x07network\x18\x14 \x01(\x0b2\x1b.hostagent.v1.NetworkPolicyR\x07network"J\n\x13ThawSandboxResponse\x123\n\x07sandbox\x18\x01 \x01(\x0b2\x19.hostagent.v1.SandboxInfoR\x07sandbox"\xe7\x01\n\x0cTemplateInfo\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n\x05vcpus\x18\x02 \x01(\rR\x05vcpus\x12\x1b\n\tmemory_mb\x18\x03 \x01(\rR\x08memoryMb\x12 \n\x0cdisk_size_mb\x18\x04 \x01(\rR\ndiskSizeMb\x12\x1d\n\nsize_bytes\x18\x05 \x01(\x04R\tsizeBytes\x12\x14\n\x05image\x18\x06 \x01(\tR\x05image\x129\n\ncreated_at\x18\x07 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt"J\n\x15CreateTemplateRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name"P\n\x16CreateTemplateResponse\x126\n\x08template\x18\x01 \x01(\x0b2\x1a.hostagent.v1.TemplateInfoR\x08template"+\n\x15DeleteTemplateRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name"\x18\n\x16DeleteTemplateResponse"\x16\n\x14ListSandboxesRequest"P\n\x15ListSandboxesResponse\x127\n\tsandboxes\x18\x01 \x03(\x0b2\x19.hostagent.v1.SandboxInfoR\tsandboxes"2\n\x11GetSandboxRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId"I\n\x12GetSandboxResponse\x123\n\x07sandbox\x18\x01 \x01(\x0b2\x19.hostagent.v1.SandboxInfoR\x07sandbox"3\n\x12PingSandboxRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId"W\n\x13PingSandboxResponse\x12@\n\x0elast_active_at\x18\x01 \x01(\x0b2\x1a.google.protobuf.TimestampR\x0clastActiveAt"\xed\x03\n\x0cProcessEvent\x12=\n\x05start\x18\x01 \x01(\x0b2%.hostagent.v1.ProcessEvent.StartEventH\x00R\x05start\x12:\n\x04data\x18\x02 \x01(\x0b2$.hostagent.v1.ProcessEvent.DataEventH\x00R\x04data\x127\n\x03end\x18\x03 \x01(\x0b2#.hostagent.v1.ProcessEvent.EndEventH\x00R\x03end\x127\n\tkeepalive\x18\x04 \x01(\x0b2\x17.hostagent.v1.KeepAliveH\x00R\tkeepalive\x1a\x1e\n\nStartEvent\x12\x10\n\x03pid\x18\x01 \x01(\rR\x03pid\x1aI\n\tDataEvent\x12\x18\n\x06stdout\x18\x01 \x01(\x0cH\x00R\x06stdout\x12\x18\n\x06stderr\x18\x02 \x01(\x0cH\x00R\x06stderrB\x08\n\x06output\x1a|\n\x08EndEvent\x12\x1b\n\texit_code\x18\x01 \x01(\x05R\x08exitCode\x12\x16\n\x06exited\x18\x02 \x01(\x08R\x06exited\x12\x16\n\x06status\x18\x03 \x01(\tR\x06status\x12\x19\n\x05error\x18\x04 \x01(\tH\x00R\x05error\x88\x01\x01B\x08\n\x06_errorB\x07\n\x05event"\x0b\n\tKeepAlive"\x8b\x02\n\x0bExecRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x10\n\x03cmd\x18\x02 \x01(\tR\x03cmd\x12\x12\n\x04args\x18\x03 \x03(\tR\x04args\x127\n\x04envs\x18\x04 \x03(\x0b2#.hostagent.v1.ExecRequest.EnvsEntryR\x04envs\x12\x10\n\x03cwd\x18\x05 \x01(\tR\x03cwd\x12\x1f\n\x0btimeout_sec\x18\x06 \x01(\rR\ntimeoutSec\x12\x12\n\x04user\x18\x07 \x01(\tR\x04user\x1a7\n\tEnvsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"\xc4\x02\n\x0cExecResponse\x12\x16\n\x06stdout\x18\x01 \x01(\x0cR\x06stdout\x12\x16\n\x06stderr\x18\x02 \x01(\x0cR\x06stderr\x12\x1b\n\texit_code\x18\x03 \x01(\x05R\x08exitCode\x12\x16\n\x06exited\x18\x04 \x01(\x08R\x06exited\x12\x16\n\x06status\x18\x05 \x01(\tR\x06status\x12\x19\n\x05error\x18\x06 \x01(\tH\x00R\x05error\x88\x01\x01\x12\x1b\n\ttimed_out\x18\x07 \x01(\x08R\x08timedOut\x12\x1f\n\x0bduration_ms\x18\x08 \x01(\x04R\ndurationMs\x12)\n\x10stdout_truncated\x18\t \x01(\x08R\x0fstdoutTruncated\x12)\n\x10stderr_truncated\x18\n \x01(\x08R\x0fstderrTruncatedB\x08\n\x06_error"\x97\x02\n\x11ExecStreamRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x10\n\x03cmd\x18\x02 \x01(\tR\x03cmd\x12\x12\n\x04args\x18\x03 \x03(\tR\x04args\x12=\n\x04envs\x18\x04 \x03(\x0b2).hostagent.v1.ExecStreamRequest.EnvsEntryR\x04envs\x12\x10\n\x03cwd\x18\x05 \x01(\tR\x03cwd\x12\x1f\n\x0btimeout_sec\x18\x06 \x01(\rR\ntimeoutSec\x12\x12\n\x04user\x18\x07 \x01(\tR\x04user\x1a7\n\tEnvsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"F\n\x12ExecStreamResponse\x120\n\x05event\x18\x01 \x01(\x0b2\x1a.hostagent.v1.ProcessEventR\x05event"\x92\x02\n\x16StartBackgroundRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x10\n\x03cmd\x18\x02 \x01(\tR\x03cmd\x12\x12\n\x04args\x18\x03 \x03(\tR\x04args\x12B\n\x04envs\x18\x04 \x03(\x0b2..hostagent.v1.StartBackgroundRequest.EnvsEntryR\x04envs\x12\x10\n\x03cwd\x18\x05 \x01(\tR\x03cwd\x12\x10\n\x03tag\x18\x06 \x01(\tR\x03tag\x12\x12\n\x04user\x18\x07 \x01(\tR\x04user\x1a7\n\tEnvsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"=\n\x17StartBackgroundResponse\x12\x10\n\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n\x03tag\x18\x02 \x01(\tR\x03tag"5\n\x14ListProcessesRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId"i\n\x0bProcessInfo\x12\x10\n\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n\x03tag\x18\x02 \x01(\tR\x03tag\x12\x10\n\x03cmd\x18\x03 \x01(\tR\x03cmd\x12\x12\n\x04args\x18\x04 \x03(\tR\x04args\x12\x10\n\x03cwd\x18\x05 \x01(\tR\x03cwd"P\n\x15ListProcessesResponse\x127\n\tprocesses\x18\x01 \x03(\x0b2\x19.hostagent.v1.ProcessInfoR\tprocesses"\x95\x01\n\x12KillProcessRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x03pid\x18\x02 \x01(\rH\x00R\x03pid\x12\x12\n\x03tag\x18\x03 \x01(\tH\x00R\x03tag\x12,\n\x06signal\x18\x04 \x01(\x0e2\x14.hostagent.v1.SignalR\x06signalB\n\n\x08selector"\x15\n\x13KillProcessResponse"j\n\x15ConnectProcessRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x03pid\x18\x02 \x01(\rH\x00R\x03pid\x12\x12\n\x03tag\x18\x03 \x01(\tH\x00R\x03tagB\n\n\x08selector"J\n\x16ConnectProcessResponse\x120\n\x05event\x18\x01 \x01(\x0b2\x1a.hostagent.v1.ProcessEventR\x05event"\xd1\x02\n\tFileEntry\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12*\n\x04type\x18\x03 \x01(\x0e2\x16.hostagent.v1.FileTypeR\x04type\x12\x12\n\x04size\x18\x04 \x01(\x03R\x04size\x12\x12\n\x04mode\x18\x05 \x01(\rR\x04mode\x12 \n\x0bpermissions\x18\x06 \x01(\tR\x0bpermissions\x12\x14\n\x05owner\x18\x07 \x01(\tR\x05owner\x12\x14\n\x05group\x18\x08 \x01(\tR\x05group\x12;\n\x0bmodified_at\x18\t \x01(\x0b2\x1a.google.protobuf.TimestampR\nmodifiedAt\x12*\n\x0esymlink_target\x18\n \x01(\tH\x00R\rsymlinkTarget\x88\x01\x01B\x11\n\x0f_symlink_target"D\n\x0fReadFileRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path",\n\x10ReadFileResponse\x12\x18\n\x07content\x18\x01 \x01(\x0cR\x07content"\x81\x01\n\x10WriteFileRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12\x18\n\x07content\x18\x03 \x01(\x0cR\x07content\x12\x17\n\x04mode\x18\x04 \x01(\rH\x00R\x04mode\x88\x01\x01B\x07\n\x05_mode"B\n\x11WriteFileResponse\x12-\n\x05entry\x18\x01 \x01(\x0b2\x17.hostagent.v1.FileEntryR\x05entry"J\n\x15ReadFileStreamRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path".\n\x16ReadFileStreamResponse\x12\x14\n\x05chunk\x18\x01 \x01(\x0cR\x05chunk"n\n\x16WriteFileStreamRequest\x121\n\x04meta\x18\x01 \x01(\x0b2\x1b.hostagent.v1.WriteFileMetaH\x00R\x04meta\x12\x16\n\x05chunk\x18\x02 \x01(\x0cH\x00R\x05chunkB\t\n\x07content"d\n\rWriteFileMeta\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12\x17\n\x04mode\x18\x03 \x01(\rH\x00R\x04mode\x88\x01\x01B\x07\n\x05_mode"H\n\x17WriteFileStreamResponse\x12-\n\x05entry\x18\x01 \x01(\x0b2\x17.hostagent.v1.FileEntryR\x05entry"Y\n\x0eListDirRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12\x14\n\x05depth\x18\x03 \x01(\rR\x05depth"D\n\x0fListDirResponse\x121\n\x07entries\x18\x01 \x03(\x0b2\x17.hostagent.v1.FileEntryR\x07entries"C\n\x0eMakeDirRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path"@\n\x0fMakeDirResponse\x12-\n\x05entry\x18\x01 \x01(\x0b2\x17.hostagent.v1.FileEntryR\x05entry"F\n\x11RemovePathRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path"\x14\n\x12RemovePathResponse"@\n\x0bStatRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path"=\n\x0cStatResponse\x12-\n\x05entry\x18\x01 \x01(\x0b2\x17.hostagent.v1.FileEntryR\x05entry"P\n\tFileEvent\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12/\n\x04type\x18\x02 \x01(\x0e2\x1b.hostagent.v1.FileEventTypeR\x04type"b\n\x0fWatchDirRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12\x1c\n\trecursive\x18\x03 \x01(\x08R\trecursive"\xd8\x01\n\x10WatchDirResponse\x12C\n\x05start\x18\x01 \x01(\x0b2+.hostagent.v1.WatchDirResponse.WatchStartedH\x00R\x05start\x12-\n\x04file\x18\x02 \x01(\x0b2\x17.hostagent.v1.FileEventH\x00R\x04file\x127\n\tkeepalive\x18\x03 \x01(\x0b2\x17.hostagent.v1.KeepAliveH\x00R\tkeepalive\x1a\x0e\n\x0cWatchStartedB\x07\n\x05event"\xae\x02\n\x10PtyAttachRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x10\n\x03tag\x18\x02 \x01(\tR\x03tag\x12\x10\n\x03cmd\x18\x03 \x01(\tR\x03cmd\x12\x12\n\x04args\x18\x04 \x03(\tR\x04args\x12<\n\x04envs\x18\x05 \x03(\x0b2(.hostagent.v1.PtyAttachRequest.EnvsEntryR\x04envs\x12\x10\n\x03cwd\x18\x06 \x01(\tR\x03cwd\x12\x12\n\x04user\x18\x07 \x01(\tR\x04user\x12\x12\n\x04cols\x18\x08 \x01(\rR\x04cols\x12\x12\n\x04rows\x18\t \x01(\rR\x04rows\x1a7\n\tEnvsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"\xb7\x03\n\x11PtyAttachResponse\x12C\n\x07started\x18\x01 \x01(\x0b2\'.hostagent.v1.PtyAttachResponse.StartedH\x00R\x07started\x12@\n\x06output\x18\x02 \x01(\x0b2&.hostagent.v1.PtyAttachResponse.OutputH\x00R\x06output\x12@\n\x06exited\x18\x03 \x01(\x0b2&.hostagent.v1.PtyAttachResponse.ExitedH\x00R\x06exited\x127\n\tkeepalive\x18\x04 \x01(\x0b2\x17.hostagent.v1.KeepAliveH\x00R\tkeepalive\x1a-\n\x07Started\x12\x10\n\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n\x03tag\x18\x02 \x01(\tR\x03tag\x1a\x1c\n\x06Output\x12\x12\n\x04data\x18\x01 \x01(\x0cR\x04data\x1aJ\n\x06Exited\x12\x1b\n\texit_code\x18\x01 \x01(\x05R\x08exitCode\x12\x19\n\x05error\x18\x02 \x01(\tH\x00R\x05error\x88\x01\x01B\x08\n\x06_errorB\x07\n\x05event"Z\n\x13PtySendInputRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x10\n\x03tag\x18\x02 \x01(\tR\x03tag\x12\x12\n\x04data\x18\x03 \x01(\x0cR\x04data"\x16\n\x14PtySendInputResponse"k\n\x10PtyResizeRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x10\n\x03tag\x18\x02 \x01(\tR\x03tag\x12\x12\n\x04cols\x18\x03 \x01(\rR\x04cols\x12\x12\n\x04rows\x18\x04 \x01(\rR\x04rows"\x13\n\x11PtyResizeResponse"A\n\x0ePtyKillRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x10\n\x03tag\x18\x02 \x01(\tR\x03tag"\x11\n\x0fPtyKillResponse"\x9d\x01\n\x0cMetricsPoint\x128\n\ttimestamp\x18\x01 \x01(\x0b2\x1a.google.protobuf.TimestampR\ttimestamp\x12\x17\n\x07cpu_pct\x18\x02 \x01(\x01R\x06cpuPct\x12\x1b\n\tmem_bytes\x18\x03 \x01(\x04R\x08memBytes\x12\x1d\n\ndisk_bytes\x18\x04 \x01(\x04R\tdiskBytes"k\n\x18GetSandboxMetricsRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x120\n\x05range\x18\x02 \x01(\x0e2\x1a.hostagent.v1.MetricsRangeR\x05range"O\n\x19GetSandboxMetricsResponse\x122\n\x06points\x18\x01 \x03(\x0b2\x1a.hostagent.v1.MetricsPointR\x06points"6\n\x15GetSandboxLogsRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId"\x8c\x01\n\x08LogEntry\x128\n\ttimestamp\x18\x01 \x01(\x0b2\x1a.google.protobuf.TimestampR\ttimestamp\x12\x14\n\x05level\x18\x02 \x01(\tR\x05level\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\x12\x16\n\x06source\x18\x04 \x01(\tR\x06source"J\n\x16GetSandboxLogsResponse\x120\n\x07entries\x18\x01 \x03(\x0b2\x16.hostagent.v1.LogEntryR\x07entries"\x14\n\x12GetHostInfoRequest"\x9c\x05\n\x13GetHostInfoResponse\x12\x1a\n\x08hostname\x18\x01 \x01(\tR\x08hostname\x12\x12\n\x04arch\x18\x02 \x01(\tR\x04arch\x12\x1b\n\tcpu_count\x18\x03 \x01(\rR\x08cpuCount\x12&\n\x0fmemory_total_mb\x18\x04 \x01(\x04R\rmemoryTotalMb\x12.\n\x13memory_available_mb\x18\x05 \x01(\x04R\x11memoryAvailableMb\x12"\n\rdisk_total_mb\x18\x06 \x01(\x04R\x0bdiskTotalMb\x12*\n\x11disk_available_mb\x18\x07 \x01(\x04R\x0fdiskAvailableMb\x12;\n\x0baccelerator\x18\x08 \x01(\x0e2\x19.hostagent.v1.AcceleratorR\x0baccelerator\x12-\n\x12accelerator_reason\x18\t \x01(\tR\x11acceleratorReason\x12#\n\x03vmm\x18\n \x01(\x0e2\x11.hostagent.v1.VmmR\x03vmm\x12\x1f\n\x0bvmm_version\x18\x0b \x01(\tR\nvmmVersion\x12#\n\ragent_version\x18\x0c \x01(\tR\x0cagentVersion\x12%\n\x0ekernel_version\x18\r \x01(\tR\rkernelVersion\x12#\n\rslot_capacity\x18\x0e \x01(\rR\x0cslotCapacity\x12\x1d\n\nslots_used\x18\x0f \x01(\rR\tslotsUsed\x12\x1d\n\nproxy_port\x18\x10 \x01(\rR\tproxyPort\x12/\n\x06images\x18\x11 \x03(\x0b2\x17.hostagent.v1.ImageInfoR\x06images"\xbf\x01\n\tImageInfo\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version\x12!\n\x0cenvd_version\x18\x03 \x01(\tR\x0benvdVersion\x12%\n\x0ekernel_version\x18\x04 \x01(\tR\rkernelVersion\x12 \n\x0bdescription\x18\x05 \x01(\tR\x0bdescription\x12\x18\n\x07aliases\x18\x06 \x03(\tR\x07aliases"\x12\n\x10TerminateRequest"\x13\n\x11TerminateResponse"2\n\x04Blob\x12\x16\n\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x12\n\x04size\x18\x02 \x01(\x04R\x04size"\xaa\x01\n\tBuildStep\x12\x12\n\x04type\x18\x01 \x01(\tR\x04type\x12\x12\n\x04args\x18\x02 \x03(\tR\x04args\x12\x1f\n\x0bfile_sha256\x18\x03 \x01(\tR\nfileSha256\x12\x1d\n\nfiles_hash\x18\x04 \x01(\tR\tfilesHash\x12\x14\n\x05force\x18\x05 \x01(\x08R\x05force\x12\x1f\n\x0btimeout_sec\x18\x06 \x01(\rR\ntimeoutSec"}\n\tOciSource\x12\x1c\n\treference\x18\x01 \x01(\tR\treference\x12\x1a\n\x08username\x18\x02 \x01(\tR\x08username\x12\x1a\n\x08password\x18\x03 \x01(\tR\x08password\x12\x1a\n\x08insecure\x18\x04 \x01(\x08R\x08insecure"\x94\x04\n\x14BuildTemplateRequest\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x12\x17\n\x07team_id\x18\x02 \x01(\tR\x06teamId\x12\x16\n\x05image\x18\x03 \x01(\tH\x00R\x05image\x129\n\x08template\x18\x04 \x01(\x0b2\x1b.hostagent.v1.BuiltTemplateH\x00R\x08template\x12+\n\x03oci\x18\x05 \x01(\x0b2\x17.hostagent.v1.OciSourceH\x00R\x03oci\x12-\n\x05steps\x18\x06 \x03(\x0b2\x17.hostagent.v1.BuildStepR\x05steps\x12\x1b\n\tstart_cmd\x18\x07 \x01(\tR\x08startCmd\x12\x1b\n\tready_cmd\x18\x08 \x01(\tR\x08readyCmd\x12*\n\x11ready_timeout_sec\x18\t \x01(\rR\x0freadyTimeoutSec\x12\x14\n\x05force\x18\n \x01(\x08R\x05force\x12\x14\n\x05vcpus\x18\x0b \x01(\rR\x05vcpus\x12\x1b\n\tmemory_mb\x18\x0c \x01(\rR\x08memoryMb\x12 \n\x0cdisk_size_mb\x18\r \x01(\rR\ndiskSizeMb\x12\x16\n\x06egress\x18\x0e \x03(\tR\x06egress\x12(\n\x10step_timeout_sec\x18\x0f \x01(\rR\x0estepTimeoutSecB\x06\n\x04base"~\n\x08BuildLog\x12.\n\x04time\x18\x01 \x01(\x0b2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n\x05level\x18\x02 \x01(\tR\x05level\x12\x12\n\x04step\x18\x03 \x01(\tR\x04step\x12\x18\n\x07message\x18\x04 \x01(\tR\x07message"\xbc\x01\n\x15BuildTemplateResponse\x12*\n\x03log\x18\x01 \x01(\x0b2\x16.hostagent.v1.BuildLogH\x00R\x03log\x125\n\x06result\x18\x02 \x01(\x0b2\x1b.hostagent.v1.BuiltTemplateH\x00R\x06result\x127\n\tkeepalive\x18\x03 \x01(\x0b2\x17.hostagent.v1.KeepAliveH\x00R\tkeepaliveB\x07\n\x05event"\xd6\x05\n\rBuiltTemplate\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x12*\n\x06kernel\x18\x02 \x01(\x0b2\x12.hostagent.v1.BlobR\x06kernel\x12*\n\x06initrd\x18\x03 \x01(\x0b2\x12.hostagent.v1.BlobR\x06initrd\x12&\n\x04disk\x18\x04 \x03(\x0b2\x12.hostagent.v1.BlobR\x04disk\x12,\n\x07vmstate\x18\x05 \x01(\x0b2\x12.hostagent.v1.BlobR\x07vmstate\x12*\n\x06memory\x18\x06 \x01(\x0b2\x12.hostagent.v1.BlobR\x06memory\x12\x14\n\x05vcpus\x18\x07 \x01(\rR\x05vcpus\x12\x1b\n\tmemory_mb\x18\x08 \x01(\rR\x08memoryMb\x12 \n\x0cdisk_size_mb\x18\t \x01(\rR\ndiskSizeMb\x12!\n\x0cenvd_version\x18\n \x01(\tR\x0benvdVersion\x12%\n\x0ekernel_version\x18\x0b \x01(\tR\rkernelVersion\x12\x14\n\x05image\x18\x0c \x01(\tR\x05image\x12!\n\x0cdefault_user\x18\r \x01(\tR\x0bdefaultUser\x12\x18\n\x07workdir\x18\x0e \x01(\tR\x07workdir\x126\n\x03env\x18\x0f \x03(\x0b2$.hostagent.v1.BuiltTemplate.EnvEntryR\x03env\x12\x1b\n\tstart_cmd\x18\x10 \x01(\tR\x08startCmd\x12\x1d\n\nsize_bytes\x18\x11 \x01(\x04R\tsizeBytes\x12\x10\n\x03vmm\x18\x12 \x01(\tR\x03vmm\x12 \n\x0baccelerator\x18\x13 \x01(\tR\x0baccelerator\x1a6\n\x08EnvEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01">\n\x10PutBuildFileMeta\x12\x16\n\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x12\n\x04size\x18\x02 \x01(\x04R\x04size"n\n\x13PutBuildFileRequest\x124\n\x04meta\x18\x01 \x01(\x0b2\x1e.hostagent.v1.PutBuildFileMetaH\x00R\x04meta\x12\x16\n\x05chunk\x18\x02 \x01(\x0cH\x00R\x05chunkB\t\n\x07content">\n\x14PutBuildFileResponse\x12&\n\x04file\x18\x01 \x01(\x0b2\x12.hostagent.v1.BlobR\x04file"d\n\x1bCollectTemplateStoreRequest\x12\x12\n\x04keep\x18\x01 \x03(\tR\x04keep\x12\x14\n\x05store\x18\x02 \x01(\x08R\x05store\x12\x1b\n\tgrace_sec\x18\x03 \x01(\rR\x08graceSec"Y\n\x1cCollectTemplateStoreResponse\x12\x18\n\x07removed\x18\x01 \x01(\rR\x07removed\x12\x1f\n\x0bfreed_bytes\x18\x02 \x01(\x04R\nfreedBytes"\x94\x02\n\rNetworkPolicy\x12\x1b\n\tallow_out\x18\x01 \x03(\tR\x08allowOut\x12\x19\n\x08deny_out\x18\x02 \x03(\tR\x07denyOut\x12\x1f\n\x0bdns_servers\x18\x03 \x03(\tR\ndnsServers\x12\x1d\n\nallow_smtp\x18\x04 \x01(\x08R\tallowSmtp\x12\x1d\n\negress_bps\x18\x05 \x01(\x04R\tegressBps\x12.\n\x05rules\x18\x06 \x03(\x0b2\x18.hostagent.v1.EgressRuleR\x05rules\x12\x1e\n\x0bca_cert_pem\x18\x07 \x01(\x0cR\tcaCertPem\x12\x1c\n\nca_key_pem\x18\x08 \x01(\x0cR\x08caKeyPem"\xa1\x01\n\nEgressRule\x12\x16\n\x06domain\x18\x01 \x01(\tR\x06domain\x12?\n\x07headers\x18\x02 \x03(\x0b2%.hostagent.v1.EgressRule.HeadersEntryR\x07headers\x1a:\n\x0cHeadersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"r\n\x1aUpdateNetworkPolicyRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x125\n\x07network\x18\x02 \x01(\x0b2\x1b.hostagent.v1.NetworkPolicyR\x07network"\x1d\n\x1bUpdateNetworkPolicyResponse"9\n\x18GetSandboxNetworkRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId"\xb4\x01\n\x0cNetworkEvent\x12*\n\x02at\x18\x01 \x01(\x0b2\x1a.google.protobuf.TimestampR\x02at\x12\x16\n\x06action\x18\x02 \x01(\tR\x06action\x12 \n\x0bdestination\x18\x03 \x01(\tR\x0bdestination\x12\x12\n\x04port\x18\x04 \x01(\rR\x04port\x12\x12\n\x04name\x18\x05 \x01(\tR\x04name\x12\x16\n\x06reason\x18\x06 \x01(\tR\x06reason"\xad\x01\n\x19GetSandboxNetworkResponse\x125\n\x07network\x18\x01 \x01(\x0b2\x1b.hostagent.v1.NetworkPolicyR\x07network\x122\n\x06events\x18\x02 \x03(\x0b2\x1a.hostagent.v1.NetworkEventR\x06events\x12%\n\x0esecrets_loaded\x18\x03 \x01(\x08R\rsecretsLoaded*\xb8\x01\n\rSandboxStatus\x12\x1e\n\x1aSANDBOX_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16SANDBOX_STATUS_PENDING\x10\x01\x12\x1a\n\x16SANDBOX_STATUS_RUNNING\x10\x02\x12\x19\n\x15SANDBOX_STATUS_PAUSED\x10\x03\x12\x1a\n\x16SANDBOX_STATUS_STOPPED\x10\x04\x12\x18\n\x14SANDBOX_STATUS_ERROR\x10\x05*=\n\x03Vmm\x12\x13\n\x0fVMM_UNSPECIFIED\x10\x00\x12\x0c\n\x08VMM_QEMU\x10\x01\x12\x13\n\x0fVMM_FIRECRACKER\x10\x02*T\n\x0bAccelerator\x12\x1b\n\x17ACCELERATOR_UNSPECIFIED\x10\x00\x12\x13\n\x0fACCELERATOR_KVM\x10\x01\x12\x13\n\x0fACCELERATOR_TCG\x10\x02*H\n\x06Signal\x12\x16\n\x12SIGNAL_UNSPECIFIED\x10\x00\x12\x12\n\x0eSIGNAL_SIGTERM\x10\x0f\x12\x12\n\x0eSIGNAL_SIGKILL\x10\t*i\n\x08FileType\x12\x19\n\x15FILE_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0eFILE_TYPE_FILE\x10\x01\x12\x17\n\x13FILE_TYPE_DIRECTORY\x10\x02\x12\x15\n\x11FILE_TYPE_SYMLINK\x10\x03*\xba\x01\n\rFileEventType\x12\x1f\n\x1bFILE_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16FILE_EVENT_TYPE_CREATE\x10\x01\x12\x19\n\x15FILE_EVENT_TYPE_WRITE\x10\x02\x12\x1a\n\x16FILE_EVENT_TYPE_REMOVE\x10\x03\x12\x1a\n\x16FILE_EVENT_TYPE_RENAME\x10\x04\x12\x19\n\x15FILE_EVENT_TYPE_CHMOD\x10\x05*\xed\x01\n\x0cMetricsRange\x12\x1d\n\x19METRICS_RANGE_UNSPECIFIED\x10\x00\x12\x19\n\x15METRICS_RANGE_LAST_5M\x10\x01\x12\x1a\n\x16METRICS_RANGE_LAST_10M\x10\x02\x12\x19\n\x15METRICS_RANGE_LAST_1H\x10\x03\x12\x19\n\x15METRICS_RANGE_LAST_2H\x10\x04\x12\x19\n\x15METRICS_RANGE_LAST_6H\x10\x05\x12\x1a\n\x16METRICS_RANGE_LAST_12H\x10\x06\x12\x1a\n\x16METRICS_RANGE_LAST_24H\x10\x072\xc8\x1a\n\x10HostAgentService\x12X\n\rCreateSandbox\x12".hostagent.v1.CreateSandboxRequest\x1a#.hostagent.v1.CreateSandboxResponse\x12[\n\x0eDestroySandbox\x12#.hostagent.v1.DestroySandboxRequest\x1a$.hostagent.v1.DestroySandboxResponse\x12U\n\x0cPauseSandbox\x12!.hostagent.v1.PauseSandboxRequest\x1a".hostagent.v1.PauseSandboxResponse\x12X\n\rResumeSandbox\x12".hostagent.v1.ResumeSandboxRequest\x1a#.hostagent.v1.ResumeSandboxResponse\x12a\n\x10HibernateSandbox\x12%.hostagent.v1.HibernateSandboxRequest\x1a&.hostagent.v1.HibernateSandboxResponse\x12R\n\x0bThawSandbox\x12 .hostagent.v1.ThawSandboxRequest\x1a!.hostagent.v1.ThawSandboxResponse\x12[\n\x0eCreateTemplate\x12#.hostagent.v1.CreateTemplateRequest\x1a$.hostagent.v1.CreateTemplateResponse\x12[\n\x0eDeleteTemplate\x12#.hostagent.v1.DeleteTemplateRequest\x1a$.hostagent.v1.DeleteTemplateResponse\x12X\n\rListSandboxes\x12".hostagent.v1.ListSandboxesRequest\x1a#.hostagent.v1.ListSandboxesResponse\x12O\n\nGetSandbox\x12\x1f.hostagent.v1.GetSandboxRequest\x1a .hostagent.v1.GetSandboxResponse\x12R\n\x0bPingSandbox\x12 .hostagent.v1.PingSandboxRequest\x1a!.hostagent.v1.PingSandboxResponse\x12=\n\x04Exec\x12\x19.hostagent.v1.ExecRequest\x1a\x1a.hostagent.v1.ExecResponse\x12Q\n\nExecStream\x12\x1f.hostagent.v1.ExecStreamRequest\x1a .hostagent.v1.ExecStreamResponse0\x01\x12^\n\x0fStartBackground\x12$.hostagent.v1.StartBackgroundRequest\x1a%.hostagent.v1.StartBackgroundResponse\x12X\n\rListProcesses\x12".hostagent.v1.ListProcessesRequest\x1a#.hostagent.v1.ListProcessesResponse\x12R\n\x0bKillProcess\x12 .hostagent.v1.KillProcessRequest\x1a!.hostagent.v1.KillProcessResponse\x12]\n\x0eConnectProcess\x12#.hostagent.v1.ConnectProcessRequest\x1a$.hostagent.v1.ConnectProcessResponse0\x01\x12I\n\x08ReadFile\x12\x1d.hostagent.v1.ReadFileRequest\x1a\x1e.hostagent.v1.ReadFileResponse\x12L\n\tWriteFile\x12\x1e.hostagent.v1.WriteFileRequest\x1a\x1f.hostagent.v1.WriteFileResponse\x12]\n\x0eReadFileStream\x12#.hostagent.v1.ReadFileStreamRequest\x1a$.hostagent.v1.ReadFileStreamResponse0\x01\x12`\n\x0fWriteFileStream\x12$.hostagent.v1.WriteFileStreamRequest\x1a%.hostagent.v1.WriteFileStreamResponse(\x01\x12F\n\x07ListDir\x12\x1c.hostagent.v1.ListDirRequest\x1a\x1d.hostagent.v1.ListDirResponse\x12F\n\x07MakeDir\x12\x1c.hostagent.v1.MakeDirRequest\x1a\x1d.hostagent.v1.MakeDirResponse\x12O\n\nRemovePath\x12\x1f.hostagent.v1.RemovePathRequest\x1a .hostagent.v1.RemovePathResponse\x12=\n\x04Stat\x12\x19.hostagent.v1.StatRequest\x1a\x1a.hostagent.v1.StatResponse\x12K\n\x08WatchDir\x12\x1d.hostagent.v1.WatchDirRequest\x1a\x1e.hostagent.v1.WatchDirResponse0\x01\x12N\n\tPtyAttach\x12\x1e.hostagent.v1.PtyAttachRequest\x1a\x1f.hostagent.v1.PtyAttachResponse0\x01\x12U\n\x0cPtySendInput\x12!.hostagent.v1.PtySendInputRequest\x1a".hostagent.v1.PtySendInputResponse\x12L\n\tPtyResize\x12\x1e.hostagent.v1.PtyResizeRequest\x1a\x1f.hostagent.v1.PtyResizeResponse\x12F\n\x07PtyKill\x12\x1c.hostagent.v1.PtyKillRequest\x1a\x1d.hostagent.v1.PtyKillResponse\x12d\n\x11GetSandboxMetrics\x12&.hostagent.v1.GetSandboxMetricsRequest\x1a\'.hostagent.v1.GetSandboxMetricsResponse\x12[\n\x0eGetSandboxLogs\x12#.hostagent.v1.GetSandboxLogsRequest\x1a$.hostagent.v1.GetSandboxLogsResponse\x12R\n\x0bGetHostInfo\x12 .hostagent.v1.GetHostInfoRequest\x1a!.hostagent.v1.GetHostInfoResponse\x12L\n\tTerminate\x12\x1e.hostagent.v1.TerminateRequest\x1a\x1f.hostagent.v1.TerminateResponse\x12Z\n\rBuildTemplate\x12".hostagent.v1.BuildTemplateRequest\x1a#.hostagent.v1.BuildTemplateResponse0\x01\x12W\n\x0cPutBuildFile\x12!.hostagent.v1.PutBuildFileRequest\x1a".hostagent.v1.PutBuildFileResponse(\x01\x12m\n\x14CollectTemplateStore\x12).hostagent.v1.CollectTemplateStoreRequest\x1a*.hostagent.v1.CollectTemplateStoreResponse\x12j\n\x13UpdateNetworkPolicy\x12(.hostagent.v1.UpdateNetworkPolicyRequest\x1a).hostagent.v1.UpdateNetworkPolicyResponse\x12d\n\x11GetSandboxNetwork\x12&.hostagent.v1.GetSandboxNetworkRequest\x1a\'.hostagent.v1.GetSandboxNetworkResponseb\x06proto3',
     [
         timestamp_pb.desc(),
     ],
@@ -3978,6 +4654,18 @@ _DESC = file_desc(
         "ImageInfo": ImageInfo,
         "TerminateRequest": TerminateRequest,
         "TerminateResponse": TerminateResponse,
+        "Blob": Blob,
+        "BuildStep": BuildStep,
+        "OciSource": OciSource,
+        "BuildTemplateRequest": BuildTemplateRequest,
+        "BuildLog": BuildLog,
+        "BuildTemplateResponse": BuildTemplateResponse,
+        "BuiltTemplate": BuiltTemplate,
+        "PutBuildFileMeta": PutBuildFileMeta,
+        "PutBuildFileRequest": PutBuildFileRequest,
+        "PutBuildFileResponse": PutBuildFileResponse,
+        "CollectTemplateStoreRequest": CollectTemplateStoreRequest,
+        "CollectTemplateStoreResponse": CollectTemplateStoreResponse,
         "NetworkPolicy": NetworkPolicy,
         "EgressRule": EgressRule,
         "UpdateNetworkPolicyRequest": UpdateNetworkPolicyRequest,
