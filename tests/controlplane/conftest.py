@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests import seed_openapi
+from tests.security._fake_agent import FakeAgent, start_fake_agent
 from wrenn.controlplane import Settings, create_app
 
 
@@ -80,6 +81,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url: str = request.getfixturevalue("postgres_url")
     _reset_postgres(url)
     return url
+
+
+@pytest.fixture
+def fake_agent() -> Iterator[FakeAgent]:
+    """A recording stand-in host agent on loopback (`tests/security/_fake_agent.py`)."""
+    agent = start_fake_agent()
+    yield agent
+    agent.stop()
 
 
 @pytest.fixture

@@ -57,6 +57,17 @@ class Recorder(HostAgentService):
         self.calls.append(("destroy_sandbox", request))
         return pb.DestroySandboxResponse()
 
+    async def pause_sandbox(self, request: pb.PauseSandboxRequest, ctx: Any) -> pb.PauseSandboxResponse:
+        self.calls.append(("pause_sandbox", request))
+        return pb.PauseSandboxResponse()
+
+    async def resume_sandbox(self, request: pb.ResumeSandboxRequest, ctx: Any) -> pb.ResumeSandboxResponse:
+        self.calls.append(("resume_sandbox", request))
+        info = pb.SandboxInfo(
+            sandbox_id=request.sandbox_id, status=pb.SandboxStatus.RUNNING, host_ip="10.11.0.2"
+        )
+        return pb.ResumeSandboxResponse(sandbox=info)
+
     async def terminate(self, request: pb.TerminateRequest, ctx: Any) -> pb.TerminateResponse:
         self.calls.append(("terminate", request))
         return pb.TerminateResponse()

@@ -21,6 +21,7 @@ from ._access import RequireToken, load_or_create_token
 from ._cgroup import Cgroups, Limits, kill_all
 from ._config import AgentConfig
 from ._manager import SandboxManager
+from ._prometheus import with_metrics
 from ._proxy import ProxyApp
 from ._registration import Credentials, CredentialStore, HostLink, RegistrationError, host_facts, register
 from ._service import AgentService
@@ -199,6 +200,7 @@ class Agent:
         api: asgiproxy.ASGIApp = HostAgentServiceASGIApplication(
             AgentService(manager, on_terminate=self.shutdown, proxy_port=self.config.proxy_port)
         )
+        api = with_metrics(api, lambda: list(manager.sandboxes.values()), self.config.slots)  # /metrics
         # One client for all proxied traffic, for the agent's life. No pooled connections: a guest's
         # address is reused by the next sandbox in its slot (or by itself after a pause), and a pooled
         # connection to it would be dead; a dial over the local veth costs next to nothing.

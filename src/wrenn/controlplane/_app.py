@@ -20,11 +20,13 @@ from . import _site
 from ._agents import AgentPool
 from ._ca import CertificateAuthority
 from ._deadlines import Deadlines
+from ._dispatcher import Dispatcher
 from ._errors import ApiError
 from ._hosts import register_local
 from ._janitor import Janitor
 from ._limits import Limited, RequestLimits
 from ._mail import Mailer
+from ._metrics import Metrics
 from ._monitor import HostMonitor
 from ._proxy import TrafficProxy
 from ._secretbox import SecretBox
@@ -38,11 +40,13 @@ from .routes import (
     auth,
     builds,
     capsules,
+    channels,
     dashboard,
     e2b,
     e2b_templates,
     host_tags,
     keys,
+    metrics,
     network,
     oauth,
     observability,
@@ -97,17 +101,22 @@ def create_app(settings: Settings) -> FastAPI:
         builds = app.state.builds = BuildWorker(app.state.sessions, app.state.agents, settings)
         builds.start()
         deadlines = app.state.deadlines = Deadlines(
-            app.state.sessions, app.state.agents, settings, engine.dialect.name
+            app.state.sessions, app.state.agents, settings, engine.dialect.name, app.state.metrics
         )
         deadlines.start()
         janitor = app.state.janitor = Janitor(
             app.state.sessions, app.state.agents, settings, engine.dialect.name
         )
         janitor.start()
+        dispatcher = app.state.dispatcher = Dispatcher(
+            app.state.sessions, app.state.agents, settings, engine.dialect.name, app.state.metrics
+        )
+        dispatcher.start()
         log.info("control plane ready", extra={"database": engine.url.render_as_string(hide_password=True)})
         try:
             yield
         finally:
+            await dispatcher.stop()
             await builds.stop()
             await deadlines.stop()
             await janitor.stop()
@@ -117,6 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
             await engine.dispose()
 
     app = FastAPI(title="Wrenn", version=__version__, lifespan=lifespan)
+    app.state.metrics = Metrics()  # before the lifespan: the proxy and the services count into it
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -186,6 +196,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(e2b_templates.router)  # E2B's template builds (before e2b's /templates/{id})
     app.include_router(e2b.router)  # E2B's REST API: /sandboxes, /v2/sandboxes, ...
     app.include_router(network.router)  # egress policies: /v1/capsules/{id}/network, E2B's PUT
+    app.include_router(channels.router)  # notification channels and their deliveries
+    app.include_router(metrics.router)  # Prometheus, behind the scrape token
     app.include_router(dashboard.router)  # the dashboard's session cookie and downloads
     _site.mount(app, settings.dashboard_dir)  # the dashboard's pages, last: they never shadow the API
     app.add_middleware(RequestLimits, settings=settings, respond=_refuse)  # bodies (413), rates (429)

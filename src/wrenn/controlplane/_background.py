@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._agents import AgentPool
+from ._metrics import Metrics
 from ._settings import Settings
 
 log = logging.getLogger("wrenn.controlplane.background")
@@ -31,8 +32,14 @@ class Background:
     round_name = "background round"
 
     def __init__(
-        self, sessions: Callable[[], Any], agents: AgentPool, settings: Settings, dialect: str
+        self,
+        sessions: Callable[[], Any],
+        agents: AgentPool,
+        settings: Settings,
+        dialect: str,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._sessions = sessions
         self._agents = agents
         self._settings = settings

@@ -24,7 +24,9 @@ from typing import Any
 from sqlalchemy import func, select
 
 from ._agents import AgentPool
+from ._background import Background
 from ._errors import ApiError
+from ._metrics import Metrics
 from ._settings import Settings
 from .db import Capsule, utcnow
 from .db import CapsuleStatus as S
@@ -43,21 +45,24 @@ def _lock_key(capsule_id: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-class Deadlines:
+class Deadlines(Background):
+    """A background job of its own rhythm: each round says how long to sleep (until the nearest deadline,
+    at most `POLL_S`), and the capsules due are ended in tasks of their own."""
+
+    task_name = "wrenn-deadlines"
+
     def __init__(
-        self, sessions: Callable[[], Any], agents: AgentPool, settings: Settings, dialect: str
+        self,
+        sessions: Callable[[], Any],
+        agents: AgentPool,
+        settings: Settings,
+        dialect: str,
+        metrics: Metrics | None = None,
     ) -> None:
-        self._sessions = sessions
-        self._agents = agents
-        self._settings = settings
-        self._postgres = dialect == "postgresql"
-        self._task: asyncio.Task[None] | None = None
+        super().__init__(sessions, agents, settings, dialect, metrics)
         #: Capsules this control plane is ending now, and those to leave alone until a time.
         self._ending: dict[str, asyncio.Task[None]] = {}
         self._retry_at: dict[str, datetime] = {}
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="wrenn-deadlines")
 
     async def stop(self) -> None:
         tasks = [t for t in (self._task, *self._ending.values()) if t is not None]
@@ -126,7 +131,7 @@ class Deadlines:
                 return  # ended, paused, or given more time meanwhile
             pause = capsule.on_timeout == "pause"
             late = (utcnow() - capsule.end_at).total_seconds()
-            service = CapsuleService(session, self._agents, self._settings)
+            service = CapsuleService(session, self._agents, self._settings, self._metrics)
             try:
                 if pause:
                     await service.pause(capsule, None)

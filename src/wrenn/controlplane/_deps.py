@@ -159,7 +159,8 @@ AdminCaller = Annotated[Principal, Depends(admin_principal)]
 
 
 def _capsule_service(request: Request, session: Db) -> CapsuleService:
-    return CapsuleService(session, request.app.state.agents, request.app.state.settings)
+    state = request.app.state
+    return CapsuleService(session, state.agents, state.settings, state.metrics)
 
 
 def _template_service(capsules: Capsules) -> TemplateService:

@@ -13,6 +13,7 @@ from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 
 from ._agents import AgentPool
 from .db import Host, HostStatus, utcnow
+from .service import events
 
 log = logging.getLogger("wrenn.controlplane.hosts")
 
@@ -53,10 +54,15 @@ async def register_local(session: AsyncSession, agents: AgentPool, address: str)
             pb.GetHostInfoRequest(), timeout_ms=10_000
         )
     except (ConnectError, OSError) as exc:
+        if host.status == HostStatus.ONLINE:
+            events.host_changed(session, host, up=False)
         host.status = HostStatus.UNREACHABLE
         log.warning("local agent unreachable", extra={"address": address, "error": str(exc)})
     else:
-        host.status, host.last_heartbeat_at = HostStatus.ONLINE, utcnow()
+        if host.status != HostStatus.ONLINE:
+            host.status = HostStatus.ONLINE
+            events.host_changed(session, host, up=True)
+        host.last_heartbeat_at = utcnow()
         host.arch, host.cpu_cores = info.arch, info.cpu_count
         host.memory_mb, host.disk_gb = info.memory_total_mb, info.disk_total_mb // 1024
         apply_host_info(host, info)

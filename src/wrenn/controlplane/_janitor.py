@@ -6,7 +6,7 @@ start).
    revoked, the account's rows (memberships, linked identities, tokens) go, and the audit log keeps the
    events with the account's name replaced by "deleted user" (its id stays, as a pseudonym).
 2. **Expired** reset and activation tokens, sign-ins under way, revoked-token records and old failed
-   logins are removed.
+   logins are removed, and so are events and finished deliveries older than `events_retention_days`.
 
 Safe with several control planes on one PostgreSQL database: each account is purged under a
 transaction-scoped advisory lock (`pg_try_advisory_xact_lock`, skipped when another control plane holds
@@ -41,6 +41,7 @@ from .db import (
     as_utc,
     utcnow,
 )
+from .service import channels
 from .service.teams import delete_team
 
 log = logging.getLogger("wrenn.controlplane.janitor")
@@ -158,4 +159,5 @@ class Janitor(Background):
                 await session.execute(delete(model).where(model.expires_at < now))
             window = timedelta(seconds=2 * self._settings.login_window_s)
             await session.execute(delete(LoginFailure).where(LoginFailure.at < now - window))
+            await channels.prune(session, now - timedelta(days=self._settings.events_retention_days))
             await session.commit()

@@ -37,11 +37,23 @@ from ._hosts import apply_host_info
 from .db import Capsule, Host, states, utcnow
 from .db import CapsuleStatus as S
 from .db import HostStatus as H
+from .service import events
 from .service.network import resend_secrets
 
 log = logging.getLogger("wrenn.controlplane.monitor")
 #: Capsule statuses that mean "a VM should be alive on its host".
 _CONCURRENCY = 8
+
+
+#: Who events the monitor records name as their actor.
+_MONITOR = ("system", "host-monitor", "host monitor")
+#: The event a capsule's reconciled status is told as (a host that lost a VM destroyed it).
+_RECONCILED = {
+    S.RUNNING: events.CAPSULE_RUNNING,
+    S.PAUSED: events.CAPSULE_PAUSED,
+    S.ERROR: events.CAPSULE_ERROR,
+    S.STOPPED: events.CAPSULE_DESTROYED,
+}
 
 
 def _lock_key(host_id: str) -> int:
@@ -100,6 +112,7 @@ class HostMonitor(Background):
                 host.status = H.UNREACHABLE
                 log.warning("host unreachable: no heartbeat", extra={"host": host.id})
                 _system_audit(session, host, "host", host.id, "unreachable")
+                events.host_changed(session, host, up=False, actor=_MONITOR)
             await _mark_missing(session)
             await session.commit()
 
@@ -136,12 +149,16 @@ class HostMonitor(Background):
                     log.warning("local agent unreachable", extra={"host": host_id, "error": error})
                     host.status = H.UNREACHABLE
                     _system_audit(session, host, "host", host.id, "unreachable")
+                    events.host_changed(session, host, up=False, actor=_MONITOR)
                 await _mark_missing(session, host_id)
                 await session.commit()
                 return False
-            if host.status != H.ONLINE:
+            back = host.status != H.ONLINE
+            if back:
                 log.info("local agent back online", extra={"host": host_id, "was": host.status})
             host.status, host.last_heartbeat_at = H.ONLINE, utcnow()
+            if back:
+                events.host_changed(session, host, up=True, actor=_MONITOR)
             apply_host_info(host, info)
             await session.commit()
             return True
@@ -269,6 +286,12 @@ async def reconcile(
                     session, host, "capsule", capsule.id, "reconcile", was=was, now=capsule.status,
                     team_id=capsule.team_id,
                 )  # fmt: skip
+                kind = _RECONCILED.get(capsule.status) if was != S.HIBERNATING else None  # still asleep
+                if kind:
+                    events.record(
+                        session, kind, team_id=capsule.team_id, resource_type="capsule",
+                        resource_id=capsule.id, actor=_MONITOR, was=was, reason=capsule.error,
+                    )  # fmt: skip
         await session.commit()
     return moved
 

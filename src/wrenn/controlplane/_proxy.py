@@ -96,18 +96,23 @@ class TrafficProxy:
         if found is None:
             await self.app(scope, receive, send)
             return
+        outcome = await self._proxy(found, scope, receive, send)
+        self.state.metrics.proxy_requests.labels(outcome).inc()
+
+    async def _proxy(self, found: Target, scope: Scope, receive: Receive, send: Send) -> str:
+        """Forward the request, or answer why not; the outcome (`forwarded`, or an error code)."""
         if (wait := self.per_address.take(client_address(scope))) > 0:
             retry = {"Retry-After": retry_after(wait)}
             await send_error(scope, send, 429, "rate_limited", "too many requests: slow down", retry)
-            return
+            return "rate_limited"
         path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         if problem := path_problem(path):  # before any lookup: nothing but a plain path is forwarded
             await send_error(scope, send, 400, "invalid_request", problem)
-            return
+            return "invalid_request"
         query = scope.get("query_string", b"").decode("latin-1")
         if problem := self._signature_problem(found, path, query):
             await send_error(scope, send, 403, "forbidden", problem)
-            return
+            return "forbidden"
         try:
             traffic = await self._resolve(found, scope["headers"])
         except _errors.ApiError as exc:
@@ -118,7 +123,7 @@ class TrafficProxy:
                 await send_error(scope, send, exc.status, exc.code, exc.message, extra)
             else:
                 await send_error(scope, send, exc.status, exc.code, exc.message)
-            return
+            return exc.code
         url = f"{traffic.base_url}/proxy/{found.capsule_id}/{found.port}{path}" + (
             f"?{query}" if query else ""
         )
@@ -129,6 +134,8 @@ class TrafficProxy:
             log.warning("host agent unreachable", extra={"capsule": found.capsule_id, "error": str(exc)})
             message = f"the host of capsule {found.capsule_id} is unreachable"
             await send_error(scope, send, 503, "host_unavailable", message)
+            return "host_unavailable"
+        return "forwarded"
 
     def _signature_problem(self, found: Target, path: str, query: str) -> str | None:
         """Why a signed envd file URL is refused (an operator's policy may require an expiry), or None."""
@@ -202,7 +209,8 @@ class TrafficProxy:
             raise _errors.ApiError(502, "sandbox_paused", message)
         if capsule.status in (S.PAUSED, S.HIBERNATED):
             log.info("traffic resumes a paused capsule", extra={"capsule": capsule.id, "was": capsule.status})
-            await CapsuleService(session, self.state.agents, self.state.settings).resume(capsule, None)
+            service = CapsuleService(session, self.state.agents, self.state.settings, self.state.metrics)
+            await service.resume(capsule, None)
             return
         if capsule.status == S.MISSING:
             raise _errors.ApiError(

@@ -124,6 +124,11 @@ _FROM_ENV: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("janitor_interval_s", "WRENN_JANITOR_INTERVAL_S", float),
     ("byoc_default", "WRENN_BYOC_DEFAULT", _flag),
     ("idp_allow_networks", "WRENN_IDP_ALLOW_NETWORKS", _words),
+    ("metrics_token", "WRENN_METRICS_TOKEN", str),
+    ("events_interval_s", "WRENN_EVENTS_INTERVAL_S", float),
+    ("webhook_retry_s", "WRENN_WEBHOOK_RETRY_S", lambda v: tuple(float(w) for w in _words(v))),
+    ("webhook_allow_networks", "WRENN_WEBHOOK_ALLOW_NETWORKS", _words),
+    ("events_retention_days", "WRENN_EVENTS_RETENTION_DAYS", float),
 )
 
 
@@ -248,6 +253,21 @@ class Settings:
     #: Networks the control plane may reach identity providers on although they are not public (an
     #: intranet Keycloak, a provider on loopback): every fetch for sign-in goes through the SSRF guard.
     idp_allow_networks: tuple[str, ...] = ()
+    #: The bearer token Prometheus scrapes `/metrics` with; empty: `/metrics` answers 404.
+    metrics_token: str = ""
+    #: How often the event dispatcher looks for events to fan out and deliveries due.
+    events_interval_s: float = 1.0
+    #: Seconds to wait before each retry of a failed webhook delivery (the seed's 10 s and 30 s); once
+    #: they are used up the delivery is `failed`.
+    webhook_retry_s: tuple[float, ...] = (10.0, 30.0)
+    webhook_timeout_s: float = 10.0
+    #: How long a control plane holds a delivery it is making before another may take it over.
+    delivery_lease_s: float = 60.0
+    #: Networks webhooks may point to although they are not public (an intranet receiver, loopback in
+    #: tests); host agents stay refused (`_ssrf`).
+    webhook_allow_networks: tuple[str, ...] = ()
+    #: Events and finished deliveries (with their attempts) are kept this long; the janitor removes them.
+    events_retention_days: float = 30.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -411,3 +411,73 @@ class AuditLog(Base):
     status: Mapped[str] = mapped_column(String(16), default="success")
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Event(Base):
+    """Something that happened (`capsule.paused`, `host.down`), recorded in the transaction of the change
+    itself: the outbox the dispatcher fans out to the team's channels (`dispatched_at` set once it has)."""
+
+    __tablename__ = "events"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    #: The team it concerns; null: the platform's (a shared host going down).
+    team_id: Mapped[str | None] = mapped_column(String(40), default=None, index=True)
+    type: Mapped[str] = mapped_column(String(64))
+    resource_type: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str] = mapped_column(String(64), default="")
+    actor_type: Mapped[str] = mapped_column(String(16), default="system")
+    actor_id: Mapped[str] = mapped_column(String(40), default="")
+    actor_name: Mapped[str] = mapped_column(String(320), default="")
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    #: When the dispatcher made its deliveries; null: not yet.
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+
+
+class Channel(Base):
+    """Where a team's events go: a `webhook` (its URL and signing secret, sealed in `config`)."""
+
+    __tablename__ = "channels"
+    __table_args__ = (UniqueConstraint("team_id", "name"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    provider: Mapped[str] = mapped_column(String(16))
+    #: The provider's fields as JSON (`{"url", "secret"}`), sealed: they hold credentials.
+    config: Mapped[str] = mapped_column(SealedText("channel.config"))
+    #: The event types it receives.
+    events: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Delivery(Base):
+    """One event to one channel, tried until delivered or out of attempts. A control plane claims it by
+    setting `lease_until`; one that dies mid-way leaves the lease to expire, and another delivers it."""
+
+    __tablename__ = "deliveries"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    channel_id: Mapped[str] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"), index=True)
+    event_id: Mapped[str] = mapped_column(String(40))
+    event_type: Mapped[str] = mapped_column(String(64))
+    #: The exact body sent (every attempt sends the same bytes).
+    payload: Mapped[str] = mapped_column(Text)
+    #: `pending`, `delivered` or `failed` (out of attempts).
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class DeliveryAttempt(Base):
+    """One try of a delivery: the receiver's status code, or why there was none."""
+
+    __tablename__ = "delivery_attempts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str] = mapped_column(String(500), default="")
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)

@@ -34,6 +34,7 @@ from ..db import (
     Membership,
     utcnow,
 )
+from ..service import events
 from ..service.hosts import active_capsules, byoc_allowed
 from ..service.hosts import is_admin as _is_admin
 from ..service.hosts import may_manage as _may_manage
@@ -272,6 +273,7 @@ async def register(body: RegisterBody, request: Request, session: Db) -> Credent
     host.slot_capacity, host.accelerator = body.slot_capacity, body.accelerator
     host.proxy_port, host.images = body.proxy_port, [i.model_dump() for i in body.images]
     host.status, host.last_heartbeat_at, host.registered_at = HostStatus.ONLINE, utcnow(), utcnow()
+    events.host_changed(session, host, up=True, actor=("host", host.id, host.address))
     # Registering again (a new token for a reinstalled host) revokes the old refresh tokens.
     await session.execute(
         delete(HostRefreshToken)
@@ -342,6 +344,7 @@ async def heartbeat(
     if host.status != HostStatus.ONLINE:
         log.info("host back online", extra={"host": host.id, "was": host.status})
         host.status = HostStatus.ONLINE
+        events.host_changed(session, host, up=True, actor=("host", host.id, host.address))
     await session.commit()
     return Response(status_code=204)
 

@@ -4,17 +4,19 @@ the WebSockets) and the host monitor call down into this; none of them changes a
 itself.
 
 A `CapsuleService` is cheap: one per request (or per monitor round), over that request's session. Each
-method that changes a row commits it, and records what it did in the audit log.
+method that changes a row commits it, and records what it did in the audit log and as an event (in the
+same transaction); given the app's `Metrics`, it counts and times each operation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import secrets
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,12 +29,13 @@ from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from .. import _audit, _errors
 from .._agents import AgentPool
 from .._ids import new_id
+from .._metrics import Metrics
 from .._principal import Principal, audit_fields
 from .._scheduler import pick_host
 from .._settings import Settings
 from ..db import Capsule, Host, HostStatus, Template, TemplateBuild, states, utcnow
 from ..db import CapsuleStatus as S
-from . import guest, quotas
+from . import events, guest, quotas
 from .network import NetworkSpec, apply, policy_of
 
 log = logging.getLogger("wrenn.controlplane.capsules")
@@ -99,10 +102,21 @@ async def base_images(session: AsyncSession) -> dict[str, dict[str, Any]]:
 
 
 class CapsuleService:
-    def __init__(self, session: AsyncSession, agents: AgentPool, settings: Settings) -> None:
+    def __init__(
+        self, session: AsyncSession, agents: AgentPool, settings: Settings, metrics: Metrics | None = None
+    ) -> None:
         self.session = session
         self.agents = agents
         self.settings = settings
+        self.metrics = metrics
+
+    @contextlib.contextmanager
+    def _measure(self, operation: str) -> Iterator[None]:
+        if self.metrics is None:
+            yield
+            return
+        with self.metrics.operation(operation):
+            yield
 
     # --- finding ------------------------------------------------------------------------------------
 
@@ -199,6 +213,10 @@ class CapsuleService:
         """Create `count` capsules of `spec` and boot them at once; each row ends `running` or `error`
         (committed), and the first failure is raised once all have ended. Shared by create and fork. The
         team's quotas admit all of them or none."""
+        with self._measure("create"):
+            return await self._create(caller, spec, count)
+
+    async def _create(self, caller: Principal, spec: CreateSpec, count: int) -> list[Capsule]:
         template, spec = await self._resolve(spec, caller.team_id)
         wanted = quotas.Resources(
             count, count * spec.vcpus, count * spec.memory_mb, count * spec.disk_size_mb
@@ -230,6 +248,7 @@ class CapsuleService:
         ]
         for capsule in capsules:
             apply(capsule, network)
+            self._event(capsule, events.CAPSULE_CREATED, caller, template=spec.template)
         self.session.add_all(capsules)
         await self.session.commit()
         client = self.agents.client(host.address, host_id=host.id)
@@ -264,6 +283,7 @@ class CapsuleService:
                 message = created.message if isinstance(created, _errors.ApiError) else str(created)
                 capsule.error = message[:4000]
                 failure = failure or created
+                self._event(capsule, events.CAPSULE_ERROR, caller, error=capsule.error)
                 continue
             sandbox = created.sandbox or pb.SandboxInfo()
             capsule.status, capsule.started_at, capsule.last_active_at = S.RUNNING, utcnow(), utcnow()
@@ -276,6 +296,7 @@ class CapsuleService:
             if user := spec.default_user or (template.default_user if template else ""):
                 capsule.metadata_["default_user"] = user  # its templates inherit it
             _audit_capsule(self.session, capsule, "create", caller)
+            self._event(capsule, events.CAPSULE_RUNNING, caller)
         await self.session.commit()
         if failure is not None:
             raise failure
@@ -292,6 +313,12 @@ class CapsuleService:
             )
         return pb.BuiltTemplate.from_json(json.dumps(build.result))
 
+    def _event(self, capsule: Capsule, type_: str, actor: Principal | None, **data: Any) -> None:
+        events.record(
+            self.session, type_, team_id=capsule.team_id, resource_type="capsule", resource_id=capsule.id,
+            actor=actor, **data,
+        )  # fmt: skip
+
     # --- destroy ------------------------------------------------------------------------------------
 
     async def destroy(
@@ -300,6 +327,12 @@ class CapsuleService:
         """Destroy the capsule's VM on its host and mark it `stopped`. A VM its host no longer knows
         counts as destroyed; any other agent error is raised and the row is left as it was. Without
         `commit` (a team deletion destroying many), the caller commits. `detail` goes to the audit log."""
+        with self._measure("destroy"):
+            await self._destroy(capsule, actor, commit=commit, **detail)
+
+    async def _destroy(
+        self, capsule: Capsule, actor: Principal | None, *, commit: bool, **detail: Any
+    ) -> None:
         host = await self.session.get(Host, capsule.host_id) if capsule.host_id else None
         if capsule.status == S.HIBERNATED and (host is None or host.status != HostStatus.ONLINE):
             # its archive is in the shared cold storage: any online host can delete it
@@ -317,6 +350,8 @@ class CapsuleService:
             except _errors.ApiError as exc:
                 if exc.code != "not_found":  # already gone on the host: destroyed is destroyed
                     raise
+        if capsule.status != S.STOPPED:
+            self._event(capsule, events.CAPSULE_DESTROYED, actor, **detail)
         capsule.status = S.STOPPED
         _audit_capsule(self.session, capsule, "destroy", actor, **detail)
         if commit:
@@ -329,6 +364,10 @@ class CapsuleService:
         paused capsule does nothing."""
         if capsule.status == S.PAUSED:
             return await self.host_of(capsule)
+        with self._measure("pause"):
+            return await self._pause(capsule, actor)
+
+    async def _pause(self, capsule: Capsule, actor: Principal | None) -> Host:
         capsule, host = await self.running(capsule.team_id, capsule.id)
         await self._keep_metrics(capsule, host)
         await self.agents.call(
@@ -339,6 +378,7 @@ class CapsuleService:
         )
         capsule.status, capsule.host_ip, capsule.paused_at = S.PAUSED, "", utcnow()
         _audit_capsule(self.session, capsule, "pause", actor)
+        self._event(capsule, events.CAPSULE_PAUSED, actor)
         await self.session.commit()
         return host
 
@@ -359,6 +399,11 @@ class CapsuleService:
         A snapshot its host cannot restore turns the capsule to `error`."""
         if capsule.status == S.RUNNING:
             return False
+        with self._measure("resume"):
+            await self._resume(capsule, actor)
+        return True
+
+    async def _resume(self, capsule: Capsule, actor: Principal | None) -> None:
         if capsule.status == S.HIBERNATED:
             await self._thaw(capsule)
         elif capsule.status == S.PAUSED:
@@ -374,8 +419,8 @@ class CapsuleService:
             message = f"capsule {capsule.id} is {capsule.status}: only a paused one resumes"
             raise _errors.invalid_state(message)
         _audit_capsule(self.session, capsule, "resume", actor)
+        self._event(capsule, events.CAPSULE_RESUMED, actor)
         await self.session.commit()
-        return True
 
     async def _thaw(self, capsule: Capsule) -> None:
         """A hibernated capsule wakes on whichever host has room (hosts share the cold storage)."""
@@ -401,6 +446,7 @@ class CapsuleService:
         except _errors.ApiError as exc:
             if exc.code == "snapshot_unusable":
                 capsule.status, capsule.error = S.ERROR, exc.message[:4000]
+                self._event(capsule, events.CAPSULE_ERROR, None, error=capsule.error)
             else:
                 capsule.status = on_failure
             await self.session.commit()

@@ -17,7 +17,7 @@ from .._ids import new_id
 from .._principal import Principal, audit_fields
 from ..db import Capsule, Host, Template
 from ..db import CapsuleStatus as S
-from . import quotas
+from . import events, quotas
 from .capsules import CapsuleService, CreateSpec, base_images
 
 #: A template's name (the seed's pattern).
@@ -97,6 +97,10 @@ class TemplateService:
         _audit.record(
             self.session, **audit_fields(caller), resource_type="snapshot", resource_id=name, action="delete"
         )
+        events.record(
+            self.session, events.TEMPLATE_DELETED, team_id=caller.team_id, resource_type="template",
+            resource_id=template.id, actor=caller, name=name,
+        )  # fmt: skip
         await self.session.commit()
 
     async def make(
@@ -142,6 +146,10 @@ class TemplateService:
         _audit.record(
             self.session, **audit_fields(caller), resource_type="snapshot", resource_id=name, action="create"
         )
+        events.record(
+            self.session, events.TEMPLATE_CREATED, team_id=caller.team_id, resource_type="template",
+            resource_id=template.id, actor=caller, name=name, capsule_id=capsule.id,
+        )  # fmt: skip
         await self.session.commit()
         return template
 
