@@ -256,15 +256,20 @@ def _serve_tls(tmp: Path, port: int, creds: dict[str, str]) -> Served:
     return Served(agent, server, thread)
 
 
-def test_monitor_marks_silent_hosts_and_reconciles_them(quiet: TestClient, tmp_path: Path) -> None:
-    api = quiet
+def _fake_host(api: TestClient, tmp_path: Path) -> tuple[dict[str, str], str, dict[str, Any], Served]:
+    """The admin's headers and team, and a host registered by the admin whose (fake) agent is served."""
     admin = _admin(api)
     team_id = api.get("/v1/me", headers=admin).json()["team_id"]
     port = _free_port()
     token = api.post("/v1/hosts", json={}, headers=admin).json()["registration_token"]
     creds = _register(api, token, f"127.0.0.1:{port}").json()
+    return admin, team_id, creds, _serve_tls(tmp_path, port, creds)
+
+
+def test_monitor_marks_silent_hosts_and_reconciles_them(quiet: TestClient, tmp_path: Path) -> None:
+    api = quiet
+    admin, team_id, creds, served = _fake_host(api, tmp_path)
     host_id = creds["host"]["id"]
-    served = _serve_tls(tmp_path, port, creds)
     try:
         ids = ["cl-alive", "cl-gone", "cl-broke", "cl-new", "cl-archived", "cl-unarchived", "cl-slept"]
 
@@ -343,13 +348,8 @@ def test_monitor_settles_what_a_dead_control_plane_left_in_flight(
     one still in flight (here, or on PostgreSQL in another control plane) is not; sandboxes no capsule
     wants are destroyed."""
     api = quiet
-    admin = _admin(api)
-    team_id = api.get("/v1/me", headers=admin).json()["team_id"]
-    port = _free_port()
-    token = api.post("/v1/hosts", json={}, headers=admin).json()["registration_token"]
-    creds = _register(api, token, f"127.0.0.1:{port}").json()
+    _, team_id, creds, served = _fake_host(api, tmp_path)
     host_id = creds["host"]["id"]
-    served = _serve_tls(tmp_path, port, creds)
     rows = {
         "cl-booted": "pending", "cl-booting": "pending", "cl-lost": "pending", "cl-held": "pending",
         "cl-woken": "starting", "cl-unwoken": "starting", "cl-unthawed": "starting",
