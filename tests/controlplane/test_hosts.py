@@ -22,7 +22,8 @@ from sqlalchemy import select
 from tests.conftest import bootstrap_admin
 from wrenn.controlplane import Settings, create_app
 from wrenn.controlplane._ca import CertificateAuthority
-from wrenn.controlplane.db import Capsule, Host, utcnow
+from wrenn.controlplane._inflight import InFlight
+from wrenn.controlplane.db import Capsule, Host, make_engine, utcnow
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentService, HostAgentServiceASGIApplication
 
@@ -211,6 +212,12 @@ class FakeAgent(HostAgentService):
 
     def __init__(self) -> None:
         self.sandboxes: list[pb.SandboxInfo] = []
+        self.destroyed: list[str] = []
+
+    async def destroy_sandbox(self, request: pb.DestroySandboxRequest, ctx: Any) -> pb.DestroySandboxResponse:
+        self.destroyed.append(request.sandbox_id)
+        self.sandboxes = [s for s in self.sandboxes if s.sandbox_id != request.sandbox_id]
+        return pb.DestroySandboxResponse()
 
     async def list_sandboxes(self, request: pb.ListSandboxesRequest, ctx: Any) -> pb.ListSandboxesResponse:
         return pb.ListSandboxesResponse(sandboxes=self.sandboxes)
@@ -249,15 +256,20 @@ def _serve_tls(tmp: Path, port: int, creds: dict[str, str]) -> Served:
     return Served(agent, server, thread)
 
 
-def test_monitor_marks_silent_hosts_and_reconciles_them(quiet: TestClient, tmp_path: Path) -> None:
-    api = quiet
+def _fake_host(api: TestClient, tmp_path: Path) -> tuple[dict[str, str], str, dict[str, Any], Served]:
+    """The admin's headers and team, and a host registered by the admin whose (fake) agent is served."""
     admin = _admin(api)
     team_id = api.get("/v1/me", headers=admin).json()["team_id"]
     port = _free_port()
     token = api.post("/v1/hosts", json={}, headers=admin).json()["registration_token"]
     creds = _register(api, token, f"127.0.0.1:{port}").json()
+    return admin, team_id, creds, _serve_tls(tmp_path, port, creds)
+
+
+def test_monitor_marks_silent_hosts_and_reconciles_them(quiet: TestClient, tmp_path: Path) -> None:
+    api = quiet
+    admin, team_id, creds, served = _fake_host(api, tmp_path)
     host_id = creds["host"]["id"]
-    served = _serve_tls(tmp_path, port, creds)
     try:
         ids = ["cl-alive", "cl-gone", "cl-broke", "cl-new", "cl-archived", "cl-unarchived", "cl-slept"]
 
@@ -315,7 +327,7 @@ def test_monitor_marks_silent_hosts_and_reconciles_them(quiet: TestClient, tmp_p
             "cl-alive": "running",
             "cl-gone": "stopped",
             "cl-broke": "error",
-            "cl-new": "pending",
+            "cl-new": "error",  # in flight in no control plane, and unknown to its host
             "cl-archived": "hibernated",
             "cl-unarchived": "paused",
             "cl-slept": "paused",
@@ -327,6 +339,87 @@ def test_monitor_marks_silent_hosts_and_reconciles_them(quiet: TestClient, tmp_p
         assert _db(api, broke) == "guest panic"
     finally:
         served.stop()
+
+
+def test_monitor_settles_what_a_dead_control_plane_left_in_flight(
+    quiet: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    """Capsules left `pending`/`starting` by a control plane that died are settled by what their host says;
+    one still in flight (here, or on PostgreSQL in another control plane) is not; sandboxes no capsule
+    wants are destroyed."""
+    api = quiet
+    _, team_id, creds, served = _fake_host(api, tmp_path)
+    host_id = creds["host"]["id"]
+    rows = {
+        "cl-booted": "pending", "cl-booting": "pending", "cl-lost": "pending", "cl-held": "pending",
+        "cl-woken": "starting", "cl-unwoken": "starting", "cl-unthawed": "starting",
+        "cl-thawed": "hibernated", "cl-failed": "error",
+    }  # fmt: skip
+
+    async def setup(session: Any) -> None:
+        long_ago = utcnow() - timedelta(seconds=600)
+        for cid, status in rows.items():
+            session.add(Capsule(id=cid, team_id=team_id, host_id=host_id, template="minimal", vcpus=1,
+                                memory_mb=256, status=status, last_updated=long_ago,
+                                paused_at=long_ago if status in ("starting", "hibernated") else None))  # fmt: skip
+
+    async def state(session: Any) -> dict[str, str]:
+        found = (await session.execute(select(Capsule).where(Capsule.id.in_(list(rows))))).scalars()
+        return {c.id: c.status for c in found}
+
+    # another control plane with a create in flight: on SQLite (one control plane) this one's own
+    other = (
+        InFlight(make_engine(settings.resolved_database_url))
+        if "postgresql" in settings.database_url
+        else None
+    )
+    holder = other or api.app.state.agents.inflight  # type: ignore[attr-defined]
+    try:
+        _db(api, setup)
+        running = pb.SandboxStatus.RUNNING
+        served.agent.sandboxes = [
+            pb.SandboxInfo(sandbox_id="cl-booted", status=running, host_ip="10.11.0.2", envd_version="0.9"),
+            pb.SandboxInfo(sandbox_id="cl-booting", status=pb.SandboxStatus.PENDING),
+            pb.SandboxInfo(sandbox_id="cl-woken", status=running, host_ip="10.11.0.3"),
+            pb.SandboxInfo(sandbox_id="cl-unwoken", status=pb.SandboxStatus.PAUSED),
+            pb.SandboxInfo(sandbox_id="cl-thawed", status=running, host_ip="10.11.0.4"),
+            pb.SandboxInfo(sandbox_id="cl-failed", status=running),  # its create gave up first
+            pb.SandboxInfo(sandbox_id="cl-nobody", status=running),  # no row at all
+        ]
+        assert (
+            api.post(f"/v1/hosts/{host_id}/heartbeat", headers={"X-Host-Token": creds["token"]}).status_code
+            == 204
+        )
+        monitor = api.app.state.monitor  # type: ignore[attr-defined]
+        assert api.portal is not None
+        with api.portal.wrap_async_context_manager(holder.hold(["cl-held"])):
+            _run(api, monitor.tick)
+            assert _db(api, state) == {
+                "cl-booted": "running",  # adopted: its VM is healthy
+                "cl-booting": "pending",  # its host still boots it
+                "cl-lost": "error",
+                "cl-held": "pending",  # in flight
+                "cl-woken": "running",
+                "cl-unwoken": "paused",
+                "cl-unthawed": "hibernated",  # its thaw never reached the host
+                "cl-thawed": "running",
+                "cl-failed": "error",
+            }
+            assert sorted(served.agent.destroyed) == ["cl-failed", "cl-nobody"]
+        _run(api, monitor.tick)
+        assert _db(api, state)["cl-held"] == "error"  # no longer in flight, and its host never had it
+
+        async def details(session: Any) -> tuple[Capsule, Capsule]:
+            return await session.get(Capsule, "cl-booted"), await session.get(Capsule, "cl-lost")
+
+        booted, lost = _db(api, details)
+        assert booted.host_ip == "10.11.0.2" and booted.started_at is not None
+        assert booted.metadata_["envd_version"] == "0.9"
+        assert "interrupted" in lost.error
+    finally:
+        served.stop()
+        if other is not None:
+            _run(api, other.close)
 
 
 def test_mutual_tls_wants_the_control_planes_certificate(quiet: TestClient, tmp_path: Path) -> None:

@@ -137,20 +137,7 @@ def test_up_on_a_half_running_platform_destroys_nothing(node: Node) -> None:
     assert until(node.file_is_there, 90) and node.vmm_pid() == vmm
 
 
-@pytest.mark.parametrize(
-    "killed",
-    [
-        "agent",
-        pytest.param(
-            "controlplane",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 13: a create whose control plane died stays `pending` (the monitor reconciles "
-                "only running and missing capsules), its VM left running on the agent",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("killed", ["agent", "controlplane"])
 def test_a_create_interrupted_by_a_crash_is_settled(node: Node, killed: str) -> None:
     """A capsule being created when its agent or the control plane dies ends `running` (and answers) or
     `error` (and its VM is gone), never `pending` or `starting` for good, and never a VM without a row."""

@@ -41,6 +41,7 @@ from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient
 
 from ._ca import CLIENT_CERT_TTL, CertificateAuthority, Issued, host_name, split_address
 from ._errors import ApiError
+from ._inflight import InFlight
 
 log = logging.getLogger("wrenn.controlplane.agents")
 _T = TypeVar("_T")
@@ -127,8 +128,15 @@ class _PinnedBackend(dial.Dialer):
 
 
 class AgentPool:
-    def __init__(self, ca: CertificateAuthority | None = None, local_token: str | None = None) -> None:
+    def __init__(
+        self,
+        ca: CertificateAuthority | None = None,
+        local_token: str | None = None,
+        inflight: InFlight | None = None,
+    ) -> None:
         self._ca = ca
+        #: The capsule operations (create, resume, thaw) this control plane has in flight on agents.
+        self.inflight = inflight or InFlight()
         #: The secret of local (plain HTTP) agents.
         self._local_token = local_token
         #: Clients by (host id, address): a host's identity and where it answers.
@@ -252,6 +260,7 @@ class AgentPool:
                 await http.aclose()
         self._retired.clear()
         self._plain_http = self._tls_http = None
+        await self.inflight.close()
 
 
 def _mtls_context(ca_pem: str, cert: Issued) -> ssl.SSLContext:

@@ -23,6 +23,7 @@ from ._deadlines import Deadlines
 from ._dispatcher import Dispatcher
 from ._errors import ApiError
 from ._hosts import register_local
+from ._inflight import InFlight
 from ._janitor import Janitor
 from ._limits import Limited, RequestLimits
 from ._mail import Mailer
@@ -87,7 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.ca = CertificateAuthority.load_or_create(
             settings.data_dir, settings.ca_cert_file, settings.ca_key_file
         )
-        app.state.agents = AgentPool(app.state.ca, settings.local_agent_token())
+        app.state.agents = AgentPool(app.state.ca, settings.local_agent_token(), InFlight(engine))
         app.state.mailer = Mailer(settings)
         async with app.state.sessions() as session:
             await prepare_bootstrap(session, settings.data_dir)

@@ -9,11 +9,12 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._agents import AgentPool
-from ._metrics import Metrics
-from ._settings import Settings
+if TYPE_CHECKING:  # the agent pool's in-flight registry takes its lock keys from here
+    from ._agents import AgentPool
+    from ._metrics import Metrics
+    from ._settings import Settings
 
 log = logging.getLogger("wrenn.controlplane.background")
 

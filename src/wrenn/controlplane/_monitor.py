@@ -10,6 +10,13 @@ Every `monitor_interval_s` (and once at start):
    `missing` and alive -> `running`; `running`/`missing` and absent -> `stopped`; the agent says `ERROR` or
    `STOPPED` -> `error`/`stopped` with its reason. Capsules changed after the list was taken are left for
    the next round (a capsule that just finished booting is not mistaken for a vanished one).
+4. **Interrupted operations.** `pending` and `starting` capsules that no control plane has in flight any
+   more (`_inflight.InFlight`: a control plane died during their create, resume or thaw) are settled the
+   same way: alive on the host -> `running` (adopted), still booting -> left for a later round, `paused`
+   -> `paused`, gone -> `error` for a create, `hibernated` for a wake (its archive is still in the cold
+   storage); a `hibernated` capsule its host runs (a thaw that ended after its control plane) is adopted.
+   Sandboxes on the agent that no capsule wants (no row, or one that ended `error`/`stopped`) are
+   destroyed, so no VM outlives its capsule.
 
 No state is kept in memory between rounds. Several control planes on one PostgreSQL database share the
 work without fighting: step 1 locks the rows it changes (`FOR UPDATE SKIP LOCKED`), and each host of
@@ -34,21 +41,22 @@ from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from . import _audit
 from ._background import Background, lock_key
 from ._hosts import apply_host_info
+from ._inflight import InFlight
 from .db import Capsule, Host, states, utcnow
 from .db import CapsuleStatus as S
 from .db import HostStatus as H
 from .service import events
+from .service.capsules import booted
 from .service.network import resend_secrets
 
 log = logging.getLogger("wrenn.controlplane.monitor")
-#: Capsule statuses that mean "a VM should be alive on its host".
 _CONCURRENCY = 8
 
 
 #: Who events the monitor records name as their actor.
 _MONITOR = ("system", "host-monitor", "host monitor")
 #: The event a capsule's reconciled status is told as (a host that lost a VM destroyed it).
-_RECONCILED = {
+_EVENT_OF = {
     S.RUNNING: events.CAPSULE_RUNNING,
     S.PAUSED: events.CAPSULE_PAUSED,
     S.ERROR: events.CAPSULE_ERROR,
@@ -215,8 +223,22 @@ class HostMonitor(Background):
             # Liveness is the heartbeat's business: a failing call only postpones reconciliation.
             log.warning("cannot list the host's sandboxes", extra={"host": host_id, "error": str(exc)})
             return
-        await reconcile(self._sessions, host_id, listed.sandboxes, listed_at)
+        _, strays = await reconcile(
+            self._sessions, host_id, listed.sandboxes, listed_at, self._agents.inflight
+        )
         await resend_secrets(self._sessions, self._agents, host_id, address, listed.sandboxes)
+        for sandbox_id in strays:
+            await self._destroy_stray(host_id, address, sandbox_id)
+
+    async def _destroy_stray(self, host_id: str, address: str, sandbox_id: str) -> None:
+        """Destroy a sandbox no capsule wants: left by a create whose capsule ended first, or unknown."""
+        log.warning("destroying a sandbox no capsule wants", extra={"host": host_id, "capsule": sandbox_id})
+        try:
+            await self._agents.client(address, host_id=host_id).destroy_sandbox(
+                pb.DestroySandboxRequest(sandbox_id=sandbox_id), timeout_ms=60_000
+            )
+        except (ConnectError, OSError) as exc:  # tried again next round
+            log.warning("cannot destroy a stray sandbox", extra={"capsule": sandbox_id, "error": str(exc)})
 
 
 async def _set_status(sessions: Callable[[], Any], capsule_id: str, expected: str, status: str) -> bool:
@@ -232,22 +254,24 @@ async def _set_status(sessions: Callable[[], Any], capsule_id: str, expected: st
 
 
 async def reconcile(
-    sessions: Callable[[], Any], host_id: str, sandboxes: Any, listed_at: datetime
-) -> dict[str, int]:
-    """Apply one agent's list to the database; returns how many capsules moved to each status."""
+    sessions: Callable[[], Any], host_id: str, sandboxes: Any, listed_at: datetime, inflight: InFlight
+) -> tuple[dict[str, int], list[str]]:
+    """Apply one agent's list to the database: how many capsules moved to each status, and the sandboxes
+    on the agent that no capsule wants any more (no row, or one that ended), to destroy."""
     on_agent: dict[str, pb.SandboxInfo] = {s.sandbox_id: s for s in sandboxes}
     moved: dict[str, int] = {}
     async with sessions() as session:
         host = await session.get(Host, host_id)
         if host is None or host.status != H.ONLINE:
-            return moved
+            return moved, []
         capsules = (
             (
                 await session.execute(
                     select(Capsule)
                     .where(
                         Capsule.host_id == host_id,
-                        Capsule.status.in_((S.RUNNING, S.MISSING, S.PAUSED, S.HIBERNATING)),
+                        Capsule.status.in_(_RECONCILED)
+                        | ((Capsule.status == S.HIBERNATED) & Capsule.id.in_(list(on_agent))),
                         Capsule.last_updated < listed_at,
                     )
                     .with_for_update(skip_locked=True)
@@ -256,26 +280,13 @@ async def reconcile(
             .scalars()
             .all()
         )
+        unsettled = [c.id for c in capsules if c.status in _IN_FLIGHT]
+        idle = await inflight.idle(session, unsettled) if unsettled else set()
         for capsule in capsules:
-            info = on_agent.get(capsule.id)
+            if capsule.status in _IN_FLIGHT and capsule.id not in idle:
+                continue  # its create or resume is under way in some control plane, which settles it
             was = capsule.status
-            if was == S.HIBERNATING:
-                # Left so by a control plane that stopped mid-way (a live hibernation holds this host's
-                # turn, which this round has): gone from the host means archived, still there means not.
-                capsule.status = S.HIBERNATED if info is None else S.PAUSED
-            elif info is None:
-                capsule.status = S.STOPPED
-                capsule.error = capsule.error or "gone from its host"
-            elif info.status == pb.SandboxStatus.RUNNING:
-                capsule.status, capsule.host_ip = S.RUNNING, info.host_ip
-            elif info.status == pb.SandboxStatus.PAUSED:  # the host's idle timeout paused it
-                capsule.status, capsule.host_ip = S.PAUSED, ""
-                if capsule.paused_at is None or was != S.PAUSED:
-                    capsule.paused_at = utcnow()
-            elif info.status == pb.SandboxStatus.ERROR:
-                capsule.status, capsule.error = S.ERROR, (info.error or "failed on its host")[:4000]
-            elif info.status == pb.SandboxStatus.STOPPED:
-                capsule.status, capsule.error = S.STOPPED, info.error[:4000]
+            _apply(capsule, on_agent.get(capsule.id))
             if capsule.status != was:
                 moved[capsule.status] = moved.get(capsule.status, 0) + 1
                 log.info(
@@ -286,14 +297,66 @@ async def reconcile(
                     session, host, "capsule", capsule.id, "reconcile", was=was, now=capsule.status,
                     team_id=capsule.team_id,
                 )  # fmt: skip
-                kind = _RECONCILED.get(capsule.status) if was != S.HIBERNATING else None  # still asleep
+                kind = _EVENT_OF.get(capsule.status) if was != S.HIBERNATING else None  # still asleep
                 if kind:
                     events.record(
                         session, kind, team_id=capsule.team_id, resource_type="capsule",
                         resource_id=capsule.id, actor=_MONITOR, was=was, reason=capsule.error,
                     )  # fmt: skip
+        await session.flush()
+        holding = [i for i, info in on_agent.items() if info.status in _HOLDING]
+        wanted = set(
+            (
+                await session.execute(
+                    select(Capsule.id).where(Capsule.id.in_(holding), Capsule.status.not_in(states.ENDED))
+                )
+            ).scalars()
+        )
         await session.commit()
-    return moved
+    return moved, [i for i in holding if i not in wanted]
+
+
+#: What the monitor reconciles with the host's list (and hibernated capsules the host has: see `_apply`).
+_RECONCILED = (S.RUNNING, S.MISSING, S.PAUSED, S.HIBERNATING, S.PENDING, S.STARTING)
+#: Set by a create or resume in flight: reconciled only once no control plane has it in flight.
+_IN_FLIGHT = (S.PENDING, S.STARTING)
+#: The agent statuses that hold a VM or its snapshot on the host.
+_HOLDING = (pb.SandboxStatus.PENDING, pb.SandboxStatus.RUNNING, pb.SandboxStatus.PAUSED)
+
+
+def _apply(capsule: Capsule, info: pb.SandboxInfo | None) -> None:
+    """Move one capsule to what its host says of it (`None`: the host does not have it)."""
+    was = capsule.status
+    if was == S.HIBERNATING:
+        # Left so by a control plane that stopped mid-way (a live hibernation holds this host's turn,
+        # which this round has): gone from the host means archived, still there means not.
+        capsule.status = S.HIBERNATED if info is None else S.PAUSED
+    elif info is None:
+        if was == S.PENDING:
+            capsule.status = S.ERROR
+            capsule.error = "its create was interrupted: the control plane creating it stopped first"
+        elif was == S.STARTING:
+            # A thaw that never reached the host: the archive is still in the cold storage.
+            capsule.status = S.HIBERNATED
+        else:
+            capsule.status = S.STOPPED
+            capsule.error = capsule.error or "gone from its host"
+    elif was == S.HIBERNATED and info.status not in (pb.SandboxStatus.RUNNING, pb.SandboxStatus.PAUSED):
+        return  # a thaw the host has not finished (or that failed): the archive is still there
+    elif info.status == pb.SandboxStatus.PENDING:
+        return  # still booting on its host: settled at a later round
+    elif info.status == pb.SandboxStatus.RUNNING:
+        if was == S.PENDING:  # booted after its control plane stopped: adopted
+            booted(capsule, info)
+        capsule.status, capsule.host_ip, capsule.paused_at = S.RUNNING, info.host_ip, None
+    elif info.status == pb.SandboxStatus.PAUSED:  # the host's idle timeout paused it
+        capsule.status, capsule.host_ip = S.PAUSED, ""
+        if capsule.paused_at is None or was != S.PAUSED:
+            capsule.paused_at = utcnow()
+    elif info.status == pb.SandboxStatus.ERROR:
+        capsule.status, capsule.error = S.ERROR, (info.error or "failed on its host")[:4000]
+    elif info.status == pb.SandboxStatus.STOPPED:
+        capsule.status, capsule.error = S.STOPPED, info.error[:4000]
 
 
 async def _mark_missing(session: AsyncSession, host_id: str | None = None) -> None:

@@ -77,6 +77,17 @@ class CreateSpec:
 DEFAULTS = CreateSpec()
 
 
+def booted(capsule: Capsule, sandbox: pb.SandboxInfo) -> None:
+    """Mark a capsule `running` as its host booted it (by its create, or adopted by the host monitor)."""
+    capsule.status, capsule.started_at, capsule.last_active_at = S.RUNNING, utcnow(), utcnow()
+    capsule.host_ip = sandbox.host_ip
+    capsule.metadata_ = {
+        "kernel_version": sandbox.kernel_version,
+        "envd_version": sandbox.envd_version,
+        "from_snapshot": "true" if sandbox.from_snapshot else "false",
+    }
+
+
 def _audit_capsule(
     session: AsyncSession, capsule: Capsule, action: str, actor: Principal | None, **detail: Any
 ) -> None:
@@ -224,6 +235,7 @@ class CapsuleService:
         await quotas.admit(self.session, self.settings, caller.team_id, wanted)
         host = await self._host_for(template, spec, caller.team_id)
         network = spec.network or (NetworkSpec.of_template(template) if template else None) or NetworkSpec()
+        built = await self._built(template)
         capsules = [
             Capsule(
                 id=new_id("cl"),
@@ -249,10 +261,29 @@ class CapsuleService:
         for capsule in capsules:
             apply(capsule, network)
             self._event(capsule, events.CAPSULE_CREATED, caller, template=spec.template)
-        self.session.add_all(capsules)
-        await self.session.commit()
+        # In flight from before the rows exist until they have ended: the host monitor settles only the
+        # rows of a control plane that died mid-way.
+        async with self.agents.inflight.hold(c.id for c in capsules):
+            self.session.add_all(capsules)
+            await self.session.commit()
+            failure = await self._boot(caller, spec, (template, built), host, network, capsules)
+        if failure is not None:
+            raise failure
+        return capsules
+
+    async def _boot(
+        self,
+        caller: Principal,
+        spec: CreateSpec,
+        source: tuple[Template | None, pb.BuiltTemplate | None],
+        host: Host,
+        network: NetworkSpec,
+        capsules: list[Capsule],
+    ) -> BaseException | None:
+        """Boot the committed `pending` rows on `host` and commit each `running` or `error`; the first
+        failure."""
         client = self.agents.client(host.address, host_id=host.id)
-        built = await self._built(template)
+        template, built = source
 
         def boot(capsule: Capsule) -> Any:
             request = pb.CreateSandboxRequest(
@@ -285,22 +316,13 @@ class CapsuleService:
                 failure = failure or created
                 self._event(capsule, events.CAPSULE_ERROR, caller, error=capsule.error)
                 continue
-            sandbox = created.sandbox or pb.SandboxInfo()
-            capsule.status, capsule.started_at, capsule.last_active_at = S.RUNNING, utcnow(), utcnow()
-            capsule.host_ip = sandbox.host_ip
-            capsule.metadata_ = {
-                "kernel_version": sandbox.kernel_version,
-                "envd_version": sandbox.envd_version,
-                "from_snapshot": "true" if sandbox.from_snapshot else "false",
-            }
+            booted(capsule, created.sandbox or pb.SandboxInfo())
             if user := spec.default_user or (template.default_user if template else ""):
                 capsule.metadata_["default_user"] = user  # its templates inherit it
             _audit_capsule(self.session, capsule, "create", caller)
             self._event(capsule, events.CAPSULE_RUNNING, caller)
         await self.session.commit()
-        if failure is not None:
-            raise failure
-        return capsules
+        return failure
 
     async def _built(self, template: Template | None) -> pb.BuiltTemplate | None:
         """A built template's files, as its current build made them (None for any other)."""
@@ -399,28 +421,28 @@ class CapsuleService:
         A snapshot its host cannot restore turns the capsule to `error`."""
         if capsule.status == S.RUNNING:
             return False
-        with self._measure("resume"):
-            await self._resume(capsule, actor)
-        return True
-
-    async def _resume(self, capsule: Capsule, actor: Principal | None) -> None:
-        if capsule.status == S.HIBERNATED:
-            await self._thaw(capsule)
-        elif capsule.status == S.PAUSED:
-            host = await self.host_of(capsule)
-            await self._admit_wake(capsule)
-            capsule.status = S.STARTING  # counted against the team's quota from now on
-            await self.session.commit()
-            rpc = self.agents.client(host.address, host_id=host.id).resume_sandbox(
-                pb.ResumeSandboxRequest(sandbox_id=capsule.id, network=policy_of(capsule)), timeout_ms=300_000
-            )
-            await self._wake(capsule, host, rpc, on_failure=S.PAUSED)
-        else:
+        if capsule.status not in (S.HIBERNATED, S.PAUSED):
             message = f"capsule {capsule.id} is {capsule.status}: only a paused one resumes"
             raise _errors.invalid_state(message)
-        _audit_capsule(self.session, capsule, "resume", actor)
-        self._event(capsule, events.CAPSULE_RESUMED, actor)
-        await self.session.commit()
+        with self._measure("resume"):
+            # `starting` only while in flight here: the host monitor settles it if this control plane dies.
+            async with self.agents.inflight.hold([capsule.id]):
+                if capsule.status == S.HIBERNATED:
+                    await self._thaw(capsule)
+                else:
+                    host = await self.host_of(capsule)
+                    await self._admit_wake(capsule)
+                    capsule.status = S.STARTING  # counted against the team's quota from now on
+                    await self.session.commit()
+                    rpc = self.agents.client(host.address, host_id=host.id).resume_sandbox(
+                        pb.ResumeSandboxRequest(sandbox_id=capsule.id, network=policy_of(capsule)),
+                        timeout_ms=300_000,
+                    )
+                    await self._wake(capsule, host, rpc, on_failure=S.PAUSED)
+                _audit_capsule(self.session, capsule, "resume", actor)
+                self._event(capsule, events.CAPSULE_RESUMED, actor)
+                await self.session.commit()
+        return True
 
     async def _thaw(self, capsule: Capsule) -> None:
         """A hibernated capsule wakes on whichever host has room (hosts share the cold storage)."""
