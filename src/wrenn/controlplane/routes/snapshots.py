@@ -91,7 +91,8 @@ async def list_snapshots(
                 metadata={
                     "description": image.get("description", ""),
                     "version": image.get("version", ""),
-                    "aliases": list(image.get("aliases", [])),
+                    # a string: the seed's SDK reads metadata as {str: str}
+                    "aliases": ",".join(image.get("aliases", [])),
                 },
             )
             for name, image in sorted((await templates.base_images()).items())
