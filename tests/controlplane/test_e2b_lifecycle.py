@@ -80,10 +80,16 @@ def test_a_paused_sandbox_is_not_running_and_wakes_only_with_auto_resume(opts: d
 
 
 def _late_seconds(base_url: str, sandbox_id: str) -> float:
-    """How long after its deadline the control plane acted on the sandbox (its log's `late_s`)."""
-    log = (CONTROL_PLANE_DIRS[base_url] / "server.log").read_text()
-    found = re.findall(rf"capsule timed out .*capsule={sandbox_id}.* late_s=([0-9.]+)", log)
-    found = found or re.findall(rf"capsule timed out .*late_s=([0-9.]+).*capsule={sandbox_id}", log)
+    """How long after its deadline the control plane acted on the sandbox (its log's `late_s`, written once
+    the pause or destroy has ended: a client can see the new state a moment before)."""
+    found: list[str] = []
+    for _ in range(300):
+        log = (CONTROL_PLANE_DIRS[base_url] / "server.log").read_text()
+        found = re.findall(rf"capsule timed out .*capsule={sandbox_id}.* late_s=([0-9.]+)", log)
+        found = found or re.findall(rf"capsule timed out .*late_s=([0-9.]+).*capsule={sandbox_id}", log)
+        if found:
+            break
+        time.sleep(0.1)
     assert found, f"no timeout of {sandbox_id} in the log"
     return float(found[-1])
 
