@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -107,6 +108,21 @@ def insert_template(api: TestClient, team_id: str, name: str, host: str | None =
 
     run(api, add)
     return name
+
+
+def insert_channel(api: TestClient, team_id: str) -> str:
+    """A webhook channel of the team (to a URL nothing answers: the tests never deliver to it)."""
+    from wrenn.controlplane.db import Channel
+
+    channel_id = new_id("ch")
+
+    async def add(session: AsyncSession) -> None:
+        config = json.dumps({"url": "https://hooks.example.com/wrenn", "secret": "s" * 32})
+        session.add(Channel(id=channel_id, team_id=team_id, name=f"hook-{channel_id}", provider="webhook",
+                            config=config, events=["capsule.created"]))  # fmt: skip
+
+    run(api, add)
+    return channel_id
 
 
 def insert_built_template(api: TestClient, team_id: str, name: str) -> dict[str, str]:

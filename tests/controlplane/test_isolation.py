@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from wrenn.controlplane import Settings
 from wrenn.controlplane.routes import e2b
 
-from ._db import insert_built_template, insert_capsule, insert_host, insert_template, snapshot
+from ._db import insert_built_template, insert_capsule, insert_channel, insert_host, insert_template, snapshot
 from .test_accounts import auth, signup
 
 #: Path parameters that do not name a team's resource, with the value to send.
@@ -62,6 +62,7 @@ class Team:
         self.capsule_id = insert_capsule(api, self.team_id, status="running", host=self.host_id)
         self.template = insert_template(api, self.team_id, f"tpl-{email.split('@')[0]}", host=self.host_id)
         self.built = insert_built_template(api, self.team_id, f"built-{email.split('@')[0]}")
+        self.channel_id = insert_channel(api, self.team_id)
         mate = signup(api, f"mate.{email}")
         added = api.post(f"/v1/teams/{self.team_id}/members", json={"email": mate["email"]}, headers=self.jwt)
         assert added.status_code == 201, added.text
@@ -82,11 +83,12 @@ class Team:
             "template_id": [self.template, self.built["template_id"], self.built["name"]],
             "alias": [self.built["name"]],  # E2B's alias: a built template's name
             "build_id": [self.built["build_id"]],
+            "channel_id": [self.channel_id],
         }
 
     def secrets(self) -> list[str]:
         return [self.team_id, self.user_id, self.mate_id, self.key_id, self.host_id, self.capsule_id,
-                self.built["template_id"], self.built["build_id"]]  # fmt: skip
+                self.built["template_id"], self.built["build_id"], self.channel_id]  # fmt: skip
 
 
 @pytest.fixture
