@@ -27,9 +27,8 @@ from .._deps import Caller, Capsules, Principal, Templates
 from .._time import rfc3339
 from ..db import Capsule, as_utc, states, utcnow
 from ..db import CapsuleStatus as S
-from ..service import TEMPLATE_NAME, CreateSpec, Guest, NetworkSpec, listing, logs
-from ..service.guest import kept_and_live
-from ..service.guest import metrics_window as guest_metrics_window
+from ..service import TEMPLATE_NAME, CreateSpec, NetworkSpec, listing, logs
+from ..service.guest import history as guest_history
 from ..service.network import RuleBody, from_e2b
 
 router = APIRouter(tags=["e2b"])
@@ -189,14 +188,12 @@ def _detail(c: Capsule) -> dict[str, Any]:
 # --- helpers --------------------------------------------------------------------------------------
 
 
-async def _find(capsules: Capsules, caller: Principal, sandbox_id: str) -> Capsule:
-    """The team's live capsule; 404 (E2B's "sandbox not found") for anything else."""
+async def _find(capsules: Capsules, caller: Principal, sandbox_id: str, *, killed: bool = False) -> Capsule:
+    """The team's live capsule (or, with `killed`, one destroyed too: its metrics outlive it); 404 (E2B's
+    "sandbox not found") for anything else."""
     capsule = await capsules.session.get(Capsule, sandbox_id)
-    if (
-        capsule is None
-        or capsule.team_id != caller.team_id
-        or capsule.status not in (*states.VISIBLE, S.MISSING)
-    ):
+    wanted = (*states.VISIBLE, S.MISSING, S.STOPPED) if killed else (*states.VISIBLE, S.MISSING)
+    if capsule is None or capsule.team_id != caller.team_id or capsule.status not in wanted:
         raise _errors.ApiError(404, "sandbox_not_found", f"sandbox {sandbox_id} not found")
     return capsule
 
@@ -364,7 +361,7 @@ async def sandboxes_metrics(
     found: dict[str, Any] = {}
     for sandbox_id in ids:
         try:
-            capsule = await _find(capsules, caller, sandbox_id)
+            capsule = await _find(capsules, caller, sandbox_id, killed=True)
             samples = await _samples(capsules, capsule)
         except _errors.ApiError as exc:
             if exc.status in (404, 503):  # not the team's, or its host is away: nothing to show
@@ -476,12 +473,10 @@ def _metric(c: Capsule, point: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _samples(capsules: Capsules, c: Capsule) -> list[dict[str, Any]]:
-    """The capsule's samples, oldest first: kept at its last pause, then its host's since it runs."""
-    live = []
-    if c.status == S.RUNNING and c.host_id is not None:
-        live = await guest_metrics_window(Guest(capsules.agents, c, await capsules.host_of(c)))
-    return kept_and_live(c, live)
+async def _samples(capsules: Capsules, c: Capsule, since: int = 0) -> list[dict[str, Any]]:
+    """The capsule's samples from `since`, oldest first: those copied to the database (at its pauses, its
+    destroy and periodically), with its host's while it runs."""
+    return await guest_history(capsules.session, capsules.agents, c, since)
 
 
 @router.get("/sandboxes/{sandbox_id}/metrics")
@@ -493,12 +488,12 @@ async def sandbox_metrics(
     end: int | None = None,
 ) -> list[dict[str, Any]]:
     """CPU, memory and disk samples between `start` and `end` (unix seconds), running or paused: a paused
-    sandbox's are those its host held when it was paused (kept by the control plane)."""
-    capsule = await _find(capsules, caller, sandbox_id)
+    sandbox's are those copied to the database before it was paused; a killed one's, before it was."""
+    capsule = await _find(capsules, caller, sandbox_id, killed=True)
     return [
         _metric(capsule, p)
-        for p in await _samples(capsules, capsule)
-        if (start is None or p["t"] >= start) and (end is None or p["t"] <= end)
+        for p in await _samples(capsules, capsule, start or 0)
+        if end is None or p["t"] <= end
     ]
 
 
