@@ -14,7 +14,7 @@ import json
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, unquote
 
 from fastapi import APIRouter, Header, Query, Response
@@ -41,6 +41,8 @@ ENVD_VERSION_UNKNOWN = "0.6.4"
 ALIASES = {"base": "minimal"}
 DEFAULT_TIMEOUT_S = 300
 MAX_TIMEOUT_S = 24 * 3600
+#: The largest unix time a query takes (year 9999): beyond it, a 400 rather than an overflow.
+UNIX_MAX = 253402300799
 #: Paths this module answers: their errors are E2B's `{"code", "message"}`.
 PREFIXES = ("/sandboxes", "/v2/sandboxes", "/snapshots", "/templates", "/v2/templates", "/v3/templates")
 
@@ -484,8 +486,8 @@ async def sandbox_metrics(
     sandbox_id: str,
     caller: Caller,
     capsules: Capsules,
-    start: int | None = None,
-    end: int | None = None,
+    start: Annotated[int | None, Query(ge=0, le=UNIX_MAX)] = None,
+    end: Annotated[int | None, Query(ge=0, le=UNIX_MAX)] = None,
 ) -> list[dict[str, Any]]:
     """CPU, memory and disk samples between `start` and `end` (unix seconds), running or paused: a paused
     sandbox's are those copied to the database before it was paused; a killed one's, before it was."""

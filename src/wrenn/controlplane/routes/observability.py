@@ -32,18 +32,29 @@ async def capsule_stats(
 async def capsule_usage(
     caller: Caller,
     capsules: Capsules,
-    from_: Annotated[date | None, Query(alias="from")] = None,
-    to: date | None = None,
+    from_: Annotated[str | None, Query(alias="from", max_length=10)] = None,
+    to: Annotated[str | None, Query(max_length=10)] = None,
 ) -> dict[str, Any]:
     """CPU-minutes and RAM-MB-minutes per UTC day from `from` (30 days ago) to `to` (today)."""
-    today = datetime.now(UTC).date()
-    end = to or today
-    start = from_ or end - timedelta(days=30)
+    end = _day("to", to) or datetime.now(UTC).date()
+    start = _day("from", from_) or end - timedelta(days=30)
     if start > end:
         raise _errors.bad_request("from: after to")
     if (end - start).days >= MAX_USAGE_DAYS:
         raise _errors.bad_request(f"from, to: at most {MAX_USAGE_DAYS} days")
     return await usage.usage(capsules.session, caller.team_id, start, end)
+
+
+def _day(name: str, value: str | None) -> date | None:
+    """A `YYYY-MM-DD` date (nothing else: no time, no other form)."""
+    if value is None:
+        return None
+    try:
+        if len(value) != 10:
+            raise ValueError(value)
+        return date.fromisoformat(value)
+    except ValueError:
+        raise _errors.bad_request(f"{name}: a date as YYYY-MM-DD") from None
 
 
 @router.get("/v1/events/stream")
