@@ -6,6 +6,9 @@ by hand. Every `/v1` answer is checked against the seed's OpenAPI document."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,10 @@ from wrenn.controlplane.service import usage
 
 from ._db import run
 from ._receiver import control_plane, events_settings, owner
+from .conftest import _reset_postgres
 
 GiB = 1 << 30
+DAY_S = 86400
 
 
 def _create(api: TestClient, jwt: dict[str, str], vcpus: int = 1, memory_mb: int = 512) -> str:
@@ -45,10 +50,19 @@ def _key(api: TestClient, jwt: dict[str, str]) -> dict[str, str]:
     return {"X-API-Key": r.json()["key"]}
 
 
-def test_metrics_survive_pause_and_destroy(database_url: str, tmp_path: Path, fake_agent: FakeAgent) -> None:
-    settings = events_settings(database_url, tmp_path / "cp", fake_agent, stats_interval_s=3600)
+@contextmanager
+def _platform(
+    database_url: str, tmp_path: Path, agent: FakeAgent
+) -> Iterator[tuple[TestClient, dict[str, str]]]:
+    """A control plane over the stand-in agent, and its first account's session. The sampler's own rounds
+    are an hour apart: only the samples a test takes count."""
+    settings = events_settings(database_url, tmp_path / "cp", agent, stats_interval_s=3600)
     with control_plane(settings) as api:
-        jwt = owner(api)
+        yield api, owner(api)
+
+
+def test_metrics_survive_pause_and_destroy(database_url: str, tmp_path: Path, fake_agent: FakeAgent) -> None:
+    with _platform(database_url, tmp_path, fake_agent) as (api, jwt):
         key = _key(api, jwt)
         capsule = _create(api, jwt)
         now = int(time.time())
@@ -94,10 +108,7 @@ def _sample(api: TestClient, at: int) -> None:
 def test_stats_and_usage_of_two_capsule_sizes(
     database_url: str, tmp_path: Path, fake_agent: FakeAgent
 ) -> None:
-    # the sampler's own rounds are an hour apart: only the samples this test takes count
-    settings = events_settings(database_url, tmp_path / "cp", fake_agent, stats_interval_s=3600)
-    with control_plane(settings) as api:
-        jwt = owner(api)
+    with _platform(database_url, tmp_path, fake_agent) as (api, jwt):
         _create(api, jwt, vcpus=1, memory_mb=512)
         large = _create(api, jwt, vcpus=2, memory_mb=2048)
         now = int(time.time()) // 10 * 10
@@ -205,9 +216,7 @@ def test_stats_and_usage_of_two_capsule_sizes(
 def test_old_samples_are_thinned_and_dropped(
     database_url: str, tmp_path: Path, fake_agent: FakeAgent
 ) -> None:
-    settings = events_settings(database_url, tmp_path / "cp", fake_agent, stats_interval_s=3600)
-    with control_plane(settings) as api:
-        jwt = owner(api)
+    with _platform(database_url, tmp_path, fake_agent) as (api, jwt):
         capsule = _create(api, jwt)
         now = int(time.time())
         points = [
@@ -236,3 +245,40 @@ def test_old_samples_are_thinned_and_dropped(
             return int(await session.scalar(select(func.count()).select_from(CapsuleSample)) or 0)
 
         assert run(api, count) == len(kept)
+
+
+def test_two_control_planes_sample_and_roll_up_each_day_once(
+    postgres_url: str, tmp_path: Path, fake_agent: FakeAgent
+) -> None:
+    """Two control planes on one PostgreSQL database: both sampling the same instant write one row; both
+    janitors rolling up at once roll each finished day up once (an advisory lock per day), with the
+    numbers of one."""
+    _reset_postgres(postgres_url)
+    settings = events_settings(postgres_url, tmp_path / "cp", fake_agent, stats_interval_s=3600)
+    with control_plane(settings) as one, control_plane(settings) as two:
+        jwt = owner(one)
+        _create(one, jwt, vcpus=2, memory_mb=1024)
+        start = (int(time.time()) // DAY_S - 3) * DAY_S + 3600  # three days ago, 1:00
+        for day in range(3):
+            for i in range(6):
+                for api in (one, two):
+                    _sample(api, start + day * DAY_S + 10 * i)
+
+        async def count(session: AsyncSession) -> int:
+            return int(await session.scalar(select(func.count()).select_from(TeamSample)) or 0)
+
+        assert run(one, count) == 18
+        with ThreadPoolExecutor(2) as pool:
+            rolled = list(pool.map(lambda api: api.portal.call(api.app.state.janitor.roll_up), (one, two)))
+        assert sum(rolled) == 3, rolled  # each of the three days once, by one or the other
+
+        async def days(session: AsyncSession) -> list[tuple[date, float, float]]:
+            found = await session.execute(
+                select(TeamUsageDay.day, TeamUsageDay.cpu_minutes, TeamUsageDay.ram_mb_minutes)
+            )
+            return sorted((d, c, r) for d, c, r in found.all())
+
+        first = datetime.fromtimestamp(start, UTC).date()
+        assert run(two, days) == [
+            (first + timedelta(days=d), 6 * 2 * 10 / 60, 6 * 1024 * 10 / 60) for d in range(3)
+        ]
