@@ -322,7 +322,9 @@ async def metrics(
             "mem_bytes": p["mem_bytes"],
             "disk_bytes": p["disk_bytes"],
         }
-        for p in usage.in_range(await history(capsules.session, capsules.agents, capsule, since), range)
+        for p in usage.in_range(
+            await history(capsules.session, capsules.agents, capsule, since, range), range
+        )
     ]
     return {"sandbox_id": capsule_id, "range": range, "points": points}
 

@@ -222,16 +222,21 @@ async def metrics_window(guest: Guest) -> list[dict[str, Any]]:
 
 
 async def history(
-    session: AsyncSession, agents: AgentPool, capsule: Capsule, since: int = 0
+    session: AsyncSession, agents: AgentPool, capsule: Capsule, since: int = 0, range_: str | None = None
 ) -> list[dict[str, Any]]:
     """The capsule's samples from `since` (unix seconds), oldest first, whatever its status: those copied to
-    the database, with, while it runs, what its host holds now (left out if its host does not answer)."""
+    the database, with, while it runs, what its host holds now (left out if its host does not answer): of
+    `range_` alone (one call) when given, else all its rings."""
     stored = await usage.kept(session, capsule.id, since)
     host = await session.get(Host, capsule.host_id) if capsule.host_id else None
     if capsule.status != CapsuleStatus.RUNNING or host is None or host.status != HostStatus.ONLINE:
         return stored
     try:
-        live = await metrics_window(Guest(agents, capsule, host))
+        running = Guest(agents, capsule, host)
+        if range_ is None:
+            live = await metrics_window(running)
+        else:
+            live = [_point(p) for p in await running.metrics(range_)]
     except _errors.ApiError as exc:
         log.info(
             "capsule samples from the database only", extra={"capsule": capsule.id, "error": exc.message}
