@@ -30,6 +30,7 @@ from ..db import CapsuleStatus as S
 from ..service import TEMPLATE_NAME, CreateSpec, NetworkSpec, listing, logs
 from ..service.guest import history as guest_history
 from ..service.network import RuleBody, from_e2b
+from ..service.usage import latest as latest_sample
 
 router = APIRouter(tags=["e2b"])
 
@@ -355,8 +356,8 @@ async def list_sandboxes(
 async def sandboxes_metrics(
     caller: Caller, capsules: Capsules, sandbox_ids: str = Query(min_length=1, max_length=4000)
 ) -> dict[str, Any]:
-    """The newest sample of each of the team's sandboxes named (comma-joined, at most 100), running or
-    paused: `{"sandboxes": {id: SandboxMetric}}`; an unknown id, or one never sampled, is left out."""
+    """The newest sample of each of the team's sandboxes named (comma-joined, at most 100), running, paused
+    or killed: `{"sandboxes": {id: SandboxMetric}}`; an unknown id, or one never sampled, is left out."""
     ids = list(dict.fromkeys(i.strip() for i in sandbox_ids.split(",") if i.strip()))
     if len(ids) > 100:
         raise _errors.bad_request("sandbox_ids: at most 100")
@@ -364,7 +365,9 @@ async def sandboxes_metrics(
     for sandbox_id in ids:
         try:
             capsule = await _find(capsules, caller, sandbox_id, killed=True)
-            samples = await _samples(capsules, capsule)
+            # the newest stored sample, and the host's of the last 5 minutes while it runs (one call)
+            since = await latest_sample(capsules.session, capsule.id) or 0
+            samples = await guest_history(capsules.session, capsules.agents, capsule, since, "5m")
         except _errors.ApiError as exc:
             if exc.status in (404, 503):  # not the team's, or its host is away: nothing to show
                 continue
@@ -475,12 +478,6 @@ def _metric(c: Capsule, point: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _samples(capsules: Capsules, c: Capsule, since: int = 0) -> list[dict[str, Any]]:
-    """The capsule's samples from `since`, oldest first: those copied to the database (at its pauses, its
-    destroy and periodically), with its host's while it runs."""
-    return await guest_history(capsules.session, capsules.agents, c, since)
-
-
 @router.get("/sandboxes/{sandbox_id}/metrics")
 async def sandbox_metrics(
     sandbox_id: str,
@@ -494,7 +491,7 @@ async def sandbox_metrics(
     capsule = await _find(capsules, caller, sandbox_id, killed=True)
     return [
         _metric(capsule, p)
-        for p in await _samples(capsules, capsule, start or 0)
+        for p in await guest_history(capsules.session, capsules.agents, capsule, start or 0)
         if end is None or p["t"] <= end
     ]
 

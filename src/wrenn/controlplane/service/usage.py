@@ -91,6 +91,14 @@ async def kept(session: AsyncSession, capsule_id: str, since: int = 0) -> list[d
     ]
 
 
+async def latest(session: AsyncSession, capsule_id: str) -> int | None:
+    """When the capsule's newest stored sample was taken (unix seconds); None: it has none."""
+    newest = await session.scalar(
+        select(func.max(CapsuleSample.t)).where(CapsuleSample.capsule_id == capsule_id)
+    )
+    return None if newest is None else int(newest)
+
+
 def merged(stored: list[dict[str, Any]], live: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Stored and live samples, oldest first, each second once (the live one wins)."""
     by_t = {p["t"]: p for p in stored} | {p["t"]: p for p in live}
