@@ -3,7 +3,7 @@ PyPI in a virtualenv of its own (not our package): `python seed_sdk_surface.py B
 
 Prints one JSON line per check, `{"check", "ok", "detail"}`; the test reads them all. A check is a call
 as a seed user writes it, with what they would assert. (Its `code_runner` is another issue's; stats, usage
-and the event stream are the observability issue's: those must fail with a clear error, checked too.)
+are answered; the event stream is not built yet: it must fail with a clear error, checked too.)
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
@@ -236,15 +237,21 @@ def low_level() -> None:
             "WrennNotFoundError",
             lambda: _raises(lambda: client.capsules.get("cl-nosuchcapsule"), WrennNotFoundError),
         )
-        # Built by the observability issue: until then a clear error, not a crash or a wrong answer.
-        for name, call in (
-            ("capsules.stats", lambda: client.capsules.stats()),
-            ("capsules.usage", lambda: client.capsules.usage()),
-            ("events.stream", lambda: next(iter(client.events.stream()))),
-        ):
-            check(f"{name} is refused clearly", lambda call=call: expect(
-                "not served yet" in _raises(call, WrennError), "message"
-            ))  # fmt: skip
+        stats = check("WrennClient.capsules.stats", lambda: client.capsules.stats(range="1h"))
+        check("stats: shape", lambda: expect(
+            stats.current is not None and stats.current.running_count is not None and stats.peaks is not None
+            and stats.series is not None and len(stats.series.labels or []) == len(stats.series.vcpus or []),
+            repr(stats),
+        ))  # fmt: skip
+        today = date.today()
+        used = check(
+            "WrennClient.capsules.usage", lambda: client.capsules.usage(from_=today - timedelta(days=6))
+        )
+        check("usage: a point a day", lambda: expect(len(used.points or []) == 7, repr(used)))
+        # Not built yet: a clear error, not a crash or a wrong answer.
+        check("events.stream is refused clearly", lambda: expect(
+            "not served yet" in _raises(lambda: next(iter(client.events.stream())), WrennError), "message"
+        ))  # fmt: skip
 
 
 def snapshots(capsule: Capsule) -> None:

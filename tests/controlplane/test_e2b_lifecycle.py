@@ -7,7 +7,8 @@ proxy, host agent, real VMs), each driven by the unmodified `e2b` SDK as a progr
 - lists filter by state, metadata, start time and template, in either order, in pages that stay complete
   while sandboxes change; snapshot lists filter by sandbox and name, and page;
 - logs are the sandbox's own (its console: envd's lines for every process started and ended), paged;
-  metrics are kept over a pause and served for the paused sandbox, one by one and in a batch.
+  metrics are kept over a pause and a kill and served for the paused and killed sandbox, one by one and in
+  a batch.
 """
 
 from __future__ import annotations
@@ -232,5 +233,9 @@ def test_metrics_are_kept_over_a_pause(opts: dict[str, Any], api: Any) -> None:
         again = Sandbox.connect(sandbox.sandbox_id, **opts)
         after = _wait("new samples", lambda: len(again.get_metrics()) > len(kept), timeout=30)
         assert after and again.get_metrics()[0].timestamp == kept[0].timestamp  # the kept window comes first
+        newest = again.get_metrics()[-1].timestamp
+        assert again.kill()
+        killed = Sandbox.get_metrics(sandbox.sandbox_id, **opts)  # copied before the kill: served after it
+        assert killed[0].timestamp == kept[0].timestamp and killed[-1].timestamp >= newest
     finally:
         sandbox.kill()

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from datetime import UTC, datetime
 
+import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from wrenn.controlplane.db import Base, make_engine, migrate
+from wrenn.controlplane.db._engine import alembic_config
 
 
 def test_migrations_match_the_models(database_url: str) -> None:
@@ -23,3 +28,40 @@ def test_migrations_match_the_models(database_url: str) -> None:
         return list(diff)
 
     assert asyncio.run(check()) == []
+
+
+def test_the_window_kept_at_a_pause_moves_to_capsule_samples(database_url: str) -> None:
+    """0015: `sandboxes.last_metrics` (0010) becomes rows of `capsule_samples`, each second once."""
+    window = [{"t": 100 + i, "cpu_pct": 1.5 * i, "mem_bytes": 10 * i, "disk_bytes": 7} for i in range(3)]
+
+    async def check() -> list[tuple[object, ...]]:
+        engine = make_engine(database_url)
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0014"))
+            await conn.execute(
+                sa.text("INSERT INTO teams (id, name, slug, created_at) VALUES ('t1', 't', 't', :now)"),
+                {"now": datetime.now(UTC)},
+            )
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO sandboxes (id, team_id, template, status, vcpus, memory_mb, disk_size_mb,"
+                    " timeout_sec, host_ip, envd_token, error, metadata, created_at, last_updated, labels,"
+                    " on_timeout, request_hash, auto_resume, last_metrics, network, network_secrets,"
+                    " egress_ca_cert, egress_ca_key) VALUES ('cl1', 't1', 'minimal', 'paused', 1, 512, 5120,"
+                    " 0, '', '', '', '{}', :now, :now, '{}', 'kill', '', true, :window, '{}', '', '', '')"
+                ),
+                {"now": datetime.now(UTC), "window": json.dumps(window + window[:1])},
+            )
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "head"))
+            rows = await conn.execute(
+                sa.text(
+                    "SELECT capsule_id, t, cpu_pct, mem_bytes, disk_bytes FROM capsule_samples ORDER BY t"
+                )
+            )
+            found = [tuple(r) for r in rows.all()]
+        await engine.dispose()
+        return found
+
+    assert asyncio.run(check()) == [
+        ("cl1", p["t"], p["cpu_pct"], p["mem_bytes"], p["disk_bytes"]) for p in window
+    ]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentService, HostAgentServiceASGIApplication
@@ -33,6 +34,9 @@ class Recorder(HostAgentService):
     proxy_port: int = 0
     boot_s: float = 0.0
     calls: list[tuple[str, Any]] = field(default_factory=list)
+    #: What it says it sampled of each sandbox, `(unix seconds, cpu %, memory bytes, disk bytes)`, for any
+    #: range (a host's rings go with the VM: a test empties them at a pause or destroy).
+    samples: dict[str, list[tuple[int, float, int, int]]] = field(default_factory=dict)
 
     async def get_host_info(self, request: pb.GetHostInfoRequest, ctx: Any) -> pb.GetHostInfoResponse:
         self.calls.append(("get_host_info", request))
@@ -68,13 +72,24 @@ class Recorder(HostAgentService):
         )
         return pb.ResumeSandboxResponse(sandbox=info)
 
+    async def get_sandbox_metrics(
+        self, request: pb.GetSandboxMetricsRequest, ctx: Any
+    ) -> pb.GetSandboxMetricsResponse:
+        self.calls.append(("get_sandbox_metrics", request))
+        points = [
+            pb.MetricsPoint(timestamp=Timestamp(seconds=t), cpu_pct=cpu, mem_bytes=mem, disk_bytes=disk)
+            for t, cpu, mem, disk in self.samples.get(request.sandbox_id, [])
+        ]
+        return pb.GetSandboxMetricsResponse(points=points)
+
     async def terminate(self, request: pb.TerminateRequest, ctx: Any) -> pb.TerminateResponse:
         self.calls.append(("terminate", request))
         return pb.TerminateResponse()
 
     def names(self) -> list[str]:
         """The calls made for someone (the host monitor's own probes left out)."""
-        return [name for name, _ in self.calls if name not in ("get_host_info", "list_sandboxes")]
+        probes = ("get_host_info", "list_sandboxes", "get_sandbox_metrics")
+        return [name for name, _ in self.calls if name not in probes]
 
 
 async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -30,6 +30,7 @@ from ._mail import Mailer
 from ._metrics import Metrics
 from ._monitor import HostMonitor
 from ._proxy import TrafficProxy
+from ._sampler import Sampler
 from ._secretbox import SecretBox
 from ._security import Tokens, load_or_create_secret
 from ._settings import Settings
@@ -109,6 +110,10 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.sessions, app.state.agents, settings, engine.dialect.name
         )
         janitor.start()
+        sampler = app.state.sampler = Sampler(
+            app.state.sessions, app.state.agents, settings, engine.dialect.name
+        )
+        sampler.start()
         dispatcher = app.state.dispatcher = Dispatcher(
             app.state.sessions, app.state.agents, settings, engine.dialect.name, app.state.metrics
         )
@@ -118,6 +123,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await dispatcher.stop()
+            await sampler.stop()
             await builds.stop()
             await deadlines.stop()
             await janitor.stop()

@@ -7,17 +7,21 @@ start).
    events with the account's name replaced by "deleted user" (its id stays, as a pseudonym).
 2. **Expired** reset and activation tokens, sign-ins under way, revoked-token records and old failed
    logins are removed, and so are events and finished deliveries older than `events_retention_days`.
+3. **Usage.** Each finished day with team samples and no rolled-up usage is rolled up (CPU-minutes and
+   RAM-MB-minutes per team), and capsule samples, team samples and daily usage older than their retention
+   (`metrics_retention_days`, `stats_retention_days`, `usage_retention_days`) are removed.
 
 Safe with several control planes on one PostgreSQL database: each account is purged under a
 transaction-scoped advisory lock (`pg_try_advisory_xact_lock`, skipped when another control plane holds
-it) and re-read under it, so an account restored meanwhile is left alone; the removals of step 2 are
-idempotent deletes. A purge that fails (a host that cannot destroy a capsule) is retried next round.
+it) and re-read under it, so an account restored meanwhile is left alone; the removals of steps 2 and 3 are
+idempotent deletes; each day is rolled up under its own advisory lock, and only if no control plane has
+rolled it up meanwhile. A purge that fails (a host that cannot destroy a capsule) is retried next round.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
@@ -41,7 +45,7 @@ from .db import (
     as_utc,
     utcnow,
 )
-from .service import channels
+from .service import channels, usage
 from .service.teams import delete_team
 
 log = logging.getLogger("wrenn.controlplane.janitor")
@@ -63,6 +67,7 @@ class Janitor(Background):
             if await self._purge(user_id):
                 purged += 1
         await self.prune()
+        await self.roll_up()
         return purged
 
     async def _due(self) -> list[str]:
@@ -161,3 +166,33 @@ class Janitor(Background):
             await session.execute(delete(LoginFailure).where(LoginFailure.at < now - window))
             await channels.prune(session, now - timedelta(days=self._settings.events_retention_days))
             await session.commit()
+
+    async def roll_up(self) -> int:
+        """Roll up the finished days not rolled up yet, then drop what is past its retention; how many
+        days."""
+        async with self._sessions() as session:
+            days = await usage.unrolled_days(session, utcnow().date())
+        done = 0
+        for day in days:
+            done += await self._roll_up_day(day)
+        settings = self._settings
+        async with self._sessions() as session:
+            await usage.prune(
+                session, settings.metrics_retention_days, settings.stats_retention_days,
+                settings.usage_retention_days,
+            )  # fmt: skip
+            await session.commit()
+        return done
+
+    async def _roll_up_day(self, day: date) -> int:
+        async with self._sessions() as session:
+            if self._postgres and not await session.scalar(
+                select(func.pg_try_advisory_xact_lock(lock_key("usage", day.isoformat())))
+            ):
+                return 0  # another control plane is rolling it up
+            if day not in await usage.unrolled_days(session, day + timedelta(days=1)):
+                return 0  # rolled up meanwhile
+            teams = await usage.roll_up(session, day)
+            await session.commit()
+        log.info("usage rolled up", extra={"day": day.isoformat(), "teams": teams})
+        return 1

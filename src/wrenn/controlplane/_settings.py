@@ -129,6 +129,11 @@ _FROM_ENV: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("webhook_retry_s", "WRENN_WEBHOOK_RETRY_S", lambda v: tuple(float(w) for w in _words(v))),
     ("webhook_allow_networks", "WRENN_WEBHOOK_ALLOW_NETWORKS", _words),
     ("events_retention_days", "WRENN_EVENTS_RETENTION_DAYS", float),
+    ("stats_interval_s", "WRENN_STATS_INTERVAL_S", float),
+    ("metrics_flush_interval_s", "WRENN_METRICS_FLUSH_INTERVAL_S", float),
+    ("metrics_retention_days", "WRENN_METRICS_RETENTION_DAYS", float),
+    ("stats_retention_days", "WRENN_STATS_RETENTION_DAYS", float),
+    ("usage_retention_days", "WRENN_USAGE_RETENTION_DAYS", float),
 )
 
 
@@ -268,6 +273,18 @@ class Settings:
     webhook_allow_networks: tuple[str, ...] = ()
     #: Events and finished deliveries (with their attempts) are kept this long; the janitor removes them.
     events_retention_days: float = 30.0
+    #: How often each team's running capsules, vCPUs and memory are sampled (`/v1/capsules/stats`; usage
+    #: counts each sample as this many seconds).
+    stats_interval_s: float = 10.0
+    #: How often the samples host agents hold of running capsules are copied to the database (they are
+    #: also copied before each pause and destroy).
+    metrics_flush_interval_s: float = 60.0
+    #: Per-capsule samples (CPU, memory, disk) are kept this long, capsule running, paused or destroyed.
+    metrics_retention_days: float = 7.0
+    #: Team capacity samples are kept this long (the stats' 30-day range and peaks need 30).
+    stats_retention_days: float = 31.0
+    #: Daily usage rolled up is kept this long.
+    usage_retention_days: float = 400.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

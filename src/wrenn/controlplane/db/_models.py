@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -283,9 +285,6 @@ class Capsule(Base):
     request_hash: Mapped[str] = mapped_column(String(64), default="")
     #: Traffic to it while paused resumes it (E2B's `autoResume`); else the proxy answers that it is paused.
     auto_resume: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
-    #: The samples its host held when it was last paused (`[{t, cpu_pct, mem_bytes, disk_bytes}]`), served
-    #: while it sleeps; null: never paused.
-    last_metrics: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
     #: Its egress policy without secrets (service/network.py's public form); {}: open.
     network: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     #: The header values of its egress rules, `{domain: {header: value}}` as JSON, sealed.
@@ -481,3 +480,43 @@ class DeliveryAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer, default=None)
     error: Mapped[str] = mapped_column(String(500), default="")
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class CapsuleSample(Base):
+    """One sample of a capsule's use as its host measured it, copied to the database before each pause and
+    destroy and periodically, so its history outlives the VM (the agent's rings go with it).
+
+    These three tables have no foreign keys on purpose: SQLite alters a table by copying and dropping it,
+    and the drop would cascade to them. Their rows go with their retention (the janitor)."""
+
+    __tablename__ = "capsule_samples"
+    capsule_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    #: Unix seconds.
+    t: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    cpu_pct: Mapped[float] = mapped_column(Float)
+    mem_bytes: Mapped[int] = mapped_column(BigInteger)
+    disk_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class TeamSample(Base):
+    """What a team had running at one instant (`t`, unix seconds, a multiple of the sampling interval, so
+    that several control planes sampling the same instant write one row)."""
+
+    __tablename__ = "team_samples"
+    team_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    t: Mapped[int] = mapped_column(BigInteger, primary_key=True, index=True)
+    running: Mapped[int] = mapped_column(Integer)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    #: The seconds this sample stands for (the sampling interval when it was taken).
+    interval_s: Mapped[int] = mapped_column(Integer)
+
+
+class TeamUsageDay(Base):
+    """A team's usage of one finished UTC day, rolled up from its samples."""
+
+    __tablename__ = "team_usage_days"
+    team_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    cpu_minutes: Mapped[float] = mapped_column(Float)
+    ram_mb_minutes: Mapped[float] = mapped_column(Float)

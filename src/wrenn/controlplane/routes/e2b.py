@@ -14,7 +14,7 @@ import json
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, unquote
 
 from fastapi import APIRouter, Header, Query, Response
@@ -27,10 +27,10 @@ from .._deps import Caller, Capsules, Principal, Templates
 from .._time import rfc3339
 from ..db import Capsule, as_utc, states, utcnow
 from ..db import CapsuleStatus as S
-from ..service import TEMPLATE_NAME, CreateSpec, Guest, NetworkSpec, listing, logs
-from ..service.guest import kept_and_live
-from ..service.guest import metrics_window as guest_metrics_window
+from ..service import TEMPLATE_NAME, CreateSpec, NetworkSpec, listing, logs
+from ..service.guest import history as guest_history
 from ..service.network import RuleBody, from_e2b
+from ..service.usage import latest as latest_sample
 
 router = APIRouter(tags=["e2b"])
 
@@ -42,6 +42,8 @@ ENVD_VERSION_UNKNOWN = "0.6.4"
 ALIASES = {"base": "minimal"}
 DEFAULT_TIMEOUT_S = 300
 MAX_TIMEOUT_S = 24 * 3600
+#: The largest unix time a query takes (year 9999): beyond it, a 400 rather than an overflow.
+UNIX_MAX = 253402300799
 #: Paths this module answers: their errors are E2B's `{"code", "message"}`.
 PREFIXES = ("/sandboxes", "/v2/sandboxes", "/snapshots", "/templates", "/v2/templates", "/v3/templates")
 
@@ -189,14 +191,12 @@ def _detail(c: Capsule) -> dict[str, Any]:
 # --- helpers --------------------------------------------------------------------------------------
 
 
-async def _find(capsules: Capsules, caller: Principal, sandbox_id: str) -> Capsule:
-    """The team's live capsule; 404 (E2B's "sandbox not found") for anything else."""
+async def _find(capsules: Capsules, caller: Principal, sandbox_id: str, *, killed: bool = False) -> Capsule:
+    """The team's live capsule (or, with `killed`, one destroyed too: its metrics outlive it); 404 (E2B's
+    "sandbox not found") for anything else."""
     capsule = await capsules.session.get(Capsule, sandbox_id)
-    if (
-        capsule is None
-        or capsule.team_id != caller.team_id
-        or capsule.status not in (*states.VISIBLE, S.MISSING)
-    ):
+    wanted = (*states.VISIBLE, S.MISSING, S.STOPPED) if killed else (*states.VISIBLE, S.MISSING)
+    if capsule is None or capsule.team_id != caller.team_id or capsule.status not in wanted:
         raise _errors.ApiError(404, "sandbox_not_found", f"sandbox {sandbox_id} not found")
     return capsule
 
@@ -356,16 +356,18 @@ async def list_sandboxes(
 async def sandboxes_metrics(
     caller: Caller, capsules: Capsules, sandbox_ids: str = Query(min_length=1, max_length=4000)
 ) -> dict[str, Any]:
-    """The newest sample of each of the team's sandboxes named (comma-joined, at most 100), running or
-    paused: `{"sandboxes": {id: SandboxMetric}}`; an unknown id, or one never sampled, is left out."""
+    """The newest sample of each of the team's sandboxes named (comma-joined, at most 100), running, paused
+    or killed: `{"sandboxes": {id: SandboxMetric}}`; an unknown id, or one never sampled, is left out."""
     ids = list(dict.fromkeys(i.strip() for i in sandbox_ids.split(",") if i.strip()))
     if len(ids) > 100:
         raise _errors.bad_request("sandbox_ids: at most 100")
     found: dict[str, Any] = {}
     for sandbox_id in ids:
         try:
-            capsule = await _find(capsules, caller, sandbox_id)
-            samples = await _samples(capsules, capsule)
+            capsule = await _find(capsules, caller, sandbox_id, killed=True)
+            # the newest stored sample, and the host's of the last 5 minutes while it runs (one call)
+            since = await latest_sample(capsules.session, capsule.id) or 0
+            samples = await guest_history(capsules.session, capsules.agents, capsule, since, "5m")
         except _errors.ApiError as exc:
             if exc.status in (404, 503):  # not the team's, or its host is away: nothing to show
                 continue
@@ -476,29 +478,21 @@ def _metric(c: Capsule, point: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _samples(capsules: Capsules, c: Capsule) -> list[dict[str, Any]]:
-    """The capsule's samples, oldest first: kept at its last pause, then its host's since it runs."""
-    live = []
-    if c.status == S.RUNNING and c.host_id is not None:
-        live = await guest_metrics_window(Guest(capsules.agents, c, await capsules.host_of(c)))
-    return kept_and_live(c, live)
-
-
 @router.get("/sandboxes/{sandbox_id}/metrics")
 async def sandbox_metrics(
     sandbox_id: str,
     caller: Caller,
     capsules: Capsules,
-    start: int | None = None,
-    end: int | None = None,
+    start: Annotated[int | None, Query(ge=0, le=UNIX_MAX)] = None,
+    end: Annotated[int | None, Query(ge=0, le=UNIX_MAX)] = None,
 ) -> list[dict[str, Any]]:
     """CPU, memory and disk samples between `start` and `end` (unix seconds), running or paused: a paused
-    sandbox's are those its host held when it was paused (kept by the control plane)."""
-    capsule = await _find(capsules, caller, sandbox_id)
+    sandbox's are those copied to the database before it was paused; a killed one's, before it was."""
+    capsule = await _find(capsules, caller, sandbox_id, killed=True)
     return [
         _metric(capsule, p)
-        for p in await _samples(capsules, capsule)
-        if (start is None or p["t"] >= start) and (end is None or p["t"] <= end)
+        for p in await guest_history(capsules.session, capsules.agents, capsule, start or 0)
+        if end is None or p["t"] <= end
     ]
 
 

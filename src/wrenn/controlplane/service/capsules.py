@@ -35,7 +35,7 @@ from .._scheduler import pick_host
 from .._settings import Settings
 from ..db import Capsule, Host, HostStatus, Template, TemplateBuild, states, utcnow
 from ..db import CapsuleStatus as S
-from . import events, guest, quotas
+from . import events, guest, quotas, usage
 from .network import NetworkSpec, apply, policy_of
 
 log = logging.getLogger("wrenn.controlplane.capsules")
@@ -361,6 +361,8 @@ class CapsuleService:
             host = (
                 await self.session.execute(select(Host).where(Host.status == HostStatus.ONLINE).limit(1))
             ).scalar()
+        if capsule.status == S.RUNNING and host is not None:
+            await self._keep_metrics(capsule, host)
         if capsule.status != S.STOPPED and host is not None:
             try:
                 await self.agents.call(
@@ -405,8 +407,8 @@ class CapsuleService:
         return host
 
     async def _keep_metrics(self, capsule: Capsule, host: Host) -> None:
-        """Keep what the host sampled of the capsule (its rings go with the VM), to serve while it sleeps
-        and to put before its next run's samples. Best effort: a pause never fails for metrics."""
+        """Copy what the host sampled of the capsule to the database (its rings go with the VM), to serve
+        while it sleeps and after it is destroyed. Best effort: a pause or destroy never fails for it."""
         try:
             live = await guest.metrics_window(guest.Guest(self.agents, capsule, host))
         except _errors.ApiError as exc:
@@ -414,7 +416,7 @@ class CapsuleService:
                 "cannot keep a capsule's metrics", extra={"capsule": capsule.id, "error": exc.message}
             )
             return
-        capsule.last_metrics = guest.kept_and_live(capsule, live)
+        await usage.keep(self.session, capsule.id, live)
 
     async def resume(self, capsule: Capsule, actor: Principal | None) -> bool:
         """Bring a paused or hibernated capsule back and mark it `running` (committed); whether it had to.

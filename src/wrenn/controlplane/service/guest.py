@@ -5,19 +5,23 @@ here, once."""
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from protobuf import Oneof
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 
 from .. import _errors
 from .._agents import AgentPool
-from ..db import Capsule, Host
+from ..db import Capsule, CapsuleStatus, Host, HostStatus
+from . import usage
 
+log = logging.getLogger("wrenn.controlplane.guest")
 FILE_TYPES = {pb.FileType.FILE: "file", pb.FileType.DIRECTORY: "directory", pb.FileType.SYMLINK: "symlink"}
 #: `?range=` of the metrics routes, as the agent names it.
 RANGES = {
@@ -195,7 +199,7 @@ class Guest:
         await self._call(self._client.ping_sandbox(pb.PingSandboxRequest(sandbox_id=self._id)))
 
 
-# --- metrics kept over a pause --------------------------------------------------------------------
+# --- metrics copied to the database --------------------------------------------------------------------
 
 
 def _point(p: pb.MetricsPoint) -> dict[str, Any]:
@@ -217,9 +221,25 @@ async def metrics_window(guest: Guest) -> list[dict[str, Any]]:
     return [merged[t] for t in sorted(merged)]
 
 
-def kept_and_live(capsule: Capsule, live: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The window kept at the capsule's last pause (`last_metrics`), followed by the live points of its
-    host since (a resumed capsule's rings start empty)."""
-    kept = list(capsule.last_metrics or [])
-    first_live = live[0]["t"] if live else None
-    return [p for p in kept if first_live is None or p["t"] < first_live] + live
+async def history(
+    session: AsyncSession, agents: AgentPool, capsule: Capsule, since: int = 0, range_: str | None = None
+) -> list[dict[str, Any]]:
+    """The capsule's samples from `since` (unix seconds), oldest first, whatever its status: those copied to
+    the database, with, while it runs, what its host holds now (left out if its host does not answer): of
+    `range_` alone (one call) when given, else all its rings."""
+    stored = await usage.kept(session, capsule.id, since)
+    host = await session.get(Host, capsule.host_id) if capsule.host_id else None
+    if capsule.status != CapsuleStatus.RUNNING or host is None or host.status != HostStatus.ONLINE:
+        return stored
+    try:
+        running = Guest(agents, capsule, host)
+        if range_ is None:
+            live = await metrics_window(running)
+        else:
+            live = [_point(p) for p in await running.metrics(range_)]
+    except _errors.ApiError as exc:
+        log.info(
+            "capsule samples from the database only", extra={"capsule": capsule.id, "error": exc.message}
+        )
+        return stored
+    return usage.merged(stored, [p for p in live if p["t"] >= since])
