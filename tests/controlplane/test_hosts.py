@@ -385,6 +385,7 @@ def test_monitor_settles_what_a_dead_control_plane_left_in_flight(
             pb.SandboxInfo(sandbox_id="cl-thawed", status=running, host_ip="10.11.0.4"),
             pb.SandboxInfo(sandbox_id="cl-failed", status=running),  # its create gave up first
             pb.SandboxInfo(sandbox_id="cl-nobody", status=running),  # no row at all
+            pb.SandboxInfo(sandbox_id="sb-operators", status=running),  # not a capsule: not ours to end
         ]
         assert (
             api.post(f"/v1/hosts/{host_id}/heartbeat", headers={"X-Host-Token": creds["token"]}).status_code

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -304,7 +305,9 @@ async def reconcile(
                         resource_id=capsule.id, actor=_MONITOR, was=was, reason=capsule.error,
                     )  # fmt: skip
         await session.flush()
-        holding = [i for i, info in on_agent.items() if info.status in _HOLDING]
+        # Only sandboxes named as control planes name capsules: an agent may hold others (an operator's,
+        # a test's, made through its own API), which are no business of this database.
+        holding = [i for i, info in on_agent.items() if info.status in _HOLDING and _CAPSULE_ID.match(i)]
         wanted = set(
             (
                 await session.execute(
@@ -320,6 +323,8 @@ async def reconcile(
 _RECONCILED = (S.RUNNING, S.MISSING, S.PAUSED, S.HIBERNATING, S.PENDING, S.STARTING)
 #: Set by a create or resume in flight: reconciled only once no control plane has it in flight.
 _IN_FLIGHT = (S.PENDING, S.STARTING)
+#: A capsule's id (`_ids.new_id("cl")`).
+_CAPSULE_ID = re.compile(r"^cl-[0-9a-z]+$")
 #: The agent statuses that hold a VM or its snapshot on the host.
 _HOLDING = (pb.SandboxStatus.PENDING, pb.SandboxStatus.RUNNING, pb.SandboxStatus.PAUSED)
 
