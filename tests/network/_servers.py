@@ -68,6 +68,14 @@ async def _http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, log:
                 status, extra, body = "302 Found", f"location: {parse_qs(url.query)['to'][0]}\r\n", ""
             elif url.path.startswith("/bytes/"):
                 body = "x" * int(url.path.rsplit("/", 1)[1])
+            elif url.path.startswith("/slow/"):  # N bytes, 1 KiB every 10 ms: a download that lasts
+                total = int(url.path.rsplit("/", 1)[1])
+                writer.write(f"HTTP/1.1 200 OK\r\ncontent-length: {total}\r\n\r\n".encode())
+                for sent in range(0, total, 1024):
+                    writer.write(b"x" * min(1024, total - sent))
+                    await writer.drain()
+                    await asyncio.sleep(0.01)
+                continue
             data = body.encode()
             writer.write(
                 f"HTTP/1.1 {status}\r\ncontent-length: {len(data)}\r\n{extra}content-type: text/plain\r\n\r\n".encode()
