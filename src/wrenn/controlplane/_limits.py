@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection
 
 from wrenn._shared.asgiproxy import ASGIApp, Receive, Scope, Send
 
@@ -57,7 +58,6 @@ UNAUTHENTICATED = frozenset(
         "/v1/me/password/reset/confirm",
     }
 )
-_SESSION_COOKIE = COOKIE.encode() + b"="
 #: The identity providers' round trips (start and callback), likewise.
 _OAUTH = re.compile(r"^/v1/auth/oauth/[^/]+(/callback)?/?$")
 _STREAM_WRITE = re.compile(r"^/v1/capsules/[^/]+/files/stream/write/?$")
@@ -101,21 +101,17 @@ def client_address(scope: Scope) -> str:
     return str(client[0]) if client else "unknown"
 
 
-def _credential(headers: list[tuple[bytes, bytes]]) -> str | None:
+def _credential(scope: Scope) -> str | None:
     """A digest of the request's credential (API key, bearer token, host token or the dashboard's session
     cookie), if any."""
-    for name, value in headers:
+    for name, value in scope["headers"]:
         lowered = name.lower()
         if lowered in (b"x-api-key", b"x-host-token") or (
             lowered == b"authorization" and value[:7].lower() == b"bearer "
         ):
             return hashlib.sha256(value).hexdigest()[:32]
-    for name, value in headers:
-        if name.lower() == b"cookie":
-            for part in value.split(b";"):
-                if part.strip().startswith(_SESSION_COOKIE):
-                    return hashlib.sha256(part.strip()).hexdigest()[:32]
-    return None
+    session = HTTPConnection(scope).cookies.get(COOKIE)
+    return hashlib.sha256(session.encode()).hexdigest()[:32] if session else None
 
 
 def retry_after(wait: float) -> str:
@@ -154,7 +150,7 @@ class RequestLimits:
         path = scope["path"]
         if (scope.get("method") == "POST" and path.rstrip("/") in UNAUTHENTICATED) or _OAUTH.match(path):
             waits.append(self.unauthenticated.take(address))
-        credential = _credential(scope["headers"])
+        credential = _credential(scope)
         if credential is not None:
             waits.append(self.per_key.take(credential))
         return max(waits)
