@@ -34,6 +34,7 @@ from protobuf import Oneof
 from _common import (
     Row,
     Series,
+    agent_client,
     agent_create,
     agent_destroy,
     agent_running,
@@ -98,7 +99,7 @@ async def main() -> None:
     args = parser.parse_args()
     _, started, run = prepare_run(args, "template", f"tb{os.getpid() % 1000:03d}z")
     with agent_running(run):
-        client = HostAgentServiceClient(run.url)
+        client = agent_client(run)
         _, host = await host_accelerator(client)
         data = _archive()
         digest = hashlib.sha256(data).hexdigest()
