@@ -169,8 +169,14 @@ IMAGE_DATA_DIR = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test
 
 
 @pytest.fixture(scope="session")
-def image_data_dir() -> Path:
-    return IMAGE_DATA_DIR
+def image_data_dir() -> Iterator[Path]:
+    """The shared data dir; at the end of the session, the run's ready snapshots go (tests/agent/_agent.py
+    shares them between the run's agents), and those of runs whose process is gone."""
+    yield IMAGE_DATA_DIR
+    for run in (IMAGE_DATA_DIR / "ready-cache").glob("run-*"):
+        pid = int(run.name.removeprefix("run-")) if run.name.removeprefix("run-").isdigit() else 0
+        if pid == os.getpid() or not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(run, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

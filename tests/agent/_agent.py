@@ -76,13 +76,28 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def private_data_dir(shared: Path, prefix: str) -> Path:
+def shared_ready_dir(shared: Path) -> Path:
+    """This test run's cache of ready snapshots, shared by its agents: the first agent to boot a shape
+    makes its ready snapshot (as any agent would), and every later agent of the run restores it instead
+    of booting the same image cold again. Per run (the pid), so a snapshot never crosses code versions;
+    removed at the end of the session (tests/conftest.py)."""
+    return shared / "ready-cache" / f"run-{os.getpid()}"
+
+
+def private_data_dir(shared: Path, prefix: str, share_ready: bool = True) -> Path:
     """A data dir of the agent's own whose `images` is the shared one: an agent removes every sandbox
-    directory it does not own, so two agents must never share a data dir (nor two test runs: the pid)."""
+    directory it does not own, so two agents must never share a data dir (nor two test runs: the pid).
+    Its `ready` is the run's shared cache unless `share_ready` is False (tests about making ready
+    snapshots start from none)."""
     directory = Path(tempfile.gettempdir()) / f"wrenn-agent-{prefix}{os.getpid() % 100_000}"
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     (directory / "images").symlink_to(shared / "images")
+    if share_ready:
+        ready = shared_ready_dir(shared)
+        ready.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ready.parent.chmod(0o700)
+        (directory / "ready").symlink_to(ready)
     return directory
 
 
@@ -124,14 +139,14 @@ def start_agent(
 
 
 @contextlib.contextmanager
-def running_agent(prefix: str, extra: Sequence[str] = ()) -> Iterator[AgentProcess]:
+def running_agent(prefix: str, extra: Sequence[str] = (), share_ready: bool = True) -> Iterator[AgentProcess]:
     """A host agent on a private data dir over the shared test images; at the end, whatever happened,
     nothing is left: a live agent (or a new one, which adopts what a killed one left) is told to
     Terminate, which destroys every sandbox and removes its network rules."""
     from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 
     shared = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
-    data_dir = private_data_dir(shared, prefix)
+    data_dir = private_data_dir(shared, prefix, share_ready)
     process = start_agent(data_dir, prefix, extra=extra)
     try:
         yield process

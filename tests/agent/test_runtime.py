@@ -36,7 +36,7 @@ PREFIX = f"wa{os.getpid() % 1000:03d}r"  # starts and ends with a letter, as the
 
 @pytest.fixture(scope="module")
 def agent(image: object) -> Iterator[AgentProcess]:
-    with running_agent(PREFIX) as process:
+    with running_agent(PREFIX, share_ready=False) as process:  # it tests making ready snapshots
         yield process
 
 

@@ -201,7 +201,7 @@ def test_the_agent_runs_under_a_memory_limit_of_its_own(platform: Platform) -> N
 
 def test_an_agent_that_cannot_jail_its_vmms_refuses_to_start(image: object) -> None:
     shared = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
-    data_dir = private_data_dir(shared, "nojail")
+    data_dir = private_data_dir(shared, "nojail", share_ready=False)  # its snapshots are not the jailed ones
     (data_dir / "jail").write_text("not a directory")  # where each jail's root is mounted
     base = [sys.executable, "-m", "wrenn.agent", "--data-dir", str(data_dir), "--accelerator", "tcg"]
     base += ["--name-prefix", "nojail", "--port", "0", "--proxy-port", "1", "--slots", "1"]
@@ -227,7 +227,7 @@ def _private_tree(root: Path) -> list[Path]:
 def test_tenant_files_are_root_s_alone(platform: Platform, test_user: pwd.struct_passwd) -> None:
     data = platform.agent.data_dir
     capsule = data / "sandboxes" / platform.capsule.capsule_id
-    files = _private_tree(data / "sandboxes") + _private_tree(data / "ready")
+    files = _private_tree(data / "sandboxes") + _private_tree((data / "ready").resolve())
     names = {p.name for p in files}
     assert {"rootfs.qcow2", "console.log", "state.json", "vmstate", "memory", "meta.json"} <= names
     probe = [str(p) for p in (capsule / "rootfs.qcow2", capsule / "console.log", capsule / "state.json")]
