@@ -1,7 +1,7 @@
 """Placement weighs each host's memory, CPU and disk, and draws the best of K when many hosts have room.
 
 Expectations are computed by hand from `_scheduler`'s rule (the mean of three fractions with the capsule
-placed): memory = (given + 1024 + new) / total; CPU = max(vCPUs / (cores * 4), load / cores);
+placed): memory = (given + 1024 + new) / total; CPU = vCPUs / (cores * 4), 1 when load >= cores;
 disk = (total - free + new memory) / total, with 2048 MiB kept free. The database is a real SQLite file
 migrated with the control plane's own migrations."""
 
@@ -30,14 +30,14 @@ def _host(host_id: str, *, memory_mb: int = 9216, cores: int = 4, disk_gb: int =
 
 
 def test_load_is_the_mean_of_memory_cpu_and_disk() -> None:
-    # memory (2048 + 1024 + 1024) / 8192 = 0.5; CPU max(6 / 16, 1.0 / 4) = 0.375;
+    # memory (2048 + 1024 + 1024) / 8192 = 0.5; CPU 6 / 16 = 0.375 (a load of 3.9 < 4 cores is not used);
     # disk (102400 - 51200 + 1024) / 102400 = 0.51; mean = 1.385 / 3
-    host = _host("h", memory_mb=8192, cores=4, disk_gb=100, disk_free_mb=51200, cpu_load=1.0)
+    host = _host("h", memory_mb=8192, cores=4, disk_gb=100, disk_free_mb=51200, cpu_load=3.9)
     assert load(host, Use(memory_mb=2048, vcpus=4, capsules=2), 1024, 2) == pytest.approx(1.385 / 3)
-    # A busy CPU counts more than the vCPUs promised: max(2 / 16, 3.0 / 4) = 0.75
-    busy = _host("b", memory_mb=8192, cores=4, disk_gb=100, disk_free_mb=102400 - 1024, cpu_load=3.0)
+    # A run queue of at least its cores makes the CPU full, whatever the vCPUs promised (2 / 16).
+    busy = _host("b", memory_mb=8192, cores=4, disk_gb=100, disk_free_mb=102400 - 1024, cpu_load=4.0)
     # memory (0 + 1024 + 1024) / 8192 = 0.25; disk (1024 + 1024) / 102400 = 0.02
-    assert load(busy, Use(), 1024, 2) == pytest.approx((0.25 + 0.75 + 0.02) / 3)
+    assert load(busy, Use(), 1024, 2) == pytest.approx((0.25 + 1.0 + 0.02) / 3)
 
 
 def test_no_room_for_memory_disk_or_slots() -> None:

@@ -86,7 +86,7 @@ def _tool(name: str) -> str:
 
 
 def _run(argv: list[str], env: dict[str, str]) -> None:
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)  # noqa: S603
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise BackupError(f"{Path(argv[0]).name} failed: {done.stderr.strip()[-2000:]}")
 
@@ -94,8 +94,8 @@ def _run(argv: list[str], env: dict[str, str]) -> None:
 def _copy_tree(src: Path, dest: Path) -> None:
     """Copy a directory's content into `dest`, keeping modes, owners and holes (disk images are sparse)."""
     private_dir(dest)
-    done = subprocess.run(  # noqa: S603
-        ["cp", "-a", "--sparse=always", "--reflink=auto", f"{src}/.", str(dest)],  # noqa: S607
+    done = subprocess.run(
+        ["cp", "-a", "--sparse=always", "--reflink=auto", f"{src}/.", str(dest)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:

@@ -10,8 +10,10 @@ Each host that has room gets a score, its load with the new capsule placed (docs
 "Placement"), the mean of three fractions:
 
 - memory: the memory its capsules are given, plus `RESERVED_MB`, over its memory (more than 1: no room);
-- CPU: the larger of its capsules' vCPUs over `CPU_OVERCOMMIT` vCPUs per core, and its reported 1-minute
-  load average per core (CPU time is shared, so vCPUs never refuse a capsule: they only weigh);
+- CPU: its capsules' vCPUs over `CPU_OVERCOMMIT` vCPUs per core (CPU time is shared, so vCPUs never
+  refuse a capsule: they only weigh); 1, full, while its reported 1-minute load average is at least its
+  cores (busy with more than capsules, e.g. builds). Below that the load average is not used: it lags and
+  wavers by more than one capsule weighs, and would scatter placements at random;
 - disk: the space in use on its data filesystem as it last reported, plus the new capsule's memory (what a
   pause writes), over the filesystem's size; a host left with less than `DISK_RESERVED_MB` has no room.
 
@@ -61,9 +63,8 @@ def load(host: Host, use: Use, memory_mb: int, vcpus: int) -> float | None:
         return None
     cpu = 0.0
     if host.cpu_cores > 0:
-        cpu = min(
-            1.0, max((use.vcpus + vcpus) / (host.cpu_cores * CPU_OVERCOMMIT), host.cpu_load / host.cpu_cores)
-        )
+        saturated = host.cpu_load >= host.cpu_cores
+        cpu = 1.0 if saturated else min(1.0, (use.vcpus + vcpus) / (host.cpu_cores * CPU_OVERCOMMIT))
     disk = 0.0
     total_mb = host.disk_gb * 1024
     if host.disk_free_mb is not None:
