@@ -41,6 +41,8 @@ from ..service.hosts import may_manage as _may_manage
 from ..service.hosts import visible_host as _visible
 
 router = APIRouter(tags=["hosts"])
+#: The largest value an integer column holds (PostgreSQL's `integer`).
+INT32 = 2**31 - 1
 log = logging.getLogger("wrenn.controlplane.hosts")
 #: Capsules that keep a host from being deleted without `force`.
 
@@ -71,7 +73,7 @@ class RegisterBody(BaseModel):
     cpu_cores: int = Field(default=0, ge=0)
     memory_mb: int = Field(default=0, ge=0)
     disk_gb: int = Field(default=0, ge=0)
-    disk_free_mb: int | None = Field(default=None, ge=0, le=1 << 50)
+    disk_free_mb: int | None = Field(default=None, ge=0, le=INT32)
     cpu_load: float = Field(default=0.0, ge=0, le=1e6)
     #: `ip:port` (or `name:port`) where the control plane reaches this agent; the certificate names it.
     address: str = Field(min_length=3, max_length=300)
@@ -87,9 +89,9 @@ class Usage(BaseModel):
 
     cpu_cores: int | None = Field(default=None, ge=0, le=65536)
     cpu_load: float | None = Field(default=None, ge=0, le=1e6)
-    memory_mb: int | None = Field(default=None, ge=0, le=1 << 40)
-    disk_gb: int | None = Field(default=None, ge=0, le=1 << 40)
-    disk_free_mb: int | None = Field(default=None, ge=0, le=1 << 50)
+    memory_mb: int | None = Field(default=None, ge=0, le=INT32)
+    disk_gb: int | None = Field(default=None, ge=0, le=INT32)
+    disk_free_mb: int | None = Field(default=None, ge=0, le=INT32)
 
     def apply(self, host: Host) -> None:
         for name in ("cpu_cores", "cpu_load", "memory_mb", "disk_gb", "disk_free_mb"):
