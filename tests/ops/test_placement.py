@@ -110,7 +110,7 @@ async def test_capsules_that_hold_nothing_do_not_count_and_cordoned_hosts_get_no
 async def test_no_host_with_room_is_a_503(db: Sessions) -> None:
     with pytest.raises(ApiError) as caught:
         await _pick(db, [_host("a", disk_free_mb=2500)], [], 1024, 1)
-    assert caught.value.status == 503
+    assert caught.value.status == 503 and "2048 MiB of disk" in caught.value.message
 
 
 async def test_best_of_k_never_picks_the_worst_and_spreads_over_the_rest(db: Sessions) -> None:

@@ -113,7 +113,12 @@ async def pick_host(
         if score is not None:
             roomy.append((score, host))
     if not roomy:
-        raise ApiError(503, "no_hosts_available", f"no online host has room for a {memory_mb} MiB capsule")
+        raise ApiError(
+            503,
+            "no_hosts_available",
+            f"no online, uncordoned host has room for a {memory_mb} MiB capsule (memory, a free slot, and"
+            f" {DISK_RESERVED_MB} MiB of disk left after its memory)",
+        )
     if len(roomy) > BEST_OF_K:
         roomy = (rng or random.Random()).sample(roomy, BEST_OF_K)  # noqa: S311 - spreading load, not a secret
     return min(roomy, key=lambda pair: pair[0])[1]
