@@ -72,3 +72,17 @@ def test_users_teams_capsules_and_the_audit_log(server: tuple[str, dict[str, str
         {**env, "WRENN_ACCESS_TOKEN": plain.json()["token"]}, "admin", "users", "list", check=False
     )
     assert refused.returncode == 1 and "forbidden" in refused.stderr
+
+
+def test_cordon_drain_and_uncordon_a_host(server: tuple[str, dict[str, str]]) -> None:
+    base, env = server
+    admin = {"Authorization": f"Bearer {env['WRENN_ACCESS_TOKEN']}"}
+    host = httpx.post(f"{base}/v1/hosts", json={"type": "regular"}, headers=admin).json()["host"]["id"]
+    assert f"host {host} cordoned" in wrenn(env, "admin", "hosts", "cordon", host).stdout
+    assert httpx.get(f"{base}/v1/hosts/{host}", headers=admin).json()["cordoned"] is True
+    drained = wrenn(env, "admin", "hosts", "drain", host, "--deadline", "5").stdout
+    assert "0 capsule(s) paused" in drained and "not paused" not in drained
+    assert f"host {host} uncordoned" in wrenn(env, "admin", "hosts", "uncordon", host).stdout
+    assert httpx.get(f"{base}/v1/hosts/{host}", headers=admin).json()["cordoned"] is False
+    unknown = wrenn(env, "admin", "hosts", "drain", "host-nope", check=False)
+    assert unknown.returncode == 1 and "not_found" in unknown.stderr

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.agent._agent import AgentProcess, running_agent
+from tests.conftest import bootstrap_admin
 from wrenn.controlplane import Settings, create_app
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
@@ -121,6 +122,36 @@ def test_a_capsule_end_to_end(api: TestClient, teams: dict[str, dict[str, str]],
     assert api.delete(f"/v1/capsules/{cid}", headers=ada).status_code == 204  # twice is harmless
     again = api.post(f"/v1/capsules/{cid}/exec", headers=ada, json={"cmd": "true"})
     assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_state"
+
+
+def test_a_drained_host_pauses_its_capsule_for_real(
+    api: TestClient, teams: dict[str, dict[str, str]]
+) -> None:
+    """Drain and cordon with a real VM: the drain pauses it on its host through the pause path (a memory
+    snapshot), the cordoned host takes no new capsule nor resumes it, and after `uncordon` it resumes
+    with its files."""
+    ada = teams["ada"]
+    admin = bootstrap_admin(api.post, api.app.state.settings.data_dir, "root@example.com").json()  # type: ignore[attr-defined]
+    as_admin = {"Authorization": f"Bearer {admin['token']}"}
+    [host] = api.get("/v1/hosts", headers=as_admin).json()
+    cid = api.post("/v1/capsules", json={"template": "minimal", "memory_mb": 256}, headers=ada).json()["id"]
+    wrote = api.post(f"/v1/capsules/{cid}/files/write", headers=ada, data={"path": "/home/user/kept.txt"},
+                     files={"file": ("kept.txt", b"kept over the drain")})  # fmt: skip
+    assert wrote.status_code == 204, wrote.text
+
+    drained = api.post(f"/v1/hosts/{host['id']}/drain", json={"deadline_s": 120}, headers=as_admin)
+    assert drained.status_code == 200, drained.text
+    assert drained.json()["paused"] == [cid] and drained.json()["not_paused"] == {}
+    assert api.get(f"/v1/capsules/{cid}", headers=ada).json()["status"] == "paused"
+    refused = api.post("/v1/capsules", json={"template": "minimal", "memory_mb": 256}, headers=ada)
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "no_hosts_available"
+    assert api.post(f"/v1/capsules/{cid}/resume", headers=ada).json()["error"]["code"] == "host_cordoned"
+
+    assert api.post(f"/v1/hosts/{host['id']}/uncordon", headers=as_admin).status_code == 200
+    assert api.post(f"/v1/capsules/{cid}/resume", headers=ada).status_code == 200
+    read = api.post(f"/v1/capsules/{cid}/files/read", headers=ada, json={"path": "/home/user/kept.txt"})
+    assert read.content == b"kept over the drain"
+    assert api.delete(f"/v1/capsules/{cid}", headers=ada).status_code == 204
 
 
 def test_a_capsule_whose_agent_is_gone_says_so(

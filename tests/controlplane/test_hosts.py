@@ -96,6 +96,14 @@ def test_registration_round_trip(quiet: TestClient) -> None:
     # Heartbeats: the host token only, for its own host.
     beat = f"/v1/hosts/{host['id']}/heartbeat"
     assert api.post(beat, headers={"X-Host-Token": creds["token"]}).status_code == 204
+    # ... with the capacity and use placement weighs; values no column holds are refused, changing nothing.
+    usage = {"cpu_cores": 16, "cpu_load": 3.5, "memory_mb": 65536, "disk_gb": 900, "disk_free_mb": 400_000}
+    assert api.post(beat, json=usage, headers={"X-Host-Token": creds["token"]}).status_code == 204
+    for bad in ({"disk_free_mb": 2**31}, {"memory_mb": -1}, {"cpu_load": "nan"}, {"cpu_cores": 10**9}):
+        r = api.post(beat, json=bad, headers={"X-Host-Token": creds["token"]})
+        assert r.status_code in (400, 422), (bad, r.status_code)
+    seen = api.get(f"/v1/hosts/{host['id']}", headers=admin).json()
+    assert {k: seen[k] for k in usage} == usage and seen["cordoned"] is False
     assert api.post(beat).status_code == 401
     assert api.post(beat, headers={"X-Host-Token": admin["Authorization"][7:]}).status_code == 401
     assert api.get("/v1/hosts", headers={"Authorization": f"Bearer {creds['token']}"}).status_code == 401

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from wrenn.controlplane.db import Base, make_engine, migrate
 from wrenn.controlplane.db._engine import alembic_config
@@ -28,6 +32,31 @@ def test_migrations_match_the_models(database_url: str) -> None:
         return list(diff)
 
     assert asyncio.run(check()) == []
+
+
+def test_control_planes_starting_together_migrate_one_after_another(database_url: str) -> None:
+    """Two replicas starting at once on one empty PostgreSQL database (a Deployment's rollout), as
+    processes: the advisory lock makes them take turns, the later ones finding the schema at head."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("one SQLite file has one control plane")
+    script = (
+        "import asyncio, sys\n"
+        "from wrenn.controlplane.db import make_engine, migrate\n"
+        "asyncio.run(migrate(make_engine(sys.argv[1])))\n"
+    )
+    starts = [subprocess.Popen([sys.executable, "-c", script, database_url], stderr=subprocess.PIPE)
+              for _ in range(2)]  # fmt: skip
+    errors = [p.communicate(timeout=120)[1].decode()[-500:] for p in starts]
+    assert [p.returncode for p in starts] == [0, 0], errors
+
+    async def versions() -> list[str]:
+        engine = make_engine(database_url)
+        async with engine.connect() as conn:
+            found = list((await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars())
+        await engine.dispose()
+        return found
+
+    assert asyncio.run(versions()) == [ScriptDirectory.from_config(alembic_config()).get_current_head()]
 
 
 def test_the_window_kept_at_a_pause_moves_to_capsule_samples(database_url: str) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
 from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
@@ -33,6 +35,8 @@ class Recorder(HostAgentService):
 
     proxy_port: int = 0
     boot_s: float = 0.0
+    #: Pauses fail (a full disk, say).
+    fail_pause: bool = False
     calls: list[tuple[str, Any]] = field(default_factory=list)
     #: What it says it sampled of each sandbox, `(unix seconds, cpu %, memory bytes, disk bytes)`, for any
     #: range (a host's rings go with the VM: a test empties them at a pause or destroy).
@@ -42,6 +46,7 @@ class Recorder(HostAgentService):
         self.calls.append(("get_host_info", request))
         return pb.GetHostInfoResponse(
             hostname="fake", arch="x86_64", cpu_count=64, memory_total_mb=1 << 20, disk_total_mb=1 << 30,
+            disk_available_mb=1 << 29,
             slot_capacity=1000, proxy_port=self.proxy_port, images=[pb.ImageInfo(name="minimal", version="1")],
         )  # fmt: skip
 
@@ -63,6 +68,8 @@ class Recorder(HostAgentService):
 
     async def pause_sandbox(self, request: pb.PauseSandboxRequest, ctx: Any) -> pb.PauseSandboxResponse:
         self.calls.append(("pause_sandbox", request))
+        if self.fail_pause:
+            raise ConnectError(Code.RESOURCE_EXHAUSTED, "no space left for the snapshot")
         return pb.PauseSandboxResponse()
 
     async def resume_sandbox(self, request: pb.ResumeSandboxRequest, ctx: Any) -> pb.ResumeSandboxResponse:

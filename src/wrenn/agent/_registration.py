@@ -132,14 +132,24 @@ def host_images(data_dir: Path) -> list[dict[str, Any]]:
     ]
 
 
+def host_usage(data_dir: Path) -> dict[str, Any]:
+    """Capacity and use, sent at registration and with every heartbeat: placement weighs them."""
+    disk = shutil.disk_usage(data_dir)
+    return {
+        "cpu_cores": os.cpu_count() or 1,
+        "cpu_load": os.getloadavg()[0],
+        "memory_mb": psutil.virtual_memory().total >> 20,
+        "disk_gb": disk.total >> 30,
+        "disk_free_mb": disk.free >> 20,
+    }
+
+
 def host_facts(data_dir: Path, slots: int, accelerator: str, proxy_port: int) -> dict[str, Any]:
     return {
         "proxy_port": proxy_port,
         "images": host_images(data_dir),
         "arch": platform.machine(),
-        "cpu_cores": os.cpu_count() or 1,
-        "memory_mb": psutil.virtual_memory().total >> 20,
-        "disk_gb": shutil.disk_usage(data_dir).total >> 30,
+        **host_usage(data_dir),
         "slot_capacity": slots,
         "accelerator": accelerator,
     }
@@ -218,7 +228,11 @@ class HostLink:
             r = await self._client.post(
                 url,
                 headers={"X-Host-Token": self.creds.token},
-                json={"proxy_port": self._proxy_port, "images": host_images(self.store.data_dir)},
+                json={
+                    "proxy_port": self._proxy_port,
+                    "images": host_images(self.store.data_dir),
+                    **host_usage(self.store.data_dir),
+                },
             )
         except httpx.HTTPError as exc:
             self.failures += 1

@@ -287,6 +287,7 @@ class AgentService(ProcessRPCs, FileRPCs, NetworkRPCs, BuildRPCs, HostAgentServi
             slots_used=self.m.slots_used(),
             proxy_port=self._proxy_port,
             images=[pb.ImageInfo(**i) for i in host_images(self.m.config.data_dir)],
+            load_1m=os.getloadavg()[0],
         )
 
     async def terminate(

@@ -1,4 +1,4 @@
-"""`wrenn admin users|teams|capsules|audit ...`: the platform's operators' commands (`/v1/admin/*`).
+"""`wrenn admin users|teams|capsules|hosts|audit ...`: the platform's operators' commands (`/v1/admin/*`).
 
 They act as a platform admin: `WRENN_ACCESS_TOKEN` (an admin's user token) with `WRENN_BASE_URL`, else the
 admin account `wrenn up` created on this machine."""
@@ -21,9 +21,11 @@ app = typer.Typer(help="Operate the platform: users, teams, capsules, audit log 
 users = typer.Typer(help="Accounts: list, disable, enable, make admin.", no_args_is_help=True)
 teams = typer.Typer(help="Teams: list, BYOC, quotas, delete.", no_args_is_help=True)
 capsules = typer.Typer(help="Capsules of every team: list, destroy.", no_args_is_help=True)
+hosts = typer.Typer(help="Hosts under maintenance: cordon, uncordon, drain.", no_args_is_help=True)
 app.add_typer(users, name="users")
 app.add_typer(teams, name="teams")
 app.add_typer(capsules, name="capsules")
+app.add_typer(hosts, name="hosts")
 out = Console(soft_wrap=True)
 
 
@@ -187,3 +189,34 @@ def audit(
     rows = [[e["created_at"][:19], e["actor_name"], e["action"], e["resource_type"], e["resource_id"],
              e["team_id"] or "-"] for e in entries]  # fmt: skip
     print_rows(["when", "who", "did", "to", "id", "team"], rows)
+
+
+@hosts.command()
+def cordon(host_id: str) -> None:
+    """No new capsules on the host; those running stay."""
+    _call("POST", f"/v1/hosts/{host_id}/cordon")
+    out.print(f"host {host_id} cordoned")
+
+
+@hosts.command()
+def uncordon(host_id: str) -> None:
+    """The host takes new capsules again."""
+    _call("POST", f"/v1/hosts/{host_id}/uncordon")
+    out.print(f"host {host_id} uncordoned")
+
+
+@hosts.command()
+def drain(
+    host_id: str,
+    deadline: Annotated[int, typer.Option(help="seconds after which no further pause starts")] = 300,
+) -> None:
+    """Cordon the host and pause its running capsules; lists those it could not pause (exit 1 if any)."""
+    base, headers = _session()
+    r = httpx.post(f"{base}/v1/hosts/{host_id}/drain", json={"deadline_s": deadline}, headers=headers,
+                   timeout=deadline + 330)  # fmt: skip
+    report = _check(r)
+    out.print(f"host {host_id} cordoned; {len(report['paused'])} capsule(s) paused")
+    for capsule_id, why in report["not_paused"].items():
+        out.print(f"  not paused: {capsule_id}: {why}")
+    if report["not_paused"]:
+        raise typer.Exit(1)

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from wrenn import __version__, images
 
-from . import _admin, _capsule, _host, _keys, _platform, _template
+from . import _admin, _backup, _capsule, _host, _keys, _platform, _template
 from ._auth import NoCredentials
 from ._platform import DEFAULT_DATA_DIR
 
@@ -188,6 +188,44 @@ def status(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
         raise typer.Exit(3)
 
 
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(help="the control plane's database (default: $DATABASE_URL, else the data dir's SQLite)"),
+]
+
+
+@app.command()
+def backup(
+    dest: Annotated[Path, typer.Argument(help="a new (or empty) directory")],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    database_url: DatabaseUrl = None,
+    with_images: Annotated[bool, typer.Option("--images", help="also the base images (large)")] = False,
+) -> None:
+    """Back up this node while it runs: database, secrets (the sealing key!), templates, paused capsules.
+    The backup holds secrets: keep it as safe as the server."""
+    manifest = _backup.backup(data_dir, dest, url=database_url, images=with_images)
+    secrets = ", ".join(manifest["secrets"]["files"]) or "none"
+    paused = len(manifest["agent"]["paused_sandboxes"])
+    err.print(f"backed up to {dest} ({manifest['database']['dialect']} database; secrets: {secrets}; "
+              f"{paused} paused capsule(s)). It holds secrets: keep it safe.")  # fmt: skip
+    for note in manifest["secrets"]["not_included"]:
+        err.print(f"[yellow]not included: {note}[/yellow]")
+
+
+@app.command()
+def restore(
+    src: Annotated[Path, typer.Argument(help="a directory `wrenn backup` wrote")],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Restore a backup onto a fresh data dir (and an empty database); then `wrenn up` (or start the
+    control plane), which migrates a backup from an older version."""
+    manifest = _backup.restore(src, data_dir, url=database_url)
+    err.print(
+        f"restored {src} into {data_dir} ({len(manifest['agent']['paused_sandboxes'])} paused capsule(s))"
+    )
+
+
 def _duration(seconds: float) -> str:
     s = int(seconds)
     if s < 3600:
@@ -210,7 +248,13 @@ def run() -> None:
 
     try:
         app()
-    except (_platform.PlatformError, NoCredentials, _host.HostError, _keys.ApiFailure) as exc:
+    except (
+        _platform.PlatformError,
+        NoCredentials,
+        _host.HostError,
+        _keys.ApiFailure,
+        _backup.BackupError,
+    ) as exc:
         err.print(f"[red]wrenn: {exc}[/red]")
         raise SystemExit(1) from None
     except WrennError as exc:

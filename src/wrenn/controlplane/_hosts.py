@@ -36,6 +36,8 @@ def images_of(info: pb.GetHostInfoResponse) -> list[dict[str, Any]]:
 def apply_host_info(host: Host, info: pb.GetHostInfoResponse) -> None:
     """What `GetHostInfo` says of a host that may change while it runs."""
     host.slot_capacity, host.proxy_port, host.images = info.slot_capacity, info.proxy_port, images_of(info)
+    host.disk_free_mb = info.disk_available_mb if info.disk_total_mb else None  # 0 total: not known
+    host.cpu_load = info.load_1m
 
 
 def local_host_id(address: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, make_url
+from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -76,11 +76,19 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+#: The advisory lock several control planes starting at once on one PostgreSQL database take turns on.
+MIGRATION_LOCK = 0x7772656E6E6D6967  # "wrennmig"
+
+
 async def migrate(engine: AsyncEngine) -> None:
-    """Upgrade the database to the newest schema."""
+    """Upgrade the database to the newest schema. On PostgreSQL under an advisory lock held to the end of
+    the migration's transaction: control planes starting together migrate one after another, and those
+    after the first find the schema at `head` and do nothing."""
 
     def upgrade(connection: Connection) -> None:
         command.upgrade(alembic_config(connection), "head")
 
     async with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         await connection.run_sync(upgrade)

@@ -221,6 +221,12 @@ class Host(Base):
     #: Its certificate names its id (`<id>.hosts.wrenn.internal`), which the control plane verifies on
     #: every call. False: registered before certificates did; its next heartbeat is told to refresh.
     cert_pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: Free space on the agent's data filesystem and its 1-minute load average, as it last reported them
+    #: (heartbeat, or `GetHostInfo` for a local agent); placement weighs them (null: not known yet).
+    disk_free_mb: Mapped[int | None] = mapped_column(Integer, default=None)
+    cpu_load: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    #: Taken out of placement by an operator (`cordon`, `drain`): no new capsules; running ones stay.
+    cordoned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class HostToken(Base):

@@ -21,7 +21,7 @@ from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from .. import _audit, _errors
 from .._agents import AgentPool
 from .._ca import CertificateAuthority, split_address
-from .._deps import Db, UserCaller, audit_fields
+from .._deps import Capsules, Db, UserCaller, audit_fields
 from .._ids import new_id, new_token
 from .._settings import Settings
 from .._time import Timestamp
@@ -34,13 +34,15 @@ from ..db import (
     Membership,
     utcnow,
 )
-from ..service import events
-from ..service.hosts import active_capsules, byoc_allowed
+from ..service import events, maintenance
+from ..service.hosts import active_capsules, byoc_allowed, managed_host
 from ..service.hosts import is_admin as _is_admin
 from ..service.hosts import may_manage as _may_manage
 from ..service.hosts import visible_host as _visible
 
 router = APIRouter(tags=["hosts"])
+#: The largest value an integer column holds (PostgreSQL's `integer`).
+INT32 = 2**31 - 1
 log = logging.getLogger("wrenn.controlplane.hosts")
 #: Capsules that keep a host from being deleted without `force`.
 
@@ -71,6 +73,8 @@ class RegisterBody(BaseModel):
     cpu_cores: int = Field(default=0, ge=0)
     memory_mb: int = Field(default=0, ge=0)
     disk_gb: int = Field(default=0, ge=0)
+    disk_free_mb: int | None = Field(default=None, ge=0, le=INT32)
+    cpu_load: float = Field(default=0.0, ge=0, le=1e6)
     #: `ip:port` (or `name:port`) where the control plane reaches this agent; the certificate names it.
     address: str = Field(min_length=3, max_length=300)
     slot_capacity: int = Field(default=0, ge=0)
@@ -80,7 +84,23 @@ class RegisterBody(BaseModel):
     images: list[ImageFact] = Field(default_factory=list, max_length=256)
 
 
-class HeartbeatBody(BaseModel):
+class Usage(BaseModel):
+    """A host's capacity and use, as its agent reports them (placement weighs them)."""
+
+    cpu_cores: int | None = Field(default=None, ge=0, le=65536)
+    cpu_load: float | None = Field(default=None, ge=0, le=1e6)
+    memory_mb: int | None = Field(default=None, ge=0, le=INT32)
+    disk_gb: int | None = Field(default=None, ge=0, le=INT32)
+    disk_free_mb: int | None = Field(default=None, ge=0, le=INT32)
+
+    def apply(self, host: Host) -> None:
+        for name in ("cpu_cores", "cpu_load", "memory_mb", "disk_gb", "disk_free_mb"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(host, name, value)
+
+
+class HeartbeatBody(Usage):
     proxy_port: int | None = Field(default=None, ge=0, le=65535)
     images: list[ImageFact] | None = Field(default=None, max_length=256)
 
@@ -99,6 +119,9 @@ class HostOut(BaseModel):
     cpu_cores: int
     memory_mb: int
     disk_gb: int
+    disk_free_mb: int | None
+    cpu_load: float
+    cordoned: bool
     slot_capacity: int
     accelerator: str
     local: bool
@@ -132,6 +155,9 @@ def _out(h: Host) -> HostOut:
         cpu_cores=h.cpu_cores,
         memory_mb=h.memory_mb,
         disk_gb=h.disk_gb,
+        disk_free_mb=h.disk_free_mb,
+        cpu_load=h.cpu_load,
+        cordoned=h.cordoned,
         slot_capacity=h.slot_capacity,
         accelerator=h.accelerator,
         local=h.local,
@@ -271,6 +297,7 @@ async def register(body: RegisterBody, request: Request, session: Db) -> Credent
         body.arch, body.cpu_cores, body.memory_mb, body.disk_gb
     )  # fmt: skip
     host.slot_capacity, host.accelerator = body.slot_capacity, body.accelerator
+    host.disk_free_mb, host.cpu_load = body.disk_free_mb, body.cpu_load
     host.proxy_port, host.images = body.proxy_port, [i.model_dump() for i in body.images]
     host.status, host.last_heartbeat_at, host.registered_at = HostStatus.ONLINE, utcnow(), utcnow()
     events.host_changed(session, host, up=True, actor=("host", host.id, host.address))
@@ -337,6 +364,8 @@ async def heartbeat(
         # its address. A 401 makes the agent refresh its credentials (and its certificate) at once.
         raise _errors.unauthorized("refresh this host's credentials: its certificate does not name its id")
     host.last_heartbeat_at = utcnow()
+    if body is not None:
+        body.apply(host)
     if body is not None and body.proxy_port is not None:
         host.proxy_port = body.proxy_port
     if body is not None and body.images is not None:
@@ -397,3 +426,42 @@ async def delete_host(
     await session.delete(host)
     await session.commit()
     return Response(status_code=204)
+
+
+# --- maintenance: cordon, uncordon, drain ---------------------------------------------------------------
+
+
+class DrainBody(BaseModel):
+    #: Seconds from now after which no further pause starts (a pause under way finishes).
+    deadline_s: int = Field(default=300, ge=1, le=3600)
+
+
+class DrainOut(BaseModel):
+    host: HostOut
+    paused: list[str]
+    #: {capsule id: why not} (still booting, unreachable, the deadline, or the pause failed).
+    not_paused: dict[str, str]
+
+
+@router.post("/v1/hosts/{host_id}/cordon", response_model=HostOut)
+async def cordon(host_id: str, caller: UserCaller, capsules: Capsules) -> HostOut:
+    """No new capsules on the host (running ones stay; its paused ones are not resumed there)."""
+    host = await managed_host(capsules.session, caller, host_id)
+    return _out(await maintenance.set_cordoned(capsules, caller, host, True))
+
+
+@router.post("/v1/hosts/{host_id}/uncordon", response_model=HostOut)
+async def uncordon(host_id: str, caller: UserCaller, capsules: Capsules) -> HostOut:
+    host = await managed_host(capsules.session, caller, host_id)
+    return _out(await maintenance.set_cordoned(capsules, caller, host, False))
+
+
+@router.post("/v1/hosts/{host_id}/drain", response_model=DrainOut)
+async def drain(
+    host_id: str, caller: UserCaller, capsules: Capsules, body: DrainBody | None = None
+) -> DrainOut:
+    """Cordon the host and pause its running capsules until the deadline; what was and was not paused."""
+    host = await managed_host(capsules.session, caller, host_id)
+    report = await maintenance.drain(capsules, caller, host, (body or DrainBody()).deadline_s)
+    host = await capsules.session.get(Host, host_id) or host
+    return DrainOut(host=_out(host), paused=report.paused, not_paused=report.not_paused)

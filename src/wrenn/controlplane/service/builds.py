@@ -663,7 +663,7 @@ class _Run:
     async def go(self) -> None:
         build = await self._build()
         spec = build.spec
-        host = await pick_host(self.session, build.memory_mb + 256)
+        host = await pick_host(self.session, build.memory_mb + 256, vcpus=build.vcpus)
         build.host_id = host.id
         await self.session.commit()
         client = self.agents.client(host.address, host_id=host.id)

@@ -212,7 +212,7 @@ class CapsuleService:
         """A snapshot template's capsules go to the host holding its files; others (a built template's
         files are in the template store, which every host reaches) to the least loaded host with room."""
         if template is None or template.type == "build":
-            return await pick_host(self.session, spec.memory_mb, team_id)
+            return await pick_host(self.session, spec.memory_mb, team_id, vcpus=spec.vcpus)
         host = await self.session.get(Host, template.host_id) if template.host_id else None
         if host is None or host.status != HostStatus.ONLINE:
             raise _errors.ApiError(
@@ -433,6 +433,13 @@ class CapsuleService:
                     await self._thaw(capsule)
                 else:
                     host = await self.host_of(capsule)
+                    if host.cordoned:
+                        raise _errors.ApiError(
+                            503,
+                            "host_cordoned",
+                            f"the host of capsule {capsule.id} is cordoned for maintenance: resume it once"
+                            " the host is uncordoned",
+                        )
                     await self._admit_wake(capsule)
                     capsule.status = S.STARTING  # counted against the team's quota from now on
                     await self.session.commit()
@@ -449,7 +456,7 @@ class CapsuleService:
     async def _thaw(self, capsule: Capsule) -> None:
         """A hibernated capsule wakes on whichever host has room (hosts share the cold storage)."""
         await self._admit_wake(capsule)
-        host = await pick_host(self.session, capsule.memory_mb, capsule.team_id)
+        host = await pick_host(self.session, capsule.memory_mb, capsule.team_id, vcpus=capsule.vcpus)
         capsule.status, capsule.host_id = S.STARTING, host.id  # counted on that host from now on
         await self.session.commit()
         rpc = self.agents.client(host.address, host_id=host.id).thaw_sandbox(
