@@ -20,7 +20,7 @@ from tests.security._fake_agent import FakeAgent
 from wrenn.controlplane.db import Delivery, DeliveryAttempt, Event, utcnow
 
 from ._db import run
-from ._receiver import Received, Receiver, control_plane, events_settings, owner, receiver
+from ._receiver import Received, Receiver, control_plane, events_settings, homeserver, owner, receiver
 from .conftest import _reset_postgres
 
 CAPSULE_EVENTS = [
@@ -148,6 +148,39 @@ def test_events_recorded_while_no_dispatcher_ran_are_delivered_after_a_restart(
         assert len(hook.received) == 3
 
 
+def test_a_matrix_channel_gets_capsule_events_through_apprise(
+    database_url: str, tmp_path: Path, fake_agent: FakeAgent
+) -> None:
+    """A chat channel end to end: apprise's Matrix client talks to a homeserver on loopback (allowed here
+    by `webhook_allow_networks`, as an operator allows an intranet server); the delivery log records it."""
+    settings = events_settings(database_url, tmp_path / "cp", fake_agent)
+    with homeserver() as server, control_plane(settings) as api:
+        jwt = owner(api)
+        config = {
+            "homeserver_url": server.url,
+            "access_token": "syt_wrenn_token_1",
+            "room_id": "!room:example.org",
+        }
+        tested = api.post("/v1/channels/test", json={"provider": "matrix", "config": config}, headers=jwt)
+        assert tested.status_code == 200 and tested.json() == {"status": "ok"}, tested.text
+        assert "channel.test" in server.messages()[-1]["body"]
+        r = api.post("/v1/channels", json={"name": "mx", "provider": "matrix", "config": config,
+                                          "events": ["capsule.created"]}, headers=jwt)  # fmt: skip
+        assert r.status_code == 201 and r.json()["secret"] is None, r.text
+        capsule = api.post("/v1/capsules", json={"template": "minimal"}, headers=jwt).json()["id"]
+        deadline = time.monotonic() + 20
+        while not any("capsule.created" in m["body"] for m in server.messages()[1:]):
+            assert time.monotonic() < deadline, server.requests
+            time.sleep(0.05)
+        text = next(m["body"] for m in server.messages()[1:] if "capsule.created" in m["body"])
+        assert capsule in text and server.messages()[-1]["msgtype"] == "m.text"
+        assert all(auth == "Bearer syt_wrenn_token_1" for _, _, auth, _ in server.requests)
+        assert not any(method == "PUT" and "/send/" in path and "capsule.running" in str(b)
+                       for method, path, _, b in server.requests)  # fmt: skip  # not selected
+        log = api.get(f"/v1/channels/{r.json()['id']}/deliveries", headers=jwt).json()
+        assert [(d["event_type"], d["status"]) for d in log] == [("capsule.created", "delivered")]
+
+
 def test_channel_crud_selection_test_and_rotation(
     database_url: str, tmp_path: Path, fake_agent: FakeAgent, hook: Receiver
 ) -> None:
@@ -163,7 +196,7 @@ def test_channel_crud_selection_test_and_rotation(
         assert api.post("/v1/channels", json={"name": "x", "provider": "webhook", "config": {"url": hook.url},
                                               "events": ["capsule.exploded"]}, headers=jwt).status_code == 400  # fmt: skip
         slack = {"name": "s", "provider": "slack", "config": {"webhook_url": hook.url}, "events": []}
-        assert api.post("/v1/channels", json=slack, headers=jwt).status_code == 400  # not delivered yet
+        assert api.post("/v1/channels", json=slack, headers=jwt).status_code == 400  # not Slack's host
 
         # only selected events are sent: a create is not, the destroy is
         capsule = api.post("/v1/capsules", json={"template": "minimal"}, headers=jwt).json()["id"]

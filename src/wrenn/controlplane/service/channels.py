@@ -1,5 +1,6 @@
-"""Channels: where a team's events go, and their delivery. A `webhook` channel is sent each event it
-selects as JSON, signed as the seed does:
+"""Channels: where a team's events go, and their delivery. A chat channel (Slack, Discord, Teams, Google
+Chat, Telegram, Matrix) is sent a short message per event through apprise (`chat.py` says how and where
+to). A `webhook` channel is sent each event it selects as JSON, signed as the seed does:
 
     X-Wrenn-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>
     X-Wrenn-Timestamp: <unix seconds>      X-Wrenn-Delivery: <delivery id>      X-Wrenn-Event: <type>
@@ -42,13 +43,12 @@ from .._ids import new_id
 from .._metrics import Metrics
 from .._settings import Settings
 from ..db import Channel, Delivery, DeliveryAttempt, Event, utcnow
-from . import events
+from . import chat, events
 
 log = logging.getLogger("wrenn.controlplane.channels")
 
-#: Providers a channel may be of (the seed's list); only `webhook` is delivered so far.
+#: Providers a channel may be of (the seed's list), all delivered.
 PROVIDERS = ("discord", "slack", "teams", "googlechat", "telegram", "matrix", "webhook")
-SUPPORTED = ("webhook",)
 _BATCH = 100
 _SENDS = 20
 
@@ -72,12 +72,17 @@ async def guard(session: AsyncSession, settings: Settings) -> _ssrf.AddressGuard
 async def checked_config(
     session: AsyncSession, settings: Settings, provider: str, config: dict[str, str]
 ) -> dict[str, str]:
-    """The provider's config as stored (a webhook's secret generated when not given); 400 for a provider
-    not delivered yet, missing fields, or a URL the control plane must not reach."""
-    if provider not in SUPPORTED:
-        raise _errors.bad_request(
-            f"provider {provider!r} is not delivered by this Wrenn server yet (webhook is)"
-        )
+    """The provider's config as stored (a webhook's secret generated when not given); 400 for an unknown
+    provider, missing or unknown fields, or a target the control plane must not reach."""
+    if provider in chat.FIELDS:
+        try:
+            stored = chat.check(provider, config)
+            await chat.check_host(provider, stored, await guard(session, settings))
+        except ValueError as exc:
+            raise _errors.bad_request(str(exc)) from None
+        return stored
+    if provider != "webhook":
+        raise _errors.bad_request(f"provider: one of {list(PROVIDERS)}")
     unknown = set(config) - {"url", "secret"}
     if unknown:
         raise _errors.bad_request(f"config: unknown fields {sorted(unknown)} (a webhook has url and secret)")
@@ -114,6 +119,25 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
+
+
+async def deliver(
+    provider: str,
+    client: httpx.AsyncClient,
+    checker: _ssrf.AddressGuard,
+    config: dict[str, str],
+    delivery_id: str,
+    event_type: str,
+    body: str,
+) -> Outcome:
+    """Send the event (`body`, its JSON) to a channel of `provider`: the webhook signed, a chat as a
+    message; what came back (never raises for the receiver's faults)."""
+    if provider == "webhook":
+        return await send(client, config, delivery_id, event_type, body)
+    started = time.monotonic()
+    timeout = client.timeout.read or 10.0
+    ok, error = await chat.send(provider, config, body, checker, timeout)
+    return Outcome(200 if ok else None, error, int((time.monotonic() - started) * 1000))
 
 
 async def send(
@@ -169,7 +193,7 @@ async def fan_out(session: AsyncSession, postgres: bool) -> int:
     now = utcnow()
     for event in found:
         for channel in channels.get(event.team_id or "", []):
-            if event.type in (channel.events or []) and channel.provider in SUPPORTED:
+            if event.type in (channel.events or []):
                 session.add(
                     Delivery(
                         id=new_id("dlv"), channel_id=channel.id, event_id=event.id, event_type=event.type,
@@ -218,7 +242,7 @@ async def deliver_due(
 
         async def one(delivery_id: str) -> None:
             async with limit:
-                await _attempt(sessions, settings, client, delivery_id, metrics)
+                await _attempt(sessions, settings, client, checker, delivery_id, metrics)
 
         await asyncio.gather(*(one(d) for d in claimed))
     return len(claimed)
@@ -228,6 +252,7 @@ async def _attempt(
     sessions: Callable[[], Any],
     settings: Settings,
     client: httpx.AsyncClient,
+    checker: _ssrf.AddressGuard,
     delivery_id: str,
     metrics: Metrics | None,
 ) -> None:
@@ -238,7 +263,7 @@ async def _attempt(
             return  # the channel was deleted meanwhile (its deliveries with it)
         config, provider = json.loads(channel.config), channel.provider
         body, event_type = delivery.payload, delivery.event_type
-    outcome = await send(client, config, delivery_id, event_type, body)
+    outcome = await deliver(provider, client, checker, config, delivery_id, event_type, body)
     if metrics is not None:
         metrics.deliveries.labels(provider, "ok" if outcome.ok else "error").inc()
     async with sessions() as session:
