@@ -4,6 +4,9 @@ is in the delivery log, and events recorded while no dispatcher ran are delivere
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import Iterator
@@ -179,6 +182,86 @@ def test_a_matrix_channel_gets_capsule_events_through_apprise(
                        for method, path, _, b in server.requests)  # fmt: skip  # not selected
         log = api.get(f"/v1/channels/{r.json()['id']}/deliveries", headers=jwt).json()
         assert [(d["event_type"], d["status"]) for d in log] == [("capsule.created", "delivered")]
+
+
+def e2b_verified(request: Received, secret: str) -> bool:
+    """E2B's documented check: SHA-256 of the secret followed by the raw body, base64url, no padding."""
+    digest = hashlib.sha256(secret.encode() + request.body).digest()
+    expected = base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    return hmac.compare_digest(request.headers["e2b-signature"], expected)
+
+
+def test_e2b_lifecycle_webhooks_are_registered_signed_and_retried(
+    database_url: str, tmp_path: Path, fake_agent: FakeAgent, hook: Receiver
+) -> None:
+    """E2B's `/events/webhooks` with an API key, as E2B programs call it: the receiver gets
+    `sandbox.lifecycle.*` bodies signed as E2B signs, a 500 is retried, a disabled webhook gets nothing,
+    and the webhook is not one of `/v1/channels`."""
+    settings = events_settings(database_url, tmp_path / "cp", fake_agent)
+    with control_plane(settings) as api:
+        jwt = owner(api)
+        key = {"X-API-Key": api.post("/v1/api-keys", json={"name": "k"}, headers=jwt).json()["key"]}
+        secret = "e2b-signature-secret"
+        r = api.post("/events/webhooks", json={
+            "name": "My Sandbox Webhook", "url": hook.url, "enabled": True, "signatureSecret": secret,
+            "events": ["sandbox.lifecycle.created", "sandbox.lifecycle.paused", "sandbox.lifecycle.killed"],
+        }, headers=key)  # fmt: skip
+        assert r.status_code == 201, r.text
+        webhook = r.json()
+        assert set(webhook) == {"id", "teamID", "name", "createdAt", "enabled", "url", "events"}
+        assert (
+            webhook["name"] == "My Sandbox Webhook"
+            and webhook["enabled"] is True
+            and webhook["url"] == hook.url
+        )
+        assert api.get("/events/webhooks", headers=key).json() == [webhook]
+        assert api.get(f"/events/webhooks/{webhook['id']}", headers=key).json() == webhook
+        assert api.get("/v1/channels", headers=jwt).json() == []
+        assert api.get(f"/v1/channels/{webhook['id']}", headers=jwt).status_code == 404
+        bad = api.post("/events/webhooks", json={"url": hook.url, "signatureSecret": secret,
+                                                 "events": ["sandbox.exploded"]}, headers=key)  # fmt: skip
+        assert bad.status_code == 400 and set(bad.json()) >= {"code", "message"}, bad.text
+
+        hook.answers.append(500)  # the first delivery fails once
+        e2b = {"X-API-Key": key["X-API-Key"]}
+        sandbox = api.post(
+            "/sandboxes", json={"templateID": "minimal", "metadata": {"user": "u1"}}, headers=e2b
+        )
+        assert sandbox.status_code == 201, sandbox.text
+        sid = sandbox.json()["sandboxID"]
+        assert api.post(f"/sandboxes/{sid}/pause", headers=e2b).status_code == 204
+        assert api.delete(f"/sandboxes/{sid}", headers=e2b).status_code == 204
+        wanted = {"sandbox.lifecycle.created", "sandbox.lifecycle.paused", "sandbox.lifecycle.killed"}
+        got = hook.wait(lambda got: {body(r)["type"] for r in got if r.answered == 200} >= wanted)
+        assert all(e2b_verified(r, secret) for r in got)
+        assert not e2b_verified(got[0], secret + "x")  # the check can fail
+        retried = [r for r in got if r.headers["e2b-delivery-id"] == got[0].headers["e2b-delivery-id"]]
+        assert [r.answered for r in retried] == [500, 200] and retried[0].body == retried[1].body
+        for r in got:
+            assert r.headers["e2b-webhook-id"] == webhook["id"] and r.headers["e2b-signature-version"] == "v1"
+            payload = body(r)
+            assert payload["sandboxId"] == sid and payload["sandboxTemplateId"] == "minimal"
+            assert payload["sandboxTeamId"] == webhook["teamID"] and payload["id"].startswith("evt-")
+            assert payload["eventData"]["sandbox_metadata"]["user"] == "u1"
+        killed = next(body(r) for r in got if body(r)["type"] == "sandbox.lifecycle.killed")
+        assert (
+            killed["eventData"]["execution"]["memory_mb"] > 0
+            and "execution_time" in killed["eventData"]["execution"]
+        )
+        assert not any(body(r)["type"] == "sandbox.lifecycle.resumed" for r in got)  # not selected
+
+        # disabled: nothing more is sent; deleted: gone
+        r = api.patch(f"/events/webhooks/{webhook['id']}", json={"enabled": False}, headers=key)
+        assert (
+            r.status_code == 200 and r.json()["enabled"] is False and r.json()["events"] == webhook["events"]
+        )
+        count = len(hook.received)
+        other = api.post("/sandboxes", json={"templateID": "minimal"}, headers=e2b).json()["sandboxID"]
+        api.delete(f"/sandboxes/{other}", headers=e2b)
+        time.sleep(0.5)
+        assert len(hook.received) == count
+        assert api.delete(f"/events/webhooks/{webhook['id']}", headers=key).status_code == 200
+        assert api.get(f"/events/webhooks/{webhook['id']}", headers=key).status_code == 404
 
 
 def test_channel_crud_selection_test_and_rotation(

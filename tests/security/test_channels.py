@@ -260,3 +260,58 @@ def test_metrics_are_not_served_without_a_token_set(
         a = account(plain, "a@example.com")
         for headers in ({}, a.jwt, api_key(plain, a), {"Authorization": "Bearer "}):
             assert plain.get("/metrics", headers=headers).status_code == 404
+
+
+def test_e2b_webhooks_are_the_teams_own_and_reach_only_allowed_addresses(
+    cp: TestClient, hook: Receiver
+) -> None:
+    """E2B's `/events/webhooks`: another team's webhook is 404 to every method and unchanged; a viewer's
+    key changes nothing (403); a URL the control plane must not reach is 400 on register and update; the
+    signature secret is sealed at rest and never shown."""
+    a, b = account(cp, "a@example.com"), account(cp, "b@example.com")
+    key_a, key_b = api_key(cp, a), api_key(cp, b)
+    viewer = api_key(cp, a, role="viewer")
+    secret = "e2b-secret-" + "z" * 20
+    body = {"url": hook.url, "signatureSecret": secret, "events": ["sandbox.lifecycle.created"]}
+    r = cp.post("/events/webhooks", json=body, headers=key_a)
+    assert r.status_code == 201 and secret not in r.text, r.text
+    webhook = r.json()["id"]
+
+    def changed() -> dict[str, object]:
+        found = rows(cp)
+        found.pop("team_api_keys")  # a key's last_used moves with every use
+        return found
+
+    before = changed()
+    for method, path, payload in [
+        ("GET", f"/events/webhooks/{webhook}", None),
+        ("PATCH", f"/events/webhooks/{webhook}", {"url": hook.url + "/b"}),
+        ("DELETE", f"/events/webhooks/{webhook}", None),
+    ]:
+        assert cp.request(method, path, json=payload, headers=key_b).status_code == 404, (method, path)
+    assert cp.get("/events/webhooks", headers=key_b).json() == []
+    assert cp.post("/events/webhooks", json=body, headers=viewer).status_code == 403
+    assert cp.patch(f"/events/webhooks/{webhook}", json={"enabled": False}, headers=viewer).status_code == 403
+    assert cp.delete(f"/events/webhooks/{webhook}", headers=viewer).status_code == 403
+    for url in (
+        "http://127.0.0.1:9/",
+        "http://169.254.169.254/latest/",
+        "file:///etc/passwd",
+        "http://[::ffff:10.0.0.1]/",
+    ):
+        assert cp.post("/events/webhooks", json=body | {"url": url}, headers=key_a).status_code == 400, url
+        assert cp.patch(f"/events/webhooks/{webhook}", json={"url": url}, headers=key_a).status_code == 400, (
+            url
+        )
+    assert (
+        cp.post("/events/webhooks", json=body | {"signatureSecret": "short"}, headers=key_a).status_code
+        == 400
+    )
+    assert changed() == before
+    assert hook.received == []
+
+    async def raw(session: object) -> str:
+        return str((await session.execute(text("SELECT config FROM channels"))).scalar_one())  # type: ignore[attr-defined]
+
+    stored = run(cp, raw)  # type: ignore[arg-type]
+    assert secret not in stored and hook.url not in stored and stored.startswith("enc1:")

@@ -46,6 +46,7 @@ from .routes import (
     dashboard,
     e2b,
     e2b_templates,
+    e2b_webhooks,
     host_tags,
     keys,
     metrics,
@@ -202,6 +203,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(builds.router)  # template builds: /v1/templates, /v1/admin/builds
     app.include_router(e2b_templates.router)  # E2B's template builds (before e2b's /templates/{id})
     app.include_router(e2b.router)  # E2B's REST API: /sandboxes, /v2/sandboxes, ...
+    app.include_router(e2b_webhooks.router)  # E2B's lifecycle webhooks: /events/webhooks
     app.include_router(network.router)  # egress policies: /v1/capsules/{id}/network, E2B's PUT
     app.include_router(channels.router)  # notification channels and their deliveries
     app.include_router(metrics.router)  # Prometheus, behind the scrape token

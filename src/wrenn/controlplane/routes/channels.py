@@ -97,8 +97,8 @@ def _manager(caller: Principal, doing: str) -> None:
 
 async def _channel(session: AsyncSession, caller: Principal, channel_id: str) -> Channel:
     channel = await session.get(Channel, channel_id)
-    if channel is None or channel.team_id != caller.team_id:
-        raise _errors.not_found(f"channel {channel_id}")
+    if channel is None or channel.team_id != caller.team_id or channel.provider not in service.PROVIDERS:
+        raise _errors.not_found(f"channel {channel_id}")  # (E2B's webhooks are under /events/webhooks)
     return channel
 
 
@@ -135,7 +135,9 @@ async def create_channel(body: CreateBody, caller: Caller, session: Db, request:
 @router.get("/v1/channels", response_model=list[ChannelOut])
 async def list_channels(caller: Caller, session: Db) -> list[ChannelOut]:
     rows = await session.execute(
-        select(Channel).where(Channel.team_id == caller.team_id).order_by(Channel.created_at, Channel.id)
+        select(Channel)
+        .where(Channel.team_id == caller.team_id, Channel.provider.in_(service.PROVIDERS))
+        .order_by(Channel.created_at, Channel.id)
     )
     return [_out(c) for c in rows.scalars()]
 

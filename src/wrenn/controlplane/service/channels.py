@@ -42,8 +42,8 @@ from .. import _errors, _ssrf
 from .._ids import new_id
 from .._metrics import Metrics
 from .._settings import Settings
-from ..db import Channel, Delivery, DeliveryAttempt, Event, utcnow
-from . import chat, events
+from ..db import Capsule, Channel, Delivery, DeliveryAttempt, Event, utcnow
+from . import chat, e2b_webhooks, events
 
 log = logging.getLogger("wrenn.controlplane.channels")
 
@@ -81,17 +81,32 @@ async def checked_config(
         except ValueError as exc:
             raise _errors.bad_request(str(exc)) from None
         return stored
+    if provider == e2b_webhooks.PROVIDER:
+        unknown = set(config) - {"url", "secret", "enabled", "name"}
+        if unknown:
+            raise _errors.bad_request(f"unknown fields {sorted(unknown)}")
+        url = await _checked_url(session, settings, config.get("url", ""), "url")
+        secret = config.get("secret", "")
+        if not 8 <= len(secret) <= 200:
+            raise _errors.bad_request("signatureSecret: 8 to 200 characters")
+        return {"url": url, "secret": secret, "enabled": config.get("enabled", "true"),
+                "name": config.get("name", "")}  # fmt: skip
     if provider != "webhook":
         raise _errors.bad_request(f"provider: one of {list(PROVIDERS)}")
     unknown = set(config) - {"url", "secret"}
     if unknown:
         raise _errors.bad_request(f"config: unknown fields {sorted(unknown)} (a webhook has url and secret)")
-    url = config.get("url", "")
-    if not url or len(url) > 2000:
-        raise _errors.bad_request("config.url: required, at most 2000 characters")
+    url = await _checked_url(session, settings, config.get("url", ""), "config.url")
     secret = config.get("secret") or new_secret()
     if len(secret) < 16 or len(secret) > 200:
         raise _errors.bad_request("config.secret: 16 to 200 characters")
+    return {"url": url, "secret": secret}
+
+
+async def _checked_url(session: AsyncSession, settings: Settings, url: str, field: str) -> str:
+    """`url` if the control plane may send to it (http(s), public or allowed addresses, not an agent's)."""
+    if not url or len(url) > 2000:
+        raise _errors.bad_request(f"{field}: required, at most 2000 characters")
     checker = await guard(session, settings)
     parts = urlsplit(url)
     try:
@@ -99,8 +114,8 @@ async def checked_config(
         port = parts.port or (443 if parts.scheme == "https" else 80)
         await _ssrf.GuardedBackend(checker).address(parts.hostname or "", port)
     except (httpcore.ConnectError, ValueError) as exc:
-        raise _errors.bad_request(f"config.url: {exc}") from None
-    return {"url": url, "secret": secret}
+        raise _errors.bad_request(f"{field}: {exc}") from None
+    return url
 
 
 def check_events(selected: list[str]) -> list[str]:
@@ -129,12 +144,16 @@ async def deliver(
     delivery_id: str,
     event_type: str,
     body: str,
+    channel_id: str = "",
 ) -> Outcome:
-    """Send the event (`body`, its JSON) to a channel of `provider`: the webhook signed, a chat as a
-    message; what came back (never raises for the receiver's faults)."""
+    """Send the event (`body`, its JSON) to a channel of `provider`: a webhook signed (ours, or E2B's),
+    a chat as a message; what came back (never raises for the receiver's faults)."""
     if provider == "webhook":
         return await send(client, config, delivery_id, event_type, body)
     started = time.monotonic()
+    if provider == e2b_webhooks.PROVIDER:
+        status, problem = await e2b_webhooks.send(client, config, channel_id, delivery_id, body)
+        return Outcome(status, problem, int((time.monotonic() - started) * 1000))
     timeout = client.timeout.read or 10.0
     ok, error = await chat.send(provider, config, body, checker, timeout)
     return Outcome(200 if ok else None, error, int((time.monotonic() - started) * 1000))
@@ -191,15 +210,34 @@ async def fan_out(session: AsyncSession, postgres: bool) -> int:
     for channel in (await session.execute(select(Channel).where(Channel.team_id.in_(teams)))).scalars():
         channels.setdefault(channel.team_id, []).append(channel)
     now = utcnow()
+    e2b = [
+        c
+        for found_channels in channels.values()
+        for c in found_channels
+        if c.provider == e2b_webhooks.PROVIDER
+    ]
+    configs = {c.id: json.loads(c.config) for c in e2b}
+    capsules: dict[str, Capsule] = {}
+    if e2b:
+        ids = {e.resource_id for e in found if e.type in e2b_webhooks.FROM_EVENT}
+        rows = await session.execute(select(Capsule).where(Capsule.id.in_(ids)))
+        capsules = {c.id: c for c in rows.scalars()}
     for event in found:
         for channel in channels.get(event.team_id or "", []):
-            if event.type in (channel.events or []):
-                session.add(
-                    Delivery(
-                        id=new_id("dlv"), channel_id=channel.id, event_id=event.id, event_type=event.type,
-                        payload=events.payload(event), next_attempt_at=now,
-                    )
-                )  # fmt: skip
+            if channel.provider == e2b_webhooks.PROVIDER:
+                if not e2b_webhooks.selects(configs[channel.id], list(channel.events or []), event.type):
+                    continue
+                body = e2b_webhooks.payload(event, capsules.get(event.resource_id))
+            elif event.type in (channel.events or []):
+                body = events.payload(event)
+            else:
+                continue
+            session.add(
+                Delivery(
+                    id=new_id("dlv"), channel_id=channel.id, event_id=event.id, event_type=event.type,
+                    payload=body, next_attempt_at=now,
+                )
+            )  # fmt: skip
         event.dispatched_at = now
     await session.commit()
     return len(found)
@@ -263,7 +301,7 @@ async def _attempt(
             return  # the channel was deleted meanwhile (its deliveries with it)
         config, provider = json.loads(channel.config), channel.provider
         body, event_type = delivery.payload, delivery.event_type
-    outcome = await deliver(provider, client, checker, config, delivery_id, event_type, body)
+    outcome = await deliver(provider, client, checker, config, delivery_id, event_type, body, channel.id)
     if metrics is not None:
         metrics.deliveries.labels(provider, "ok" if outcome.ok else "error").inc()
     async with sessions() as session:
