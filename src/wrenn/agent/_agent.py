@@ -15,6 +15,7 @@ import uvicorn
 
 from wrenn import images
 from wrenn._shared import asgiproxy
+from wrenn._shared.logs import RequestIdMiddleware
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceASGIApplication
 
 from ._access import RequireToken, load_or_create_token
@@ -221,6 +222,8 @@ class Agent:
                 await manager.close()
                 raise AgentError(f"the API token: {exc}") from None
             api, proxy = RequireToken(api, token), RequireToken(proxy, token)
+        # the control plane's X-Request-Id (or a new one) on the log records of a call and its calls to envd
+        api = RequestIdMiddleware(api, echo=False)
         config = self._uvicorn_config(api, self.config.port, tls)
         proxy_config = self._uvicorn_config(proxy, self.config.proxy_port, tls)
         self._server = uvicorn.Server(config)

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 from wrenn import __version__
 from wrenn._shared.asgiproxy import Scope, Send, send_error
+from wrenn._shared.logs import RequestIdMiddleware
 from wrenn._shared.private import private_dir
 
 from . import _site
@@ -212,6 +213,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestLimits, settings=settings, respond=_refuse)  # bodies (413), rates (429)
     # `{port}-{capsule_id}.{domain}` traffic, outermost: its bodies and rates are not the API's
     app.add_middleware(TrafficProxy, state=app.state, settings=settings)
+    # outermost: every request has an id (the client's X-Request-Id, or a new one) in its log records and
+    # on the calls made to agents for it, and gets it back in its answer's X-Request-Id
+    app.add_middleware(RequestIdMiddleware)
     return app
 
 
