@@ -142,9 +142,10 @@ def test_a_capsule_whose_agent_is_gone_says_so(
 
 
 def test_what_the_platform_tells_about_capsules_of_two_sizes(api: TestClient, agent: AgentProcess) -> None:
-    """Real VMs: a webhook receiver gets signed created/paused/destroyed events (a 500 answered once is
-    retried); the team's stats and today's usage match a sample worked out by hand; the metrics of a paused
-    and a destroyed capsule are still served; /metrics parses and its counters moved by what was done."""
+    """Real VMs: one create's X-Request-Id is in the answer, the agent's log and envd's (the guest console);
+    a webhook receiver gets signed created/paused/destroyed events (a 500 answered once is retried); the
+    team's stats and today's usage match a sample worked out by hand; the metrics of a paused and a
+    destroyed capsule are still served; /metrics parses and its counters moved by what was done."""
     import json
     import time
     from datetime import UTC, datetime
@@ -176,9 +177,13 @@ def test_what_the_platform_tells_about_capsules_of_two_sizes(api: TestClient, ag
         secret = channel.json()["secret"]
         hook.answers.append(500)
         before = scrape()
+        request_id = f"req-e2e-{os.getpid()}"  # one create's id: in the answer, the agent's log and envd's
         small = api.post(
-            "/v1/capsules", json={"template": "minimal", "vcpus": 1, "memory_mb": 256}, headers=jwt
+            "/v1/capsules",
+            json={"template": "minimal", "vcpus": 1, "memory_mb": 256},
+            headers=jwt | {"X-Request-Id": request_id},
         )
+        assert small.headers["x-request-id"] == request_id
         large = api.post(
             "/v1/capsules", json={"template": "minimal", "vcpus": 2, "memory_mb": 512}, headers=jwt
         )
@@ -201,6 +206,12 @@ def test_what_the_platform_tells_about_capsules_of_two_sizes(api: TestClient, ag
         used = api.get("/v1/capsules/usage", params={"from": today, "to": today}, headers=jwt).json()
         point = next(p for p in used["points"] if p["date"] == today)
         assert abs(point["cpu_minutes"] - 0.5) < 1e-6 and abs(point["ram_mb_minutes"] - 128.0) < 1e-6, used
+
+        agent_lines = [line for line in agent.log.read_text().splitlines() if request_id in line]
+        assert any("sandbox created" in line for line in agent_lines), agent_lines
+        console = api.get(f"/v1/capsules/{ids[0]}/logs", headers=jwt).json()["logs"]
+        envd_lines = [e["message"] for e in console if request_id in e["message"]]
+        assert any("initialised" in line for line in envd_lines), [e["message"] for e in console][-30:]
 
         time.sleep(2.5)  # the agent samples every second: a few samples before the pause copies them
         assert api.post(f"/v1/capsules/{ids[0]}/pause", headers=jwt).status_code == 200
