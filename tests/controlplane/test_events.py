@@ -264,6 +264,73 @@ def test_e2b_lifecycle_webhooks_are_registered_signed_and_retried(
         assert api.get(f"/events/webhooks/{webhook['id']}", headers=key).status_code == 404
 
 
+def test_a_control_plane_killed_before_delivering_delivers_after_its_restart(
+    database_url: str, tmp_path: Path, fake_agent: FakeAgent, hook: Receiver
+) -> None:
+    """`python -m wrenn.controlplane` as a process, SIGKILLed (no shutdown of any kind) after a capsule's
+    events are committed and before its dispatcher's next round; the next control plane on the database
+    delivers them, signed, each once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.controlplane.conftest import _free_port
+
+    def start(interval_s: float) -> tuple[subprocess.Popen[bytes], str]:
+        port = _free_port()
+        env = os.environ | {
+            "WRENN_EVENTS_INTERVAL_S": str(interval_s), "WRENN_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",
+            "WRENN_WEBHOOK_RETRY_S": "0.2", "WRENN_MONITOR_INTERVAL_S": "3600",
+        }  # fmt: skip
+        log = (tmp_path / f"cp-{port}.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wrenn.controlplane", "--port", str(port), "--database-url", database_url,
+             "--data-dir", str(tmp_path / "cp"), "--local-agent", fake_agent.url],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                tmp_path / f"cp-{port}.log"
+            ).read_text()
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code < 500:
+                    return proc, url
+            except httpx.TransportError:
+                time.sleep(0.1)
+
+    (tmp_path / "cp").mkdir()
+    first, url = start(3600)  # its dispatcher looked once, at start, and not again for an hour
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            token = http.post("/v1/auth/signup", json={"email": "k@example.com", "password": "correct horse"})
+            jwt = {"Authorization": f"Bearer {token.json()['token']}"}
+            channel = http.post("/v1/channels", json={"name": "h", "provider": "webhook", "config": {"url": hook.url},
+                                                     "events": ["capsule.created", "capsule.destroyed"]}, headers=jwt)  # fmt: skip
+            assert channel.status_code == 201, channel.text
+            capsule = http.post("/v1/capsules", json={"template": "minimal"}, headers=jwt).json()["id"]
+            assert http.delete(f"/v1/capsules/{capsule}", headers=jwt).status_code == 204
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert hook.received == []
+    second, _ = start(0.1)
+    try:
+        got = hook.wait(lambda got: len(got) >= 2)
+        time.sleep(0.5)  # more rounds: each event once
+        assert sorted(body(r)["event"] for r in hook.received) == ["capsule.created", "capsule.destroyed"]
+        assert all(r.verified(channel.json()["secret"]) and body(r)["resource"]["id"] == capsule for r in got)
+    finally:
+        second.terminate()
+        second.wait(20)
+
+
 def test_channel_crud_selection_test_and_rotation(
     database_url: str, tmp_path: Path, fake_agent: FakeAgent, hook: Receiver
 ) -> None:
