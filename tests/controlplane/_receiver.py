@@ -79,12 +79,19 @@ def receiver(host: str = "127.0.0.2") -> Iterator[Receiver]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, 0), Handler)
-    state.append(Receiver(f"http://{host}:{server.server_address[1]}/hook"))
+    with _serving(host, Handler) as port:
+        state.append(Receiver(f"http://{host}:{port}/hook"))
+        yield state[0]
+
+
+@contextmanager
+def _serving(host: str, handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """`handler` served on `host` in a thread: its port."""
+    server = ThreadingHTTPServer((host, 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield state[0]
+        yield int(server.server_address[1])
     finally:
         server.shutdown()
         server.server_close()
@@ -141,16 +148,9 @@ def homeserver(host: str = "127.0.0.3", room: str = "!room:example.org") -> Iter
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, 0), Handler)
-    state.append(Homeserver(f"http://{host}:{server.server_address[1]}"))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with _serving(host, Handler) as port:
+        state.append(Homeserver(f"http://{host}:{port}"))
         yield state[0]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def events_settings(database_url: str, data_dir: Path, agent: FakeAgent, **overrides: Any) -> Settings:

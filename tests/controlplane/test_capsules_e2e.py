@@ -234,7 +234,13 @@ def test_what_the_platform_tells_about_capsules_of_two_sizes(api: TestClient, ag
         assert [r.answered for r in got if r.headers["x-wrenn-delivery"] == first] == [500, 200]
         assert {json.loads(r.body)["resource"]["id"] for r in got} == set(ids)
 
-    after = scrape()
+    deadline = time.monotonic() + 10  # a delivery is counted once its answer is back: just after the receiver
+    while (
+        moved(before, after := scrape(), "wrenn_channel_deliveries_total", provider="webhook", result="ok")
+        < 5
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     assert moved(before, after, "wrenn_capsule_operations_total", operation="create", result="ok") == 2
     assert moved(before, after, "wrenn_capsule_operations_total", operation="pause", result="ok") == 1
     assert moved(before, after, "wrenn_capsule_operations_total", operation="destroy", result="ok") == 2
