@@ -337,6 +337,22 @@ def test_a_control_plane_killed_before_delivering_delivers_after_its_restart(
         second.wait(20)
 
 
+def test_a_finished_build_is_an_event(
+    database_url: str, tmp_path: Path, fake_agent: FakeAgent, hook: Receiver
+) -> None:
+    """`template.build.finished` with the build's end (here: an error, the stand-in agent builds nothing)."""
+    settings = events_settings(database_url, tmp_path / "cp", fake_agent)
+    with control_plane(settings) as api:
+        jwt = owner(api)
+        webhook(api, jwt, hook.url, ["template.build.finished"])
+        r = api.post("/v1/templates/builds", json={"name": "app", "recipe": ["RUN true"]}, headers=jwt)
+        assert r.status_code == 201, r.text
+        got = hook.wait(lambda got: len(got) >= 1)
+        payload = body(got[0])
+        assert payload["event"] == "template.build.finished" and payload["resource"]["type"] == "build"
+        assert payload["resource"]["id"] == r.json()["id"] and payload["data"]["status"] == "error"
+
+
 def test_channel_crud_selection_test_and_rotation(
     database_url: str, tmp_path: Path, fake_agent: FakeAgent, hook: Receiver
 ) -> None:
