@@ -107,15 +107,18 @@ def test_the_dashboard_and_alerts_use_only_metrics_we_serve(
 
     import httpx
     import yaml
+    from prometheus_client import CollectorRegistry
 
-    from wrenn.agent._prometheus import with_metrics
+    from wrenn.agent._prometheus import Operations, with_metrics
 
     settings = events_settings(database_url, tmp_path / "cp", fake_agent, metrics_token=TOKEN)
     with control_plane(settings) as api:
         served = exposed(api.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text)
 
     async def agent_metrics() -> str:
-        transport = httpx.ASGITransport(app=with_metrics(_nothing, lambda: [], slots=4))
+        registry = CollectorRegistry()
+        Operations(registry)  # as the agent registers its lifecycle counters
+        transport = httpx.ASGITransport(app=with_metrics(_nothing, lambda: [], slots=4, registry=registry))
         async with httpx.AsyncClient(transport=transport, base_url="http://agent") as http:
             return (await http.get("/metrics")).text
 
