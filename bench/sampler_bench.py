@@ -1,10 +1,10 @@
 """What the agent's metrics sampler costs: the host agent's own CPU time with N idle sandboxes, sampling on
 (`--metrics-interval 1`, the default) and off (`--metrics-interval 0`).
 
-For each setting it starts a real host agent (loopback, its own prefix and networks), creates N sandboxes of
-the `minimal` image (1 vCPU, 256 MB, a 1 GB disk), lets them settle, then reads the agent process's CPU time (user +
-system, `psutil`; the agent alone, not its QEMUs) over a fixed window in which nothing is asked of it. The
-difference between the two is the sampler's cost. Prints a table and writes it to
+For each setting it starts a real host agent (loopback, its own prefix and networks), creates N sandboxes
+of the `minimal` image (1 vCPU, 256 MB, a 1 GB disk), lets them settle, then reads the agent process's CPU
+time (user + system, `psutil`; the agent alone, not its QEMUs) over a fixed window in which nothing is
+asked of it. The difference between the two is the sampler's cost. Prints a table and writes it to
 `bench/results/sampler-<UTC timestamp>.json`.
 
     .venv/bin/python bench/sampler_bench.py [--idle 10] [--window 60] [--settle 10] [--allow-other-agents]
