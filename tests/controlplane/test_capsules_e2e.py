@@ -131,16 +131,6 @@ def test_a_capsule_end_to_end(api: TestClient, teams: dict[str, dict[str, str]],
     assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_state"
 
 
-def test_a_capsule_whose_agent_is_gone_says_so(
-    api: TestClient, teams: dict[str, dict[str, str]], agent: AgentProcess
-) -> None:
-    ada = teams["ada"]
-    cid = api.post("/v1/capsules", json={"memory_mb": 256}, headers=ada).json()["id"]
-    agent.stop(signal.SIGKILL)  # the VM keeps running; its agent does not answer
-    r = api.post(f"/v1/capsules/{cid}/exec", headers=ada, json={"cmd": "true"})
-    assert r.status_code == 503 and r.json()["error"]["code"] == "host_unavailable", r.text
-
-
 def test_what_the_platform_tells_about_capsules_of_two_sizes(api: TestClient, agent: AgentProcess) -> None:
     """Real VMs: one create's X-Request-Id is in the answer, the agent's log and envd's (the guest console);
     a webhook receiver gets signed created/paused/destroyed events (a 500 answered once is retried); the
@@ -247,3 +237,14 @@ def test_what_the_platform_tells_about_capsules_of_two_sizes(api: TestClient, ag
     assert moved(before, after, "wrenn_capsule_operation_duration_seconds_count", operation="create") == 2
     assert moved(before, after, "wrenn_channel_deliveries_total", provider="webhook", result="error") == 1
     assert moved(before, after, "wrenn_channel_deliveries_total", provider="webhook", result="ok") == 5
+
+
+# Last in the module: it kills the agent.
+def test_a_capsule_whose_agent_is_gone_says_so(
+    api: TestClient, teams: dict[str, dict[str, str]], agent: AgentProcess
+) -> None:
+    ada = teams["ada"]
+    cid = api.post("/v1/capsules", json={"memory_mb": 256}, headers=ada).json()["id"]
+    agent.stop(signal.SIGKILL)  # the VM keeps running; its agent does not answer
+    r = api.post(f"/v1/capsules/{cid}/exec", headers=ada, json={"cmd": "true"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "host_unavailable", r.text
