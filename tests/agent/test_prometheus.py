@@ -61,3 +61,46 @@ async def test_agent_metrics_follow_the_table_behind_the_token() -> None:
         # everything else still goes to the API
         assert (await client.post("/hostagent.v1.HostAgentService/ListSandboxes",
                                   headers={HEADER.decode(): TOKEN})).status_code == 204  # fmt: skip
+
+
+async def test_lifecycle_operations_are_counted_and_timed() -> None:
+    """`Operations` on the agent's registry: successes and failures by operation, failures by their error
+    code, and a latency histogram, served by the same /metrics."""
+    from prometheus_client import CollectorRegistry
+
+    from wrenn.agent._errors import SandboxError
+    from wrenn.agent._prometheus import Operations
+
+    registry = CollectorRegistry()
+    ops = Operations(registry)
+
+    async def ok() -> str:
+        return "done"
+
+    async def fails() -> None:
+        raise SandboxError("not_found", "no sandbox cl-x")
+
+    assert await ops.timed("create", ok()) == "done"
+    assert await ops.timed("pause", ok()) == "done"
+    try:
+        await ops.timed("pause", fails())
+    except SandboxError:
+        pass
+    else:
+        raise AssertionError("the failure was swallowed")
+    app = with_metrics(api, lambda: [], slots=4, registry=registry)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://agent") as client:
+        text = (await client.get("/metrics")).text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("wrenn_agent_operations_total", (("operation", "create"), ("result", "ok")))] == 1
+    assert samples[("wrenn_agent_operations_total", (("operation", "pause"), ("result", "error")))] == 1
+    assert (
+        samples[("wrenn_agent_operation_failures_total", (("operation", "pause"), ("reason", "not_found")))]
+        == 1
+    )
+    assert samples[("wrenn_agent_operation_duration_seconds_count", (("operation", "pause"),))] == 2
+    assert ("wrenn_agent_slots", (("kind", "capacity"),)) in samples  # the table's gauges beside them

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -78,16 +79,78 @@ def receiver(host: str = "127.0.0.2") -> Iterator[Receiver]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, 0), Handler)
-    state.append(Receiver(f"http://{host}:{server.server_address[1]}/hook"))
+    with _serving(host, Handler) as port:
+        state.append(Receiver(f"http://{host}:{port}/hook"))
+        yield state[0]
+
+
+@contextmanager
+def _serving(host: str, handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """`handler` served on `host` in a thread: its port."""
+    server = ThreadingHTTPServer((host, 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield state[0]
+        yield int(server.server_address[1])
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@dataclass
+class Homeserver:
+    """A Matrix homeserver's client API, as much as apprise uses to post a message: who am I, join the
+    room, send to it. Records each request (method, path, Authorization, JSON body)."""
+
+    url: str
+    requests: list[tuple[str, str, str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def messages(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [body for method, path, _, body in self.requests if method == "PUT" and "/send/" in path]
+
+
+@contextmanager
+def homeserver(host: str = "127.0.0.3", room: str = "!room:example.org") -> Iterator[Homeserver]:
+    state: list[Homeserver] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+            me = state[0]
+            with me.lock:
+                me.requests.append(
+                    (
+                        self.command,
+                        self.path,
+                        self.headers.get("authorization", ""),
+                        json.loads(raw or b"null"),
+                    )
+                )
+            found: dict[str, Any] = {}
+            if self.path.endswith("/account/whoami"):
+                found = {"user_id": "@wrenn:example.org", "device_id": "WRENN"}
+            elif "/join/" in self.path:
+                found = {"room_id": room}
+            elif "/send/" in self.path:
+                found = {"event_id": f"$ev{len(me.requests)}"}
+            data = json.dumps(found).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with _serving(host, Handler) as port:
+        state.append(Homeserver(f"http://{host}:{port}"))
+        yield state[0]
 
 
 def events_settings(database_url: str, data_dir: Path, agent: FakeAgent, **overrides: Any) -> Settings:

@@ -3,7 +3,8 @@ PyPI in a virtualenv of its own (not our package): `python seed_sdk_surface.py B
 
 Prints one JSON line per check, `{"check", "ok", "detail"}`; the test reads them all. A check is a call
 as a seed user writes it, with what they would assert. (Its `code_runner` is another issue's; stats, usage
-are answered; the event stream is not built yet: it must fail with a clear error, checked too.)
+and the event stream are answered: `test_event_stream.py` checks the stream's events with the seed's
+parser.)
 """
 
 from __future__ import annotations
@@ -248,10 +249,14 @@ def low_level() -> None:
             "WrennClient.capsules.usage", lambda: client.capsules.usage(from_=today - timedelta(days=6))
         )
         check("usage: a point a day", lambda: expect(len(used.points or []) == 7, repr(used)))
-        # Not built yet: a clear error, not a crash or a wrong answer.
-        check("events.stream is refused clearly", lambda: expect(
-            "not served yet" in _raises(lambda: next(iter(client.events.stream())), WrennError), "message"
-        ))  # fmt: skip
+
+        def connected() -> None:
+            stream = client.events.stream()
+            first = next(stream)
+            stream.close()
+            expect(str(first.event) in ("connected", "Event.connected"), repr(first))
+
+        check("events.stream: the connected sentinel", connected)
 
 
 def snapshots(capsule: Capsule) -> None:

@@ -1,10 +1,13 @@
-"""A capsule end to end: REST API -> control plane -> a real host agent -> a real VM (TCG here)."""
+"""A capsule end to end: REST API -> control plane -> a real host agent -> a real VM (TCG here); and what
+the platform tells about capsules of two sizes with real VMs (webhooks, stats, usage, metrics history,
+/metrics)."""
 
 from __future__ import annotations
 
 import os
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,6 +18,7 @@ from wrenn.controlplane import Settings, create_app
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
 PREFIX = f"wc{os.getpid() % 1000:03d}p"
+METRICS_TOKEN = "scrape-" + "e" * 32
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +35,11 @@ def api(agent: AgentProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         data_dir=root,
         local_agents=(agent.url,),
         local_agent_token_file=agent.token_file,
-    )
+        # observability: webhooks to the test's receiver on loopback, retried fast; team samples taken by
+        # the test itself (at instants it knows); /metrics behind a token
+        webhook_allow_networks=("127.0.0.2/32",), events_interval_s=0.2, webhook_retry_s=(0.3,),
+        stats_interval_s=3600, metrics_token=METRICS_TOKEN,
+    )  # fmt: skip
     with TestClient(create_app(settings)) as client:
         yield client
 
@@ -154,6 +162,115 @@ def test_a_drained_host_pauses_its_capsule_for_real(
     assert api.delete(f"/v1/capsules/{cid}", headers=ada).status_code == 204
 
 
+def test_what_the_platform_tells_about_capsules_of_two_sizes(api: TestClient, agent: AgentProcess) -> None:
+    """Real VMs: one create's X-Request-Id is in the answer, the agent's log and envd's (the guest console);
+    a webhook receiver gets signed created/paused/destroyed events (a 500 answered once is retried); the
+    team's stats and today's usage match a sample worked out by hand; the metrics of a paused and a
+    destroyed capsule are still served; /metrics parses and its counters moved by what was done."""
+    import json
+    import time
+    from datetime import UTC, datetime
+
+    from prometheus_client.parser import text_string_to_metric_families
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from tests.controlplane._db import run
+    from tests.controlplane._receiver import receiver
+    from wrenn.controlplane.service import usage
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        r = api.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        assert r.status_code == 200, r.text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(r.text) for s in f.samples}  # fmt: skip
+
+    def moved(before: dict[Any, float], after: dict[Any, float], name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    token = api.post("/v1/auth/signup", json={"email": "cyd@example.com", "password": "correct horse"}).json()
+    jwt = {"Authorization": f"Bearer {token['token']}"}
+    with receiver() as hook:
+        wanted = ["capsule.created", "capsule.paused", "capsule.destroyed"]
+        channel = api.post("/v1/channels", json={"name": "hook", "provider": "webhook",
+                                                 "config": {"url": hook.url}, "events": wanted}, headers=jwt)  # fmt: skip
+        assert channel.status_code == 201, channel.text
+        secret = channel.json()["secret"]
+        hook.answers.append(500)
+        before = scrape()
+        request_id = f"req-e2e-{os.getpid()}"  # one create's id: in the answer, the agent's log and envd's
+        small = api.post(
+            "/v1/capsules",
+            json={"template": "minimal", "vcpus": 1, "memory_mb": 256},
+            headers=jwt | {"X-Request-Id": request_id},
+        )
+        assert small.headers["x-request-id"] == request_id
+        large = api.post(
+            "/v1/capsules", json={"template": "minimal", "vcpus": 2, "memory_mb": 512}, headers=jwt
+        )
+        assert small.status_code == 201 and large.status_code == 201, (small.text, large.text)
+        ids = small.json()["id"], large.json()["id"]
+
+        at = int(time.time()) // 10 * 10
+
+        async def sample(session: AsyncSession) -> None:
+            await usage.sample_teams(session, 10, now=at)
+
+        run(api, sample)
+        stats = api.get("/v1/capsules/stats", params={"range": "5m"}, headers=jwt).json()
+        # by hand: 1 + 2 vCPUs, 256 + 512 MB; one 10 s sample is 3 * 10 / 60 CPU-minutes, 768 * 10 / 60 MB-minutes
+        assert {k: v for k, v in stats["current"].items() if k != "sampled_at"} == {
+            "running_count": 2, "vcpus_reserved": 3, "memory_mb_reserved": 768,
+        }, stats  # fmt: skip
+        assert stats["peaks"] == {"running_count": 2, "vcpus": 3, "memory_mb": 768}
+        today = datetime.fromtimestamp(at, UTC).date().isoformat()
+        used = api.get("/v1/capsules/usage", params={"from": today, "to": today}, headers=jwt).json()
+        point = next(p for p in used["points"] if p["date"] == today)
+        assert abs(point["cpu_minutes"] - 0.5) < 1e-6 and abs(point["ram_mb_minutes"] - 128.0) < 1e-6, used
+
+        agent_lines = [line for line in agent.log.read_text().splitlines() if request_id in line]
+        assert any("sandbox created" in line for line in agent_lines), agent_lines
+        console = api.get(f"/v1/capsules/{ids[0]}/logs", headers=jwt).json()["logs"]
+        envd_lines = [e["message"] for e in console if request_id in e["message"]]
+        assert any("initialised" in line for line in envd_lines), [e["message"] for e in console][-30:]
+
+        time.sleep(2.5)  # the agent samples every second: a few samples before the pause copies them
+        assert api.post(f"/v1/capsules/{ids[0]}/pause", headers=jwt).status_code == 200
+        for cid in ids[::-1]:
+            assert api.delete(f"/v1/capsules/{cid}", headers=jwt).status_code == 204
+        for cid in ids:  # paused then destroyed, destroyed while running: the history is served
+            points = api.get(f"/v1/capsules/{cid}/metrics", params={"range": "10m"}, headers=jwt).json()[
+                "points"
+            ]
+            assert points and all(p["mem_bytes"] > 0 for p in points), (cid, points)
+
+        def done(got: list[Any]) -> bool:
+            return sorted(json.loads(r.body)["event"] for r in got if r.answered == 200) == sorted(
+                ["capsule.created"] * 2 + ["capsule.paused"] + ["capsule.destroyed"] * 2
+            )
+
+        got = hook.wait(done, timeout=30)
+        assert all(r.verified(secret) for r in got) and not got[0].verified(secret + "x")
+        first = got[0].headers["x-wrenn-delivery"]
+        assert [r.answered for r in got if r.headers["x-wrenn-delivery"] == first] == [500, 200]
+        assert {json.loads(r.body)["resource"]["id"] for r in got} == set(ids)
+
+    deadline = time.monotonic() + 10  # a delivery is counted once its answer is back: just after the receiver
+    while (
+        moved(before, after := scrape(), "wrenn_channel_deliveries_total", provider="webhook", result="ok")
+        < 5
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert moved(before, after, "wrenn_capsule_operations_total", operation="create", result="ok") == 2
+    assert moved(before, after, "wrenn_capsule_operations_total", operation="pause", result="ok") == 1
+    assert moved(before, after, "wrenn_capsule_operations_total", operation="destroy", result="ok") == 2
+    assert moved(before, after, "wrenn_capsule_operation_duration_seconds_count", operation="create") == 2
+    assert moved(before, after, "wrenn_channel_deliveries_total", provider="webhook", result="error") == 1
+    assert moved(before, after, "wrenn_channel_deliveries_total", provider="webhook", result="ok") == 5
+
+
+# Last in the module: it kills the agent.
 def test_a_capsule_whose_agent_is_gone_says_so(
     api: TestClient, teams: dict[str, dict[str, str]], agent: AgentProcess
 ) -> None:

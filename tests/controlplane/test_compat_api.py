@@ -205,8 +205,6 @@ def test_what_wrenn_does_not_do_is_refused_not_ignored(api: TestClient) -> None:
             path,
             r.text,
         )
-    r = api.get("/v1/events/stream", headers=key)
-    assert r.status_code == 501 and "not served yet" in r.json()["error"]["message"], r.text
     for path in ("/v1/capsules/stats", "/v1/capsules/usage"):  # served now (test_usage.py), not a capsule id
         assert api.get(path, headers=key).status_code == 200, path
 

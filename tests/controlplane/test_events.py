@@ -4,6 +4,9 @@ is in the delivery log, and events recorded while no dispatcher ran are delivere
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import Iterator
@@ -20,7 +23,7 @@ from tests.security._fake_agent import FakeAgent
 from wrenn.controlplane.db import Delivery, DeliveryAttempt, Event, utcnow
 
 from ._db import run
-from ._receiver import Received, Receiver, control_plane, events_settings, owner, receiver
+from ._receiver import Received, Receiver, control_plane, events_settings, homeserver, owner, receiver
 from .conftest import _reset_postgres
 
 CAPSULE_EVENTS = [
@@ -148,6 +151,208 @@ def test_events_recorded_while_no_dispatcher_ran_are_delivered_after_a_restart(
         assert len(hook.received) == 3
 
 
+def test_a_matrix_channel_gets_capsule_events_through_apprise(
+    database_url: str, tmp_path: Path, fake_agent: FakeAgent
+) -> None:
+    """A chat channel end to end: apprise's Matrix client talks to a homeserver on loopback (allowed here
+    by `webhook_allow_networks`, as an operator allows an intranet server); the delivery log records it."""
+    settings = events_settings(database_url, tmp_path / "cp", fake_agent)
+    with homeserver() as server, control_plane(settings) as api:
+        jwt = owner(api)
+        config = {
+            "homeserver_url": server.url,
+            "access_token": "syt_wrenn_token_1",
+            "room_id": "!room:example.org",
+        }
+        tested = api.post("/v1/channels/test", json={"provider": "matrix", "config": config}, headers=jwt)
+        assert tested.status_code == 200 and tested.json() == {"status": "ok"}, tested.text
+        assert "channel.test" in server.messages()[-1]["body"]
+        r = api.post("/v1/channels", json={"name": "mx", "provider": "matrix", "config": config,
+                                          "events": ["capsule.created"]}, headers=jwt)  # fmt: skip
+        assert r.status_code == 201 and r.json()["secret"] is None, r.text
+        capsule = api.post("/v1/capsules", json={"template": "minimal"}, headers=jwt).json()["id"]
+        deadline = time.monotonic() + 20
+        while not any("capsule.created" in m["body"] for m in server.messages()[1:]):
+            assert time.monotonic() < deadline, server.requests
+            time.sleep(0.05)
+        text = next(m["body"] for m in server.messages()[1:] if "capsule.created" in m["body"])
+        assert capsule in text and server.messages()[-1]["msgtype"] == "m.text"
+        assert all(auth == "Bearer syt_wrenn_token_1" for _, _, auth, _ in server.requests)
+        assert not any(method == "PUT" and "/send/" in path and "capsule.running" in str(b)
+                       for method, path, _, b in server.requests)  # fmt: skip  # not selected
+
+        def log() -> list[tuple[str, str]]:  # the attempt is recorded once apprise has returned
+            found = api.get(f"/v1/channels/{r.json()['id']}/deliveries", headers=jwt).json()
+            return [(d["event_type"], d["status"]) for d in found]
+
+        while log() != [("capsule.created", "delivered")]:
+            assert time.monotonic() < deadline, log()
+            time.sleep(0.05)
+
+
+def e2b_verified(request: Received, secret: str) -> bool:
+    """E2B's documented check: SHA-256 of the secret followed by the raw body, base64url, no padding."""
+    digest = hashlib.sha256(secret.encode() + request.body).digest()
+    expected = base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    return hmac.compare_digest(request.headers["e2b-signature"], expected)
+
+
+def test_e2b_lifecycle_webhooks_are_registered_signed_and_retried(
+    database_url: str, tmp_path: Path, fake_agent: FakeAgent, hook: Receiver
+) -> None:
+    """E2B's `/events/webhooks` with an API key, as E2B programs call it: the receiver gets
+    `sandbox.lifecycle.*` bodies signed as E2B signs, a 500 is retried, a disabled webhook gets nothing,
+    and the webhook is not one of `/v1/channels`."""
+    settings = events_settings(database_url, tmp_path / "cp", fake_agent)
+    with control_plane(settings) as api:
+        jwt = owner(api)
+        key = {"X-API-Key": api.post("/v1/api-keys", json={"name": "k"}, headers=jwt).json()["key"]}
+        secret = "e2b-signature-secret"
+        r = api.post("/events/webhooks", json={
+            "name": "My Sandbox Webhook", "url": hook.url, "enabled": True, "signatureSecret": secret,
+            "events": ["sandbox.lifecycle.created", "sandbox.lifecycle.paused", "sandbox.lifecycle.killed"],
+        }, headers=key)  # fmt: skip
+        assert r.status_code == 201, r.text
+        webhook = r.json()
+        assert set(webhook) == {"id", "teamID", "name", "createdAt", "enabled", "url", "events"}
+        assert (
+            webhook["name"] == "My Sandbox Webhook"
+            and webhook["enabled"] is True
+            and webhook["url"] == hook.url
+        )
+        assert api.get("/events/webhooks", headers=key).json() == [webhook]
+        assert api.get(f"/events/webhooks/{webhook['id']}", headers=key).json() == webhook
+        assert api.get("/v1/channels", headers=jwt).json() == []
+        assert api.get(f"/v1/channels/{webhook['id']}", headers=jwt).status_code == 404
+        bad = api.post("/events/webhooks", json={"url": hook.url, "signatureSecret": secret,
+                                                 "events": ["sandbox.exploded"]}, headers=key)  # fmt: skip
+        assert bad.status_code == 400 and set(bad.json()) >= {"code", "message"}, bad.text
+
+        hook.answers.append(500)  # the first delivery fails once
+        e2b = {"X-API-Key": key["X-API-Key"]}
+        sandbox = api.post(
+            "/sandboxes", json={"templateID": "minimal", "metadata": {"user": "u1"}}, headers=e2b
+        )
+        assert sandbox.status_code == 201, sandbox.text
+        sid = sandbox.json()["sandboxID"]
+        assert api.post(f"/sandboxes/{sid}/pause", headers=e2b).status_code == 204
+        assert api.delete(f"/sandboxes/{sid}", headers=e2b).status_code == 204
+        wanted = {"sandbox.lifecycle.created", "sandbox.lifecycle.paused", "sandbox.lifecycle.killed"}
+        got = hook.wait(lambda got: {body(r)["type"] for r in got if r.answered == 200} >= wanted)
+        assert all(e2b_verified(r, secret) for r in got)
+        assert not e2b_verified(got[0], secret + "x")  # the check can fail
+        retried = [r for r in got if r.headers["e2b-delivery-id"] == got[0].headers["e2b-delivery-id"]]
+        assert [r.answered for r in retried] == [500, 200] and retried[0].body == retried[1].body
+        for r in got:
+            assert r.headers["e2b-webhook-id"] == webhook["id"] and r.headers["e2b-signature-version"] == "v1"
+            payload = body(r)
+            assert payload["sandboxId"] == sid and payload["sandboxTemplateId"] == "minimal"
+            assert payload["sandboxTeamId"] == webhook["teamID"] and payload["id"].startswith("evt-")
+            assert payload["eventData"]["sandbox_metadata"]["user"] == "u1"
+        killed = next(body(r) for r in got if body(r)["type"] == "sandbox.lifecycle.killed")
+        assert (
+            killed["eventData"]["execution"]["memory_mb"] > 0
+            and "execution_time" in killed["eventData"]["execution"]
+        )
+        assert not any(body(r)["type"] == "sandbox.lifecycle.resumed" for r in got)  # not selected
+
+        # disabled: nothing more is sent; deleted: gone
+        r = api.patch(f"/events/webhooks/{webhook['id']}", json={"enabled": False}, headers=key)
+        assert (
+            r.status_code == 200 and r.json()["enabled"] is False and r.json()["events"] == webhook["events"]
+        )
+        count = len(hook.received)
+        other = api.post("/sandboxes", json={"templateID": "minimal"}, headers=e2b).json()["sandboxID"]
+        api.delete(f"/sandboxes/{other}", headers=e2b)
+        time.sleep(0.5)
+        assert len(hook.received) == count
+        assert api.delete(f"/events/webhooks/{webhook['id']}", headers=key).status_code == 200
+        assert api.get(f"/events/webhooks/{webhook['id']}", headers=key).status_code == 404
+
+
+def test_a_control_plane_killed_before_delivering_delivers_after_its_restart(
+    database_url: str, tmp_path: Path, fake_agent: FakeAgent, hook: Receiver
+) -> None:
+    """`python -m wrenn.controlplane` as a process, SIGKILLed (no shutdown of any kind) after a capsule's
+    events are committed and before its dispatcher's next round; the next control plane on the database
+    delivers them, signed, each once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.controlplane.conftest import _free_port
+
+    def start(interval_s: float) -> tuple[subprocess.Popen[bytes], str]:
+        port = _free_port()
+        env = os.environ | {
+            "WRENN_EVENTS_INTERVAL_S": str(interval_s), "WRENN_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",
+            "WRENN_WEBHOOK_RETRY_S": "0.2", "WRENN_MONITOR_INTERVAL_S": "3600",
+        }  # fmt: skip
+        log = (tmp_path / f"cp-{port}.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wrenn.controlplane", "--port", str(port), "--database-url", database_url,
+             "--data-dir", str(tmp_path / "cp"), "--local-agent", fake_agent.url],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                tmp_path / f"cp-{port}.log"
+            ).read_text()
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code < 500:
+                    return proc, url
+            except httpx.TransportError:
+                time.sleep(0.1)
+
+    (tmp_path / "cp").mkdir()
+    first, url = start(3600)  # its dispatcher looked once, at start, and not again for an hour
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            token = http.post("/v1/auth/signup", json={"email": "k@example.com", "password": "correct horse"})
+            jwt = {"Authorization": f"Bearer {token.json()['token']}"}
+            channel = http.post("/v1/channels", json={"name": "h", "provider": "webhook", "config": {"url": hook.url},
+                                                     "events": ["capsule.created", "capsule.destroyed"]}, headers=jwt)  # fmt: skip
+            assert channel.status_code == 201, channel.text
+            capsule = http.post("/v1/capsules", json={"template": "minimal"}, headers=jwt).json()["id"]
+            assert http.delete(f"/v1/capsules/{capsule}", headers=jwt).status_code == 204
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert hook.received == []
+    second, _ = start(0.1)
+    try:
+        got = hook.wait(lambda got: len(got) >= 2)
+        time.sleep(0.5)  # more rounds: each event once
+        assert sorted(body(r)["event"] for r in hook.received) == ["capsule.created", "capsule.destroyed"]
+        assert all(r.verified(channel.json()["secret"]) and body(r)["resource"]["id"] == capsule for r in got)
+    finally:
+        second.terminate()
+        second.wait(20)
+
+
+def test_a_finished_build_is_an_event(
+    database_url: str, tmp_path: Path, fake_agent: FakeAgent, hook: Receiver
+) -> None:
+    """`template.build.finished` with the build's end (here: an error, the stand-in agent builds nothing)."""
+    settings = events_settings(database_url, tmp_path / "cp", fake_agent)
+    with control_plane(settings) as api:
+        jwt = owner(api)
+        webhook(api, jwt, hook.url, ["template.build.finished"])
+        r = api.post("/v1/templates/builds", json={"name": "app", "recipe": ["RUN true"]}, headers=jwt)
+        assert r.status_code == 201, r.text
+        got = hook.wait(lambda got: len(got) >= 1)
+        payload = body(got[0])
+        assert payload["event"] == "template.build.finished" and payload["resource"]["type"] == "build"
+        assert payload["resource"]["id"] == r.json()["id"] and payload["data"]["status"] == "error"
+
+
 def test_channel_crud_selection_test_and_rotation(
     database_url: str, tmp_path: Path, fake_agent: FakeAgent, hook: Receiver
 ) -> None:
@@ -163,7 +368,7 @@ def test_channel_crud_selection_test_and_rotation(
         assert api.post("/v1/channels", json={"name": "x", "provider": "webhook", "config": {"url": hook.url},
                                               "events": ["capsule.exploded"]}, headers=jwt).status_code == 400  # fmt: skip
         slack = {"name": "s", "provider": "slack", "config": {"webhook_url": hook.url}, "events": []}
-        assert api.post("/v1/channels", json=slack, headers=jwt).status_code == 400  # not delivered yet
+        assert api.post("/v1/channels", json=slack, headers=jwt).status_code == 400  # not Slack's host
 
         # only selected events are sent: a create is not, the destroy is
         capsule = api.post("/v1/capsules", json={"template": "minimal"}, headers=jwt).json()["id"]

@@ -3,6 +3,8 @@ the operations, the gauges follow the database, and no series names a capsule.""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -79,3 +81,62 @@ def test_metrics_registries_are_per_app(database_url: str, tmp_path: Path, fake_
         assert value(scrape(one), "wrenn_capsule_operations_total", operation="create", result="ok") == 1
         assert value(scrape(two), "wrenn_capsule_operations_total", operation="create", result="ok") == 0
         assert value(scrape(two), "wrenn_capsules", state="running") == 1  # the gauges: the shared database
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+#: Each family's sample names as Prometheus exposes them.
+_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+
+
+def exposed(text: str) -> set[str]:
+    """Every metric name a query may use, from an exposition (a labelled counter or histogram that has not
+    moved yet has its family's HELP and TYPE only)."""
+    return {
+        family.name + suffix
+        for family in text_string_to_metric_families(text)
+        for suffix in _SUFFIXES.get(family.type, ("",))
+    }
+
+
+def test_the_dashboard_and_alerts_use_only_metrics_we_serve(
+    database_url: str, tmp_path: Path, fake_agent: FakeAgent
+) -> None:
+    """docs/grafana/wrenn.json (valid JSON) and docs/wrenn-alerts.yml name only metrics that the control
+    plane's or an agent's `/metrics` serves, and use most of them."""
+    import asyncio
+
+    import httpx
+    import yaml
+    from prometheus_client import CollectorRegistry
+
+    from wrenn.agent._prometheus import Operations, with_metrics
+
+    settings = events_settings(database_url, tmp_path / "cp", fake_agent, metrics_token=TOKEN)
+    with control_plane(settings) as api:
+        served = exposed(api.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text)
+
+    async def agent_metrics() -> str:
+        registry = CollectorRegistry()
+        Operations(registry)  # as the agent registers its lifecycle counters
+        transport = httpx.ASGITransport(app=with_metrics(_nothing, lambda: [], slots=4, registry=registry))
+        async with httpx.AsyncClient(transport=transport, base_url="http://agent") as http:
+            return (await http.get("/metrics")).text
+
+    served |= exposed(asyncio.run(agent_metrics()))
+    dashboard = json.loads((DOCS / "grafana" / "wrenn.json").read_text())
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    rules = yaml.safe_load((DOCS / "wrenn-alerts.yml").read_text())
+    queries += [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    named = {name for q in queries for name in re.findall(r"\bwrenn_[a-z_]+", q)}
+    assert named and named <= served, sorted(named - served)
+    families = {n.removesuffix("_total").removesuffix("_bucket") for n in named}
+    assert len(families) >= 12, families  # the dashboard covers the platform, not one corner of it
+    scrape_config = yaml.safe_load((DOCS / "prometheus.yml").read_text())
+    assert {job["job_name"] for job in scrape_config["scrape_configs"]} >= {
+        "wrenn-control-plane",
+        "wrenn-agent",
+    }
+
+
+async def _nothing(scope: dict[str, object], receive: object, send: object) -> None:
+    raise AssertionError("only /metrics is asked")

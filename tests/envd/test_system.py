@@ -167,3 +167,22 @@ def test_before_a_token_only_the_host_may_call(envd_tmp: Path) -> None:
         host.close()
         other.close()
         envd.stop()
+
+
+def test_the_hosts_request_id_is_on_envds_log_records(fresh_envd: Envd) -> None:
+    """The agent's envd client sends the request id of the call it serves (a create's /init here), and envd
+    logs it with what it did for that request; a request without one is logged without."""
+    from wrenn._shared.logs import request_id_bound
+    from wrenn.agent._envd import EnvdClient
+
+    async def init() -> None:
+        client = EnvdClient("127.0.0.1", access_token=None, port=fresh_envd.port)
+        with request_id_bound("req-envd-test.7"):
+            await client.init(access_token=None, default_user="root", env={"A": "1"})
+        await client.init(access_token=None, default_user="root", env={})
+        await client.http.aclose()
+
+    asyncio.run(init())
+    lines = [line for line in fresh_envd.log().splitlines() if "initialised" in line]
+    assert len(lines) == 2, fresh_envd.log()[-2000:]
+    assert "request_id=req-envd-test.7" in lines[0] and "request_id" not in lines[1]

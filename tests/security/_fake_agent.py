@@ -41,6 +41,8 @@ class Recorder(HostAgentService):
     #: What it says it sampled of each sandbox, `(unix seconds, cpu %, memory bytes, disk bytes)`, for any
     #: range (a host's rings go with the VM: a test empties them at a pause or destroy).
     samples: dict[str, list[tuple[int, float, int, int]]] = field(default_factory=dict)
+    #: The `X-Request-Id` each create came with ('' without one).
+    request_ids: list[str] = field(default_factory=list)
 
     async def get_host_info(self, request: pb.GetHostInfoRequest, ctx: Any) -> pb.GetHostInfoResponse:
         self.calls.append(("get_host_info", request))
@@ -52,6 +54,7 @@ class Recorder(HostAgentService):
 
     async def create_sandbox(self, request: pb.CreateSandboxRequest, ctx: Any) -> pb.CreateSandboxResponse:
         self.calls.append(("create_sandbox", request))
+        self.request_ids.append(ctx.request_headers.get("x-request-id", ""))
         await asyncio.sleep(self.boot_s)
         info = pb.SandboxInfo(
             sandbox_id=request.sandbox_id, status=pb.SandboxStatus.RUNNING, host_ip="10.11.0.2"

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from tests.controlplane._db import run
-from tests.controlplane._receiver import Receiver, receiver
+from tests.controlplane._receiver import Receiver, homeserver, receiver
 from wrenn.controlplane import create_app
 
 from ._fake_agent import FakeAgent
@@ -113,6 +113,81 @@ def test_a_webhook_url_the_control_plane_must_not_reach_is_refused(cp: TestClien
     assert rows(cp) == before
 
 
+@pytest.mark.parametrize(
+    ("provider", "config"),
+    [
+        ("slack", {"webhook_url": "https://127.0.0.2/services/T0/B0/" + "x" * 24}),  # not Slack's host
+        ("slack", {"webhook_url": "http://hooks.slack.com/services/T0/B0/" + "x" * 24}),  # not https
+        ("slack", {"webhook_url": "https://hooks.slack.com.evil.example/services/T0/B0/" + "x" * 24}),
+        ("slack", {"webhook_url": "https://u:p@hooks.slack.com/services/T0/B0/" + "x" * 24}),
+        ("slack", {"webhook_url": "https://discord.com/api/webhooks/1/abc"}),  # another service's URL
+        ("slack", {"webhook_url": "json://127.0.0.2:9/"}),  # an apprise URL of another plugin
+        ("discord", {"webhook_url": "https://169.254.169.254/api/webhooks/1/abc"}),
+        ("teams", {"webhook_url": "https://evil.example/workflows/a/triggers/manual/paths/invoke?sig=x"}),
+        ("googlechat", {"webhook_url": "https://chat.googleapis.com.evil.example/v1/spaces/A/messages"}),
+        ("telegram", {"bot_token": "1:" + "a" * 30 + "@127.0.0.2", "chat_id": "1"}),  # no host smuggled in
+        ("telegram", {"bot_token": "1:" + "a" * 30, "chat_id": "1/../../x?y=1"}),
+        (
+            "matrix",
+            {"homeserver_url": "http://169.254.169.254", "access_token": "t" * 20, "room_id": "!r:e.org"},
+        ),
+        ("matrix", {"homeserver_url": "http://127.0.0.1:9", "access_token": "t" * 20, "room_id": "!r:e.org"}),
+        (
+            "matrix",
+            {"homeserver_url": "http://[::ffff:10.0.0.1]", "access_token": "t" * 20, "room_id": "!r:e.org"},
+        ),
+        (
+            "matrix",
+            {"homeserver_url": "https://m.example/x?a=1", "access_token": "t" * 20, "room_id": "!r:e.org"},
+        ),
+        (
+            "matrix",
+            {"homeserver_url": "https://m.example", "access_token": "t@127.0.0.2/", "room_id": "!r:e.org"},
+        ),
+        ("matrix", {"homeserver_url": "file:///etc/passwd", "access_token": "t" * 20, "room_id": "!r:e.org"}),
+        ("matrix", {"homeserver_url": "https://m.example", "access_token": "t" * 20}),  # a field missing
+        ("discord", {"webhook_url": "https://discord.com/api/webhooks/1/abc", "url": "http://127.0.0.2/"}),
+    ],
+)
+def test_a_chat_target_the_control_plane_must_not_reach_is_refused(
+    cp: TestClient, hook: Receiver, provider: str, config: dict[str, str]
+) -> None:
+    """A chat channel reaches the service's own hosts only (Matrix: a public homeserver, or one the
+    operator allowed; 127.0.0.1 is an agent's here): anything else is 400 before anything is sent or
+    saved, to a create, a test and a rotation alike."""
+    a = account(cp, "a@example.com")
+    channel = _channel(cp, a.jwt, hook.url)["id"]
+    before = rows(cp)
+    body = {"name": "x", "provider": provider, "config": config, "events": []}
+    r = cp.post("/v1/channels", json=body, headers=a.jwt)
+    assert r.status_code == 400, r.text
+    tested = cp.post("/v1/channels/test", json={"provider": provider, "config": config}, headers=a.jwt)
+    assert tested.status_code == 400, tested.text
+    # a rotation keeps the channel's provider: a webhook's config with chat fields is refused too
+    assert cp.put(f"/v1/channels/{channel}/config", json={"config": config}, headers=a.jwt).status_code == 400
+    assert rows(cp) == before
+    assert hook.received == []
+
+
+def test_a_matrix_homeserver_on_a_private_address_needs_the_operators_allowance(
+    database_url: str, tmp_path: Path, fake_agent: FakeAgent
+) -> None:
+    """The same loopback homeserver the events test delivers to is refused without
+    `webhook_allow_networks`, and nothing reaches it."""
+    with homeserver() as server:
+        settings = make_settings(database_url, tmp_path / "cp", local_agents=(fake_agent.url,))
+        with TestClient(create_app(settings)) as plain:
+            a = account(plain, "a@example.com")
+            config = {"homeserver_url": server.url, "access_token": "t" * 20, "room_id": "!room:example.org"}
+            body = {"name": "x", "provider": "matrix", "config": config, "events": []}
+            r = plain.post("/v1/channels", json=body, headers=a.jwt)
+            assert r.status_code == 400 and "not a public address" in r.json()["error"]["message"], r.text
+            assert (
+                plain.post("/v1/channels/test", json=body | {"name": None}, headers=a.jwt).status_code == 400
+            )
+        assert server.requests == []
+
+
 def test_private_addresses_are_refused_unless_allowed(
     database_url: str, tmp_path: Path, fake_agent: FakeAgent, hook: Receiver
 ) -> None:
@@ -136,6 +211,21 @@ def test_channel_secrets_are_sealed_at_rest(cp: TestClient, hook: Receiver) -> N
     stored = run(cp, raw)  # type: ignore[arg-type]
     assert secret not in stored and hook.url not in stored
     assert stored.startswith("enc1:")
+
+
+def test_chat_tokens_are_sealed_at_rest_and_never_shown(cp: TestClient) -> None:
+    a = account(cp, "a@example.com")
+    url = "https://hooks.slack.com/services/T0AAAA/B0BBBB/" + "s3cr3t" * 4
+    r = cp.post("/v1/channels", json={"name": "s", "provider": "slack", "config": {"webhook_url": url},
+                                      "events": ["capsule.created"]}, headers=a.jwt)  # fmt: skip
+    assert r.status_code == 201 and r.json()["secret"] is None, r.text
+    assert "s3cr3t" not in cp.get(f"/v1/channels/{r.json()['id']}", headers=a.jwt).text
+
+    async def raw(session: object) -> str:
+        return str((await session.execute(text("SELECT config FROM channels"))).scalar_one())  # type: ignore[attr-defined]
+
+    stored = run(cp, raw)  # type: ignore[arg-type]
+    assert "s3cr3t" not in stored and stored.startswith("enc1:")
 
 
 def test_metrics_open_to_the_scrape_token_alone(cp: TestClient) -> None:
@@ -170,3 +260,58 @@ def test_metrics_are_not_served_without_a_token_set(
         a = account(plain, "a@example.com")
         for headers in ({}, a.jwt, api_key(plain, a), {"Authorization": "Bearer "}):
             assert plain.get("/metrics", headers=headers).status_code == 404
+
+
+def test_e2b_webhooks_are_the_teams_own_and_reach_only_allowed_addresses(
+    cp: TestClient, hook: Receiver
+) -> None:
+    """E2B's `/events/webhooks`: another team's webhook is 404 to every method and unchanged; a viewer's
+    key changes nothing (403); a URL the control plane must not reach is 400 on register and update; the
+    signature secret is sealed at rest and never shown."""
+    a, b = account(cp, "a@example.com"), account(cp, "b@example.com")
+    key_a, key_b = api_key(cp, a), api_key(cp, b)
+    viewer = api_key(cp, a, role="viewer")
+    secret = "e2b-secret-" + "z" * 20
+    body = {"url": hook.url, "signatureSecret": secret, "events": ["sandbox.lifecycle.created"]}
+    r = cp.post("/events/webhooks", json=body, headers=key_a)
+    assert r.status_code == 201 and secret not in r.text, r.text
+    webhook = r.json()["id"]
+
+    def changed() -> dict[str, object]:
+        found = rows(cp)
+        found.pop("team_api_keys")  # a key's last_used moves with every use
+        return found
+
+    before = changed()
+    for method, path, payload in [
+        ("GET", f"/events/webhooks/{webhook}", None),
+        ("PATCH", f"/events/webhooks/{webhook}", {"url": hook.url + "/b"}),
+        ("DELETE", f"/events/webhooks/{webhook}", None),
+    ]:
+        assert cp.request(method, path, json=payload, headers=key_b).status_code == 404, (method, path)
+    assert cp.get("/events/webhooks", headers=key_b).json() == []
+    assert cp.post("/events/webhooks", json=body, headers=viewer).status_code == 403
+    assert cp.patch(f"/events/webhooks/{webhook}", json={"enabled": False}, headers=viewer).status_code == 403
+    assert cp.delete(f"/events/webhooks/{webhook}", headers=viewer).status_code == 403
+    for url in (
+        "http://127.0.0.1:9/",
+        "http://169.254.169.254/latest/",
+        "file:///etc/passwd",
+        "http://[::ffff:10.0.0.1]/",
+    ):
+        assert cp.post("/events/webhooks", json=body | {"url": url}, headers=key_a).status_code == 400, url
+        assert cp.patch(f"/events/webhooks/{webhook}", json={"url": url}, headers=key_a).status_code == 400, (
+            url
+        )
+    assert (
+        cp.post("/events/webhooks", json=body | {"signatureSecret": "short"}, headers=key_a).status_code
+        == 400
+    )
+    assert changed() == before
+    assert hook.received == []
+
+    async def raw(session: object) -> str:
+        return str((await session.execute(text("SELECT config FROM channels"))).scalar_one())  # type: ignore[attr-defined]
+
+    stored = run(cp, raw)  # type: ignore[arg-type]
+    assert secret not in stored and hook.url not in stored and stored.startswith("enc1:")

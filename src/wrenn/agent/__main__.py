@@ -93,6 +93,10 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         "--address", metavar="HOST:PORT", default=None, help="where the control plane reaches this agent"
     )
     p.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval_s, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--metrics-interval", type=float, default=d.metrics_interval_s, metavar="SECONDS",
+        help=f"sample running sandboxes' CPU, memory, disk this often; 0: never ({d.metrics_interval_s})",
+    )  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=["text", "json"])
     a = p.parse_args(argv)
@@ -100,6 +104,8 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         p.error("--register needs --control-plane URL and --address HOST:PORT")
     if a.vmm_uid_base is not None and not 0 < a.vmm_uid_base < 2**31 - a.slots - 1:
         p.error("--vmm-uid-base must leave room for a uid per slot below 2^31")
+    if a.metrics_interval < 0:
+        p.error("--metrics-interval must be >= 0 (0 turns the sampler off)")
     if a.proxy_port == a.port:
         p.error("--proxy-port must differ from --port: the traffic listener is kept apart from the API")
     logs.configure(a.log_level, a.log_format)
@@ -109,7 +115,8 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         accelerator=Accelerator(a.accelerator) if a.accelerator else None, reprobe=a.reprobe,
         slots=a.slots, name_prefix=a.name_prefix, host_net=a.host_net, veth_net=a.veth_net,
         register_token=a.register, control_plane=a.control_plane, address=a.address,
-        heartbeat_interval_s=a.heartbeat_interval, memory_dir=a.memory_dir, cold_storage=a.cold_storage,
+        heartbeat_interval_s=a.heartbeat_interval, metrics_interval_s=a.metrics_interval,
+        memory_dir=a.memory_dir, cold_storage=a.cold_storage,
         ready_snapshots=not a.no_ready_snapshots, template_store=a.template_store, insecure=a.insecure,
         memory_limit_mb=a.memory_limit_mb,
         vmm_uid_base=a.vmm_uid_base,

@@ -12,16 +12,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
+from prometheus_client import CollectorRegistry
 
 from wrenn import images
 from wrenn._shared import asgiproxy
+from wrenn._shared.logs import RequestIdMiddleware
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceASGIApplication
 
 from ._access import RequireToken, load_or_create_token
 from ._cgroup import Cgroups, Limits, kill_all
 from ._config import AgentConfig
 from ._manager import SandboxManager
-from ._prometheus import with_metrics
+from ._prometheus import Operations, with_metrics
 from ._proxy import ProxyApp
 from ._registration import Credentials, CredentialStore, HostLink, RegistrationError, host_facts, register
 from ._service import AgentService
@@ -197,10 +199,15 @@ class Agent:
             await manager.close()
             raise
         store = CredentialStore(self.config.data_dir)
-        api: asgiproxy.ASGIApp = HostAgentServiceASGIApplication(
-            AgentService(manager, on_terminate=self.shutdown, proxy_port=self.config.proxy_port)
+        registry = CollectorRegistry()  # /metrics: the agent's own, never the process-wide one
+        service = AgentService(
+            manager,
+            on_terminate=self.shutdown,
+            proxy_port=self.config.proxy_port,
+            operations=Operations(registry),
         )
-        api = with_metrics(api, lambda: list(manager.sandboxes.values()), self.config.slots)  # /metrics
+        api: asgiproxy.ASGIApp = HostAgentServiceASGIApplication(service)
+        api = with_metrics(api, lambda: list(manager.sandboxes.values()), self.config.slots, registry)
         # One client for all proxied traffic, for the agent's life. No pooled connections: a guest's
         # address is reused by the next sandbox in its slot (or by itself after a pause), and a pooled
         # connection to it would be dead; a dial over the local veth costs next to nothing.
@@ -221,6 +228,8 @@ class Agent:
                 await manager.close()
                 raise AgentError(f"the API token: {exc}") from None
             api, proxy = RequireToken(api, token), RequireToken(proxy, token)
+        # the control plane's X-Request-Id (or a new one) on the log records of a call and its calls to envd
+        api = RequestIdMiddleware(api, echo=False)
         config = self._uvicorn_config(api, self.config.port, tls)
         proxy_config = self._uvicorn_config(proxy, self.config.proxy_port, tls)
         self._server = uvicorn.Server(config)

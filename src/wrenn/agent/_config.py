@@ -70,7 +70,9 @@ class AgentConfig:
     #: CA certificates (PEM) the egress proxy verifies intercepted HTTPS upstreams against; None: the
     #: system's trust store.
     egress_upstream_ca: Path | None = None
-    metrics_interval_s: float = 2.0
+    #: Seconds between samples of each running sandbox's CPU, memory and disk (`_metrics.py`); 0 turns the
+    #: sampler off (no history: `bench/sampler_bench.py` measures what it costs).
+    metrics_interval_s: float = 1.0
     reaper_interval_s: float = 2.0
     #: Joining a control plane: a one-time registration token, the control plane's URL and the
     #: `ip:port` the control plane dials (named in this host's certificate). Once registered, the saved

@@ -23,6 +23,7 @@ from connectrpc.code import Code
 from connectrpc.codec import proto_json_codec
 from connectrpc.errors import ConnectError
 
+from wrenn._shared.logs import RequestIdInterceptor, add_request_id
 from wrenn.proto.envd.filesystem.filesystem_connect import FilesystemClient
 from wrenn.proto.envd.process.process_connect import ProcessClient
 
@@ -77,9 +78,11 @@ class EnvdClient:
     def __init__(self, host: str, access_token: str | None, port: int = ENVD_PORT) -> None:
         self.url = f"http://{host}:{port}"
         self.access_token = access_token
+        # the request id of the call being served (a create's, say) goes on to envd, which logs it
         self.http = httpx.AsyncClient(
-            base_url=self.url, headers=self.headers(), timeout=httpx.Timeout(30, read=None)
-        )
+            base_url=self.url, headers=self.headers(), timeout=httpx.Timeout(30, read=None),
+            event_hooks={"request": [add_request_id]},
+        )  # fmt: skip
         # A pool of its own: connectrpc's default transport is shared process-wide, and a later sandbox
         # that gets this one's address would be handed its dead keep-alive connections.
         self._transport = pyqwest.HTTPTransport()
@@ -88,6 +91,7 @@ class EnvdClient:
             "codec": proto_json_codec(),
             "http_client": rpc_http,
             "read_max_bytes": MAX_ANSWER,
+            "interceptors": [RequestIdInterceptor()],
         }
         self.process = ProcessClient(self.url, **rpc)
         self.filesystem = FilesystemClient(self.url, **rpc)

@@ -45,6 +45,10 @@ async def _expire(table: SandboxTable, snapshots: Snapshots, sandbox: Sandbox) -
 
 
 async def sampler(table: SandboxTable) -> None:
+    """Sample every running sandbox each `metrics_interval_s` (psutil reads /proc: no process per sample);
+    an interval of 0 turns sampling off."""
+    if table.config.metrics_interval_s <= 0:
+        return
     while True:
         for sandbox in list(table.sandboxes.values()):
             vm = sandbox.vm

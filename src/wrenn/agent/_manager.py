@@ -135,7 +135,10 @@ class SandboxManager:
         return self.running(sandbox_id)
 
     async def create(self, params: SandboxParams, policy: EgressPolicy | None = None) -> Sandbox:
-        return await self.booter.create(params, policy)
+        sandbox = await self.booter.create(params, policy)
+        log.info("sandbox created", extra={"sandbox": params.sandbox_id, "template": params.template,
+                                           "status": sandbox.status.value})  # fmt: skip
+        return sandbox
 
     async def destroy(self, sandbox_id: str) -> None:
         """Destroy a sandbox in any status: a boot under way is cancelled, a pause or resume finishes

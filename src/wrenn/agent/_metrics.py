@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import psutil
 
-#: (resolution in seconds, how many points)
-TIERS = ((0.0, 300), (30.0, 240), (300.0, 288))
+#: (resolution in seconds, how many points): every sample for 10 minutes at the default interval (1 s),
+#: then 2 hours at 30 s and 24 hours at 5 minutes.
+TIERS = ((0.0, 600), (30.0, 240), (300.0, 288))
 
 
 @dataclass(frozen=True, slots=True)

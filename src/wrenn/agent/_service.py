@@ -19,6 +19,7 @@ from typing import Any
 
 import psutil
 from connectrpc.request import RequestContext
+from prometheus_client import CollectorRegistry
 
 from wrenn import __version__, images
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
@@ -29,6 +30,7 @@ from ._logs import console_entries
 from ._manager import SandboxManager
 from ._netpolicy import from_proto
 from ._output import OutputBudget
+from ._prometheus import Operations
 from ._registration import host_images
 from ._rpc import call, connect_error, ts
 from ._sandbox import Sandbox, SandboxParams, Status
@@ -62,8 +64,10 @@ class AgentService(ProcessRPCs, FileRPCs, NetworkRPCs, BuildRPCs, HostAgentServi
         manager: SandboxManager,
         on_terminate: Callable[[], None] | None = None,
         proxy_port: int = 0,
+        operations: Operations | None = None,
     ) -> None:
         self.m = manager
+        self._ops = operations or Operations(CollectorRegistry())
         self.exec_budget = OutputBudget(manager.config.exec_output_budget)
         self._on_terminate = on_terminate
         self._proxy_port = proxy_port
@@ -126,7 +130,7 @@ class AgentService(ProcessRPCs, FileRPCs, NetworkRPCs, BuildRPCs, HostAgentServi
             policy = from_proto(request.network, request.allow_internet)
         except SandboxError as exc:
             raise connect_error(exc) from None
-        sandbox = await call(self.m.create(params, policy))
+        sandbox = await call(self._ops.timed("create", self.m.create(params, policy)))
         return pb.CreateSandboxResponse(sandbox=self._info(sandbox))
 
     def _template_of(self, request: pb.CreateSandboxRequest) -> str:
@@ -146,13 +150,14 @@ class AgentService(ProcessRPCs, FileRPCs, NetworkRPCs, BuildRPCs, HostAgentServi
     async def destroy_sandbox(
         self, request: pb.DestroySandboxRequest, ctx: RequestContext[Any, Any]
     ) -> pb.DestroySandboxResponse:
-        await call(self.m.destroy(request.sandbox_id))
+        await call(self._ops.timed("destroy", self.m.destroy(request.sandbox_id)))
         return pb.DestroySandboxResponse()
 
     async def pause_sandbox(
         self, request: pb.PauseSandboxRequest, ctx: RequestContext[Any, Any]
     ) -> pb.PauseSandboxResponse:
-        return pb.PauseSandboxResponse(sandbox=self._info(await call(self.m.pause(request.sandbox_id))))
+        paused = await call(self._ops.timed("pause", self.m.pause(request.sandbox_id)))
+        return pb.PauseSandboxResponse(sandbox=self._info(paused))
 
     async def resume_sandbox(
         self, request: pb.ResumeSandboxRequest, ctx: RequestContext[Any, Any]
@@ -161,13 +166,13 @@ class AgentService(ProcessRPCs, FileRPCs, NetworkRPCs, BuildRPCs, HostAgentServi
             policy = from_proto(request.network) if request.network is not None else None
         except SandboxError as exc:
             raise connect_error(exc) from None
-        resumed = await call(self.m.resume(request.sandbox_id, policy))
+        resumed = await call(self._ops.timed("resume", self.m.resume(request.sandbox_id, policy)))
         return pb.ResumeSandboxResponse(sandbox=self._info(resumed))
 
     async def hibernate_sandbox(
         self, request: pb.HibernateSandboxRequest, ctx: RequestContext[Any, Any]
     ) -> pb.HibernateSandboxResponse:
-        size = await call(self.m.hibernate(request.sandbox_id))
+        size = await call(self._ops.timed("hibernate", self.m.hibernate(request.sandbox_id)))
         return pb.HibernateSandboxResponse(archive_bytes=size)
 
     async def thaw_sandbox(

@@ -35,6 +35,7 @@ from connectrpc.errors import ConnectError
 
 from wrenn._shared import dial
 from wrenn._shared.asgiproxy import new_client
+from wrenn._shared.logs import RequestIdInterceptor
 from wrenn.proto.hostagent.v1.auth import HEADER as TOKEN_HEADER
 from wrenn.proto.hostagent.v1.auth import TokenInterceptor
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient
@@ -188,8 +189,9 @@ class AgentPool:
         )
         self._transports[(host_id, address)] = transport
         return HostAgentServiceClient(
-            f"https://{host_name(host_id)}:{port}", http_client=pyqwest.Client(transport)
-        )
+            f"https://{host_name(host_id)}:{port}", http_client=pyqwest.Client(transport),
+            interceptors=[RequestIdInterceptor()],
+        )  # fmt: skip
 
     def client(self, address: str, *, host_id: str) -> HostAgentServiceClient:
         """The Connect client of host `host_id`, which answers at `address`."""
@@ -201,7 +203,9 @@ class AgentPool:
             if address.startswith("https:"):
                 found = self._pinned_client(host_id, address)
             else:
-                interceptors = [TokenInterceptor(self._local_token)] if self._local_token else []
+                interceptors: list[Any] = [RequestIdInterceptor()]
+                if self._local_token:
+                    interceptors.append(TokenInterceptor(self._local_token))
                 found = HostAgentServiceClient(address, interceptors=interceptors)
             self._clients[key] = found
         return found

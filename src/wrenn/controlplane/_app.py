@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 from wrenn import __version__
 from wrenn._shared.asgiproxy import Scope, Send, send_error
+from wrenn._shared.logs import RequestIdMiddleware
 from wrenn._shared.private import private_dir
 
 from . import _site
@@ -46,6 +47,7 @@ from .routes import (
     dashboard,
     e2b,
     e2b_templates,
+    e2b_webhooks,
     host_tags,
     keys,
     metrics,
@@ -202,6 +204,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(builds.router)  # template builds: /v1/templates, /v1/admin/builds
     app.include_router(e2b_templates.router)  # E2B's template builds (before e2b's /templates/{id})
     app.include_router(e2b.router)  # E2B's REST API: /sandboxes, /v2/sandboxes, ...
+    app.include_router(e2b_webhooks.router)  # E2B's lifecycle webhooks: /events/webhooks
     app.include_router(network.router)  # egress policies: /v1/capsules/{id}/network, E2B's PUT
     app.include_router(channels.router)  # notification channels and their deliveries
     app.include_router(metrics.router)  # Prometheus, behind the scrape token
@@ -210,6 +213,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestLimits, settings=settings, respond=_refuse)  # bodies (413), rates (429)
     # `{port}-{capsule_id}.{domain}` traffic, outermost: its bodies and rates are not the API's
     app.add_middleware(TrafficProxy, state=app.state, settings=settings)
+    # outermost: every request has an id (the client's X-Request-Id, or a new one) in its log records and
+    # on the calls made to agents for it, and gets it back in its answer's X-Request-Id
+    app.add_middleware(RequestIdMiddleware)
     return app
 
 

@@ -18,8 +18,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ._errors import ApiError
-from .db import Capsule, CapsuleStatus, Delivery, Event, Host, HostStatus, states
+from .db import Capsule, CapsuleStatus, Delivery, Event, Host, HostStatus, TemplateBuild, states
 
+_UNFINISHED_BUILDS = ("waiting", "building")
 #: Seconds: a restore takes ~0.5 s under TCG, a cold boot ~8 s, a hibernated thaw longer.
 _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
@@ -66,6 +67,10 @@ class Metrics:
         self.events_pending = Gauge(
             "wrenn_events_undispatched", "Events recorded but not yet fanned out to channels.", registry=r
         )
+        self.builds = Gauge(
+            "wrenn_template_builds", "Template builds not finished: waiting (the queue) and building.",
+            ["status"], registry=r,
+        )  # fmt: skip
         self.deliveries_pending = Gauge(
             "wrenn_channel_deliveries_pending", "Deliveries not yet made (waiting or retrying).", registry=r
         )
@@ -130,6 +135,18 @@ class Metrics:
             )
             or 0
         )
+
+        builds = dict(
+            (
+                await session.execute(
+                    select(TemplateBuild.status, func.count())
+                    .where(TemplateBuild.status.in_(_UNFINISHED_BUILDS))
+                    .group_by(TemplateBuild.status)
+                )
+            ).all()
+        )
+        for build_status in _UNFINISHED_BUILDS:
+            self.builds.labels(build_status).set(builds.get(build_status, 0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

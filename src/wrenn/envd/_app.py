@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from wrenn._shared.logs import RequestIdMiddleware
 from wrenn.proto.envd.filesystem.filesystem_connect import FilesystemASGIApplication
 from wrenn.proto.envd.process.process_connect import ProcessASGIApplication
 
@@ -60,6 +61,7 @@ class Envd:
             ProcessService(self.state, self.processes), codecs=codecs()
         )
         self._filesystem_app = FilesystemASGIApplication(self.filesystem, codecs=codecs())
+        self._with_request_id = RequestIdMiddleware(self._route, create=False, echo=False)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -69,6 +71,10 @@ class Envd:
             await self.processes.shutdown()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # the host's X-Request-Id (a create's, say) on the log records of the request it came with
+        await self._with_request_id(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._http(scope, receive, send)
             return

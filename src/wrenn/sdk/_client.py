@@ -17,7 +17,9 @@ import httpx
 
 from . import _api
 from ._config import Config
+from ._exceptions import aerror_from_response, error_from_response
 from ._models import CapsuleInfo, Template
+from ._sse import SSEParser, sse_events
 from ._transport import run_async, run_sync
 
 __all__ = ["AsyncWrennClient", "WrennClient"]
@@ -89,10 +91,14 @@ class EventsResource:
     def __init__(self, http: httpx.Client) -> None:
         self._http = http
 
-    def stream(self) -> Iterator[dict[str, Any]]:
-        """The team's lifecycle events as they happen (a Wrenn server that does not serve them yet
-        answers 501: `WrennError`)."""
-        yield run_sync(self._http, _api.team_get("/v1/events/stream"))
+    def stream(self, last_event_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """The team's lifecycle events as they happen (the seed's `SSEEvent` bodies: a `connected` one
+        first), until the caller stops iterating; `last_event_id` (an event's `id`) resumes after it."""
+        with self._http.stream("GET", "/v1/events/stream", headers=_resume(last_event_id), timeout=None) as r:
+            if r.status_code >= 400:
+                r.read()
+                raise error_from_response(r)
+            yield from sse_events(r.iter_lines())
 
 
 class WrennClient:
@@ -183,8 +189,21 @@ class AsyncEventsResource:
     def __init__(self, http: httpx.AsyncClient) -> None:
         self._http = http
 
-    async def stream(self) -> AsyncIterator[dict[str, Any]]:
-        yield await run_async(self._http, _api.team_get("/v1/events/stream"))
+    async def stream(self, last_event_id: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """As `EventsResource.stream`."""
+        headers = _resume(last_event_id)
+        async with self._http.stream("GET", "/v1/events/stream", headers=headers, timeout=None) as r:
+            if r.status_code >= 400:
+                await r.aread()
+                raise await aerror_from_response(r)
+            pending = SSEParser()
+            async for line in r.aiter_lines():
+                if (event := pending.feed(line)) is not None:
+                    yield event
+
+
+def _resume(last_event_id: str | None) -> dict[str, str]:
+    return {"Last-Event-ID": last_event_id} if last_event_id else {}
 
 
 class AsyncWrennClient:

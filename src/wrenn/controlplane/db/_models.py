@@ -439,7 +439,8 @@ class Event(Base):
 
 
 class Channel(Base):
-    """Where a team's events go: a `webhook` (its URL and signing secret, sealed in `config`)."""
+    """Where a team's events go: a `webhook` (its URL and signing secret) or a chat service (its webhook URL
+    or tokens), sealed in `config`."""
 
     __tablename__ = "channels"
     __table_args__ = (UniqueConstraint("team_id", "name"),)
@@ -447,7 +448,7 @@ class Channel(Base):
     team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     provider: Mapped[str] = mapped_column(String(16))
-    #: The provider's fields as JSON (`{"url", "secret"}`), sealed: they hold credentials.
+    #: The provider's fields as JSON (`{"url", "secret"}`, `{"webhook_url"}`...), sealed: credentials.
     config: Mapped[str] = mapped_column(SealedText("channel.config"))
     #: The event types it receives.
     events: Mapped[list[str]] = mapped_column(JSON, default=list)

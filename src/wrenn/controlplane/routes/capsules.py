@@ -70,7 +70,7 @@ class PathBody(BaseModel):
     depth: int = Field(default=1, ge=1, le=32)
 
 
-def _out(c: Capsule) -> CapsuleOut:
+def capsule_out(c: Capsule) -> CapsuleOut:
     return CapsuleOut(
         id=c.id,
         status=S.PAUSED if c.status == S.HIBERNATING else c.status,  # the seed's statuses: on its way to cold
@@ -96,17 +96,17 @@ async def create_capsule(body: CapsuleCreate, caller: Caller, capsules: Capsules
     network = from_v1(body.network) if body.network else None
     spec = CreateSpec(**body.model_dump(exclude={"network"}), network=network)
     (capsule,) = await capsules.create(caller, spec)
-    return _out(capsule)
+    return capsule_out(capsule)
 
 
 @router.get("/v1/capsules", response_model=list[CapsuleOut])
 async def list_capsules(caller: Caller, capsules: Capsules) -> list[CapsuleOut]:
-    return [_out(c) for c in await capsules.visible(caller.team_id)]
+    return [capsule_out(c) for c in await capsules.visible(caller.team_id)]
 
 
 @router.get("/v1/capsules/{capsule_id}", response_model=CapsuleOut)
 async def get_capsule(capsule_id: str, caller: Caller, capsules: Capsules) -> CapsuleOut:
-    return _out(await capsules.get(caller.team_id, capsule_id))
+    return capsule_out(await capsules.get(caller.team_id, capsule_id))
 
 
 @router.delete("/v1/capsules/{capsule_id}", status_code=204)
@@ -120,7 +120,7 @@ async def pause_capsule(capsule_id: str, caller: Caller, capsules: Capsules) -> 
     """Snapshot the capsule (memory, processes, disk) and free its CPU, RAM and network slot."""
     capsule = await capsules.get(caller.team_id, capsule_id)
     await capsules.pause(capsule, caller)
-    return _out(capsule)
+    return capsule_out(capsule)
 
 
 @router.post("/v1/capsules/{capsule_id}/resume", response_model=CapsuleOut)
@@ -128,7 +128,7 @@ async def resume_capsule(capsule_id: str, caller: Caller, capsules: Capsules) ->
     """Restore a paused capsule as it was paused: memory, running processes and files."""
     capsule = await capsules.get(caller.team_id, capsule_id)
     await capsules.resume(capsule, caller)
-    return _out(capsule)
+    return capsule_out(capsule)
 
 
 async def _guest(capsules: Capsules, caller: Caller, capsule_id: str) -> Guest:
@@ -357,4 +357,4 @@ async def fork_capsule(
     The capsule is paused for the copy and then runs on (a paused one stays paused). The forks stand
     on a template named `fork-<capsule id>-<hex>`, deletable once they are gone."""
     capsule = await templates.capsules.get(caller.team_id, capsule_id)
-    return [_out(c) for c in await templates.fork(caller, capsule, body.count)]
+    return [capsule_out(c) for c in await templates.fork(caller, capsule, body.count)]

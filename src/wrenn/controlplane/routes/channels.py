@@ -2,7 +2,8 @@
 delete, rotate the config (`PUT /v1/channels/{id}/config`), test a config before saving it
 (`POST /v1/channels/test`) or a saved channel (`POST /v1/channels/{id}/test`), and the delivery log
 (`GET /v1/channels/{id}/deliveries`). Members read; the team's owner and admins change. A webhook's
-secret is shown when created or rotated, never again; configs are sealed at rest."""
+secret is shown when created or rotated, never again; configs (chat tokens and webhook URLs too) are sealed
+at rest and never shown."""
 
 from __future__ import annotations
 
@@ -96,8 +97,8 @@ def _manager(caller: Principal, doing: str) -> None:
 
 async def _channel(session: AsyncSession, caller: Principal, channel_id: str) -> Channel:
     channel = await session.get(Channel, channel_id)
-    if channel is None or channel.team_id != caller.team_id:
-        raise _errors.not_found(f"channel {channel_id}")
+    if channel is None or channel.team_id != caller.team_id or channel.provider not in service.PROVIDERS:
+        raise _errors.not_found(f"channel {channel_id}")  # (E2B's webhooks are under /events/webhooks)
     return channel
 
 
@@ -134,7 +135,9 @@ async def create_channel(body: CreateBody, caller: Caller, session: Db, request:
 @router.get("/v1/channels", response_model=list[ChannelOut])
 async def list_channels(caller: Caller, session: Db) -> list[ChannelOut]:
     rows = await session.execute(
-        select(Channel).where(Channel.team_id == caller.team_id).order_by(Channel.created_at, Channel.id)
+        select(Channel)
+        .where(Channel.team_id == caller.team_id, Channel.provider.in_(service.PROVIDERS))
+        .order_by(Channel.created_at, Channel.id)
     )
     return [_out(c) for c in rows.scalars()]
 
@@ -150,7 +153,9 @@ async def test_config(body: TestBody, caller: Caller, session: Db, request: Requ
     checker = await service.guard(session, settings)
     await session.rollback()  # no transaction stays open while the receiver answers
     async with _ssrf.guarded_client(checker, settings.webhook_timeout_s) as c:
-        outcome = await service.send(c, config, new_id("dlv"), "channel.test", payload)
+        outcome = await service.deliver(
+            body.provider, c, checker, config, new_id("dlv"), "channel.test", payload
+        )
     if not outcome.ok:
         raise _errors.bad_request(f"the test notification was not accepted: {outcome.error}")
     return {"status": "ok"}
@@ -206,11 +211,11 @@ async def test_channel(channel_id: str, caller: Caller, session: Db, request: Re
     _manager(caller, "test")
     settings = request.app.state.settings
     event_id, payload = service.test_body(caller.team_id)
-    delivery_id, config = new_id("dlv"), json.loads(channel.config)
+    delivery_id, config, provider = new_id("dlv"), json.loads(channel.config), channel.provider
     checker = await service.guard(session, settings)
     await session.rollback()  # no transaction stays open while the receiver answers
     async with _ssrf.guarded_client(checker, settings.webhook_timeout_s) as c:
-        outcome = await service.send(c, config, delivery_id, "channel.test", payload)
+        outcome = await service.deliver(provider, c, checker, config, delivery_id, "channel.test", payload)
     delivery = Delivery(
         id=delivery_id, channel_id=channel_id, event_id=event_id, event_type="channel.test", payload=payload,
         status="pending", attempts=0, created_at=utcnow(), next_attempt_at=utcnow(),

@@ -45,7 +45,9 @@ MAX_TIMEOUT_S = 24 * 3600
 #: The largest unix time a query takes (year 9999): beyond it, a 400 rather than an overflow.
 UNIX_MAX = 253402300799
 #: Paths this module answers: their errors are E2B's `{"code", "message"}`.
-PREFIXES = ("/sandboxes", "/v2/sandboxes", "/snapshots", "/templates", "/v2/templates", "/v3/templates")
+PREFIXES = (
+    "/sandboxes", "/v2/sandboxes", "/snapshots", "/templates", "/v2/templates", "/v3/templates", "/events/",
+)  # fmt: skip
 
 
 def is_e2b_path(path: str) -> bool:

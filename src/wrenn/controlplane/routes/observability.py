@@ -1,18 +1,24 @@
 """Team stats and usage (`/v1/capsules/stats`, `/v1/capsules/usage`, from the samples `service.usage`
-keeps), and the seed's event stream, which Wrenn does not serve yet: it answers 501 `not_implemented` with
-a sentence saying so, which the seed SDK raises as its `WrennError`. Registered before the capsule routes
-(`/v1/capsules/stats` would otherwise fall to `/v1/capsules/{id}`)."""
+keeps), and the seed's event stream (`/v1/events/stream`, server-sent events from the outbox:
+`service.event_stream`). Registered before the capsule routes (`/v1/capsules/stats` would otherwise fall to
+`/v1/capsules/{id}`)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
 
 from .. import _errors
 from .._deps import Caller, Capsules
-from ..service import usage
+from ..db import Capsule
+from ..service import event_stream, usage
+from .capsules import capsule_out
 
 router = APIRouter(tags=["observability"])
 #: The longest `/v1/capsules/usage` window, in days.
@@ -58,7 +64,32 @@ def _day(name: str, value: str | None) -> date | None:
 
 
 @router.get("/v1/events/stream")
-async def event_stream(caller: Caller) -> None:
-    raise _errors.ApiError(
-        501, "not_implemented", "the event stream (/v1/events/stream) is not served yet by this Wrenn server"
-    )
+async def event_stream_route(caller: Caller, request: Request) -> StreamingResponse:
+    """The team's events as they are committed, as server-sent events (the seed's `SSEEvent`s), until the
+    client goes; `Last-Event-ID` resumes after that event."""
+    sessions = request.app.state.sessions
+    async with sessions() as session:
+        cursor = await event_stream.Cursor.start(
+            session, caller.team_id, request.headers.get("last-event-id")
+        )
+
+    def sandbox(capsule: Capsule) -> dict[str, Any]:
+        return capsule_out(capsule).model_dump(mode="json")
+
+    async def frames() -> AsyncIterator[bytes]:
+        yield event_stream.connected()
+        quiet_since = time.monotonic()
+        while not await request.is_disconnected():
+            async with sessions() as session:
+                found = await cursor.next(session, sandbox)
+            for one in found:
+                yield one
+            if found:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= event_stream.KEEPALIVE_S:
+                yield event_stream.KEEPALIVE
+                quiet_since = time.monotonic()
+            await asyncio.sleep(event_stream.POLL_S)
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)

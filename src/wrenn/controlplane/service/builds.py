@@ -55,6 +55,7 @@ from ..db import (
     states,
     utcnow,
 )
+from . import events
 from .capsules import CapsuleService, base_images
 
 log = logging.getLogger("wrenn.controlplane.builds")
@@ -374,6 +375,7 @@ class BuildService:
             raise _errors.invalid_state(f"build {build.id} is {build.status}")
         if build.status == "waiting":
             build.status, build.finished_at, build.reason = "cancelled", utcnow(), "cancelled"
+            events.build_finished(self.session, build)
         else:
             build.cancel_requested = True
         _audit.record(
@@ -658,6 +660,7 @@ class _Run:
             return
         build.status, build.finished_at = status, utcnow()
         build.reason, build.reason_step = reason[:20000], step or self.last_error_step
+        events.build_finished(self.session, build)
         await self.session.commit()
 
     async def go(self) -> None:
@@ -721,6 +724,7 @@ class _Run:
             for tag in {DEFAULT_TAG, *build.spec.get("tags", [])}:
                 await self.session.merge(TemplateTag(template_id=template.id, tag=tag, build_id=build.id))
         build.status, build.finished_at = "ready", utcnow()
+        events.build_finished(self.session, build)
         await self.session.commit()
         log.info("build ready", extra={"build": build.id, "bytes": result.size_bytes})
 

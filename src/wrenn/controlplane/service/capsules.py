@@ -321,6 +321,8 @@ class CapsuleService:
                 capsule.metadata_["default_user"] = user  # its templates inherit it
             _audit_capsule(self.session, capsule, "create", caller)
             self._event(capsule, events.CAPSULE_RUNNING, caller)
+            made = {"capsule": capsule.id, "team": capsule.team_id, "host": capsule.host_id}
+            log.info("capsule created", extra=made | {"template": capsule.template})
         await self.session.commit()
         return failure
 

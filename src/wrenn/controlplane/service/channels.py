@@ -1,5 +1,6 @@
-"""Channels: where a team's events go, and their delivery. A `webhook` channel is sent each event it
-selects as JSON, signed as the seed does:
+"""Channels: where a team's events go, and their delivery. A chat channel (Slack, Discord, Teams, Google
+Chat, Telegram, Matrix) is sent a short message per event through apprise (`chat.py` says how and where
+to). A `webhook` channel is sent each event it selects as JSON, signed as the seed does:
 
     X-Wrenn-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>
     X-Wrenn-Timestamp: <unix seconds>      X-Wrenn-Delivery: <delivery id>      X-Wrenn-Event: <type>
@@ -41,14 +42,13 @@ from .. import _errors, _ssrf
 from .._ids import new_id
 from .._metrics import Metrics
 from .._settings import Settings
-from ..db import Channel, Delivery, DeliveryAttempt, Event, utcnow
-from . import events
+from ..db import Capsule, Channel, Delivery, DeliveryAttempt, Event, utcnow
+from . import chat, e2b_webhooks, events
 
 log = logging.getLogger("wrenn.controlplane.channels")
 
-#: Providers a channel may be of (the seed's list); only `webhook` is delivered so far.
+#: Providers a channel may be of (the seed's list), all delivered.
 PROVIDERS = ("discord", "slack", "teams", "googlechat", "telegram", "matrix", "webhook")
-SUPPORTED = ("webhook",)
 _BATCH = 100
 _SENDS = 20
 
@@ -72,21 +72,41 @@ async def guard(session: AsyncSession, settings: Settings) -> _ssrf.AddressGuard
 async def checked_config(
     session: AsyncSession, settings: Settings, provider: str, config: dict[str, str]
 ) -> dict[str, str]:
-    """The provider's config as stored (a webhook's secret generated when not given); 400 for a provider
-    not delivered yet, missing fields, or a URL the control plane must not reach."""
-    if provider not in SUPPORTED:
-        raise _errors.bad_request(
-            f"provider {provider!r} is not delivered by this Wrenn server yet (webhook is)"
-        )
+    """The provider's config as stored (a webhook's secret generated when not given); 400 for an unknown
+    provider, missing or unknown fields, or a target the control plane must not reach."""
+    if provider in chat.FIELDS:
+        try:
+            stored = chat.check(provider, config)
+            await chat.check_host(provider, stored, await guard(session, settings))
+        except ValueError as exc:
+            raise _errors.bad_request(str(exc)) from None
+        return stored
+    if provider == e2b_webhooks.PROVIDER:
+        unknown = set(config) - {"url", "secret", "enabled", "name"}
+        if unknown:
+            raise _errors.bad_request(f"unknown fields {sorted(unknown)}")
+        url = await _checked_url(session, settings, config.get("url", ""), "url")
+        secret = config.get("secret", "")
+        if not 8 <= len(secret) <= 200:
+            raise _errors.bad_request("signatureSecret: 8 to 200 characters")
+        return {"url": url, "secret": secret, "enabled": config.get("enabled", "true"),
+                "name": config.get("name", "")}  # fmt: skip
+    if provider != "webhook":
+        raise _errors.bad_request(f"provider: one of {list(PROVIDERS)}")
     unknown = set(config) - {"url", "secret"}
     if unknown:
         raise _errors.bad_request(f"config: unknown fields {sorted(unknown)} (a webhook has url and secret)")
-    url = config.get("url", "")
-    if not url or len(url) > 2000:
-        raise _errors.bad_request("config.url: required, at most 2000 characters")
+    url = await _checked_url(session, settings, config.get("url", ""), "config.url")
     secret = config.get("secret") or new_secret()
     if len(secret) < 16 or len(secret) > 200:
         raise _errors.bad_request("config.secret: 16 to 200 characters")
+    return {"url": url, "secret": secret}
+
+
+async def _checked_url(session: AsyncSession, settings: Settings, url: str, field: str) -> str:
+    """`url` if the control plane may send to it (http(s), public or allowed addresses, not an agent's)."""
+    if not url or len(url) > 2000:
+        raise _errors.bad_request(f"{field}: required, at most 2000 characters")
     checker = await guard(session, settings)
     parts = urlsplit(url)
     try:
@@ -94,8 +114,8 @@ async def checked_config(
         port = parts.port or (443 if parts.scheme == "https" else 80)
         await _ssrf.GuardedBackend(checker).address(parts.hostname or "", port)
     except (httpcore.ConnectError, ValueError) as exc:
-        raise _errors.bad_request(f"config.url: {exc}") from None
-    return {"url": url, "secret": secret}
+        raise _errors.bad_request(f"{field}: {exc}") from None
+    return url
 
 
 def check_events(selected: list[str]) -> list[str]:
@@ -114,6 +134,29 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
+
+
+async def deliver(
+    provider: str,
+    client: httpx.AsyncClient,
+    checker: _ssrf.AddressGuard,
+    config: dict[str, str],
+    delivery_id: str,
+    event_type: str,
+    body: str,
+    channel_id: str = "",
+) -> Outcome:
+    """Send the event (`body`, its JSON) to a channel of `provider`: a webhook signed (ours, or E2B's),
+    a chat as a message; what came back (never raises for the receiver's faults)."""
+    if provider == "webhook":
+        return await send(client, config, delivery_id, event_type, body)
+    started = time.monotonic()
+    if provider == e2b_webhooks.PROVIDER:
+        status, problem = await e2b_webhooks.send(client, config, channel_id, delivery_id, body)
+        return Outcome(status, problem, int((time.monotonic() - started) * 1000))
+    timeout = client.timeout.read or 10.0
+    ok, error = await chat.send(provider, config, body, checker, timeout)
+    return Outcome(200 if ok else None, error, int((time.monotonic() - started) * 1000))
 
 
 async def send(
@@ -167,15 +210,34 @@ async def fan_out(session: AsyncSession, postgres: bool) -> int:
     for channel in (await session.execute(select(Channel).where(Channel.team_id.in_(teams)))).scalars():
         channels.setdefault(channel.team_id, []).append(channel)
     now = utcnow()
+    e2b = [
+        c
+        for found_channels in channels.values()
+        for c in found_channels
+        if c.provider == e2b_webhooks.PROVIDER
+    ]
+    configs = {c.id: json.loads(c.config) for c in e2b}
+    capsules: dict[str, Capsule] = {}
+    if e2b:
+        ids = {e.resource_id for e in found if e.type in e2b_webhooks.FROM_EVENT}
+        rows = await session.execute(select(Capsule).where(Capsule.id.in_(ids)))
+        capsules = {c.id: c for c in rows.scalars()}
     for event in found:
         for channel in channels.get(event.team_id or "", []):
-            if event.type in (channel.events or []) and channel.provider in SUPPORTED:
-                session.add(
-                    Delivery(
-                        id=new_id("dlv"), channel_id=channel.id, event_id=event.id, event_type=event.type,
-                        payload=events.payload(event), next_attempt_at=now,
-                    )
-                )  # fmt: skip
+            if channel.provider == e2b_webhooks.PROVIDER:
+                if not e2b_webhooks.selects(configs[channel.id], list(channel.events or []), event.type):
+                    continue
+                body = e2b_webhooks.payload(event, capsules.get(event.resource_id))
+            elif event.type in (channel.events or []):
+                body = events.payload(event)
+            else:
+                continue
+            session.add(
+                Delivery(
+                    id=new_id("dlv"), channel_id=channel.id, event_id=event.id, event_type=event.type,
+                    payload=body, next_attempt_at=now,
+                )
+            )  # fmt: skip
         event.dispatched_at = now
     await session.commit()
     return len(found)
@@ -218,7 +280,7 @@ async def deliver_due(
 
         async def one(delivery_id: str) -> None:
             async with limit:
-                await _attempt(sessions, settings, client, delivery_id, metrics)
+                await _attempt(sessions, settings, client, checker, delivery_id, metrics)
 
         await asyncio.gather(*(one(d) for d in claimed))
     return len(claimed)
@@ -228,6 +290,7 @@ async def _attempt(
     sessions: Callable[[], Any],
     settings: Settings,
     client: httpx.AsyncClient,
+    checker: _ssrf.AddressGuard,
     delivery_id: str,
     metrics: Metrics | None,
 ) -> None:
@@ -238,7 +301,7 @@ async def _attempt(
             return  # the channel was deleted meanwhile (its deliveries with it)
         config, provider = json.loads(channel.config), channel.provider
         body, event_type = delivery.payload, delivery.event_type
-    outcome = await send(client, config, delivery_id, event_type, body)
+    outcome = await deliver(provider, client, checker, config, delivery_id, event_type, body, channel.id)
     if metrics is not None:
         metrics.deliveries.labels(provider, "ok" if outcome.ok else "error").inc()
     async with sessions() as session:

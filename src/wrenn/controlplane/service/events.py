@@ -27,13 +27,15 @@ TEMPLATE_CREATED = "template.snapshot.created"
 TEMPLATE_DELETED = "template.snapshot.deleted"
 HOST_UP = "host.up"
 HOST_DOWN = "host.down"
+#: A template build ended (`data.status`: ready, error or cancelled).
+BUILD_FINISHED = "template.build.finished"
 #: Sent by `POST /v1/channels/test` and `/v1/channels/{id}/test` only: never recorded, never selected.
 CHANNEL_TEST = "channel.test"
 
 #: Every event type a channel may select (the seed's, then ours).
 TYPES = (
     CAPSULE_CREATED, CAPSULE_RUNNING, CAPSULE_PAUSED, CAPSULE_DESTROYED, TEMPLATE_CREATED, TEMPLATE_DELETED,
-    HOST_UP, HOST_DOWN, CAPSULE_RESUMED, CAPSULE_ERROR,
+    HOST_UP, HOST_DOWN, CAPSULE_RESUMED, CAPSULE_ERROR, BUILD_FINISHED,
 )  # fmt: skip
 
 _SYSTEM = ("system", "control-plane", "control plane")
@@ -93,4 +95,12 @@ def host_changed(
     record(
         session, HOST_UP if up else HOST_DOWN, team_id=host.team_id, resource_type="host",
         resource_id=host.id, actor=actor, status=str(host.status),
+    )  # fmt: skip
+
+
+def build_finished(session: AsyncSession, build: Any) -> None:
+    """`template.build.finished` for `build` (a `db.TemplateBuild` that has just ended), to its team."""
+    record(
+        session, BUILD_FINISHED, team_id=build.team_id, resource_type="build", resource_id=build.id,
+        status=build.status, template_id=build.template_id, reason=(build.reason or "")[:500],
     )  # fmt: skip
