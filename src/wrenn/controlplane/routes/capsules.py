@@ -15,10 +15,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import UploadFile
 
 from .. import _errors
+from .._capsule_view import CapsuleOut, capsule_out
 from .._deps import Caller, Capsules, Templates
-from .._time import Timestamp
-from ..db import Capsule
-from ..db import CapsuleStatus as S
 from ..service import DEFAULTS, TEMPLATE_NAME, CreateSpec, Guest, NetworkBody, logs, usage
 from ..service.guest import history
 from ..service.network import from_v1
@@ -38,23 +36,6 @@ class CapsuleCreate(BaseModel):
     network: NetworkBody | None = None
 
 
-class CapsuleOut(BaseModel):
-    id: str
-    status: str
-    template: str
-    vcpus: int
-    memory_mb: int
-    timeout_sec: int
-    guest_ip: str
-    host_ip: str
-    created_at: Timestamp
-    started_at: Timestamp | None
-    last_active_at: Timestamp | None
-    last_updated: Timestamp
-    metadata: dict[str, Any]
-    traffic_access_token: str | None = None
-
-
 class ExecBody(BaseModel):
     cmd: str = Field(min_length=1)
     args: list[str] = Field(default_factory=list)
@@ -68,25 +49,6 @@ class ExecBody(BaseModel):
 class PathBody(BaseModel):
     path: str = Field(min_length=1)
     depth: int = Field(default=1, ge=1, le=32)
-
-
-def capsule_out(c: Capsule) -> CapsuleOut:
-    return CapsuleOut(
-        id=c.id,
-        status=S.PAUSED if c.status == S.HIBERNATING else c.status,  # the seed's statuses: on its way to cold
-        template=c.template,
-        vcpus=c.vcpus,
-        memory_mb=c.memory_mb,
-        timeout_sec=c.timeout_sec,
-        guest_ip="169.254.0.21" if c.host_ip else "",
-        host_ip="",  # the seed's field, kept for its SDK; where a capsule runs is not the team's business
-        created_at=c.created_at,
-        started_at=c.started_at,
-        last_active_at=c.last_active_at,
-        last_updated=c.last_updated,
-        metadata=c.metadata_,
-        traffic_access_token=c.traffic_access_token,
-    )
 
 
 @router.post("/v1/capsules", status_code=201, response_model=CapsuleOut)

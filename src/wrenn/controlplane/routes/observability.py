@@ -15,10 +15,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from .. import _errors
+from .._capsule_view import capsule_out
 from .._deps import Caller, Capsules
 from ..db import Capsule
 from ..service import event_stream, usage
-from .capsules import capsule_out
 
 router = APIRouter(tags=["observability"])
 #: The longest `/v1/capsules/usage` window, in days.
