@@ -200,7 +200,8 @@ class Agent:
         api: asgiproxy.ASGIApp = HostAgentServiceASGIApplication(
             AgentService(manager, on_terminate=self.shutdown, proxy_port=self.config.proxy_port)
         )
-        api = with_metrics(api, lambda: list(manager.sandboxes.values()), self.config.slots)  # /metrics
+        sandboxes = lambda: list(manager.sandboxes.values())  # noqa: E731
+        api = with_metrics(api, sandboxes, self.config.slots, manager.pool.stats)  # /metrics
         # One client for all proxied traffic, for the agent's life. No pooled connections: a guest's
         # address is reused by the next sandbox in its slot (or by itself after a pause), and a pooled
         # connection to it would be dead; a dial over the local veth costs next to nothing.

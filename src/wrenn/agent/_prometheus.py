@@ -12,11 +12,12 @@ from collections.abc import Callable, Iterable, Iterator
 
 import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from wrenn._shared.asgiproxy import ASGIApp, Receive, Scope, Send
 
+from ._pool import PoolStats
 from ._sandbox import Sandbox, Status
 
 #: Statuses that hold a slot, vCPUs and memory.
@@ -56,6 +57,33 @@ class SandboxCollector(Collector):
         yield host
 
 
+class PoolCollector(Collector):
+    """The warm pool (`_pool`): creates that took a member or found none, members and their memory."""
+
+    def __init__(self, stats: PoolStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        stats = self._stats
+        claims = CounterMetricFamily(
+            "wrenn_agent_pool_creates", "Creates that could start from the warm pool: took a member (hit) "
+            "or restored without one (miss).", labels=["result"],
+        )  # fmt: skip
+        claims.add_metric(["hit"], stats.hits)
+        claims.add_metric(["miss"], stats.misses)
+        yield claims
+        members = GaugeMetricFamily("wrenn_agent_pool_members", "Warm-pool VMs by state.", labels=["state"])
+        members.add_metric(["ready"], stats.members)
+        members.add_metric(["filling"], stats.filling)
+        yield members
+        memory = GaugeMetricFamily(
+            "wrenn_agent_pool_memory_bytes", "The warm pool's members' PSS, and its budget.", labels=["kind"]
+        )
+        memory.add_metric(["pss"], stats.pss_bytes)
+        memory.add_metric(["budget"], stats.budget_bytes)
+        yield memory
+
+
 class MetricsEndpoint:
     """ASGI middleware: `GET /metrics` answered from `registry`; everything else goes to `app`."""
 
@@ -76,8 +104,12 @@ class MetricsEndpoint:
         await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
 
 
-def with_metrics(app: ASGIApp, sandboxes: Callable[[], Iterable[Sandbox]], slots: int) -> ASGIApp:
+def with_metrics(
+    app: ASGIApp, sandboxes: Callable[[], Iterable[Sandbox]], slots: int, pool: PoolStats | None = None
+) -> ASGIApp:
     """`app` with `/metrics` on it, over a registry of its own."""
     registry = CollectorRegistry()
     registry.register(SandboxCollector(sandboxes, slots))
+    if pool is not None:
+        registry.register(PoolCollector(pool))
     return MetricsEndpoint(app, registry)
