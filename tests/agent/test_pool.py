@@ -136,7 +136,7 @@ async def test_pooled_sandboxes_share_nothing_and_honour_their_create(
         ), timeout_ms=120_000),
         client.create_sandbox(pb.CreateSandboxRequest(
             sandbox_id="pl-b", envd_access_token="tok-b", default_env={"WHO": "b"}, metadata={"k": "b"},
-            allow_internet=True, network=denied, timeout_sec=15, discard_on_timeout=True, **SHAPE,  # type: ignore[arg-type]
+            allow_internet=True, network=denied, timeout_sec=10, discard_on_timeout=True, **SHAPE,  # type: ignore[arg-type]
         ), timeout_ms=120_000),
     )  # fmt: skip
     after = pool_metrics(agent)
@@ -170,7 +170,11 @@ async def test_pooled_sandboxes_share_nothing_and_honour_their_create(
     assert "0.0.0.0/0" in rules_a and "198.51.100.0/24" not in rules_a  # closed: everything denied
     assert "0.0.0.0/0" not in rules_b and "198.51.100.0/24" in rules_b
 
-    # pl-b's timeout (15 s, discard): the reaper stops it, pooled or not, and frees what it ran on
+    # the pool refills with new members, never the claimed ones
+    await asyncio.to_thread(wait_for_pool, agent, 2)
+    assert len(unclaimed(agent)) == 2 and not set(unclaimed(agent)) & set(pooled)
+
+    # pl-b's timeout (10 s from its last use, discard): the reaper stops it and frees what it ran on
     b_name = claimed(agent)["pl-b"]
     deadline = time.monotonic() + 40
     while (
@@ -181,10 +185,6 @@ async def test_pooled_sandboxes_share_nothing_and_honour_their_create(
     assert vmm_pids(b_name) == []
     await client.destroy_sandbox(pb.DestroySandboxRequest(sandbox_id="pl-b"))
     assert leftovers(agent, b_name) == []
-
-    # the pool refills with new members, never the claimed ones
-    await asyncio.to_thread(wait_for_pool, agent, 2)
-    assert len(unclaimed(agent)) == 2 and not set(unclaimed(agent)) & set(pooled)
 
 
 async def test_the_pool_recovers_after_the_agent_is_killed(agent: AgentProcess) -> None:

@@ -120,11 +120,12 @@ class Booter:
     async def _boot(self, sandbox: Sandbox, image: images.Image) -> Sandbox:
         params = sandbox.params
         started = time.monotonic()
+        steps: dict[str, float] = {}  # a claim's steps, for the log (the start benchmark reads them)
         try:
             source = None if params.cold_boot else self.snapshot_source(params, image)
             member = self.pool.take(params, source[0]) if self.pool is not None and source else None
             if member is not None:
-                await self._claim(sandbox, member)
+                await self._claim(sandbox, member, steps)
             else:
                 sandbox.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
                 await self.launcher.plug(sandbox)
@@ -132,7 +133,9 @@ class Booter:
                     await self.restore_into(sandbox, image, *source)
                 else:
                     await self._start_cold(sandbox, image, self._ready_dir(params, image))
+            before_init = time.monotonic()
             await self.launcher.init_envd(sandbox)
+            steps["init_ms"] = round((time.monotonic() - before_init) * 1000, 1)
         except BaseException as exc:
             reason = describe_failure(exc, sandbox)
             log.warning(
@@ -156,6 +159,8 @@ class Booter:
             extra={
                 "sandbox": sandbox.id,
                 "boot_s": round(sandbox.boot_seconds, 2),
+                "pooled": bool(sandbox.vm_name),
+                **steps,
                 "host_ip": sandbox.host_ip,
             },
         )
@@ -187,7 +192,7 @@ class Booter:
             return ready, None
         return None
 
-    async def _claim(self, sandbox: Sandbox, member: Sandbox) -> None:
+    async def _claim(self, sandbox: Sandbox, member: Sandbox, steps: dict[str, float]) -> None:
         """Make a stopped warm-pool member this sandbox: its resources move over (the member's name stays
         their name: `vm_name`), its network gets the sandbox's policy, and its VM runs again. `init_envd`
         then gives the guest its identity, as after any restore."""
@@ -197,9 +202,13 @@ class Booter:
             setattr(member, name, None)
         assert sandbox.network is not None and sandbox.vm is not None
         self.table.network.forget(member.id)
+        began = time.monotonic()
         await self.table.network.set_policy(sandbox.network, sandbox.id, sandbox.policy)
+        policy_done = time.monotonic()
         self.table.watch(sandbox)
         await sandbox.vm.resume()
+        steps["policy_ms"] = round((policy_done - began) * 1000, 1)
+        steps["resume_ms"] = round((time.monotonic() - policy_done) * 1000, 1)
 
     async def restore_into(
         self, sandbox: Sandbox, image: images.Image, snapshot: Path, access_token: str | None = None
