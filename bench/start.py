@@ -641,13 +641,11 @@ def agent_log_fields(log: Path) -> dict[str, dict[str, str]]:
 
 def platform_cpu_s(data_dir: Path) -> float:
     """CPU seconds (user + system) the platform's own processes (agent, control plane) have used."""
-    from sdk_bench import data_dir_pids
-
     total = 0.0
-    for pid in data_dir_pids(data_dir):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = psutil.Process(pid).cpu_times()
-            total += times.user + times.system
+    for proc in psutil.process_iter(["cmdline", "cpu_times"]):
+        cmdline = proc.info["cmdline"] or []
+        if "--data-dir" in cmdline and str(data_dir) in cmdline and proc.info["cpu_times"] is not None:
+            total += proc.info["cpu_times"].user + proc.info["cpu_times"].system
     return total
 
 
@@ -714,7 +712,8 @@ async def tti_floor(args: argparse.Namespace, data_dir: Path) -> list[float]:
     (ready,) = data_dir.glob(f"ready/qemu-*/{image.template}-{image.version}/1cpu-512m-5120d")
     accelerator = Accelerator(ready.parent.parent.name.split("-", 1)[1])
     run = AgentRun(args.data_dir, data_dir, "ttib")
-    network = bare_network(run)
+    config = NetworkConfig(slots=1, prefix=BARE_PREFIX, host_net=BARE_NETS[0], veth_net=BARE_NETS[1])
+    network = NetworkManager(config)
     await network.start()
     floors = []
     try:
@@ -724,8 +723,7 @@ async def tti_floor(args: argparse.Namespace, data_dir: Path) -> list[float]:
             )
     finally:
         kill_bare(run)
-        for step in run.cleanups:
-            step()
+        await network.uninstall()
     return floors
 
 

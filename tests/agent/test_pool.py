@@ -186,6 +186,14 @@ async def test_pooled_sandboxes_share_nothing_and_honour_their_create(
     await client.destroy_sandbox(pb.DestroySandboxRequest(sandbox_id="pl-b"))
     assert leftovers(agent, b_name) == []
 
+    # a claimed sandbox pauses and resumes like any other, its VM still under the member's name
+    a_name = claimed(agent)["pl-a"]
+    await client.pause_sandbox(pb.PauseSandboxRequest(sandbox_id="pl-a"), timeout_ms=120_000)
+    assert vmm_pids(a_name) == []
+    await client.resume_sandbox(pb.ResumeSandboxRequest(sandbox_id="pl-a"), timeout_ms=120_000)
+    assert (await run(client, "pl-a", "cat ~/only-in-a; hostname")).split() == ["mine", "pl-a"]
+    assert len(vmm_pids(a_name)) == 1
+
 
 async def test_the_pool_recovers_after_the_agent_is_killed(agent: AgentProcess) -> None:
     old = unclaimed(agent)
