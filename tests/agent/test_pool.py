@@ -17,7 +17,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -26,38 +26,24 @@ import pytest
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient
 
-from ._agent import AgentProcess, running_agent, start_agent
+from ._agent import (
+    POOL_ARGS,
+    POOL_PREFIX,
+    POOL_SHAPE,
+    AgentProcess,
+    pool_metrics,
+    start_agent,
+    unclaimed,
+    wait_for_pool,
+)
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
 
-PREFIX = f"wp{os.getpid() % 1000:03d}l"
-POOL = ["--pool-memory-mb", "1536", "--pool", "minimal/1/256/2048=2", "--pool-max", "2"]
-SHAPE = {"template": "minimal", "vcpus": 1, "memory_mb": 256, "disk_size_mb": 2048}
-
-
-def pool_metrics(agent: AgentProcess) -> dict[str, float]:
-    """The agent's `wrenn_agent_pool_*` samples, by name and labels."""
-    text = httpx.get(f"{agent.url}/metrics", headers=agent.headers, timeout=10).text
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(wrenn_agent_pool_\S+) (\S+)$", text, re.M)}
-
-
-def ready(agent: AgentProcess) -> float:
-    return pool_metrics(agent).get('wrenn_agent_pool_members{state="ready"}', 0)
-
-
-def wait_for_pool(agent: AgentProcess, members: int, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while ready(agent) < members:
-        assert time.monotonic() < deadline, f"the pool did not refill to {members}: {pool_metrics(agent)}"
-        time.sleep(0.5)
+PREFIX, POOL, SHAPE = POOL_PREFIX, POOL_ARGS, POOL_SHAPE
 
 
 def members(agent: AgentProcess) -> list[str]:
     return sorted(p.name for p in (agent.data_dir / "sandboxes").glob("_pool-*"))
-
-
-def unclaimed(agent: AgentProcess) -> list[str]:
-    return [n for n in members(agent) if not (agent.data_dir / "sandboxes" / n / "state.json").exists()]
 
 
 def claimed(agent: AgentProcess) -> dict[str, str]:
@@ -104,14 +90,10 @@ async def run(client: HostAgentServiceClient, sandbox_id: str, script: str) -> s
 
 
 @pytest.fixture(scope="module")
-def agent(image: object) -> Iterator[AgentProcess]:
-    with running_agent(PREFIX, extra=POOL) as process:
-        # the first create of the shape boots and leaves its ready snapshot; the pool fills from it
-        with process.sync_client() as client:
-            client.create_sandbox(pb.CreateSandboxRequest(sandbox_id="pl-boot", **SHAPE), timeout_ms=300_000)  # type: ignore[arg-type]
-            client.destroy_sandbox(pb.DestroySandboxRequest(sandbox_id="pl-boot"))
-        wait_for_pool(process, 2)
-        yield process
+def agent(pooled_agent: AgentProcess) -> AgentProcess:
+    """The session's warm-pool agent (tests/conftest.py); these tests run first on it (the security
+    tests' use of it after the restart below needs only a member)."""
+    return pooled_agent
 
 
 @pytest.fixture

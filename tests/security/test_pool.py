@@ -1,43 +1,31 @@
 """Warm-pool members (docs/pool.md) are no tenant's: a caller of the agent's API cannot see one, run
 anything in one, destroy one, take its name for a sandbox of its own, or reach it through the traffic
-proxy, by its name in any spelling. A real agent with a pool of one stopped VM.
+proxy, by its name in any spelling. The session's warm-pool agent (`pooled_agent`), one of its stopped VMs.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import time
-from collections.abc import Iterator
 from urllib.parse import quote
 
 import httpx
 import pytest
 from connectrpc.errors import ConnectError
 
-from tests.agent._agent import AgentProcess, running_agent
+from tests.agent._agent import POOL_PREFIX, POOL_SHAPE, AgentProcess, unclaimed, wait_for_pool
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
 
-PREFIX = f"sq{os.getpid() % 1000:03d}l"
-SHAPE = {"template": "minimal", "vcpus": 1, "memory_mb": 256, "disk_size_mb": 2048}
+SHAPE = POOL_SHAPE
 
 
 @pytest.fixture(scope="module")
-def pooled(image: object) -> Iterator[tuple[AgentProcess, str]]:
-    """The agent, and the name of its one pool member (stopped, ready)."""
-    pool = ["--pool-memory-mb", "1024", "--pool", "minimal/1/256/2048=1", "--pool-max", "1"]
-    with running_agent(PREFIX, extra=pool) as agent:
-        with agent.sync_client() as client:  # its boot makes the ready snapshot the pool restores
-            client.create_sandbox(pb.CreateSandboxRequest(sandbox_id="sq-boot", **SHAPE), timeout_ms=300_000)  # type: ignore[arg-type]
-            client.destroy_sandbox(pb.DestroySandboxRequest(sandbox_id="sq-boot"))
-        deadline = time.monotonic() + 180
-        while 'wrenn_agent_pool_members{state="ready"} 1.0' not in metrics(agent):
-            assert time.monotonic() < deadline, "the pool did not fill"
-            time.sleep(0.5)
-        (member,) = [p.name for p in (agent.data_dir / "sandboxes").glob("_pool-*")]
-        yield agent, member
+def pooled(pooled_agent: AgentProcess) -> tuple[AgentProcess, str]:
+    """The session's warm-pool agent (tests/conftest.py), and the name of one of its stopped members."""
+    wait_for_pool(pooled_agent, 1)
+    return pooled_agent, unclaimed(pooled_agent)[0]
 
 
 def metrics(agent: AgentProcess) -> str:
@@ -45,14 +33,15 @@ def metrics(agent: AgentProcess) -> str:
 
 
 def vmm_alive(member: str) -> bool:
-    pattern = f"-name {member} .*mem-path=/dev/shm/{PREFIX}-{member}.mem"
+    pattern = f"-name {member} .*mem-path=/dev/shm/{POOL_PREFIX}-{member}.mem"
     return bool(subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True).stdout.split())
 
 
 def test_a_member_is_invisible_and_untouchable_through_the_api(pooled: tuple[AgentProcess, str]) -> None:
     agent, member = pooled
     with agent.sync_client() as client:
-        assert list(client.list_sandboxes(pb.ListSandboxesRequest()).sandboxes) == []
+        listed = [s.sandbox_id for s in client.list_sandboxes(pb.ListSandboxesRequest()).sandboxes]
+        assert not [sid for sid in listed if sid.startswith("_")]  # sandboxes of other tests may be there
         for call in (
             lambda: client.get_sandbox(pb.GetSandboxRequest(sandbox_id=member)),
             lambda: client.exec(pb.ExecRequest(sandbox_id=member, cmd="true")),
