@@ -83,7 +83,9 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         "comma-separated)",
     )  # fmt: skip
     p.add_argument(
-        "--pool-max", type=int, default=int(os.environ.get("WRENN_AGENT_POOL_MAX", d.pool_max)),
+        "--pool-max",
+        type=int,
+        default=int(os.environ.get("WRENN_AGENT_POOL_MAX", d.pool_max)),
         help=f"most VMs per shape after misses (env WRENN_AGENT_POOL_MAX; {d.pool_max})",
     )
     p.add_argument(
