@@ -528,12 +528,23 @@ def leftovers(run: AgentRun) -> list[str]:
     found: list[str] = []
     out = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True).stdout
     for line in out.splitlines():
-        if any(f"-name {vm_id} " in line for vm_id in run.vm_ids):
+        if any(f"-name {vm_id} " in line for vm_id in run.vm_ids) or f"/{run.prefix}-_pool-" in line:
             found.append(f"qemu process: {line[:160]}")
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     prefixes = (run.prefix, *run.netns_prefixes)
     found += [f"netns: {line.split()[0]}" for line in out.splitlines() if line.startswith(prefixes)]
     return found
+
+
+def sandbox_vmm_pids(run: AgentRun, sandbox_id: str) -> list[int]:
+    """The VMM of one of our agent's sandboxes, as its `state.json` records it (a sandbox claimed from the
+    warm pool runs in a VMM named after the pool member, not after itself)."""
+    for state_file in run.work_dir.glob("sandboxes/*/state.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            state = json.loads(state_file.read_text())
+            if state["params"]["sandbox_id"] == sandbox_id and isinstance(state.get("vmm_pid"), int):
+                return [state["vmm_pid"]] if psutil.pid_exists(state["vmm_pid"]) else []
+    return vmm_pids(sandbox_id)
 
 
 def kill_bare(run: AgentRun) -> None:
@@ -689,7 +700,7 @@ async def idle_memory(
     await asyncio.sleep(settle_s)
     per_vm: dict[str, dict[str, int]] = {}
     for request in requests:
-        pids = vmm_pids(request.sandbox_id)
+        pids = sandbox_vmm_pids(run, request.sandbox_id)
         if len(pids) != 1:
             raise RuntimeError(f"expected one VMM process for {request.sandbox_id}, found {pids}")
         info = psutil.Process(pids[0]).memory_full_info()

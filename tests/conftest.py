@@ -189,6 +189,18 @@ def image(image_data_dir: Path) -> Image:
     return build("minimal", image_data_dir)
 
 
+@pytest.fixture(scope="session")
+def pooled_agent(image: Image) -> Iterator[Any]:
+    """A host agent with a warm pool of two stopped VMs (docs/pool.md), shared by tests/agent/test_pool.py
+    and tests/security/test_pool.py: one first boot for both."""
+    from tests.agent._agent import pooled_agent_process
+
+    if os.geteuid() != 0:
+        pytest.skip("the host agent needs root")
+    with pooled_agent_process() as agent:
+        yield agent
+
+
 @pytest.fixture(scope="module")
 def wrenn_server(image: Image) -> Iterator[tuple[str, str]]:
     """The platform as a user meets it: a control plane process (SQLite) over a real host agent that boots

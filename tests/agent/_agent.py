@@ -25,6 +25,12 @@ from wrenn.proto.hostagent.v1.auth import (
 )
 from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClient, HostAgentServiceClientSync
 
+#: The warm-pool agent the session shares (`pooled_agent` in tests/conftest.py): two stopped members of
+#: this shape, restored from the ready snapshot its first create leaves.
+POOL_PREFIX = f"wp{os.getpid() % 1000:03d}l"
+POOL_ARGS = ("--pool-memory-mb", "1536", "--pool", "minimal/1/256/2048=2", "--pool-max", "2")
+POOL_SHAPE: dict[str, object] = {"template": "minimal", "vcpus": 1, "memory_mb": 256, "disk_size_mb": 2048}
+
 
 @dataclass
 class AgentProcess:
@@ -159,3 +165,45 @@ def running_agent(prefix: str, extra: Sequence[str] = (), share_ready: bool = Tr
             client.terminate(pb.TerminateRequest())
         process.proc.wait(60)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def pool_metrics(agent: AgentProcess) -> dict[str, float]:
+    """The agent's `wrenn_agent_pool_*` samples, by name and labels."""
+    import httpx
+
+    text = httpx.get(f"{agent.url}/metrics", headers=agent.headers, timeout=10).text
+    return {
+        name: float(value)
+        for name, _, value in (line.rpartition(" ") for line in text.splitlines())
+        if name.startswith("wrenn_agent_pool_")
+    }
+
+
+def wait_for_pool(agent: AgentProcess, members: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while pool_metrics(agent).get('wrenn_agent_pool_members{state="ready"}', 0) < members:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the pool did not fill to {members}: {pool_metrics(agent)}")
+        time.sleep(0.5)
+
+
+def unclaimed(agent: AgentProcess) -> list[str]:
+    """Pool members (their directories): those without a `state.json`, which a claim writes."""
+    return sorted(
+        p.name for p in (agent.data_dir / "sandboxes").glob("_pool-*") if not (p / "state.json").exists()
+    )
+
+
+@contextlib.contextmanager
+def pooled_agent_process() -> Iterator[AgentProcess]:
+    """An agent with a warm pool (`POOL_ARGS`), once its first create of `POOL_SHAPE` booted (leaving the
+    ready snapshot) and the pool is full."""
+    from wrenn.proto.hostagent.v1 import hostagent_pb as pb
+
+    with running_agent(POOL_PREFIX, extra=POOL_ARGS) as process:
+        with process.sync_client() as client:
+            request = pb.CreateSandboxRequest(sandbox_id="pl-boot", **POOL_SHAPE)  # type: ignore[arg-type]
+            client.create_sandbox(request, timeout_ms=300_000)
+            client.destroy_sandbox(pb.DestroySandboxRequest(sandbox_id="pl-boot"))
+        wait_for_pool(process, 2)
+        yield process

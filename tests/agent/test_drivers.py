@@ -26,6 +26,17 @@ def test_shared_snapshots_need_qcow2_disks() -> None:
     assert not FirecrackerDriver.capabilities.shared_snapshots
 
 
+def test_a_warm_pool_needs_shared_snapshots() -> None:
+    """Pool members are restored from one shared ready snapshot: a driver without them declares no pool
+    (Firecracker here), and none can claim one."""
+    with pytest.raises(ValueError, match="shared_snapshots"):
+        Capabilities(
+            disk_format="qcow2", kernel=Kernel.ELF, memory_file=False, shared_snapshots=False, kvm_only=True,
+            warm_pool=True,
+        )  # fmt: skip
+    assert QemuDriver.capabilities.warm_pool and not FirecrackerDriver.capabilities.warm_pool
+
+
 def test_a_pid_is_the_vmm_only_of_its_own_driver_and_vm() -> None:
     # a stand-in whose command line reads like QEMU's for VM "sb-x"
     argv = ["qemu-system-x86_64", "-c", "import time; time.sleep(60)", "-name", "sb-x"]

@@ -11,6 +11,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from wrenn.agent._access import HEADER, RequireToken
+from wrenn.agent._pool import PoolStats
 from wrenn.agent._prometheus import with_metrics
 from wrenn.agent._sandbox import Sandbox, SandboxParams, Status
 
@@ -36,7 +37,8 @@ async def test_agent_metrics_follow_the_table_behind_the_token() -> None:
         "b": sandbox(2, Status.PAUSED),
         "c": sandbox(3, Status.PENDING, 256),
     }
-    app = RequireToken(with_metrics(api, lambda: list(table.values()), slots=8), TOKEN)
+    pool = PoolStats(hits=3, misses=1, members=2, filling=1, pss_bytes=300 << 20, budget_bytes=1 << 30)
+    app = RequireToken(with_metrics(api, lambda: list(table.values()), slots=8, pool=pool), TOKEN)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://agent") as client:
         assert (await client.get("/metrics")).status_code == 401
@@ -55,9 +57,16 @@ async def test_agent_metrics_follow_the_table_behind_the_token() -> None:
         assert samples[("wrenn_agent_reserved", ("memory_mb",))] == 512 + 256
         assert samples[("wrenn_agent_host_memory_bytes", ("total",))] > 0
         assert not any("cl-" in str(key) for key in samples)
+        # the warm pool's (docs/pool.md), read at scrape time
+        assert samples[("wrenn_agent_pool_creates_total", ("hit",))] == 3
+        assert samples[("wrenn_agent_pool_creates_total", ("miss",))] == 1
+        assert samples[("wrenn_agent_pool_members", ("ready",))] == 2
+        assert samples[("wrenn_agent_pool_memory_bytes", ("pss",))] == 300 << 20
+        pool.hits += 1
         table["a"].status = Status.STOPPED
         again = (await client.get("/metrics", headers={HEADER.decode(): TOKEN})).text
         assert 'wrenn_agent_sandboxes{state="running"} 0.0' in again
+        assert 'wrenn_agent_pool_creates_total{result="hit"} 4.0' in again
         # everything else still goes to the API
         assert (await client.post("/hostagent.v1.HostAgentService/ListSandboxes",
                                   headers={HEADER.decode(): TOKEN})).status_code == 204  # fmt: skip

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from wrenn._shared import logs
 
 from ._agent import run
-from ._config import AgentConfig
+from ._config import AgentConfig, PoolShape
 from .vmm import Accelerator
 
 
@@ -70,6 +71,28 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     )  # fmt: skip
     p.add_argument("--no-ready-snapshots", action="store_true", help="always boot; never restore")
     p.add_argument(
+        "--pool-memory-mb", type=int,
+        default=int(os.environ.get("WRENN_AGENT_POOL_MEMORY_MB", d.pool_memory_mb)),
+        help="the warm pool's memory budget, as its VMs' PSS (env WRENN_AGENT_POOL_MEMORY_MB; 0, the "
+        "default: no pool)",
+    )  # fmt: skip
+    p.add_argument(
+        "--pool", action="append", metavar="TEMPLATE[/VCPUS/MEMORY_MB/DISK_MB]=N",
+        default=[x for x in os.environ.get("WRENN_AGENT_POOL", "").split(",") if x.strip()],
+        help="keep at least N stopped VMs of this shape ready (repeatable; env WRENN_AGENT_POOL, "
+        "comma-separated)",
+    )  # fmt: skip
+    p.add_argument(
+        "--pool-max",
+        type=int,
+        default=int(os.environ.get("WRENN_AGENT_POOL_MAX", d.pool_max)),
+        help=f"most VMs per shape after misses (env WRENN_AGENT_POOL_MAX; {d.pool_max})",
+    )
+    p.add_argument(
+        "--pool-idle", type=float, default=d.pool_idle_s, metavar="SECONDS",
+        help=f"a shape with no create for this long shrinks to its --pool size ({d.pool_idle_s:.0f})",
+    )  # fmt: skip
+    p.add_argument(
         "--insecure",
         action="store_true",
         help="run VMMs without their jail (own uid, own root, no capabilities, cgroup) where the host "
@@ -108,6 +131,12 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         p.error("--metrics-interval must be >= 0 (0 turns the sampler off)")
     if a.proxy_port == a.port:
         p.error("--proxy-port must differ from --port: the traffic listener is kept apart from the API")
+    try:
+        pool_sizes = tuple(PoolShape.parse(x) for x in a.pool)
+    except ValueError as exc:
+        p.error(str(exc))
+    if a.pool_memory_mb < 0 or a.pool_max < 0 or a.pool_idle <= 0:
+        p.error("--pool-memory-mb and --pool-max are >= 0, --pool-idle > 0")
     logs.configure(a.log_level, a.log_format)
     return AgentConfig(
         data_dir=a.data_dir, host=a.host, port=a.port, proxy_port=a.proxy_port,
@@ -118,7 +147,8 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         heartbeat_interval_s=a.heartbeat_interval, metrics_interval_s=a.metrics_interval,
         memory_dir=a.memory_dir, cold_storage=a.cold_storage,
         ready_snapshots=not a.no_ready_snapshots, template_store=a.template_store, insecure=a.insecure,
-        memory_limit_mb=a.memory_limit_mb,
+        memory_limit_mb=a.memory_limit_mb, pool_memory_mb=a.pool_memory_mb, pool_sizes=pool_sizes,
+        pool_max=a.pool_max, pool_idle_s=a.pool_idle,
         vmm_uid_base=a.vmm_uid_base,
         dns=tuple(s.strip() for s in a.dns.split(",") if s.strip()), egress_upstream_ca=a.egress_upstream_ca,
     )  # fmt: skip

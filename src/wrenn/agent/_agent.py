@@ -207,7 +207,8 @@ class Agent:
             operations=Operations(registry),
         )
         api: asgiproxy.ASGIApp = HostAgentServiceASGIApplication(service)
-        api = with_metrics(api, lambda: list(manager.sandboxes.values()), self.config.slots, registry)
+        sandboxes = lambda: list(manager.sandboxes.values())  # noqa: E731
+        api = with_metrics(api, sandboxes, self.config.slots, registry, manager.pool.stats)  # /metrics
         # One client for all proxied traffic, for the agent's life. No pooled connections: a guest's
         # address is reused by the next sandbox in its slot (or by itself after a pause), and a pooled
         # connection to it would be dead; a dial over the local veth costs next to nothing.

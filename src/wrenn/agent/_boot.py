@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wrenn import images
 
@@ -36,6 +37,9 @@ from ._templates import Template, TemplateStore
 from .network import CLOSED, OPEN, EgressPolicy
 from .vmm import DriverError
 
+if TYPE_CHECKING:
+    from ._pool import WarmPool
+
 log = logging.getLogger("wrenn.agent")
 
 
@@ -48,6 +52,8 @@ class Booter:
         self.templates = templates
         self.admission = admission
         self._creating: dict[str, asyncio.Task[Sandbox]] = {}
+        #: Where a create takes a stopped VM from first (set by the manager when the pool is on).
+        self.pool: WarmPool | None = None
 
     async def create(self, params: SandboxParams, policy: EgressPolicy | None = None) -> Sandbox:
         """A new sandbox, running; listed as `pending` while it boots. `aborted` when destroyed meanwhile."""
@@ -114,19 +120,22 @@ class Booter:
     async def _boot(self, sandbox: Sandbox, image: images.Image) -> Sandbox:
         params = sandbox.params
         started = time.monotonic()
+        steps: dict[str, float] = {}  # a claim's steps, for the log (the start benchmark reads them)
         try:
-            sandbox.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            await self.launcher.plug(sandbox)
-            template = self.templates.get(params.template)
-            ready = self._ready_dir(params, image)
-            if template is not None:  # its guest's envd still holds the source sandbox's token
-                token = str(template.meta.get("envd_access_token") or "") or None
-                await self._start_from_snapshot(sandbox, image, template.directory, token)
-            elif ready is not None and (ready / "vmstate").is_file():
-                await self._start_from_snapshot(sandbox, image, ready)
+            source = None if params.cold_boot else self.snapshot_source(params, image)
+            member = self.pool.take(params, source[0]) if self.pool is not None and source else None
+            if member is not None:
+                await self._claim(sandbox, member, steps)
             else:
-                await self._start_cold(sandbox, image, ready)
+                sandbox.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                await self.launcher.plug(sandbox)
+                if source is not None:
+                    await self.restore_into(sandbox, image, *source)
+                else:
+                    await self._start_cold(sandbox, image, self._ready_dir(params, image))
+            before_init = time.monotonic()
             await self.launcher.init_envd(sandbox)
+            steps["init_ms"] = round((time.monotonic() - before_init) * 1000, 1)
         except BaseException as exc:
             reason = describe_failure(exc, sandbox)
             log.warning(
@@ -150,6 +159,8 @@ class Booter:
             extra={
                 "sandbox": sandbox.id,
                 "boot_s": round(sandbox.boot_seconds, 2),
+                "pooled": bool(sandbox.vm_name),
+                **steps,
                 "host_ip": sandbox.host_ip,
             },
         )
@@ -170,7 +181,36 @@ class Booter:
         if ready is not None:
             await self._checkpoint_ready(sandbox, ready)
 
-    async def _start_from_snapshot(
+    def snapshot_source(self, params: SandboxParams, image: images.Image) -> tuple[Path, str | None] | None:
+        """The snapshot a sandbox of `params` is restored from, with the access token its guest's envd
+        still expects (a template's source sandbox's); None when it boots."""
+        template = self.templates.get(params.template)
+        if template is not None:
+            return template.directory, str(template.meta.get("envd_access_token") or "") or None
+        ready = self._ready_dir(params, image)
+        if ready is not None and (ready / "vmstate").is_file():
+            return ready, None
+        return None
+
+    async def _claim(self, sandbox: Sandbox, member: Sandbox, steps: dict[str, float]) -> None:
+        """Make a stopped warm-pool member this sandbox: its resources move over (the member's name stays
+        their name: `vm_name`), its network gets the sandbox's policy, and its VM runs again. `init_envd`
+        then gives the guest its identity, as after any restore."""
+        sandbox.workdir, sandbox.vm_name, sandbox.from_snapshot = member.workdir, member.id, True
+        for name in ("slot", "network", "disk", "disk_base", "vm", "envd", "memory_source"):
+            setattr(sandbox, name, getattr(member, name))
+            setattr(member, name, None)
+        assert sandbox.network is not None and sandbox.vm is not None
+        self.table.network.forget(member.id)
+        began = time.monotonic()
+        await self.table.network.set_policy(sandbox.network, sandbox.id, sandbox.policy)
+        policy_done = time.monotonic()
+        self.table.watch(sandbox)
+        await sandbox.vm.resume()
+        steps["policy_ms"] = round((policy_done - began) * 1000, 1)
+        steps["resume_ms"] = round((time.monotonic() - policy_done) * 1000, 1)
+
+    async def restore_into(
         self, sandbox: Sandbox, image: images.Image, snapshot: Path, access_token: str | None = None
     ) -> None:
         """Restore a ready snapshot or a template: its disk under a new overlay, its memory copied into

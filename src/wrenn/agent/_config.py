@@ -11,6 +11,29 @@ from wrenn.proto.hostagent.v1.auth import TOKEN_FILE
 from .vmm import Accelerator
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class PoolShape:
+    """What a warm-pool member is interchangeable by: the template (a base image or a snapshot template's
+    id) and the machine's shape. The image version is the pool's to check (a rebuilt image's ready
+    snapshot is another pool)."""
+
+    template: str
+    vcpus: int = 1
+    memory_mb: int = 512
+    disk_size_mb: int = 5120
+
+    @classmethod
+    def parse(cls, text: str) -> tuple[PoolShape, int]:
+        """`TEMPLATE[/VCPUS/MEMORY_MB/DISK_MB]=N` (the shape a create without one gets: 1/512/5120)."""
+        spec, sep, count = text.strip().partition("=")
+        parts = spec.split("/")
+        if not sep or not count.strip().isdigit() or len(parts) not in (1, 4) or not parts[0]:
+            raise ValueError(f"a pool is TEMPLATE[/VCPUS/MEMORY_MB/DISK_MB]=N, not {text[:80]!r}")
+        if not all(x.isdigit() for x in parts[1:]):
+            raise ValueError(f"a pool's vcpus, memory and disk are numbers: {text[:80]!r}")
+        return cls(parts[0], *(int(x) for x in parts[1:])), int(count)
+
+
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     #: Where images, sandboxes' disks and runtime files live.
@@ -93,6 +116,15 @@ class AgentConfig:
     #: Where built templates' files are published: a directory all hosts reach, for a template built on
     #: one host to start on any (docs/templates.md). None: this host's cache (`{data_dir}/blobs`) alone.
     template_store: Path | None = None
+    #: The warm pool (docs/pool.md): stopped VMs restored ahead of demand, per sandbox shape. Its memory
+    #: budget in MiB, measured as the members' PSS (0: no pool); the least members kept per shape
+    #: (`PoolShape`: template, vcpus, memory, disk); the most one shape grows to after misses; the idle
+    #: seconds (no create of a shape) after which a shape shrinks back to its least; fills at once.
+    pool_memory_mb: int = 0
+    pool_sizes: tuple[tuple[PoolShape, int], ...] = ()
+    pool_max: int = 4
+    pool_idle_s: float = 300.0
+    pool_fills: int = 2
 
     @property
     def resolved_api_token_file(self) -> Path:

@@ -76,7 +76,7 @@ class Launcher:
             ]
         )
         return VMSpec(
-            vm_id=sandbox.id,
+            vm_id=sandbox.host_name,
             vcpus=sandbox.params.vcpus,
             memory_mib=sandbox.params.memory_mb,
             kernel=image.vmlinuz if capabilities.kernel is Kernel.BZIMAGE else image.vmlinux,

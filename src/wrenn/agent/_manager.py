@@ -10,6 +10,7 @@ The parts, each holding the one shared `SandboxTable` (composition: see `_table`
 - `_boot.Booter`: create (checks, snapshot templates, ready snapshots, cold boots);
 - `_snapshots.Snapshots`: pause, resume, hibernate, thaw, templates;
 - `_recovery.recover`: adoption after a restart;
+- `_pool.WarmPool`: stopped VMs restored ahead of demand, which a create claims;
 - `_loops.reaper`, `_loops.sampler`: idle timeouts, metrics.
 
 Destroy lives here: it reaches into all of them (a boot under way, a hibernated archive, the table).
@@ -32,6 +33,7 @@ from ._launch import Launcher
 from ._loops import reaper, sampler
 from ._metrics import MetricsStore
 from ._netpolicy import install_ca
+from ._pool import WarmPool
 from ._recovery import recover
 from ._sandbox import Sandbox, SandboxParams, Status
 from ._snapshots import Snapshots
@@ -58,6 +60,9 @@ class SandboxManager:
         self.launcher = Launcher(self.table, self.templates)
         self.admission = Admission(self.table)
         self.booter = Booter(self.table, self.launcher, self.templates, self.admission)
+        self.pool = WarmPool(self.table, self.booter)
+        if self.pool.enabled:
+            self.booter.pool = self.pool
         cold = ColdStore(config.cold_storage) if config.cold_storage else None
         self.snapshots = Snapshots(self.table, self.launcher, self.templates, self.admission, cold)
         self.blobs = BlobStore(config.data_dir / "blobs", config.template_store)
@@ -95,6 +100,7 @@ class SandboxManager:
         self._loops = [
             asyncio.create_task(reaper(self.table, self.snapshots)),
             asyncio.create_task(sampler(self.table)),
+            asyncio.create_task(self.pool.run()),  # its members are destroyed when it is cancelled
         ]
 
     async def close(self, *, destroy: bool = False) -> None:
@@ -111,6 +117,7 @@ class SandboxManager:
 
     async def terminate(self) -> None:
         """Destroy every sandbox and remove the host-wide network rules: the host is being retired."""
+        await self.pool.drain()
         await asyncio.gather(*(self.destroy(sid) for sid in list(self.sandboxes)), return_exceptions=True)
         await self.table.network.uninstall()
         log.info("terminated: every sandbox destroyed, host rules removed")

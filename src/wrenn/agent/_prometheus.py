@@ -15,11 +15,12 @@ from typing import TypeVar
 
 import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from wrenn._shared.asgiproxy import ASGIApp, Receive, Scope, Send
 
+from ._pool import PoolStats
 from ._sandbox import Sandbox, Status
 
 _T = TypeVar("_T")
@@ -60,6 +61,33 @@ class SandboxCollector(Collector):
         host.add_metric(["total"], memory.total)
         host.add_metric(["available"], memory.available)
         yield host
+
+
+class PoolCollector(Collector):
+    """The warm pool (`_pool`): creates that took a member or found none, members and their memory."""
+
+    def __init__(self, stats: PoolStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        stats = self._stats
+        claims = CounterMetricFamily(
+            "wrenn_agent_pool_creates", "Creates that could start from the warm pool: took a member (hit) "
+            "or restored without one (miss).", labels=["result"],
+        )  # fmt: skip
+        claims.add_metric(["hit"], stats.hits)
+        claims.add_metric(["miss"], stats.misses)
+        yield claims
+        members = GaugeMetricFamily("wrenn_agent_pool_members", "Warm-pool VMs by state.", labels=["state"])
+        members.add_metric(["ready"], stats.members)
+        members.add_metric(["filling"], stats.filling)
+        yield members
+        memory = GaugeMetricFamily(
+            "wrenn_agent_pool_memory_bytes", "The warm pool's members' PSS, and its budget.", labels=["kind"]
+        )
+        memory.add_metric(["pss"], stats.pss_bytes)
+        memory.add_metric(["budget"], stats.budget_bytes)
+        yield memory
 
 
 class MetricsEndpoint:
@@ -126,8 +154,12 @@ def with_metrics(
     sandboxes: Callable[[], Iterable[Sandbox]],
     slots: int,
     registry: CollectorRegistry | None = None,
+    pool: PoolStats | None = None,
 ) -> ASGIApp:
-    """`app` with `/metrics` on it, over `registry` (the agent's own: `Operations` counts into it)."""
+    """`app` with `/metrics` on it, over `registry` (the agent's own: `Operations` counts into it), and the
+    warm pool's state when there is one."""
     registry = registry or CollectorRegistry()
     registry.register(SandboxCollector(sandboxes, slots))
+    if pool is not None:
+        registry.register(PoolCollector(pool))
     return MetricsEndpoint(app, registry)

@@ -77,8 +77,10 @@ async def recover(table: SandboxTable, launcher: Launcher) -> None:
     for group in stale_groups:
         kill_all(table.cgroups, group)
         table.cgroups.remove(group)
+    # what a previous run left unadopted, warm-pool members among it (never adopted: recreated instead)
+    kept = {s.workdir.name for s in table.sandboxes.values()}
     for directory in config.sandboxes_dir.iterdir():
-        if directory.is_dir() and directory.name not in table.sandboxes:
+        if directory.is_dir() and directory.name not in kept:
             shutil.rmtree(directory, ignore_errors=True)
     live = {table.memory_file(s) for s in table.sandboxes.values() if s.vm is not None}
     for memory in config.memory_dir.glob(f"{config.name_prefix}-*.mem"):
@@ -121,7 +123,7 @@ async def _adopt(table: SandboxTable, launcher: Launcher, state_file: Path) -> S
     slot = state.get("slot")
     if not isinstance(pid, int):
         pid = None
-    alive = pid is not None and table.driver.owns_process(pid, params.sandbox_id)
+    alive = pid is not None and table.driver.owns_process(pid, sandbox.host_name)
     image = launcher.image(sandbox.image_name, sandbox.image_version)
     if pid is None or not alive or slot is None or image is None or slot not in table.network.list_existing():
         if pid is not None and alive:

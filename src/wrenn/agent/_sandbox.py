@@ -20,6 +20,9 @@ from .vmm import VM
 
 #: A sandbox id: it names the sandbox's directory, its cold-storage archive and its cgroup.
 SANDBOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+#: A warm-pool member's name (`_pool`): it starts with "_", which no sandbox id can, so no tenant ever names
+#: one, and a sandbox claimed from the pool keeps it for its VM, cgroup, RAM file and directory.
+VM_NAME = re.compile(r"^_pool-[a-z0-9]{1,32}$")
 
 
 class Status(enum.StrEnum):
@@ -86,6 +89,9 @@ class Sandbox:
     from_snapshot: bool = False
     #: A clone's RAM: the snapshot memory file it maps copy-on-write (until its first pause).
     memory_source: Path | None = None
+    #: What names its VM, cgroup, RAM file and directory when that is not its id: a sandbox claimed from
+    #: the warm pool keeps the pool member's name (`VM_NAME`) for them. "" : its id.
+    vm_name: str = ""
     #: Serialises pause, resume and destroy of this sandbox.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     #: One event per proxied request or socket open to the sandbox (`traffic`), set by `cut_traffic`.
@@ -94,6 +100,11 @@ class Sandbox:
     @property
     def id(self) -> str:
         return self.params.sandbox_id
+
+    @property
+    def host_name(self) -> str:
+        """The name of its host-side resources: VMM (`-name`), cgroup, RAM file, directory."""
+        return self.vm_name or self.params.sandbox_id
 
     @property
     def host_ip(self) -> str:
@@ -148,6 +159,7 @@ class Sandbox:
             "error": self.error,
             "network": self.policy.describe(),  # never its secrets: header values, the CA's key
             "ca_installed": self.ca_installed,
+            "vm_name": self.vm_name,
         }
         write_private(self.state_file, json.dumps(state, indent=1))  # it holds the envd access token
 
@@ -169,6 +181,10 @@ class Sandbox:
         sandbox.ca_installed = str(state.get("ca_installed") or "")
         sandbox.from_snapshot = bool(state.get("from_snapshot"))
         sandbox.memory_source = Path(state["memory_source"]) if state.get("memory_source") else None
+        vm_name = str(state.get("vm_name") or "")
+        if vm_name and not VM_NAME.match(vm_name):
+            raise ValueError(f"vm_name {vm_name[:80]!r} is not a pool member's name")
+        sandbox.vm_name = vm_name
         paused_at = state.get("paused_at")
         sandbox.paused_at = float(paused_at) if isinstance(paused_at, (int, float)) else None
         return sandbox

@@ -231,6 +231,7 @@ class Snapshots:
             state["disk"] = str(workdir / "rootfs.qcow2")
             state["disk_base"] = None  # flattened: it stands alone
             state["memory_source"] = None
+            state["vm_name"] = ""  # its directory here is named by its id
             thawed = Sandbox.from_state(workdir, state)
             await _check_thawed(thawed, sandbox_id)
         except (OSError, ValueError, TypeError, KeyError, ColdStorageError, _disk.DiskError) as exc:

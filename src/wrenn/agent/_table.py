@@ -82,13 +82,13 @@ class SandboxTable:
         return sum(1 for s in self.sandboxes.values() if s.slot is not None)
 
     def cgroup_name(self, sandbox: Sandbox) -> str:
-        return f"{self.config.name_prefix}-{sandbox.id}"
+        return f"{self.config.name_prefix}-{sandbox.host_name}"
 
     def memory_file(self, sandbox: Sandbox) -> Path | None:
         """The file backing the guest's RAM while it runs, when the VMM keeps RAM in a file we name."""
         if not self.capabilities.memory_file:
             return None
-        return self.config.memory_dir / f"{self.config.name_prefix}-{sandbox.id}.mem"
+        return self.config.memory_dir / f"{self.config.name_prefix}-{sandbox.host_name}.mem"
 
     # --- entering and leaving ------------------------------------------------------------------------
 

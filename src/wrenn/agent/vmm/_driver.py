@@ -52,10 +52,16 @@ class Capabilities:
     shared_snapshots: bool
     #: The VMM runs only under KVM (no software emulation): the agent skips the accelerator probe.
     kvm_only: bool
+    #: The agent may keep a warm pool of this VMM's VMs (docs/pool.md): restored from the shape's ready
+    #: snapshot ahead of demand, then stopped (`VM.pause`: no guest CPU runs) for minutes, and resumed
+    #: (`VM.resume`) by the create that claims one. Needs `shared_snapshots`.
+    warm_pool: bool = False
 
     def __post_init__(self) -> None:
         if self.shared_snapshots and self.disk_format != "qcow2":
             raise ValueError("shared snapshots restore onto qcow2 overlays: disk_format must be qcow2")
+        if self.warm_pool and not self.shared_snapshots:
+            raise ValueError("warm-pool members are restored from a shared ready snapshot: shared_snapshots")
 
 
 class DriverError(RuntimeError):

@@ -313,10 +313,13 @@ class FirecrackerVM(ProcessVM):
 class FirecrackerDriver:
     name = "firecracker"
     #: A raw disk, the ELF vmlinux, RAM inside the process (a snapshot writes it out), a snapshot restored
-    #: into one VM only (its drive and TAP names are recorded in it). KVM only.
+    #: into one VM only (its drive and TAP names are recorded in it). KVM only. No warm pool: its members
+    #: are restored from one shared ready snapshot, which Firecracker cannot restore into many VMs here
+    #: (a pool of cold-booted, paused Firecracker VMs is possible but not built).
     capabilities = Capabilities(
-        disk_format="raw", kernel=Kernel.ELF, memory_file=False, shared_snapshots=False, kvm_only=True
-    )
+        disk_format="raw", kernel=Kernel.ELF, memory_file=False, shared_snapshots=False, kvm_only=True,
+        warm_pool=False,
+    )  # fmt: skip
 
     def __init__(
         self,

@@ -220,10 +220,12 @@ def _listening(path: Path) -> Iterator[socket.socket]:
 class QemuDriver:
     name = "qemu"
     #: A qcow2 overlay, the bzImage, RAM in a shared file (a pause copies it instead of streaming it),
-    #: and snapshots restored into many VMs (ready snapshots, templates). TCG or KVM.
+    #: and snapshots restored into many VMs (ready snapshots, templates), which a warm pool holds stopped
+    #: (QMP `stop`, `cont`). TCG or KVM.
     capabilities = Capabilities(
-        disk_format="qcow2", kernel=Kernel.BZIMAGE, memory_file=True, shared_snapshots=True, kvm_only=False
-    )
+        disk_format="qcow2", kernel=Kernel.BZIMAGE, memory_file=True, shared_snapshots=True, kvm_only=False,
+        warm_pool=True,
+    )  # fmt: skip
 
     def __init__(
         self,
