@@ -163,14 +163,17 @@ def test_javascript_runs_in_deno_with_stdout_a_result_and_the_sandbox_env(interp
     assert stdout_json(interpreter.execute(code, language="js"))[:2] == ["global", None]
 
 
-def test_typescript_has_its_own_context_and_errors_are_named(interpreter: Interpreter) -> None:
+def test_typescript_shares_deno_default_context_and_errors_are_named(interpreter: Interpreter) -> None:
     (result,) = only(
         interpreter.execute("interface P { x: number }\nconst p: P = { x: 20 };\np.x * 2 + 2", language="ts"),
         "result",
     )
     assert result["text"] == "42"
-    (isolated,) = only(interpreter.execute("typeof sandboxVar", language="typescript"), "result")
-    assert isolated["text"] == "undefined"  # not the JavaScript context's variable
+    # One Deno kernel for both languages' default contexts (memory): JavaScript's variables are there.
+    (shared,) = only(interpreter.execute("typeof sandboxVar", language="typescript"), "result")
+    assert shared["text"] == "string"
+    languages = [c["language"] for c in httpx.get(f"{interpreter.url}/contexts").json()]
+    assert "typescript" not in languages and "javascript" in languages
     (error,) = only(interpreter.execute("throw new TypeError('boom')", language="ts"), "error")
     assert error["name"] == "TypeError" and error["value"] == "boom"
     (error,) = only(interpreter.execute("notDefinedAnywhere + 1", language="ts"), "error")

@@ -140,7 +140,8 @@ def test_e2b_javascript_and_typescript_in_deno(sbx: Sandbox) -> None:
     assert ts.text == "42" and ts.error is None
     failed = sbx.run_code("throw new RangeError('too far')", language="typescript")
     assert failed.error is not None and failed.error.name == "RangeError" and failed.error.value == "too far"
-    assert {"python", "javascript", "typescript"} <= {c.language for c in sbx.list_code_contexts()}
+    languages = [c.language for c in sbx.list_code_contexts()]  # one Deno kernel runs both: memory
+    assert "javascript" in languages and "typescript" not in languages
 
 
 def test_e2b_timeout_interrupts_and_the_kernel_stays(sbx: Sandbox) -> None:

@@ -24,6 +24,15 @@ class Language:
     #: How long a cell's stream waits, once the kernel replied and went idle, for outputs that trail them
     #: (Deno's kernel sends them out of order); 0: the kernel keeps Jupyter's order.
     settle_s: float = 0.0
+    #: Languages with the same key share their default context. A Deno kernel holds about 175 MB of its
+    #: own memory: beside the warm Python kernel, a 512 MiB capsule (E2B's default) has room for one, so
+    #: JavaScript and TypeScript cells without a context run in one Deno kernel (a context made for either
+    #: with POST /contexts is a kernel of its own).
+    shared_default: str | None = None
+
+    @property
+    def default_context(self) -> str:
+        return self.shared_default or self.name
 
     def chdir(self, path: str) -> str:
         if self.runtime == "python":
@@ -96,12 +105,12 @@ def _js(value: object) -> str:
 DENO_SETTLE_S = 0.25
 
 #: Language names and their aliases (E2B's), by the name the server reports. JavaScript and TypeScript
-#: both run in Deno's kernel (one context each, as E2B's server keeps them apart).
+#: both run in Deno's kernel.
 LANGUAGES: dict[str, Language] = {
     "python": Language("python", "python3", "python"),
     "bash": Language("bash", "bash", "bash"),
-    "javascript": Language("javascript", "deno", "deno", settle_s=DENO_SETTLE_S),
-    "typescript": Language("typescript", "deno", "deno", settle_s=DENO_SETTLE_S),
+    "javascript": Language("javascript", "deno", "deno", settle_s=DENO_SETTLE_S, shared_default="deno"),
+    "typescript": Language("typescript", "deno", "deno", settle_s=DENO_SETTLE_S, shared_default="deno"),
 }
 ALIASES: dict[str, str] = {
     "python3": "python",
