@@ -47,6 +47,8 @@ def test_metrics_move_with_the_lifecycle(database_url: str, tmp_path: Path, fake
         missing = api.post("/v1/capsules", json={"template": "no-such-image"}, headers=jwt)
         assert missing.status_code == 404
         api.get("/", headers={"Host": "8000-cl-nosuchcapsule.wrenn.example"})  # through the traffic proxy
+        echoed = api.post("/echo", content=b"x" * 1000, headers={"Host": f"8000-{ids[1]}.wrenn.example"})
+        assert echoed.status_code == 200, echoed.text  # the stand-in agent's traffic listener answers
 
         after = scrape(api)
         assert value(after, "wrenn_capsule_operations_total", operation="create", result="ok") == 2
@@ -63,6 +65,9 @@ def test_metrics_move_with_the_lifecycle(database_url: str, tmp_path: Path, fake
         assert value(after, "wrenn_host_reserved", resource="memory_mb") == 256  # the running one
         assert value(after, "wrenn_host_reserved", resource="slots") == 1
         assert value(after, "wrenn_proxy_requests_total", outcome="not_found") == 1
+        assert value(after, "wrenn_proxy_requests_total", outcome="forwarded") == 1
+        assert value(after, "wrenn_proxy_bytes_total", direction="in") == 1000
+        assert value(after, "wrenn_proxy_bytes_total", direction="out") == len(echoed.content)
 
         assert api.delete(f"/v1/capsules/{ids[1]}", headers=jwt).status_code == 204
         last = scrape(api)

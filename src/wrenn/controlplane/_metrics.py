@@ -49,6 +49,10 @@ class Metrics:
             "wrenn_proxy_requests", "Requests through the traffic proxy by outcome (forwarded, or why not).",
             ["outcome"], registry=r,
         )  # fmt: skip
+        self.proxy_bytes = Counter(
+            "wrenn_proxy_bytes", "Body bytes through the traffic proxy: to capsules (in), from them (out).",
+            ["direction"], registry=r,
+        )  # fmt: skip
         self.deliveries = Counter(
             "wrenn_channel_deliveries", "Attempts to deliver an event to a channel by result.",
             ["provider", "result"], registry=r,

@@ -22,6 +22,7 @@ from starlette.datastructures import State
 
 from wrenn._shared.asgiproxy import (
     ASGIApp,
+    Message,
     Receive,
     Scope,
     Send,
@@ -128,6 +129,7 @@ class TrafficProxy:
             f"?{query}" if query else ""
         )
         guest_scope = {**scope, "headers": self._guest_headers(scope["headers"])}
+        receive, send = self._counted(receive, send)
         try:
             await forward(guest_scope, receive, send, traffic.client, url, extra_headers=traffic.headers)
         except Unreachable as exc:
@@ -136,6 +138,24 @@ class TrafficProxy:
             await send_error(scope, send, 503, "host_unavailable", message)
             return "host_unavailable"
         return "forwarded"
+
+    def _counted(self, receive: Receive, send: Send) -> tuple[Receive, Send]:
+        """`receive` and `send` that count the body bytes they carry (HTTP bodies, WebSocket frames)."""
+        to_guest = self.state.metrics.proxy_bytes.labels("in")
+        from_guest = self.state.metrics.proxy_bytes.labels("out")
+
+        async def counted_receive() -> Message:
+            message = await receive()
+            if size := _body_size(message):
+                to_guest.inc(size)
+            return message
+
+        async def counted_send(message: Message) -> None:
+            if size := _body_size(message):
+                from_guest.inc(size)
+            await send(message)
+
+        return counted_receive, counted_send
 
     def _signature_problem(self, found: Target, path: str, query: str) -> str | None:
         """Why a signed envd file URL is refused (an operator's policy may require an expiry), or None."""
@@ -218,3 +238,9 @@ class TrafficProxy:
             )
         if capsule.status != S.RUNNING:
             raise _errors.invalid_state(f"capsule {capsule.id} is {capsule.status}")
+
+
+def _body_size(message: Message) -> int:
+    """The payload bytes of an ASGI message: an HTTP body chunk or a WebSocket frame."""
+    body = message.get("body") or message.get("bytes") or message.get("text") or b""
+    return len(body.encode() if isinstance(body, str) else body)
