@@ -14,6 +14,7 @@ export const NAV: NavItem[] = [
 	{ href: '/dashboard/team', label: 'Team', key: 'm' },
 	{ href: '/dashboard/audit', label: 'Audit log', key: 'a' },
 	{ href: '/dashboard/hosts', label: 'Hosts', key: 'h' },
+	{ href: '/dashboard/channels', label: 'Channels', key: 'w' },
 	{ href: '/dashboard/settings', label: 'Settings', key: 's' },
 	{ href: '/admin/users', label: 'Users', key: 'u', admin: true },
 	{ href: '/admin/teams', label: 'All teams', key: 'y', admin: true },
