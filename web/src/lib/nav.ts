@@ -10,6 +10,8 @@ export interface NavItem {
 export const NAV: NavItem[] = [
 	{ href: '/dashboard/capsules', label: 'Capsules', key: 'c' },
 	{ href: '/dashboard/templates', label: 'Templates', key: 't' },
+	{ href: '/dashboard/builds', label: 'Builds', key: 'b' },
+	{ href: '/dashboard/usage', label: 'Usage', key: 'd' },
 	{ href: '/dashboard/keys', label: 'API keys', key: 'k' },
 	{ href: '/dashboard/team', label: 'Team', key: 'm' },
 	{ href: '/dashboard/audit', label: 'Audit log', key: 'a' },
@@ -20,5 +22,6 @@ export const NAV: NavItem[] = [
 	{ href: '/admin/teams', label: 'All teams', key: 'y', admin: true },
 	{ href: '/admin/capsules', label: 'All capsules', key: 'v', admin: true },
 	{ href: '/admin/hosts', label: 'All hosts', key: 'x', admin: true },
+	{ href: '/admin/templates', label: 'All templates', key: 'z', admin: true },
 	{ href: '/admin/audit', label: 'Platform log', key: 'l', admin: true }
 ];

@@ -19,6 +19,7 @@ export type Provider = S['ProviderOut'];
 export type AdminUser = S['AdminUser'];
 export type AdminTeam = S['AdminTeam'];
 export type AdminCapsule = S['AdminCapsule'];
+export type AdminTemplate = S['AdminTemplate'];
 
 /** GET /v1/me */
 export interface Me {
