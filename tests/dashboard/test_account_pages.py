@@ -172,7 +172,14 @@ def test_admin_pages(site: Site, visitor: User) -> None:
     page.get_by_text("No capsule runs on the platform.").wait_for()
     page.get_by_role("link", name="Platform log").click()
     page.locator("[data-testid=platform-audit] [data-action=disable]").first.wait_for()
-    for path in ("/admin/users", "/admin/teams", "/admin/capsules", "/admin/audit", "/dashboard/settings"):
+    for path in (
+        "/admin/users",
+        "/admin/teams",
+        "/admin/capsules",
+        "/admin/templates",
+        "/admin/audit",
+        "/dashboard/settings",
+    ):
         page.goto(site.base + path)
         page.wait_for_timeout(300)
         page.locator("[aria-busy=true]").first.wait_for(state="detached")
@@ -238,6 +245,12 @@ def test_channels_page(site: Site, visitor: User) -> None:
                 page.locator("[data-testid=delivery-list] [data-delivery]").first.wait_for()
             assert axe(page) == [], (path, theme)
     page.evaluate("localStorage.removeItem('wrenn.theme')")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing overflows sideways
+    page.goto(f"{site.base}/dashboard/channels")
+    page.get_by_role("button", name="Deliveries of ops-hook").click()
+    page.locator("[data-testid=delivery-list] [data-delivery]").first.wait_for()
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 391
+    page.set_viewport_size({"width": 1280, "height": 800})
 
     page.goto(f"{site.base}/dashboard/channels")
     row.get_by_role("button", name="New config for ops-hook").click()
