@@ -247,7 +247,11 @@ def test_template_build_with_live_log(platform: Platform, alice: User, state: di
     page.wait_for_function(
         "() => document.querySelector('[data-testid=build-log]')?.textContent.includes('made-by-the-recipe')"
     )
-    page.locator('[data-testid=built-templates] [data-built="built-in-browser"]').wait_for()
+    built = page.locator('[data-testid=built-templates] [data-built="built-in-browser"]')
+    built.get_by_role("button", name="Launch a capsule from built-in-browser").click()
+    dialog = page.get_by_role("dialog", name="New capsule")
+    assert dialog.get_by_label("Template").input_value() == "built-in-browser"
+    dialog.get_by_role("button", name="Cancel").click()  # not started here: one more VM boot
     assert_clean(alice)
 
 
