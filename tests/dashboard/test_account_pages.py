@@ -1,11 +1,12 @@
 """The dashboard's account and operator pages in a real browser (Debian's Chromium): forgot and reset a
 password through a real SMTP server, sign in with an OpenID Connect provider's button (a real provider on
-loopback), account settings (name, password, linked providers, deletion), and the admin pages (users,
-teams, capsules, the platform log). The control plane runs on loopback with no host agent: none of these
+loopback), account settings (name, password, linked providers, deletion), the admin pages (users,
+teams, capsules, the platform log), and the team's channels (a real webhook receiver on loopback). The control plane runs on loopback with no host agent: none of these
 pages needs a VM."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import pytest
 from tests._serving import serving_asgi
 from tests.conftest import bootstrap_admin
 from tests.controlplane._oidc_provider import Account, Provider, running_provider
+from tests.controlplane._receiver import Receiver, receiver
 from tests.controlplane._smtp import Inbox, smtp_server
 from tests.controlplane.conftest import _free_port
 from wrenn.controlplane import Settings, _site, create_app
@@ -33,6 +35,7 @@ class Site:
     base: str
     inbox: Inbox
     provider: Provider
+    hooks: Receiver
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +48,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     with (
         smtp_server(root, "starttls") as inbox,
         running_provider(f"{base}/v1/auth/oauth/corp/callback") as provider,
+        receiver("127.0.0.3") as hooks,
     ):
         provider.add(
             "ada", Account(password="ada's password", sub="sub-ada", email="ada@corp.example", name="Ada")
@@ -55,10 +59,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         mail = inbox.settings() | {"public_url": base}
         settings = Settings(database_url=f"sqlite+aiosqlite:///{root / 'wrenn.db'}", data_dir=root,
                             monitor_interval_s=3600, identity_providers=(corp,),
-                            idp_allow_networks=("127.0.0.2/32",), **mail)  # type: ignore[arg-type]  # fmt: skip
+                            idp_allow_networks=("127.0.0.2/32",), webhook_allow_networks=("127.0.0.3/32",),
+                            **mail)  # type: ignore[arg-type]  # fmt: skip
         with serving_asgi(create_app(settings), port=port):
             bootstrap_admin(httpx.post, root, ADMIN[0], ADMIN[1], base=base)
-            yield Site(base, inbox, provider)
+            yield Site(base, inbox, provider, hooks)
 
 
 @pytest.fixture
@@ -167,9 +172,101 @@ def test_admin_pages(site: Site, visitor: User) -> None:
     page.get_by_text("No capsule runs on the platform.").wait_for()
     page.get_by_role("link", name="Platform log").click()
     page.locator("[data-testid=platform-audit] [data-action=disable]").first.wait_for()
-    for path in ("/admin/users", "/admin/teams", "/admin/capsules", "/admin/audit", "/dashboard/settings"):
+    for path in (
+        "/admin/users",
+        "/admin/teams",
+        "/admin/capsules",
+        "/admin/templates",
+        "/admin/audit",
+        "/dashboard/settings",
+    ):
         page.goto(site.base + path)
         page.wait_for_timeout(300)
         page.locator("[aria-busy=true]").first.wait_for(state="detached")
         assert axe(page) == [], path
+    assert_clean(visitor)
+
+
+def test_channels_page(site: Site, visitor: User) -> None:
+    """A webhook channel made, its secret shown once, tested (the receiver gets a signed `channel.test`,
+    the delivery log shows it), its events edited, its config rotated (a new secret), deleted."""
+    shots = os.environ.get("WRENN_SCREENSHOT_DIR")
+    httpx.post(f"{site.base}/v1/auth/signup", json={"email": "dora@example.com", "password": "correct horse"})
+    page = visitor.page
+    _sign_in(page, site, "dora@example.com", "correct horse")
+    page.get_by_role("link", name="Channels").click()
+    page.wait_for_url("**/dashboard/channels")
+    page.get_by_text("No channels yet.").wait_for()
+    page.get_by_role("button", name="New channel").click()
+    dialog = page.get_by_role("dialog", name="New channel")
+    dialog.get_by_label("Name", exact=True).fill("ops-hook")
+    kinds = dialog.get_by_label("Kind").locator("option").all_inner_texts()
+    assert "webhook" in kinds and "slack" in kinds  # every kind the OpenAPI document lists
+    dialog.get_by_label("Field 1 value (url)").fill(site.hooks.url)
+    dialog.get_by_label("capsule.created").check()
+    dialog.get_by_label("host.down").check()
+    dialog.get_by_role("button", name="Create").click()
+    secret = page.get_by_test_id("channel-secret").inner_text().strip()
+    assert secret.startswith("whsec_")
+    page.get_by_role("button", name="Done").click()
+    row = page.locator('[data-testid=channel-list] [data-channel="ops-hook"]')
+    assert "capsule.created, host.down" in row.inner_text()
+    assert secret not in page.content()  # shown once
+
+    row.get_by_role("button", name="Test ops-hook").click()
+    got = site.hooks.wait(lambda r: any(x.headers.get("x-wrenn-event") == "channel.test" for x in r))
+    assert got[-1].verified(secret)
+    page.locator("[data-testid=delivery-list] [data-status=delivered]").first.wait_for()
+
+    row.get_by_role("button", name="Edit ops-hook").click()
+    dialog = page.get_by_role("dialog", name="Edit ops-hook")
+    dialog.get_by_label("host.down").uncheck()
+    dialog.get_by_role("button", name="Save").click()
+    row.get_by_text("capsule.created").wait_for()
+    page.wait_for_function(
+        "() => !document.querySelector('[data-channel=ops-hook]')?.textContent.includes('host.down')"
+    )
+    if shots:
+        for theme in ("light", "dark"):
+            page.evaluate(f"localStorage.setItem('wrenn.theme', '{theme}')")
+            page.reload()
+            page.get_by_role("button", name="Deliveries of ops-hook").click()
+            page.locator("[data-testid=delivery-list] [data-delivery]").first.wait_for()
+            page.screenshot(path=os.path.join(shots, f"channels-{theme}.png"))
+        page.evaluate("localStorage.removeItem('wrenn.theme')")
+    for theme in ("light", "dark"):
+        page.evaluate(f"localStorage.setItem('wrenn.theme', '{theme}')")
+        for path in ("/dashboard/channels", "/dashboard/usage", "/dashboard/builds"):
+            page.goto(site.base + path)
+            page.wait_for_timeout(300)
+            page.locator("[aria-busy=true]").first.wait_for(state="detached")
+            if path.endswith("channels"):
+                page.get_by_role("button", name="Deliveries of ops-hook").click()
+                page.locator("[data-testid=delivery-list] [data-delivery]").first.wait_for()
+            assert axe(page) == [], (path, theme)
+    page.evaluate("localStorage.removeItem('wrenn.theme')")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing overflows sideways
+    page.goto(f"{site.base}/dashboard/channels")
+    page.get_by_role("button", name="Deliveries of ops-hook").click()
+    page.locator("[data-testid=delivery-list] [data-delivery]").first.wait_for()
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 391
+    page.set_viewport_size({"width": 1280, "height": 800})
+
+    page.goto(f"{site.base}/dashboard/channels")
+    row.get_by_role("button", name="New config for ops-hook").click()
+    dialog = page.get_by_role("dialog", name="New config for ops-hook")
+    dialog.get_by_label("Field 1 value (url)").fill(site.hooks.url)
+    dialog.get_by_role("button", name="Replace").click()
+    rotated = page.get_by_test_id("channel-secret").inner_text().strip()
+    assert rotated.startswith("whsec_") and rotated != secret
+    page.get_by_role("button", name="Done").click()
+    row.get_by_role("button", name="Test ops-hook").click()
+    got = site.hooks.wait(
+        lambda r: len([x for x in r if x.headers.get("x-wrenn-event") == "channel.test"]) >= 2
+    )
+    assert got[-1].verified(rotated) and not got[-1].verified(secret)
+
+    row.get_by_role("button", name="Delete ops-hook").click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+    page.get_by_text("No channels yet.").wait_for()
     assert_clean(visitor)

@@ -184,6 +184,9 @@ def test_snapshot_to_template_and_start_from_it(
     template.get_by_role("button", name="Launch").click()
     dialog = page.get_by_role("dialog", name="New capsule")
     assert dialog.get_by_label("Template").input_value() == "from-the-browser"
+    dialog.get_by_text("Egress policy").click()  # set at create: the next test reads it back
+    dialog.get_by_label("Allow out", exact=True).fill("pypi.org\n*.pythonhosted.org")
+    dialog.get_by_label('Internet access (off: only what "Allow out" names)').uncheck()
     dialog.get_by_role("button", name="Create").click()
     page.get_by_text(re.compile(r"Capsule cl-\S+ is running\.")).wait_for(timeout=BOOT_S * 1000)
     page.goto(f"{platform.base_url}/dashboard/capsules")
@@ -191,6 +194,77 @@ def test_snapshot_to_template_and_start_from_it(
     second.locator('[data-status="running"]').wait_for()
     state["second"] = second.get_attribute("data-capsule")
     assert state["second"] != capsule_id
+    assert_clean(alice)
+
+
+def test_network_policy_set_at_create_and_changed_live(
+    platform: Platform, alice: User, state: dict[str, Any]
+) -> None:
+    """The policy given at create is the capsule's; changed on its Network tab, it is saved (the capsule
+    runs on) and read back after a reload."""
+    page = _open_capsule(alice, platform.base_url, state["second"], "network")
+    form = page.get_by_test_id("network-form")
+    assert form.get_by_label("Allow out", exact=True).input_value() == "pypi.org\n*.pythonhosted.org"
+    internet = form.get_by_label("Internet access")
+    assert not internet.is_checked()
+    form.get_by_label("Deny out").fill("203.0.113.0/24")
+    internet.check()
+    form.get_by_label("Bandwidth (kbit/s, 0: unlimited)").fill("20000")
+    form.get_by_role("button", name="Save policy").click()
+    page.get_by_text("Egress policy saved.").wait_for()
+    page.reload()
+    form.get_by_label("Deny out").wait_for()
+    assert form.get_by_label("Deny out").input_value() == "203.0.113.0/24"
+    assert form.get_by_label("Internet access").is_checked()
+    assert form.get_by_label("Bandwidth (kbit/s, 0: unlimited)").input_value() == "20000"
+    page.locator('[data-status="running"]').first.wait_for()  # changed live: it ran on, no restart
+    assert_clean(alice)
+
+
+def test_console_logs_tab(platform: Platform, alice: User, state: dict[str, Any]) -> None:
+    page = _open_capsule(alice, platform.base_url, state["capsule"], "logs")
+    page.wait_for_function(
+        "() => (document.querySelector('[data-testid=console-log]')?.textContent ?? '').split('\\n').length > 3"
+    )
+    assert_clean(alice)
+
+
+def test_template_build_with_live_log(platform: Platform, alice: User, state: dict[str, Any]) -> None:
+    """A recipe built from the Builds page: its log is followed while it builds, it ends ready, and the
+    built template is listed."""
+    page = alice.page
+    page.goto(f"{platform.base_url}/dashboard/builds")
+    page.get_by_text("No builds yet.").wait_for()
+    page.get_by_role("button", name="New build").click()
+    dialog = page.get_by_role("dialog", name="New build")
+    dialog.get_by_label("Template name").fill("built-in-browser")
+    dialog.get_by_label("Recipe").fill("RUN echo made-by-the-recipe > /tmp/made.txt\nRUN cat /tmp/made.txt")
+    dialog.get_by_role("button", name="Build").click()
+    log = page.get_by_test_id("build-log")
+    log.wait_for()
+    row = page.locator('[data-testid=build-list] [data-name="built-in-browser"]')
+    row.locator('[data-status="ready"]').wait_for(timeout=BOOT_S * 2 * 1000)
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=build-log]')?.textContent.includes('made-by-the-recipe')"
+    )
+    built = page.locator('[data-testid=built-templates] [data-built="built-in-browser"]')
+    built.get_by_role("button", name="Launch a capsule from built-in-browser").click()
+    dialog = page.get_by_role("dialog", name="New capsule")
+    assert dialog.get_by_label("Template").input_value() == "built-in-browser"
+    dialog.get_by_role("button", name="Cancel").click()  # not started here: one more VM boot
+    assert_clean(alice)
+
+
+def test_usage_page_shows_the_running_capsules(platform: Platform, alice: User) -> None:
+    """The capsule started from the template runs (its source was snapshotted): counted, and charted."""
+    page = alice.page
+    page.goto(f"{platform.base_url}/dashboard/usage")
+    page.wait_for_function(
+        "() => Number(document.querySelector('[data-testid=running-now]')?.textContent) >= 1", timeout=30_000
+    )
+    page.wait_for_function(
+        "() => Number(document.querySelector('[data-testid=chart-capsules]')?.dataset.points) > 0"
+    )
     assert_clean(alice)
 
 
@@ -257,12 +331,21 @@ def test_admin_pages_are_for_admins(platform: Platform, alice: User, new_user: A
     admin.page.get_by_role("link", name="All hosts").click()
     admin.page.get_by_role("heading", name="All hosts").wait_for()
     admin.page.locator("[data-testid=host-list] [data-host]").first.wait_for()  # the local agent
+    # Every team's templates and builds: alice's snapshot and her build, whose log the admin reads.
+    admin.page.get_by_role("link", name="All templates").click()
+    admin.page.locator('[data-testid=admin-template-list] [data-template="from-the-browser"]').wait_for()
+    build = admin.page.locator('[data-testid=admin-build-list] [data-name="built-in-browser"]')
+    build.get_by_role("button", name="Log of built-in-browser", exact=False).click()
+    admin.page.wait_for_function(
+        "() => document.querySelector('[data-testid=build-log]')?.textContent.includes('made-by-the-recipe')"
+    )
+    assert axe(admin.page) == []
     assert_clean(alice)
     assert_clean(admin)
 
 
-MAIN_PAGES = ["/dashboard/capsules", "/dashboard/templates", "/dashboard/keys", "/dashboard/team",
-              "/dashboard/audit", "/dashboard/hosts"]  # fmt: skip
+MAIN_PAGES = ["/dashboard/capsules", "/dashboard/templates", "/dashboard/builds", "/dashboard/usage",
+              "/dashboard/keys", "/dashboard/team", "/dashboard/audit", "/dashboard/hosts"]  # fmt: skip
 
 
 def _pages(state: dict[str, Any]) -> list[tuple[str, str]]:
@@ -270,7 +353,8 @@ def _pages(state: dict[str, Any]) -> list[tuple[str, str]]:
     capsule = state["second"]
     pages = [(p.rsplit("/", 1)[1], p) for p in MAIN_PAGES]
     tabs = [
-        (f"capsule-{t}", f"/dashboard/capsules/{capsule}?tab={t}") for t in ("terminal", "files", "metrics")
+        (f"capsule-{t}", f"/dashboard/capsules/{capsule}?tab={t}")
+        for t in ("terminal", "files", "metrics", "logs", "network")
     ]
     return [*pages, *tabs]
 

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import uvicorn
 from connectrpc.code import Code
@@ -103,15 +104,22 @@ class Recorder(HostAgentService):
 
 
 async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """The traffic listener: answers what it was sent (headers, path, query) as JSON."""
+    """The traffic listener: answers what it was sent (headers, path, query) as JSON, with a `Set-Cookie`
+    for each `set-cookie` of the query (a guest setting cookies, as a hostile one would)."""
     if scope["type"] != "http":
         return
+    query = scope["query_string"].decode()
     body = json.dumps({
-        "path": scope["path"], "query": scope["query_string"].decode(),
+        "path": scope["path"], "query": query,
         "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
     }).encode()  # fmt: skip
+    cookies = [(b"set-cookie", v.encode()) for k, v in parse_qsl(query) if k == "set-cookie"]
     await send(
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), *cookies],
+        }
     )
     await send({"type": "http.response.body", "body": body})
 

@@ -6,6 +6,11 @@ As E2B's proxy does: a capsule that is not there (never was, destroyed, failed) 
 sandbox was not found" (which E2B's SDK reads as "not running"); a private capsule's ports want its
 traffic token, but envd's port does not (envd's own access token guards it).
 
+With `Settings.sandbox_domain` set, only `{port}-{capsule_id}.{sandbox_domain}` is routed by its Host (the
+dashboard and API keep their own origin); a guest's `Set-Cookie` naming a `Domain` other than the host the
+client asked for is dropped, so no capsule sets a cookie for a parent domain the dashboard lies under
+(docs/security.md, "The dashboard's origin").
+
 It is an ASGI middleware of the FastAPI app, so whoever serves the app serves the proxy too."""
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 from urllib.parse import parse_qsl
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -45,7 +52,7 @@ from .service import CapsuleService
 log = logging.getLogger("wrenn.controlplane.proxy")
 
 #: `{port}-{capsule_id}.{anything}`, the port optional after the host.
-_HOST = re.compile(r"^(\d{1,5})-(cl-[0-9a-z]{1,60})\.[^:]+(:\d+)?$")
+_HOST = re.compile(r"^(\d{1,5})-(cl-[0-9a-z]{1,60})\.([^:]+)(:\d+)?$")
 _SANDBOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 TOKEN_HEADERS = (b"x-traffic-access-token", b"e2b-traffic-access-token")
 #: Wrenn's own credentials: never forwarded into a guest (the application's own headers pass).
@@ -63,10 +70,11 @@ class Target:
     port: int
 
 
-def target(headers: list[tuple[bytes, bytes]]) -> Target | None:
-    """The capsule port a request is for, from its Host or its E2B headers; None: not proxy traffic."""
+def target(headers: list[tuple[bytes, bytes]], domain: str = "") -> Target | None:
+    """The capsule port a request is for, from its Host (under `domain`, when given) or its E2B headers;
+    None: not proxy traffic."""
     found = {k.lower(): v.decode("latin-1") for k, v in headers}
-    if m := _HOST.match(found.get(b"host", "").lower()):
+    if (m := _HOST.match(found.get(b"host", "").lower())) and (not domain or m.group(3) == domain):
         return Target(m.group(2), int(m.group(1)))
     capsule_id, port = found.get(b"e2b-sandbox-id", ""), found.get(b"e2b-sandbox-port", "")
     if _SANDBOX_ID.match(capsule_id) and port.isdigit() and len(port) <= 5:
@@ -83,6 +91,32 @@ def _wrenn_cookie(pair: bytes) -> bool:
     return name.startswith(b"wrenn")
 
 
+def _cookie_stays(value: bytes, host: str) -> bool:
+    """Whether a guest's `Set-Cookie` may reach the client: host-only (no `Domain`) or for exactly the host
+    the client asked for. A `Domain` naming a parent (`example.com` from `8000-cl-x.example.com`) would
+    reach every host under it, the dashboard's too, and is dropped."""
+    for attribute in value.decode("latin-1").split(";")[1:]:
+        name, _, domain = attribute.partition("=")
+        if name.strip().lower() == "domain" and domain.strip().lstrip(".").lower() != host:
+            return False
+    return True
+
+
+def _guest_cookies_scoped(send: Send, host: str) -> Send:
+    """`send` that drops the response's `Set-Cookie` headers that do not stay on `host`."""
+
+    async def scoped(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = message.get("headers", [])
+            kept = [(k, v) for k, v in headers if k.lower() != b"set-cookie" or _cookie_stays(v, host)]
+            if len(kept) != len(headers):
+                log.info("guest cookie for another domain dropped", extra={"host": host})
+                message = {**message, "headers": kept}
+        await send(message)
+
+    return scoped
+
+
 class TrafficProxy:
     """The middleware: `state` is the app's, holding `sessions` and `agents` once it has started."""
 
@@ -93,7 +127,9 @@ class TrafficProxy:
         self.per_address = TokenBuckets(settings.rate_proxy_per_address, settings.burst_proxy_per_address)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        found = target(scope["headers"]) if scope["type"] in ("http", "websocket") else None
+        found = None
+        if scope["type"] in ("http", "websocket"):
+            found = target(scope["headers"], self.settings.sandbox_domain)
         if found is None:
             await self.app(scope, receive, send)
             return
@@ -129,9 +165,13 @@ class TrafficProxy:
             f"?{query}" if query else ""
         )
         guest_scope = {**scope, "headers": self._guest_headers(scope["headers"])}
-        receive, send = self._counted(receive, send)
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower().rsplit(":", 1)[0]
+        counted_receive, counted_send = self._counted(receive, _guest_cookies_scoped(send, host))
         try:
-            await forward(guest_scope, receive, send, traffic.client, url, extra_headers=traffic.headers)
+            await forward(
+                guest_scope, counted_receive, counted_send, traffic.client, url,
+                extra_headers=traffic.headers,
+            )  # fmt: skip
         except Unreachable as exc:
             log.warning("host agent unreachable", extra={"capsule": found.capsule_id, "error": str(exc)})
             message = f"the host of capsule {found.capsule_id} is unreachable"

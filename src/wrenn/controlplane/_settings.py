@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from wrenn.proto.hostagent.v1.auth import TOKEN_FILE, read_token
 
@@ -112,6 +113,7 @@ _FROM_ENV: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("template_gc_grace_s", "WRENN_TEMPLATE_GC_GRACE_S", float),
     ("registry_insecure", "WRENN_REGISTRY_INSECURE", _words),
     ("public_url", "WRENN_PUBLIC_URL", lambda v: v.rstrip("/")),
+    ("sandbox_domain", "WRENN_SANDBOX_DOMAIN", lambda v: v.strip().strip(".").lower()),
     ("smtp_host", "SMTP_HOST", str),
     ("smtp_port", "SMTP_PORT", int),
     ("smtp_username", "SMTP_USERNAME", str),
@@ -230,6 +232,10 @@ class Settings:
     #: The address users reach Wrenn at (`https://wrenn.example.com`): links in e-mails and identity
     #: providers' callbacks are made from it, never from a request's `Host`. Needed by both.
     public_url: str = ""
+    #: The domain capsule ports are served under (`{port}-{capsule_id}.<sandbox_domain>`); empty: any
+    #: domain. A registrable domain of its own (`wrenn-sandbox.net`), apart from `public_url`'s, keeps
+    #: guest pages off the dashboard's site (docs/security.md).
+    sandbox_domain: str = ""
     #: Outgoing e-mail (activation, password reset, notices); off while `smtp_host` is empty. `security`:
     #: `starttls` (port 587 by default), `tls` (implicit TLS, 465) or `none` (25; a relay on loopback).
     #: `smtp_ca_file`: CAs to trust for the server's certificate instead of the system's.
@@ -318,6 +324,19 @@ class Settings:
             raise ValueError("identity providers need WRENN_PUBLIC_URL (their callback address)")
         if self.public_url and not re.match(r"^https?://[^/?#]+(/[^?#]*)?$", self.public_url):
             raise ValueError("WRENN_PUBLIC_URL must be an http(s) URL without query or fragment")
+        self._check_sandbox_domain()
+
+    def _check_sandbox_domain(self) -> None:
+        domain = self.sandbox_domain
+        if not domain:
+            return
+        if not re.fullmatch(r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}", domain):
+            raise ValueError("WRENN_SANDBOX_DOMAIN must be a domain name (wrenn-sandbox.net)")
+        host = (urlsplit(self.public_url).hostname or "") if self.public_url else ""
+        if host and (host == domain or host.endswith("." + domain) or domain.endswith("." + host)):
+            raise ValueError(
+                "WRENN_SANDBOX_DOMAIN must lie apart from WRENN_PUBLIC_URL's host (neither inside the other)"
+            )
 
     def local_agent_token(self) -> str | None:
         """The local agents' secret, or None when there is no file to read it from."""

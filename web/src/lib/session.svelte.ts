@@ -5,6 +5,8 @@ import type { Me, Team } from './api/types';
 class SessionState {
 	me = $state<Me | null>(null);
 	teams = $state<Team[]>([]);
+	/** The domain capsule ports are served under (`WRENN_SANDBOX_DOMAIN`); "": the dashboard's own. */
+	sandboxDomain = $state('');
 
 	get team(): Team | undefined {
 		return this.teams.find((t) => t.id === this.me?.team_id);
@@ -18,8 +20,9 @@ class SessionState {
 	/** The signed-in user, null without a session (no request fails for that). Their teams (for the
 	 * switcher) follow in the background: pages need not wait for them. */
 	async load(): Promise<Me | null> {
-		const found = (await call(api.GET('/v1/dashboard/session'))) as { me: Me | null };
+		const found = (await call(api.GET('/v1/dashboard/session'))) as { me: Me | null; sandbox_domain?: string };
 		this.me = found.me;
+		this.sandboxDomain = found.sandbox_domain ?? '';
 		if (found.me) this.loadTeams();
 		else this.teams = [];
 		return found.me;

@@ -42,8 +42,9 @@ def _started(request: Request, issued: Issued, status: int = 200) -> JSONRespons
 
 @router.get("/v1/dashboard/session")
 async def current(request: Request, session: Db, accounts: Accounts) -> dict[str, Any]:
-    """`{"me": <GET /v1/me>}` for a valid session, else `{"me": null}` (200 either way: the dashboard asks
-    this before anything else, and a visitor without a session is no error)."""
+    """`{"me": <GET /v1/me>, "sandbox_domain": ...}` for a valid session (the domain capsule ports are
+    served under, "" for any: the dashboard shows their URLs), else `{"me": null}` (200 either way: the
+    dashboard asks this before anything else, and a visitor without a session is no error)."""
     token = _session.session_token(request)
     if token is None:
         return {"me": None}
@@ -51,7 +52,7 @@ async def current(request: Request, session: Db, accounts: Accounts) -> dict[str
         caller = await jwt_principal(token, session, request.app.state.tokens)
     except _errors.ApiError:
         return {"me": None}
-    return {"me": await accounts.me(caller)}
+    return {"me": await accounts.me(caller), "sandbox_domain": request.app.state.settings.sandbox_domain}
 
 
 @router.post("/v1/dashboard/session", response_model=Session)

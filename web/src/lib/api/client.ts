@@ -76,3 +76,9 @@ export function message(e: unknown): string {
 	if (e instanceof Error) return e.message;
 	return String(e);
 }
+
+/** `call` for routes the OpenAPI document leaves free-form (`dict[str, Any]`): their shapes are written
+ * in types.ts, next to the route that answers them. */
+export async function callAs<T>(request: Promise<{ data?: unknown; error?: unknown; response: Response }>): Promise<T> {
+	return (await call(request)) as T;
+}
