@@ -93,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         help=f"a shape with no create for this long shrinks to its --pool size ({d.pool_idle_s:.0f})",
     )  # fmt: skip
     p.add_argument(
+        "--disk-overcommit", type=float, metavar="RATIO",
+        default=float(os.environ.get("WRENN_AGENT_DISK_OVERCOMMIT", d.disk_overcommit)),
+        help="count sandboxes' disk claims at 1/RATIO when admitting (env WRENN_AGENT_DISK_OVERCOMMIT; "
+        f"{d.disk_overcommit:g}: every disk can grow to its size at once)",
+    )  # fmt: skip
+    p.add_argument(
         "--insecure",
         action="store_true",
         help="run VMMs without their jail (own uid, own root, no capabilities, cgroup) where the host "
@@ -137,6 +143,8 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         p.error(str(exc))
     if a.pool_memory_mb < 0 or a.pool_max < 0 or a.pool_idle <= 0:
         p.error("--pool-memory-mb and --pool-max are >= 0, --pool-idle > 0")
+    if not 1 <= a.disk_overcommit <= 100:
+        p.error("--disk-overcommit is a ratio from 1 (no overcommit) to 100")
     logs.configure(a.log_level, a.log_format)
     return AgentConfig(
         data_dir=a.data_dir, host=a.host, port=a.port, proxy_port=a.proxy_port,
@@ -148,7 +156,7 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         memory_dir=a.memory_dir, cold_storage=a.cold_storage,
         ready_snapshots=not a.no_ready_snapshots, template_store=a.template_store, insecure=a.insecure,
         memory_limit_mb=a.memory_limit_mb, pool_memory_mb=a.pool_memory_mb, pool_sizes=pool_sizes,
-        pool_max=a.pool_max, pool_idle_s=a.pool_idle,
+        pool_max=a.pool_max, pool_idle_s=a.pool_idle, disk_overcommit=a.disk_overcommit,
         vmm_uid_base=a.vmm_uid_base,
         dns=tuple(s.strip() for s in a.dns.split(",") if s.strip()), egress_upstream_ca=a.egress_upstream_ca,
     )  # fmt: skip

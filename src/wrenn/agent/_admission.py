@@ -7,6 +7,11 @@ directory (a tmpfs) grows as the guest touches its memory. So each sandbox held 
 file systems: what it may still take (its limit, less what its files already hold). A sandbox is admitted
 only when every file system it touches has room for its own claim on top of everyone else's, plus
 `reserved_disk_mb` on the data directory's. All overlays growing at once then still fit.
+
+An operator may overcommit the data directory (`disk_overcommit` > 1, as thin-provisioned platforms do):
+the sandboxes' disk claims then count for 1/ratio of their size there, trading the guarantee for density
+(watch the host's free space). Each sandbox's own claim must still fit whole, and RAM files never
+overcommit.
 """
 
 from __future__ import annotations
@@ -90,18 +95,29 @@ class Admission:
             names.setdefault(device, directory)
             needs[device] += amount
 
+        ratio = max(1.0, config.disk_overcommit)
+
+        def claim_disk(directory: Path, amount: int) -> None:
+            claim(directory, int(amount / ratio) if directory == config.data_dir else amount)
+
         for other in self.table.sandboxes.values():
             if other is not held:
                 for directory, amount in self._claims(other):
-                    claim(directory, amount)
+                    claim_disk(directory, amount)
+        own = 0
         if held is not None:
             for directory, amount in self._claims(held):
-                claim(directory, amount)
+                claim_disk(directory, amount)
+                own += amount if directory == config.data_dir else 0
         elif params is not None:
-            claim(config.data_dir, disk_limit_bytes(params.disk_size_mb) + params.memory_mb * MIB)
+            own = disk_limit_bytes(params.disk_size_mb) + params.memory_mb * MIB
+            claim_disk(config.data_dir, own)
         if params is not None and self.table.capabilities.memory_file:  # about to run: no RAM file yet
             claim(config.memory_dir, params.memory_mb * MIB)
         claim(config.data_dir, incoming_bytes + config.reserved_disk_mb * MIB)
+        if ratio > 1 and own:  # overcommitted: this one's own claim must still fit whole
+            data_device = os.stat(config.data_dir).st_dev
+            needs[data_device] = max(needs[data_device], own + config.reserved_disk_mb * MIB)
         for device, need in needs.items():
             free = _disk.free_bytes(names[device])
             if need > free:

@@ -68,6 +68,9 @@ class AgentConfig:
     #: Disk space kept free for the host when admitting sandboxes, in MiB (beyond what every sandbox on
     #: this host may still grow to).
     reserved_disk_mb: int = 2048
+    #: How far the data directory's disk claims are overcommitted (_admission.py): 1, the default,
+    #: guarantees that every sandbox's disk can grow to its size at once.
+    disk_overcommit: float = 1.0
     #: The most a foreground exec returns of each of stdout and stderr (the rest is read and dropped, and
     #: the response says it was truncated), and of all foreground execs at once.
     exec_output_limit: int = 4 << 20
