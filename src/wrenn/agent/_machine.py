@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .vmm import Driver
+from .vmm import Driver, DriverError
 
 UNKNOWN = "unknown"
 
@@ -29,7 +29,11 @@ class MachineRecord:
 
     @classmethod
     def probe(cls, driver: Driver) -> MachineRecord:
-        return cls(vmm=driver.name, vmm_version=driver.version(), machine=driver.machine)
+        try:
+            version = driver.version()
+        except DriverError:  # judged as unknowable: restores go on as before
+            version = UNKNOWN
+        return cls(vmm=driver.name, vmm_version=version, machine=driver.machine)
 
     def meta(self, envd_version: str) -> dict[str, Any]:
         """The fields a snapshot's `meta.json` records of it."""
