@@ -112,7 +112,12 @@ class Booter:
             self.launcher.check_restorable(
                 template.directory,
                 f"template {params.template!r}",
-                how="make the template again from a sandbox started on this host",
+                how=(
+                    "build the template again: a build's snapshot restores only where the VMM is of the "
+                    "version its build ran on"
+                    if template.meta.get("kind") == "built"
+                    else "make the template again from a sandbox started on this host"
+                ),
             )
         image = self.launcher.image(params.template)
         if image is None:
