@@ -473,6 +473,21 @@ async def test_pause_and_resume_keep_memory_files_and_processes(
     guest_now = float((await run(client, "sb-p", "date +%s.%N")).stdout)
     assert abs(guest_now - time.time()) < 5
     await client.pause_sandbox(pb.PauseSandboxRequest(sandbox_id="sb-p"))  # left paused for the restart
+    # the snapshot records what took it; one a QEMU of another series took is refused, and stays paused
+    meta_file = agent.data_dir / "sandboxes" / "sb-p" / "snapshot" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["vmm"] == "qemu" and meta["vmm_version"] and meta["machine"].startswith("microvm,")
+    assert meta["envd_version"] and meta["kind"] == "pause"
+    meta_file.write_text(json.dumps({**meta, "vmm_version": "1.0.0"}))
+    try:
+        with pytest.raises(ConnectError) as refused:
+            await client.resume_sandbox(pb.ResumeSandboxRequest(sandbox_id="sb-p"))
+        assert refused.value.code.name == "FAILED_PRECONDITION", refused.value.message
+        assert "taken with qemu 1.0.0" in refused.value.message and "1.0.x" in refused.value.message
+        got = await client.get_sandbox(pb.GetSandboxRequest(sandbox_id="sb-p"))
+        assert got.sandbox.status == pb.SandboxStatus.PAUSED
+    finally:
+        meta_file.write_text(json.dumps(meta))
 
 
 async def test_a_template_from_a_paused_sandbox_starts_sandboxes_in_its_state(

@@ -25,7 +25,15 @@ from ._config import AgentConfig
 from ._manager import SandboxManager
 from ._prometheus import Operations, with_metrics
 from ._proxy import ProxyApp
-from ._registration import Credentials, CredentialStore, HostLink, RegistrationError, host_facts, register
+from ._registration import (
+    Credentials,
+    CredentialStore,
+    HostLink,
+    LinkState,
+    RegistrationError,
+    host_facts,
+    register,
+)
 from ._service import AgentService
 from .network import NetworkConfig, NetworkManager
 from .vmm import Accelerator, Confinement, Driver, Jail
@@ -208,7 +216,8 @@ class Agent:
         )
         api: asgiproxy.ASGIApp = HostAgentServiceASGIApplication(service)
         sandboxes = lambda: list(manager.sandboxes.values())  # noqa: E731
-        api = with_metrics(api, sandboxes, self.config.slots, registry, manager.pool.stats)  # /metrics
+        link_state = LinkState() if creds is not None else None
+        api = with_metrics(api, sandboxes, self.config.slots, registry, manager.pool.stats, link_state)
         # One client for all proxied traffic, for the agent's life. No pooled connections: a guest's
         # address is reused by the next sandbox in its slot (or by itself after a pause), and a pooled
         # connection to it would be dead; a dial over the local veth costs next to nothing.
@@ -247,7 +256,7 @@ class Agent:
 
             link = HostLink(
                 store, creds, self.config.heartbeat_interval_s, ssl_contexts=contexts, on_deleted=deleted,
-                proxy_port=self.config.proxy_port,
+                proxy_port=self.config.proxy_port, state=link_state,
             )  # fmt: skip
             link.start()
         log.info(

@@ -29,6 +29,7 @@ from . import _disk, _readiness
 from ._admission import Admission
 from ._errors import SandboxError
 from ._launch import Launcher, describe_failure
+from ._machine import major_minor
 from ._private import write_private
 from ._sandbox import SANDBOX_ID, Sandbox, SandboxParams, Status
 from ._table import SandboxTable
@@ -108,6 +109,16 @@ class Booter:
                     "cannot start sandboxes from shared snapshots",
                 )
             _check_shape(params, template)
+            self.launcher.check_restorable(
+                template.directory,
+                f"template {params.template!r}",
+                how=(
+                    "build the template again: a build's snapshot restores only where the VMM is of the "
+                    "version its build ran on"
+                    if template.meta.get("kind") == "built"
+                    else "make the template again from a sandbox started on this host"
+                ),
+            )
         image = self.launcher.image(params.template)
         if image is None:
             raise SandboxError(
@@ -188,8 +199,8 @@ class Booter:
         if template is not None:
             return template.directory, str(template.meta.get("envd_access_token") or "") or None
         ready = self._ready_dir(params, image)
-        if ready is not None and (ready / "vmstate").is_file():
-            return ready, None
+        if ready is not None and (ready / "vmstate").is_file() and self.launcher.restorable(ready) is None:
+            return ready, None  # one this VMM cannot restore is passed by: the sandbox boots
         return None
 
     async def _claim(self, sandbox: Sandbox, member: Sandbox, steps: dict[str, float]) -> None:
@@ -231,7 +242,9 @@ class Booter:
         table = self.table
         if params.cold_boot or not table.config.ready_snapshots or not table.capabilities.shared_snapshots:
             return None
-        machine = f"{table.driver.name}-{table.accelerator.accelerator.value}"
+        # the VMM's major.minor in the path: an upgraded VMM makes its own (its restores need its own)
+        series = ".".join(map(str, major_minor(table.machine.vmm_version) or ()))
+        machine = "-".join(filter(None, (table.driver.name, series, table.accelerator.accelerator.value)))
         shape = f"{params.vcpus}cpu-{params.memory_mb}m-{params.disk_size_mb}d"
         return table.config.data_dir / "ready" / machine / f"{image.template}-{image.version}" / shape
 

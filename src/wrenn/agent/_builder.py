@@ -578,6 +578,8 @@ class Builder:
             size_bytes=size,
             vmm=self.table.driver.name,
             accelerator=self.table.accelerator.accelerator.value,
+            vmm_version=self.table.machine.vmm_version,
+            machine=self.table.machine.machine,
         )
         emit(
             "info", step, f"template built in {time.monotonic() - started:.1f} s ({size >> 20} MiB of files)"

@@ -8,8 +8,11 @@ kind, disk format, RAM file) comes from the driver's `Capabilities`, never from 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from wrenn import images
@@ -19,12 +22,15 @@ from ._admission import disk_file_limit
 from ._cgroup import Limits
 from ._envd import EnvdClient, EnvdUnavailable
 from ._errors import SandboxError
+from ._machine import how_to_migrate, incompatibility
 from ._netpolicy import install_ca
 from ._sandbox import Sandbox
 from ._table import SandboxTable
 from ._templates import TemplateStore
 from .network import NetworkExhausted
 from .vmm import Confinement, DriverError, Kernel, VMSpec, console_tail
+
+log = logging.getLogger("wrenn.agent")
 
 
 class Launcher:
@@ -135,7 +141,8 @@ class Launcher:
     def snapshot_meta(self, sandbox: Sandbox) -> dict[str, Any]:
         """What a snapshot's `meta.json` says of the machine it was taken from."""
         return {
-            "vmm": self.table.driver.name,
+            # what restores it: the same VMM, version series and machine (`_machine.incompatibility`)
+            **self.table.machine.meta(sandbox.envd_version),
             "vcpus": sandbox.params.vcpus,
             "memory_mb": sandbox.params.memory_mb,
             "disk_size_mb": sandbox.params.disk_size_mb,
@@ -147,6 +154,28 @@ class Launcher:
             # what the disk copied beside it was made over: its backing, as recorded, never as its header says
             "disk_base": str(sandbox.disk_base) if sandbox.disk_base else None,
         }
+
+    def restorable(self, snapshot: Path) -> str | None:
+        """Why this host's VMM cannot restore the snapshot in `snapshot` (its `meta.json`); None when it
+        can, or when there is no readable record to judge by (restored as before)."""
+        try:
+            meta = json.loads((snapshot / "meta.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return incompatibility(meta, self.table.machine) if isinstance(meta, dict) else None
+
+    def check_restorable(self, snapshot: Path, what: str, how: str | None = None) -> None:
+        """Refuse (`failed_precondition`, before anything starts) a snapshot this host cannot restore,
+        saying what it was taken with, what is installed and how to migrate (`how`: a paused sandbox's
+        ways). Where it lies is logged, never answered."""
+        reason = self.restorable(snapshot)
+        if reason is None:
+            return
+        meta = json.loads((snapshot / "meta.json").read_text())
+        log.warning("snapshot not restorable here", extra={"snapshot": str(snapshot), "reason": reason})
+        raise SandboxError(
+            "failed_precondition", f"{what} cannot be restored here: {reason}; {how or how_to_migrate(meta)}"
+        )
 
 
 def describe_failure(exc: BaseException, sandbox: Sandbox) -> str:

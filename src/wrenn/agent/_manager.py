@@ -95,6 +95,8 @@ class SandboxManager:
         self.config.sandboxes_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.templates.cleanup_partial()
         self.blobs.prepare()
+        machine = await asyncio.to_thread(lambda: self.table.machine)  # runs `<vmm> --version` once
+        log.info("vmm probed", extra={"vmm": machine.vmm, "version": machine.vmm_version})
         await self.table.network.start()
         await recover(self.table, self.launcher)
         self._loops = [

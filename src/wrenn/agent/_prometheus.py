@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from wrenn._shared.asgiproxy import ASGIApp, Receive, Scope, Send
 
 from ._pool import PoolStats
+from ._registration import LinkState
 from ._sandbox import Sandbox, Status
 
 _T = TypeVar("_T")
@@ -90,6 +91,20 @@ class PoolCollector(Collector):
         yield memory
 
 
+class LinkCollector(Collector):
+    """A registered agent's link to its control plane (`_registration.LinkState`)."""
+
+    def __init__(self, state: LinkState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "wrenn_agent_control_plane_connected",
+            "1 while the control plane answers heartbeats; 0 after 3 failed in a row (sandboxes run on).",
+            value=1 if self._state.connected else 0,
+        )
+
+
 class MetricsEndpoint:
     """ASGI middleware: `GET /metrics` answered from `registry`; everything else goes to `app`."""
 
@@ -155,11 +170,14 @@ def with_metrics(
     slots: int,
     registry: CollectorRegistry | None = None,
     pool: PoolStats | None = None,
+    link: LinkState | None = None,
 ) -> ASGIApp:
-    """`app` with `/metrics` on it, over `registry` (the agent's own: `Operations` counts into it), and the
-    warm pool's state when there is one."""
+    """`app` with `/metrics` on it, over `registry` (the agent's own: `Operations` counts into it), the
+    warm pool's state when there is one, and the link to the control plane when registered."""
     registry = registry or CollectorRegistry()
     registry.register(SandboxCollector(sandboxes, slots))
     if pool is not None:
         registry.register(PoolCollector(pool))
+    if link is not None:
+        registry.register(LinkCollector(link))
     return MetricsEndpoint(app, registry)

@@ -175,6 +175,38 @@ async def register(control_plane: str, token: str, address: str, facts: dict[str
     return Credentials.from_response(r.json(), control_plane.rstrip("/"), address)
 
 
+#: Heartbeats failed in a row after which the agent calls itself disconnected from the control plane.
+DISCONNECTED_AFTER = 3
+
+
+class LinkState:
+    """Whether the control plane answers this agent's heartbeats: disconnected after `DISCONNECTED_AFTER`
+    failures in a row, connected again on the next one answered. Each change is logged once; the VMs run on
+    either way (the agent never stops a sandbox for want of its control plane)."""
+
+    def __init__(self) -> None:
+        self.connected = True
+        self.failures = 0
+
+    def record(self, answered: bool, control_plane: str) -> None:
+        if answered:
+            if not self.connected:
+                log.info(
+                    "control plane reachable again: reconnected",
+                    extra={"control_plane": control_plane, "failed_heartbeats": self.failures},
+                )
+            self.connected, self.failures = True, 0
+            return
+        self.failures += 1
+        if self.connected and self.failures >= DISCONNECTED_AFTER:
+            self.connected = False
+            log.warning(
+                "disconnected from the control plane: heartbeats keep failing; sandboxes keep running here "
+                "and heartbeats go on until it answers",
+                extra={"control_plane": control_plane, "failed_heartbeats": self.failures},
+            )
+
+
 class HostLink:
     """Heartbeats and credential refreshes of a registered agent."""
 
@@ -187,6 +219,7 @@ class HostLink:
         ssl_contexts: Callable[[], list[ssl.SSLContext | None]],
         on_deleted: Callable[[], Any],
         proxy_port: int = 0,
+        state: LinkState | None = None,
     ) -> None:
         self.store = store
         self.creds = creds
@@ -196,7 +229,7 @@ class HostLink:
         self._on_deleted = on_deleted
         self._client = httpx.AsyncClient(timeout=30)
         self._task: asyncio.Task[None] | None = None
-        self.failures = 0
+        self.state = state or LinkState()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="wrenn-heartbeat")
@@ -210,14 +243,21 @@ class HostLink:
 
     async def _run(self) -> None:
         while True:
-            try:
-                if await self.beat() == "deleted":
-                    return
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the heartbeat must survive anything and retry
-                log.exception("heartbeat failed")
+            if await self.heartbeat() == "deleted":
+                return
             await asyncio.sleep(self.interval_s)
+
+    async def heartbeat(self) -> str:
+        """One heartbeat, counted in `state`: what `beat` says, or "failed" when it raised."""
+        try:
+            result = await self.beat()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the heartbeat must survive anything and retry
+            log.exception("heartbeat failed")
+            result = "failed"
+        self.state.record(result != "failed", self.creds.control_plane)
+        return result
 
     async def beat(self) -> str:
         """One heartbeat: "ok", "refreshed", "deleted" or "failed"."""
@@ -235,13 +275,12 @@ class HostLink:
                 },
             )
         except httpx.HTTPError as exc:
-            self.failures += 1
             log.warning(
-                "heartbeat: control plane unreachable", extra={"error": str(exc), "failures": self.failures}
+                "heartbeat: control plane unreachable",
+                extra={"error": str(exc), "failures": self.state.failures + 1},
             )
             return "failed"
         if r.status_code == 204:
-            self.failures = 0
             return "ok"
         if r.status_code == 404:
             log.warning("this host was deleted from the control plane: dropping credentials and exiting")

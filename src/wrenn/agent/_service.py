@@ -285,7 +285,7 @@ class AgentService(ProcessRPCs, FileRPCs, NetworkRPCs, BuildRPCs, HostAgentServi
             accelerator=pb.Accelerator.KVM if choice.accelerator is Accelerator.KVM else pb.Accelerator.TCG,
             accelerator_reason=choice.reason,
             vmm=self._vmm,
-            vmm_version=self.m.driver.version(),
+            vmm_version=self.m.table.machine.vmm_version,
             agent_version=__version__,
             kernel_version=image.kernel_version if image else "",
             slot_capacity=self.m.config.slots,

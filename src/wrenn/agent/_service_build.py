@@ -173,6 +173,10 @@ class BuildRPCs:
                 "envd_version": built.envd_version,
                 "envd_access_token": "",
                 "blobs": blobs,
+                # what took its snapshot (empty from older builds: restored as before)
+                "vmm": built.vmm,
+                "vmm_version": built.vmm_version,
+                **({"machine": built.machine} if built.machine else {}),
                 "created_at": time.time(),
             }
             await self.m.templates.materialize(

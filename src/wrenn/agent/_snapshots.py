@@ -114,6 +114,9 @@ class Snapshots:
                 raise SandboxError(
                     "failed_precondition", f"sandbox {sandbox_id} is {sandbox.status.value}{detail}"
                 )
+            self.launcher.check_restorable(
+                sandbox.snapshot_dir, f"the snapshot of paused sandbox {sandbox_id}"
+            )  # it stays paused: the snapshot is fine, this host's VMM is not the one it needs
             image = self.launcher.image(sandbox.image_name or sandbox.params.template, sandbox.image_version)
             if image is None:
                 raise SandboxError(
@@ -269,6 +272,8 @@ class Snapshots:
                     f"{self.table.driver.name} on this host cannot start sandboxes from a shared snapshot: "
                     "no templates here",
                 )
+            # its meta records this host's VMM: a snapshot an older one took is no template for it
+            self.launcher.check_restorable(sandbox.snapshot_dir, f"paused sandbox {sandbox_id}'s snapshot")
             meta = {
                 **self.launcher.snapshot_meta(sandbox),
                 "source": sandbox_id,

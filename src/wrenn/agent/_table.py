@@ -26,6 +26,7 @@ from . import _disk
 from ._cgroup import Cgroups, IOLimit, block_device, kill_all
 from ._config import AgentConfig
 from ._errors import SandboxError
+from ._machine import MachineRecord
 from ._metrics import MetricsStore
 from ._sandbox import Sandbox, Status
 from .network import NetworkManager
@@ -55,6 +56,15 @@ class SandboxTable:
         #: How fast each VMM may read and write the data directory's disk (None: not throttled here).
         device = block_device(config.data_dir) if config.data_dir.exists() else None
         self.io_limit = IOLimit(device, config.vmm_io_bytes_per_s, config.vmm_io_iops) if device else None
+        #: The VMM installed here, probed once (`probe_machine`, at the agent's start).
+        self._machine: MachineRecord | None = None
+
+    @property
+    def machine(self) -> MachineRecord:
+        """The VMM, its version and machine type: what snapshots record and what restores them."""
+        if self._machine is None:
+            self._machine = MachineRecord.probe(self.driver)
+        return self._machine
 
     @property
     def capabilities(self) -> Capabilities:

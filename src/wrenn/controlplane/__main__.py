@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ssl
 from pathlib import Path
 
 import uvicorn
@@ -11,6 +12,7 @@ from wrenn._shared import logs
 
 from ._app import create_app
 from ._settings import Settings
+from ._tls import TLSConfigError, TLSFiles, server_context
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,6 +30,15 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="the local agents' secret (default: DATA_DIR/agent-api-token, as `wrenn up` lays it out)",
     )
+    p.add_argument("--tls-cert", type=Path, default=None, help="serve HTTPS with this PEM certificate chain")
+    p.add_argument("--tls-key", type=Path, default=None, help="... and this PEM private key")
+    p.add_argument(
+        "--tls-sandbox-cert",
+        type=Path,
+        default=None,
+        help="a wildcard certificate for *.WRENN_SANDBOX_DOMAIN, served to capsule host names (SNI)",
+    )
+    p.add_argument("--tls-sandbox-key", type=Path, default=None, help="... and its private key")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=["text", "json"])
     a = p.parse_args(argv)
@@ -37,9 +48,28 @@ def main(argv: list[str] | None = None) -> None:
         data_dir=a.data_dir,
         local_agents=tuple(a.local_agent),
         local_agent_token_file=a.local_agent_token_file,
+        tls_cert=a.tls_cert,
+        tls_key=a.tls_key,
+        tls_sandbox_cert=a.tls_sandbox_cert,
+        tls_sandbox_key=a.tls_sandbox_key,
     )
-    uvicorn.run(create_app(settings), host=a.host, port=a.port, log_config=None, access_log=False)
+    try:
+        context = tls_context(settings)  # before anything else starts: a bad certificate stops it here
+    except TLSConfigError as exc:
+        raise SystemExit(f"wrenn server: refusing to start: {exc}") from None
+    config = uvicorn.Config(create_app(settings), host=a.host, port=a.port, log_config=None, access_log=False)
+    server(config, context).run()
 
 
-if __name__ == "__main__":
-    main()
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The listener's TLS context from `settings` (`_tls`); None: plain HTTP."""
+    files = TLSFiles(settings.tls_cert, settings.tls_key, settings.tls_sandbox_cert, settings.tls_sandbox_key)
+    return server_context(files, settings.sandbox_domain)
+
+
+def server(config: uvicorn.Config, context: ssl.SSLContext | None) -> uvicorn.Server:
+    """A uvicorn server with `context` (uvicorn's own options take files only, not a context whose SNI
+    callback picks a second certificate): its config is loaded first, so that uvicorn keeps the context."""
+    config.load()
+    config.ssl = context
+    return uvicorn.Server(config)

@@ -114,6 +114,10 @@ _FROM_ENV: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("registry_insecure", "WRENN_REGISTRY_INSECURE", _words),
     ("public_url", "WRENN_PUBLIC_URL", lambda v: v.rstrip("/")),
     ("sandbox_domain", "WRENN_SANDBOX_DOMAIN", lambda v: v.strip().strip(".").lower()),
+    ("tls_cert", "WRENN_TLS_CERT", Path),
+    ("tls_key", "WRENN_TLS_KEY", Path),
+    ("tls_sandbox_cert", "WRENN_TLS_SANDBOX_CERT", Path),
+    ("tls_sandbox_key", "WRENN_TLS_SANDBOX_KEY", Path),
     ("smtp_host", "SMTP_HOST", str),
     ("smtp_port", "SMTP_PORT", int),
     ("smtp_username", "SMTP_USERNAME", str),
@@ -236,6 +240,12 @@ class Settings:
     #: domain. A registrable domain of its own (`wrenn-sandbox.net`), apart from `public_url`'s, keeps
     #: guest pages off the dashboard's site (docs/security.md).
     sandbox_domain: str = ""
+    #: HTTPS on the listener (PEM files; `_tls`): the API and dashboard's certificate and key, and a
+    #: wildcard one for `*.<sandbox_domain>` served to the traffic proxy's host names (SNI). None: plain HTTP.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_sandbox_cert: Path | None = None
+    tls_sandbox_key: Path | None = None
     #: Outgoing e-mail (activation, password reset, notices); off while `smtp_host` is empty. `security`:
     #: `starttls` (port 587 by default), `tls` (implicit TLS, 465) or `none` (25; a relay on loopback).
     #: `smtp_ca_file`: CAs to trust for the server's certificate instead of the system's.

@@ -163,6 +163,8 @@ class VM(Protocol):
 class Driver(Protocol):
     #: The VMM's name: in logs, snapshot metadata and the ready snapshots' paths.
     name: str
+    #: The machine type and options a snapshot restores only into (QEMU's `-M`; Firecracker has one).
+    machine: str
     capabilities: Capabilities
 
     async def start(self, spec: VMSpec) -> VM:
@@ -171,7 +173,7 @@ class Driver(Protocol):
         ...
 
     def version(self) -> str:
-        """The VMM's version string (for the host's info)."""
+        """The VMM's version string (for the host's info and snapshots' `meta.json`); runs the binary."""
         ...
 
     def owns_process(self, pid: int, vm_id: str) -> bool:

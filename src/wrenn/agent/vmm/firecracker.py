@@ -312,6 +312,7 @@ class FirecrackerVM(ProcessVM):
 
 class FirecrackerDriver:
     name = "firecracker"
+    machine = "firecracker"
     #: A raw disk, the ELF vmlinux, RAM inside the process (a snapshot writes it out), a snapshot restored
     #: into one VM only (its drive and TAP names are recorded in it). KVM only. No warm pool: its members
     #: are restored from one shared ready snapshot, which Firecracker cannot restore into many VMs here

@@ -219,6 +219,7 @@ def _listening(path: Path) -> Iterator[socket.socket]:
 
 class QemuDriver:
     name = "qemu"
+    machine = MACHINE
     #: A qcow2 overlay, the bzImage, RAM in a shared file (a pause copies it instead of streaming it),
     #: and snapshots restored into many VMs (ready snapshots, templates), which a warm pool holds stopped
     #: (QMP `stop`, `cont`). TCG or KVM.
