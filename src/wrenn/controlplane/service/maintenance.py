@@ -92,3 +92,52 @@ async def drain(service: CapsuleService, caller: Principal, host: Host, deadline
         extra={"host": host_id, "paused": len(report.paused), "not_paused": len(report.not_paused)},
     )
     return report
+
+
+@dataclass
+class ResumeReport:
+    host_id: str
+    resumed: list[str] = field(default_factory=list)
+    #: {capsule id: why it was not resumed}
+    not_resumed: dict[str, str] = field(default_factory=dict)
+
+
+async def resume(
+    service: CapsuleService, caller: Principal, host: Host, capsule_ids: list[str]
+) -> ResumeReport:
+    """Resume the given paused capsules of the host, whatever their team (the undoing of a drain, e.g. at a
+    node's start after `wrenn down --pause`): each through the ordinary resume path. A capsule that is not
+    on this host, or not `paused`, is reported and left as it is."""
+    report = ResumeReport(host.id)
+    session = service.session
+    for capsule_id in dict.fromkeys(capsule_ids):
+        capsule = await session.get(Capsule, capsule_id)
+        if capsule is None or capsule.host_id != host.id:
+            report.not_resumed[capsule_id] = "not_found: no such capsule on this host"
+            continue
+        if capsule.status != S.PAUSED:
+            report.not_resumed[capsule_id] = f"{capsule.status}: not paused"
+            continue
+        try:
+            await service.resume(capsule, caller)
+        except _errors.ApiError as exc:
+            await session.rollback()
+            report.not_resumed[capsule_id] = f"{exc.code}: {exc.message}"
+        else:
+            report.resumed.append(capsule_id)
+    _audit.record(
+        session,
+        **audit_fields(caller),
+        resource_type="host",
+        resource_id=host.id,
+        action="resume",
+        status="success" if not report.not_resumed else "warning",
+        resumed=len(report.resumed),
+        not_resumed=len(report.not_resumed),
+    )
+    await session.commit()
+    log.info(
+        "host's capsules resumed",
+        extra={"host": host.id, "resumed": len(report.resumed), "not_resumed": len(report.not_resumed)},
+    )
+    return report
