@@ -34,6 +34,7 @@ from wrenn._shared.private import write_private
 if TYPE_CHECKING:
     from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClientSync
 
+from ._reboot import PAUSED_FILE
 from ._supervisor import Service, State, code_env, code_fingerprint, runs, shutdown, start_ticks
 
 ADMIN_EMAIL = "admin@wrenn.local"
@@ -224,12 +225,18 @@ def _wait_ready(data_dir: Path, console: Console, supervisor: subprocess.Popen[b
                         f"the {TITLES.get(s.name, s.name)} {s.last_exit} as it started (the supervisor keeps "
                         f"trying; `wrenn down` stops it); its log: {s.log}"
                     )
-            pending = [s for s in state.services if not _answers(s.ready_url)] if state else [None]
-            if not pending:
+            pending = [s for s in state.services if not _serves(s)] if state else [None]
+            if not pending and not (data_dir / PAUSED_FILE).exists():  # resumed by the supervisor
                 return
             time.sleep(0.3)
     logs = ", ".join(s.log for s in state.services) if state else str(data_dir / "logs")
     raise PlatformError(f"the platform did not answer within 180 s; the logs: {logs}")
+
+
+def _serves(service: Service) -> bool:
+    """Whether `service` runs what it should (not an older installation being replaced) and answers."""
+    current = service.running in (None, service.spec()) and runs(service.pid, service.start_ticks)
+    return current and _answers(service.ready_url)
 
 
 def _answers(url: str) -> bool:
@@ -264,7 +271,8 @@ def start(
     (data_dir / "logs").mkdir(mode=0o700, exist_ok=True)
     saved = Platform.load(data_dir)
     state = load_state(data_dir)
-    running = [s.name for s in state.services if runs(s.pid, s.start_ticks, s.argv)] if state else []
+    services = state.services if state else []
+    running = [s.name for s in services if runs(s.pid, s.start_ticks, s.running_argv())]
     supervisor = None
     if state is not None and (running or state.supervised()):
         if not all(s.argv for s in state.services):
@@ -278,14 +286,15 @@ def start(
         elif state.supervised() and len(running) == len(state.services) and saved is not None:
             console.print(f"Wrenn is already running at {saved.base_url}")
             return saved
-        stopped = [s.name for s in state.services if s.name not in running]
-        also = "" if state.supervised() else " and the supervisor"
-        console.print(
-            f"Wrenn is partly running: keeping {', '.join(running) or 'nothing'}, "
-            f"restarting {', '.join(stopped) or 'nothing'}{also}"
-        )
-        if not state.supervised():
-            supervisor = _supervise(data_dir, state)
+        else:
+            stopped = [s.name for s in state.services if s.name not in running]
+            also = "" if state.supervised() else " and the supervisor"
+            console.print(
+                f"Wrenn is partly running: keeping {', '.join(running) or 'nothing'}, "
+                f"restarting {', '.join(stopped) or 'nothing'}{also}"
+            )
+            if not state.supervised():
+                supervisor = _supervise(data_dir, state)
     else:
         state = _fresh(data_dir, port, agent_port, proxy_port or agent_port + 1, console, templates)
         state.pause_deadline_s = pause_deadline_s or state.pause_deadline_s

@@ -82,28 +82,28 @@ def pause_all(data_dir: Path, deadline_s: float) -> dict[str, str]:
 
 
 def resume_paused(data_dir: Path) -> None:
-    """Resume the capsules the last shutdown paused (once: the record is removed after)."""
+    """Resume the capsules the last shutdown paused. Once: the record goes after the attempt, whatever
+    came of it (what was not resumed is logged and stays paused: its user resumes it)."""
     path = data_dir / PAUSED_FILE
+    if not path.exists():
+        return
     try:
-        record = json.loads(path.read_text())
-        http, _ = _client(data_dir)
-    except FileNotFoundError:
-        return
+        _resume(data_dir, json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, httpx.HTTPError) as exc:
-        log.warning("cannot resume the capsules paused at shutdown", extra={"error": str(exc)})
-        return
+        log.warning("cannot resume the capsules paused at shutdown", extra={"error": str(exc)[:500]})
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _resume(data_dir: Path, record: dict[str, object]) -> None:
+    http, _ = _client(data_dir)
     with http:
-        try:
-            host = str(record["host"])
-            if not record.get("was_cordoned"):
-                http.post(f"/v1/hosts/{host}/uncordon", timeout=30).raise_for_status()
-            answer = http.post(f"/v1/hosts/{host}/resume", json={"capsules": record["capsules"]}, timeout=600)
-            answer.raise_for_status()
-        except (httpx.HTTPError, KeyError, ValueError) as exc:
-            log.warning("cannot resume the capsules paused at shutdown", extra={"error": str(exc)[:500]})
-            return
+        host = str(record["host"])
+        if not record.get("was_cordoned"):
+            http.post(f"/v1/hosts/{host}/uncordon", timeout=30).raise_for_status()
+        answer = http.post(f"/v1/hosts/{host}/resume", json={"capsules": record["capsules"]}, timeout=600)
+        answer.raise_for_status()
         report = answer.json()
-        for capsule_id, why in report["not_resumed"].items():
-            log.warning("capsule paused at shutdown not resumed", extra={"capsule": capsule_id, "why": why})
-        log.info("capsules paused at shutdown resumed", extra={"resumed": len(report["resumed"])})
-    path.unlink(missing_ok=True)
+    for capsule_id, why in report["not_resumed"].items():
+        log.warning("capsule paused at shutdown not resumed", extra={"capsule": capsule_id, "why": why})
+    log.info("capsules paused at shutdown resumed", extra={"resumed": len(report["resumed"])})
