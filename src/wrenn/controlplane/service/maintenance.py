@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 
@@ -76,21 +77,7 @@ async def drain(service: CapsuleService, caller: Principal, host: Host, deadline
             report.not_paused[capsule_id] = f"{exc.code}: {exc.message}"
         else:
             report.paused.append(capsule_id)
-    _audit.record(
-        session,
-        **audit_fields(caller),
-        resource_type="host",
-        resource_id=host_id,
-        action="drain",
-        status="success" if not report.not_paused else "warning",
-        paused=len(report.paused),
-        not_paused=len(report.not_paused),
-    )
-    await session.commit()
-    log.info(
-        "host drained",
-        extra={"host": host_id, "paused": len(report.paused), "not_paused": len(report.not_paused)},
-    )
+    await _record(service, caller, host_id, "drain", report.paused, report.not_paused)
     return report
 
 
@@ -125,19 +112,29 @@ async def resume(
             report.not_resumed[capsule_id] = f"{exc.code}: {exc.message}"
         else:
             report.resumed.append(capsule_id)
+    await _record(service, caller, host.id, "resume", report.resumed, report.not_resumed)
+    return report
+
+
+async def _record(
+    service: CapsuleService,
+    caller: Principal,
+    host_id: str,
+    action: str,
+    done: list[str],
+    missed: dict[str, str],
+) -> None:
+    """Audit and log a drain or resume of a host's capsules (done; missed, with why), and commit."""
+    names = {"drain": ("paused", "not_paused"), "resume": ("resumed", "not_resumed")}[action]
+    counts: dict[str, Any] = dict(zip(names, (len(done), len(missed)), strict=True))
     _audit.record(
-        session,
+        service.session,
         **audit_fields(caller),
         resource_type="host",
-        resource_id=host.id,
-        action="resume",
-        status="success" if not report.not_resumed else "warning",
-        resumed=len(report.resumed),
-        not_resumed=len(report.not_resumed),
+        resource_id=host_id,
+        action=action,
+        status="warning" if missed else "success",
+        **counts,
     )
-    await session.commit()
-    log.info(
-        "host's capsules resumed",
-        extra={"host": host.id, "resumed": len(report.resumed), "not_resumed": len(report.not_resumed)},
-    )
-    return report
+    await service.session.commit()
+    log.info(f"host {action}: done", extra={"host": host_id, **counts})
