@@ -281,20 +281,19 @@ def start(
             )
         if pause_deadline_s is not None:
             state.pause_deadline_s = pause_deadline_s
-        if _upgrade(data_dir, state, console):
-            supervisor = _supervise(data_dir, state)
-        elif state.supervised() and len(running) == len(state.services) and saved is not None:
+        supervised, everything = state.supervised(), len(running) == len(state.services)
+        upgraded = _upgrade(data_dir, state, console)
+        if not upgraded and supervised and everything and saved is not None:
             console.print(f"Wrenn is already running at {saved.base_url}")
             return saved
-        else:
+        if not (supervised and everything):
             stopped = [s.name for s in state.services if s.name not in running]
-            also = "" if state.supervised() else " and the supervisor"
             console.print(
                 f"Wrenn is partly running: keeping {', '.join(running) or 'nothing'}, "
-                f"restarting {', '.join(stopped) or 'nothing'}{also}"
+                f"restarting {', '.join(stopped) or 'nothing'}{'' if supervised else ' and the supervisor'}"
             )
-            if not state.supervised():
-                supervisor = _supervise(data_dir, state)
+        if upgraded or not supervised:
+            supervisor = _supervise(data_dir, state)
     else:
         state = _fresh(data_dir, port, agent_port, proxy_port or agent_port + 1, console, templates)
         state.pause_deadline_s = pause_deadline_s or state.pause_deadline_s
