@@ -101,6 +101,10 @@ def test_sigterm_is_an_orderly_shutdown_of_the_processes(data_dir: Path) -> None
     supervisor = supervise(data_dir)
     assert until(lambda: service(data_dir, "steady").pid > 0, 10)
     steady = service(data_dir, "steady")
+    second = subprocess.run([sys.executable, "-m", "wrenn.cli._supervisor", str(data_dir)],
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert second.returncode != 0 and "another one supervises" in second.stderr  # one per data dir
+    assert service(data_dir, "steady").pid == steady.pid
     supervisor.terminate()
     assert supervisor.wait(40) == 0
     assert not runs(steady.pid, steady.start_ticks)

@@ -28,6 +28,7 @@ Run as `python -m wrenn.cli._supervisor DATA_DIR`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -50,6 +51,8 @@ from . import _reboot
 
 log = logging.getLogger("wrenn.supervisor")
 STATE_FILE = "supervisor.json"
+#: Held (flock) by the running supervisor: a second one for the same data dir exits at once.
+LOCK_FILE = "supervisor.lock"
 #: A process that ran this long before it exited is restarted at once; a shorter run backs off.
 STABLE_S = 10.0
 FIRST_DELAY_S = 0.5
@@ -302,6 +305,12 @@ def main(argv: list[str]) -> None:
     data_dir = Path(argv[0])
     logs.configure()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its readiness polls
+    # One supervisor per data dir, whatever starts it: two would each replace the other's processes.
+    lock = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"wrenn supervisor: another one supervises {data_dir}") from None
     state = State.load(data_dir)
     if state is None:
         raise SystemExit(f"wrenn supervisor: no readable {State.path(data_dir)}")
