@@ -67,8 +67,8 @@ def test_restarts_each_process_on_its_own_with_backoff_and_hands_over(data_dir: 
     assert 1 <= failing.restarts <= 3 and failing.last_exit == "exited with 1", failing
     assert service(data_dir, "steady").pid == again.pid  # untouched by the other's failures
 
-    # Stopping the supervisor leaves the processes running; a new one adopts them, and restarts them too.
-    supervisor.terminate()
+    # SIGUSR1 stops the supervising only: the processes run on; a new one adopts them, and restarts them too.
+    supervisor.send_signal(signal.SIGUSR1)
     assert supervisor.wait(10) == 0
     assert runs(again.pid, again.start_ticks, SLEEPER)
     supervise(data_dir)
@@ -93,3 +93,22 @@ def test_up_reports_a_process_that_cannot_start(tmp_path: Path) -> None:
     finally:
         supervisor.terminate()
         supervisor.wait(10)
+
+
+def test_sigterm_is_an_orderly_shutdown_of_the_processes(data_dir: Path) -> None:
+    """What an init system sends at shutdown: the capsules are paused (here there is no platform to ask,
+    which is logged), then every process is stopped and recorded as stopped."""
+    supervisor = supervise(data_dir)
+    assert until(lambda: service(data_dir, "steady").pid > 0, 10)
+    steady = service(data_dir, "steady")
+    second = subprocess.run([sys.executable, "-m", "wrenn.cli._supervisor", str(data_dir)],
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert second.returncode != 0 and "another one supervises" in second.stderr  # one per data dir
+    assert service(data_dir, "steady").pid == steady.pid
+    supervisor.terminate()
+    assert supervisor.wait(40) == 0
+    assert not runs(steady.pid, steady.start_ticks)
+    state = State.load(data_dir)
+    assert state is not None and state.pid == 0
+    assert all(s.pid == 0 and s.last_exit == "stopped at shutdown" for s in state.services), state
+    assert "cannot pause capsules at shutdown" in (data_dir / "supervisor.log").read_text()

@@ -8,77 +8,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import json
 import os
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.agent._agent import _free_port, private_data_dir
 from tests.cli._run import until, wrenn
+from tests.ops.conftest import Node, vmm_pids
 from wrenn.sdk import Capsule
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
-CONTENT = "written before the crashes\n"
-
-
-def vmm_pids(capsule_id: str) -> list[int]:
-    found = subprocess.run(["pgrep", "-f", "--", f"-name {capsule_id} "], capture_output=True, text=True)
-    return [int(p) for p in found.stdout.split()]
-
-
-@dataclass
-class Node:
-    data_dir: Path
-    env: dict[str, str]
-    capsule: Capsule
-
-    def state(self) -> dict[str, Any]:
-        return dict(json.loads((self.data_dir / "supervisor.json").read_text()))
-
-    def service(self, name: str) -> dict[str, Any]:
-        return dict(next(s for s in self.state()["services"] if s["name"] == name))
-
-    def vmm_pid(self) -> int:
-        found = vmm_pids(self.capsule.capsule_id)
-        assert len(found) == 1, found
-        return found[0]
-
-    def file_is_there(self) -> bool:
-        """The file written at the start, read through the control plane and the agent (either may be
-        settling after a restart: the host monitor reconciles within a round, 15 s)."""
-        try:
-            return bool(self.capsule.commands.run("cat /home/user/kept.txt", timeout=30).stdout == CONTENT)
-        except Exception:
-            return False
-
-
-@pytest.fixture(scope="module")
-def node(image: object) -> Iterator[Node]:
-    shared = Path(os.environ.get("WRENN_TEST_DATA_DIR", "/var/tmp/wrenn-test-data"))
-    data_dir = private_data_dir(shared, "ops")
-    ports = ["--port", str(_free_port()), "--agent-port", str(_free_port())]
-    ports += ["--agent-proxy-port", str(_free_port())]
-    wrenn("up", "--detach", "--data-dir", str(data_dir), *ports, "--command", "true")
-    try:
-        exports = wrenn("env", "--data-dir", str(data_dir)).stdout
-        env = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
-        with Capsule(
-            memory_mb=256, timeout=0, api_key=env["WRENN_API_KEY"], base_url=env["WRENN_BASE_URL"]
-        ) as c:
-            c.files.write("/home/user/kept.txt", CONTENT)
-            yield Node(data_dir, env, c)
-    finally:
-        wrenn("down", "--data-dir", str(data_dir))
-        left = subprocess.run(["pgrep", "-f", f"{data_dir}"], capture_output=True, text=True).stdout
-        assert left == "", left
 
 
 def test_status_shows_each_process_and_the_capsules(node: Node) -> None:

@@ -1,7 +1,7 @@
-"""Cordon, uncordon and drain (`/v1/hosts/{id}/cordon|uncordon|drain`), as an operator uses them and as an
+"""Cordon, uncordon, drain and resume (`/v1/hosts/{id}/cordon|uncordon|drain|resume`), as an operator uses them and as an
 attacker tries them: a cordoned host gets no new capsule and resumes none of its paused ones; a drain
 pauses the running capsules through the ordinary pause path and reports the rest; nobody but an admin (or
-the owner of a BYOC host's team, for that host) cordons or drains a host, and a refused attempt changes
+the owner of a BYOC host's team, for that host) cordons, drains or resumes a host's capsules, and a refused attempt changes
 nothing and reaches no agent. In-process control plane over the recording agent, SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -47,9 +47,19 @@ def test_cordon_drain_and_uncordon(cp: TestClient, fake_agent: FakeAgent) -> Non
     r = cp.post(f"/v1/hosts/{host['id']}/uncordon", headers=admin.jwt)
     assert r.status_code == 200 and r.json()["cordoned"] is False
     assert cp.post(f"/v1/capsules/{first}/resume", headers=key).status_code == 200
+    # What a node's start does after `wrenn down --pause`: resume those the drain paused, by the host.
+    other = _create(cp, api_key(cp, account(cp, "cy@example.com")))
+    r = cp.post(f"/v1/hosts/{host['id']}/resume", json={"capsules": [second, first, other, "cl-nope", second]},
+                headers=admin.jwt)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["resumed"] == [second]
+    assert sorted(r.json()["not_resumed"]) == sorted([first, other, "cl-nope"])
+    assert cp.get(f"/v1/capsules/{second}", headers=key).json()["status"] == "running"
     _create(cp, key)
     audit = cp.get("/v1/admin/audit-logs", params={"limit": 100}, headers=admin.jwt).json()["items"]
-    assert {"cordon", "drain", "uncordon"} <= {e["action"] for e in audit if e["resource_id"] == host["id"]}
+    assert {"cordon", "drain", "uncordon", "resume"} <= {
+        e["action"] for e in audit if e["resource_id"] == host["id"]
+    }
 
 
 def test_a_drain_reports_what_it_could_not_pause(cp: TestClient, fake_agent: FakeAgent) -> None:
@@ -84,17 +94,24 @@ def test_nobody_else_cordons_or_drains_a_host(cp: TestClient, fake_agent: FakeAg
         (as_mate, adas_host, 403),  # a member, not the owner, of the host's team
         (admin.jwt, "host-nope", 404),
     ]
+    paused = _create(cp, api_key(cp, ada))
+    assert cp.post(f"/v1/capsules/{paused}/pause", headers=api_key(cp, ada)).status_code == 200
     before = rows(cp)
     for headers, host_id, status in attempts:
-        for action in ("cordon", "uncordon", "drain"):
-            r = cp.post(f"/v1/hosts/{host_id}/{action}", headers=headers)
+        for action in ("cordon", "uncordon", "drain", "resume"):
+            r = cp.post(f"/v1/hosts/{host_id}/{action}", json={"capsules": [paused]}, headers=headers)
             assert r.status_code == status, (action, host_id, r.status_code, r.text)
     assert cp.post(f"/v1/hosts/{platform_host['id']}/drain", json={"deadline_s": 0},
                    headers=admin.jwt).status_code == 400  # fmt: skip
     assert cp.post(f"/v1/hosts/{platform_host['id']}/drain", json={"deadline_s": 10**9},
                    headers=admin.jwt).status_code == 400  # fmt: skip
     assert rows(cp) == before and cp.get("/v1/hosts", headers=admin.jwt).json() == hosts_before
-    assert _pauses(fake_agent) == []
+    assert _pauses(fake_agent) == [paused]  # her own pause, and no other
+    too_many = {"capsules": ["cl-x"] * 1001}
+    assert (
+        cp.post(f"/v1/hosts/{platform_host['id']}/resume", json=too_many, headers=admin.jwt).status_code
+        == 400
+    )
     # Ada, owner of her BYOC host's team, cordons it herself.
     r = cp.post(f"/v1/hosts/{adas_host}/cordon", headers=ada.jwt)
     assert r.status_code == 200 and r.json()["cordoned"] is True

@@ -1,5 +1,6 @@
 """Recovery after an agent restart: adopt the sandboxes a previous run left (running VMs whose VMM and
-namespace are still there, paused ones with their snapshot) and remove everything else it left: VMMs,
+namespace are still there, paused ones with their snapshot, running ones whose VMM is gone as `error` with
+their disk) and remove everything else it left: VMMs,
 namespaces, TAPs, cgroups, directories and RAM files.
 
 A stopping agent leaves its VMs running for this; each sandbox's `state.json` says what it held.
@@ -125,6 +126,18 @@ async def _adopt(table: SandboxTable, launcher: Launcher, state_file: Path) -> S
         pid = None
     alive = pid is not None and table.driver.owns_process(pid, sandbox.host_name)
     image = launcher.image(sandbox.image_name, sandbox.image_version)
+    if not alive and sandbox.status is Status.RUNNING and sandbox.disk is not None and sandbox.disk.is_file():
+        # its VMM ended while no agent watched (a power cut, a reboot without `wrenn down --pause`, a kill):
+        # its memory is lost, its disk is not; kept as `error`, so the control plane says why and the disk
+        # can still be snapshotted (or the capsule destroyed)
+        sandbox.status, sandbox.slot = Status.ERROR, None
+        sandbox.error = (
+            "its VM ended while the host agent was down (a power cut or a crash): its memory is lost, "
+            "its disk is kept (snapshot the capsule to keep it, or destroy it)"
+        )
+        sandbox.save()
+        log.warning("sandbox lost its VM; disk kept", extra={"sandbox": params.sandbox_id})
+        return table.add_stopped(sandbox)
     if pid is None or not alive or slot is None or image is None or slot not in table.network.list_existing():
         if pid is not None and alive:
             with contextlib.suppress(ProcessLookupError):

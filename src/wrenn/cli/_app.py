@@ -97,6 +97,9 @@ def up(
         bool,
         typer.Option("--e2b-key", help="also mint a key in E2B's shape (e2b_ + hex) for e2b SDKs <= 2.45"),
     ] = False,
+    pause_deadline: Annotated[
+        int, typer.Option(help="at a shutdown (SIGTERM to the supervisor), seconds to pause the capsules in")
+    ] = 60,
 ) -> None:
     """The whole platform on this machine: control plane, host agent and SQLite, kept running by a
     supervisor; then a first capsule. Of a platform (partly) running it keeps what runs, restarts the rest."""
@@ -112,6 +115,7 @@ def up(
         err,
         proxy_port=agent_proxy_port or None,
         templates=tuple(images.ALIASES.get(n, n) for n in with_ or ()),
+        pause_deadline_s=pause_deadline,
     )
     err.print(f"Wrenn is up at {platform.base_url}. A first capsule:")
     started = time.monotonic()
@@ -151,9 +155,16 @@ def up(
 
 
 @app.command()
-def down(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
-    """Stop what `wrenn up` started: the supervisor, the control plane, the agent (capsules are destroyed)."""
-    _platform.stop(data_dir, err)
+def down(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    pause: Annotated[
+        bool, typer.Option(help="pause the running capsules instead (the next `wrenn up` resumes them)")
+    ] = False,
+    deadline: Annotated[int, typer.Option(help="with --pause: seconds to pause them in")] = 60,
+) -> None:
+    """Stop what `wrenn up` started: the supervisor, the control plane, the agent (capsules are destroyed,
+    or with --pause paused to disk and resumed by the next `wrenn up`)."""
+    _platform.stop(data_dir, err, pause=pause, deadline_s=deadline)
 
 
 @app.command()

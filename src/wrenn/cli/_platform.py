@@ -34,7 +34,8 @@ from wrenn._shared.private import write_private
 if TYPE_CHECKING:
     from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClientSync
 
-from ._supervisor import Service, State, runs, start_ticks
+from ._reboot import PAUSED_FILE
+from ._supervisor import Service, State, code_env, code_fingerprint, runs, shutdown, start_ticks
 
 ADMIN_EMAIL = "admin@wrenn.local"
 #: Where the control plane writes its one-time bootstrap token (`service/accounts.py` in the control plane;
@@ -154,11 +155,42 @@ def _services(data_dir: Path, port: int, agent_port: int, proxy_port: int) -> li
         "-m", "wrenn.controlplane", "--port", str(port), "--data-dir", str(data_dir),
         "--local-agent", agent_url,
     ]  # fmt: skip
-    return [
+    services = [
         Service("agent", [sys.executable, *agent], str(logs / "agent.log"), ready_url=agent_url),
         Service("controlplane", [sys.executable, *server], str(logs / "server.log"),
                 ready_url=f"http://127.0.0.1:{port}/health"),
     ]  # fmt: skip
+    return _onto_this_installation(services)
+
+
+def _onto_this_installation(services: list[Service]) -> list[Service]:
+    """`services` run by this interpreter, environment and `wrenn` (what an upgrade changes)."""
+    env, code = code_env(), code_fingerprint()
+    for service in services:
+        service.argv = [sys.executable, *service.argv[1:]]
+        service.env, service.code = dict(env), code
+    return services
+
+
+def _upgrade(data_dir: Path, state: State, console: Console) -> bool:
+    """Point `state` at this installation; when a process runs another, replace the supervisor (whose
+    successor replaces those processes, agent first, VMs kept). Whether it did."""
+    before = {s.name: s.running or s.spec() for s in state.services if runs(s.pid, s.start_ticks)}
+    _onto_this_installation(state.services)
+    older = [s.name for s in state.services if s.name in before and before[s.name] != s.spec()]
+    if not older:
+        return False
+    console.print(
+        f"Wrenn runs another installation: restarting {', '.join(older)} onto this one "
+        "(capsules keep running)"
+    )
+    if state.supervised():
+        _stop_supervisor(state)
+        fresh = load_state(data_dir) or state  # the pids as the old supervisor left them
+        for old, new in zip(fresh.services, state.services, strict=True):
+            old.argv, old.env, old.code = new.argv, new.env, new.code
+        state.services = fresh.services
+    return True
 
 
 def _supervise(data_dir: Path, state: State) -> subprocess.Popen[bytes]:
@@ -193,12 +225,18 @@ def _wait_ready(data_dir: Path, console: Console, supervisor: subprocess.Popen[b
                         f"the {TITLES.get(s.name, s.name)} {s.last_exit} as it started (the supervisor keeps "
                         f"trying; `wrenn down` stops it); its log: {s.log}"
                     )
-            pending = [s for s in state.services if not _answers(s.ready_url)] if state else [None]
-            if not pending:
+            pending = [s for s in state.services if not _serves(s)] if state else [None]
+            if not pending and not (data_dir / PAUSED_FILE).exists():  # resumed by the supervisor
                 return
             time.sleep(0.3)
     logs = ", ".join(s.log for s in state.services) if state else str(data_dir / "logs")
     raise PlatformError(f"the platform did not answer within 180 s; the logs: {logs}")
+
+
+def _serves(service: Service) -> bool:
+    """Whether `service` runs what it should (not an older installation being replaced) and answers."""
+    current = service.running in (None, service.spec()) and runs(service.pid, service.start_ticks)
+    return current and _answers(service.ready_url)
 
 
 def _answers(url: str) -> bool:
@@ -216,13 +254,15 @@ def start(
     console: Console,
     proxy_port: int | None = None,
     templates: tuple[str, ...] = (),
+    pause_deadline_s: float | None = None,
 ) -> Platform:
     """Bring the platform up and return how to reach it; idempotent. `templates`: base images built (or
     found up to date) besides `minimal`, e.g. `code-interpreter`.
 
     Crash-only: what still runs of a platform started before is kept as it is (with its capsules), a
     supervisor is started if none runs, and it restarts what has stopped. Only when nothing runs are the
-    images brought up to date and the processes started afresh (with the ports given)."""
+    images brought up to date and the processes started afresh (with the ports given). A process that runs
+    another installation of wrenn (an upgrade) is restarted onto this one; the VMs keep running."""
     if os.geteuid() != 0:
         raise PlatformError(
             "the host agent runs microVMs with their own network namespaces: run as root (sudo)"
@@ -231,26 +271,32 @@ def start(
     (data_dir / "logs").mkdir(mode=0o700, exist_ok=True)
     saved = Platform.load(data_dir)
     state = load_state(data_dir)
-    running = [s.name for s in state.services if runs(s.pid, s.start_ticks, s.argv)] if state else []
+    services = state.services if state else []
+    running = [s.name for s in services if runs(s.pid, s.start_ticks, s.running_argv())]
     supervisor = None
     if state is not None and (running or state.supervised()):
         if not all(s.argv for s in state.services):
             raise PlatformError(
                 "a platform of an older wrenn is partly running here: `wrenn down`, then `wrenn up`"
             )
-        if state.supervised() and len(running) == len(state.services) and saved is not None:
+        if pause_deadline_s is not None:
+            state.pause_deadline_s = pause_deadline_s
+        supervised, everything = state.supervised(), len(running) == len(state.services)
+        upgraded = _upgrade(data_dir, state, console)
+        if not upgraded and supervised and everything and saved is not None:
             console.print(f"Wrenn is already running at {saved.base_url}")
             return saved
-        stopped = [s.name for s in state.services if s.name not in running]
-        also = "" if state.supervised() else " and the supervisor"
-        console.print(
-            f"Wrenn is partly running: keeping {', '.join(running) or 'nothing'}, "
-            f"restarting {', '.join(stopped) or 'nothing'}{also}"
-        )
-        if not state.supervised():
+        if not (supervised and everything):
+            stopped = [s.name for s in state.services if s.name not in running]
+            console.print(
+                f"Wrenn is partly running: keeping {', '.join(running) or 'nothing'}, "
+                f"restarting {', '.join(stopped) or 'nothing'}{'' if supervised else ' and the supervisor'}"
+            )
+        if upgraded or not supervised:
             supervisor = _supervise(data_dir, state)
     else:
         state = _fresh(data_dir, port, agent_port, proxy_port or agent_port + 1, console, templates)
+        state.pause_deadline_s = pause_deadline_s or state.pause_deadline_s
         supervisor = _supervise(data_dir, state)
     _wait_ready(data_dir, console, supervisor)
     agent = state.service("agent").ready_url
@@ -291,8 +337,9 @@ def _agent(data_dir: Path, url: str) -> Iterator[HostAgentServiceClientSync]:
 
 
 def _stop_supervisor(state: State) -> None:
+    """Stop the supervising only (SIGUSR1; SIGTERM would shut the node down)."""
     if state.supervised():
-        os.kill(state.pid, signal.SIGTERM)
+        os.kill(state.pid, signal.SIGUSR1)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and state.supervised():
             time.sleep(0.1)
@@ -301,15 +348,25 @@ def _stop_supervisor(state: State) -> None:
                 os.kill(state.pid, signal.SIGKILL)
 
 
-def stop(data_dir: Path, console: Console, *, quiet: bool = False) -> bool:
+def stop(
+    data_dir: Path, console: Console, *, quiet: bool = False, pause: bool = False, deadline_s: float = 60
+) -> bool:
     """Stop what `up` started: the supervisor first (so it restarts nothing), then the control plane, and
-    the agent, which destroys every capsule and removes its host rules."""
+    the agent, which destroys every capsule and removes its host rules. With `pause`, the running capsules
+    are paused instead (within `deadline_s`; the rest are left running) and the next `up` resumes them."""
     state = load_state(data_dir)
     if state is None:
         if not quiet:
             console.print(f"Wrenn is not running from {data_dir}")
         return False
     _stop_supervisor(state)
+    if pause:
+        state = load_state(data_dir) or state
+        report = shutdown(data_dir, state, deadline_s)
+        for capsule_id, why in report.items():
+            console.print(f"not paused, left as it is: {capsule_id} ({why})")
+        console.print("Wrenn stopped; the capsules it paused resume at the next `wrenn up`.")
+        return True
     alive = {s.name: s for s in state.services if runs(s.pid, s.start_ticks)}
     if "controlplane" in alive:
         os.kill(alive["controlplane"].pid, signal.SIGTERM)

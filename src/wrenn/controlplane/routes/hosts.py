@@ -465,3 +465,21 @@ async def drain(
     report = await maintenance.drain(capsules, caller, host, (body or DrainBody()).deadline_s)
     host = await capsules.session.get(Host, host_id) or host
     return DrainOut(host=_out(host), paused=report.paused, not_paused=report.not_paused)
+
+
+class ResumeBody(BaseModel):
+    capsules: list[Annotated[str, Field(max_length=64)]] = Field(max_length=1000)
+
+
+class ResumeOut(BaseModel):
+    resumed: list[str]
+    #: {capsule id: why not} (not on this host, not paused, or the resume failed).
+    not_resumed: dict[str, str]
+
+
+@router.post("/v1/hosts/{host_id}/resume", response_model=ResumeOut)
+async def resume(host_id: str, body: ResumeBody, caller: UserCaller, capsules: Capsules) -> ResumeOut:
+    """Resume the given paused capsules of the host (those a drain paused, say), whatever their team."""
+    host = await managed_host(capsules.session, caller, host_id)
+    report = await maintenance.resume(capsules, caller, host, body.capsules)
+    return ResumeOut(resumed=report.resumed, not_resumed=report.not_resumed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 
@@ -76,19 +77,64 @@ async def drain(service: CapsuleService, caller: Principal, host: Host, deadline
             report.not_paused[capsule_id] = f"{exc.code}: {exc.message}"
         else:
             report.paused.append(capsule_id)
+    await _record(service, caller, host_id, "drain", report.paused, report.not_paused)
+    return report
+
+
+@dataclass
+class ResumeReport:
+    host_id: str
+    resumed: list[str] = field(default_factory=list)
+    #: {capsule id: why it was not resumed}
+    not_resumed: dict[str, str] = field(default_factory=dict)
+
+
+async def resume(
+    service: CapsuleService, caller: Principal, host: Host, capsule_ids: list[str]
+) -> ResumeReport:
+    """Resume the given paused capsules of the host, whatever their team (the undoing of a drain, e.g. at a
+    node's start after `wrenn down --pause`): each through the ordinary resume path. A capsule that is not
+    on this host, or not `paused`, is reported and left as it is."""
+    report = ResumeReport(host.id)
+    session = service.session
+    for capsule_id in dict.fromkeys(capsule_ids):
+        capsule = await session.get(Capsule, capsule_id)
+        if capsule is None or capsule.host_id != host.id:
+            report.not_resumed[capsule_id] = "not_found: no such capsule on this host"
+            continue
+        if capsule.status != S.PAUSED:
+            report.not_resumed[capsule_id] = f"{capsule.status}: not paused"
+            continue
+        try:
+            await service.resume(capsule, caller)
+        except _errors.ApiError as exc:
+            await session.rollback()
+            report.not_resumed[capsule_id] = f"{exc.code}: {exc.message}"
+        else:
+            report.resumed.append(capsule_id)
+    await _record(service, caller, host.id, "resume", report.resumed, report.not_resumed)
+    return report
+
+
+async def _record(
+    service: CapsuleService,
+    caller: Principal,
+    host_id: str,
+    action: str,
+    done: list[str],
+    missed: dict[str, str],
+) -> None:
+    """Audit and log a drain or resume of a host's capsules (done; missed, with why), and commit."""
+    names = {"drain": ("paused", "not_paused"), "resume": ("resumed", "not_resumed")}[action]
+    counts: dict[str, Any] = dict(zip(names, (len(done), len(missed)), strict=True))
     _audit.record(
-        session,
+        service.session,
         **audit_fields(caller),
         resource_type="host",
         resource_id=host_id,
-        action="drain",
-        status="success" if not report.not_paused else "warning",
-        paused=len(report.paused),
-        not_paused=len(report.not_paused),
+        action=action,
+        status="warning" if missed else "success",
+        **counts,
     )
-    await session.commit()
-    log.info(
-        "host drained",
-        extra={"host": host_id, "paused": len(report.paused), "not_paused": len(report.not_paused)},
-    )
-    return report
+    await service.session.commit()
+    log.info(f"host {action}: done", extra={"host": host_id, **counts})
