@@ -69,6 +69,14 @@ def leftovers(agent: AgentProcess, name: str) -> list[str]:
     return found
 
 
+def cpu_share(name: str) -> str:
+    """The CPU share of the VMM's cgroup: `cpu.shares` (v1) or `cpu.weight` (v2), as "v1:1024" / "v2:100"."""
+    v1 = Path(f"/sys/fs/cgroup/cpu/wrenn/{PREFIX}-{name}/cpu.shares")
+    if v1.exists():
+        return f"v1:{v1.read_text().strip()}"
+    return f"v2:{Path(f'/sys/fs/cgroup/wrenn/{PREFIX}-{name}/cpu.weight').read_text().strip()}"
+
+
 def netns_of(host_ip: str) -> str:
     """The sandbox's netns, from the host-side link its address is routed through."""
     route = subprocess.run(["ip", "-o", "route", "get", host_ip], capture_output=True, text=True).stdout
@@ -155,6 +163,9 @@ async def test_pooled_sandboxes_share_nothing_and_honour_their_create(
     # the pool refills with new members, never the claimed ones
     await asyncio.to_thread(wait_for_pool, agent, 2)
     assert len(unclaimed(agent)) == 2 and not set(unclaimed(agent)) & set(pooled)
+    # members fill on CPU that sandboxes leave idle (the lowest share); a claimed one has a sandbox's share
+    assert {cpu_share(m) for m in unclaimed(agent)} <= {"v1:10", "v2:1"}
+    assert cpu_share(claimed(agent)["pl-a"]) in ("v1:1024", "v2:100")
 
     # pl-b's timeout (10 s from its last use, discard): the reaper stops it and frees what it ran on
     b_name = claimed(agent)["pl-b"]

@@ -27,6 +27,7 @@ from wrenn import images
 
 from . import _disk, _readiness
 from ._admission import Admission
+from ._cgroup import CPU_WEIGHT
 from ._errors import SandboxError
 from ._launch import Launcher, describe_failure
 from ._machine import major_minor
@@ -213,6 +214,7 @@ class Booter:
             setattr(member, name, None)
         assert sandbox.network is not None and sandbox.vm is not None
         self.table.network.forget(member.id)
+        self.table.cgroups.set_weight(self.table.cgroup_name(sandbox), CPU_WEIGHT)  # a sandbox's share now
         began = time.monotonic()
         await self.table.network.set_policy(sandbox.network, sandbox.id, sandbox.policy)
         policy_done = time.monotonic()

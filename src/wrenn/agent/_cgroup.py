@@ -27,6 +27,11 @@ log = logging.getLogger("wrenn.agent.cgroup")
 
 ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000
+#: cgroup v2's `cpu.weight` of a sandbox's VMM (the kernel's default), and of a warm pool member being made:
+#: the lowest, so that filling the pool takes only CPU that running sandboxes leave idle. (v1: `cpu.shares`,
+#: scaled: 100 -> 1024.)
+CPU_WEIGHT = 100
+CPU_WEIGHT_BACKGROUND = 1
 V1_CONTROLLERS = ("memory", "cpu", "pids", "blkio")
 #: What every group of ours must be able to limit (io is optional: not every host or file system has it).
 REQUIRED = ("memory", "cpu", "pids")
@@ -63,6 +68,13 @@ class Limits:
     cpus: float
     pids: int = 256
     io: IOLimit | None = None
+    #: Its share of contended CPU (cgroup v2's `cpu.weight` scale, 1-10000).
+    weight: int = CPU_WEIGHT
+
+
+def _v1_shares(weight: int) -> int:
+    """cgroup v1's `cpu.shares` (2-262144, default 1024) for a v2 `cpu.weight` (1-10000, default 100)."""
+    return max(2, weight * 1024 // CPU_WEIGHT)
 
 
 def block_device(path: Path) -> str | None:
@@ -181,6 +193,7 @@ class Cgroups:
                 ("memory.max", str(limits.memory_bytes)),
                 ("memory.swap.max", "0"),
                 ("cpu.max", f"{quota} {CPU_PERIOD_US}"),
+                ("cpu.weight", str(limits.weight)),
                 ("pids.max", str(limits.pids)),
             ]
             if io is not None:
@@ -197,10 +210,28 @@ class Cgroups:
             ]
         return {
             "memory": [("memory.limit_in_bytes", str(limits.memory_bytes))],
-            "cpu": [("cpu.cfs_period_us", str(CPU_PERIOD_US)), ("cpu.cfs_quota_us", str(quota))],
+            "cpu": [
+                ("cpu.cfs_period_us", str(CPU_PERIOD_US)),
+                ("cpu.cfs_quota_us", str(quota)),
+                ("cpu.shares", str(_v1_shares(limits.weight))),
+            ],
             "pids": [("pids.max", str(limits.pids))],
             "blkio": blkio,
         }.get(controller, [])
+
+    def set_weight(self, name: str, weight: int) -> None:
+        """Change the group's share of contended CPU (a warm pool member claimed by a sandbox)."""
+        if self.version is CgroupVersion.V2:
+            setting = [(self.root / self.parent / name / "cpu.weight", str(weight))]
+        elif self.version is CgroupVersion.V1:
+            setting = [(self.root / "cpu" / self.parent / name / "cpu.shares", str(_v1_shares(weight)))]
+        else:
+            return
+        for path, value in setting:
+            try:
+                path.write_text(value)
+            except OSError as exc:
+                log.warning("cgroup setting refused", extra={"file": str(path), "error": str(exc)})
 
     def remove(self, name: str, wait_s: float = 3.0) -> bool:
         """Remove the group. Harmless when it does not exist. Processes just killed take a moment to

@@ -19,7 +19,7 @@ from wrenn import images
 
 from . import _disk
 from ._admission import disk_file_limit
-from ._cgroup import Limits
+from ._cgroup import CPU_WEIGHT, CPU_WEIGHT_BACKGROUND, Limits
 from ._envd import EnvdClient, EnvdUnavailable
 from ._errors import SandboxError
 from ._machine import how_to_migrate, incompatibility
@@ -62,6 +62,7 @@ class Launcher:
             memory_bytes=(params.memory_mb + config.vmm_overhead_mb) << 20,
             cpus=params.vcpus,
             io=self.table.io_limit,
+            weight=CPU_WEIGHT_BACKGROUND if sandbox.pool_member else CPU_WEIGHT,
         )
         procs = self.table.cgroups.create(self.table.cgroup_name(sandbox), limits)
         uid = config.vmm_uid(sandbox.slot)

@@ -224,7 +224,7 @@ class WarmPool:
             member = Sandbox(
                 params=params, workdir=config.sandboxes_dir / name, policy=CLOSED, image_name=image.template,
                 image_version=image.version, kernel_version=image.kernel_version,
-                envd_version=image.envd_version,
+                envd_version=image.envd_version, pool_member=True,
             )  # fmt: skip
             member.workdir.mkdir(mode=0o700, parents=True)
             await self.booter.launcher.plug(member)

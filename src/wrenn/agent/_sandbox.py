@@ -87,6 +87,8 @@ class Sandbox:
     paused_at: float | None = None
     #: Started from a snapshot rather than booted.
     from_snapshot: bool = False
+    #: A warm pool member (docs/pool.md) not claimed yet: its VMM gets the least CPU when CPU is contended.
+    pool_member: bool = False
     #: A clone's RAM: the snapshot memory file it maps copy-on-write (until its first pause).
     memory_source: Path | None = None
     #: What names its VM, cgroup, RAM file and directory when that is not its id: a sandbox claimed from
