@@ -25,24 +25,26 @@ def platform(image: object) -> Iterator[tuple[Path, dict[str, str]]]:
     data_dir = private_data_dir(shared, "cli")
     ports = ["--port", str(_free_port()), "--agent-port", str(_free_port())]
     ports += ["--agent-proxy-port", str(_free_port())]
-    up = wrenn("up", "--detach", "--data-dir", str(data_dir), *ports)
-    assert up.stdout == "42\n", up.stderr  # the Quickstart's promise
-    assert "What next" in up.stderr and "wrenn env" in up.stderr
-    assert (data_dir / "platform.json").stat().st_mode & 0o777 == 0o600  # it holds the admin's key
-    assert not (data_dir / "bootstrap-token").exists()  # the first admin is made: the token is spent
-    exports = wrenn("env", "--data-dir", str(data_dir)).stdout
-    env = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
-    assert set(env) == {"WRENN_BASE_URL", "WRENN_API_KEY"}
-    # The dashboard's address and the admin's first login, which works.
-    shown = re.search(r"Dashboard: (\S+)/\s+sign in as (\S+), password (\S+)", up.stderr)
-    assert shown is not None and shown.group(1) == env["WRENN_BASE_URL"], up.stderr
-    login = {"email": shown.group(2), "password": shown.group(3)}
-    assert httpx.post(f"{shown.group(1)}/v1/auth/login", json=login).status_code == 200
-    assert httpx.get(f"{shown.group(1)}/").text.startswith("<!doctype html>")
-    again = wrenn("up", "--detach", "--data-dir", str(data_dir), *ports)  # already running: reused
-    assert "already running" in again.stderr and again.stdout == "42\n"
-    yield data_dir, env
-    wrenn("down", "--data-dir", str(data_dir))
+    try:  # a failed `up` leaves a supervisor and processes too: `down` stops them either way
+        up = wrenn("up", "--detach", "--data-dir", str(data_dir), *ports)
+        assert up.stdout == "42\n", up.stderr  # the Quickstart's promise
+        assert "What next" in up.stderr and "wrenn env" in up.stderr
+        assert (data_dir / "platform.json").stat().st_mode & 0o777 == 0o600  # it holds the admin's key
+        assert not (data_dir / "bootstrap-token").exists()  # the first admin is made: the token is spent
+        exports = wrenn("env", "--data-dir", str(data_dir)).stdout
+        env = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
+        assert set(env) == {"WRENN_BASE_URL", "WRENN_API_KEY"}
+        # The dashboard's address and the admin's first login, which works.
+        shown = re.search(r"Dashboard: (\S+)/\s+sign in as (\S+), password (\S+)", up.stderr)
+        assert shown is not None and shown.group(1) == env["WRENN_BASE_URL"], up.stderr
+        login = {"email": shown.group(2), "password": shown.group(3)}
+        assert httpx.post(f"{shown.group(1)}/v1/auth/login", json=login).status_code == 200
+        assert httpx.get(f"{shown.group(1)}/").text.startswith("<!doctype html>")
+        again = wrenn("up", "--detach", "--data-dir", str(data_dir), *ports)  # already running: reused
+        assert "already running" in again.stderr and again.stdout == "42\n"
+        yield data_dir, env
+    finally:
+        wrenn("down", "--data-dir", str(data_dir), check=False)
     assert subprocess.run(["pgrep", "-f", f"--data-dir {data_dir}"], capture_output=True).stdout == b""
 
 
