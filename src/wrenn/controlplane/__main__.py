@@ -73,3 +73,7 @@ def server(config: uvicorn.Config, context: ssl.SSLContext | None) -> uvicorn.Se
     config.load()
     config.ssl = context
     return uvicorn.Server(config)
+
+
+if __name__ == "__main__":
+    main()
