@@ -5,8 +5,11 @@ capsule, then one started from its template)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.dashboard.conftest import ADMIN, Platform, User, assert_clean, axe
 
@@ -221,6 +225,55 @@ def test_network_policy_set_at_create_and_changed_live(
     assert_clean(alice)
 
 
+def test_header_rules_added_replaced_and_removed(
+    platform: Platform, alice: User, state: dict[str, Any]
+) -> None:
+    """Header-injection rules on the Network tab: added (the value never shown back), refused with the
+    API's reason, replaced keeping a value left empty, removed; on the running capsule."""
+    secret = "Bearer sk-from-the-browser"
+    page = _open_capsule(alice, platform.base_url, state["second"], "network")
+    rules = page.get_by_test_id("header-rules")
+    rules.get_by_role("button", name="Add headers").click()
+    dialog = page.get_by_role("dialog", name="Add headers")
+    dialog.get_by_label("Domain").fill("api.example.com")
+    dialog.get_by_label("Header value 1").fill(secret)
+    dialog.get_by_role("button", name="Save headers").click()
+    row = page.locator('[data-testid=rule-list] [data-rule="api.example.com"]')
+    row.get_by_text("Authorization").wait_for()
+    # A framing header is refused by the API, which says why in the dialog (nothing saved).
+    rules.get_by_role("button", name="Add headers").click()
+    dialog.get_by_label("Domain").fill("files.example.com")
+    dialog.get_by_label("Header name 1").fill("Host")
+    dialog.get_by_label("Header value 1").fill("x")
+    dialog.get_by_role("button", name="Save headers").click()
+    assert "Host" in dialog.get_by_test_id("rule-error").inner_text()
+    dialog.get_by_role("button", name="Cancel").click()
+    # Replaced: a header added, the stored value kept (left empty).
+    row.get_by_role("button", name="Replace the headers of api.example.com").click()
+    dialog = page.get_by_role("dialog", name="Headers of api.example.com")
+    assert dialog.get_by_label("Header value 1").input_value() == ""
+    dialog.get_by_role("button", name="Add a header").click()
+    dialog.get_by_label("Header name 2").fill("X-Team")
+    dialog.get_by_label("Header value 2").fill("t1")
+    dialog.get_by_role("button", name="Save headers").click()
+    row.get_by_text("Authorization, X-Team").wait_for()
+    page.reload()
+    row.get_by_text("Authorization, X-Team").wait_for()
+    assert secret not in page.content()
+    view = page.evaluate(
+        "id => fetch(`/v1/capsules/${id}/network`, {headers: {'X-Wrenn-Dashboard': '1'}}).then(r => r.json())",
+        state["second"],
+    )
+    assert view["rules"] == {"api.example.com": ["Authorization", "X-Team"]}
+    assert view["secrets_loaded"] is True  # the running capsule's agent holds them
+    row.get_by_role("button", name="Remove the headers of api.example.com").click()
+    page.get_by_role("dialog", name="Remove the headers of api.example.com?").get_by_role(
+        "button", name="Remove"
+    ).click()
+    page.get_by_text("No headers injected.").wait_for()
+    assert_clean(alice, allow="400")
+
+
 def test_console_logs_tab(platform: Platform, alice: User, state: dict[str, Any]) -> None:
     page = _open_capsule(alice, platform.base_url, state["capsule"], "logs")
     page.wait_for_function(
@@ -341,6 +394,38 @@ def test_admin_pages_are_for_admins(platform: Platform, alice: User, new_user: A
     )
     assert axe(admin.page) == []
     assert_clean(alice)
+    assert_clean(admin)
+
+
+def test_admin_starts_a_platform_build_with_an_archive(platform: Platform, new_user: Any) -> None:
+    """A platform admin's build from the admin page, its COPY files uploaded as a tar with the form: the
+    log, followed live, shows a file of the archive read in the build; then it is cancelled or done."""
+    admin = new_user(ADMIN[0], signup=False, password=ADMIN[1])
+    page = admin.page
+    page.goto(f"{platform.base_url}/admin/templates")
+    page.get_by_role("button", name="New platform build").click()
+    dialog = page.get_by_role("dialog", name="New platform build")
+    dialog.get_by_label("Template name").fill("platform-from-browser")
+    dialog.get_by_label("Recipe").fill("COPY greeting.txt /tmp/greeting.txt\nRUN cat /tmp/greeting.txt")
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        data = b"copied-from-the-archive\n"
+        info = tarfile.TarInfo("greeting.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    files = {"name": "files.tar.gz", "mimeType": "application/gzip", "buffer": archive.getvalue()}
+    dialog.get_by_label("Files for COPY (optional)").set_input_files(files)
+    dialog.get_by_role("button", name="Build").click()
+    row = page.locator('[data-testid=admin-build-list] [data-name="platform-from-browser"]')
+    row.wait_for()
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=build-log]')?.textContent.includes('copied-from-the-archive')",
+        timeout=BOOT_S * 1000,
+    )
+    with contextlib.suppress(PlaywrightTimeout):  # cancelled while it runs (or done already: ready)
+        row.get_by_role("button", name="Cancel build", exact=False).click(timeout=2000)
+    row.locator('[data-status="cancelled"], [data-status="ready"]').wait_for(timeout=BOOT_S * 1000)
+    assert axe(page) == []
     assert_clean(admin)
 
 

@@ -29,3 +29,21 @@ export function policyBody(f: {
 		egress_bandwidth_kbps: Number(f.bandwidth) || 0
 	};
 }
+
+/** A rule's header value that keeps the stored one (the API never shows a secret back). */
+export const KEEP = '***';
+
+/** The `rules` of a PATCH body: every domain's headers as stored (`KEEP`), except `domain`, which gets
+ * `headers` (or is dropped when they are null). */
+export function rulesBody(
+	stored: Record<string, string[]>,
+	domain: string,
+	headers: Record<string, string> | null
+): NonNullable<NetworkBody['rules']> {
+	const out: NonNullable<NetworkBody['rules']> = {};
+	for (const [d, names] of Object.entries(stored)) {
+		if (d !== domain) out[d] = [{ transform: { headers: Object.fromEntries(names.map((n) => [n, KEEP])) } }];
+	}
+	if (headers) out[domain] = [{ transform: { headers } }];
+	return out;
+}

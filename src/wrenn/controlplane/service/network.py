@@ -178,8 +178,26 @@ def _rules(rules: dict[str, list[RuleBody]] | None) -> dict[str, dict[str, str]]
     return out
 
 
+def _kept(rules: dict[str, dict[str, str]], base: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """`rules` with each `"***"` value replaced by the one `base` holds for the same domain and header
+    (so a client that cannot read the secrets, the dashboard, can replace the rules of one domain and
+    keep the others'). A secret stays with its domain and name: `"***"` for one `base` has not is 400."""
+    out: dict[str, dict[str, str]] = {}
+    for domain, headers in rules.items():
+        stored = base.get(domain, {})
+        out[domain] = {}
+        for name, value in headers.items():
+            if value == REDACTED:
+                if name not in stored:
+                    raise _errors.bad_request(f"network.rules: {domain} has no {name} header to keep")
+                value = stored[name]
+            out[domain][name] = value
+    return out
+
+
 def from_v1(body: NetworkBody, base: NetworkSpec | None = None) -> NetworkSpec:
-    """A `/v1` body over `base` (the fields it leaves out keep their value)."""
+    """A `/v1` body over `base` (the fields it leaves out keep their value; a rule's header value
+    `"***"` keeps the one stored for that domain and header)."""
     base = base or NetworkSpec()
     given = body.model_fields_set
     return NetworkSpec(
@@ -201,7 +219,7 @@ def from_v1(body: NetworkBody, base: NetworkSpec | None = None) -> NetworkSpec:
             if body.egress_bandwidth_kbps is not None
             else base.egress_bandwidth_kbps
         ),
-        rules=_rules(body.rules) if "rules" in given else base.rules,
+        rules=_kept(_rules(body.rules), base.rules) if "rules" in given else base.rules,
     ).check()
 
 

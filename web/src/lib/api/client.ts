@@ -82,3 +82,26 @@ export function message(e: unknown): string {
 export async function callAs<T>(request: Promise<{ data?: unknown; error?: unknown; response: Response }>): Promise<T> {
 	return (await call(request)) as T;
 }
+
+/** POST a multipart form with upload progress (XMLHttpRequest reports it, fetch does not): the answer's
+ * JSON (null if it has none), or an ApiError. */
+export function postForm(path: string, form: FormData, onprogress?: (loaded: number, total: number) => void): Promise<unknown> {
+	return new Promise((resolve, reject) => {
+		const xhr = new XMLHttpRequest();
+		xhr.open('POST', path);
+		for (const [k, v] of Object.entries(DASHBOARD_HEADER)) xhr.setRequestHeader(k, v);
+		xhr.upload.onprogress = (e) => onprogress?.(e.loaded, e.total);
+		xhr.onload = () => {
+			let body: unknown = null;
+			try {
+				body = JSON.parse(xhr.responseText);
+			} catch {
+				body = null;
+			}
+			if (xhr.status < 300) resolve(body);
+			else reject(toApiError(xhr.status, body ?? undefined));
+		};
+		xhr.onerror = () => reject(new Error('the upload failed (network)'));
+		xhr.send(form);
+	});
+}
