@@ -710,7 +710,7 @@ async def tti_floor(args: argparse.Namespace, data_dir: Path) -> list[float]:
     image = images.find("minimal", args.data_dir)
     assert image is not None
     (ready,) = data_dir.glob(f"ready/qemu-*/{image.template}-{image.version}/1cpu-512m-5120d")
-    accelerator = Accelerator(ready.parent.parent.name.split("-", 1)[1])
+    accelerator = Accelerator(ready.parent.parent.name.rsplit("-", 1)[1])  # qemu-<major.minor>-<accelerator>
     run = AgentRun(args.data_dir, data_dir, "ttib")
     config = NetworkConfig(slots=1, prefix=BARE_PREFIX, host_net=BARE_NETS[0], veth_net=BARE_NETS[1])
     network = NetworkManager(config)
