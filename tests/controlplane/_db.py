@@ -125,6 +125,22 @@ def insert_channel(api: TestClient, team_id: str) -> str:
     return channel_id
 
 
+def insert_e2b_webhook(api: TestClient, team_id: str) -> str:
+    """An E2B lifecycle webhook of the team (a channel of provider `e2b`, as `POST /events/webhooks` makes
+    one), to a URL nothing answers: the tests never deliver to it."""
+    from wrenn.controlplane.db import Channel
+
+    webhook_id = new_id("wh")
+
+    async def add(session: AsyncSession) -> None:
+        config = {"url": "https://hooks.example.com/e2b", "secret": "s" * 32, "enabled": "true", "name": ""}
+        session.add(Channel(id=webhook_id, team_id=team_id, name=f"e2b:{webhook_id}", provider="e2b",
+                            config=json.dumps(config), events=["sandbox.lifecycle.created"]))  # fmt: skip
+
+    run(api, add)
+    return webhook_id
+
+
 def insert_built_template(api: TestClient, team_id: str, name: str) -> dict[str, str]:
     """A built template of the team with a ready build (its files would be in the template store), a tag
     and an uploaded archive: {template_id, name, build_id, files_hash}."""
