@@ -7,6 +7,7 @@ client that reconnects with `Last-Event-ID` gets what it missed."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -140,6 +141,7 @@ def test_the_event_stream_serves_a_teams_events_as_they_happen(
         parsed = subprocess.run(
             [str(SEED_PYTHON), "-c", SEED_PARSE], input=json.dumps([*mine.lines, ""]),
             capture_output=True, text=True, timeout=60,
+            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},  # its own `wrenn`, never ours
         )  # fmt: skip
         assert parsed.returncode == 0, parsed.stderr[-3000:]
         events = json.loads(parsed.stdout)
