@@ -4,6 +4,8 @@ platform suite snapshots a real VM for the same attack)."""
 
 from __future__ import annotations
 
+import time
+
 from fastapi.testclient import TestClient
 
 from tests.controlplane._db import insert_template, run
@@ -52,3 +54,15 @@ def test_another_teams_template_boots_nothing(cp: TestClient, fake_agent: FakeAg
     creates = [r for n, r in fake_agent.recorder.calls if n == "create_sandbox"]
     assert [(c.template, c.snapshot_template) for c in creates] == [("", tpl_id), ("minimal", "")]
     assert all(isinstance(c, pb.CreateSandboxRequest) for c in creates)
+
+
+def test_an_upload_url_with_a_forged_signature_is_refused_whatever_its_characters(cp: TestClient) -> None:
+    """The signature is the upload's grant and comes from the query: non-ASCII ones (a string compare of
+    those raised, a 500) and wrong ones are refused alike, and nothing is written."""
+    before = rows(cp)
+    expires = int(time.time()) + 600
+    for signature in ("\u0080", "é" * 10, "0" * 64, ""):
+        r = cp.put(f"/templates/tpl-x/files/{'0' * 64}/upload", params={"expires": expires, "signature": signature},
+                   content=b"data")  # fmt: skip
+        assert r.status_code == 403, (signature, r.status_code, r.text)
+    assert rows(cp) == before

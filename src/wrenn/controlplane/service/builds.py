@@ -514,7 +514,8 @@ def upload_signature(key: bytes, template_id: str, files_hash: str, expires: int
 def check_upload(key: bytes, template_id: str, files_hash: str, expires: int, signature: str) -> bool:
     if expires < time.time():
         return False
-    return hmac.compare_digest(upload_signature(key, template_id, files_hash, expires), signature)
+    expected = upload_signature(key, template_id, files_hash, expires)
+    return hmac.compare_digest(expected.encode(), signature.encode())  # str: ASCII only, a query is not
 
 
 # --- the worker ------------------------------------------------------------------------------------------

@@ -197,7 +197,8 @@ class IdentityService:
     async def _claim(self, provider_id: str, state: str, held: str | None) -> OAuthFlow:
         """The flow `state` names, spent; FlowError(`invalid_state`) unless it is this browser's, unused,
         unexpired and for this provider."""
-        if not state or len(state) > 256 or not held or not hmac.compare_digest(state, held):
+        same = bool(state and held) and hmac.compare_digest(state.encode(), (held or "").encode())
+        if not state or len(state) > 256 or not same:
             raise FlowError("invalid_state", "the state is missing or is not this browser's")
         digest = _hash(state)
         flow = await self.session.get(OAuthFlow, digest)
