@@ -25,6 +25,8 @@ USERNAME, PASSWORD = "wrenn", "mail secret"
 
 def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
     """(CA certificate, server certificate, server key) for 127.0.0.1 and localhost."""
+    directory = directory / "mail-tls"  # apart from a control plane's own `ca.pem` in the same directory
+    directory.mkdir(exist_ok=True)
     ca = TestCA(directory, "wrenn test mail CA")
     return (ca.cert_file, *ca.issue("mail", "localhost", "127.0.0.1"))
 
