@@ -74,15 +74,13 @@ class Contexts:
         return context
 
     async def default(self, language: Language, warm: bool = False) -> Context:
-        """The language's default context, created on its first use (JavaScript and TypeScript share one:
-        see Language.default_context)."""
-        key = language.default_context
-        lock = self._default_locks.setdefault(key, asyncio.Lock())
+        """The language's default context, created on its first use."""
+        lock = self._default_locks.setdefault(language.name, asyncio.Lock())
         async with lock:
-            found = self.by_id.get(self.defaults.get(key, ""))
+            found = self.by_id.get(self.defaults.get(language.name, ""))
             if found is None:
                 found = await self.create(language, warm=warm)
-                self.defaults[key] = found.id
+                self.defaults[language.name] = found.id
             return found
 
     def get(self, context_id: str) -> Context | None:
@@ -90,9 +88,9 @@ class Contexts:
 
     async def remove(self, context: Context) -> None:
         self.by_id.pop(context.id, None)
-        for key, context_id in list(self.defaults.items()):
+        for language, context_id in list(self.defaults.items()):
             if context_id == context.id:
-                del self.defaults[key]
+                del self.defaults[language]
         await context.close()
         await self.jupyter.delete_kernel(context.id)
 
