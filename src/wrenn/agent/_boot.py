@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from wrenn import images
 from . import _disk, _readiness
 from ._admission import Admission
 from ._cgroup import CPU_WEIGHT
+from ._config import AgentConfig
 from ._errors import SandboxError
 from ._launch import Launcher, describe_failure
 from ._machine import major_minor
@@ -247,6 +249,10 @@ class Booter:
         # the VMM's major.minor in the path: an upgraded VMM makes its own (its restores need its own)
         series = ".".join(map(str, major_minor(table.machine.vmm_version) or ()))
         machine = "-".join(filter(None, (table.driver.name, series, table.accelerator.accelerator.value)))
+        # The guest's resolvers come on its kernel command line and stay in a snapshot of it: an agent
+        # started with other `--dns` must not restore guests that ask the old ones (nor share them).
+        if table.config.dns != _DEFAULT_DNS:
+            machine += "-dns" + hashlib.sha256(",".join(table.config.dns).encode()).hexdigest()[:8]
         shape = f"{params.vcpus}cpu-{params.memory_mb}m-{params.disk_size_mb}d"
         return table.config.data_dir / "ready" / machine / f"{image.template}-{image.version}" / shape
 
@@ -277,6 +283,9 @@ class Booter:
             shutil.rmtree(partial, ignore_errors=True)
         finally:
             await vm.resume()
+
+
+_DEFAULT_DNS = AgentConfig().dns
 
 
 def _check_shape(params: SandboxParams, template: Template) -> None:
