@@ -94,12 +94,16 @@ def private_data_dir(shared: Path, prefix: str, share_ready: bool = True) -> Pat
     """A data dir of the agent's own whose `images` is the shared one: an agent removes every sandbox
     directory it does not own, so two agents must never share a data dir (nor two test runs: the pid).
     Its `ready` is the run's shared cache unless `share_ready` is False (tests about making ready
-    snapshots start from none)."""
+    snapshots start from none; they probe the accelerator themselves too). Otherwise its
+    `accelerator.json` is the shared one: the probe costs 20 s here (a guest that cannot boot under PVM),
+    and its verdict is keyed to this machine's kernel, QEMU and KVM module, so the first agent of the
+    first run probes and the others read it."""
     directory = Path(tempfile.gettempdir()) / f"wrenn-agent-{prefix}{os.getpid() % 100_000}"
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     (directory / "images").symlink_to(shared / "images")
     if share_ready:
+        (directory / "accelerator.json").symlink_to(shared / "accelerator.json")
         ready = shared_ready_dir(shared)
         ready.mkdir(mode=0o700, parents=True, exist_ok=True)
         ready.parent.chmod(0o700)
@@ -107,10 +111,65 @@ def private_data_dir(shared: Path, prefix: str, share_ready: bool = True) -> Pat
     return directory
 
 
+#: Where test agents of every run on this machine reserve their address ranges (one file per pair,
+#: holding the reserving test run's pid).
+_RESERVATIONS = Path("/run/wrenn-test-nets")
+_RESERVED: dict[str, int] = {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _in_use_on_host() -> set[int]:
+    """Second octets of 10.x addresses and routes in the root namespace: another agent's ranges (a
+    developer's, a benchmark's, a platform's) even if it reserved nothing."""
+    found: set[int] = set()
+    for what in (["route"], ["addr"]):
+        out = subprocess.run(["ip", "-4", "-o", *what], capture_output=True, text=True, check=False).stdout
+        for word in out.split():
+            if word.startswith("10."):
+                with contextlib.suppress(ValueError, IndexError):
+                    found.add(int(word.split(".")[1]))
+    return found
+
+
 def _address_ranges(prefix: str) -> list[str]:
     """Disjoint address ranges per test agent, so that tests can run beside another agent (a developer's,
-    a benchmark's, another checkout's tests): 10.<n>.0.0/16 for host addresses, 10.<n+1>.0.0/16 for veths."""
-    n = 20 + 2 * (int(hashlib.sha256(prefix.encode()).hexdigest(), 16) % 100)
+    a benchmark's, another checkout's tests): 10.<n>.0.0/16 for host addresses, 10.<n+1>.0.0/16 for veths.
+    A hash of the prefix alone collided now and then (two live agents routing the same addresses: a
+    create failed with EEXIST), so each pair is reserved, first come, for the life of the test run; a
+    restarted agent of the same prefix keeps its pair (it adopts sandboxes on those addresses). n stays
+    below 140, where `wrenn up`'s own platforms take theirs (cli/_platform.py)."""
+    if prefix not in _RESERVED:
+        _RESERVATIONS.mkdir(mode=0o700, parents=True, exist_ok=True)
+        used = _in_use_on_host()
+        start = int(hashlib.sha256(prefix.encode()).hexdigest(), 16) % 60
+        for i in range(60):
+            n = 20 + 2 * ((start + i) % 60)
+            if n in used or n + 1 in used or n in (60, 62):  # 10.60-63: tests/controlplane/test_two_hosts.py
+                continue
+            slot = _RESERVATIONS / str(n)
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                if not _alive(int(slot.read_text() or 0)):
+                    slot.unlink()
+            try:
+                fd = os.open(slot, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            except FileExistsError:
+                continue
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            _RESERVED[prefix] = n
+            break
+        else:
+            raise RuntimeError("no free address range for a test agent (all 60 pairs in 10.20-10.139 taken)")
+    n = _RESERVED[prefix]
     return ["--host-net", f"10.{n}.0.0/16", "--veth-net", f"10.{n + 1}.0.0/16"]
 
 
