@@ -11,12 +11,14 @@ import contextlib
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.cli._run import until, wrenn
 from tests.ops.conftest import Node, vmm_pids
+from wrenn.cli._platform import agent_identity
 from wrenn.sdk import Capsule
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the host agent needs root")]
@@ -76,6 +78,49 @@ def test_up_on_a_half_running_platform_destroys_nothing(node: Node) -> None:
     assert until(lambda: node.service("agent")["pid"] not in (0, agent["pid"]), 20), node.state()
     assert "not our child" in node.service("agent")["last_exit"]
     assert until(node.file_is_there, 90) and node.vmm_pid() == vmm
+
+
+def _ours(data_dir: Path) -> tuple[set[str], set[str]]:
+    """This node's agent's network namespaces and host links (its name prefix's)."""
+    prefix = agent_identity(data_dir)[1]
+    netns = (
+        {n for n in os.listdir("/run/netns") if n.startswith(prefix)}
+        if os.path.isdir("/run/netns")
+        else set()
+    )
+    links = {n.split("@")[0] for n in os.listdir("/sys/class/net") if n.startswith(prefix)}
+    return netns, links
+
+
+def test_both_killed_in_turn_keep_the_capsule_and_its_processes(node: Node) -> None:
+    """The agent killed, then the control plane before the agent is back (a second crash while the
+    first is recovering): both come back, the capsule runs on in the same VMM with its file and a
+    process started before, and nothing is left over or missing (namespaces, links, capsules)."""
+    c = node.capsule
+    sleeper = c.commands.run("nohup sleep 3600 >/dev/null 2>&1 & echo $!", timeout=30).stdout.strip()
+    vmm, agent, server, before = (
+        node.vmm_pid(),
+        node.service("agent"),
+        node.service("controlplane"),
+        _ours(node.data_dir),
+    )
+    assert all(before), before  # the capsule's namespace and host link are there to compare
+    os.kill(agent["pid"], signal.SIGKILL)
+    os.kill(server["pid"], signal.SIGKILL)  # the agent is restarted 0.5 s after its end: not back yet
+
+    def both_back() -> bool:
+        return all(
+            node.service(n)["pid"] not in (0, old["pid"])
+            for n, old in (("agent", agent), ("controlplane", server))
+        )
+
+    assert until(both_back, 20), node.state()
+    assert until(node.file_is_there, 90)
+    assert node.vmm_pid() == vmm  # adopted, not booted anew
+    assert c.commands.run(f"kill -0 {sleeper} && echo alive", timeout=30).stdout == "alive\n"
+    assert _ours(node.data_dir) == before
+    shown = wrenn("status", "--data-dir", str(node.data_dir)).stdout
+    assert "capsules on this host: 1 running" in shown, shown
 
 
 @pytest.mark.parametrize("killed", ["agent", "controlplane"])

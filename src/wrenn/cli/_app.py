@@ -100,9 +100,17 @@ def up(
     pause_deadline: Annotated[
         int, typer.Option(help="at a shutdown (SIGTERM to the supervisor), seconds to pause the capsules in")
     ] = 60,
+    supervisor: Annotated[
+        str,
+        typer.Option(
+            help="systemd: install and start systemd units; self: wrenn's own supervisor; "
+            "auto: systemd where it is the init system"
+        ),
+    ] = "auto",
 ) -> None:
-    """The whole platform on this machine: control plane, host agent and SQLite, kept running by a
-    supervisor; then a first capsule. Of a platform (partly) running it keeps what runs, restarts the rest."""
+    """The whole platform on this machine: control plane, host agent and SQLite, kept running by systemd
+    (where it is the init system) or by wrenn's own supervisor; then a first capsule. Of a platform
+    (partly) running it keeps what runs, restarts the rest."""
     from wrenn.sdk import Capsule
 
     for name in with_ or ():
@@ -116,6 +124,7 @@ def up(
         proxy_port=agent_proxy_port or None,
         templates=tuple(images.ALIASES.get(n, n) for n in with_ or ()),
         pause_deadline_s=pause_deadline,
+        supervised_by=supervisor,
     )
     err.print(f"Wrenn is up at {platform.base_url}. A first capsule:")
     started = time.monotonic()

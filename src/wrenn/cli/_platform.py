@@ -34,7 +34,8 @@ from wrenn._shared.private import write_private
 if TYPE_CHECKING:
     from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClientSync
 
-from ._reboot import PAUSED_FILE
+from . import _systemd
+from ._reboot import PAUSED_FILE, pause_all
 from ._supervisor import Service, State, code_env, code_fingerprint, runs, shutdown, start_ticks
 
 ADMIN_EMAIL = "admin@wrenn.local"
@@ -255,6 +256,8 @@ def start(
     proxy_port: int | None = None,
     templates: tuple[str, ...] = (),
     pause_deadline_s: float | None = None,
+    supervised_by: str = "auto",
+    systemd: _systemd.Systemd | None = None,
 ) -> Platform:
     """Bring the platform up and return how to reach it; idempotent. `templates`: base images built (or
     found up to date) besides `minimal`, e.g. `code-interpreter`.
@@ -262,7 +265,10 @@ def start(
     Crash-only: what still runs of a platform started before is kept as it is (with its capsules), a
     supervisor is started if none runs, and it restarts what has stopped. Only when nothing runs are the
     images brought up to date and the processes started afresh (with the ports given). A process that runs
-    another installation of wrenn (an upgrade) is restarted onto this one; the VMs keep running."""
+    another installation of wrenn (an upgrade) is restarted onto this one; the VMs keep running.
+
+    `supervised_by`: "systemd" installs and starts systemd units instead (`_systemd`), "self" supervises
+    the processes itself, "auto" chooses systemd where it is the init system (or runs this data dir)."""
     if os.geteuid() != 0:
         raise PlatformError(
             "the host agent runs microVMs with their own network namespaces: run as root (sudo)"
@@ -273,6 +279,13 @@ def start(
     state = load_state(data_dir)
     services = state.services if state else []
     running = [s.name for s in services if runs(s.pid, s.start_ticks, s.running_argv())]
+    systemd = systemd or _systemd.Systemd()
+    if _use_systemd(data_dir, supervised_by, systemd, bool(running) or bool(state and state.supervised())):
+        try:
+            proxy = proxy_port or agent_port + 1
+            return _start_systemd(data_dir, (port, agent_port, proxy), console, templates, saved, systemd)
+        except _systemd.SystemdError as exc:
+            raise PlatformError(str(exc)) from None
     supervisor = None
     if state is not None and (running or state.supervised()):
         if not all(s.argv for s in state.services):
@@ -307,6 +320,26 @@ def start(
     return platform
 
 
+def _use_systemd(data_dir: Path, supervised_by: str, systemd: _systemd.Systemd, self_running: bool) -> bool:
+    """Whether `start` runs the platform under systemd (`--supervisor`; auto: where systemd is the init
+    system, or this data dir's units are installed); an error when the other way runs it now."""
+    installed = _systemd.installed_for(data_dir, systemd)
+    try:
+        chosen = "systemd" if installed and supervised_by == "auto" else _systemd.choose(supervised_by)
+    except _systemd.SystemdError as exc:
+        raise PlatformError(str(exc)) from None
+    if chosen == "systemd" and self_running:
+        raise PlatformError(
+            f"Wrenn runs from {data_dir} under its own supervisor: `wrenn down` first, "
+            "then `wrenn up --supervisor systemd`"
+        )
+    if chosen == "self" and installed:
+        raise PlatformError(
+            f"Wrenn runs from {data_dir} under systemd: `wrenn down` first, then `wrenn up --supervisor self`"
+        )
+    return chosen == "systemd"
+
+
 def _fresh(
     data_dir: Path, port: int, agent_port: int, proxy_port: int, console: Console, templates: tuple[str, ...]
 ) -> State:
@@ -314,6 +347,12 @@ def _fresh(
     for p, what in ((port, "control plane"), (agent_port, "host agent"), (proxy_port, "agent's traffic")):
         if not _port_free(p):
             raise PlatformError(f"port {p} for the {what} is taken (choose another with --port/--agent-port)")
+    _build_images(data_dir, console, templates)
+    return State(_services(data_dir, port, agent_port, proxy_port))
+
+
+def _build_images(data_dir: Path, console: Console, templates: tuple[str, ...]) -> None:
+    """The base images brought up to date (`minimal` and `templates`)."""
     if images.find("minimal", data_dir) is None:
         console.print("Building the base image (once; about a minute).")
     try:
@@ -323,7 +362,34 @@ def _fresh(
             images.build(template, data_dir, progress=True, console=console)
     except images.BuildError as exc:
         raise PlatformError(str(exc)) from None
-    return State(_services(data_dir, port, agent_port, proxy_port))
+
+
+def _start_systemd(
+    data_dir: Path,
+    ports: tuple[int, int, int],
+    console: Console,
+    templates: tuple[str, ...],
+    saved: Platform | None,
+    systemd: _systemd.Systemd,
+) -> Platform:
+    """`start` under systemd: the units installed and started, then the first admin as without."""
+    port, agent_port, proxy_port = ports
+    node = _systemd.Node(
+        data_dir, port, agent_port, proxy_port, _systemd.installed_wrenn(), tuple(agent_identity(data_dir))
+    )
+    if not _systemd.installed_for(data_dir, systemd):
+        for p in ports:
+            if not _port_free(p):
+                raise PlatformError(f"port {p} is taken (choose others with --port/--agent-port)")
+    _build_images(data_dir, console, templates)
+    with console.status("installing and starting the systemd units (wrenn-agent, wrenn-controlplane)"):
+        _systemd.install(node, systemd)
+        agent, base_url = f"http://127.0.0.1:{agent_port}", f"http://127.0.0.1:{port}"
+        _systemd.wait_ready({_systemd.AGENT: agent, _systemd.CONTROLPLANE: f"{base_url}/health"})
+    email, password, api_key = _credentials(base_url, node.controlplane_dir, saved)
+    platform = Platform(str(data_dir), base_url, api_key, email, password, agent)
+    platform.save()
+    return platform
 
 
 @contextlib.contextmanager
@@ -349,11 +415,25 @@ def _stop_supervisor(state: State) -> None:
 
 
 def stop(
-    data_dir: Path, console: Console, *, quiet: bool = False, pause: bool = False, deadline_s: float = 60
+    data_dir: Path,
+    console: Console,
+    *,
+    quiet: bool = False,
+    pause: bool = False,
+    deadline_s: float = 60,
+    systemd: _systemd.Systemd | None = None,
 ) -> bool:
     """Stop what `up` started: the supervisor first (so it restarts nothing), then the control plane, and
     the agent, which destroys every capsule and removes its host rules. With `pause`, the running capsules
-    are paused instead (within `deadline_s`; the rest are left running) and the next `up` resumes them."""
+    are paused instead (within `deadline_s`; the rest are left running) and the next `up` resumes them.
+    Under systemd the same, then the units are stopped and disabled."""
+    systemd = systemd or _systemd.Systemd()
+    if _systemd.installed_for(data_dir, systemd):
+        try:
+            _stop_systemd(data_dir, console, systemd, pause=pause, deadline_s=deadline_s)
+        except _systemd.SystemdError as exc:
+            raise PlatformError(str(exc)) from None
+        return True
     state = load_state(data_dir)
     if state is None:
         if not quiet:
@@ -395,6 +475,29 @@ def stop(
     return True
 
 
+def _stop_systemd(
+    data_dir: Path, console: Console, systemd: _systemd.Systemd, *, pause: bool, deadline_s: float
+) -> None:
+    """`stop` under systemd: the capsules paused (`pause`) or destroyed (the agent's Terminate), then the
+    units stopped and disabled (the control plane first)."""
+    platform = Platform.load(data_dir)
+    if pause:
+        for capsule_id, why in pause_all(data_dir, deadline_s).items():
+            console.print(f"not paused, left as it is: {capsule_id} ({why})")
+    elif platform is not None:
+        from wrenn.proto.hostagent.v1 import hostagent_pb
+
+        systemd.run("stop", _systemd.CONTROLPLANE)
+        # not answering: systemd stops it (its VMs left running)
+        with contextlib.suppress(Exception), _agent(data_dir, platform.agent_url) as client:
+            client.terminate(hostagent_pb.TerminateRequest(), timeout_ms=120_000)
+    _systemd.stop(systemd)
+    if pause:
+        console.print("Wrenn stopped (systemd units disabled); the capsules it paused stay paused.")
+    else:
+        console.print("Wrenn stopped (systemd units disabled): every capsule destroyed.")
+
+
 #: How `wrenn status` names the supervised processes.
 TITLES = {"agent": "host agent", "controlplane": "control plane"}
 
@@ -409,8 +512,19 @@ class ProcessStatus:
     last_exit: str
 
 
-def processes(data_dir: Path) -> list[ProcessStatus]:
-    """The supervisor and each process it keeps, as they are now."""
+def processes(data_dir: Path, systemd: _systemd.Systemd | None = None) -> list[ProcessStatus]:
+    """The supervisor and each process it keeps, as they are now (under systemd: each unit, as systemd
+    says, and no supervisor row: systemd is it)."""
+    if _systemd.installed_for(data_dir, systemd or _systemd.Systemd()):
+        try:
+            units = _systemd.status(systemd or _systemd.Systemd())
+        except _systemd.SystemdError as exc:
+            raise PlatformError(str(exc)) from None
+        titles = {_systemd.AGENT: TITLES["agent"], _systemd.CONTROLPLANE: TITLES["controlplane"]}
+        return [
+            ProcessStatus(titles.get(u.unit, u.unit), u.pid, u.running, u.uptime_s, u.restarts, u.last_exit)
+            for u in units
+        ]
     state = load_state(data_dir)
     if state is None:
         return []
