@@ -181,6 +181,12 @@ def test_a_vmm_is_held_by_its_cgroup(platform: Platform) -> None:
         throttles = [(dirs["blkio"] / f).read_text().split() for f in ("blkio.throttle.write_bps_device",)]
         assert throttles[0] and int(throttles[0][1]) > 0
         group = dirs["memory"]
+        # Out of the group of whatever started the agent in the hierarchies an init system tracks its
+        # services by (systemd's named one; a hybrid layout's v2 one): systemd kills what is left in a
+        # stopped service's group, and the VMs must outlive the agent (docs/operations.md, "cgroup layout").
+        lines = [line.split(":", 2) for line in Path(f"/proc/{v.pid}/cgroup").read_text().splitlines()]
+        tracked = [path for _, hierarchy, path in lines if hierarchy in ("name=systemd", "")]
+        assert tracked and all(p.startswith("/wrenn/") and v.sandbox_id in p for p in tracked), tracked
     else:
         group = dirs["unified"]
         assert int((group / "memory.max").read_text()) == limit

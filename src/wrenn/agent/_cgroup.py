@@ -33,6 +33,11 @@ CPU_PERIOD_US = 100_000
 CPU_WEIGHT = 100
 CPU_WEIGHT_BACKGROUND = 1
 V1_CONTROLLERS = ("memory", "cpu", "pids", "blkio")
+#: On v1, the hierarchies without controllers that an init system tracks its services' processes in:
+#: systemd's named hierarchy, and on a hybrid layout its v2 one. A VMM joins `wrenn/<name>` there too, so
+#: that it leaves the group of the service that started the agent: systemd kills what is left in a
+#: service's group when it stops or restarts it (KillMode=mixed), and the VMs must outlive the agent.
+V1_TRACKING = ("systemd", "unified")
 #: What every group of ours must be able to limit (io is optional: not every host or file system has it).
 REQUIRED = ("memory", "cpu", "pids")
 
@@ -101,7 +106,8 @@ class Cgroups:
         if self.version is CgroupVersion.V2:
             return [self.root / self.parent / name]
         if self.version is CgroupVersion.V1:
-            return [self.root / c / self.parent / name for c in V1_CONTROLLERS if (self.root / c).exists()]
+            hierarchies = (*V1_CONTROLLERS, *V1_TRACKING)
+            return [self.root / c / self.parent / name for c in hierarchies if (self.root / c).exists()]
         return []
 
     def _enable_v2_controllers(self) -> None:
@@ -257,7 +263,7 @@ class Cgroups:
         parents = (
             [self.root / self.parent]
             if self.version is CgroupVersion.V2
-            else [self.root / c / self.parent for c in V1_CONTROLLERS]
+            else [self.root / c / self.parent for c in (*V1_CONTROLLERS, *V1_TRACKING)]
         )
         for parent in parents:
             if parent.is_dir():
