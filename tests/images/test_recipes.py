@@ -115,3 +115,16 @@ def test_the_npm_lock_pins_deno_and_refuses_malformed_lines_and_other_bytes(tmp_
         with pytest.raises(_npm.NpmLockError):
             _npm.read_lock(tmp_path / "npm.lock")
     assert not deno.verify(b"not the tarball")  # what fetch() checks, downloaded or from the cache
+
+
+def test_the_code_interpreters_memory_is_its_shape_not_its_content() -> None:
+    """Its capsules get 1024 MiB when a create asks for none (a Deno kernel beside the warm Python kernel
+    does not fit in 512); a shape is no input to the image's version, so changing it rebuilds nothing."""
+    import dataclasses
+
+    from wrenn.images import TEMPLATES
+
+    interpreter = TEMPLATES["code-interpreter"]
+    assert interpreter.memory_mb == 1024 and TEMPLATES["minimal"].memory_mb == 512
+    assert dataclasses.replace(interpreter, memory_mb=2048).recipe() == interpreter.recipe()
+    assert "memory_mb" not in interpreter.recipe()

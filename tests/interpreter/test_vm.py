@@ -127,6 +127,8 @@ def test_e2b_contexts(sbx: Sandbox) -> None:
 
 
 def test_e2b_javascript_and_typescript_in_deno(sbx: Sandbox) -> None:
+    # The image's own memory, asked for by no one: a Deno kernel beside the warm Python one needs it.
+    assert sbx.get_info().memory_mb == 1024
     js = sbx.run_code("console.log(1+1); 40+2", language="js")
     assert js.logs.stdout == ["2\n"] and js.text == "42" and js.error is None
     env = sbx.run_code(

@@ -24,10 +24,9 @@ class Language:
     #: How long a cell's stream waits, once the kernel replied and went idle, for outputs that trail them
     #: (Deno's kernel sends them out of order); 0: the kernel keeps Jupyter's order.
     settle_s: float = 0.0
-    #: Languages with the same key share their default context. A Deno kernel holds about 175 MB of its
-    #: own memory: beside the warm Python kernel, a 512 MiB capsule (E2B's default) has room for one, so
-    #: JavaScript and TypeScript cells without a context run in one Deno kernel (a context made for either
-    #: with POST /contexts is a kernel of its own).
+    #: Languages with the same key share their default context. A Deno kernel costs about 200 MiB
+    #: (docs/interpreter.md#memory), so JavaScript and TypeScript cells without a context run in one Deno
+    #: kernel (a context made for either with POST /contexts is a kernel of its own).
     shared_default: str | None = None
 
     @property
