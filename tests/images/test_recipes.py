@@ -89,3 +89,42 @@ def test_the_interpreter_is_installed_beside_envd_with_its_extra() -> None:
     pinned = names("\n".join(_rootfs.envd_requirements(("interpreter",))))
     assert {"httpx", "httpx-ws", "starlette", "uvicorn"} <= pinned
     assert "httpx-ws" not in names("\n".join(_rootfs.envd_requirements()))
+
+
+def test_the_npm_lock_pins_deno_and_refuses_malformed_lines_and_other_bytes(tmp_path: Path) -> None:
+    from wrenn.images import _npm
+
+    assert RECIPE is not None
+    (deno,) = _npm.read_lock(RECIPE / "npm.lock")
+    assert deno.name == "@deno/linux-x64-glibc" and deno.integrity.startswith("sha512-")
+    assert (
+        deno.url == f"https://registry.npmjs.org/@deno/linux-x64-glibc/-/linux-x64-glibc-{deno.version}.tgz"
+    )
+    spec = json.loads((RECIPE / "rootfs/usr/local/share/jupyter/kernels/deno/kernel.json").read_text())
+    assert spec["argv"][:3] == ["/usr/local/bin/deno", "jupyter", "--kernel"]
+    assert "/usr/local/lib/node_modules/@deno/linux-x64-glibc/deno" in (
+        RECIPE / "setup.sh"
+    ).read_text().replace("../lib", "/usr/local/lib")
+    for bad in (
+        "deno 1.0.0 sha512-abc",  # no @VERSION
+        "@deno/x@1.0.0 sha1-abc",  # a weak hash
+        "../../etc@1.0.0 sha512-abc",  # not a package name: no way out of node_modules or the registry
+        "@deno/x@1.0.0; rm -rf / sha512-abc",
+    ):
+        (tmp_path / "npm.lock").write_text(bad + "\n")
+        with pytest.raises(_npm.NpmLockError):
+            _npm.read_lock(tmp_path / "npm.lock")
+    assert not deno.verify(b"not the tarball")  # what fetch() checks, downloaded or from the cache
+
+
+def test_the_code_interpreters_memory_is_its_shape_not_its_content() -> None:
+    """Its capsules get 1024 MiB when a create asks for none (a Deno kernel beside the warm Python kernel
+    does not fit in 512); a shape is no input to the image's version, so changing it rebuilds nothing."""
+    import dataclasses
+
+    from wrenn.images import TEMPLATES
+
+    interpreter = TEMPLATES["code-interpreter"]
+    assert interpreter.memory_mb == 1024 and TEMPLATES["minimal"].memory_mb == 512
+    assert dataclasses.replace(interpreter, memory_mb=2048).recipe() == interpreter.recipe()
+    assert "memory_mb" not in interpreter.recipe()

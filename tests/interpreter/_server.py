@@ -22,6 +22,7 @@ import httpx
 from tests.conftest import Envd, free_port, start_envd
 
 RECIPE = Path(__file__).parents[2] / "src/wrenn/images/recipes/code-interpreter/rootfs/etc"
+KERNELS = RECIPE.parent / "usr/local/share/jupyter/kernels"
 SANDBOX_ENV = {"WRENN_SANDBOX_VAR": "from envd", "SHARED": "global"}
 
 
@@ -68,7 +69,9 @@ def _wait(url: str, proc: subprocess.Popen[bytes], what: str, log: Path, timeout
 
 
 @contextmanager
-def running_interpreter(keepalive_s: float = 5.0) -> Iterator[Interpreter]:
+def running_interpreter(keepalive_s: float = 5.0, deno: Path | None = None) -> Iterator[Interpreter]:
+    """`deno`: the Deno binary of the image's npm.lock, for the image's Deno kernel spec (JavaScript and
+    TypeScript contexts); without it those languages have no kernel here."""
     root = Path(tempfile.mkdtemp(prefix="wrenn-interp-"))
     home, ipython, jconf, jdata = (
         root / "home",
@@ -82,6 +85,11 @@ def running_interpreter(keepalive_s: float = 5.0) -> Iterator[Interpreter]:
     shutil.copy(RECIPE / "jupyter/jupyter_server_config.py", jconf)
     bash_spec = {"argv": [sys.executable, "-m", "bash_kernel", "-f", "{connection_file}"], "language": "bash"}
     (jdata / "kernels/bash/kernel.json").write_text(json.dumps({**bash_spec, "display_name": "Bash"}))
+    if deno is not None:  # the image's spec, with the binary where it is here
+        spec = json.loads((KERNELS / "deno/kernel.json").read_text())
+        spec["argv"][0] = str(deno)
+        (jdata / "kernels/deno").mkdir()
+        (jdata / "kernels/deno/kernel.json").write_text(json.dumps(spec))
     env = {**os.environ, "IPYTHONDIR": str(root / "ipython"), "JUPYTER_CONFIG_DIR": str(jconf),
            "JUPYTER_PATH": str(jdata), "HOME": str(home)}  # fmt: skip
     env.pop("MPLBACKEND", None)  # the kernel picks matplotlib's inline backend itself

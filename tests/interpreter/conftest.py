@@ -4,6 +4,7 @@ import logging
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +17,24 @@ from wrenn.images import Image
 log = logging.getLogger("tests.interpreter")
 
 
+@pytest.fixture(scope="session")
+def deno(image_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Deno binary the code-interpreter image gets: the same npm tarball (pinned in its npm.lock, from
+    the image cache), unpacked on the host."""
+    from wrenn.images import recipe_tarball
+
+    tarball = recipe_tarball("code-interpreter", "@deno/linux-x64-glibc", image_data_dir)
+    target = tmp_path_factory.mktemp("deno")
+    with tarfile.open(tarball) as tar:
+        tar.extract("package/deno", target, filter="data")
+    return target / "package/deno"
+
+
 @pytest.fixture(scope="module")
-def interpreter() -> Iterator[Interpreter]:
-    """One execution server (with its Jupyter Server and envd) per module; keepalives every second."""
-    with running_interpreter(keepalive_s=1.0) as server:
+def interpreter(deno: Path) -> Iterator[Interpreter]:
+    """One execution server (with its Jupyter Server, a Deno kernel spec and envd) per module; keepalives
+    every second."""
+    with running_interpreter(keepalive_s=1.0, deno=deno) as server:
         yield server
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -19,6 +20,10 @@ def kinds(lines: list[dict]) -> list[str]:
 
 def only(lines: list[dict], kind: str) -> list[dict]:
     return [line for line in lines if line["type"] == kind]
+
+
+def stdout_json(lines: list[dict]) -> Any:
+    return json.loads("".join(line["text"] for line in only(lines, "stdout")))
 
 
 def test_health_is_ok_once_ready(interpreter: Interpreter) -> None:
@@ -136,6 +141,46 @@ def test_bash_runs_in_its_own_default_context(interpreter: Interpreter) -> None:
     assert "".join(line["text"] for line in only(lines, "stdout")) == weird + "\n"
 
 
+def test_javascript_runs_in_deno_with_stdout_a_result_and_the_sandbox_env(interpreter: Interpreter) -> None:
+    lines = interpreter.execute(
+        "console.log(1 + 1); const sandboxVar = Deno.env.get('WRENN_SANDBOX_VAR'); 40 + 2", language="js"
+    )
+    # Deno's kernel publishes stdout and results out of order with its status: all of them still come.
+    assert sorted(kinds(lines)[:-1]) == ["number_of_executions", "result", "stdout"]
+    assert kinds(lines)[-1] == "end_of_execution" and only(lines, "stdout")[0]["text"] == "2\n"
+    (result,) = only(lines, "result")
+    assert result["text"] == "42" and result["is_main_result"] is True
+    (env,) = only(interpreter.execute("sandboxVar", language="javascript"), "result")
+    assert env["text"] == SANDBOX_ENV["WRENN_SANDBOX_VAR"]  # state kept; a string loses its quotes
+    weird = 'it\'s "quoted"\n${x} `y` \\ end'
+    code = (
+        "console.log(JSON.stringify([Deno.env.get('SHARED'), Deno.env.get('ONLY_NOW') ?? null, Deno.cwd()]))"
+    )
+    during = stdout_json(
+        interpreter.execute(code, language="js", env_vars={"SHARED": "m", "ONLY_NOW": weird})
+    )
+    assert during == ["m", weird, str(interpreter.root / "home")]
+    assert stdout_json(interpreter.execute(code, language="js"))[:2] == ["global", None]
+
+
+def test_typescript_shares_deno_default_context_and_errors_are_named(interpreter: Interpreter) -> None:
+    (result,) = only(
+        interpreter.execute("interface P { x: number }\nconst p: P = { x: 20 };\np.x * 2 + 2", language="ts"),
+        "result",
+    )
+    assert result["text"] == "42"
+    # One Deno kernel for both languages' default contexts (memory): JavaScript's variables are there.
+    (shared,) = only(interpreter.execute("typeof sandboxVar", language="typescript"), "result")
+    assert shared["text"] == "string"
+    languages = [c["language"] for c in httpx.get(f"{interpreter.url}/contexts").json()]
+    assert "typescript" not in languages and "javascript" in languages
+    (error,) = only(interpreter.execute("throw new TypeError('boom')", language="ts"), "error")
+    assert error["name"] == "TypeError" and error["value"] == "boom"
+    (error,) = only(interpreter.execute("notDefinedAnywhere + 1", language="ts"), "error")
+    assert error["name"] == "ReferenceError" and "notDefinedAnywhere" in error["value"]
+    assert only(interpreter.execute("p.x", language="ts"), "result")[0]["text"] == "20"
+
+
 def test_unknown_languages_and_bad_requests_are_refused_clearly(interpreter: Interpreter) -> None:
     r = httpx.post(f"{interpreter.url}/execute", json={"code": "1", "language": "cobol"})
     assert r.status_code == 400 and "cobol" in r.text and "python" in r.text
@@ -228,6 +273,24 @@ def test_a_new_guest_identity_reseeds_the_kernels_generators(interpreter: Interp
     (fresh,) = only(interpreter.execute(draw), "result")
     assert fresh["text"] != same["text"]
     assert "kernel reseeded" in interpreter.logs["interpreter"].read_text()
+
+
+def test_a_new_guest_identity_gives_javascript_a_fresh_math_random(interpreter: Interpreter) -> None:
+    """V8 cannot reseed Math.random: after a restore a Deno context gets one seeded from the reseeded pool,
+    so two capsules from one snapshot draw different numbers."""
+    interpreter.execute("const original = Math.random", language="js")
+    interpreter.identity.write_text("restored-guest-js\n")
+    draws = "const d = Array.from({length: 2000}, () => Math.random());\n"
+    stats = (
+        "[Math.random === original, Math.min(...d) >= 0 && Math.max(...d) < 1,"
+        " d.reduce((a, b) => a + b) / d.length]"
+    )
+    replaced, in_range, mean = stdout_json(
+        interpreter.execute(f"{draws}console.log(JSON.stringify({stats}))", language="js")
+    )
+    assert replaced is False and in_range is True and 0.45 < mean < 0.55
+    (again,) = only(interpreter.execute("Math.random()", language="js"), "result")
+    assert 0 <= float(again["text"]) < 1
 
 
 def test_env_vars_load_once_a_request_brings_envds_token(interpreter: Interpreter) -> None:

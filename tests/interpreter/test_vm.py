@@ -126,6 +126,26 @@ def test_e2b_contexts(sbx: Sandbox) -> None:
     assert bash.logs.stdout == ["42\n"]
 
 
+def test_e2b_javascript_and_typescript_in_deno(sbx: Sandbox) -> None:
+    # The image's own memory, asked for by no one: a Deno kernel beside the warm Python one needs it.
+    assert sbx.get_info().memory_mb == 1024
+    js = sbx.run_code("console.log(1+1); 40+2", language="js")
+    assert js.logs.stdout == ["2\n"] and js.text == "42" and js.error is None
+    env = sbx.run_code(
+        "Deno.env.get('FROM_CREATE') + ' ' + Deno.env.get('ONCE')", language="js", envs={"ONCE": "1"}
+    )
+    assert env.text == "yes, from Sandbox.create 1"
+    ts = sbx.run_code(
+        "const n: number = 6;\nfunction twice(x: number): number { return 2 * x }\ntwice(n) * 3.5",
+        language="ts",
+    )
+    assert ts.text == "42" and ts.error is None
+    failed = sbx.run_code("throw new RangeError('too far')", language="typescript")
+    assert failed.error is not None and failed.error.name == "RangeError" and failed.error.value == "too far"
+    languages = [c.language for c in sbx.list_code_contexts()]  # one Deno kernel runs both: memory
+    assert "javascript" in languages and "typescript" not in languages
+
+
 def test_e2b_timeout_interrupts_and_the_kernel_stays(sbx: Sandbox) -> None:
     sbx.run_code("kept = 'yes'")
     started = time.monotonic()
@@ -145,11 +165,14 @@ def test_capsules_restored_from_one_snapshot_draw_different_random_numbers(opts:
             execution = sandbox.run_code(
                 "import random, numpy\n(random.random(), float(numpy.random.rand()))"
             )
-            draws.append((execution.text, time.monotonic() - started))
+            took = time.monotonic() - started
+            js = sandbox.run_code("Math.random()", language="js")  # its kernel starts after the restore
+            draws.append((execution.text, took, js.text, time.monotonic() - started - took))
         finally:
             sandbox.kill()
-    assert draws[0][0] != draws[1][0]
+    assert draws[0][0] != draws[1][0] and draws[0][2] != draws[1][2]
     print(f"\nfirst run_code after Sandbox.create: {', '.join(f'{d[1]:.2f} s' for d in draws)}")
+    print(f"first JavaScript run_code (starts Deno's kernel): {', '.join(f'{d[3]:.2f} s' for d in draws)}")
 
 
 def test_our_sdk_sync_and_async(platform: tuple[str, str]) -> None:

@@ -44,13 +44,15 @@ class Recorder(HostAgentService):
     samples: dict[str, list[tuple[int, float, int, int]]] = field(default_factory=dict)
     #: The `X-Request-Id` each create came with ('' without one).
     request_ids: list[str] = field(default_factory=list)
+    #: The base images it reports.
+    images: list[pb.ImageInfo] = field(default_factory=lambda: [pb.ImageInfo(name="minimal", version="1")])
 
     async def get_host_info(self, request: pb.GetHostInfoRequest, ctx: Any) -> pb.GetHostInfoResponse:
         self.calls.append(("get_host_info", request))
         return pb.GetHostInfoResponse(
             hostname="fake", arch="x86_64", cpu_count=64, memory_total_mb=1 << 20, disk_total_mb=1 << 30,
             disk_available_mb=1 << 29,
-            slot_capacity=1000, proxy_port=self.proxy_port, images=[pb.ImageInfo(name="minimal", version="1")],
+            slot_capacity=1000, proxy_port=self.proxy_port, images=self.images,
         )  # fmt: skip
 
     async def create_sandbox(self, request: pb.CreateSandboxRequest, ctx: Any) -> pb.CreateSandboxResponse:

@@ -127,6 +127,7 @@ def host_images(data_dir: Path) -> list[dict[str, Any]]:
             "kernel_version": image.kernel_version,
             "description": image.description,
             "aliases": image.aliases(),
+            "memory_mb": image.memory_mb(),
         }
         for image in images.available(data_dir)
     ]

@@ -28,6 +28,7 @@ def images_of(info: pb.GetHostInfoResponse) -> list[dict[str, Any]]:
             "kernel_version": i.kernel_version,
             "description": i.description,
             "aliases": list(i.aliases),
+            "memory_mb": i.memory_mb,
         }
         for i in info.images
     ]

@@ -15,6 +15,7 @@ command line and runs envd on TCP 49983.
 
 from ._build import DEFAULT_DISK_SIZE, build
 from ._image import DEFAULT_DATA_DIR, NAME, VERSION, Image, InvalidName, available, find, find_version
+from ._npm import NpmLockError, recipe_tarball
 from ._steps import STEPS, BuildError
 from ._templates import ALIASES, TEMPLATES, Readiness, Template
 
@@ -29,10 +30,12 @@ __all__ = [
     "BuildError",
     "Image",
     "InvalidName",
+    "NpmLockError",
     "Readiness",
     "Template",
     "available",
     "build",
     "find",
     "find_version",
+    "recipe_tarball",
 ]

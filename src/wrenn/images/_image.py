@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._templates import ALIASES
+from ._templates import ALIASES, TEMPLATES
+
+#: The memory (MiB) of a capsule whose create asks for none, for an image of no known template.
+DEFAULT_MEMORY_MB = 512
 
 DEFAULT_DATA_DIR = Path(os.environ.get("WRENN_DATA_DIR", "/var/lib/wrenn"))
 MANIFEST = "manifest.json"
@@ -72,6 +75,11 @@ class Image:
     def manifest(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.manifest_path.read_text())
         return data
+
+    def memory_mb(self) -> int:
+        """The memory (MiB) of a capsule of this image whose create asks for none: its template's."""
+        template = TEMPLATES.get(self.template)
+        return template.memory_mb if template is not None else DEFAULT_MEMORY_MB
 
     def aliases(self) -> list[str]:
         """Other names this image answers to (E2B's and the seed's names for it)."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import wrenn
 
+from . import _npm
 from ._steps import BuildLog
 from ._templates import SUITE, VARIANT, Template
 
@@ -292,8 +293,9 @@ def recipe_tree_hash(template: Template) -> str | None:
 
 def install_recipe(template: Template, root: Path, cache_dir: Path, build_log: BuildLog) -> str:
     """Copy the recipe's `rootfs/` onto the root, install its `requirements.lock` into the guest's system
-    Python (wheels fetched by the host into the cache, installed by the guest's own pip with no network),
-    then run its `setup.sh` in the root. Returns a note for the progress display."""
+    Python (wheels fetched by the host into the cache, installed by the guest's own pip with no network)
+    and its `npm.lock` into the guest's node_modules (likewise), then run its `setup.sh` in the root.
+    Returns a note for the progress display."""
     directory = recipe_path(template)
     if directory is None:
         return ""
@@ -332,6 +334,8 @@ def install_recipe(template: Template, root: Path, cache_dir: Path, build_log: B
         finally:
             shutil.rmtree(inside, ignore_errors=True)
         count = sum(1 for line in lock.read_text().splitlines() if line and not line.startswith("#"))
+    npm_lock = directory / "npm.lock"
+    npm_count = _npm.install(npm_lock, root, cache_dir, build_log) if npm_lock.is_file() else 0
     setup = directory / "setup.sh"
     if setup.is_file():
         shutil.copyfile(setup, root / GUEST_SETUP.lstrip("/"))
@@ -341,7 +345,8 @@ def install_recipe(template: Template, root: Path, cache_dir: Path, build_log: B
             (root / GUEST_SETUP.lstrip("/")).unlink(missing_ok=True)
     for cache in (root / "root").glob(".cache"):
         shutil.rmtree(cache, ignore_errors=True)
-    return f"{count} Python packages" if count else ""
+    notes = [f"{count} Python packages" if count else "", f"{npm_count} npm packages" if npm_count else ""]
+    return ", ".join(note for note in notes if note)
 
 
 def lock_requirements(template: Template) -> str:

@@ -56,10 +56,15 @@ class Template:
     ready: Readiness | None = None
     #: Root disk size when the build is not given one (None: DEFAULT_DISK_SIZE).
     disk_size: int | None = None
+    #: The memory (MiB) of a capsule whose create asks for none. A shape, not the image's content: not an
+    #: input to the version hash.
+    memory_mb: int = 512
 
     def recipe(self) -> dict[str, Any]:
         """Everything about the template that changes the image (an input to the version hash)."""
-        return {"suite": SUITE, "variant": VARIANT, **asdict(self)}
+        recipe = {"suite": SUITE, "variant": VARIANT, **asdict(self)}
+        del recipe["memory_mb"]
+        return recipe
 
 
 TEMPLATES: dict[str, Template] = {
@@ -90,6 +95,9 @@ TEMPLATES: dict[str, Template] = {
             guest_programs=("interpreter",),
             ready=Readiness(port=49999, path="/health", timeout_s=600.0),
             disk_size=4 * 1024**3,
+            # The warm Python kernel and a Deno kernel (about 170 MiB of its own) do not both fit in 512
+            # MiB: docs/interpreter.md has the measurements. E2B builds its code-interpreter with 2 GiB.
+            memory_mb=1024,
         ),
     )
 }

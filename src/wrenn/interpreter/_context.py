@@ -179,7 +179,21 @@ class Context:
                 continue
             for line in state.translate(message):
                 yield line
+        async for line in self._stragglers(request, state):
+            yield line
         self.channel.forget(request)
+
+    async def _stragglers(self, request: Request, state: _State) -> AsyncIterator[dict[str, Any]]:
+        """Outputs a kernel sends after its reply and idle status: Deno's kernel publishes a cell's stdout
+        and result from other tasks than its status, so they can trail both. Taken until the request has
+        been quiet for the language's settle time (none for the kernels that keep Jupyter's order)."""
+        while self.language.settle_s > 0:
+            try:
+                message = await asyncio.wait_for(request.messages.get(), self.language.settle_s)
+            except TimeoutError:
+                return
+            for line in state.translate(message):
+                yield line
 
     async def _settle(self, request: Request, envs: dict[str, str]) -> None:
         try:

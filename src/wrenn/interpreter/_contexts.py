@@ -74,13 +74,15 @@ class Contexts:
         return context
 
     async def default(self, language: Language, warm: bool = False) -> Context:
-        """The language's default context, created on its first use."""
-        lock = self._default_locks.setdefault(language.name, asyncio.Lock())
+        """The language's default context, created on its first use (JavaScript and TypeScript share one:
+        see Language.default_context)."""
+        key = language.default_context
+        lock = self._default_locks.setdefault(key, asyncio.Lock())
         async with lock:
-            found = self.by_id.get(self.defaults.get(language.name, ""))
+            found = self.by_id.get(self.defaults.get(key, ""))
             if found is None:
                 found = await self.create(language, warm=warm)
-                self.defaults[language.name] = found.id
+                self.defaults[key] = found.id
             return found
 
     def get(self, context_id: str) -> Context | None:
@@ -88,9 +90,9 @@ class Contexts:
 
     async def remove(self, context: Context) -> None:
         self.by_id.pop(context.id, None)
-        for language, context_id in list(self.defaults.items()):
+        for key, context_id in list(self.defaults.items()):
             if context_id == context.id:
-                del self.defaults[language]
+                del self.defaults[key]
         await context.close()
         await self.jupyter.delete_kernel(context.id)
 

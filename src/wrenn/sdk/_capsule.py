@@ -75,7 +75,7 @@ class Capsule:
         self,
         template: str | None = None,
         vcpus: int = 1,
-        memory_mb: int = 512,
+        memory_mb: int | None = None,
         timeout: int | None = None,
         *,
         wait: bool = False,
@@ -85,7 +85,8 @@ class Capsule:
         _info: CapsuleInfo | None = None,
         _config: Config | None = None,
     ) -> None:
-        """Create and boot a capsule from `template` with `vcpus` and `memory_mb`. `timeout` is the
+        """Create and boot a capsule from `template` with `vcpus` and `memory_mb` (None: the template's own,
+        512 MiB for most base images). `timeout` is the
         inactivity TTL in seconds after which the server pauses it (None: the server's default, 0:
         never). With `wait=True`, return only once it is `running`. `allow_public_traffic=False`: its
         ports (`get_url`) answer only requests carrying `info.traffic_access_token`."""
@@ -121,7 +122,7 @@ class Capsule:
         cls,
         template: str | None = None,
         vcpus: int = 1,
-        memory_mb: int = 512,
+        memory_mb: int | None = None,
         timeout: int | None = None,
         *,
         wait: bool = False,
@@ -336,7 +337,7 @@ class AsyncCapsule:
         cls,
         template: str | None = None,
         vcpus: int = 1,
-        memory_mb: int = 512,
+        memory_mb: int | None = None,
         timeout: int | None = None,
         *,
         wait: bool = False,

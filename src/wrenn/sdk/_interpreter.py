@@ -186,7 +186,8 @@ class Capsule(_Capsule):
     """A capsule of the code interpreter image with `run_code` (and everything a `Capsule` has).
 
     Its template defaults to `code-interpreter` (E2B's `code-interpreter-v1`, the seed's `code-runner-beta`);
-    its shape to E2B's create's (1 vCPU, 512 MiB), so that every client shares the image's ready snapshot.
+    its shape to the image's own (1 vCPU, 1024 MiB), the one an E2B create gets too, so that every client
+    shares the image's ready snapshot.
     """
 
     default_template = DEFAULT_TEMPLATE

@@ -202,7 +202,8 @@ class Host(Base):
     address: Mapped[str] = mapped_column(String(300))
     #: The port of its traffic listener (`/proxy/...` only) on the same address; 0: not known yet.
     proxy_port: Mapped[int] = mapped_column(Integer, default=0)
-    #: The base images built there: [{name, version, envd_version, kernel_version, description, aliases}].
+    #: The base images built there: [{name, version, envd_version, kernel_version, description, aliases,
+    #: memory_mb (a create's default for it; 0 from an older agent)}].
     images: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     status: Mapped[str] = mapped_column(String(16), default=HostStatus.PENDING)
     arch: Mapped[str] = mapped_column(String(32), default="")

@@ -27,7 +27,8 @@ router = APIRouter(tags=["capsules"])
 class CapsuleCreate(BaseModel):
     template: str = Field(default=DEFAULTS.template, pattern=TEMPLATE_NAME)
     vcpus: int = Field(default=DEFAULTS.vcpus, ge=1, le=16)
-    memory_mb: int = Field(default=DEFAULTS.memory_mb, ge=128, le=65536)
+    #: Left out: the base image's own (512 MiB; code-interpreter: 1024), or the team template's.
+    memory_mb: int | None = Field(default=None, ge=128, le=65536)
     timeout_sec: int = Field(default=DEFAULTS.timeout_sec, ge=0, le=30 * 24 * 3600)
     disk_size_mb: int = Field(default=DEFAULTS.disk_size_mb, ge=1024, le=512 * 1024)
     #: False: the traffic proxy requires the capsule's `traffic_access_token` on every request.
@@ -56,7 +57,9 @@ async def create_capsule(body: CapsuleCreate, caller: Caller, capsules: Capsules
     """Boot a capsule from a base image or a template of the team (a template's capsules start in its
     state, with its vcpus and memory)."""
     network = from_v1(body.network) if body.network else None
-    spec = CreateSpec(**body.model_dump(exclude={"network"}), network=network)
+    spec = CreateSpec(
+        **body.model_dump(exclude={"network", "memory_mb"}), memory_mb=body.memory_mb or 0, network=network
+    )
     (capsule,) = await capsules.create(caller, spec)
     return capsule_out(capsule)
 

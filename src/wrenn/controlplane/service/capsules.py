@@ -51,7 +51,8 @@ class CreateSpec:
 
     template: str = DEFAULT_TEMPLATE
     vcpus: int = 1
-    memory_mb: int = 512
+    #: MiB; 0: the base image's own (its template's: 512 but for code-interpreter's 1024).
+    memory_mb: int = 0
     disk_size_mb: int = 5120
     #: Idle seconds before the host pauses it (0: never).
     timeout_sec: int = 0
@@ -75,6 +76,8 @@ class CreateSpec:
 
 
 DEFAULTS = CreateSpec()
+#: The memory (MiB) of a capsule of a base image whose create asks for none, when its hosts do not say.
+BASE_MEMORY_MB = 512
 
 
 def booted(capsule: Capsule, sandbox: pb.SandboxInfo) -> None:
@@ -191,13 +194,15 @@ class CapsuleService:
             spec = dataclasses.replace(
                 spec, vcpus=template.vcpus, memory_mb=template.memory_mb, disk_size_mb=template.disk_size_mb
             )
-        elif spec.template not in await base_images(self.session):
+        elif (image := (await base_images(self.session)).get(spec.template)) is None:
             online = await self.session.scalar(
                 select(func.count()).select_from(Host).where(Host.status == HostStatus.ONLINE)
             )
             if not online:
                 raise _errors.ApiError(503, "no_hosts_available", "no host is online")
             raise _errors.ApiError(404, "not_found", f"template {spec.template!r} not found")
+        elif not spec.memory_mb:
+            spec = dataclasses.replace(spec, memory_mb=int(image.get("memory_mb") or BASE_MEMORY_MB))
         limits = self.settings
         for name, asked, most in (
             ("vcpus", spec.vcpus, limits.max_vcpus),

@@ -6,3 +6,6 @@ python3 -m compileall -q -j 0 /usr/local/lib/python3.11/dist-packages >/dev/null
 # matplotlib's font cache, built once here rather than in every sandbox's first chart.
 HOME=/home/user MPLBACKEND=Agg python3 -c 'import matplotlib.pyplot' 2>/dev/null
 chown -R user:user /home/user
+# Deno (from npm.lock, unpacked into node_modules) on PATH: the JavaScript/TypeScript kernel's binary.
+ln -sf ../lib/node_modules/@deno/linux-x64-glibc/deno /usr/local/bin/deno
+/usr/local/bin/deno --version >/dev/null
