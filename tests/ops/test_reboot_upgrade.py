@@ -6,6 +6,8 @@ test_crash_only's tests, when both run) in this order:
 - orderly shutdown (SIGTERM to the supervisor, as an init system sends): the running capsule is paused
   through the control plane, everything stops, and the next `wrenn up` resumes it with its memory (a
   process it ran), and only it: a capsule its user paused stays paused;
+- the same under systemd: the two commands `wrenn-capsules.service` runs pause the capsule and resume it
+  (systemd itself, which runs them at a shutdown and at boot, is not on this machine);
 - power cut (`kill -9` of every process and of the VMM): after `wrenn up` the capsule is `error` with a
   reason, and its disk is kept."""
 
@@ -123,6 +125,27 @@ def test_an_orderly_shutdown_pauses_and_the_next_start_resumes(
         assert runs_in_capsule(node, sleeper) and node.file_is_there()  # its memory and its disk
         assert status(api, theirs.capsule_id) == "paused"  # a user's pause is the user's
         assert not (node.data_dir / "paused-at-shutdown.json").exists()
+
+
+def test_the_commands_of_the_capsules_unit_pause_and_resume(
+    node: Node, sleeper: int, api: httpx.Client, tmp_path: Path
+) -> None:
+    """What `wrenn-capsules.service` runs under systemd (ExecStop, then ExecStart at the next boot), on the
+    running node: its capsule paused and recorded, then resumed with its memory; nothing paused after
+    `wrenn down` (which pauses or destroys them itself)."""
+    capsule_id = node.capsule.capsule_id
+    files = ["--platform-file", str(node.data_dir / "platform.json"), "--state-dir", str(tmp_path)]
+    (tmp_path / "no-pause-at-stop").write_text("wrenn down\n")
+    run_wrenn("capsules", "pause-for-shutdown", *files, "--deadline", "60")
+    assert status(api, capsule_id) == "running" and not (tmp_path / "paused-at-shutdown.json").exists()
+
+    (tmp_path / "no-pause-at-stop").unlink()
+    run_wrenn("capsules", "pause-for-shutdown", *files, "--deadline", "60")
+    assert status(api, capsule_id) == "paused" and vmm_pids(capsule_id) == []
+    assert json.loads((tmp_path / "paused-at-shutdown.json").read_text())["capsules"] == [capsule_id]
+    run_wrenn("capsules", "resume-after-start", *files)
+    assert status(api, capsule_id) == "running" and runs_in_capsule(node, sleeper)
+    assert not (tmp_path / "paused-at-shutdown.json").exists()
 
 
 def test_a_power_cut_ends_the_capsule_in_error_with_its_disk(node: Node, api: httpx.Client) -> None:

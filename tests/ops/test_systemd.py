@@ -23,7 +23,7 @@ from wrenn.cli import _platform, _systemd
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "deploy" / "systemd"
 #: The highest exposure (systemd's 0-100 scale: 13 is shown "1.3") each unit may reach.
-THRESHOLDS = {"wrenn-controlplane.service": 13, "wrenn-agent.service": 85}
+THRESHOLDS = {"wrenn-controlplane.service": 13, "wrenn-agent.service": 85, "wrenn-capsules.service": 13}
 
 pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 
@@ -86,7 +86,7 @@ ExecMainStatus=3
 
 
 def _node(data_dir: Path = Path("/var/lib/wrenn-t1"), port: int = 18080) -> _systemd.Node:
-    return _systemd.Node(data_dir, port, 15051, 15052, WRENN_BIN, ("--name-prefix", "utstp"))
+    return _systemd.Node(data_dir, port, 15051, 15052, WRENN_BIN, ("--name-prefix", "utstp"), 45)
 
 
 @pytest.fixture
@@ -116,8 +116,16 @@ def test_rendered_units_verify_and_keep_their_rating(tmp_path: Path) -> None:
     assert "--data-dir /var/lib/wrenn-t1-controlplane" in controlplane
     drop_in = rendered[_systemd.DROP_IN]
     assert "/var/lib/wrenn-t1/agent-api-token" in drop_in and "http://127.0.0.1:15051" in drop_in
+    capsules = rendered[_systemd.CAPSULES]
+    state = "--platform-file %d/platform.json --state-dir /var/lib/wrenn-t1-capsules"
+    assert f"ExecStart={WRENN_BIN} capsules resume-after-start {state}\n" in capsules
+    assert f"ExecStop={WRENN_BIN} capsules pause-for-shutdown {state} --deadline 45\n" in capsules
+    assert "TimeoutStopSec=225s" in capsules and "StateDirectory=wrenn-t1-capsules\n" in capsules
+    assert "LoadCredential=platform.json:/var/lib/wrenn-t1/platform.json\n" in capsules
+    assert "InaccessiblePaths=-/var/lib/wrenn-t1-controlplane\n" in capsules
     docs = (ROOT / "docs" / "deploy.md").read_text()
-    for name, text in ((_systemd.AGENT, agent), (_systemd.CONTROLPLANE, controlplane + "\n" + drop_in)):
+    units = (_systemd.AGENT, agent), (_systemd.CONTROLPLANE, controlplane + "\n" + drop_in)
+    for name, text in (*units, (_systemd.CAPSULES, capsules)):
         unit = tmp_path / name
         unit.write_text(text)
         done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
@@ -165,6 +173,10 @@ def test_install_writes_the_units_makes_the_user_and_starts_them(
     ]
     assert calls.read_text().splitlines() == [*made, *started]
     assert _systemd.installed_for(node.data_dir, systemd)
+    assert (systemd.unit_dir / _systemd.CAPSULES).read_text() == _systemd.render(node)[_systemd.CAPSULES]
+    calls.unlink()
+    _systemd.start_capsules(node, systemd)  # `wrenn up`, once platform.json (its credential) is written
+    assert calls.read_text().splitlines() == ["systemctl enable --now wrenn-capsules.service"]
     calls.unlink()
     assert _systemd.install(node, systemd) is False  # again, unchanged: nothing restarts
     assert "try-restart" not in calls.read_text()
@@ -189,6 +201,7 @@ def test_status_and_down_ask_systemd(stand_in: tuple[_systemd.Systemd, Path]) ->
     calls.unlink()
     assert _platform.stop(node.data_dir, Console(file=io.StringIO()), systemd=systemd)
     assert calls.read_text().splitlines() == [
+        "systemctl disable --now wrenn-capsules.service",  # first: it would pause while the others run
         "systemctl disable --now wrenn-controlplane.service",
         "systemctl disable --now wrenn-agent.service",
     ]

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from wrenn import __version__, images
 
-from . import _admin, _backup, _capsule, _host, _keys, _platform, _template
+from . import _admin, _backup, _capsule, _host, _keys, _platform, _shutdown, _template
 from ._auth import NoCredentials
 from ._platform import DEFAULT_DATA_DIR
 
@@ -32,6 +32,7 @@ app.add_typer(_template.app, name="template")
 app.add_typer(_keys.app, name="keys")
 app.command()(_keys.login)
 app.add_typer(_admin.app, name="admin")
+app.add_typer(_shutdown.app, name="capsules")
 err = Console(stderr=True, soft_wrap=True)
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 DataDir = Annotated[Path, typer.Option(help="images, database, sandboxes and logs")]
@@ -98,7 +99,11 @@ def up(
         typer.Option("--e2b-key", help="also mint a key in E2B's shape (e2b_ + hex) for e2b SDKs <= 2.45"),
     ] = False,
     pause_deadline: Annotated[
-        int, typer.Option(help="at a shutdown (SIGTERM to the supervisor), seconds to pause the capsules in")
+        int,
+        typer.Option(
+            help="at a shutdown (SIGTERM to the supervisor, or systemd stopping wrenn-capsules.service), "
+            "seconds to pause the capsules in"
+        ),
     ] = 60,
     supervisor: Annotated[
         str,

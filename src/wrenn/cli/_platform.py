@@ -29,13 +29,13 @@ import httpx
 from rich.console import Console
 
 from wrenn import images
-from wrenn._shared.private import write_private
+from wrenn._shared.private import private_dir, write_private
 
 if TYPE_CHECKING:
     from wrenn.proto.hostagent.v1.hostagent_connect import HostAgentServiceClientSync
 
-from . import _systemd
-from ._reboot import PAUSED_FILE, pause_all
+from . import _reboot, _systemd
+from ._reboot import PAUSED_FILE
 from ._supervisor import Service, State, code_env, code_fingerprint, runs, shutdown, start_ticks
 
 ADMIN_EMAIL = "admin@wrenn.local"
@@ -283,7 +283,8 @@ def start(
     if _use_systemd(data_dir, supervised_by, systemd, bool(running) or bool(state and state.supervised())):
         try:
             proxy = proxy_port or agent_port + 1
-            return _start_systemd(data_dir, (port, agent_port, proxy), console, templates, saved, systemd)
+            ports = (port, agent_port, proxy)
+            return _start_systemd(data_dir, ports, console, templates, saved, systemd, pause_deadline_s)
         except _systemd.SystemdError as exc:
             raise PlatformError(str(exc)) from None
     supervisor = None
@@ -371,12 +372,12 @@ def _start_systemd(
     templates: tuple[str, ...],
     saved: Platform | None,
     systemd: _systemd.Systemd,
+    pause_deadline_s: float | None = None,
 ) -> Platform:
-    """`start` under systemd: the units installed and started, then the first admin as without."""
-    port, agent_port, proxy_port = ports
-    node = _systemd.Node(
-        data_dir, port, agent_port, proxy_port, _systemd.installed_wrenn(), tuple(agent_identity(data_dir))
-    )
+    """`start` under systemd: the units installed and started, then the first admin as without, then
+    `wrenn-capsules.service` (which resumes what the last shutdown paused)."""
+    port, agent_port, _ = ports
+    node = _node(data_dir, ports, pause_deadline_s)
     if not _systemd.installed_for(data_dir, systemd):
         for p in ports:
             if not _port_free(p):
@@ -389,7 +390,19 @@ def _start_systemd(
     email, password, api_key = _credentials(base_url, node.controlplane_dir, saved)
     platform = Platform(str(data_dir), base_url, api_key, email, password, agent)
     platform.save()
+    with console.status("starting wrenn-capsules (it resumes the capsules a shutdown paused)"):
+        _systemd.start_capsules(node, systemd)
     return platform
+
+
+def _node(
+    data_dir: Path, ports: tuple[int, int, int], pause_deadline_s: float | None = None
+) -> _systemd.Node:
+    """What the units of `data_dir` are rendered with."""
+    return _systemd.Node(
+        data_dir, *ports, _systemd.installed_wrenn(), tuple(agent_identity(data_dir)),
+        int(pause_deadline_s or 60),
+    )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -478,13 +491,17 @@ def stop(
 def _stop_systemd(
     data_dir: Path, console: Console, systemd: _systemd.Systemd, *, pause: bool, deadline_s: float
 ) -> None:
-    """`stop` under systemd: the capsules paused (`pause`) or destroyed (the agent's Terminate), then the
-    units stopped and disabled (the control plane first)."""
+    """`stop` under systemd: the capsules paused (`pause`: recorded for `wrenn-capsules.service`, which
+    resumes them at the next `wrenn up`) or destroyed (the agent's Terminate), then the units stopped and
+    disabled (`wrenn-capsules.service` first, pausing nothing more; the control plane before the agent)."""
     platform = Platform.load(data_dir)
     if pause:
-        for capsule_id, why in pause_all(data_dir, deadline_s).items():
+        record = private_dir(_systemd.capsules_dir(data_dir)) / PAUSED_FILE
+        files = _reboot.Files(Platform.state_file(data_dir), record)
+        for capsule_id, why in _reboot.pause_all(files, deadline_s).items():
             console.print(f"not paused, left as it is: {capsule_id} ({why})")
-    elif platform is not None:
+    _systemd.stop_capsules(data_dir, systemd)
+    if not pause and platform is not None:
         from wrenn.proto.hostagent.v1 import hostagent_pb
 
         systemd.run("stop", _systemd.CONTROLPLANE)
@@ -493,7 +510,9 @@ def _stop_systemd(
             client.terminate(hostagent_pb.TerminateRequest(), timeout_ms=120_000)
     _systemd.stop(systemd)
     if pause:
-        console.print("Wrenn stopped (systemd units disabled); the capsules it paused stay paused.")
+        console.print(
+            "Wrenn stopped (systemd units disabled); the capsules it paused resume at the next `wrenn up`."
+        )
     else:
         console.print("Wrenn stopped (systemd units disabled): every capsule destroyed.")
 

@@ -2,7 +2,8 @@
 `deploy/systemd/`, shipped inside the package) rendered for this data directory, these ports and this
 installation's `wrenn`, installed, enabled and started; `wrenn down` stops them, `wrenn status` asks
 systemd about them (`systemctl show`). systemd restarts each process on its own (`Restart=always`), as
-`_supervisor` does where there is no systemd.
+`_supervisor` does where there is no systemd. A third unit, `wrenn-capsules.service`, pauses the running
+capsules at a shutdown and resumes them at boot (`_reboot`, through `wrenn capsules`: `_shutdown`).
 
 Which to use: `--supervisor systemd|self|auto`; auto is systemd where it is the running init system
 (`/run/systemd/system` exists, the test `sd_booted()` makes), else wrenn's own supervisor."""
@@ -22,7 +23,12 @@ from pathlib import Path
 
 import httpx
 
+from wrenn._shared.private import write_private
+
+from ._reboot import NO_PAUSE_FILE
+
 AGENT, CONTROLPLANE = "wrenn-agent.service", "wrenn-controlplane.service"
+CAPSULES = "wrenn-capsules.service"
 DROP_IN = f"{CONTROLPLANE}.d/local-agent.conf"
 #: The unprivileged user the control plane runs as (the units' `User=`).
 USER = "wrenn"
@@ -31,6 +37,11 @@ VAR_LIB = Path("/var/lib")
 SHIPPED_WRENN = "/opt/wrenn/bin/wrenn"
 SHIPPED_DATA_DIR = "/var/lib/wrenn"
 SHIPPED_STATE = "wrenn-controlplane"
+SHIPPED_CAPSULES_STATE = "wrenn-capsules"
+SHIPPED_DEADLINE = "--deadline 60"
+#: How much longer than its pause deadline `wrenn-capsules.service` may take to stop: a pause under way at
+#: the deadline finishes (`_reboot.pause_all` waits up to 120 s more for it), after the sign-in.
+STOP_MARGIN_S = 180
 
 
 class SystemdError(Exception):
@@ -82,24 +93,39 @@ class Node:
     #: The agent's name prefix and address ranges for a data dir other than the default
     #: (`_platform.agent_identity`).
     agent_args: tuple[str, ...] = ()
+    #: At a shutdown, seconds `wrenn-capsules.service` pauses the capsules in.
+    pause_deadline_s: int = 60
 
     @property
     def state_name(self) -> str:
         """The control plane's `StateDirectory=` (relative to /var/lib): `wrenn-controlplane` beside
         /var/lib/wrenn, `<data dir>-controlplane` beside another data dir under /var/lib."""
-        try:
-            relative = self.data_dir.resolve().relative_to(VAR_LIB)
-        except ValueError:
-            raise SystemdError(
-                f"under systemd the data dir must be under {VAR_LIB} (the control plane's state goes beside "
-                f"it, in a StateDirectory=), not {self.data_dir}: choose one, or use --supervisor self"
-            ) from None
-        return f"{relative}-controlplane"
+        return _beside(self.data_dir, "controlplane")
 
     @property
     def controlplane_dir(self) -> Path:
         """Where the control plane keeps its state: secrets, SQLite database, the bootstrap token."""
         return VAR_LIB / self.state_name
+
+    @property
+    def capsules_dir(self) -> Path:
+        return capsules_dir(self.data_dir)
+
+
+def _beside(data_dir: Path, what: str) -> str:
+    try:
+        relative = data_dir.resolve().relative_to(VAR_LIB)
+    except ValueError:
+        raise SystemdError(
+            f"under systemd the data dir must be under {VAR_LIB} (the control plane's state goes beside "
+            f"it, in a StateDirectory=), not {data_dir}: choose one, or use --supervisor self"
+        ) from None
+    return f"{relative}-{what}"
+
+
+def capsules_dir(data_dir: Path) -> Path:
+    """`wrenn-capsules.service`'s `StateDirectory=`: what a shutdown paused (`_reboot.Files`)."""
+    return VAR_LIB / _beside(data_dir, "capsules")
 
 
 def installed_wrenn() -> Path:
@@ -131,9 +157,23 @@ def render(node: Node) -> dict[str, str]:
     controlplane = controlplane.replace("--port 8080", f"--port {node.port}")
     drop_in = shipped(DROP_IN).replace(f"{SHIPPED_DATA_DIR}/agent-api-token", f"{data_dir}/agent-api-token")
     drop_in = drop_in.replace("http://127.0.0.1:50051", f"http://127.0.0.1:{node.agent_port}")
-    units = {AGENT: agent, CONTROLPLANE: controlplane, DROP_IN: drop_in}
+    capsules = shipped(CAPSULES).replace(f"/var/lib/{SHIPPED_CAPSULES_STATE}", str(node.capsules_dir))
+    capsules = capsules.replace(
+        f"StateDirectory={SHIPPED_CAPSULES_STATE}", f"StateDirectory={node.capsules_dir.relative_to(VAR_LIB)}"
+    )
+    capsules = capsules.replace(f"/var/lib/{SHIPPED_STATE}", f"/var/lib/{state}")
+    capsules = capsules.replace(f"{SHIPPED_DATA_DIR}/platform.json", f"{data_dir}/platform.json")
+    capsules = capsules.replace(SHIPPED_DEADLINE, f"--deadline {node.pause_deadline_s}").replace(
+        "TimeoutStopSec=240s", f"TimeoutStopSec={node.pause_deadline_s + STOP_MARGIN_S}s"
+    )
+    units = {AGENT: agent, CONTROLPLANE: controlplane, DROP_IN: drop_in, CAPSULES: capsules}
     rendered = {name: text.replace(SHIPPED_WRENN, str(node.wrenn)) for name, text in units.items()}
-    if any(SHIPPED_WRENN in text for text in rendered.values()) or f"--data-dir {data_dir} " not in agent:
+    if (
+        any(SHIPPED_WRENN in text for text in rendered.values())
+        or f"--data-dir {data_dir} " not in agent
+        or f"--deadline {node.pause_deadline_s}\n" not in capsules
+        or f"LoadCredential=platform.json:{data_dir}/platform.json\n" not in capsules
+    ):
         raise SystemdError("the shipped units were not rendered whole (did they change?)")
     return rendered
 
@@ -149,7 +189,8 @@ def installed_for(data_dir: Path, systemd: Systemd) -> bool:
 
 def install(node: Node, systemd: Systemd) -> bool:
     """Write the units (mode 0644), make the control plane's user if missing, reload systemd, enable and
-    start both (restarting them when their units changed). Whether anything changed."""
+    start the agent and the control plane (restarting them when their units changed; `start_capsules`
+    starts the third). Whether anything changed."""
     if (systemd.unit_dir / AGENT).exists() and not installed_for(node.data_dir, systemd):
         raise SystemdError(
             f"{systemd.unit_dir / AGENT} runs another data dir: `wrenn down` there first "
@@ -171,6 +212,15 @@ def install(node: Node, systemd: Systemd) -> bool:
     if changed and existed:  # other units (ports, installation): the running ones restart onto them
         systemd.run("try-restart", *units)
     return changed
+
+
+def start_capsules(node: Node, systemd: Systemd) -> None:
+    """Enable and start `wrenn-capsules.service` once platform.json is written (its credential): it
+    resumes what the last shutdown (or `wrenn down --pause`) paused, and returns when that is done.
+    Never restarted when its unit changed: a restart would pause and resume every capsule (systemd
+    takes the changed ExecStop= at the daemon-reload)."""
+    (capsules_dir(node.data_dir) / NO_PAUSE_FILE).unlink(missing_ok=True)
+    systemd.run("enable", "--now", CAPSULES)
 
 
 def _ensure_user(node: Node, systemd: Systemd) -> None:
@@ -207,8 +257,18 @@ def wait_ready(urls: dict[str, str], within_s: float = 180) -> None:
         )
 
 
+def stop_capsules(data_dir: Path, systemd: Systemd) -> None:
+    """Stop `wrenn-capsules.service` and keep it from starting at boot, told to pause nothing: `wrenn down`
+    pauses or destroys the capsules itself."""
+    directory = capsules_dir(data_dir)
+    if directory.is_dir():
+        write_private(directory / NO_PAUSE_FILE, "wrenn down\n")
+    systemd.run("disable", "--now", CAPSULES)
+
+
 def stop(systemd: Systemd) -> None:
-    """Stop both units and keep them from starting at boot (the control plane first)."""
+    """Stop the control plane, then the agent, and keep them from starting at boot (after
+    `stop_capsules`)."""
     systemd.run("disable", "--now", CONTROLPLANE)
     systemd.run("disable", "--now", AGENT)
 
