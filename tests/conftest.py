@@ -243,7 +243,8 @@ def _control_plane(
              "--local-agent", agent_url, "--local-agent-token-file", str(token_file),
              *(["--database-url", database_url] if database_url else [])],
             stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "WRENN_MONITOR_INTERVAL_S": "2"},  # reconcile fast: tests wait on it
+            # reconcile fast (tests wait on it); stop fast (a test's streams are over when it stops)
+            env={**os.environ, "WRENN_MONITOR_INTERVAL_S": "2", "WRENN_SHUTDOWN_GRACE_S": "3"},
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:

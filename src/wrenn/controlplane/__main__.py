@@ -57,7 +57,14 @@ def main(argv: list[str] | None = None) -> None:
         context = tls_context(settings)  # before anything else starts: a bad certificate stops it here
     except TLSConfigError as exc:
         raise SystemExit(f"wrenn server: refusing to start: {exc}") from None
-    config = uvicorn.Config(create_app(settings), host=a.host, port=a.port, log_config=None, access_log=False)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=a.host,
+        port=a.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
+    )
     server(config, context).run()
 
 

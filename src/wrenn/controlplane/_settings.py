@@ -92,6 +92,7 @@ _FROM_ENV: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("ca_key_file", "WRENN_CA_KEY", Path),
     ("local_agent_token_file", "WRENN_LOCAL_AGENT_TOKEN_FILE", Path),
     ("monitor_interval_s", "WRENN_MONITOR_INTERVAL_S", float),
+    ("shutdown_grace_s", "WRENN_SHUTDOWN_GRACE_S", float),
     ("host_timeout_s", "WRENN_HOST_TIMEOUT_S", float),
     ("hibernate_after_s", "WRENN_HIBERNATE_AFTER_S", float),
     ("quota_capsules", "WRENN_QUOTA_CAPSULES", int),
@@ -206,6 +207,10 @@ class Settings:
     #: `unreachable` (its capsules `missing`).
     monitor_interval_s: float = 15.0
     host_timeout_s: float = 90.0
+    #: At SIGTERM: seconds the requests under way get to finish before the rest are cut (streams,
+    #: WebSockets, proxied connections: their clients reconnect; a create cut short is settled by the
+    #: host monitor, as after a crash).
+    shutdown_grace_s: float = 10.0
     #: Seconds the monitor waits for an agent's answer (GetHostInfo, ListSandboxes).
     agent_probe_timeout_s: float = 10.0
     #: Capsules paused longer than this go to their host's cold storage (0: never). Hosts share that
