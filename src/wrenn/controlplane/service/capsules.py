@@ -105,9 +105,12 @@ def _audit_capsule(
 
 async def base_images(session: AsyncSession) -> dict[str, dict[str, Any]]:
     """The platform's base images by name and by alias, as its hosts report them (the first host's facts
-    win): `{name, version, envd_version, kernel_version, description, aliases}`."""
+    win, the platform's own hosts before any team's: a team's BYOC host must not decide, say, the memory
+    every other team's capsules of an image get): `{name, version, envd_version, kernel_version,
+    description, aliases, memory_mb}`."""
     found: dict[str, dict[str, Any]] = {}
-    for images in (await session.execute(select(Host.images).order_by(Host.id))).scalars():
+    query = select(Host.images).order_by(Host.team_id.is_not(None), Host.id)
+    for images in (await session.execute(query)).scalars():
         for image in images or []:
             for name in (image.get("name", ""), *image.get("aliases", ())):
                 found.setdefault(str(name), image)
