@@ -19,7 +19,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from tests import seed_openapi
-from tests.security._fake_agent import FakeAgent
+from tests.security._fake_agent import FakeAgent, settled
 from wrenn.controlplane import Settings, create_app
 
 
@@ -165,7 +165,9 @@ def events_settings(database_url: str, data_dir: Path, agent: FakeAgent, **overr
 @contextmanager
 def control_plane(settings: Settings) -> Iterator[TestClient]:
     """The app in-process; every `/v1` answer the seed's OpenAPI document describes is checked against it."""
-    with TestClient(create_app(settings)) as client:
+    app = create_app(settings)
+    with TestClient(app) as client:
+        settled(app)
         client.event_hooks["response"].append(seed_openapi.hook)
         yield client
 

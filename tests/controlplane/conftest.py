@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests import seed_openapi
-from tests.security._fake_agent import FakeAgent, start_fake_agent
+from tests.security._fake_agent import FakeAgent, settled, start_fake_agent
 from wrenn.controlplane import Settings, create_app
 
 
@@ -99,6 +99,8 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 @pytest.fixture
 def api(settings: Settings) -> Iterator[TestClient]:
     """The app in-process; every `/v1` answer is checked against the seed's OpenAPI document."""
-    with TestClient(create_app(settings)) as client:
+    app = create_app(settings)
+    with TestClient(app) as client:
+        settled(app)
         client.event_hooks["response"].append(seed_openapi.hook)
         yield client

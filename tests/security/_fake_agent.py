@@ -176,3 +176,13 @@ def start_fake_agent(boot_s: float = 0.0) -> FakeAgent:
     recorder = Recorder(proxy_port=traffic.port, boot_s=boot_s)
     api = serve(HostAgentServiceASGIApplication(recorder), free_port())
     return FakeAgent(recorder, api, traffic)
+
+
+def settled(app: Any, timeout: float = 30.0) -> None:
+    """Wait until the in-process control plane `app` (entered: its lifespan runs) ended its host monitor's
+    first round, the one at start. This stand-in lists no sandboxes, so that round, late on a busy
+    machine, would find a test's just-created capsule missing on its host and stop it."""
+    deadline = time.monotonic() + timeout
+    while app.state.monitor.rounds < 1:
+        assert time.monotonic() < deadline, "the host monitor's first round did not end"
+        time.sleep(0.02)

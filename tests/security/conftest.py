@@ -26,7 +26,7 @@ from tests.controlplane._db import snapshot
 from wrenn import Capsule
 from wrenn.controlplane import Settings, create_app
 
-from ._fake_agent import FakeAgent
+from ._fake_agent import FakeAgent, settled
 
 GUEST_PORT = 8000
 
@@ -126,7 +126,9 @@ def cp_settings(database_url: str, tmp_path: Path, fake_agent: FakeAgent) -> Set
 
 @pytest.fixture
 def cp(cp_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(ClientAddress(create_app(cp_settings))) as client:
+    app = create_app(cp_settings)
+    with TestClient(ClientAddress(app)) as client:
+        settled(app)
         yield client
 
 

@@ -46,6 +46,9 @@ class Background:
         self._settings = settings
         self._postgres = dialect == "postgresql"
         self._task: asyncio.Task[None] | None = None
+        #: Rounds ended so far, failed ones included (tests wait for the host monitor's first: the round
+        #: at start, which settles what the control plane found, must not meet what a test then does).
+        self.rounds = 0
 
     def interval_s(self) -> float:
         raise NotImplementedError
@@ -71,4 +74,5 @@ class Background:
                 raise
             except Exception:  # the job must outlive a bad round (a database hiccup)
                 log.exception("background round failed", extra={"job": self.round_name})
+            self.rounds += 1
             await asyncio.sleep(self.interval_s())
