@@ -8,22 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from tests.controlplane._db import run
 from wrenn.controlplane.db import Host
 from wrenn.proto.hostagent.v1 import hostagent_pb as pb
 
 from ._fake_agent import FakeAgent
 from .conftest import account
-
-
-def _add(api: TestClient, *rows: Any) -> None:
-    async def insert() -> None:
-        async with api.app.state.sessions() as session:  # type: ignore[attr-defined]
-            session.add_all(rows)
-            await session.commit()
-
-    assert api.portal is not None
-    api.portal.call(insert)
 
 
 def test_a_teams_host_does_not_decide_a_base_images_memory_for_others(
@@ -35,13 +27,15 @@ def test_a_teams_host_does_not_decide_a_base_images_memory_for_others(
     with TestClient(create_app(cp_settings)) as api:
         mallory, ada = account(api, "mallory@example.com"), account(api, "ada@example.com")
         lie = {"name": "minimal", "version": "1", "memory_mb": 4096}
-        _add(
-            api,
-            Host(
-                id="host-0000byoc", team_id=mallory.team_id, address="http://127.0.0.1:1", status="online",
-                images=[lie],
-            ),
+        byoc = Host(
+            id="host-0000byoc", team_id=mallory.team_id, address="http://127.0.0.1:1", status="online",
+            images=[lie],
         )  # fmt: skip
+
+        async def add(session: AsyncSession) -> None:
+            session.add(byoc)
+
+        run(api, add)
         r = api.post("/v1/capsules", json={"template": "minimal"}, headers=ada.jwt)
         assert r.status_code == 201, r.text
         assert r.json()["memory_mb"] == 512
