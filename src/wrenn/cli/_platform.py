@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 from . import _reboot, _systemd
 from ._reboot import PAUSED_FILE
-from ._supervisor import Service, State, code_env, code_fingerprint, runs, shutdown, start_ticks
+from ._supervisor import Service, State, answers, code_env, code_fingerprint, runs, shutdown, start_ticks
 
 ADMIN_EMAIL = "admin@wrenn.local"
 #: Where the control plane writes its one-time bootstrap token (`service/accounts.py` in the control plane;
@@ -237,15 +237,7 @@ def _wait_ready(data_dir: Path, console: Console, supervisor: subprocess.Popen[b
 def _serves(service: Service) -> bool:
     """Whether `service` runs what it should (not an older installation being replaced) and answers."""
     current = service.running in (None, service.spec()) and runs(service.pid, service.start_ticks)
-    return current and _answers(service.ready_url)
-
-
-def _answers(url: str) -> bool:
-    try:
-        httpx.get(url, timeout=1)
-    except httpx.TransportError:
-        return False
-    return True
+    return current and answers(service.ready_url)
 
 
 def start(

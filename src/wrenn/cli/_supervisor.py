@@ -164,7 +164,17 @@ def runs(pid: int, ticks: int, argv: list[str] | None = None) -> bool:
         return False
 
 
-def _describe(status: int | None) -> str:
+def answers(url: str) -> bool:
+    """Whether anything answers HTTP at `url` (any status: the process is up)."""
+    try:
+        httpx.get(url, timeout=1)
+    except httpx.TransportError:
+        return False
+    return True
+
+
+def describe(status: int | None) -> str:
+    """How a process ended: its exit status, or minus the signal that killed it (None: not known)."""
     if status is None:
         return "exited (not our child: no status)"
     if status < 0:
@@ -202,19 +212,15 @@ class Supervisor:
         proc = self.children.get(service.name)
         if proc is not None:
             code = proc.poll()
-            return None if code is None else _describe(code)
-        return None if runs(service.pid, service.start_ticks) else _describe(None)
+            return None if code is None else describe(code)
+        return None if runs(service.pid, service.start_ticks) else describe(None)
 
     def wait_ready(self, service: Service) -> None:
         deadline = time.monotonic() + READY_WITHIN_S
         while service.ready_url and time.monotonic() < deadline and not self.stopping.is_set():
-            if self.exited(service) is not None:
+            if self.exited(service) is not None or answers(service.ready_url):
                 return
-            try:
-                httpx.get(service.ready_url, timeout=1)
-                return
-            except httpx.TransportError:
-                self.stopping.wait(0.2)
+            self.stopping.wait(0.2)
 
     def first_start(self) -> None:
         """Adopt what still runs, start the rest in order."""

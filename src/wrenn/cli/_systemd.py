@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import httpx
-
 from wrenn._shared.private import write_private
 
 from ._reboot import NO_PAUSE_FILE
+from ._supervisor import answers, describe
 
 AGENT, CONTROLPLANE = "wrenn-agent.service", "wrenn-controlplane.service"
 CAPSULES = "wrenn-capsules.service"
@@ -242,12 +241,7 @@ def wait_ready(urls: dict[str, str], within_s: float = 180) -> None:
     deadline = time.monotonic() + within_s
     pending = dict(urls)
     while pending and time.monotonic() < deadline:
-        for unit, url in list(pending.items()):
-            try:
-                httpx.get(url, timeout=1)
-                del pending[unit]
-            except httpx.TransportError:
-                pass
+        pending = {unit: url for unit, url in pending.items() if not answers(url)}
         if pending:
             time.sleep(0.3)
     if pending:
@@ -299,9 +293,9 @@ def status(systemd: Systemd) -> list[UnitStatus]:
         entered_us = int(props.get("ActiveEnterTimestampMonotonic") or 0)
         code, code_status = int(props.get("ExecMainCode") or 0), int(props.get("ExecMainStatus") or 0)
         if code == _CLD_EXITED:
-            last = f"exited with {code_status}"
+            last = describe(code_status)
         elif code in (_CLD_KILLED, _CLD_DUMPED) and code_status in signal.Signals._value2member_map_:
-            last = f"killed by {signal.Signals(code_status).name}"
+            last = describe(-code_status)
         else:
             last = ""
         rows.append(UnitStatus(
