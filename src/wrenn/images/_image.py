@@ -9,10 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._templates import ALIASES, TEMPLATES
-
-#: The memory (MiB) of a capsule whose create asks for none, for an image of no known template.
-DEFAULT_MEMORY_MB = 512
+from ._templates import ALIASES, DEFAULT_MEMORY_MB, TEMPLATES
 
 DEFAULT_DATA_DIR = Path(os.environ.get("WRENN_DATA_DIR", "/var/lib/wrenn"))
 MANIFEST = "manifest.json"

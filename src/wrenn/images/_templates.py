@@ -24,6 +24,10 @@ BASE_PACKAGES: tuple[str, ...] = (
 )
 
 
+#: The memory (MiB) of a capsule whose create asks for none, unless its template says otherwise.
+DEFAULT_MEMORY_MB = 512
+
+
 @dataclass(frozen=True, slots=True)
 class Readiness:
     """What a template's guest must answer before it is ready: `GET http://GUEST:{port}{path}` with a 200.
@@ -58,7 +62,7 @@ class Template:
     disk_size: int | None = None
     #: The memory (MiB) of a capsule whose create asks for none. A shape, not the image's content: not an
     #: input to the version hash.
-    memory_mb: int = 512
+    memory_mb: int = DEFAULT_MEMORY_MB
 
     def recipe(self) -> dict[str, Any]:
         """Everything about the template that changes the image (an input to the version hash)."""
