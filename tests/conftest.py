@@ -228,6 +228,33 @@ def bootstrap_admin(
 CONTROL_PLANE_DIRS: dict[str, Path] = {}
 
 
+def start_control_plane(
+    root: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m wrenn.controlplane *args` on a free port, its data and its `server.log` under `root`, once
+    its `/health` answers: its process and base URL. One that exits or does not answer within 30 s is
+    stopped, and a RuntimeError shows its log."""
+    port = free_port()
+    log_path = root / "server.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "wrenn.controlplane", "--port", str(port), "--data-dir", str(root), *args],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            server.wait(10)
+            raise RuntimeError(f"the control plane did not start:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return server, base
+        except httpx.TransportError:
+            time.sleep(0.1)
+
+
 def _control_plane(
     agent_url: str, token_file: Path, root: Path | None = None, database_url: str | None = None
 ) -> Iterator[tuple[str, str]]:
@@ -235,28 +262,17 @@ def _control_plane(
     afterwards), on SQLite there or on `database_url`. `sdk@example.com`, made with the bootstrap token,
     is the platform's admin."""
     root = root or Path(tempfile.mkdtemp(prefix="wrenn-cp-"))
-    port = free_port()
-    log_path = root / "server.log"
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "wrenn.controlplane", "--port", str(port), "--data-dir", str(root),
-             "--local-agent", agent_url, "--local-agent-token-file", str(token_file),
-             *(["--database-url", database_url] if database_url else [])],
-            stdout=log, stderr=subprocess.STDOUT,
-            # reconcile fast (tests wait on it); stop fast (a test's streams are over when it stops)
-            env={**os.environ, "WRENN_MONITOR_INTERVAL_S": "2", "WRENN_SHUTDOWN_GRACE_S": "3"},
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the control plane did not start:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        server, base = start_control_plane(
+            root, "--local-agent", agent_url, "--local-agent-token-file", str(token_file),
+            *(["--database-url", database_url] if database_url else []),
+            # reconcile fast (tests wait on it); stop fast (a test's streams are over when it stops)
+            env={"WRENN_MONITOR_INTERVAL_S": "2", "WRENN_SHUTDOWN_GRACE_S": "3"},
+        )  # fmt: skip
+    except RuntimeError:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    try:
         account = bootstrap_admin(httpx.post, root, "sdk@example.com", base=base)  # the platform's admin
         token = account.json()["token"]
         key = httpx.post(

@@ -4,38 +4,20 @@ whatever stops it gives up and kills it: a supervisor's, a test's or Kubernetes'
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import bootstrap_admin, free_port
+from tests.conftest import bootstrap_admin, start_control_plane
 
 
 def test_sigterm_cuts_an_open_stream_after_the_grace(tmp_path: Path) -> None:
-    port = free_port()
+    server, base = start_control_plane(tmp_path, env={"WRENN_SHUTDOWN_GRACE_S": "2"})
     log = tmp_path / "server.log"
-    env = {**os.environ, "WRENN_SHUTDOWN_GRACE_S": "2"}
-    with log.open("wb") as sink:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "wrenn.controlplane", "--port", str(port), "--data-dir", str(tmp_path)],
-            stdout=sink, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
         token = bootstrap_admin(httpx.post, tmp_path, "ops@example.com", base=base).json()["token"]
         opened, ended = threading.Event(), threading.Event()
 
